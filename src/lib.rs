@@ -1,2 +1,13 @@
 //! segment-exporter keeps Iterable static lists equal to customer segments.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod iterable;
+pub mod logging;
+pub mod sandbox;
+pub mod schedule;
+pub mod secrets;
+pub mod source;
+pub mod store;
+pub mod sync;

@@ -1,2 +1,36 @@
+//! The `segment-exporter` binary: parse the command line, load the config, call into the library, map errors to
+//! exit codes.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use segment_exporter::cli::{self, exit, Cli, Exit};
+use segment_exporter::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, path) = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    segment_exporter::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(cli::run(cli, config, path)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `connection add | list | show | test | lists | remove`.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::output::{opt_when, when};
+use super::{exit, Ctx, Exit};
+use crate::iterable::{IterableClient, IterableError, Pacer, Region, RetrySettings};
+use crate::secrets::{self, MasterKey};
+use crate::store::{Connection, KeySource, NewConnection};
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCmd {
+    /// Add a connection: checks the key against Iterable (GET /api/lists) before saving it.
+    Add(AddArgs),
+    /// List connections.
+    List,
+    /// Show one connection (the key is never shown: only where it comes from and at most its last 4 characters).
+    Show { name: String },
+    /// Check that Iterable accepts the connection's key now.
+    Test { name: String },
+    /// List the lists in the connection's Iterable project.
+    Lists {
+        name: String,
+        /// Also fetch each list's size (Iterable allows 5 size calls a minute, so this is slow on real projects).
+        #[arg(long)]
+        sizes: bool,
+    },
+    /// Remove a connection.
+    Remove {
+        name: String,
+        /// Keep the exports that use it, disabled and without a connection.
+        #[arg(long, conflicts_with = "remove_exports")]
+        detach_exports: bool,
+        /// Delete the exports that use it, with everything stored about their members.
+        #[arg(long)]
+        remove_exports: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["api_key_env", "api_key_file", "api_key_stdin"])))]
+pub struct AddArgs {
+    /// Display name of the connection.
+    pub name: String,
+    /// Read the API key from this environment variable at each use (only the variable's name is stored).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Read the API key from this file at each use (only the path is stored), e.g. a systemd credential.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<String>,
+    /// Read the API key from standard input once and store it encrypted.
+    #[arg(long)]
+    pub api_key_stdin: bool,
+    /// Iterable data centre: us (api.iterable.com) or eu (api.eu.iterable.com).
+    #[arg(long, value_enum, default_value = "us")]
+    pub region: Region,
+    /// Base URL overriding --region (a proxy, or the sandbox, e.g. http://127.0.0.1:8085).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Who may use this connection in exports.
+    #[arg(long, value_parser = ["admins", "contributors"], default_value = "admins")]
+    pub usable_by: String,
+    /// Consent that exported profiles (personal data: emails and mapped fields) leave this system for Iterable.
+    #[arg(long)]
+    pub accept_data_privacy: bool,
+    /// Save without checking the key against Iterable.
+    #[arg(long)]
+    pub skip_verify: bool,
+}
+
+pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
+    match cmd {
+        ConnectionCmd::Add(args) => add(ctx, args).await,
+        ConnectionCmd::List => list(ctx).await,
+        ConnectionCmd::Show { name } => show(ctx, &name).await,
+        ConnectionCmd::Test { name } => test(ctx, &name).await,
+        ConnectionCmd::Lists { name, sizes } => lists(ctx, &name, sizes).await,
+        ConnectionCmd::Remove { name, detach_exports, remove_exports } => {
+            let store = ctx.store().await?;
+            let affected = store.remove_connection(&name, detach_exports, remove_exports).await?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "removed": name, "exports": affected, "exports_removed": remove_exports }));
+            } else if affected.is_empty() {
+                println!("Removed connection '{name}'.");
+            } else if remove_exports {
+                println!("Removed connection '{name}' and export(s) {}.", affected.join(", "));
+            } else {
+                println!("Removed connection '{name}'; export(s) {} are detached and disabled.", affected.join(", "));
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// A short-lived client for checks: two attempts, so a dead endpoint fails fast.
+fn check_client(ctx: &Ctx, base_url: &str, key: &SecretString) -> anyhow::Result<IterableClient> {
+    let it = &ctx.config.iterable;
+    let retry =
+        RetrySettings { max_attempts: 2, min_delay: Duration::from_millis(300), max_delay: Duration::from_secs(2) };
+    Ok(IterableClient::new(base_url, key, it.timeout, Arc::new(Pacer::new(it.requests_per_second)), retry)?)
+}
+
+fn verify_failure(name: &str, e: IterableError) -> anyhow::Error {
+    if e.is_bad_api_key() {
+        Exit::error(exit::FAILED, format!("connection '{name}' was not saved: {e}"))
+    } else {
+        Exit::error(
+            exit::FAILED,
+            format!("connection '{name}' was not saved: the key could not be checked: {e}. Fix the base URL or network, or add --skip-verify to save it unchecked."),
+        )
+    }
+}
+
+async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
+    if !a.accept_data_privacy {
+        return Err(Exit::error(
+            exit::FAILED,
+            "connection not saved: exports send customer profiles (email addresses and every field you map, which \
+             is personal data) out of this system to Iterable's servers. If your organisation allows that, run the \
+             command again with --accept-data-privacy; your consent and its time are recorded.",
+        ));
+    }
+    let base_url = match &a.base_url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                Exit::error(
+                    exit::FAILED,
+                    format!("--base-url '{url}' is not a URL ({e}); write it like https://api.iterable.com"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(Exit::error(
+                    exit::FAILED,
+                    format!("--base-url '{url}' must start with http:// or https://"),
+                ));
+            }
+            url.trim_end_matches('/').to_string()
+        }
+        None => a.region.base_url().to_string(),
+    };
+    let (source, key) = if let Some(var) = &a.api_key_env {
+        (KeySource::Env(var.clone()), secrets::read_key_env(&a.name, var)?)
+    } else if let Some(path) = &a.api_key_file {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.into()).display().to_string();
+        let key = secrets::read_key_file(&a.name, &abs)?;
+        (KeySource::File(abs), key)
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        let key = text.lines().next().unwrap_or("").trim().to_string();
+        if key.is_empty() {
+            return Err(Exit::error(exit::FAILED, "no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
+        }
+        (KeySource::Stored { ciphertext: vec![], nonce: vec![] }, SecretString::from(key))
+    };
+    if !a.skip_verify {
+        check_client(ctx, &base_url, &key)?.lists().await.map_err(|e| verify_failure(&a.name, e))?;
+    }
+    let source = match source {
+        KeySource::Stored { .. } => {
+            let master = MasterKey::load(&ctx.config.store.master_key_path(), true)?;
+            let (ciphertext, nonce) = master.seal(&a.name, &key);
+            KeySource::Stored { ciphertext, nonce }
+        }
+        other => other,
+    };
+    let last4 = matches!(source, KeySource::Stored { .. }).then(|| secrets::last4(&key)).flatten();
+    let store = ctx.store().await?;
+    let conn = store
+        .add_connection(&NewConnection {
+            name: a.name.clone(),
+            base_url,
+            region: a.base_url.is_none().then(|| a.region.as_str().to_string()),
+            usable_by: a.usable_by,
+            key: source,
+            key_last4: last4,
+            privacy_accepted_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            verified: !a.skip_verify,
+        })
+        .await?;
+    if ctx.out.json {
+        ctx.out.json(&describe(&conn));
+    } else {
+        let verified = if a.skip_verify { "not verified (--skip-verify)" } else { "key verified with Iterable" };
+        println!("Added connection '{}' to {} ({verified}).", conn.name, conn.base_url);
+    }
+    Ok(exit::OK)
+}
+
+fn key_hint(conn: &Connection) -> String {
+    let live = match &conn.key {
+        KeySource::Stored { .. } => conn.key_last4.clone(),
+        KeySource::Env(var) => secrets::read_key_env(&conn.name, var).ok().and_then(|k| secrets::last4(&k)),
+        KeySource::File(path) => secrets::read_key_file(&conn.name, path).ok().and_then(|k| secrets::last4(&k)),
+    };
+    match live {
+        Some(l4) => format!("{} (ends in …{l4})", conn.key.describe()),
+        None => conn.key.describe(),
+    }
+}
+
+fn describe(c: &Connection) -> serde_json::Value {
+    json!({
+        "name": c.name,
+        "base_url": c.base_url,
+        "region": c.region,
+        "usable_by": c.usable_by,
+        "api_key": key_hint(c),
+        "privacy_accepted_at": c.privacy_accepted_at,
+        "privacy_accepted_by": c.privacy_accepted_by,
+        "verified_at": c.verified_at,
+        "created_at": c.created_at,
+    })
+}
+
+async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
+    let conns = ctx.store().await?.connections().await?;
+    if ctx.out.json {
+        ctx.out.json(&conns.iter().map(describe).collect::<Vec<_>>());
+    } else if conns.is_empty() {
+        println!("No connections yet. Add one with `segment-exporter connection add NAME --api-key-env VAR --accept-data-privacy`.");
+    } else {
+        let rows = conns
+            .iter()
+            .map(|c| {
+                vec![c.name.clone(), c.base_url.clone(), c.usable_by.clone(), key_hint(c), opt_when(&c.verified_at)]
+            })
+            .collect();
+        ctx.out.table(&["name", "base URL", "usable by", "API key", "verified"], rows);
+    }
+    Ok(exit::OK)
+}
+
+async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let c = store.connection(name).await?;
+    let exports = store.exports_using_connection(c.id).await?;
+    if ctx.out.json {
+        let mut v = describe(&c);
+        v["exports"] = json!(exports);
+        ctx.out.json(&v);
+    } else {
+        let rows = vec![
+            vec!["name".into(), c.name.clone()],
+            vec!["base URL".into(), c.base_url.clone()],
+            vec!["region".into(), c.region.clone().unwrap_or_else(|| "(custom base URL)".into())],
+            vec!["usable by".into(), c.usable_by.clone()],
+            vec!["API key".into(), key_hint(&c)],
+            vec!["privacy consent".into(), format!("{} by {}", when(&c.privacy_accepted_at), c.privacy_accepted_by)],
+            vec!["verified".into(), opt_when(&c.verified_at)],
+            vec!["exports".into(), if exports.is_empty() { "-".into() } else { exports.join(", ") }],
+        ];
+        ctx.out.table(&["", ""], rows);
+    }
+    Ok(exit::OK)
+}
+
+async fn client_of(ctx: &Ctx, name: &str) -> anyhow::Result<(crate::store::Store, Connection, IterableClient)> {
+    let store = ctx.store().await?;
+    let conn = store.connection(name).await?;
+    let key = secrets::resolve_api_key(&conn, &ctx.config.store.master_key_path())?;
+    let client = check_client(ctx, &conn.base_url, &key)?;
+    Ok((store, conn, client))
+}
+
+async fn test(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+    let (store, conn, client) = client_of(ctx, name).await?;
+    let started = Instant::now();
+    match client.lists().await {
+        Ok(lists) => {
+            store.mark_connection_verified(conn.id).await?;
+            let ms = started.elapsed().as_millis() as u64;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "connection": name, "ok": true, "lists": lists.len(), "latency_ms": ms }));
+            } else {
+                println!(
+                    "Connection '{name}' works: Iterable accepted the key and lists {} list(s) ({ms} ms).",
+                    lists.len()
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if ctx.out.json {
+                ctx.out.json(&json!({ "connection": name, "ok": false, "error": e.to_string() }));
+            }
+            Err(Exit::error(exit::FAILED, format!("connection '{name}' does not work: {e}")))
+        }
+    }
+}
+
+async fn lists(ctx: &Ctx, name: &str, sizes: bool) -> anyhow::Result<u8> {
+    let (_, _, client) = client_of(ctx, name).await?;
+    let lists = client.lists().await?;
+    let mut rows = Vec::new();
+    for l in &lists {
+        let size = if sizes { Some(client.list_size(l.id).await?) } else { None };
+        rows.push((l, size));
+    }
+    if ctx.out.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(l, size)| json!({ "id": l.id, "name": l.name, "list_type": l.list_type, "created_at": l.created_at, "size": size }))
+            .collect();
+        ctx.out.json(&v);
+    } else {
+        let mut header = vec!["id", "name", "type"];
+        if sizes {
+            header.push("members");
+        }
+        let table = rows
+            .iter()
+            .map(|(l, size)| {
+                let mut r = vec![l.id.to_string(), l.name.clone(), l.list_type.clone().unwrap_or_default()];
+                if let Some(s) = size {
+                    r.push(s.to_string());
+                }
+                r
+            })
+            .collect();
+        ctx.out.table(&header, table);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,143 @@
+//! The command line: argument definitions and one handler file per command group. Handlers turn arguments into
+//! library calls and print tables (or JSON with `--json`); they hold no business rules of their own.
+
+mod connection;
+mod export;
+mod output;
+mod runs;
+mod sample;
+mod sandbox;
+mod segment;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::store::Store;
+
+pub use output::Output;
+
+/// Exit codes, so scripts and systemd can tell failures apart.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command failed, or the export run did not succeed.
+    pub const FAILED: u8 = 1;
+    /// The command line is wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The export is already running elsewhere; try again later.
+    pub const BUSY: u8 = 75;
+    /// The configuration file is invalid; fix it before starting again (systemd: RestartPreventExitStatus=78).
+    pub const CONFIG: u8 = 78;
+}
+
+/// An error that carries its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
+        Exit { code, message: message.into() }.into()
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "segment-exporter",
+    version,
+    about = "Keeps Iterable static lists equal to customer segments.",
+    long_about = "Keeps Iterable static lists equal to customer segments.\n\n\
+        Add an Iterable connection, define segments (named queries over your profiles), and an export that sends \
+        each segment to an Iterable list of the same name. Every run sends only what changed since the last \
+        successful one, and resumes exactly where it stopped if it was interrupted.\n\n\
+        Try it without an Iterable account: `segment-exporter sandbox` serves an Iterable-compatible API locally.",
+    after_help = "Exit codes: 0 success, 1 failure (or a run that did not succeed), 2 usage error, \
+        75 export already running, 78 invalid configuration."
+)]
+pub struct Cli {
+    /// Configuration file [default: config/segment-exporter.toml when present, else built-in defaults].
+    #[arg(long, global = true, env = "SEGMENT_EXPORTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage Iterable connections (API key, region, privacy consent).
+    #[command(subcommand)]
+    Connection(connection::ConnectionCmd),
+    /// Manage segments: named queries over customer profiles.
+    #[command(subcommand)]
+    Segment(segment::SegmentCmd),
+    /// Manage and run exports: segments sent to Iterable lists.
+    #[command(subcommand)]
+    Export(export::ExportCmd),
+    /// Show run history, runs in progress, and invalid or rejected members.
+    Runs(runs::RunsArgs),
+    /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
+    Sandbox(sandbox::SandboxArgs),
+    /// Check the configuration file and the stored exports; exit 78 when the config is invalid.
+    Validate,
+    /// Write a SQLite file of generated customer profiles (for the demo and the benchmark).
+    SampleData(sample::SampleArgs),
+}
+
+/// What every handler gets: the loaded config and how to print.
+pub struct Ctx {
+    pub config: Arc<Config>,
+    pub config_path: Option<PathBuf>,
+    pub out: Output,
+}
+
+impl Ctx {
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.config.store.path).await?)
+    }
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<u8> {
+    let ctx = Ctx { config: Arc::new(config), config_path, out: Output { json: cli.json } };
+    match cli.command {
+        Command::Connection(cmd) => connection::run(&ctx, cmd).await,
+        Command::Segment(cmd) => segment::run(&ctx, cmd).await,
+        Command::Export(cmd) => export::run(&ctx, cmd).await,
+        Command::Runs(args) => runs::run(&ctx, args).await,
+        Command::Sandbox(args) => sandbox::run(&ctx, args).await,
+        Command::Validate => validate(&ctx).await,
+        Command::SampleData(args) => sample::run(&ctx, args).await,
+    }
+}
+
+async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
+    let mut problems = Vec::new();
+    let store = ctx.store().await?;
+    for export in store.exports().await? {
+        if let Err(e) = crate::schedule::Schedule::parse(&export.schedule) {
+            problems.push(format!("export '{}': schedule {e}", export.name));
+        }
+        if export.connection_id.is_none() {
+            problems.push(format!("export '{}' has no connection (it is disabled)", export.name));
+        }
+    }
+    let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    if ctx.out.json {
+        ctx.out.json(&serde_json::json!({ "config": source, "valid": true, "warnings": problems }));
+    } else {
+        println!("Configuration OK ({source}); store {}.", ctx.config.store.path.display());
+        for p in &problems {
+            println!("warning: {p}");
+        }
+    }
+    Ok(exit::OK)
+}

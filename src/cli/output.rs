@@ -1,0 +1,38 @@
+//! Printing: tables for people, JSON for scripts, and time formatting shared by the handlers.
+
+use chrono::{DateTime, Utc};
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    pub fn json<T: Serialize + ?Sized>(&self, value: &T) {
+        println!("{}", serde_json::to_string_pretty(value).expect("serialisable output"));
+    }
+
+    pub fn table(&self, header: &[&str], rows: Vec<Vec<String>>) {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
+        for r in rows {
+            t.add_row(r);
+        }
+        println!("{t}");
+    }
+}
+
+pub fn when(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub fn opt_when(t: &Option<DateTime<Utc>>) -> String {
+    t.as_ref().map_or_else(|| "-".into(), when)
+}
+
+pub fn seconds(s: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(s.round().max(0.0) as u64)).to_string()
+}

@@ -1,0 +1,207 @@
+//! `runs [--export NAME] [--limit N]` and `runs show RUN_ID [--rejected]`.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{opt_when, seconds, when};
+use super::{exit, Ctx};
+use crate::store::{Run, RunStatus};
+use crate::sync::RunLock;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCmd>,
+    /// Only runs of this export.
+    #[arg(long)]
+    pub export: Option<String>,
+    /// How many runs to show, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Show one run per list.
+    Show {
+        run_id: i64,
+        /// List the invalid and rejected members with their reasons.
+        #[arg(long)]
+        rejected: bool,
+        /// How many invalid or rejected members to list.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// A `running` run whose process is gone is shown as interrupted: the next run of its export resumes it.
+fn live_status(ctx: &Ctx, run: &Run) -> RunStatus {
+    if run.status == RunStatus::Running && !RunLock::is_held(&ctx.config.store.lock_dir(), run.export_id) {
+        RunStatus::Interrupted
+    } else {
+        run.status
+    }
+}
+
+fn progress_text(run: &Run) -> (String, Option<f64>, Option<f64>) {
+    let (planned, done) = run.progress();
+    let elapsed =
+        (run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at).num_milliseconds() as f64 / 1000.0;
+    let rate = (elapsed > 0.0).then(|| done as f64 / elapsed);
+    let left = rate.filter(|r| *r > 0.0).map(|r| planned.saturating_sub(done) as f64 / r);
+    (format!("{done}/{planned}"), rate, left)
+}
+
+pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    match args.command {
+        None => {
+            if let Some(name) = &args.export {
+                store.export(name).await?;
+            }
+            let runs = store.runs(args.export.as_deref(), args.limit).await?;
+            if ctx.out.json {
+                let v: Vec<_> = runs
+                    .iter()
+                    .map(|r| {
+                        let (_, rate, left) = progress_text(r);
+                        let (planned, done) = r.progress();
+                        let mut v = serde_json::to_value(r).expect("serialisable");
+                        v["status"] = json!(live_status(ctx, r));
+                        v["progress"] =
+                            json!({ "planned": planned, "done": done, "per_second": rate, "seconds_left": left });
+                        v
+                    })
+                    .collect();
+                ctx.out.json(&v);
+            } else if runs.is_empty() {
+                println!("No runs yet.");
+            } else {
+                let rows = runs
+                    .iter()
+                    .map(|r| {
+                        let status = live_status(ctx, r);
+                        let (done, rate, left) = progress_text(r);
+                        let sum = |f: fn(&crate::store::RunTargetCounts) -> u64| {
+                            r.targets.iter().map(|t| f(&t.counts)).sum::<u64>().to_string()
+                        };
+                        let detail = if status == RunStatus::Running {
+                            format!(
+                                "{done} at {:.0}/s{}",
+                                rate.unwrap_or(0.0),
+                                left.map(|s| format!(", ~{} left", seconds(s))).unwrap_or_default()
+                            )
+                        } else {
+                            r.finished_at
+                                .map_or("-".into(), |f| seconds((f - r.started_at).num_milliseconds() as f64 / 1000.0))
+                        };
+                        vec![
+                            r.id.to_string(),
+                            r.export_name.clone(),
+                            r.trigger.clone(),
+                            status.to_string(),
+                            when(&r.started_at),
+                            detail,
+                            sum(|c| c.added),
+                            sum(|c| c.removed),
+                            sum(|c| c.invalid),
+                            sum(|c| c.rejected),
+                        ]
+                    })
+                    .collect();
+                ctx.out.table(
+                    &[
+                        "run",
+                        "export",
+                        "trigger",
+                        "status",
+                        "started",
+                        "took / progress",
+                        "added",
+                        "removed",
+                        "invalid",
+                        "rejected",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Some(RunsCmd::Show { run_id, rejected, limit }) => {
+            let run = store.run(run_id).await?;
+            let issues = if rejected { store.run_issues(run_id, limit).await? } else { vec![] };
+            let status = live_status(ctx, &run);
+            if ctx.out.json {
+                let mut v = serde_json::to_value(&run)?;
+                v["status"] = json!(status);
+                if rejected {
+                    v["issues"] = json!(issues);
+                }
+                ctx.out.json(&v);
+            } else {
+                let rows = vec![
+                    vec!["run".into(), format!("#{} of export '{}'", run.id, run.export_name)],
+                    vec!["trigger".into(), run.trigger.clone()],
+                    vec!["status".into(), status.to_string()],
+                    vec!["started".into(), when(&run.started_at)],
+                    vec!["finished".into(), opt_when(&run.finished_at)],
+                    vec!["full re-send".into(), if run.full_resync { "yes" } else { "no" }.into()],
+                    vec!["note".into(), run.note.clone().unwrap_or_else(|| "-".into())],
+                    vec!["error".into(), run.error.clone().unwrap_or_else(|| "-".into())],
+                ];
+                ctx.out.table(&["", ""], rows);
+                let rows = run
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let c = &t.counts;
+                        vec![
+                            t.list_name.clone(),
+                            t.list_id.map_or("-".into(), |i| i.to_string()),
+                            c.source_rows.to_string(),
+                            format!("{}/{}", c.added, c.planned_add),
+                            format!("{}/{}", c.removed, c.planned_remove),
+                            c.unchanged.to_string(),
+                            c.invalid.to_string(),
+                            c.duplicates.to_string(),
+                            c.rejected.to_string(),
+                        ]
+                    })
+                    .collect();
+                ctx.out.table(
+                    &[
+                        "list",
+                        "list id",
+                        "rows",
+                        "added/planned",
+                        "removed/planned",
+                        "unchanged",
+                        "invalid",
+                        "duplicates",
+                        "rejected",
+                    ],
+                    rows,
+                );
+                if rejected {
+                    if issues.is_empty() {
+                        println!("No invalid or rejected members.");
+                    } else {
+                        let rows = issues
+                            .iter()
+                            .map(|i| {
+                                vec![
+                                    i.list_name.clone(),
+                                    format!("{:?}", i.kind).to_lowercase(),
+                                    i.member.clone().unwrap_or_else(|| "(null)".into()),
+                                    i.reason.clone(),
+                                ]
+                            })
+                            .collect();
+                        ctx.out.table(&["list", "kind", "member", "reason"], rows);
+                    }
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}

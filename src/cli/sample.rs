@@ -1,0 +1,124 @@
+//! `sample-data`: a seeded SQLite file of customer profiles, with a realistic sprinkle of invalid and duplicate
+//! emails, for the demo and the benchmark.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
+
+use super::{exit, Ctx, Exit};
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// SQLite file to write (replaced if it exists). Table `profiles`.
+    pub path: PathBuf,
+    /// Number of profile rows.
+    #[arg(long, default_value_t = 1000)]
+    pub profiles: u64,
+    /// Random seed: the same seed gives the same rows.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of rows whose email is empty, NULL or malformed.
+    #[arg(long, default_value_t = 0.01)]
+    pub invalid_share: f64,
+    /// Share of rows repeating an earlier row's email in another letter case.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicate_share: f64,
+}
+
+/// id, email, first name, country, tier, lifetime value, churn risk.
+type ProfileRow = (u64, Option<String>, &'static str, &'static str, &'static str, f64, f64);
+
+const COUNTRIES: &[&str] = &["US", "GB", "DE", "FR", "NL", "SE", "ES", "IT", "CA", "AU"];
+const TIERS: &[(&str, f64)] = &[("gold", 0.1), ("silver", 0.3), ("bronze", 1.0)];
+const NAMES: &[&str] = &["Ada", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena"];
+
+/// The email of profile `i`; duplicates and case variants derive from it.
+pub fn sample_email(i: u64) -> String {
+    format!("customer{i}@example.com")
+}
+
+pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
+    for (flag, v) in [("--invalid-share", a.invalid_share), ("--duplicate-share", a.duplicate_share)] {
+        if !(0.0..=0.5).contains(&v) {
+            return Err(Exit::error(exit::USAGE, format!("{flag} {v} must be between 0 and 0.5")));
+        }
+    }
+    let _ = std::fs::remove_file(&a.path);
+    let mut conn = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(&a.path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Off)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Off)
+        .connect()
+        .await?;
+    sqlx::query(
+        "CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT, country TEXT, tier TEXT, \
+         lifetime_value REAL, churn_risk REAL)",
+    )
+    .execute(&mut conn)
+    .await?;
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let mut tx = conn.begin().await?;
+    let mut rows = Vec::with_capacity(5000);
+    let flush = |rows: &mut Vec<ProfileRow>| {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO profiles (id, email, first_name, country, tier, lifetime_value, churn_risk) ",
+        );
+        q.push_values(rows.drain(..), |mut b, r| {
+            b.push_bind(r.0 as i64)
+                .push_bind(r.1)
+                .push_bind(r.2)
+                .push_bind(r.3)
+                .push_bind(r.4)
+                .push_bind(r.5)
+                .push_bind(r.6);
+        });
+        q
+    };
+    for id in 1..=a.profiles {
+        let roll: f64 = rng.gen();
+        let email = if roll < a.invalid_share {
+            match rng.gen_range(0..4) {
+                0 => None,
+                1 => Some(String::new()),
+                2 => Some(format!("customer{id} at example.com")),
+                _ => Some(format!("customer{id}@example")),
+            }
+        } else if roll < a.invalid_share + a.duplicate_share && id > 1 {
+            let earlier = rng.gen_range(1..id);
+            Some(format!("  {}", sample_email(earlier).to_uppercase()))
+        } else {
+            Some(sample_email(id))
+        };
+        let t: f64 = rng.gen();
+        let tier = TIERS.iter().find(|(_, p)| t < *p).map_or("bronze", |(n, _)| n);
+        rows.push((
+            id,
+            email,
+            NAMES[rng.gen_range(0..NAMES.len())],
+            COUNTRIES[rng.gen_range(0..COUNTRIES.len())],
+            tier,
+            (rng.gen::<f64>() * 5000.0 * 100.0).round() / 100.0,
+            (rng.gen::<f64>() * 100.0).round() / 100.0,
+        ));
+        if rows.len() == 4000 {
+            flush(&mut rows).build().execute(&mut *tx).await?;
+        }
+    }
+    if !rows.is_empty() {
+        flush(&mut rows).build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    conn.close().await?;
+    if ctx.out.json {
+        ctx.out.json(&serde_json::json!({ "path": a.path, "profiles": a.profiles, "seed": a.seed }));
+    } else {
+        println!("Wrote {} profiles to {} (table `profiles`, seed {}).", a.profiles, a.path.display(), a.seed);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,71 @@
+//! `sandbox`: the local Iterable-compatible API, served until Ctrl-C or SIGTERM.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{exit, Ctx, Exit};
+use crate::sandbox::{Sandbox, SandboxOptions};
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pub listen: String,
+    /// API key the sandbox accepts (repeat for several).
+    #[arg(long = "api-key", default_value = "sandbox-key")]
+    pub api_keys: Vec<String>,
+    /// Delay added to every API request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency: u64,
+    /// Requests per second allowed over all API endpoints; beyond it requests are answered 429 like Iterable.
+    #[arg(long, value_name = "REQ_PER_S")]
+    pub rate_limit: Option<f64>,
+    /// Send a Retry-After header with 429 answers (Iterable's docs do not say it does).
+    #[arg(long)]
+    pub retry_after: bool,
+    /// Share (0 to 1) of API requests that fail: half answer 500, half drop the connection after applying the change.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// How long after its creation a list answers invalidListId, like a new Iterable list may, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub list_propagation: u64,
+}
+
+pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
+    if !(0.0..=1.0).contains(&a.fail_rate) {
+        return Err(Exit::error(exit::USAGE, format!("--fail-rate {} must be between 0 and 1", a.fail_rate)));
+    }
+    if a.rate_limit.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(Exit::error(exit::USAGE, "--rate-limit must be above 0 requests per second"));
+    }
+    let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| {
+        Exit::error(exit::FAILED, format!("cannot listen on {}: {e}. Pick another --listen address.", a.listen))
+    })?;
+    let addr = listener.local_addr()?;
+    let opts = SandboxOptions {
+        api_keys: a.api_keys,
+        latency: Duration::from_millis(a.latency),
+        rate_limit: a.rate_limit,
+        retry_after: a.retry_after,
+        fail_rate: a.fail_rate,
+        list_propagation: Duration::from_millis(a.list_propagation),
+        ..SandboxOptions::default()
+    };
+    if ctx.out.json {
+        ctx.out.json(&serde_json::json!({ "base_url": format!("http://{addr}") }));
+    } else {
+        println!("Iterable sandbox listening on http://{addr}");
+        println!(
+            "Point a connection at it: --base-url http://{addr} with the key given by --api-key (default sandbox-key)."
+        );
+    }
+    tracing::info!(address = %addr, "Sandbox listening.");
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+    };
+    Sandbox::new(opts).serve(listener, shutdown).await?;
+    Ok(exit::OK)
+}

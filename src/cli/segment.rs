@@ -1,0 +1,135 @@
+//! `segment add | list | preview | remove`.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{exit, Ctx, Exit};
+use crate::source::{self, SourceSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentCmd {
+    /// Add a segment: a named query whose rows are the members and whose columns are the fields.
+    Add {
+        /// Segment name; the Iterable list gets exactly this name.
+        name: String,
+        /// sqlite:PATH, a postgres://… URL, csv:PATH (with a header row) or jsonl:PATH.
+        #[arg(long, value_name = "SOURCE")]
+        source: String,
+        /// The SQL query selecting the members (sqlite and postgres only).
+        #[arg(long, value_name = "SQL")]
+        query: Option<String>,
+        /// Save without reading a first row to check the source.
+        #[arg(long)]
+        skip_check: bool,
+    },
+    /// List segments.
+    List,
+    /// Show the first rows of a segment.
+    Preview {
+        name: String,
+        /// Rows to show.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Remove a segment that no export uses.
+    Remove { name: String },
+}
+
+pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
+    match cmd {
+        SegmentCmd::Add { name, source, query, skip_check } => {
+            if name.trim().is_empty() {
+                return Err(Exit::error(exit::FAILED, "the segment name is empty; it becomes the Iterable list name"));
+            }
+            let spec: SourceSpec = source.parse()?;
+            let query = query.filter(|q| !q.trim().is_empty());
+            match (spec.takes_query(), &query) {
+                (true, None) => {
+                    return Err(Exit::error(
+                        exit::FAILED,
+                        format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(Exit::error(
+                        exit::FAILED,
+                        format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
+                    ))
+                }
+                _ => {}
+            }
+            if !skip_check {
+                source::preview(&spec, query.as_deref(), 1).await.map_err(|e| {
+                    Exit::error(
+                        exit::FAILED,
+                        format!("segment '{name}' not saved: {e} (add --skip-check to save it anyway)"),
+                    )
+                })?;
+            }
+            let store = ctx.store().await?;
+            let seg = store.add_segment(&name, &spec.to_stored(), query.as_deref()).await?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "name": seg.name, "source": spec.to_string(), "query": seg.query }));
+            } else {
+                println!("Added segment '{}' ({}).", seg.name, spec);
+            }
+            Ok(exit::OK)
+        }
+        SegmentCmd::List => {
+            let segments = ctx.store().await?.segments().await?;
+            let shown: Vec<_> = segments
+                .iter()
+                .map(|s| {
+                    let source = s
+                        .source
+                        .parse::<SourceSpec>()
+                        .map(|sp| sp.to_string())
+                        .unwrap_or_else(|_| "(unreadable)".into());
+                    (s, source)
+                })
+                .collect();
+            if ctx.out.json {
+                let v: Vec<_> = shown.iter().map(|(s, src)| json!({ "name": s.name, "source": src, "query": s.query, "created_at": s.created_at })).collect();
+                ctx.out.json(&v);
+            } else if shown.is_empty() {
+                println!("No segments yet. Add one with `segment-exporter segment add NAME --source sqlite:PATH --query SQL`.");
+            } else {
+                let rows = shown
+                    .iter()
+                    .map(|(s, src)| vec![s.name.clone(), src.clone(), s.query.clone().unwrap_or_else(|| "-".into())])
+                    .collect();
+                ctx.out.table(&["name", "source", "query"], rows);
+            }
+            Ok(exit::OK)
+        }
+        SegmentCmd::Preview { name, limit } => {
+            let seg = ctx.store().await?.segment(&name).await?;
+            let spec: SourceSpec = seg.source.parse()?;
+            let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit)
+                .await
+                .map_err(|e| Exit::error(exit::FAILED, format!("segment '{name}': {e}")))?;
+            if ctx.out.json {
+                let v: Vec<serde_json::Map<String, serde_json::Value>> =
+                    rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect();
+                ctx.out.json(&v);
+            } else {
+                let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+                let rows = rows
+                    .into_iter()
+                    .map(|r| r.into_iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect())
+                    .collect();
+                ctx.out.table(&cols, rows);
+            }
+            Ok(exit::OK)
+        }
+        SegmentCmd::Remove { name } => {
+            ctx.store().await?.remove_segment(&name).await?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "removed": name }));
+            } else {
+                println!("Removed segment '{name}'.");
+            }
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The configuration file: one strict struct tree, each field documented with its unit and default.
+//!
+//! What the pipeline *is* (store, Iterable pacing, guards, log format) lives here; how one command runs lives in
+//! CLI flags. Defaults are defined once, in the `Default` impls below, and `config/segment-exporter.toml` shows them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub iterable: IterableConfig,
+    pub sync: SyncConfig,
+    pub log: LogConfig,
+}
+
+/// Where connections, exports, member state and run history are kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Path of the SQLite store, created on first use. Relative paths are relative to the working directory.
+    /// Default: `segment-exporter.db`.
+    pub path: PathBuf,
+    /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin`. Created with mode
+    /// 0600 when missing. `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default: `<store>.key`.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("segment-exporter.db"), master_key_file: None }
+    }
+}
+
+impl StoreConfig {
+    /// The master key file, beside the store unless configured.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file.clone().unwrap_or_else(|| with_suffix(&self.path, ".key"))
+    }
+
+    /// Directory of the per-export run locks, beside the store.
+    pub fn lock_dir(&self) -> PathBuf {
+        with_suffix(&self.path, ".locks")
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Defaults for talking to Iterable; every connection uses them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IterableConfig {
+    /// Members per subscribe or unsubscribe request. Default 1000 (what other integrations use).
+    pub batch_size: usize,
+    /// Largest request body, in bytes; a batch is cut earlier when its JSON would exceed it. Default 4000000.
+    pub max_body_bytes: usize,
+    /// Requests in flight at once per run. Default 4.
+    pub concurrency: usize,
+    /// Requests per second per connection (token bucket). Halved on each 429, regained slowly. Default 10.
+    pub requests_per_second: f64,
+    /// Timeout of one HTTP request. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per request before a retryable failure fails the run (the first try included). Default 8.
+    pub retry_max_attempts: usize,
+    /// First retry delay; doubles each attempt, with full jitter. Default 500ms.
+    #[serde(with = "humantime_serde")]
+    pub retry_min_delay: Duration,
+    /// Longest retry delay, also the cap on a server's `Retry-After`. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// How long a newly created list may answer `invalidListId` before that counts as an error. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub new_list_grace: Duration,
+}
+
+impl Default for IterableConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            max_body_bytes: 4_000_000,
+            concurrency: 4,
+            requests_per_second: 10.0,
+            timeout: Duration::from_secs(30),
+            retry_max_attempts: 8,
+            retry_min_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(60),
+            new_list_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How runs plan and guard their changes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// A run that would unsubscribe more than this share (0 to 1) of a list's members stops before removing anyone,
+    /// unless run with `--allow-mass-removal`. Default 0.5.
+    pub mass_removal_share: f64,
+    /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
+    pub max_recorded_issues: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self { mass_removal_share: 0.5, max_recorded_issues: 100_000 }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (readable, for terminals) or `json` (one object per line, for journald and log collectors).
+    /// Default human.
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax, e.g. `info` or `segment_exporter=debug`. `RUST_LOG` overrides it.
+    /// Default info.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A configuration that could not be read or that does not hold together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read the config file {path}: {source}. Check the path given with --config or $SEGMENT_EXPORTER_CONFIG."
+    )]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the config file {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// Where the config came from, for messages.
+pub const DEFAULT_CONFIG_PATH: &str = "config/segment-exporter.toml";
+
+impl Config {
+    /// Reads the config: the given path, else `$SEGMENT_EXPORTER_CONFIG` (handled by clap), else
+    /// `config/segment-exporter.toml` when present, else built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
+        };
+        match path {
+            None => Ok((Config::default(), None)),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let config = Config::parse(&text, &path)?;
+                Ok((config, Some(path)))
+            }
+        }
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
+        }
+    }
+
+    /// Every rule the values break, so an operator can fix them all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let it = &self.iterable;
+        if it.batch_size == 0 || it.batch_size > 10_000 {
+            p.push(format!("iterable.batch_size is {}; use 1 to 10000 (1000 is the usual size)", it.batch_size));
+        }
+        if it.max_body_bytes < 10_000 {
+            p.push(format!(
+                "iterable.max_body_bytes is {}; use at least 10000 (4000000 is Iterable's documented cap)",
+                it.max_body_bytes
+            ));
+        }
+        if it.concurrency == 0 || it.concurrency > 64 {
+            p.push(format!("iterable.concurrency is {}; use 1 to 64", it.concurrency));
+        }
+        if !(it.requests_per_second.is_finite() && it.requests_per_second > 0.0) {
+            p.push(format!("iterable.requests_per_second is {}; use a number above 0", it.requests_per_second));
+        }
+        if it.timeout.is_zero() {
+            p.push("iterable.timeout is 0; use a duration such as \"30s\"".into());
+        }
+        if it.retry_max_attempts == 0 {
+            p.push("iterable.retry_max_attempts is 0; use at least 1 (1 means no retries)".into());
+        }
+        if it.retry_min_delay > it.retry_max_delay {
+            p.push("iterable.retry_min_delay is longer than iterable.retry_max_delay; swap them".into());
+        }
+        let share = self.sync.mass_removal_share;
+        if !(0.0..=1.0).contains(&share) {
+            p.push(format!("sync.mass_removal_share is {share}; use a share from 0 to 1, e.g. 0.5 for half a list"));
+        }
+        if self.log.level.trim().is_empty() {
+            p.push("log.level is empty; use e.g. \"info\"".into());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_parses_and_equals_the_defaults() {
+        let text = include_str!("../config/segment-exporter.toml");
+        let parsed = Config::parse(text, Path::new("config/segment-exporter.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::parse("[iterable]\nbatchsize = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_listed_at_once() {
+        let text = "[iterable]\nbatch_size = 0\nconcurrency = 0\n[sync]\nmass_removal_share = 2.0\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid") };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn durations_are_read_in_human_units() {
+        let c = Config::parse("[iterable]\ntimeout = \"2m\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.iterable.timeout, Duration::from_secs(120));
+    }
+}

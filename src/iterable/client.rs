@@ -1,0 +1,225 @@
+//! `IterableClient`: one connection's HTTP client, pace and retry policy, and the calls the exporter makes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::error::{classify_status, classify_transport, parse_retry_after, AttemptError, IterableError};
+use super::pacer::Pacer;
+use super::types::{subscribe_body, BulkResponse, CreateListResponse, ListDetails, ListsResponse};
+use super::types::{UnsubscribeBody, Unsubscriber};
+use crate::config::IterableConfig;
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub max_attempts: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl From<&IterableConfig> for RetrySettings {
+    fn from(c: &IterableConfig) -> Self {
+        RetrySettings { max_attempts: c.retry_max_attempts, min_delay: c.retry_min_delay, max_delay: c.retry_max_delay }
+    }
+}
+
+/// Request counters, for progress lines, run summaries and metrics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct IterableClient {
+    http: reqwest::Client,
+    base_url: String,
+    pacer: Arc<Pacer>,
+    retry: RetrySettings,
+    stats: Arc<ClientStats>,
+}
+
+impl std::fmt::Debug for IterableClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IterableClient").field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+enum Body {
+    None,
+    Json(Vec<u8>),
+}
+
+impl IterableClient {
+    /// A client for `base_url` (e.g. `https://api.iterable.com`) sending `api_key` in the `Api-Key` header.
+    pub fn new(
+        base_url: &str,
+        api_key: &SecretString,
+        timeout: Duration,
+        pacer: Arc<Pacer>,
+        retry: RetrySettings,
+    ) -> Result<IterableClient, IterableError> {
+        let mut key = HeaderValue::from_str(api_key.expose_secret()).map_err(|_| IterableError::Api {
+            endpoint: "(setup)".into(),
+            status: 0,
+            code: "BadApiKey".into(),
+            msg: "the API key holds characters that cannot be sent in an HTTP header".into(),
+        })?;
+        key.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert("Api-Key", key);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("segment-exporter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| IterableError::Decode { endpoint: "(setup)".into(), cause: e.to_string() })?;
+        Ok(IterableClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            pacer,
+            retry,
+            stats: Default::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
+    }
+
+    /// `GET /api/lists`: every list in the project.
+    pub async fn lists(&self) -> Result<Vec<ListDetails>, IterableError> {
+        let text = self.call(Method::GET, "/api/lists", Body::None).await?;
+        decode::<ListsResponse>("/api/lists", &text).map(|r| r.lists)
+    }
+
+    /// `POST /api/lists`: creates a static list and returns its id.
+    pub async fn create_list(&self, name: &str) -> Result<i64, IterableError> {
+        #[derive(Serialize)]
+        struct Create<'a> {
+            name: &'a str,
+        }
+        let body = serde_json::to_vec(&Create { name }).expect("serialisable");
+        let text = self.call(Method::POST, "/api/lists", Body::Json(body)).await?;
+        decode::<CreateListResponse>("/api/lists", &text).map(|r| r.list_id)
+    }
+
+    /// `DELETE /api/lists/{id}`.
+    pub async fn delete_list(&self, list_id: i64) -> Result<(), IterableError> {
+        self.call(Method::DELETE, &format!("/api/lists/{list_id}"), Body::None).await.map(|_| ())
+    }
+
+    /// `GET /api/lists/{id}/size` (Iterable allows 5 a minute per project).
+    pub async fn list_size(&self, list_id: i64) -> Result<u64, IterableError> {
+        let path = format!("/api/lists/{list_id}/size");
+        let text = self.call(Method::GET, &path, Body::None).await?;
+        text.trim()
+            .trim_matches('"')
+            .parse()
+            .map_err(|_| IterableError::Decode { endpoint: path, cause: "not a number".into() })
+    }
+
+    /// `GET /api/lists/getUsers`: the list's members, one per line (Iterable allows 5 a minute per project).
+    pub async fn list_users(&self, list_id: i64) -> Result<Vec<String>, IterableError> {
+        let text = self.call(Method::GET, &format!("/api/lists/getUsers?listId={list_id}"), Body::None).await?;
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+    }
+
+    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`.
+    pub async fn subscribe(&self, list_id: i64, fragments: &[Vec<u8>]) -> Result<BulkResponse, IterableError> {
+        let body = subscribe_body(list_id, fragments);
+        let text = self.call(Method::POST, "/api/lists/subscribe", Body::Json(body)).await?;
+        decode("/api/lists/subscribe", &text)
+    }
+
+    /// `POST /api/lists/unsubscribe`, always with `channelUnsubscribe: false`.
+    pub async fn unsubscribe(&self, list_id: i64, emails: &[String]) -> Result<BulkResponse, IterableError> {
+        let body = UnsubscribeBody {
+            list_id,
+            subscribers: emails.iter().map(|e| Unsubscriber { email: e }).collect(),
+            channel_unsubscribe: false,
+        };
+        let body = serde_json::to_vec(&body).expect("serialisable");
+        let text = self.call(Method::POST, "/api/lists/unsubscribe", Body::Json(body)).await?;
+        decode("/api/lists/unsubscribe", &text)
+    }
+
+    /// One call with pacing and retries; returns the body of a 2xx answer.
+    async fn call(&self, method: Method, path: &str, body: Body) -> Result<String, IterableError> {
+        let endpoint = path.split('?').next().unwrap_or(path).to_string();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let max_delay = self.retry.max_delay;
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(&method, path, &body).await
+        })
+        .retry(backoff)
+        .when(AttemptError::is_retryable)
+        .adjust(|e, planned| planned.map(|d| e.retry_after().map_or(d, |after| after.min(max_delay))))
+        .notify(|e, delay| {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if let AttemptError::Retry { reason, .. } = e {
+                tracing::warn!(endpoint = %endpoint, delay_ms = delay.as_millis() as u64, "Retrying Iterable call: {reason}.");
+            }
+        })
+        .await;
+        result.map_err(|e| match e {
+            AttemptError::Final(e) => e,
+            AttemptError::Retry { reason, .. } => IterableError::GaveUp {
+                endpoint: endpoint.clone(),
+                attempts: attempts.load(Ordering::Relaxed),
+                last: reason,
+            },
+        })
+    }
+
+    async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
+        self.pacer.ready().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let endpoint = path.split('?').next().unwrap_or(path);
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));
+        if let Body::Json(bytes) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(bytes.clone());
+        }
+        let started = std::time::Instant::now();
+        let response = request.send().await.map_err(|e| classify_transport(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = parse_retry_after(response.headers().get(RETRY_AFTER));
+        let text = response.text().await.map_err(|e| classify_transport(&e))?;
+        tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
+        if (200..300).contains(&status) {
+            self.pacer.succeeded();
+            return Ok(text);
+        }
+        let error = classify_status(endpoint, status, retry_after, &text);
+        if let AttemptError::Retry { rate_limited: true, .. } = error {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.pacer.slow_down();
+        }
+        Err(error)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, text: &str) -> Result<T, IterableError> {
+    serde_json::from_str(text)
+        .map_err(|e| IterableError::Decode { endpoint: endpoint.to_string(), cause: e.to_string() })
+}

@@ -1,0 +1,167 @@
+//! What can go wrong talking to Iterable, and which of it is worth another try.
+
+use std::time::Duration;
+
+use super::types::Envelope;
+
+/// A final failure of one Iterable call (retries, where allowed, already spent).
+#[derive(Debug, thiserror::Error)]
+pub enum IterableError {
+    #[error("Iterable rejected the API key ({code}: {msg}) at {endpoint}. Check that the connection's key is a server-side key of the right project and data centre (US keys work only on api.iterable.com, EU keys only on api.eu.iterable.com).")]
+    BadApiKey { endpoint: String, status: u16, code: String, msg: String },
+    #[error("Iterable says list {list_id} does not exist ({msg}).")]
+    InvalidListId { list_id: i64, msg: String },
+    #[error("Iterable refused {endpoint} with HTTP {status} {code}: {msg}")]
+    Api { endpoint: String, status: u16, code: String, msg: String },
+    #[error("{endpoint} kept failing after {attempts} attempt(s) (last: {last}); Iterable or the network may be down")]
+    GaveUp { endpoint: String, attempts: usize, last: String },
+    #[error("Iterable answered {endpoint} with a body that could not be read: {cause}")]
+    Decode { endpoint: String, cause: String },
+}
+
+impl IterableError {
+    pub fn is_bad_api_key(&self) -> bool {
+        matches!(self, IterableError::BadApiKey { .. })
+    }
+}
+
+/// The outcome of one attempt that did not succeed.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// Worth another try, possibly after a delay the server asked for.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+        rate_limited: bool,
+    },
+    Final(IterableError),
+}
+
+impl AttemptError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AttemptError::Retry { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Retry { after, .. } => *after,
+            AttemptError::Final(_) => None,
+        }
+    }
+}
+
+/// Classifies a transport error.
+pub(crate) fn classify_transport(e: &reqwest::Error) -> AttemptError {
+    // Timeouts, refused and reset connections, and incomplete bodies are all transient from here.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    AttemptError::Retry { reason: format!("{kind}: {}", without_url(e)), after: None, rate_limited: false }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    // The URL carries no secret (the key is a header), but it makes lines long; the endpoint is said elsewhere.
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
+
+/// Classifies a non-2xx HTTP answer.
+pub(crate) fn classify_status(
+    endpoint: &str,
+    status: u16,
+    retry_after_header: Option<Duration>,
+    body: &str,
+) -> AttemptError {
+    let env: Envelope = serde_json::from_str(body).unwrap_or_else(|_| Envelope {
+        msg: body.chars().take(200).collect::<String>().trim().to_string(),
+        code: String::new(),
+        params: None,
+    });
+    let code = if env.code.is_empty() { format!("HTTP {status}") } else { env.code.clone() };
+    match status {
+        429 => {
+            let reset = env
+                .params
+                .as_ref()
+                .and_then(|p| p.get("rateLimitReset"))
+                .and_then(|v| v.as_f64())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            AttemptError::Retry {
+                reason: format!("rate limited ({code}: {})", env.msg),
+                after: retry_after_header.or(reset),
+                rate_limited: true,
+            }
+        }
+        408 | 500 | 502..=599 => AttemptError::Retry {
+            reason: format!("HTTP {status} ({code}: {})", env.msg),
+            after: retry_after_header,
+            rate_limited: false,
+        },
+        401 | 403 if env.code != "Success" => {
+            AttemptError::Final(IterableError::BadApiKey { endpoint: endpoint.to_string(), status, code, msg: env.msg })
+        }
+        _ if env.msg.contains("invalidListId") => {
+            let list_id =
+                env.params.as_ref().and_then(|p| p.get("listId")).and_then(|v| v.as_i64()).unwrap_or_default();
+            AttemptError::Final(IterableError::InvalidListId { list_id, msg: env.msg })
+        }
+        _ => AttemptError::Final(IterableError::Api { endpoint: endpoint.to_string(), status, code, msg: env.msg }),
+    }
+}
+
+/// Reads `Retry-After` as seconds (the HTTP-date form is rare for APIs and is ignored).
+pub(crate) fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let secs: f64 = value?.to_str().ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_400_with_code_success_and_invalid_list_id_is_an_invalid_list() {
+        let body = r#"{"msg":"error.lists.invalidListId(999)","code":"Success","params":{"projectId":1,"listId":999}}"#;
+        match classify_status("lists/subscribe", 400, None, body) {
+            AttemptError::Final(IterableError::InvalidListId { list_id, .. }) => assert_eq!(list_id, 999),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limits_and_server_errors_are_retried_but_other_4xx_are_not() {
+        assert!(classify_status("x", 429, None, "{}").is_retryable());
+        assert!(classify_status("x", 503, None, "<html>").is_retryable());
+        assert!(classify_status("x", 408, None, "").is_retryable());
+        assert!(!classify_status("x", 501, None, "").is_retryable());
+        assert!(!classify_status("x", 400, None, r#"{"msg":"bad","code":"BadParams"}"#).is_retryable());
+        assert!(!classify_status("x", 409, None, "").is_retryable());
+    }
+
+    #[test]
+    fn a_401_is_a_bad_api_key_quoting_iterables_code() {
+        let body = r#"{"msg":"Invalid API key","code":"BadApiKey","params":null}"#;
+        let AttemptError::Final(e) = classify_status("lists", 401, None, body) else { panic!() };
+        assert!(e.is_bad_api_key());
+        assert!(e.to_string().contains("BadApiKey"));
+    }
+
+    #[test]
+    fn retry_after_header_wins_over_rate_limit_reset() {
+        let body = r#"{"msg":"Exceeded","code":"RateLimitExceeded","params":{"rateLimitReset":7}}"#;
+        let e = classify_status("x", 429, Some(Duration::from_secs(2)), body);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        let e = classify_status("x", 429, None, body);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    }
+}

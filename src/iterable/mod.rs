@@ -1,0 +1,16 @@
+//! The Iterable REST client: requests and responses of the list endpoints, error classification, retries and the
+//! per-connection pace.
+//!
+//! Classification lives in one place (`error.rs`): transport errors, 408, 429 and 5xx (not 501) are retried with
+//! capped exponential backoff and jitter, honouring `Retry-After` (or `params.rateLimitReset`) when present; every
+//! other answer is final. HTTP status is checked before the body, because Iterable can say `code: "Success"` on a 400.
+
+mod client;
+mod error;
+mod pacer;
+mod types;
+
+pub use client::{ClientStats, IterableClient, RetrySettings};
+pub use error::IterableError;
+pub use pacer::Pacer;
+pub use types::{encode_subscriber, BulkResponse, FailedUpdates, ListDetails, Region};

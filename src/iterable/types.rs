@@ -1,0 +1,188 @@
+//! Iterable's JSON shapes for the list endpoints, and the hand-built request bodies used on the hot path.
+
+use serde::{Deserialize, Serialize};
+
+/// Iterable data centres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    Us,
+    Eu,
+}
+
+impl Region {
+    pub fn base_url(self) -> &'static str {
+        match self {
+            Region::Us => "https://api.iterable.com",
+            Region::Eu => "https://api.eu.iterable.com",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Us => "us",
+            Region::Eu => "eu",
+        }
+    }
+}
+
+/// `ListDetails` from `GET /api/lists`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListDetails {
+    pub id: i64,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    #[serde(default)]
+    pub list_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListsResponse {
+    pub lists: Vec<ListDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateListResponse {
+    pub list_id: i64,
+}
+
+/// Iterable's standard envelope `{msg, code, params}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct Envelope {
+    #[serde(default)]
+    pub msg: String,
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub params: Option<serde_json::Value>,
+}
+
+/// Per-identity failures inside an HTTP 200 of subscribe or unsubscribe.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FailedUpdates {
+    pub invalid_emails: Vec<String>,
+    pub not_found_emails: Vec<String>,
+    pub forgotten_emails: Vec<String>,
+    pub conflict_emails: Vec<String>,
+    pub invalid_data_emails: Vec<String>,
+}
+
+impl FailedUpdates {
+    /// Each failed email (lowercased) with Iterable's category. `notFoundEmails` is left out on unsubscribe, where
+    /// it means the member is already off the list.
+    pub fn categorised(&self, unsubscribe: bool) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        let mut push = |list: &Vec<String>, category: &'static str| {
+            out.extend(list.iter().map(|e| (e.trim().to_lowercase(), category)));
+        };
+        push(&self.invalid_emails, "invalidEmails");
+        if !unsubscribe {
+            push(&self.not_found_emails, "notFoundEmails");
+        }
+        push(&self.forgotten_emails, "forgottenEmails");
+        push(&self.conflict_emails, "conflictEmails");
+        push(&self.invalid_data_emails, "invalidDataEmails");
+        out
+    }
+}
+
+/// `UserBulkUpdateListResponse`, the HTTP 200 answer of subscribe and unsubscribe.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BulkResponse {
+    pub success_count: i64,
+    pub fail_count: i64,
+    pub created_fields: Vec<String>,
+    pub filtered_out_fields: Vec<String>,
+    pub failed_updates: FailedUpdates,
+    /// Deprecated top-level copy, still returned.
+    pub invalid_emails: Vec<String>,
+}
+
+/// One subscriber as a JSON fragment: `{"email":"…","dataFields":{…}}`. `fields` is a JSON object text produced
+/// by `serde_json`; an empty object is left out. Fragments are joined by `IterableClient::subscribe`, so a batch's
+/// body size is known while the batch is built.
+pub fn encode_subscriber(email: &str, fields: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(email.len() + fields.len() + 32);
+    out.extend_from_slice(b"{\"email\":");
+    serde_json::to_writer(&mut out, email).expect("writing to a Vec cannot fail");
+    if fields != "{}" && !fields.is_empty() {
+        out.extend_from_slice(b",\"dataFields\":");
+        out.extend_from_slice(fields.as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// Bytes the subscribe body adds around its subscribers (list id, flags, brackets).
+pub(crate) const SUBSCRIBE_OVERHEAD: usize = 96;
+
+pub(crate) fn subscribe_body(list_id: i64, fragments: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(fragments.iter().map(|f| f.len() + 1).sum::<usize>() + SUBSCRIBE_OVERHEAD);
+    body.extend_from_slice(format!("{{\"listId\":{list_id},\"subscribers\":[").as_bytes());
+    for (i, f) in fragments.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(f);
+    }
+    body.extend_from_slice(b"],\"updateExistingUsersOnly\":false}");
+    body
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UnsubscribeBody<'a> {
+    pub list_id: i64,
+    pub subscribers: Vec<Unsubscriber<'a>>,
+    /// Always sent: `true` would unsubscribe the user from the whole email channel, and a third party reports
+    /// that Iterable defaults it to `true` when absent.
+    pub channel_unsubscribe: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Unsubscriber<'a> {
+    pub email: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_body_is_valid_json_with_fields_only_when_present() {
+        let frags = vec![encode_subscriber("a@b.com", "{\"tier\":\"gold\"}"), encode_subscriber("q\"x@b.com", "{}")];
+        let body = subscribe_body(7, &frags);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["listId"], 7);
+        assert_eq!(v["subscribers"][0]["dataFields"]["tier"], "gold");
+        assert_eq!(v["subscribers"][1]["email"], "q\"x@b.com");
+        assert!(v["subscribers"][1].get("dataFields").is_none());
+        assert!(body.len() <= frags.iter().map(|f| f.len() + 1).sum::<usize>() + SUBSCRIBE_OVERHEAD);
+    }
+
+    #[test]
+    fn not_found_on_unsubscribe_is_not_a_failure() {
+        let f = FailedUpdates {
+            not_found_emails: vec!["A@x.com".into()],
+            forgotten_emails: vec!["b@x.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(f.categorised(true), vec![("b@x.com".to_string(), "forgottenEmails")]);
+        assert_eq!(f.categorised(false).len(), 2);
+        assert_eq!(f.categorised(false)[0].0, "a@x.com");
+    }
+
+    #[test]
+    fn bulk_response_tolerates_missing_fields() {
+        let r: BulkResponse = serde_json::from_str(r#"{"successCount":2,"failCount":0}"#).unwrap();
+        assert_eq!(r.success_count, 2);
+        assert!(r.failed_updates.invalid_emails.is_empty());
+    }
+}

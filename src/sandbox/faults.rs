@@ -1,0 +1,242 @@
+//! The misbehaviour the sandbox can be told to show: added latency, a project-wide token-bucket rate
+//! limit, random 500s and dropped connections. Owns the settings and the bucket, nothing else; the
+//! settings can be changed while serving, through `Sandbox::set_faults` or `POST /_sandbox/faults`.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A partial change to the fault settings; fields left `None` keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Milliseconds added before answering every `/api` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Requests per second over all `/api` endpoints. `Some(None)` (JSON `null`) turns the limit off.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Option<f64>>,
+    /// Probability in `0..=1` that an `/api` request fails (500, or applied then dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_rate: Option<f64>,
+    /// Send `Retry-After` on 429 answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<bool>,
+}
+
+/// Distinguishes a field given as `null` (`Some(None)`) from one left out (`None`, via `default`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(deserializer).map(Some)
+}
+
+impl Faults {
+    /// Says what is wrong with a change, for the `/_sandbox/faults` endpoint to refuse it.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(rate) = self.fail_rate {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("fail_rate must be between 0 and 1, got {rate}"));
+            }
+        }
+        if let Some(Some(rate)) = self.rate_limit {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("rate_limit must be a positive number of requests per second or null, got {rate}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fault settings in force.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FaultSettings {
+    pub latency_ms: u64,
+    pub rate_limit: Option<f64>,
+    pub fail_rate: f64,
+    pub retry_after: bool,
+}
+
+/// What a request was picked to suffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Injected {
+    Nothing,
+    /// Answer 500 without applying the change.
+    ServerError,
+    /// Apply the change, then abort the connection before a complete answer.
+    DropAfterApplying,
+}
+
+/// Refusal by the rate limiter, with what the 429 answer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateLimited {
+    /// Bucket capacity (the burst), reported as `rateLimitLimit`.
+    pub limit: u64,
+    /// Whole seconds until a token is available, at least 1.
+    pub reset_secs: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    latency: Duration,
+    fail_rate: f64,
+    retry_after: bool,
+    bucket: Option<TokenBucket>,
+}
+
+impl FaultState {
+    /// Out-of-range values are clamped (fail rate) or turn the feature off (rate limit); use
+    /// `Faults::validate` first where the caller should hear about it.
+    pub(crate) fn new(latency: Duration, rate_limit: Option<f64>, fail_rate: f64, retry_after: bool) -> Self {
+        Self {
+            latency,
+            fail_rate: clamp_probability(fail_rate),
+            retry_after,
+            bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, Instant::now())),
+        }
+    }
+
+    pub(crate) fn apply(&mut self, change: &Faults) {
+        if let Some(ms) = change.latency_ms {
+            self.latency = Duration::from_millis(ms);
+        }
+        if let Some(rate) = change.rate_limit {
+            self.bucket = rate.and_then(|rate| TokenBucket::new(rate, Instant::now()));
+        }
+        if let Some(rate) = change.fail_rate {
+            self.fail_rate = clamp_probability(rate);
+        }
+        if let Some(on) = change.retry_after {
+            self.retry_after = on;
+        }
+    }
+
+    pub(crate) fn settings(&self) -> FaultSettings {
+        FaultSettings {
+            latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
+            rate_limit: self.bucket.as_ref().map(|bucket| bucket.rate),
+            fail_rate: self.fail_rate,
+            retry_after: self.retry_after,
+        }
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    pub(crate) fn retry_after(&self) -> bool {
+        self.retry_after
+    }
+
+    pub(crate) fn take_token(&mut self, now: Instant) -> Result<(), RateLimited> {
+        match &mut self.bucket {
+            Some(bucket) => bucket.take(now),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn roll(&self) -> Injected {
+        if self.fail_rate <= 0.0 || rand::random::<f64>() >= self.fail_rate {
+            Injected::Nothing
+        } else if rand::random::<bool>() {
+            Injected::ServerError
+        } else {
+            Injected::DropAfterApplying
+        }
+    }
+}
+
+fn clamp_probability(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 1.0)
+    }
+}
+
+/// Classic token bucket: `rate` tokens per second, capacity `max(1, rate)`, starting full.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// `None` for a rate that is not a positive finite number.
+    fn new(rate: f64, now: Instant) -> Option<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return None;
+        }
+        let burst = rate.max(1.0);
+        Some(Self { rate, burst, tokens: burst, last: now })
+    }
+
+    fn take(&mut self, now: Instant) -> Result<(), RateLimited> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        Err(RateLimited { limit: self.burst.floor() as u64, reset_secs: (wait.ceil() as u64).max(1) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_its_burst_then_refuses_until_tokens_refill() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(2.0, start).unwrap();
+        assert!(bucket.take(start).is_ok());
+        assert!(bucket.take(start).is_ok());
+        let refused = bucket.take(start).unwrap_err();
+        assert_eq!(refused.limit, 2);
+        assert_eq!(refused.reset_secs, 1);
+        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn a_slow_rate_still_allows_one_request_and_reports_a_long_reset() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(0.1, start).unwrap();
+        assert!(bucket.take(start).is_ok());
+        let refused = bucket.take(start).unwrap_err();
+        assert_eq!(refused.limit, 1);
+        assert_eq!(refused.reset_secs, 10);
+    }
+
+    #[test]
+    fn null_rate_limit_is_told_apart_from_a_missing_one() {
+        let off: Faults = serde_json::from_str(r#"{"rate_limit": null}"#).unwrap();
+        assert_eq!(off.rate_limit, Some(None));
+        let untouched: Faults = serde_json::from_str(r#"{"fail_rate": 0.5}"#).unwrap();
+        assert_eq!(untouched.rate_limit, None);
+        let mut state = FaultState::new(Duration::ZERO, Some(5.0), 0.0, false);
+        state.apply(&untouched);
+        assert_eq!(state.settings().rate_limit, Some(5.0));
+        state.apply(&off);
+        assert_eq!(state.settings().rate_limit, None);
+    }
+
+    #[test]
+    fn invalid_changes_are_refused_by_validate() {
+        let bad_rate = Faults { fail_rate: Some(1.5), ..Faults::default() };
+        assert!(bad_rate.validate().is_err());
+        let bad_limit = Faults { rate_limit: Some(Some(0.0)), ..Faults::default() };
+        assert!(bad_limit.validate().is_err());
+        assert!(Faults::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_fail_rate_of_one_always_injects_and_zero_never_does() {
+        let always = FaultState::new(Duration::ZERO, None, 1.0, false);
+        assert!((0..100).all(|_| always.roll() != Injected::Nothing));
+        let never = FaultState::new(Duration::ZERO, None, 0.0, false);
+        assert!((0..100).all(|_| never.roll() == Injected::Nothing));
+    }
+}

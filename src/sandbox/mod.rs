@@ -1,0 +1,176 @@
+//! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
+//! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
+//! connections) and request counters. Tests, the demo and the benchmark run against it, and a user can
+//! point a connection at it to try the exporter without an Iterable account. It owns only its own
+//! memory: no files, no database, nothing from the rest of the crate.
+//!
+//! Layout: `api` is the HTTP layer (routing, auth, faults, handlers), `project` the state it guards,
+//! `wire` the JSON shapes, `validation` the per-identity checks, `faults` and `stats` the knobs and counters.
+
+mod api;
+mod faults;
+mod project;
+mod stats;
+mod validation;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use faults::{FaultSettings, Faults};
+pub use stats::SandboxStats;
+
+use faults::FaultState;
+use project::Project;
+
+/// How a sandbox behaves. Faults (`latency`, `rate_limit`, `retry_after`, `fail_rate`) can be changed
+/// later with [`Sandbox::set_faults`].
+#[derive(Clone)]
+pub struct SandboxOptions {
+    /// Accepted keys, sent in the `Api-Key` header (or `Api_Key`, which Iterable also accepts).
+    pub api_keys: Vec<String>,
+    /// Added to every `/api` request before it is answered.
+    pub latency: Duration,
+    /// Requests per second over all `/api` endpoints, as a token bucket with burst `max(1, rate)`;
+    /// `None` means unlimited. A non-positive or non-finite rate also means unlimited.
+    pub rate_limit: Option<f64>,
+    /// Send `Retry-After: <secs>` on 429s. Iterable's docs do not say it does, so the default is off.
+    pub retry_after: bool,
+    /// Probability (clamped to `0..=1`) that an `/api` request fails: half of the failures answer 500
+    /// without applying the change, the other half apply it and then drop the connection.
+    pub fail_rate: f64,
+    /// For this long after `POST /api/lists`, subscribe and unsubscribe to the new list answer
+    /// `invalidListId`, imitating Iterable's propagation delay.
+    pub list_propagation: Duration,
+    /// Larger request bodies answer 400 `BatchTooLarge`. Assumption: Iterable documents a 4 MB cap only
+    /// for `users/bulkUpdate` and nothing for lists/subscribe, so we apply the same cap and error code.
+    pub max_body_bytes: usize,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            api_keys: vec!["sandbox-key".into()],
+            latency: Duration::ZERO,
+            rate_limit: None,
+            retry_after: false,
+            fail_rate: 0.0,
+            list_propagation: Duration::ZERO,
+            max_body_bytes: 4_000_000,
+        }
+    }
+}
+
+/// Keys are redacted: even sandbox keys are secrets by habit.
+impl fmt::Debug for SandboxOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxOptions")
+            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
+            .field("latency", &self.latency)
+            .field("rate_limit", &self.rate_limit)
+            .field("retry_after", &self.retry_after)
+            .field("fail_rate", &self.fail_rate)
+            .field("list_propagation", &self.list_propagation)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// A handle on one sandbox's shared state; clones serve and inspect the same project.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api_keys: Vec<String>,
+    max_body_bytes: usize,
+    list_propagation: Duration,
+    /// Each lock is held only for O(batch) work, never across an `.await`.
+    project: Mutex<Project>,
+    faults: Mutex<FaultState>,
+    stats: Mutex<SandboxStats>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox").field("faults", &self.faults()).finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    pub fn new(opts: SandboxOptions) -> Self {
+        let faults = FaultState::new(opts.latency, opts.rate_limit, opts.fail_rate, opts.retry_after);
+        let inner = Inner {
+            api_keys: opts.api_keys,
+            max_body_bytes: opts.max_body_bytes,
+            list_propagation: opts.list_propagation,
+            project: Mutex::new(Project::default()),
+            faults: Mutex::new(faults),
+            stats: Mutex::new(SandboxStats::default()),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The `/api` endpoints plus the `/_sandbox` control endpoints, bound to this sandbox's state.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // Connect info lets the 401 envelope report the caller's ip, as Iterable's does.
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    }
+
+    /// Bind 127.0.0.1:0, serve in the background until the task is aborted or the runtime ends, and
+    /// return the base URL, like `http://127.0.0.1:PORT`.
+    pub async fn spawn(self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let address = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(error) = self.serve(listener, std::future::pending()).await {
+                tracing::warn!(%error, "Sandbox server stopped serving.");
+            }
+        });
+        Ok((format!("http://{address}"), task))
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.inner.stats.lock().clone()
+    }
+
+    pub fn reset_stats(&self) {
+        *self.inner.stats.lock() = SandboxStats::default();
+    }
+
+    /// The list's members as sorted lowercase emails, or `None` when no such list exists.
+    pub fn list_members(&self, list_id: i64) -> Option<Vec<String>> {
+        let project = self.inner.project.lock();
+        project.members(list_id).map(|members| members.map(str::to_owned).collect())
+    }
+
+    /// Change the fault settings at run time; fields left `None` keep their value. Out-of-range values
+    /// are clamped (`fail_rate`) or switch the limit off (`rate_limit`); see [`Faults::validate`].
+    /// Changing `rate_limit` starts a new, full bucket.
+    pub fn set_faults(&self, f: Faults) {
+        self.inner.faults.lock().apply(&f);
+    }
+
+    pub fn faults(&self) -> FaultSettings {
+        self.inner.faults.lock().settings()
+    }
+}

@@ -1,0 +1,295 @@
+//! The sandbox's one Iterable project held in memory: static lists with their members, user profiles
+//! (`dataFields`), the userId index and the project's field-type schema. Everything here is synchronous
+//! and runs under the caller's lock, so each operation is O(batch) and never copies the whole state;
+//! HTTP, parsing and validation happen before the lock is taken (see `api`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::validation::FieldType;
+use super::wire::{Identity, ListDetails, UserBulkUpdateListResponse};
+
+/// The sandbox's project id, reported in `invalidListId` and rate-limit answers.
+pub(crate) const PROJECT_ID: i64 = 1;
+
+/// Ids of created lists start here, so they look like real ids and never collide with small test numbers.
+const FIRST_LIST_ID: i64 = 1000;
+
+/// A subscribe item that passed the syntax checks and is ready to apply.
+#[derive(Debug)]
+pub(crate) struct SubscriberUpdate {
+    pub identity: Identity,
+    /// A userId sent alongside an email; remembered so later userId-only requests find the user.
+    pub user_id: Option<String>,
+    pub data_fields: Option<Map<String, Value>>,
+    pub merge_nested_objects: bool,
+}
+
+/// The list does not exist, or was created less than `list_propagation` ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ListUnavailable;
+
+#[derive(Debug)]
+struct List {
+    name: String,
+    description: Option<String>,
+    created_at_ms: i64,
+    /// Subscribe and unsubscribe answer `invalidListId` before this instant, imitating propagation delay.
+    usable_from: Instant,
+    /// Emails share their allocation with the `users` key.
+    members: BTreeSet<Arc<str>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Project {
+    next_list_id: i64,
+    lists: BTreeMap<i64, List>,
+    users: HashMap<Arc<str>, Map<String, Value>>,
+    user_ids: HashMap<String, Arc<str>>,
+    field_types: HashMap<String, FieldType>,
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self {
+            next_list_id: FIRST_LIST_ID,
+            lists: BTreeMap::new(),
+            users: HashMap::new(),
+            user_ids: HashMap::new(),
+            field_types: HashMap::new(),
+        }
+    }
+}
+
+impl Project {
+    /// Names are not unique: creating a list with an existing name makes a second list, which is what the
+    /// exporter must be designed for.
+    pub(crate) fn create_list(&mut self, name: String, description: Option<String>, usable_from: Instant) -> i64 {
+        let id = self.next_list_id;
+        self.next_list_id += 1;
+        let list = List {
+            name,
+            description,
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            usable_from,
+            members: BTreeSet::new(),
+        };
+        self.lists.insert(id, list);
+        id
+    }
+
+    /// Returns whether the list existed. Users stay in the project; only the memberships go.
+    pub(crate) fn delete_list(&mut self, list_id: i64) -> bool {
+        self.lists.remove(&list_id).is_some()
+    }
+
+    pub(crate) fn list_details(&self) -> Vec<ListDetails> {
+        self.lists
+            .iter()
+            .map(|(&id, list)| ListDetails {
+                id,
+                name: list.name.clone(),
+                description: list.description.clone(),
+                created_at: list.created_at_ms,
+                list_type: "Standard",
+            })
+            .collect()
+    }
+
+    /// Members in ascending order, or `None` when the list does not exist.
+    pub(crate) fn members(&self, list_id: i64) -> Option<impl ExactSizeIterator<Item = &str>> {
+        self.lists.get(&list_id).map(|list| list.members.iter().map(|email| &**email))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn user_data_fields(&self, email: &str) -> Option<&Map<String, Value>> {
+        self.users.get(email)
+    }
+
+    /// Adds each subscriber to the list, creating unknown users (as an email-based project does) and
+    /// merging their `dataFields`. Per-subscriber failures go into `outcome`.
+    pub(crate) fn subscribe(
+        &mut self,
+        list_id: i64,
+        now: Instant,
+        updates: Vec<SubscriberUpdate>,
+        outcome: &mut UserBulkUpdateListResponse,
+    ) -> Result<(), ListUnavailable> {
+        let Project { lists, users, user_ids, field_types, .. } = self;
+        let list = usable_list(lists, list_id, now)?;
+        for update in updates {
+            let email: Arc<str> = match &update.identity {
+                Identity::Email(email) => match users.get_key_value(email.as_str()) {
+                    Some((known, _)) => Arc::clone(known),
+                    None => Arc::from(email.as_str()),
+                },
+                // An email-based project cannot create a user from a userId alone.
+                Identity::UserId(user_id) => match user_ids.get(user_id) {
+                    Some(known) => Arc::clone(known),
+                    None => {
+                        outcome.not_found(update.identity);
+                        continue;
+                    }
+                },
+            };
+            if let Some(fields) = &update.data_fields {
+                if !types_match(field_types, fields) {
+                    outcome.invalid_data(update.identity);
+                    continue;
+                }
+                register_new_fields(field_types, fields, &mut outcome.created_fields);
+            }
+            let profile = users.entry(Arc::clone(&email)).or_default();
+            if let Some(fields) = update.data_fields {
+                merge_data_fields(profile, fields, update.merge_nested_objects);
+            }
+            if let Some(user_id) = update.user_id {
+                user_ids.insert(user_id, Arc::clone(&email));
+            }
+            list.members.insert(email);
+            outcome.succeeded();
+        }
+        Ok(())
+    }
+
+    /// Removes each identity from the list; one that is not a member is reported as not found.
+    pub(crate) fn unsubscribe(
+        &mut self,
+        list_id: i64,
+        now: Instant,
+        identities: Vec<Identity>,
+        outcome: &mut UserBulkUpdateListResponse,
+    ) -> Result<(), ListUnavailable> {
+        let Project { lists, user_ids, .. } = self;
+        let list = usable_list(lists, list_id, now)?;
+        for identity in identities {
+            let removed = match &identity {
+                Identity::Email(email) => list.members.remove(email.as_str()),
+                Identity::UserId(user_id) => user_ids.get(user_id).is_some_and(|email| list.members.remove(&**email)),
+            };
+            if removed {
+                outcome.succeeded();
+            } else {
+                outcome.not_found(identity);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn usable_list(lists: &mut BTreeMap<i64, List>, list_id: i64, now: Instant) -> Result<&mut List, ListUnavailable> {
+    match lists.get_mut(&list_id) {
+        Some(list) if now >= list.usable_from => Ok(list),
+        _ => Err(ListUnavailable),
+    }
+}
+
+/// A field's type is fixed by the first value the project ever received for it.
+fn types_match(field_types: &HashMap<String, FieldType>, fields: &Map<String, Value>) -> bool {
+    fields.iter().all(|(name, value)| match (field_types.get(name), FieldType::of(value)) {
+        (Some(expected), Some(actual)) => *expected == actual,
+        _ => true,
+    })
+}
+
+fn register_new_fields(
+    field_types: &mut HashMap<String, FieldType>,
+    fields: &Map<String, Value>,
+    created: &mut Vec<String>,
+) {
+    for (name, value) in fields {
+        if let Some(kind) = FieldType::of(value) {
+            if !field_types.contains_key(name) {
+                field_types.insert(name.clone(), kind);
+                created.push(name.clone());
+            }
+        }
+    }
+}
+
+/// Iterable merges top-level fields and never deletes missing ones. With `mergeNestedObjects`, an object
+/// value is merged into the stored object instead of replacing it.
+fn merge_data_fields(profile: &mut Map<String, Value>, fields: Map<String, Value>, nested: bool) {
+    for (name, value) in fields {
+        match (profile.get_mut(&name), value) {
+            (Some(Value::Object(stored)), Value::Object(incoming)) if nested => {
+                stored.extend(incoming);
+            }
+            (_, value) => {
+                profile.insert(name, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn update(email: &str, fields: Value) -> SubscriberUpdate {
+        SubscriberUpdate {
+            identity: Identity::Email(email.to_owned()),
+            user_id: None,
+            data_fields: fields.as_object().cloned(),
+            merge_nested_objects: false,
+        }
+    }
+
+    #[test]
+    fn data_fields_are_merged_and_missing_fields_are_kept() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let first = update("a@b.co", json!({"plan": "pro", "seats": 3}));
+        let second = update("a@b.co", json!({"plan": "team"}));
+        project.subscribe(id, Instant::now(), vec![first, second], &mut outcome).unwrap();
+        let profile = project.user_data_fields("a@b.co").unwrap();
+        assert_eq!(profile.get("plan"), Some(&json!("team")));
+        assert_eq!(profile.get("seats"), Some(&json!(3)));
+        assert_eq!(outcome.created_fields, vec!["plan", "seats"]);
+    }
+
+    #[test]
+    fn merge_nested_objects_merges_instead_of_replacing() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let mut second = update("a@b.co", json!({"address": {"city": "Oslo"}}));
+        second.merge_nested_objects = true;
+        let first = update("a@b.co", json!({"address": {"zip": "0150"}}));
+        project.subscribe(id, Instant::now(), vec![first, second], &mut outcome).unwrap();
+        let profile = project.user_data_fields("a@b.co").unwrap();
+        assert_eq!(profile.get("address"), Some(&json!({"zip": "0150", "city": "Oslo"})));
+    }
+
+    #[test]
+    fn a_user_id_sent_with_an_email_finds_the_user_later() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let mut with_id = update("a@b.co", json!({}));
+        with_id.user_id = Some("u1".into());
+        project.subscribe(id, Instant::now(), vec![with_id], &mut outcome).unwrap();
+        let identities = vec![Identity::UserId("u1".into()), Identity::UserId("nobody".into())];
+        let mut outcome = UserBulkUpdateListResponse::default();
+        project.unsubscribe(id, Instant::now(), identities, &mut outcome).unwrap();
+        assert_eq!(outcome.success_count, 1);
+        assert_eq!(outcome.failed_updates.not_found_user_ids, vec!["nobody"]);
+        assert_eq!(project.members(id).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn lists_are_unavailable_until_their_propagation_instant() {
+        let mut project = Project::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let id = project.create_list("l".into(), None, later);
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let result = project.subscribe(id, Instant::now(), Vec::new(), &mut outcome);
+        assert_eq!(result, Err(ListUnavailable));
+        assert!(project.subscribe(id, later, Vec::new(), &mut outcome).is_ok());
+    }
+}

@@ -1,0 +1,191 @@
+//! API keys: where they come from, and how keys given on stdin are kept encrypted at rest.
+//!
+//! Keys are `SecretString`s from the moment they are read; nothing here formats one into a message. Stored keys
+//! are sealed with XChaCha20-Poly1305 under a master key (from `SEGMENT_EXPORTER_MASTER_KEY` or a 0600 key file
+//! beside the store), with the connection name as associated data so a sealed key cannot be moved to another
+//! connection.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
+use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::store::{Connection, KeySource};
+
+pub const MASTER_KEY_ENV: &str = "SEGMENT_EXPORTER_MASTER_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the API key for connection '{connection}' comes from environment variable {var}, which is not set. Set it in the environment of this process (for systemd: Environment= or LoadCredential= with --api-key-file).")]
+    EnvMissing { connection: String, var: String },
+    #[error("cannot read the API key file {path} for connection '{connection}': {cause}. Check the path and its permissions.")]
+    FileUnreadable { connection: String, path: String, cause: String },
+    #[error("the API key for connection '{connection}' is empty ({from}). Put the key there.")]
+    Empty { connection: String, from: String },
+    #[error(
+        "{MASTER_KEY_ENV} must be 64 hexadecimal characters (a 32-byte key). Generate one with `openssl rand -hex 32`."
+    )]
+    BadMasterKeyEnv,
+    #[error("the master key file {path} is not valid: {cause}. It must hold 64 hexadecimal characters; restore it from backup (without it, stored API keys cannot be read).")]
+    BadMasterKeyFile { path: PathBuf, cause: String },
+    #[error("cannot create the master key file {path}: {cause}")]
+    CreateMasterKey { path: PathBuf, cause: String },
+    #[error("the stored API key of connection '{connection}' cannot be decrypted with this master key. Use the master key it was saved with, or add the connection again.")]
+    Decrypt { connection: String },
+}
+
+/// The key that seals stored API keys.
+pub struct MasterKey(chacha20poly1305::Key);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// The master key from the environment, else from `path`, creating that file (mode 0600) when `create`.
+    pub fn load(path: &Path, create: bool) -> Result<MasterKey, SecretError> {
+        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+            return parse_hex_key(&text).map(MasterKey).ok_or(SecretError::BadMasterKeyEnv);
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => parse_hex_key(&text).map(MasterKey).ok_or_else(|| SecretError::BadMasterKeyFile {
+                path: path.into(),
+                cause: "not 64 hexadecimal characters".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => Self::create(path),
+            Err(e) => Err(SecretError::BadMasterKeyFile { path: path.into(), cause: e.to_string() }),
+        }
+    }
+
+    fn create(path: &Path) -> Result<MasterKey, SecretError> {
+        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+        let err = |e: std::io::Error| SecretError::CreateMasterKey { path: path.into(), cause: e.to_string() };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(err)?;
+        file.write_all(hex::encode(key).as_bytes()).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        Ok(MasterKey(key))
+    }
+
+    /// Seals an API key for a connection; returns (ciphertext, nonce).
+    pub fn seal(&self, connection: &str, api_key: &SecretString) -> (Vec<u8>, Vec<u8>) {
+        let cipher = XChaCha20Poly1305::new(&self.0);
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let payload = Payload { msg: api_key.expose_secret().as_bytes(), aad: connection.as_bytes() };
+        let ciphertext = cipher.encrypt(&nonce, payload).expect("XChaCha20-Poly1305 encryption cannot fail");
+        (ciphertext, nonce.to_vec())
+    }
+
+    pub fn open(&self, connection: &str, ciphertext: &[u8], nonce: &[u8]) -> Result<SecretString, SecretError> {
+        let fail = || SecretError::Decrypt { connection: connection.to_string() };
+        if nonce.len() != 24 {
+            return Err(fail());
+        }
+        let cipher = XChaCha20Poly1305::new(&self.0);
+        let plain = cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: connection.as_bytes() })
+            .map_err(|_| fail())?;
+        String::from_utf8(plain).map(SecretString::from).map_err(|_| fail())
+    }
+}
+
+fn parse_hex_key(text: &str) -> Option<chacha20poly1305::Key> {
+    let bytes = hex::decode(text.trim()).ok()?;
+    (bytes.len() == 32).then(|| *chacha20poly1305::Key::from_slice(&bytes))
+}
+
+/// Reads an API key from a file: the first line, trimmed (systemd credentials and secret mounts often end in a newline).
+pub fn read_key_file(connection: &str, path: &str) -> Result<SecretString, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
+        connection: connection.into(),
+        path: path.into(),
+        cause: e.kind().to_string(),
+    })?;
+    non_empty(connection, &format!("file {path}"), text.lines().next().unwrap_or("").trim())
+}
+
+fn non_empty(connection: &str, from: &str, key: &str) -> Result<SecretString, SecretError> {
+    if key.is_empty() {
+        Err(SecretError::Empty { connection: connection.into(), from: from.into() })
+    } else {
+        Ok(SecretString::from(key.to_string()))
+    }
+}
+
+/// Reads an API key from an environment variable.
+pub fn read_key_env(connection: &str, var: &str) -> Result<SecretString, SecretError> {
+    let value =
+        std::env::var(var).map_err(|_| SecretError::EnvMissing { connection: connection.into(), var: var.into() })?;
+    non_empty(connection, &format!("environment variable {var}"), value.trim())
+}
+
+/// The API key of a stored connection, read from wherever the connection says.
+pub fn resolve_api_key(conn: &Connection, master_key_path: &Path) -> Result<SecretString, SecretError> {
+    match &conn.key {
+        KeySource::Env(var) => read_key_env(&conn.name, var),
+        KeySource::File(path) => read_key_file(&conn.name, path),
+        KeySource::Stored { ciphertext, nonce } => {
+            MasterKey::load(master_key_path, false)?.open(&conn.name, ciphertext, nonce)
+        }
+    }
+}
+
+/// The last four characters of a key, for `connection show`; only for keys of 12 characters or more.
+pub fn last4(key: &SecretString) -> Option<String> {
+    let chars: Vec<char> = key.expose_secret().chars().collect();
+    (chars.len() >= 12).then(|| chars[chars.len() - 4..].iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_key_opens_only_for_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::load(&dir.path().join("m.key"), true).unwrap();
+        let (ct, nonce) = master.seal("prod", &SecretString::from("abcdef0123456789".to_string()));
+        assert!(!ct.windows(6).any(|w| w == b"abcdef"), "ciphertext must not hold the key");
+        assert_eq!(master.open("prod", &ct, &nonce).unwrap().expose_secret(), "abcdef0123456789");
+        assert!(matches!(master.open("other", &ct, &nonce), Err(SecretError::Decrypt { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_master_key_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/m.key");
+        let a = MasterKey::load(&path, true).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = MasterKey::load(&path, false).unwrap();
+        assert_eq!(a.0, b.0);
+    }
+
+    #[test]
+    fn last4_is_shown_only_for_long_keys() {
+        assert_eq!(last4(&SecretString::from("0123456789abcdef".to_string())).as_deref(), Some("cdef"));
+        assert_eq!(last4(&SecretString::from("short".to_string())), None);
+    }
+
+    #[test]
+    fn key_files_are_trimmed_and_empty_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "secret-key-value\n").unwrap();
+        assert_eq!(read_key_file("c", p.to_str().unwrap()).unwrap().expose_secret(), "secret-key-value");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(read_key_file("c", p.to_str().unwrap()), Err(SecretError::Empty { .. })));
+    }
+}

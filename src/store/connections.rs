@@ -1,0 +1,180 @@
+//! Iterable connections: where to reach Iterable, where the API key comes from, and the privacy consent.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{now, Result, Store, StoreError};
+
+/// Where a connection's API key comes from. Only references are stored for `Env` and `File`; `Stored` keys are
+/// encrypted (see `crate::secrets`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Env(String),
+    File(String),
+    Stored { ciphertext: Vec<u8>, nonce: Vec<u8> },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl KeySource {
+    /// Where the key comes from, never the key itself.
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Env(var) => format!("environment variable {var}"),
+            KeySource::File(path) => format!("file {path}"),
+            KeySource::Stored { .. } => "stored in the store, encrypted".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: i64,
+    pub name: String,
+    pub base_url: String,
+    pub region: Option<String>,
+    pub usable_by: String,
+    pub key: KeySource,
+    pub key_last4: Option<String>,
+    pub privacy_accepted_at: DateTime<Utc>,
+    pub privacy_accepted_by: String,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub name: String,
+    pub base_url: String,
+    pub region: Option<String>,
+    pub usable_by: String,
+    pub key: KeySource,
+    pub key_last4: Option<String>,
+    pub privacy_accepted_by: String,
+    pub verified: bool,
+}
+
+const SELECT: &str = "SELECT id, name, base_url, region, usable_by, key_source, key_ref, key_ciphertext, key_nonce, \
+     key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at FROM connections";
+
+fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
+    let source: String = row.try_get("key_source")?;
+    let key_ref: Option<String> = row.try_get("key_ref")?;
+    let key = match source.as_str() {
+        "env" => KeySource::Env(key_ref.unwrap_or_default()),
+        "file" => KeySource::File(key_ref.unwrap_or_default()),
+        _ => KeySource::Stored {
+            ciphertext: row.try_get::<Option<Vec<u8>>, _>("key_ciphertext")?.unwrap_or_default(),
+            nonce: row.try_get::<Option<Vec<u8>>, _>("key_nonce")?.unwrap_or_default(),
+        },
+    };
+    Ok(Connection {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        base_url: row.try_get("base_url")?,
+        region: row.try_get("region")?,
+        usable_by: row.try_get("usable_by")?,
+        key,
+        key_last4: row.try_get("key_last4")?,
+        privacy_accepted_at: row.try_get("privacy_accepted_at")?,
+        privacy_accepted_by: row.try_get("privacy_accepted_by")?,
+        verified_at: row.try_get("verified_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    pub async fn add_connection(&self, c: &NewConnection) -> Result<Connection> {
+        let (source, key_ref, ciphertext, nonce) = match &c.key {
+            KeySource::Env(v) => ("env", Some(v.clone()), None, None),
+            KeySource::File(p) => ("file", Some(p.clone()), None, None),
+            KeySource::Stored { ciphertext, nonce } => ("stored", None, Some(ciphertext.clone()), Some(nonce.clone())),
+        };
+        let at = now();
+        sqlx::query(
+            "INSERT INTO connections (name, base_url, region, usable_by, key_source, key_ref, key_ciphertext, \
+             key_nonce, key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.name)
+        .bind(&c.base_url)
+        .bind(&c.region)
+        .bind(&c.usable_by)
+        .bind(source)
+        .bind(key_ref)
+        .bind(ciphertext)
+        .bind(nonce)
+        .bind(&c.key_last4)
+        .bind(at)
+        .bind(&c.privacy_accepted_by)
+        .bind(c.verified.then_some(at))
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::on_insert(e, "connection", &c.name))?;
+        self.connection(&c.name).await
+    }
+
+    pub async fn connections(&self) -> Result<Vec<Connection>> {
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    pub async fn connection(&self, name: &str) -> Result<Connection> {
+        let row = sqlx::query(&format!("{SELECT} WHERE name = ?")).bind(name).fetch_optional(&self.pool).await?;
+        row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", name, "connection"))
+    }
+
+    pub async fn connection_by_id(&self, id: i64) -> Result<Connection> {
+        let row = sqlx::query(&format!("{SELECT} WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", &id.to_string(), "connection"))
+    }
+
+    pub async fn mark_connection_verified(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE connections SET verified_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Names of the exports that use a connection.
+    pub async fn exports_using_connection(&self, id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE connection_id = ? ORDER BY name")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Removes a connection. Exports that use it are detached (kept, disabled) or removed, as asked; with
+    /// neither, the removal is refused while exports use it.
+    pub async fn remove_connection(&self, name: &str, detach: bool, remove_exports: bool) -> Result<Vec<String>> {
+        let conn = self.connection(name).await?;
+        let users = self.exports_using_connection(conn.id).await?;
+        if !users.is_empty() && !detach && !remove_exports {
+            return Err(StoreError::Conflict(format!(
+                "connection '{name}' is used by export(s) {}. Run again with --detach-exports (they stay, disabled) \
+                 or --remove-exports (they are deleted with everything stored about their members).",
+                users.join(", ")
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        if remove_exports {
+            sqlx::query("DELETE FROM exports WHERE connection_id = ?").bind(conn.id).execute(&mut *tx).await?;
+        } else {
+            sqlx::query("UPDATE exports SET connection_id = NULL, enabled = 0, updated_at = ? WHERE connection_id = ?")
+                .bind(now())
+                .bind(conn.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM connections WHERE id = ?").bind(conn.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(users)
+    }
+}

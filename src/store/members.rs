@@ -1,0 +1,268 @@
+//! Member state and run planning.
+//!
+//! `members` holds what Iterable has acknowledged per target. A run stages the segment's current members in a
+//! temporary table on a dedicated connection (`PlanSession`), diffs them against `members` in SQL, and reads the
+//! plan back in chunks, so memory does not grow with the segment. Acknowledged batches are written back to
+//! `members` together with the run's counters in one transaction: that record is what makes a killed run resume
+//! without losing or repeating work, because the next plan is computed against it.
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite};
+
+use super::{Result, Store};
+
+/// A member that a run wants on a list: normalised email, hash of its data fields and the fields as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedAdd {
+    pub seq: i64,
+    pub email: String,
+    pub fields_hash: i64,
+    pub fields: String,
+}
+
+/// A member whose subscription Iterable acknowledged, or rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedMember {
+    pub email: String,
+    pub fields_hash: i64,
+}
+
+/// What one target's plan holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TargetPlan {
+    /// Distinct valid members in the segment now.
+    pub members: u64,
+    pub to_add: u64,
+    /// Members to unsubscribe from the list.
+    pub to_remove: u64,
+    /// Members who left but are not unsubscribed (`--on-leave keep`, or Iterable had rejected them); only forgotten.
+    pub to_forget: u64,
+    pub unchanged: u64,
+}
+
+/// Members recorded for a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberCounts {
+    pub subscribed: u64,
+    pub rejected: u64,
+}
+
+// SQLite allows 32766 bound variables per statement; stay well below.
+const ROWS_PER_STATEMENT: usize = 2000;
+
+/// A dedicated store connection that owns a run's temporary staging and plan tables.
+pub struct PlanSession {
+    conn: SqliteConnection,
+}
+
+impl Store {
+    pub async fn plan_session(&self) -> Result<PlanSession> {
+        let mut conn = Self::connect_options(&self.path).connect().await?;
+        for ddl in [
+            "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
+             fields TEXT NOT NULL, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
+            "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
+             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL)",
+            "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
+             send INTEGER NOT NULL)",
+        ] {
+            sqlx::query(ddl).execute(&mut conn).await?;
+        }
+        Ok(PlanSession { conn })
+    }
+
+    pub async fn member_counts(&self, target_id: i64) -> Result<MemberCounts> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0) FROM members WHERE target_id = ?",
+        )
+        .bind(target_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(MemberCounts { subscribed: row.try_get::<i64, _>(0)? as u64, rejected: row.try_get::<i64, _>(1)? as u64 })
+    }
+
+    /// Emails recorded as subscribed for a target, sorted (tests and small exports only).
+    pub async fn subscribed_members(&self, target_id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT email FROM members WHERE target_id = ? AND state = 'subscribed' ORDER BY email")
+            .bind(target_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Records a subscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
+    pub async fn ack_subscribed(
+        &self,
+        run_id: i64,
+        target_id: i64,
+        subscribed: &[AckedMember],
+        rejected: &[AckedMember],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (members, state) in [(subscribed, "subscribed"), (rejected, "rejected")] {
+            for chunk in members.chunks(ROWS_PER_STATEMENT) {
+                let mut q: QueryBuilder<Sqlite> =
+                    QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state) ");
+                q.push_values(chunk, |mut b, m| {
+                    b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind(state);
+                });
+                q.push(" ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, state = excluded.state");
+                q.build().execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query(
+            "UPDATE run_targets SET added = added + ?, rejected = rejected + ? WHERE run_id = ? AND target_id = ?",
+        )
+        .bind(subscribed.len() as i64)
+        .bind(rejected.len() as i64)
+        .bind(run_id)
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records an unsubscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
+    pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM members WHERE target_id = ");
+            q.push_bind(target_id).push(" AND email IN (");
+            let mut sep = q.separated(", ");
+            for e in chunk {
+                sep.push_bind(e);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE run_targets SET removed = removed + ? WHERE run_id = ? AND target_id = ?")
+            .bind(emails.len() as i64)
+            .bind(run_id)
+            .bind(target_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl PlanSession {
+    /// Adds rows to the staging table; duplicates (same target and email) keep the first row. Returns how many
+    /// rows were new.
+    pub async fn stage(&mut self, target_id: i64, rows: &[(String, i64, String)]) -> Result<u64> {
+        let mut inserted = 0;
+        let mut tx = self.conn.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields) ");
+            q.push_values(chunk, |mut b, (email, hash, fields)| {
+                b.push_bind(target_id).push_bind(email).push_bind(hash).push_bind(fields);
+            });
+            inserted += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables.
+    /// `full` plans every current member as an add; `remove_leavers` decides whether leavers are unsubscribed or
+    /// only forgotten.
+    pub async fn compute(&mut self, target_id: i64, full: bool, remove_leavers: bool) -> Result<TargetPlan> {
+        let mut tx = self.conn.begin().await?;
+        sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
+        let to_add = sqlx::query(
+            "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields) \
+             SELECT s.target_id, s.email, s.fields_hash, s.fields FROM temp.staged s \
+             LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
+             WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
+        )
+        .bind(target_id)
+        .bind(full)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO temp.plan_remove (target_id, email, send) \
+             SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM main.members m \
+             WHERE m.target_id = ?1 AND NOT EXISTS \
+               (SELECT 1 FROM temp.staged s WHERE s.target_id = m.target_id AND s.email = m.email) ORDER BY m.email",
+        )
+        .bind(target_id)
+        .bind(remove_leavers)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1), \
+                    COALESCE((SELECT SUM(send) FROM temp.plan_remove WHERE target_id = ?1), 0), \
+                    COALESCE((SELECT SUM(1 - send) FROM temp.plan_remove WHERE target_id = ?1), 0)",
+        )
+        .bind(target_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let members = row.try_get::<i64, _>(0)? as u64;
+        Ok(TargetPlan {
+            members,
+            to_add,
+            to_remove: row.try_get::<i64, _>(1)? as u64,
+            to_forget: row.try_get::<i64, _>(2)? as u64,
+            unchanged: members - to_add,
+        })
+    }
+
+    /// The next chunk of planned adds after `after_seq`.
+    pub async fn adds(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<PlannedAdd>> {
+        let rows = sqlx::query(
+            "SELECT seq, email, fields_hash, fields FROM temp.plan_add WHERE target_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(target_id)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PlannedAdd {
+                    seq: r.try_get(0)?,
+                    email: r.try_get(1)?,
+                    fields_hash: r.try_get(2)?,
+                    fields: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The next chunk of members to unsubscribe after `after_seq`, as (seq, email).
+    pub async fn removes(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, email FROM temp.plan_remove WHERE target_id = ? AND send = 1 AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(target_id)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Drops the records of leavers that are not unsubscribed (kept on the list, or rejected by Iterable).
+    pub async fn forget_leavers(&mut self, target_id: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM main.members WHERE target_id = ?1 AND email IN \
+             (SELECT email FROM temp.plan_remove WHERE target_id = ?1 AND send = 0)",
+        )
+        .bind(target_id)
+        .execute(&mut self.conn)
+        .await?
+        .rows_affected())
+    }
+
+    /// Clears the staging and plan tables for reuse.
+    pub async fn clear(&mut self) -> Result<()> {
+        for sql in ["DELETE FROM temp.staged", "DELETE FROM temp.plan_add", "DELETE FROM temp.plan_remove"] {
+            sqlx::query(sql).execute(&mut self.conn).await?;
+        }
+        Ok(())
+    }
+}

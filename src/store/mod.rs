@@ -1,0 +1,127 @@
+//! The SQLite store: pool setup, migrations and every SQL statement the program runs against its own state.
+//!
+//! One file per table group. Queries are runtime-checked (`sqlx::query`) with static SQL; every one of them is
+//! exercised by the tests. Nothing outside this module writes SQL against the store.
+
+mod connections;
+mod exports;
+mod members;
+mod runs;
+mod segments;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use connections::{Connection, KeySource, NewConnection};
+pub use exports::{Export, FieldMap, NewExport, OnLeave, Target};
+pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
+pub use runs::{Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
+pub use segments::Segment;
+
+/// A failure of the store itself (not of the data in it).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {source}. Check that the directory exists and is writable, or set store.path in the config.")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error(
+        "cannot bring the store {path} up to date: {source}. It may have been written by a newer segment-exporter."
+    )]
+    Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
+    #[error("{what} '{name}' already exists. Pick another name or remove the existing one first.")]
+    Exists { what: &'static str, name: String },
+    #[error("{what} '{name}' does not exist. List them with `segment-exporter {cmd} list`.")]
+    NotFound { what: &'static str, name: String, cmd: &'static str },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store query failed: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    fn not_found(what: &'static str, name: &str, cmd: &'static str) -> Self {
+        StoreError::NotFound { what, name: name.to_string(), cmd }
+    }
+
+    /// Turns a UNIQUE violation into a readable "already exists".
+    fn on_insert(e: sqlx::Error, what: &'static str, name: &str) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Exists { what, name: name.to_string() }
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Handle on the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.into(), source: e.into() })?;
+        }
+        let options = Self::connect_options(path);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open { path: path.into(), source })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { path: path.into(), source })?;
+        Ok(Store { pool, path: path.to_path_buf() })
+    }
+
+    /// Settings go on the connect options so that every pooled connection gets them.
+    fn connect_options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::from_str("sqlite:")
+            .expect("static sqlite url")
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("temp_store", "file")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.db")).await.unwrap();
+        (dir, store)
+    }
+}

@@ -1,0 +1,315 @@
+//! Run history: one row per run, one per (run, target) with plan and progress counters, and the members a run
+//! could not send (invalid) or that Iterable refused (rejected).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{now, Result, Store, StoreError, TargetPlan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    /// The process stopped (killed, crashed, shut down) before the run finished; the next run resumes it.
+    Interrupted,
+    /// Stopped before changing anything, e.g. by the mass-removal guard.
+    Refused,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Refused => "refused",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "interrupted" => RunStatus::Interrupted,
+            "refused" => RunStatus::Refused,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunTargetCounts {
+    pub source_rows: u64,
+    pub planned_add: u64,
+    pub planned_remove: u64,
+    pub unchanged: u64,
+    pub invalid: u64,
+    pub duplicates: u64,
+    pub added: u64,
+    pub removed: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunTarget {
+    pub target_id: i64,
+    pub list_name: String,
+    pub list_id: Option<i64>,
+    #[serde(flatten)]
+    pub counts: RunTargetCounts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub export_id: i64,
+    pub export_name: String,
+    pub trigger: String,
+    pub status: RunStatus,
+    pub full_resync: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub pid: Option<i64>,
+    pub note: Option<String>,
+    pub targets: Vec<RunTarget>,
+}
+
+impl Run {
+    /// Members planned (adds plus removes) and done so far, over all lists.
+    pub fn progress(&self) -> (u64, u64) {
+        self.targets.iter().fold((0, 0), |(planned, done), t| {
+            let c = &t.counts;
+            (planned + c.planned_add + c.planned_remove, done + c.added + c.rejected + c.removed)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssueKind {
+    Invalid,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Issue {
+    pub list_name: String,
+    pub kind: IssueKind,
+    pub member: Option<String>,
+    pub reason: String,
+}
+
+const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.trigger, r.status, r.full_resync, \
+     r.started_at, r.finished_at, r.error, r.pid, r.note FROM runs r JOIN exports e ON e.id = r.export_id";
+
+impl Store {
+    pub async fn start_run(&self, export_id: i64, trigger: &str, full: bool, note: Option<&str>) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note) \
+             VALUES (?, ?, 'running', ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(export_id)
+        .bind(trigger)
+        .bind(full)
+        .bind(now())
+        .bind(std::process::id() as i64)
+        .bind(note)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Marks runs of an export that are still `running` as interrupted. Called by whoever holds the export's run
+    /// lock, so such runs belong to a process that is gone.
+    pub async fn interrupt_orphaned_runs(&self, export_id: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, \
+             error = COALESCE(error, 'the process running it stopped before it finished') \
+             WHERE export_id = ? AND status = 'running' RETURNING id",
+        )
+        .bind(now())
+        .bind(export_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status = 'running'")
+            .bind(status.as_str())
+            .bind(now())
+            .bind(error)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a target's plan for a run: `counts` holds the source rows, invalid and duplicate members.
+    pub async fn record_plan(
+        &self,
+        run_id: i64,
+        target_id: i64,
+        list_name: &str,
+        plan: &TargetPlan,
+        counts: &RunTargetCounts,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO run_targets (run_id, target_id, list_name, source_rows, planned_add, planned_remove, \
+             unchanged, invalid, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(target_id)
+        .bind(list_name)
+        .bind(counts.source_rows as i64)
+        .bind(plan.to_add as i64)
+        .bind(plan.to_remove as i64)
+        .bind(plan.unchanged as i64)
+        .bind(counts.invalid as i64)
+        .bind(counts.duplicates as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_run_list(&self, run_id: i64, target_id: i64, list_id: i64) -> Result<()> {
+        sqlx::query("UPDATE run_targets SET list_id = ? WHERE run_id = ? AND target_id = ?")
+            .bind(list_id)
+            .bind(run_id)
+            .bind(target_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores invalid or rejected members with their reasons.
+    pub async fn record_issues(
+        &self,
+        run_id: i64,
+        target_id: i64,
+        kind: IssueKind,
+        issues: &[(Option<String>, String)],
+    ) -> Result<()> {
+        let kind = match kind {
+            IssueKind::Invalid => "invalid",
+            IssueKind::Rejected => "rejected",
+        };
+        for chunk in issues.chunks(2000) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO run_issues (run_id, target_id, kind, member, reason) ");
+            q.push_values(chunk, |mut b, (member, reason)| {
+                b.push_bind(run_id).push_bind(target_id).push_bind(kind).push_bind(member).push_bind(reason);
+            });
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn runs(&self, export: Option<&str>, limit: u32) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!("{SELECT_RUN} WHERE (?1 IS NULL OR e.name = ?1) ORDER BY r.id DESC LIMIT ?2"))
+            .bind(export)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.run_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Run> {
+        let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("run", &id.to_string(), "runs"))?;
+        self.run_from_row(row).await
+    }
+
+    /// The most recent successful run of an export.
+    pub async fn last_success(&self, export_id: i64) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar("SELECT MAX(finished_at) FROM runs WHERE export_id = ? AND status = 'succeeded'")
+            .bind(export_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn run_from_row(&self, row: sqlx::sqlite::SqliteRow) -> Result<Run> {
+        let id: i64 = row.try_get("id")?;
+        let targets = sqlx::query(
+            "SELECT target_id, list_name, list_id, source_rows, planned_add, planned_remove, unchanged, invalid, \
+             duplicates, added, removed, rejected FROM run_targets WHERE run_id = ? ORDER BY rowid",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| r.try_get::<i64, _>(i).map(|v| v as u64);
+            Ok(RunTarget {
+                target_id: r.try_get(0)?,
+                list_name: r.try_get(1)?,
+                list_id: r.try_get(2)?,
+                counts: RunTargetCounts {
+                    source_rows: n(3)?,
+                    planned_add: n(4)?,
+                    planned_remove: n(5)?,
+                    unchanged: n(6)?,
+                    invalid: n(7)?,
+                    duplicates: n(8)?,
+                    added: n(9)?,
+                    removed: n(10)?,
+                    rejected: n(11)?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let status: String = row.try_get("status")?;
+        Ok(Run {
+            id,
+            export_id: row.try_get("export_id")?,
+            export_name: row.try_get("export_name")?,
+            trigger: row.try_get("trigger")?,
+            status: RunStatus::parse(&status),
+            full_resync: row.try_get("full_resync")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            error: row.try_get("error")?,
+            pid: row.try_get("pid")?,
+            note: row.try_get("note")?,
+            targets,
+        })
+    }
+
+    pub async fn run_issues(&self, run_id: i64, limit: u32) -> Result<Vec<Issue>> {
+        let rows = sqlx::query(
+            "SELECT t.list_name, i.kind, i.member, i.reason FROM run_issues i JOIN targets t ON t.id = i.target_id \
+             WHERE i.run_id = ? ORDER BY i.rowid LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let kind: String = r.try_get(1)?;
+                Ok(Issue {
+                    list_name: r.try_get(0)?,
+                    kind: if kind == "invalid" { IssueKind::Invalid } else { IssueKind::Rejected },
+                    member: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}

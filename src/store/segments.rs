@@ -1,0 +1,63 @@
+//! Segments: named queries over customer profiles.
+
+use chrono::{DateTime, Utc};
+
+use super::{now, Result, Store, StoreError};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Segment {
+    pub id: i64,
+    pub name: String,
+    /// The source as stored (`sqlite:PATH`, a postgres URL, `csv:PATH`, `jsonl:PATH`). May hold a password: show
+    /// it only through `SourceSpec`'s redacting Display.
+    pub source: String,
+    pub query: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn add_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
+        sqlx::query("INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(source)
+            .bind(query)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::on_insert(e, "segment", name))?;
+        self.segment(name).await
+    }
+
+    pub async fn segments(&self) -> Result<Vec<Segment>> {
+        Ok(sqlx::query_as("SELECT id, name, source, query, created_at FROM segments ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn segment(&self, name: &str) -> Result<Segment> {
+        sqlx::query_as("SELECT id, name, source, query, created_at FROM segments WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("segment", name, "segment"))
+    }
+
+    /// Removes a segment that no export uses.
+    pub async fn remove_segment(&self, name: &str) -> Result<()> {
+        let segment = self.segment(name).await?;
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id WHERE t.segment_id = ? ORDER BY e.name",
+        )
+        .bind(segment.id)
+        .fetch_all(&self.pool)
+        .await?;
+        if !users.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "segment '{name}' is used by export(s) {}. Remove it from them first (`export remove NAME`).",
+                users.join(", ")
+            )));
+        }
+        sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! The export engine: plan (stage the segment and diff it against what Iterable acknowledged), guard, resolve the
+//! lists, send in paced concurrent batches, record progress as batches are acknowledged, finish.
+//!
+//! It owns the meaning of a run; it reads and writes state only through `store`, reaches Iterable only through
+//! `iterable`, and reads segments only through `source`.
+
+mod email;
+mod engine;
+mod fields;
+mod lock;
+mod progress;
+mod send;
+
+pub use email::normalize_email;
+pub use engine::{Engine, ListReport, RunOptions, RunReport};
+pub use fields::{check_field_name, FieldEncoder};
+pub use lock::{LockError, RunLock};
+pub use progress::{Phase, Progress};
+
+use crate::iterable::IterableError;
+use crate::secrets::SecretError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+/// Why an export could not run, or why its run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("export '{export}' cannot run: {why}")]
+    NotRunnable { export: String, why: String },
+    #[error("export '{export}' is already running{}; this run was refused. Wait for it to finish (see `segment-exporter runs --export {export}`).", .run_id.map(|id| format!(" (run #{id})")).unwrap_or_default())]
+    AlreadyRunning { export: String, run_id: Option<i64> },
+    #[error("segment '{segment}' could not be read from {source_name}: {error}")]
+    Source { segment: String, source_name: String, error: SourceError },
+    #[error("stopped before removing anyone: {}. If the segments really shrank, run again with --allow-mass-removal; otherwise check their queries with `segment-exporter segment preview NAME`.", .details.join("; "))]
+    MassRemoval { details: Vec<String> },
+    #[error("list '{list}': {error}. What Iterable acknowledged is recorded: run the export again to resume.")]
+    Iterable { list: String, error: IterableError },
+    #[error(transparent)]
+    IterableSetup(IterableError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
+    Interrupted,
+}

@@ -1,0 +1,291 @@
+//! Sending a plan: find or create each list, then stream the planned adds and removes to Iterable in batches of at
+//! most `batch_size` members and `max_body_bytes`, several in flight, recording each acknowledged batch.
+//!
+//! Progress is recorded per member, not as an offset, so batches finishing out of order need no reordering: what
+//! is in `members` was acknowledged, and the next plan skips it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::progress::Progress;
+use super::SyncError;
+use crate::config::Config;
+use crate::iterable::{encode_subscriber, IterableClient, IterableError};
+use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, Store, Target};
+
+/// Bytes of a subscribe body outside its subscribers.
+const BODY_OVERHEAD: usize = 128;
+
+/// One target's part of a run.
+pub(crate) struct TargetRun<'a> {
+    pub run_id: i64,
+    pub target: &'a Target,
+    pub list_id: i64,
+    /// When this run created the list: Iterable may answer `invalidListId` for a while after.
+    pub created_at: Option<Instant>,
+}
+
+pub(crate) struct Sender {
+    store: Store,
+    client: IterableClient,
+    config: Arc<Config>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+}
+
+/// Batches in flight, at most `limit`; remembers the first failure.
+struct Window {
+    inflight: FuturesUnordered<BoxFuture<'static, Result<(), SyncError>>>,
+    limit: usize,
+    error: Option<SyncError>,
+}
+
+impl Window {
+    fn new(limit: usize) -> Window {
+        Window { inflight: FuturesUnordered::new(), limit: limit.max(1), error: None }
+    }
+
+    async fn push(&mut self, batch: BoxFuture<'static, Result<(), SyncError>>) {
+        while self.inflight.len() >= self.limit {
+            self.settle_one().await;
+        }
+        self.inflight.push(batch);
+    }
+
+    async fn settle_one(&mut self) {
+        if let Some(Err(e)) = self.inflight.next().await {
+            tracing::debug!(error = %e, "Batch failed.");
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Lets every batch in flight finish (and be recorded), then reports the first failure.
+    async fn drain(mut self) -> Result<(), SyncError> {
+        while !self.inflight.is_empty() {
+            self.settle_one().await;
+        }
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl Sender {
+    pub fn new(
+        store: Store,
+        client: IterableClient,
+        config: Arc<Config>,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Sender {
+        Sender { store, client, config, progress, cancel }
+    }
+
+    /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
+    /// longer exists is recreated and all members are sent again. Returns (list id, recreated, created at).
+    pub async fn resolve_lists(
+        &self,
+        export: &Export,
+        run_id: i64,
+    ) -> Result<Vec<(i64, bool, Option<Instant>)>, SyncError> {
+        let lists = self.client.lists().await.map_err(SyncError::IterableSetup)?;
+        let mut out = Vec::new();
+        for target in &export.targets {
+            let iterable = |error| SyncError::Iterable { list: target.list_name.clone(), error };
+            let resolved = match target.list_id {
+                Some(id) if lists.iter().any(|l| l.id == id) => (id, false, None),
+                Some(old) => {
+                    let new = self.client.create_list(&target.list_name).await.map_err(iterable)?;
+                    tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
+                        "The list no longer exists in Iterable; recreated it and sending all members again.");
+                    self.store.set_target_list(target.id, new, true).await?;
+                    (new, true, Some(Instant::now()))
+                }
+                None => {
+                    let mut same_name: Vec<_> = lists.iter().filter(|l| l.name == target.list_name).collect();
+                    same_name.sort_by_key(|l| l.id);
+                    if let Some(found) = same_name.first() {
+                        if same_name.len() > 1 {
+                            tracing::warn!(list = %target.list_name, list_id = found.id, count = same_name.len(),
+                                "Several Iterable lists have this name; using the oldest. Its id is stored, so later runs use it.");
+                        }
+                        self.store.set_target_list(target.id, found.id, false).await?;
+                        (found.id, false, None)
+                    } else {
+                        let id = self.client.create_list(&target.list_name).await.map_err(iterable)?;
+                        tracing::info!(export = %export.name, list = %target.list_name, list_id = id, "Created the Iterable list.");
+                        self.store.set_target_list(target.id, id, false).await?;
+                        (id, false, Some(Instant::now()))
+                    }
+                }
+            };
+            self.store.record_run_list(run_id, target.id, resolved.0).await?;
+            out.push(resolved);
+        }
+        Ok(out)
+    }
+
+    /// Sends one target's planned adds, then its removes.
+    pub async fn send_target(
+        &self,
+        session: &mut PlanSession,
+        t: &TargetRun<'_>,
+        on_leave: OnLeave,
+    ) -> Result<(), SyncError> {
+        self.send_adds(session, t).await?;
+        if on_leave == OnLeave::Remove {
+            self.send_removes(session, t).await?;
+        }
+        if self.cancel.is_cancelled() {
+            return Err(SyncError::Interrupted);
+        }
+        Ok(())
+    }
+
+    async fn send_adds(&self, session: &mut PlanSession, t: &TargetRun<'_>) -> Result<(), SyncError> {
+        let cfg = &self.config.iterable;
+        let mut window = Window::new(cfg.concurrency);
+        let mut after = 0;
+        let mut batch = AddBatch::default();
+        let mut oversize = Vec::new();
+        'read: loop {
+            let chunk = session.adds(t.target.id, after, cfg.batch_size * 2).await?;
+            let Some(last) = chunk.last() else { break };
+            after = last.seq;
+            for add in chunk {
+                if self.cancel.is_cancelled() || window.failed() {
+                    break 'read;
+                }
+                let fragment = encode_subscriber(&add.email, &add.fields);
+                if fragment.len() + BODY_OVERHEAD > cfg.max_body_bytes {
+                    oversize
+                        .push((Some(add.email), "member's data is larger than iterable.max_body_bytes".to_string()));
+                    continue;
+                }
+                if batch.len() == cfg.batch_size
+                    || batch.bytes + fragment.len() + 1 + BODY_OVERHEAD > cfg.max_body_bytes
+                {
+                    window.push(self.subscribe_batch(t, std::mem::take(&mut batch))).await;
+                }
+                batch.push(AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment);
+            }
+        }
+        if batch.len() > 0 && !self.cancel.is_cancelled() && !window.failed() {
+            window.push(self.subscribe_batch(t, batch)).await;
+        }
+        if !oversize.is_empty() {
+            self.store.record_issues(t.run_id, t.target.id, IssueKind::Invalid, &oversize).await?;
+        }
+        window.drain().await
+    }
+
+    async fn send_removes(&self, session: &mut PlanSession, t: &TargetRun<'_>) -> Result<(), SyncError> {
+        let cfg = &self.config.iterable;
+        let mut window = Window::new(cfg.concurrency);
+        let mut after = 0;
+        // An unsubscriber is `{"email":"…"}`: far below the body cap at any batch size we allow.
+        loop {
+            if self.cancel.is_cancelled() || window.failed() {
+                break;
+            }
+            let chunk = session.removes(t.target.id, after, cfg.batch_size).await?;
+            let Some((last, _)) = chunk.last() else { break };
+            after = *last;
+            let emails: Vec<String> = chunk.into_iter().map(|(_, e)| e).collect();
+            window.push(self.unsubscribe_batch(t, emails)).await;
+        }
+        window.drain().await
+    }
+
+    fn subscribe_batch(&self, t: &TargetRun<'_>, batch: AddBatch) -> BoxFuture<'static, Result<(), SyncError>> {
+        let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
+        let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
+        let grace_until = t.created_at.map(|at| at + self.config.iterable.new_list_grace);
+        Box::pin(async move {
+            let mut wait = Duration::from_secs(2);
+            let response = loop {
+                match client.subscribe(list_id, &batch.fragments).await {
+                    Ok(r) => break r,
+                    Err(IterableError::InvalidListId { .. })
+                        if grace_until.is_some_and(|g| Instant::now() + wait < g) =>
+                    {
+                        tracing::debug!(list = %list, list_id, "New list not usable yet; retrying.");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(20));
+                    }
+                    Err(error) => return Err(SyncError::Iterable { list, error }),
+                }
+            };
+            let mut failed: HashMap<String, &'static str> =
+                response.failed_updates.categorised(false).into_iter().collect();
+            for e in &response.invalid_emails {
+                failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
+            }
+            let n = batch.members.len() as u64;
+            let (rejected, subscribed): (Vec<_>, Vec<_>) =
+                batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
+            store.ack_subscribed(run_id, target_id, &subscribed, &rejected).await?;
+            if !rejected.is_empty() {
+                let issues: Vec<_> = rejected
+                    .iter()
+                    .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
+                    .collect();
+                store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
+                tracing::info!(list = %list, rejected = rejected.len(), "Iterable rejected some members; see `runs show --rejected`.");
+            }
+            progress.add_done(n);
+            Ok(())
+        })
+    }
+
+    fn unsubscribe_batch(&self, t: &TargetRun<'_>, emails: Vec<String>) -> BoxFuture<'static, Result<(), SyncError>> {
+        let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
+        let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
+        Box::pin(async move {
+            let response = client
+                .unsubscribe(list_id, &emails)
+                .await
+                .map_err(|error| SyncError::Iterable { list: list.clone(), error })?;
+            // notFound means the member is already off the list; other failures (e.g. GDPR-forgotten users) are
+            // recorded, and the member is no longer ours to track either way.
+            let failed = response.failed_updates.categorised(true);
+            if !failed.is_empty() {
+                let issues: Vec<_> = failed
+                    .iter()
+                    .map(|(e, cat)| (Some(e.clone()), format!("Iterable refused the unsubscribe: {cat}")))
+                    .collect();
+                store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
+            }
+            store.ack_unsubscribed(run_id, target_id, &emails).await?;
+            progress.add_done(emails.len() as u64);
+            Ok(())
+        })
+    }
+}
+
+#[derive(Default)]
+struct AddBatch {
+    members: Vec<AckedMember>,
+    fragments: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl AddBatch {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn push(&mut self, member: AckedMember, fragment: Vec<u8>) {
+        self.bytes += fragment.len() + 1;
+        self.members.push(member);
+        self.fragments.push(fragment);
+    }
+}

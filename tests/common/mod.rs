@@ -1,0 +1,216 @@
+//! Test harness: a temp dir with its own store and config, a real sandbox server on a free loopback port, and the
+//! real `segment-exporter` binary driven through `assert_cmd`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use segment_exporter::sandbox::{Sandbox, SandboxOptions, SandboxStats};
+
+pub const KEY: &str = "test-key-0123456789";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sandbox: Sandbox,
+    pub base_url: String,
+    _server: std::thread::JoinHandle<()>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env::with_sandbox(SandboxOptions { api_keys: vec![KEY.into()], ..SandboxOptions::default() })
+    }
+
+    /// A temp dir with a config (small batches so tests exercise batching) and a sandbox with these options.
+    pub fn with_sandbox(opts: SandboxOptions) -> Env {
+        Self::with_config(opts, "")
+    }
+
+    pub fn with_config(opts: SandboxOptions, extra_iterable: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(opts);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = sandbox.clone();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (url, task) = handle.spawn().await.unwrap();
+                tx.send(url).unwrap();
+                let _ = task.await;
+            });
+        });
+        let base_url = rx.recv_timeout(Duration::from_secs(10)).expect("sandbox started");
+        let config = format!(
+            "[store]\npath = \"{}\"\n\n[iterable]\nbatch_size = 50\nconcurrency = 3\nrequests_per_second = 500.0\n\
+             retry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\nretry_max_attempts = 12\n{extra_iterable}\n",
+            dir.path().join("store.db").display()
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Env { dir, sandbox, base_url, _server: server }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary with this env's config and the API key in `ITERABLE_KEY`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("segment-exporter").unwrap();
+        c.current_dir(self.dir.path())
+            .env("SEGMENT_EXPORTER_CONFIG", self.path("config.toml"))
+            .env("ITERABLE_KEY", KEY)
+            .env_remove("RUST_LOG")
+            .env_remove("SEGMENT_EXPORTER_MASTER_KEY")
+            .timeout(Duration::from_secs(120));
+        c
+    }
+
+    /// Runs the binary; returns its output without judging it.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs the binary and insists that it succeeds.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`{}` failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs the binary with --json and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`{}` printed no JSON ({e}):\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        })
+    }
+
+    /// Adds the connection `iterable` pointing at the sandbox.
+    pub fn add_connection(&self) {
+        self.ok(&[
+            "connection",
+            "add",
+            "iterable",
+            "--api-key-env",
+            "ITERABLE_KEY",
+            "--base-url",
+            &self.base_url,
+            "--accept-data-privacy",
+        ]);
+    }
+
+    /// Writes a CSV of `email,tier` rows.
+    pub fn write_csv(&self, name: &str, rows: &[(&str, &str)]) -> PathBuf {
+        let mut text = String::from("email,tier\n");
+        for (email, tier) in rows {
+            text.push_str(&format!("{email},{tier}\n"));
+        }
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Connection, one CSV segment named `segment` and export `exp` with the `tier` field.
+    pub fn setup_csv_export(&self, segment: &str, emails: &[String]) -> PathBuf {
+        let rows: Vec<(&str, &str)> = emails.iter().map(|e| (e.as_str(), "gold")).collect();
+        let csv = self.write_csv("members.csv", &rows);
+        self.add_connection();
+        self.ok(&["segment", "add", segment, "--source", &format!("csv:{}", csv.display())]);
+        self.ok(&[
+            "export",
+            "add",
+            "exp",
+            "--connection",
+            "iterable",
+            "--segment",
+            segment,
+            "--email-field",
+            "email",
+            "--field",
+            "tier",
+        ]);
+        csv
+    }
+
+    pub fn list_id(&self, name: &str) -> Option<i64> {
+        let lists = self.sandbox_lists();
+        lists.into_iter().find(|(_, n)| n == name).map(|(id, _)| id)
+    }
+
+    /// (id, name) of every list in the sandbox, via the real API.
+    pub fn sandbox_lists(&self) -> Vec<(i64, String)> {
+        let body: serde_json::Value = blocking_get(&format!("{}/api/lists", self.base_url));
+        body["lists"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["id"].as_i64().unwrap(), l["name"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// Sorted members of the sandbox list with this name.
+    pub fn members(&self, list: &str) -> Vec<String> {
+        let id = self.list_id(list).unwrap_or_else(|| panic!("no list named {list}"));
+        self.sandbox.list_members(id).unwrap()
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.sandbox.stats()
+    }
+}
+
+fn blocking_get(url: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        reqwest::Client::new().get(url).header("Api-Key", KEY).send().await.unwrap().json().await.unwrap()
+    })
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `n` emails: `user{start}@example.com` ..
+pub fn emails(start: usize, n: usize) -> Vec<String> {
+    (start..start + n).map(|i| format!("user{i}@example.com")).collect()
+}
+
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Requests the sandbox saw on an endpoint label such as "lists.subscribe".
+pub fn requests(stats: &SandboxStats, endpoint: &str) -> u64 {
+    stats.requests.get(endpoint).copied().unwrap_or(0)
+}
+
+/// Creates a SQLite file with a `profiles(email, tier)` table holding `rows`.
+pub fn write_sqlite(path: &Path, rows: &[(Option<&str>, &str)]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let mut conn = opts.connect().await.unwrap();
+        sqlx::query("DROP TABLE IF EXISTS profiles").execute(&mut conn).await.unwrap();
+        sqlx::query("CREATE TABLE profiles (email TEXT, tier TEXT)").execute(&mut conn).await.unwrap();
+        for (email, tier) in rows {
+            sqlx::query("INSERT INTO profiles VALUES (?, ?)").bind(email).bind(tier).execute(&mut conn).await.unwrap();
+        }
+    });
+}

@@ -1,0 +1,394 @@
+//! End-to-end: the real binary runs exports against the sandbox over loopback HTTP, with a real SQLite store.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use segment_exporter::sandbox::{Faults, SandboxOptions};
+
+#[test]
+fn a_first_run_puts_every_valid_member_on_a_list_named_like_the_segment() {
+    let env = Env::new();
+    let members = emails(0, 120);
+    env.setup_csv_export("VIP customers", &members);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("VIP customers"), sorted(members));
+    assert_eq!(report["lists"][0]["added"], 120);
+    // batch_size 50 -> 3 subscribe requests.
+    assert_eq!(requests(&env.stats(), "lists.subscribe"), 3);
+    let shown = env.json(&["export", "show", "exp"]);
+    assert_eq!(shown["lists"][0]["members"], 120);
+    assert_eq!(shown["lists"][0]["list_id"], env.list_id("VIP customers").unwrap());
+}
+
+#[test]
+fn members_who_join_and_leave_are_added_and_removed_and_others_are_left_alone() {
+    let env = Env::new();
+    let first = emails(0, 100);
+    let csv = env.setup_csv_export("Churn risk", &first);
+    env.ok(&["export", "run", "exp"]);
+    // Someone else puts a member on the list by hand: runs must never remove it.
+    let list_id = env.list_id("Churn risk").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let body = serde_json::json!({"listId": list_id, "subscribers": [{"email": "manual@example.com"}]});
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/lists/subscribe", env.base_url))
+            .header("Api-Key", KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+    // 10 leave (0..10), 15 join (100..115).
+    let now: Vec<String> = emails(10, 105);
+    let rows: Vec<(&str, &str)> = now.iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv(csv.file_name().unwrap().to_str().unwrap(), &rows);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["lists"][0]["added"], 15);
+    assert_eq!(report["lists"][0]["removed"], 10);
+    let mut expected = now.clone();
+    expected.push("manual@example.com".into());
+    assert_eq!(env.members("Churn risk"), sorted(expected));
+}
+
+#[test]
+fn a_run_with_no_changes_sends_no_request_at_all() {
+    let env = Env::new();
+    env.setup_csv_export("Seg", &emails(0, 80));
+    env.ok(&["export", "run", "exp"]);
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["lists"][0]["unchanged"], 80);
+    assert_eq!(env.stats().total_requests, 0, "{:?}", env.stats());
+    assert_eq!(report["requests"], 0);
+}
+
+#[test]
+fn a_changed_field_re_sends_only_that_member() {
+    let env = Env::new();
+    let members = emails(0, 30);
+    let csv = env.setup_csv_export("Seg", &members);
+    env.ok(&["export", "run", "exp"]);
+    let mut rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+    rows[7].1 = "silver";
+    env.write_csv(csv.file_name().unwrap().to_str().unwrap(), &rows);
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["lists"][0]["added"], 1);
+    assert_eq!(env.stats().subscribers_received, 1);
+}
+
+#[test]
+fn a_run_through_429s_500s_and_dropped_connections_still_ends_exact() {
+    let env = Env::new();
+    let members = emails(0, 600);
+    env.setup_csv_export("Flaky", &members);
+    env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let stats = env.stats();
+    assert!(stats.dropped_connections > 0 && stats.answered_with("lists.subscribe", 500) > 0, "{stats:?}");
+    let calm = Faults { rate_limit: Some(None), fail_rate: Some(0.0), ..Faults::default() };
+    env.sandbox.set_faults(calm.clone());
+    assert_eq!(env.members("Flaky"), sorted(members.clone()));
+    env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
+    // Leavers too, through the same faults.
+    let csv_rows: Vec<(&str, &str)> = members[100..].iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("members.csv", &csv_rows);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    env.sandbox.set_faults(calm);
+    assert_eq!(env.members("Flaky"), sorted(members[100..].to_vec()));
+}
+
+#[test]
+fn retry_after_and_rate_limits_slow_the_run_down_without_losing_members() {
+    let env = Env::with_sandbox(SandboxOptions {
+        api_keys: vec![KEY.into()],
+        rate_limit: Some(20.0),
+        retry_after: true,
+        ..SandboxOptions::default()
+    });
+    let members = emails(0, 500);
+    env.setup_csv_export("Paced", &members);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("Paced"), sorted(members));
+}
+
+#[test]
+fn a_run_killed_mid_way_resumes_and_ends_exact_without_resending_acknowledged_batches() {
+    let env = Env::with_sandbox(SandboxOptions {
+        api_keys: vec![KEY.into()],
+        latency: Duration::from_millis(150),
+        ..SandboxOptions::default()
+    });
+    let members = emails(0, 2000);
+    env.setup_csv_export("Big", &members);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+        .current_dir(env.dir.path())
+        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+        .env("ITERABLE_KEY", KEY)
+        .args(["export", "run", "exp"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some batches are acknowledged, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.stats().subscribers_received < 500 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sent_before = env.stats().subscribers_received;
+    assert!(sent_before < 2000, "the run finished before it was killed; slow the sandbox down");
+    let runs = env.json(&["runs", "--export", "exp"]);
+    assert_eq!(runs[0]["status"], "interrupted", "a dead run shows as interrupted: {runs}");
+
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["resumed_runs"][0], runs[0]["id"]);
+    assert_eq!(env.members("Big"), sorted(members));
+    // Only batches in flight at the kill (3 of 50) may be sent twice.
+    let total = env.stats().subscribers_received;
+    assert!(total <= 2000 + 3 * 50, "sent {total} subscribers for 2000 members");
+    let recorded = env.json(&["runs", "show", &runs[0]["id"].to_string()]);
+    assert_eq!(recorded["status"], "interrupted");
+}
+
+#[test]
+fn the_mass_removal_guard_stops_before_removing_anyone_until_allowed() {
+    let env = Env::new();
+    let members = emails(0, 100);
+    env.setup_csv_export("Guarded", &members);
+    env.ok(&["export", "run", "exp"]);
+    // A broken query that suddenly returns 10 rows.
+    let rows: Vec<(&str, &str)> = members[..10].iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("members.csv", &rows);
+    env.sandbox.reset_stats();
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Guarded") && err.contains("--allow-mass-removal") && err.contains("90"), "{err}");
+    assert_eq!(requests(&env.stats(), "lists.unsubscribe"), 0);
+    assert_eq!(env.members("Guarded").len(), 100);
+    let runs = env.json(&["runs", "--export", "exp", "--limit", "1"]);
+    assert_eq!(runs[0]["status"], "refused");
+
+    let report = env.json(&["export", "run", "exp", "--allow-mass-removal"]);
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(env.members("Guarded"), sorted(members[..10].to_vec()));
+}
+
+#[test]
+fn invalid_and_rejected_members_are_counted_with_reasons_and_not_resent() {
+    let env = Env::new();
+    let rows = [
+        ("good1@example.com", "gold"),
+        ("  GOOD1@Example.com ", "gold"),
+        ("", "gold"),
+        ("not-an-email", "gold"),
+        ("user @example.com", "gold"),
+        ("gone+forgotten@example.com", "gold"),
+        ("good2@example.com", "gold"),
+    ];
+    let csv = env.write_csv("members.csv", &rows);
+    env.add_connection();
+    env.ok(&["segment", "add", "Mixed", "--source", &format!("csv:{}", csv.display())]);
+    env.ok(&["export", "add", "exp", "--connection", "iterable", "--segment", "Mixed", "--email-field", "email"]);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let list = &report["lists"][0];
+    assert_eq!(list["invalid"], 3);
+    assert_eq!(list["duplicates"], 1);
+    assert_eq!(list["rejected"], 1);
+    assert_eq!(list["added"], 2);
+    assert_eq!(env.members("Mixed"), vec!["good1@example.com", "good2@example.com"]);
+    let shown = env.json(&["runs", "show", &report["run_id"].to_string(), "--rejected"]);
+    let issues = shown["issues"].as_array().unwrap();
+    assert_eq!(issues.len(), 4, "{issues:?}");
+    assert!(issues
+        .iter()
+        .any(|i| i["kind"] == "rejected" && i["reason"].as_str().unwrap().contains("forgottenEmails")));
+    assert!(issues.iter().any(|i| i["kind"] == "invalid" && i["reason"].as_str().unwrap().contains("space")));
+    env.sandbox.reset_stats();
+    let again = env.json(&["export", "run", "exp"]);
+    assert_eq!(again["status"], "succeeded");
+    assert_eq!(env.stats().subscribers_received, 0, "a rejected member is not re-sent while unchanged");
+}
+
+#[test]
+fn a_wrong_api_key_is_refused_at_connection_add_and_fails_a_run_at_once() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .env("WRONG_KEY", "not-the-key-at-all")
+        .args([
+            "connection",
+            "add",
+            "bad",
+            "--api-key-env",
+            "WRONG_KEY",
+            "--base-url",
+            &env.base_url,
+            "--accept-data-privacy",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("BadApiKey") && err.contains("not saved"), "{err}");
+    assert!(!err.contains("not-the-key-at-all"), "the key must never be printed");
+    assert!(env.json(&["connection", "list"]).as_array().unwrap().is_empty());
+
+    // A key that stops working later: the run fails fast, names the problem, and changes nothing.
+    env.setup_csv_export("Seg", &emails(0, 10));
+    let started = Instant::now();
+    let out = env.cmd().env("ITERABLE_KEY", "revoked-key-123456").args(["export", "run", "exp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert!(err.contains("rejected the API key"), "{err}");
+    assert!(!err.contains("revoked-key-123456"));
+    assert_eq!(env.list_id("Seg"), None, "no list was created");
+}
+
+#[test]
+fn a_dry_run_prints_the_plan_and_changes_nothing() {
+    let env = Env::new();
+    env.setup_csv_export("Dry", &emails(0, 40));
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp", "--dry-run"]);
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["lists"][0]["to_add"], 40);
+    assert_eq!(report["lists"][0]["examples_add"].as_array().unwrap().len(), 5);
+    assert_eq!(env.stats().total_requests, 0);
+    assert!(env.json(&["runs"]).as_array().unwrap().is_empty(), "a dry run is not recorded");
+    let out = env.ok(&["export", "run", "exp", "--dry-run"]);
+    assert!(text(&out.stdout).contains("nothing was changed"));
+}
+
+#[test]
+fn a_missing_email_column_fails_naming_the_segment_and_column_and_changes_no_list() {
+    let env = Env::new();
+    let csv = env.setup_csv_export("Broken", &emails(0, 10));
+    env.ok(&["export", "run", "exp"]);
+    std::fs::write(&csv, "mail,tier\na@example.com,gold\n").unwrap();
+    env.sandbox.reset_stats();
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Broken") && err.contains("email"), "{err}");
+    assert_eq!(requests(&env.stats(), "lists.subscribe") + requests(&env.stats(), "lists.unsubscribe"), 0);
+    assert_eq!(env.members("Broken").len(), 10);
+    assert_eq!(env.json(&["runs", "--limit", "1"])[0]["status"], "failed");
+}
+
+#[test]
+fn a_list_deleted_in_iterable_is_recreated_and_refilled() {
+    let env = Env::new();
+    let members = emails(0, 60);
+    env.setup_csv_export("Phoenix", &members);
+    env.ok(&["export", "run", "exp"]);
+    let old = env.list_id("Phoenix").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .delete(format!("{}/api/lists/{old}", env.base_url))
+            .header("Api-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+    });
+    let report = env.json(&["export", "run", "exp", "--full"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let new = env.list_id("Phoenix").unwrap();
+    assert_ne!(old, new);
+    assert_eq!(env.members("Phoenix"), sorted(members));
+}
+
+#[test]
+fn a_second_run_of_the_same_export_is_refused_while_one_is_running() {
+    let env = Env::with_sandbox(SandboxOptions {
+        api_keys: vec![KEY.into()],
+        latency: Duration::from_millis(200),
+        ..SandboxOptions::default()
+    });
+    env.setup_csv_export("Busy", &emails(0, 600));
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+        .current_dir(env.dir.path())
+        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+        .env("ITERABLE_KEY", KEY)
+        .args(["export", "run", "exp"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.stats().subscribers_received == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("already running"));
+    assert!(first.wait().unwrap().success());
+    assert_eq!(env.members("Busy").len(), 600);
+}
+
+#[test]
+fn a_new_list_that_answers_invalid_list_id_for_a_while_is_retried() {
+    let env = Env::with_sandbox(SandboxOptions {
+        api_keys: vec![KEY.into()],
+        list_propagation: Duration::from_millis(2500),
+        ..SandboxOptions::default()
+    });
+    let members = emails(0, 20);
+    env.setup_csv_export("Fresh", &members);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("Fresh"), sorted(members));
+}
+
+#[test]
+fn faults_can_be_switched_on_while_the_sandbox_runs() {
+    let env = Env::new();
+    env.sandbox.set_faults(Faults { fail_rate: Some(1.0), ..Faults::default() });
+    env.setup_csv_export_unchecked();
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("kept failing"), "{}", text(&out.stderr));
+}
+
+trait Unchecked {
+    fn setup_csv_export_unchecked(&self);
+}
+
+impl Unchecked for Env {
+    fn setup_csv_export_unchecked(&self) {
+        let members = emails(0, 5);
+        let rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+        let csv = self.write_csv("members.csv", &rows);
+        self.ok(&[
+            "connection",
+            "add",
+            "iterable",
+            "--api-key-env",
+            "ITERABLE_KEY",
+            "--base-url",
+            &self.base_url,
+            "--accept-data-privacy",
+            "--skip-verify",
+        ]);
+        self.ok(&["segment", "add", "S", "--source", &format!("csv:{}", csv.display())]);
+        self.ok(&["export", "add", "exp", "--connection", "iterable", "--segment", "S", "--email-field", "email"]);
+    }
+}
