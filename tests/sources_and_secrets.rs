@@ -1,0 +1,177 @@
+//! End-to-end: every source kind feeds a real export, and keys and emails stay out of output and logs.
+
+mod common;
+
+use common::*;
+
+fn export_of(env: &Env, segment: &str, source: &str, query: Option<&str>) -> serde_json::Value {
+    env.add_connection();
+    let mut args = vec!["segment", "add", segment, "--source", source];
+    if let Some(q) = query {
+        args.extend(["--query", q]);
+    }
+    env.ok(&args);
+    env.ok(&["export", "add", "exp", "--connection", "iterable", "--segment", segment, "--email-field", "email", "--field", "tier"]);
+    env.json(&["export", "run", "exp"])
+}
+
+#[test]
+fn a_sqlite_segment_is_exported_with_its_query_applied() {
+    let env = Env::new();
+    let db = env.path("profiles.db");
+    write_sqlite(&db, &[(Some("a@example.com"), "gold"), (Some("b@example.com"), "silver"), (None, "gold"), (Some("C@example.com"), "gold")]);
+    let report = export_of(&env, "Gold", &format!("sqlite:{}", db.display()), Some("SELECT email, tier FROM profiles WHERE tier = 'gold'"));
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["lists"][0]["invalid"], 1);
+    assert_eq!(env.members("Gold"), vec!["a@example.com", "c@example.com"]);
+}
+
+#[test]
+fn a_jsonl_segment_is_exported() {
+    let env = Env::new();
+    let path = env.path("people.jsonl");
+    std::fs::write(&path, "{\"email\":\"x@example.com\",\"tier\":\"gold\"}\n\n{\"email\":\"y@example.com\",\"tier\":\"gold\"}\n").unwrap();
+    let report = export_of(&env, "Json", &format!("jsonl:{}", path.display()), None);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("Json"), vec!["x@example.com", "y@example.com"]);
+}
+
+#[test]
+fn a_malformed_jsonl_file_fails_the_run_naming_the_line_and_changes_nothing() {
+    let env = Env::new();
+    let path = env.path("people.jsonl");
+    std::fs::write(&path, "{\"email\":\"x@example.com\",\"tier\":\"gold\"}\n").unwrap();
+    export_of(&env, "Json", &format!("jsonl:{}", path.display()), None);
+    std::fs::write(&path, "{\"email\":\"x@example.com\",\"tier\":\"gold\"}\n{broken\n").unwrap();
+    env.sandbox.reset_stats();
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Json") && err.contains('2'), "{err}");
+    assert_eq!(requests(&env.stats(), "lists.unsubscribe"), 0);
+    assert_eq!(env.members("Json"), vec!["x@example.com"]);
+}
+
+#[test]
+fn a_postgres_segment_is_exported_from_a_real_server() {
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("skipped: TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it");
+        return;
+    };
+    let table = format!("e2e_profiles_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE TABLE {table} (email text, tier text, score int)")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO {table} VALUES ('p1@example.com','gold',1),('P2@Example.com','gold',2),('p3@example.com','bronze',3)"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    });
+    let env = Env::new();
+    let report = export_of(&env, "PG gold", &url, Some(&format!("SELECT email, tier FROM {table} WHERE tier = 'gold'")));
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("PG gold"), vec!["p1@example.com", "p2@example.com"]);
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP TABLE {table}")).execute(&mut conn).await.unwrap();
+    });
+}
+
+#[test]
+fn a_key_given_on_stdin_is_stored_encrypted_and_never_shown() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["connection", "add", "vault", "--api-key-stdin", "--base-url", &env.base_url, "--accept-data-privacy"])
+        .write_stdin(format!("{KEY}\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let store = std::fs::read(env.path("store.db")).unwrap();
+    assert!(!store.windows(KEY.len()).any(|w| w == KEY.as_bytes()), "the key must not be stored in clear");
+    let key_file = env.path("store.db.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    for args in [&["connection", "show", "vault"][..], &["connection", "list"][..], &["--json", "connection", "show", "vault"][..]] {
+        let out = env.ok(args);
+        let all = text(&out.stdout) + &text(&out.stderr);
+        assert!(!all.contains(KEY), "{args:?} printed the key");
+        assert!(all.contains("6789"), "{args:?} shows the last four characters: {all}");
+    }
+    // The stored key works.
+    env.ok(&["connection", "test", "vault"]);
+}
+
+#[test]
+fn a_connection_needs_privacy_consent() {
+    let env = Env::new();
+    let out = env.run(&["connection", "add", "c", "--api-key-env", "ITERABLE_KEY", "--base-url", &env.base_url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--accept-data-privacy"));
+    assert!(env.json(&["connection", "list"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn info_logs_hold_no_email_addresses_or_keys() {
+    let env = Env::new();
+    env.setup_csv_export("Logged", &emails(0, 30));
+    let out = env.cmd().env("RUST_LOG", "info").args(["export", "run", "exp"]).output().unwrap();
+    assert!(out.status.success());
+    let logs = text(&out.stderr);
+    assert!(logs.contains("Run finished"), "{logs}");
+    assert!(!logs.contains("@example.com"), "{logs}");
+    assert!(!logs.contains(KEY));
+}
+
+#[test]
+fn connection_remove_refuses_while_exports_use_it_and_can_detach_them() {
+    let env = Env::new();
+    env.setup_csv_export("Seg", &emails(0, 3));
+    let out = env.run(&["connection", "remove", "iterable"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--detach-exports"));
+    env.ok(&["connection", "remove", "iterable", "--detach-exports"]);
+    let shown = env.json(&["export", "show", "exp"]);
+    assert_eq!(shown["enabled"], false);
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no connection"));
+}
+
+#[test]
+fn bad_schedules_and_reserved_fields_are_refused_at_export_add() {
+    let env = Env::new();
+    let csv = env.write_csv("m.csv", &[("a@example.com", "gold")]);
+    env.add_connection();
+    env.ok(&["segment", "add", "S", "--source", &format!("csv:{}", csv.display())]);
+    let base = ["export", "add", "e", "--connection", "iterable", "--segment", "S", "--email-field", "email"];
+    let out = env.run(&[&base[..], &["--schedule", "30 2 * * *"]].concat());
+    assert!(text(&out.stderr).contains("six fields"), "{}", text(&out.stderr));
+    let out = env.run(&[&base[..], &["--field", "tier=emailListIds"]].concat());
+    assert!(text(&out.stderr).contains("emailListIds"), "{}", text(&out.stderr));
+    let out = env.run(&[&base[..], &["--field", "missing_col"]].concat());
+    assert!(text(&out.stderr).contains("no column 'missing_col'"), "{}", text(&out.stderr));
+    assert!(env.json(&["export", "list"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn an_invalid_config_file_exits_78_listing_every_problem() {
+    let env = Env::new();
+    let bad = env.path("bad.toml");
+    std::fs::write(&bad, "[iterable]\nbatch_size = 0\nconcurrency = 0\n").unwrap();
+    let out = env.cmd().env("SEGMENT_EXPORTER_CONFIG", &bad).arg("validate").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(err.contains("batch_size") && err.contains("concurrency"), "{err}");
+    env.ok(&["validate"]);
+}
+
