@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A real export end to end, with no Iterable account: 100,000 sample profiles in SQLite, the built-in sandbox
+# (an Iterable-compatible API on localhost, 20 ms per request), two segments sent to two lists, then a second run
+# that finds nothing changed and sends nothing. Everything it writes stays in ./demo-state.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --locked --quiet
+bin=target/release/segment-exporter
+state=demo-state
+rm -rf "$state" && mkdir -p "$state"
+cat > "$state/config.toml" <<TOML
+[store]
+path = "$state/store.db"
+
+[iterable]
+requests_per_second = 20.0
+TOML
+export SEGMENT_EXPORTER_CONFIG="$state/config.toml"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Generating 100,000 customer profiles in $state/profiles.db"
+"$bin" sample-data "$state/profiles.db" --profiles 100000
+
+step "Starting the Iterable sandbox"
+"$bin" sandbox --listen 127.0.0.1:0 --latency 20 >"$state/sandbox.out" 2>"$state/sandbox.log" &
+sandbox_pid=$!
+trap 'kill $sandbox_pid 2>/dev/null || true' EXIT
+url=""
+for _ in $(seq 1 100); do
+  url=$(sed -n 's/^Iterable sandbox listening on \(http:[^ ]*\)$/\1/p' "$state/sandbox.out" 2>/dev/null || true)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "the sandbox did not start; see $state/sandbox.log" >&2; exit 1; }
+echo "sandbox at $url"
+
+step "Adding the connection (the key is read from DEMO_ITERABLE_KEY at each use)"
+export DEMO_ITERABLE_KEY=sandbox-key
+"$bin" connection add sandbox --api-key-env DEMO_ITERABLE_KEY --base-url "$url" --accept-data-privacy
+
+step "Defining two segments and an export"
+"$bin" segment add "VIP customers" --source "sqlite:$state/profiles.db" \
+  --query "SELECT email, first_name, country, lifetime_value FROM profiles WHERE tier = 'gold'"
+"$bin" segment add "Churn risk" --source "sqlite:$state/profiles.db" \
+  --query "SELECT email, first_name, country, lifetime_value FROM profiles WHERE churn_risk > 0.8"
+"$bin" export add marketing --connection sandbox --segment "VIP customers" --segment "Churn risk" \
+  --email-field email --field first_name=firstName --field country --field lifetime_value=lifetimeValue
+
+step "Dry run: the plan, nothing changed"
+"$bin" export run marketing --dry-run
+
+step "First run"
+"$bin" export run marketing
+
+step "Second run: nothing changed, so nothing is sent"
+"$bin" export run marketing
+
+step "The lists in the (sandbox) Iterable project"
+"$bin" connection lists sandbox --sizes
+
+step "Run history"
+"$bin" runs
