@@ -16,6 +16,7 @@ pub struct Config {
     pub iterable: IterableConfig,
     pub sync: SyncConfig,
     pub log: LogConfig,
+    pub daemon: DaemonConfig,
 }
 
 /// Where connections, exports, member state and run history are kept.
@@ -112,6 +113,69 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         Self { mass_removal_share: 0.5, max_recorded_issues: 100_000 }
+    }
+}
+
+/// The long-running service: schedules, trigger files, concurrency, shutdown and the status listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// When exports with schedule `refresh` run: a cron expression with seconds first. Default "0 0 * * * *"
+    /// (every hour, on the hour).
+    pub refresh_schedule: String,
+    /// Time zone of every schedule, as an IANA name such as "Europe/Berlin". Default "UTC".
+    pub time_zone: String,
+    /// Directory watched for trigger files: a file named after an export (or `all`) runs it. Relative paths are
+    /// relative to the working directory. Default "triggers".
+    pub trigger_dir: PathBuf,
+    /// How often the trigger directory is also scanned, for file systems that miss events. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub trigger_poll_interval: Duration,
+    /// How often the store is checked for exports added, changed or removed with the CLI. Default 3s.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Exports running side by side at most. Default 2.
+    pub max_concurrent_runs: usize,
+    /// At start-up, run once every export whose scheduled run was missed while the daemon was down. Default true.
+    pub run_missed_on_start: bool,
+    /// On SIGTERM or SIGINT, how long batches in flight may take to finish before the daemon exits. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Address of the status listener (/healthz, /readyz, /metrics, /status), or "off". Default "127.0.0.1:9185".
+    pub status_listen: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            refresh_schedule: "0 0 * * * *".into(),
+            time_zone: "UTC".into(),
+            trigger_dir: PathBuf::from("triggers"),
+            trigger_poll_interval: Duration::from_secs(1),
+            reload_interval: Duration::from_secs(3),
+            max_concurrent_runs: 2,
+            run_missed_on_start: true,
+            shutdown_grace: Duration::from_secs(30),
+            status_listen: "127.0.0.1:9185".into(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// The configured time zone.
+    pub fn tz(&self) -> Result<chrono_tz::Tz, String> {
+        self.time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!(
+                "daemon.time_zone '{}' is not an IANA time zone name; use e.g. \"UTC\" or \"Europe/Berlin\"",
+                self.time_zone
+            )
+        })
+    }
+
+    /// The status listener address, or None when it is off.
+    pub fn status_addr(&self) -> Option<&str> {
+        let a = self.status_listen.trim();
+        (!a.is_empty() && a != "off").then_some(a)
     }
 }
 
@@ -218,6 +282,24 @@ impl Config {
         let share = self.sync.mass_removal_share;
         if !(0.0..=1.0).contains(&share) {
             p.push(format!("sync.mass_removal_share is {share}; use a share from 0 to 1, e.g. 0.5 for half a list"));
+        }
+        let d = &self.daemon;
+        if let Err(e) = crate::schedule::parse_cron(&d.refresh_schedule) {
+            p.push(format!("daemon.refresh_schedule: {e}"));
+        }
+        if let Err(e) = d.tz() {
+            p.push(e);
+        }
+        if d.max_concurrent_runs == 0 {
+            p.push("daemon.max_concurrent_runs is 0; use at least 1".into());
+        }
+        if d.trigger_poll_interval.is_zero() || d.reload_interval.is_zero() {
+            p.push("daemon.trigger_poll_interval and daemon.reload_interval must be above 0, e.g. \"1s\"".into());
+        }
+        if let Some(addr) = d.status_addr() {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!("daemon.status_listen '{addr}' is not an address like \"127.0.0.1:9185\" (or \"off\")"));
+            }
         }
         if self.log.level.trim().is_empty() {
             p.push("log.level is empty; use e.g. \"info\"".into());

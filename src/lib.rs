@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod iterable;
 pub mod logging;
 pub mod sandbox;

@@ -11,7 +11,19 @@ fn export_of(env: &Env, segment: &str, source: &str, query: Option<&str>) -> ser
         args.extend(["--query", q]);
     }
     env.ok(&args);
-    env.ok(&["export", "add", "exp", "--connection", "iterable", "--segment", segment, "--email-field", "email", "--field", "tier"]);
+    env.ok(&[
+        "export",
+        "add",
+        "exp",
+        "--connection",
+        "iterable",
+        "--segment",
+        segment,
+        "--email-field",
+        "email",
+        "--field",
+        "tier",
+    ]);
     env.json(&["export", "run", "exp"])
 }
 
@@ -19,8 +31,21 @@ fn export_of(env: &Env, segment: &str, source: &str, query: Option<&str>) -> ser
 fn a_sqlite_segment_is_exported_with_its_query_applied() {
     let env = Env::new();
     let db = env.path("profiles.db");
-    write_sqlite(&db, &[(Some("a@example.com"), "gold"), (Some("b@example.com"), "silver"), (None, "gold"), (Some("C@example.com"), "gold")]);
-    let report = export_of(&env, "Gold", &format!("sqlite:{}", db.display()), Some("SELECT email, tier FROM profiles WHERE tier = 'gold'"));
+    write_sqlite(
+        &db,
+        &[
+            (Some("a@example.com"), "gold"),
+            (Some("b@example.com"), "silver"),
+            (None, "gold"),
+            (Some("C@example.com"), "gold"),
+        ],
+    );
+    let report = export_of(
+        &env,
+        "Gold",
+        &format!("sqlite:{}", db.display()),
+        Some("SELECT email, tier FROM profiles WHERE tier = 'gold'"),
+    );
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(report["lists"][0]["invalid"], 1);
     assert_eq!(env.members("Gold"), vec!["a@example.com", "c@example.com"]);
@@ -30,7 +55,11 @@ fn a_sqlite_segment_is_exported_with_its_query_applied() {
 fn a_jsonl_segment_is_exported() {
     let env = Env::new();
     let path = env.path("people.jsonl");
-    std::fs::write(&path, "{\"email\":\"x@example.com\",\"tier\":\"gold\"}\n\n{\"email\":\"y@example.com\",\"tier\":\"gold\"}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"email\":\"x@example.com\",\"tier\":\"gold\"}\n\n{\"email\":\"y@example.com\",\"tier\":\"gold\"}\n",
+    )
+    .unwrap();
     let report = export_of(&env, "Json", &format!("jsonl:{}", path.display()), None);
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(env.members("Json"), vec!["x@example.com", "y@example.com"]);
@@ -55,7 +84,9 @@ fn a_malformed_jsonl_file_fails_the_run_naming_the_line_and_changes_nothing() {
 #[test]
 fn a_postgres_segment_is_exported_from_a_real_server() {
     let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("skipped: TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it");
+        eprintln!(
+            "skipped: TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it"
+        );
         return;
     };
     let table = format!("e2e_profiles_{}", std::process::id());
@@ -73,7 +104,8 @@ fn a_postgres_segment_is_exported_from_a_real_server() {
         .unwrap();
     });
     let env = Env::new();
-    let report = export_of(&env, "PG gold", &url, Some(&format!("SELECT email, tier FROM {table} WHERE tier = 'gold'")));
+    let report =
+        export_of(&env, "PG gold", &url, Some(&format!("SELECT email, tier FROM {table} WHERE tier = 'gold'")));
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(env.members("PG gold"), vec!["p1@example.com", "p2@example.com"]);
     rt.block_on(async {
@@ -101,7 +133,11 @@ fn a_key_given_on_stdin_is_stored_encrypted_and_never_shown() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     }
-    for args in [&["connection", "show", "vault"][..], &["connection", "list"][..], &["--json", "connection", "show", "vault"][..]] {
+    for args in [
+        &["connection", "show", "vault"][..],
+        &["connection", "list"][..],
+        &["--json", "connection", "show", "vault"][..],
+    ] {
         let out = env.ok(args);
         let all = text(&out.stdout) + &text(&out.stderr);
         assert!(!all.contains(KEY), "{args:?} printed the key");
@@ -174,4 +210,3 @@ fn an_invalid_config_file_exits_78_listing_every_problem() {
     assert!(err.contains("batch_size") && err.contains("concurrency"), "{err}");
     env.ok(&["validate"]);
 }
-

@@ -28,6 +28,15 @@ pub enum ExportCmd {
     Remove { name: String },
     /// Run an export now, in this process; exits 0 only when the run succeeded.
     Run(RunArgs),
+    /// Ask the running daemon to run an export soon, by writing a trigger file into daemon.trigger_dir.
+    Trigger {
+        /// The export to run.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Run every export.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +95,35 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         ExportCmd::Run(args) => run_now(ctx, args).await,
+        ExportCmd::Trigger { name, all } => {
+            let target = match (&name, all) {
+                (_, true) => crate::daemon::TRIGGER_ALL.to_string(),
+                (Some(n), _) => {
+                    ctx.store().await?.export(n).await?;
+                    n.clone()
+                }
+                _ => unreachable!("clap requires a name or --all"),
+            };
+            let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
+                Exit::error(
+                    exit::FAILED,
+                    format!(
+                        "cannot write the trigger file in {}: {e}. Check daemon.trigger_dir and its permissions.",
+                        ctx.config.daemon.trigger_dir.display()
+                    ),
+                )
+            })?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "trigger_file": path }));
+            } else {
+                println!(
+                    "Wrote {}; the daemon runs {} within a few seconds.",
+                    path.display(),
+                    if all { "every export".to_string() } else { format!("export '{target}'") }
+                );
+            }
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -103,6 +141,12 @@ fn parse_field(text: &str) -> Result<FieldMap, String> {
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not saved: {m}", a.name));
+    if !crate::daemon::valid_trigger_name(&a.name) {
+        return Err(fail(
+            "an export name must be usable as a trigger file name: not empty, not 'all', no '/', not starting with '.'"
+                .into(),
+        ));
+    }
     let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
     let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
     names.sort();
@@ -167,13 +211,15 @@ async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     for e in store.exports().await? {
         let last = store.runs(Some(&e.name), 1).await?.into_iter().next();
         let segments: Vec<&str> = e.targets.iter().map(|t| t.segment_name.as_str()).collect();
+        let daemon = &ctx.config.daemon;
+        let tz = daemon.tz().unwrap_or(chrono_tz::UTC);
         let next = Schedule::parse(&e.schedule)
             .ok()
-            .and_then(|s| s.next_after(None, &chrono::Utc::now()))
+            .filter(|_| e.enabled)
+            .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)))
             .map(|t| super::output::when(&t));
         let next_text = match (e.schedule.as_str(), &next) {
             ("off", _) => "on demand".to_string(),
-            ("refresh", _) => "on the daemon's refresh".to_string(),
             (_, Some(t)) => t.clone(),
             _ => "-".into(),
         };
@@ -336,6 +382,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         full: a.full,
         allow_mass_removal: a.allow_mass_removal,
+        note: None,
     };
     let result = engine.run_export(&a.name, &opts, progress.clone(), cancel).await;
     finished.cancel();

@@ -86,6 +86,8 @@ pub enum Command {
     Runs(runs::RunsArgs),
     /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
     Sandbox(sandbox::SandboxArgs),
+    /// Run as a service: scheduled refreshes, trigger files, status endpoints; stops cleanly on SIGTERM.
+    Daemon,
     /// Check the configuration file and the stored exports; exit 78 when the config is invalid.
     Validate,
     /// Write a SQLite file of generated customer profiles (for the demo and the benchmark).
@@ -114,8 +116,17 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>) -> anyh
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Runs(args) => runs::run(&ctx, args).await,
         Command::Sandbox(args) => sandbox::run(&ctx, args).await,
+        Command::Daemon => daemon(&ctx).await,
         Command::Validate => validate(&ctx).await,
         Command::SampleData(args) => sample::run(&ctx, args).await,
+    }
+}
+
+async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
+    match crate::daemon::run((*ctx.config).clone(), ctx.config_path.clone()).await {
+        Ok(()) => Ok(exit::OK),
+        Err(crate::daemon::DaemonError::Config(e)) => Err(Exit::error(exit::CONFIG, e)),
+        Err(e) => Err(e.into()),
     }
 }
 

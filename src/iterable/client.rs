@@ -38,6 +38,12 @@ pub struct ClientStats {
     pub rate_limited: AtomicU64,
 }
 
+/// Sees every HTTP attempt (for metrics): the endpoint with ids replaced by `{id}`, the status (None for a
+/// transport error) and how long it took.
+pub trait RequestObserver: Send + Sync {
+    fn observe(&self, endpoint: &str, status: Option<u16>, elapsed: Duration);
+}
+
 #[derive(Clone)]
 pub struct IterableClient {
     http: reqwest::Client,
@@ -45,6 +51,7 @@ pub struct IterableClient {
     pacer: Arc<Pacer>,
     retry: RetrySettings,
     stats: Arc<ClientStats>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl std::fmt::Debug for IterableClient {
@@ -90,7 +97,14 @@ impl IterableClient {
             pacer,
             retry,
             stats: Default::default(),
+            observer: None,
         })
+    }
+
+    /// Reports every attempt to `observer`.
+    pub fn with_observer(mut self, observer: Option<Arc<dyn RequestObserver>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn stats(&self) -> &Arc<ClientStats> {
@@ -201,10 +215,22 @@ impl IterableClient {
             request = request.header(CONTENT_TYPE, "application/json").body(bytes.clone());
         }
         let started = std::time::Instant::now();
-        let response = request.send().await.map_err(|e| classify_transport(&e))?;
+        let observe = |status: Option<u16>| {
+            if let Some(o) = &self.observer {
+                o.observe(&endpoint_label(endpoint), status, started.elapsed());
+            }
+        };
+        let response = request.send().await.map_err(|e| {
+            observe(None);
+            classify_transport(&e)
+        })?;
         let status = response.status().as_u16();
         let retry_after = parse_retry_after(response.headers().get(RETRY_AFTER));
-        let text = response.text().await.map_err(|e| classify_transport(&e))?;
+        let text = response.text().await.map_err(|e| {
+            observe(None);
+            classify_transport(&e)
+        })?;
+        observe(Some(status));
         tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
         if (200..300).contains(&status) {
             self.pacer.succeeded();
@@ -222,4 +248,21 @@ impl IterableClient {
 fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, text: &str) -> Result<T, IterableError> {
     serde_json::from_str(text)
         .map_err(|e| IterableError::Decode { endpoint: endpoint.to_string(), cause: e.to_string() })
+}
+
+/// An endpoint with numeric path segments replaced, so metrics labels stay few.
+fn endpoint_label(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) { "{id}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoint_labels_hide_list_ids() {
+        assert_eq!(super::endpoint_label("/api/lists/123/size"), "/api/lists/{id}/size");
+        assert_eq!(super::endpoint_label("/api/lists/subscribe"), "/api/lists/subscribe");
+    }
 }

@@ -10,7 +10,7 @@ mod error;
 mod pacer;
 mod types;
 
-pub use client::{ClientStats, IterableClient, RetrySettings};
+pub use client::{ClientStats, IterableClient, RequestObserver, RetrySettings};
 pub use error::IterableError;
 pub use pacer::Pacer;
 pub use types::{encode_subscriber, BulkResponse, FailedUpdates, ListDetails, Region};

@@ -27,9 +27,8 @@ use super::project::{SubscriberUpdate, PROJECT_ID};
 use super::stats::UNKNOWN_ENDPOINT;
 use super::validation::{is_forgotten, is_valid_email, is_valid_user_id};
 use super::wire::{
-    bad_params, envelope, invalid_list_id, CreateListRequest, CreateListResponse, Envelope,
-    GetListsResponse, Identity, SubscribeRequest, Subscriber, UnsubscribeRequest, Unsubscriber,
-    UserBulkUpdateListResponse,
+    bad_params, envelope, invalid_list_id, CreateListRequest, CreateListResponse, Envelope, GetListsResponse, Identity,
+    SubscribeRequest, Subscriber, UnsubscribeRequest, Unsubscriber, UserBulkUpdateListResponse,
 };
 use super::Sandbox;
 
@@ -75,15 +74,10 @@ impl Endpoint {
 
 pub(super) fn router(sandbox: Sandbox) -> Router {
     let api = |endpoint: Endpoint| {
-        move |State(sandbox): State<Sandbox>, request: Request| async move {
-            sandbox.answer(endpoint, request).await
-        }
+        move |State(sandbox): State<Sandbox>, request: Request| async move { sandbox.answer(endpoint, request).await }
     };
     Router::new()
-        .route(
-            "/api/lists",
-            get(api(Endpoint::GetLists)).post(api(Endpoint::CreateList)),
-        )
+        .route("/api/lists", get(api(Endpoint::GetLists)).post(api(Endpoint::CreateList)))
         .route("/api/lists/{listId}", delete(api(Endpoint::DeleteList)))
         .route("/api/lists/subscribe", post(api(Endpoint::Subscribe)))
         .route("/api/lists/unsubscribe", post(api(Endpoint::Unsubscribe)))
@@ -91,10 +85,7 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .route("/api/lists/previewUsers", get(api(Endpoint::PreviewUsers)))
         .route("/api/lists/{listId}/size", get(api(Endpoint::ListSize)))
         .route("/_sandbox/stats", get(control_stats))
-        .route(
-            "/_sandbox/faults",
-            get(control_faults).post(control_set_faults),
-        )
+        .route("/_sandbox/faults", get(control_faults).post(control_set_faults))
         .route("/_sandbox/reset-stats", post(control_reset_stats))
         .fallback(not_found)
         // Our own check against `max_body_bytes` decides, not axum's 2 MB default.
@@ -127,10 +118,7 @@ impl Sandbox {
             tokio::time::sleep(latency).await;
         }
         let (mut parts, body) = request.into_parts();
-        match self
-            .gate_then_handle(endpoint, &mut parts, body, injected)
-            .await
-        {
+        match self.gate_then_handle(endpoint, &mut parts, body, injected).await {
             Outcome::Answered(response) => {
                 let status = response.status().as_u16();
                 self.inner.stats.lock().answered(label, status);
@@ -139,40 +127,27 @@ impl Sandbox {
             }
             Outcome::Dropped => {
                 self.inner.stats.lock().dropped_connections += 1;
-                debug!(
-                    endpoint = label,
-                    "Sandbox applied a request, then dropped it."
-                );
+                debug!(endpoint = label, "Sandbox applied a request, then dropped it.");
                 dropped_connection()
             }
         }
     }
 
-    async fn gate_then_handle(
-        &self,
-        endpoint: Endpoint,
-        parts: &mut Parts,
-        body: Body,
-        injected: Injected,
-    ) -> Outcome {
+    async fn gate_then_handle(&self, endpoint: Endpoint, parts: &mut Parts, body: Body, injected: Injected) -> Outcome {
         if !self.authorized(&parts.headers) {
             return Outcome::answered(unauthorized(parts));
         }
         let limited = {
             let mut faults = self.inner.faults.lock();
             let retry_after = faults.retry_after();
-            faults
-                .take_token(Instant::now())
-                .map_err(|refusal| (refusal, retry_after))
+            faults.take_token(Instant::now()).map_err(|refusal| (refusal, retry_after))
         };
         if let Err((refusal, retry_after)) = limited {
             return Outcome::answered(rate_limited(parts.uri.path(), refusal, retry_after));
         }
         let body = match read_body(body, self.inner.max_body_bytes).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge) => {
-                return Outcome::answered(batch_too_large(self.inner.max_body_bytes))
-            }
+            Err(BodyError::TooLarge) => return Outcome::answered(batch_too_large(self.inner.max_body_bytes)),
             Err(BodyError::Unreadable) => {
                 return Outcome::answered(envelope(
                     StatusCode::BAD_REQUEST,
@@ -190,13 +165,9 @@ impl Sandbox {
                 Value::Null,
             ));
         }
-        let path_param = Path::<String>::from_request_parts(parts, &())
-            .await
-            .ok()
-            .map(|Path(param)| param);
-        let response = self
-            .handle(endpoint, &parts.uri, path_param.as_deref(), &body)
-            .unwrap_or_else(IntoResponse::into_response);
+        let path_param = Path::<String>::from_request_parts(parts, &()).await.ok().map(|Path(param)| param);
+        let response =
+            self.handle(endpoint, &parts.uri, path_param.as_deref(), &body).unwrap_or_else(IntoResponse::into_response);
         if injected == Injected::DropAfterApplying {
             return Outcome::Dropped;
         }
@@ -205,17 +176,10 @@ impl Sandbox {
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let key = headers.get("api-key").or_else(|| headers.get("api_key"));
-        key.and_then(|key| key.to_str().ok())
-            .is_some_and(|key| self.inner.api_keys.iter().any(|known| known == key))
+        key.and_then(|key| key.to_str().ok()).is_some_and(|key| self.inner.api_keys.iter().any(|known| known == key))
     }
 
-    fn handle(
-        &self,
-        endpoint: Endpoint,
-        uri: &Uri,
-        path_param: Option<&str>,
-        body: &[u8],
-    ) -> Answer {
+    fn handle(&self, endpoint: Endpoint, uri: &Uri, path_param: Option<&str>, body: &[u8]) -> Answer {
         match endpoint {
             Endpoint::GetLists => Ok(self.get_lists()),
             Endpoint::CreateList => self.create_list(body),
@@ -241,17 +205,11 @@ impl Sandbox {
         };
         if let Some(description) = &request.description {
             if description.chars().count() > MAX_DESCRIPTION_CHARS {
-                return Err(bad_params(format!(
-                    "description must be at most {MAX_DESCRIPTION_CHARS} characters"
-                )));
+                return Err(bad_params(format!("description must be at most {MAX_DESCRIPTION_CHARS} characters")));
             }
         }
         let usable_from = Instant::now() + self.inner.list_propagation;
-        let list_id = self
-            .inner
-            .project
-            .lock()
-            .create_list(name, request.description, usable_from);
+        let list_id = self.inner.project.lock().create_list(name, request.description, usable_from);
         Ok(Json(CreateListResponse { list_id }).into_response())
     }
 
@@ -259,23 +217,14 @@ impl Sandbox {
         if !self.inner.project.lock().delete_list(list_id) {
             return Err(unknown_list(list_id));
         }
-        let deleted = envelope(
-            StatusCode::OK,
-            "Success",
-            format!("Deleted list {list_id}"),
-            Value::Null,
-        );
+        let deleted = envelope(StatusCode::OK, "Success", format!("Deleted list {list_id}"), Value::Null);
         Ok(deleted.into_response())
     }
 
     fn subscribe(&self, body: &[u8]) -> Answer {
         let request: SubscribeRequest = parse_json(body)?;
-        let list_id = request
-            .list_id
-            .ok_or_else(|| bad_params("listId is required"))?;
-        let subscribers = request
-            .subscribers
-            .ok_or_else(|| bad_params("subscribers is required"))?;
+        let list_id = request.list_id.ok_or_else(|| bad_params("listId is required"))?;
+        let subscribers = request.subscribers.ok_or_else(|| bad_params("subscribers is required"))?;
         self.inner.stats.lock().subscribers_received += subscribers.len() as u64;
         let mut outcome = UserBulkUpdateListResponse::default();
         let mut updates = Vec::with_capacity(subscribers.len());
@@ -294,12 +243,8 @@ impl Sandbox {
 
     fn unsubscribe(&self, body: &[u8]) -> Answer {
         let request: UnsubscribeRequest = parse_json(body)?;
-        let list_id = request
-            .list_id
-            .ok_or_else(|| bad_params("listId is required"))?;
-        let subscribers = request
-            .subscribers
-            .ok_or_else(|| bad_params("subscribers is required"))?;
+        let list_id = request.list_id.ok_or_else(|| bad_params("listId is required"))?;
+        let subscribers = request.subscribers.ok_or_else(|| bad_params("subscribers is required"))?;
         // Real Iterable may treat a missing channelUnsubscribe as a global email unsubscribe; the sandbox
         // refuses it so that a client which forgets the flag fails its tests.
         if request.channel_unsubscribe != Some(false) {
@@ -327,9 +272,7 @@ impl Sandbox {
     /// One email per line, each followed by a newline, in ascending order.
     fn get_users(&self, list_id: i64) -> Answer {
         let project = self.inner.project.lock();
-        let members = project
-            .members(list_id)
-            .ok_or_else(|| unknown_list(list_id))?;
+        let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
         let mut text = String::with_capacity(members.len() * 32);
         for email in members {
             text.push_str(email);
@@ -341,9 +284,7 @@ impl Sandbox {
 
     fn size(&self, list_id: i64) -> Answer {
         let project = self.inner.project.lock();
-        let members = project
-            .members(list_id)
-            .ok_or_else(|| unknown_list(list_id))?;
+        let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
         Ok(plain_text(members.len().to_string()))
     }
 
@@ -359,14 +300,8 @@ impl Sandbox {
         };
         let sample: Vec<String> = {
             let project = self.inner.project.lock();
-            let members = project
-                .members(list_id)
-                .ok_or_else(|| unknown_list(list_id))?;
-            members
-                .choose_multiple(&mut rand::thread_rng(), size)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
+            let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
+            members.choose_multiple(&mut rand::thread_rng(), size).into_iter().map(str::to_owned).collect()
         };
         let mut text = String::with_capacity(sample.len() * 32);
         for email in sample {
@@ -383,12 +318,7 @@ fn check_subscriber(
     subscriber: Subscriber,
     outcome: &mut UserBulkUpdateListResponse,
 ) -> Result<Option<SubscriberUpdate>, Envelope> {
-    let Subscriber {
-        email,
-        user_id,
-        data_fields,
-        merge_nested_objects,
-    } = subscriber;
+    let Subscriber { email, user_id, data_fields, merge_nested_objects } = subscriber;
     if let Some(user_id) = user_id.as_ref().filter(|id| !is_valid_user_id(id)) {
         outcome.invalid_user_id(user_id.clone());
         return Ok(None);
@@ -449,12 +379,7 @@ fn missing_identity() -> Envelope {
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Envelope> {
     serde_json::from_slice(body).map_err(|error| {
-        envelope(
-            StatusCode::BAD_REQUEST,
-            "BadJsonBody",
-            format!("Could not parse the JSON body: {error}"),
-            Value::Null,
-        )
+        envelope(StatusCode::BAD_REQUEST, "BadJsonBody", format!("Could not parse the JSON body: {error}"), Value::Null)
     })
 }
 
@@ -474,8 +399,7 @@ fn list_id_from_path(param: Option<&str>) -> Result<i64, Envelope> {
 }
 
 fn parse_list_id(raw: &str) -> Result<i64, Envelope> {
-    raw.parse()
-        .map_err(|_| bad_params(format!("listId must be a whole number, got {raw:?}")))
+    raw.parse().map_err(|_| bad_params(format!("listId must be a whole number, got {raw:?}")))
 }
 
 /// Unknown list on the endpoints other than subscribe/unsubscribe. Iterable's exact answer there is not
@@ -493,10 +417,7 @@ fn unauthorized(parts: &Parts) -> Envelope {
     let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(
-            || "127.0.0.1".to_owned(),
-            |ConnectInfo(peer)| peer.ip().to_string(),
-        );
+        .map_or_else(|| "127.0.0.1".to_owned(), |ConnectInfo(peer)| peer.ip().to_string());
     envelope(
         StatusCode::UNAUTHORIZED,
         "BadApiKey",
@@ -518,9 +439,7 @@ fn rate_limited(path: &str, refusal: RateLimited, retry_after: bool) -> Response
     )
     .into_response();
     if retry_after {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(refusal.reset_secs));
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(refusal.reset_secs));
     }
     response
 }

@@ -14,11 +14,7 @@ pub struct Faults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
     /// Requests per second over all `/api` endpoints. `Some(None)` (JSON `null`) turns the limit off.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Option<f64>>,
     /// Probability in `0..=1` that an `/api` request fails (500, or applied then dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,9 +39,7 @@ impl Faults {
         }
         if let Some(Some(rate)) = self.rate_limit {
             if !(rate.is_finite() && rate > 0.0) {
-                return Err(format!(
-                    "rate_limit must be a positive number of requests per second or null, got {rate}"
-                ));
+                return Err(format!("rate_limit must be a positive number of requests per second or null, got {rate}"));
             }
         }
         Ok(())
@@ -91,12 +85,7 @@ pub(crate) struct FaultState {
 impl FaultState {
     /// Out-of-range values are clamped (fail rate) or turn the feature off (rate limit); use
     /// `Faults::validate` first where the caller should hear about it.
-    pub(crate) fn new(
-        latency: Duration,
-        rate_limit: Option<f64>,
-        fail_rate: f64,
-        retry_after: bool,
-    ) -> Self {
+    pub(crate) fn new(latency: Duration, rate_limit: Option<f64>, fail_rate: f64, retry_after: bool) -> Self {
         Self {
             latency,
             fail_rate: clamp_probability(fail_rate),
@@ -179,12 +168,7 @@ impl TokenBucket {
             return None;
         }
         let burst = rate.max(1.0);
-        Some(Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        })
+        Some(Self { rate, burst, tokens: burst, last: now })
     }
 
     fn take(&mut self, now: Instant) -> Result<(), RateLimited> {
@@ -196,10 +180,7 @@ impl TokenBucket {
             return Ok(());
         }
         let wait = (1.0 - self.tokens) / self.rate;
-        Err(RateLimited {
-            limit: self.burst.floor() as u64,
-            reset_secs: (wait.ceil() as u64).max(1),
-        })
+        Err(RateLimited { limit: self.burst.floor() as u64, reset_secs: (wait.ceil() as u64).max(1) })
     }
 }
 
@@ -244,15 +225,9 @@ mod tests {
 
     #[test]
     fn invalid_changes_are_refused_by_validate() {
-        let bad_rate = Faults {
-            fail_rate: Some(1.5),
-            ..Faults::default()
-        };
+        let bad_rate = Faults { fail_rate: Some(1.5), ..Faults::default() };
         assert!(bad_rate.validate().is_err());
-        let bad_limit = Faults {
-            rate_limit: Some(Some(0.0)),
-            ..Faults::default()
-        };
+        let bad_limit = Faults { rate_limit: Some(Some(0.0)), ..Faults::default() };
         assert!(bad_limit.validate().is_err());
         assert!(Faults::default().validate().is_ok());
     }

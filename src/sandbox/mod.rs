@@ -73,10 +73,7 @@ impl Default for SandboxOptions {
 impl fmt::Debug for SandboxOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SandboxOptions")
-            .field(
-                "api_keys",
-                &format_args!("[{} redacted]", self.api_keys.len()),
-            )
+            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
             .field("latency", &self.latency)
             .field("rate_limit", &self.rate_limit)
             .field("retry_after", &self.retry_after)
@@ -105,20 +102,13 @@ struct Inner {
 
 impl fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("faults", &self.faults())
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("faults", &self.faults()).finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Self {
-        let faults = FaultState::new(
-            opts.latency,
-            opts.rate_limit,
-            opts.fail_rate,
-            opts.retry_after,
-        );
+        let faults = FaultState::new(opts.latency, opts.rate_limit, opts.fail_rate, opts.retry_after);
         let inner = Inner {
             api_keys: opts.api_keys,
             max_body_bytes: opts.max_body_bytes,
@@ -127,9 +117,7 @@ impl Sandbox {
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),
         };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     /// The `/api` endpoints plus the `/_sandbox` control endpoints, bound to this sandbox's state.
@@ -144,12 +132,8 @@ impl Sandbox {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         // Connect info lets the 401 envelope report the caller's ip, as Iterable's does.
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
     }
 
     /// Bind 127.0.0.1:0, serve in the background until the task is aborted or the runtime ends, and
@@ -176,9 +160,7 @@ impl Sandbox {
     /// The list's members as sorted lowercase emails, or `None` when no such list exists.
     pub fn list_members(&self, list_id: i64) -> Option<Vec<String>> {
         let project = self.inner.project.lock();
-        project
-            .members(list_id)
-            .map(|members| members.map(str::to_owned).collect())
+        project.members(list_id).map(|members| members.map(str::to_owned).collect())
     }
 
     /// Change the fault settings at run time; fields left `None` keep their value. Out-of-range values

@@ -67,12 +67,7 @@ impl Default for Project {
 impl Project {
     /// Names are not unique: creating a list with an existing name makes a second list, which is what the
     /// exporter must be designed for.
-    pub(crate) fn create_list(
-        &mut self,
-        name: String,
-        description: Option<String>,
-        usable_from: Instant,
-    ) -> i64 {
+    pub(crate) fn create_list(&mut self, name: String, description: Option<String>, usable_from: Instant) -> i64 {
         let id = self.next_list_id;
         self.next_list_id += 1;
         let list = List {
@@ -106,9 +101,7 @@ impl Project {
 
     /// Members in ascending order, or `None` when the list does not exist.
     pub(crate) fn members(&self, list_id: i64) -> Option<impl ExactSizeIterator<Item = &str>> {
-        self.lists
-            .get(&list_id)
-            .map(|list| list.members.iter().map(|email| &**email))
+        self.lists.get(&list_id).map(|list| list.members.iter().map(|email| &**email))
     }
 
     #[cfg(test)]
@@ -125,13 +118,7 @@ impl Project {
         updates: Vec<SubscriberUpdate>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project {
-            lists,
-            users,
-            user_ids,
-            field_types,
-            ..
-        } = self;
+        let Project { lists, users, user_ids, field_types, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for update in updates {
             let email: Arc<str> = match &update.identity {
@@ -176,16 +163,12 @@ impl Project {
         identities: Vec<Identity>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project {
-            lists, user_ids, ..
-        } = self;
+        let Project { lists, user_ids, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for identity in identities {
             let removed = match &identity {
                 Identity::Email(email) => list.members.remove(email.as_str()),
-                Identity::UserId(user_id) => user_ids
-                    .get(user_id)
-                    .is_some_and(|email| list.members.remove(&**email)),
+                Identity::UserId(user_id) => user_ids.get(user_id).is_some_and(|email| list.members.remove(&**email)),
             };
             if removed {
                 outcome.succeeded();
@@ -197,11 +180,7 @@ impl Project {
     }
 }
 
-fn usable_list(
-    lists: &mut BTreeMap<i64, List>,
-    list_id: i64,
-    now: Instant,
-) -> Result<&mut List, ListUnavailable> {
+fn usable_list(lists: &mut BTreeMap<i64, List>, list_id: i64, now: Instant) -> Result<&mut List, ListUnavailable> {
     match lists.get_mut(&list_id) {
         Some(list) if now >= list.usable_from => Ok(list),
         _ => Err(ListUnavailable),
@@ -210,12 +189,10 @@ fn usable_list(
 
 /// A field's type is fixed by the first value the project ever received for it.
 fn types_match(field_types: &HashMap<String, FieldType>, fields: &Map<String, Value>) -> bool {
-    fields.iter().all(
-        |(name, value)| match (field_types.get(name), FieldType::of(value)) {
-            (Some(expected), Some(actual)) => *expected == actual,
-            _ => true,
-        },
-    )
+    fields.iter().all(|(name, value)| match (field_types.get(name), FieldType::of(value)) {
+        (Some(expected), Some(actual)) => *expected == actual,
+        _ => true,
+    })
 }
 
 fn register_new_fields(
@@ -269,9 +246,7 @@ mod tests {
         let mut outcome = UserBulkUpdateListResponse::default();
         let first = update("a@b.co", json!({"plan": "pro", "seats": 3}));
         let second = update("a@b.co", json!({"plan": "team"}));
-        project
-            .subscribe(id, Instant::now(), vec![first, second], &mut outcome)
-            .unwrap();
+        project.subscribe(id, Instant::now(), vec![first, second], &mut outcome).unwrap();
         let profile = project.user_data_fields("a@b.co").unwrap();
         assert_eq!(profile.get("plan"), Some(&json!("team")));
         assert_eq!(profile.get("seats"), Some(&json!(3)));
@@ -286,14 +261,9 @@ mod tests {
         let mut second = update("a@b.co", json!({"address": {"city": "Oslo"}}));
         second.merge_nested_objects = true;
         let first = update("a@b.co", json!({"address": {"zip": "0150"}}));
-        project
-            .subscribe(id, Instant::now(), vec![first, second], &mut outcome)
-            .unwrap();
+        project.subscribe(id, Instant::now(), vec![first, second], &mut outcome).unwrap();
         let profile = project.user_data_fields("a@b.co").unwrap();
-        assert_eq!(
-            profile.get("address"),
-            Some(&json!({"zip": "0150", "city": "Oslo"}))
-        );
+        assert_eq!(profile.get("address"), Some(&json!({"zip": "0150", "city": "Oslo"})));
     }
 
     #[test]
@@ -303,17 +273,10 @@ mod tests {
         let mut outcome = UserBulkUpdateListResponse::default();
         let mut with_id = update("a@b.co", json!({}));
         with_id.user_id = Some("u1".into());
-        project
-            .subscribe(id, Instant::now(), vec![with_id], &mut outcome)
-            .unwrap();
-        let identities = vec![
-            Identity::UserId("u1".into()),
-            Identity::UserId("nobody".into()),
-        ];
+        project.subscribe(id, Instant::now(), vec![with_id], &mut outcome).unwrap();
+        let identities = vec![Identity::UserId("u1".into()), Identity::UserId("nobody".into())];
         let mut outcome = UserBulkUpdateListResponse::default();
-        project
-            .unsubscribe(id, Instant::now(), identities, &mut outcome)
-            .unwrap();
+        project.unsubscribe(id, Instant::now(), identities, &mut outcome).unwrap();
         assert_eq!(outcome.success_count, 1);
         assert_eq!(outcome.failed_updates.not_found_user_ids, vec!["nobody"]);
         assert_eq!(project.members(id).unwrap().len(), 0);
@@ -327,8 +290,6 @@ mod tests {
         let mut outcome = UserBulkUpdateListResponse::default();
         let result = project.subscribe(id, Instant::now(), Vec::new(), &mut outcome);
         assert_eq!(result, Err(ListUnavailable));
-        assert!(project
-            .subscribe(id, later, Vec::new(), &mut outcome)
-            .is_ok());
+        assert!(project.subscribe(id, later, Vec::new(), &mut outcome).is_ok());
     }
 }

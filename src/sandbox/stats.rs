@@ -46,10 +46,6 @@ impl SandboxStats {
 
     /// How many answers of `status` the endpoint gave; a convenience for tests.
     pub fn answered_with(&self, endpoint: &str, status: u16) -> u64 {
-        self.statuses
-            .get(endpoint)
-            .and_then(|by_status| by_status.get(&status))
-            .copied()
-            .unwrap_or(0)
+        self.statuses.get(endpoint).and_then(|by_status| by_status.get(&status)).copied().unwrap_or(0)
     }
 }

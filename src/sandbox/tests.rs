@@ -21,11 +21,7 @@ impl Fixture {
     async fn start(opts: SandboxOptions) -> Self {
         let sandbox = Sandbox::new(opts);
         let (base, _task) = sandbox.clone().spawn().await.expect("sandbox binds");
-        Self {
-            sandbox,
-            base,
-            client: Client::new(),
-        }
+        Self { sandbox, base, client: Client::new() }
     }
 
     async fn default() -> Self {
@@ -37,12 +33,7 @@ impl Fixture {
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .header("Api-Key", KEY)
-            .send()
-            .await
-            .expect("request completes")
+        self.client.get(self.url(path)).header("Api-Key", KEY).send().await.expect("request completes")
     }
 
     async fn post(&self, path: &str, body: Value) -> reqwest::Response {
@@ -50,12 +41,7 @@ impl Fixture {
     }
 
     async fn try_post(&self, path: &str, body: Value) -> reqwest::Result<reqwest::Response> {
-        self.client
-            .post(self.url(path))
-            .header("Api-Key", KEY)
-            .json(&body)
-            .send()
-            .await
+        self.client.post(self.url(path)).header("Api-Key", KEY).json(&body).send().await
     }
 
     async fn create_list(&self, name: &str) -> i64 {
@@ -73,8 +59,7 @@ impl Fixture {
 
     async fn unsubscribe(&self, list_id: i64, emails: &[&str]) -> reqwest::Response {
         let subscribers: Vec<Value> = emails.iter().map(|e| json!({ "email": e })).collect();
-        let body =
-            json!({ "listId": list_id, "subscribers": subscribers, "channelUnsubscribe": false });
+        let body = json!({ "listId": list_id, "subscribers": subscribers, "channelUnsubscribe": false });
         self.post("/api/lists/unsubscribe", body).await
     }
 }
@@ -111,13 +96,7 @@ async fn requests_without_a_valid_api_key_answer_401_with_bad_api_key() {
     let body: Value = wrong.json().await.unwrap();
     assert_eq!(body["params"]["endpoint"], "/api/lists/subscribe");
 
-    let underscore = fx
-        .client
-        .get(fx.url("/api/lists"))
-        .header("Api_Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let underscore = fx.client.get(fx.url("/api/lists")).header("Api_Key", KEY).send().await.unwrap();
     assert_eq!(underscore.status(), StatusCode::OK);
     assert_eq!(fx.sandbox.stats().answered_with("lists.get", 401), 1);
 }
@@ -125,16 +104,9 @@ async fn requests_without_a_valid_api_key_answer_401_with_bad_api_key() {
 #[tokio::test]
 async fn a_list_round_trips_through_create_subscribe_get_users_size_and_unsubscribe() {
     let fx = Fixture::default().await;
-    let created = fx
-        .post(
-            "/api/lists",
-            json!({"name": "Trial users", "description": "From the sandbox"}),
-        )
-        .await;
+    let created = fx.post("/api/lists", json!({"name": "Trial users", "description": "From the sandbox"})).await;
     assert_eq!(created.status(), StatusCode::OK);
-    let list_id = created.json::<Value>().await.unwrap()["listId"]
-        .as_i64()
-        .unwrap();
+    let list_id = created.json::<Value>().await.unwrap()["listId"].as_i64().unwrap();
     assert!(list_id >= 1000);
 
     let lists: Value = fx.get("/api/lists").await.json().await.unwrap();
@@ -145,12 +117,7 @@ async fn a_list_round_trips_through_create_subscribe_get_users_size_and_unsubscr
     assert_eq!(listed["listType"], "Standard");
     assert!(listed["createdAt"].as_i64().unwrap() > 1_600_000_000_000);
 
-    let subscribed = fx
-        .subscribe(
-            list_id,
-            &["Carol@Example.com", "alice@example.com", "bob@example.org"],
-        )
-        .await;
+    let subscribed = fx.subscribe(list_id, &["Carol@Example.com", "alice@example.com", "bob@example.org"]).await;
     assert_eq!(subscribed.status(), StatusCode::OK);
     let body: Value = subscribed.json().await.unwrap();
     assert_eq!(
@@ -159,50 +126,27 @@ async fn a_list_round_trips_through_create_subscribe_get_users_size_and_unsubscr
                "failedUpdates": empty_failed_updates(), "invalidEmails": [], "invalidUserIds": []})
     );
 
-    let users = fx
-        .get(&format!("/api/lists/getUsers?listId={list_id}"))
-        .await;
+    let users = fx.get(&format!("/api/lists/getUsers?listId={list_id}")).await;
     assert_eq!(users.status(), StatusCode::OK);
-    assert!(users.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    assert_eq!(
-        users.text().await.unwrap(),
-        "alice@example.com\nbob@example.org\ncarol@example.com\n"
-    );
+    assert!(users.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(users.text().await.unwrap(), "alice@example.com\nbob@example.org\ncarol@example.com\n");
 
     let size = fx.get(&format!("/api/lists/{list_id}/size")).await;
     assert_eq!(size.text().await.unwrap(), "3");
 
-    let preview = fx
-        .get(&format!("/api/lists/previewUsers?listId={list_id}&size=2"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let preview = fx.get(&format!("/api/lists/previewUsers?listId={list_id}&size=2")).await.text().await.unwrap();
     let sampled: Vec<&str> = preview.lines().collect();
     assert_eq!(sampled.len(), 2);
     let members = fx.sandbox.list_members(list_id).unwrap();
-    assert!(sampled
-        .iter()
-        .all(|email| members.iter().any(|m| m == email)));
+    assert!(sampled.iter().all(|email| members.iter().any(|m| m == email)));
 
-    let unsubscribed = fx
-        .unsubscribe(list_id, &["ALICE@example.com", "nobody@example.com"])
-        .await;
+    let unsubscribed = fx.unsubscribe(list_id, &["ALICE@example.com", "nobody@example.com"]).await;
     assert_eq!(unsubscribed.status(), StatusCode::OK);
     let body: Value = unsubscribed.json().await.unwrap();
     assert_eq!(body["successCount"], 1);
     assert_eq!(body["failCount"], 1);
-    assert_eq!(
-        body["failedUpdates"]["notFoundEmails"],
-        json!(["nobody@example.com"])
-    );
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["bob@example.org", "carol@example.com"]
-    );
+    assert_eq!(body["failedUpdates"]["notFoundEmails"], json!(["nobody@example.com"]));
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["bob@example.org", "carol@example.com"]);
 
     let stats = fx.sandbox.stats();
     assert_eq!(stats.requests["lists.subscribe"], 1);
@@ -216,15 +160,7 @@ async fn invalid_and_forgotten_emails_are_reported_and_not_subscribed() {
     let fx = Fixture::default().await;
     let list_id = fx.create_list("Mixed").await;
     let response = fx
-        .subscribe(
-            list_id,
-            &[
-                "user @example.com",
-                "no-tld@example",
-                "gone+forgotten@example.com",
-                "ok@example.com",
-            ],
-        )
+        .subscribe(list_id, &["user @example.com", "no-tld@example", "gone+forgotten@example.com", "ok@example.com"])
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -233,14 +169,8 @@ async fn invalid_and_forgotten_emails_are_reported_and_not_subscribed() {
     let invalid = json!(["user @example.com", "no-tld@example"]);
     assert_eq!(body["failedUpdates"]["invalidEmails"], invalid);
     assert_eq!(body["invalidEmails"], invalid);
-    assert_eq!(
-        body["failedUpdates"]["forgottenEmails"],
-        json!(["gone+forgotten@example.com"])
-    );
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["ok@example.com"]
-    );
+    assert_eq!(body["failedUpdates"]["forgottenEmails"], json!(["gone+forgotten@example.com"]));
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["ok@example.com"]);
 }
 
 #[tokio::test]
@@ -267,15 +197,9 @@ async fn a_field_whose_type_changes_is_reported_as_invalid_data_and_new_fields_a
         .await;
     let body: Value = second.json().await.unwrap();
     assert_eq!(body["successCount"], 1);
-    assert_eq!(
-        body["failedUpdates"]["invalidDataEmails"],
-        json!(["b@example.com"])
-    );
+    assert_eq!(body["failedUpdates"]["invalidDataEmails"], json!(["b@example.com"]));
     assert_eq!(body["createdFields"], json!(["region"]));
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["a@example.com", "c@example.com"]
-    );
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com", "c@example.com"]);
 }
 
 #[tokio::test]
@@ -285,12 +209,7 @@ async fn creating_a_list_with_an_existing_name_creates_a_second_list() {
     let second = fx.create_list("Churn risk").await;
     assert_ne!(first, second);
     let lists: Value = fx.get("/api/lists").await.json().await.unwrap();
-    let same_name = lists["lists"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["name"] == "Churn risk")
-        .count();
+    let same_name = lists["lists"].as_array().unwrap().iter().filter(|l| l["name"] == "Churn risk").count();
     assert_eq!(same_name, 2);
 }
 
@@ -314,34 +233,20 @@ async fn deleting_a_list_answers_success_and_an_unknown_list_answers_400() {
     let fx = Fixture::default().await;
     let list_id = fx.create_list("Short-lived").await;
     let url = fx.url(&format!("/api/lists/{list_id}"));
-    let deleted = fx
-        .client
-        .delete(&url)
-        .header("Api-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let deleted = fx.client.delete(&url).header("Api-Key", KEY).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::OK);
     let body: Value = deleted.json().await.unwrap();
     assert_eq!(body["code"], "Success");
     assert!(body["params"].is_null());
     assert_eq!(fx.sandbox.list_members(list_id), None);
 
-    let again = fx
-        .client
-        .delete(&url)
-        .header("Api-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let again = fx.client.delete(&url).header("Api-Key", KEY).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["code"], "BadParams");
     assert_eq!(body["msg"], format!("error.lists.invalidListId({list_id})"));
 
-    let users = fx
-        .get(&format!("/api/lists/getUsers?listId={list_id}"))
-        .await;
+    let users = fx.get(&format!("/api/lists/getUsers?listId={list_id}")).await;
     assert_eq!(users.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -361,20 +266,14 @@ async fn unsubscribe_without_an_explicit_channel_unsubscribe_false_answers_400()
         assert_eq!(body["code"], "BadParams");
         assert!(body["msg"].as_str().unwrap().contains("channelUnsubscribe"));
     }
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["a@example.com"]
-    );
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com"]);
 }
 
 #[tokio::test]
 async fn exceeding_the_rate_limit_answers_429_without_applying_the_change() {
     let fx = Fixture::default().await;
     let list_id = fx.create_list("Limited").await;
-    fx.sandbox.set_faults(Faults {
-        rate_limit: Some(Some(1.0)),
-        ..Faults::default()
-    });
+    fx.sandbox.set_faults(Faults { rate_limit: Some(Some(1.0)), ..Faults::default() });
     let allowed = fx.subscribe(list_id, &["first@example.com"]).await;
     assert_eq!(allowed.status(), StatusCode::OK);
     let refused = fx.subscribe(list_id, &["second@example.com"]).await;
@@ -387,29 +286,18 @@ async fn exceeding_the_rate_limit_answers_429_without_applying_the_change() {
                "code": "RateLimitExceeded",
                "params": {"rateLimitLimit": 1, "rateLimitRemaining": 0, "rateLimitReset": 1}})
     );
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["first@example.com"]
-    );
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["first@example.com"]);
     assert_eq!(fx.sandbox.stats().rate_limited, 1);
 }
 
 #[tokio::test]
 async fn rate_limited_answers_carry_retry_after_when_enabled() {
-    let fx = Fixture::start(SandboxOptions {
-        rate_limit: Some(0.5),
-        retry_after: true,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let fx =
+        Fixture::start(SandboxOptions { rate_limit: Some(0.5), retry_after: true, ..SandboxOptions::default() }).await;
     assert_eq!(fx.get("/api/lists").await.status(), StatusCode::OK);
     let refused = fx.get("/api/lists").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = refused.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert_eq!(retry_after, 2);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["params"]["rateLimitReset"], 2);
@@ -417,11 +305,7 @@ async fn rate_limited_answers_carry_retry_after_when_enabled() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_answers_400_batch_too_large() {
-    let fx = Fixture::start(SandboxOptions {
-        max_body_bytes: 1_000,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let fx = Fixture::start(SandboxOptions { max_body_bytes: 1_000, ..SandboxOptions::default() }).await;
     let list_id = fx.create_list("Small bodies").await;
     let emails: Vec<String> = (0..100).map(|i| format!("user{i}@example.com")).collect();
     let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
@@ -442,19 +326,14 @@ async fn bodies_above_axums_default_limit_are_accepted_up_to_max_body_bytes() {
         {"email": "big@example.com", "dataFields": {"notes": padding}}]});
     let response = fx.post("/api/lists/subscribe", body).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        fx.sandbox.list_members(list_id).unwrap(),
-        vec!["big@example.com"]
-    );
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["big@example.com"]);
 }
 
 #[tokio::test]
 async fn a_new_list_answers_invalid_list_id_until_propagation_has_passed() {
-    let fx = Fixture::start(SandboxOptions {
-        list_propagation: Duration::from_millis(300),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let fx =
+        Fixture::start(SandboxOptions { list_propagation: Duration::from_millis(300), ..SandboxOptions::default() })
+            .await;
     let list_id = fx.create_list("Fresh").await;
     let early = fx.subscribe(list_id, &["a@example.com"]).await;
     assert_eq!(early.status(), StatusCode::BAD_REQUEST);
@@ -469,10 +348,7 @@ async fn a_new_list_answers_invalid_list_id_until_propagation_has_passed() {
 async fn failures_answer_500_without_applying_or_apply_and_then_drop_the_connection() {
     let fx = Fixture::default().await;
     let list_id = fx.create_list("Flaky").await;
-    fx.sandbox.set_faults(Faults {
-        fail_rate: Some(1.0),
-        ..Faults::default()
-    });
+    fx.sandbox.set_faults(Faults { fail_rate: Some(1.0), ..Faults::default() });
     let mut dropped = BTreeSet::new();
     let mut server_errors = 0;
     for i in 0..200 {
@@ -495,17 +371,8 @@ async fn failures_answer_500_without_applying_or_apply_and_then_drop_the_connect
         }
     }
     assert!(server_errors >= 3, "saw {server_errors} answers of 500");
-    assert!(
-        dropped.len() >= 3,
-        "saw {} dropped connections",
-        dropped.len()
-    );
-    let members: BTreeSet<String> = fx
-        .sandbox
-        .list_members(list_id)
-        .unwrap()
-        .into_iter()
-        .collect();
+    assert!(dropped.len() >= 3, "saw {} dropped connections", dropped.len());
+    let members: BTreeSet<String> = fx.sandbox.list_members(list_id).unwrap().into_iter().collect();
     assert_eq!(members, dropped, "only dropped requests were applied");
     let stats = fx.sandbox.stats();
     assert_eq!(stats.dropped_connections, dropped.len() as u64);
@@ -514,11 +381,7 @@ async fn failures_answer_500_without_applying_or_apply_and_then_drop_the_connect
 
 #[tokio::test]
 async fn latency_delays_every_api_answer() {
-    let fx = Fixture::start(SandboxOptions {
-        latency: Duration::from_millis(200),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let fx = Fixture::start(SandboxOptions { latency: Duration::from_millis(200), ..SandboxOptions::default() }).await;
     let started = Instant::now();
     let response = fx.get("/api/lists").await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -528,23 +391,12 @@ async fn latency_delays_every_api_answer() {
 #[tokio::test]
 async fn malformed_bodies_and_missing_fields_answer_400_envelopes() {
     let fx = Fixture::default().await;
-    let garbage = fx
-        .client
-        .post(fx.url("/api/lists/subscribe"))
-        .header("Api-Key", KEY)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let garbage =
+        fx.client.post(fx.url("/api/lists/subscribe")).header("Api-Key", KEY).body("{not json").send().await.unwrap();
     assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(
-        garbage.json::<Value>().await.unwrap()["code"],
-        "BadJsonBody"
-    );
+    assert_eq!(garbage.json::<Value>().await.unwrap()["code"], "BadJsonBody");
 
-    let no_list = fx
-        .post("/api/lists/subscribe", json!({"subscribers": []}))
-        .await;
+    let no_list = fx.post("/api/lists/subscribe", json!({"subscribers": []})).await;
     assert_eq!(no_list.status(), StatusCode::BAD_REQUEST);
     assert_eq!(no_list.json::<Value>().await.unwrap()["code"], "BadParams");
 
@@ -575,52 +427,21 @@ async fn control_endpoints_change_faults_and_report_and_reset_stats() {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     let settings: Value = changed.json().await.unwrap();
-    assert_eq!(
-        settings,
-        json!({"latency_ms": 5, "rate_limit": 50.0, "fail_rate": 0.0, "retry_after": true})
-    );
+    assert_eq!(settings, json!({"latency_ms": 5, "rate_limit": 50.0, "fail_rate": 0.0, "retry_after": true}));
 
-    let off = fx
-        .client
-        .post(fx.url("/_sandbox/faults"))
-        .json(&json!({"rate_limit": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        off.json::<Value>().await.unwrap()["rate_limit"],
-        Value::Null
-    );
+    let off = fx.client.post(fx.url("/_sandbox/faults")).json(&json!({"rate_limit": null})).send().await.unwrap();
+    assert_eq!(off.json::<Value>().await.unwrap()["rate_limit"], Value::Null);
 
-    let refused = fx
-        .client
-        .post(fx.url("/_sandbox/faults"))
-        .json(&json!({"fail_rate": 2}))
-        .send()
-        .await
-        .unwrap();
+    let refused = fx.client.post(fx.url("/_sandbox/faults")).json(&json!({"fail_rate": 2})).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!(fx.sandbox.faults().fail_rate, 0.0);
 
     fx.get("/api/lists").await;
-    let stats: SandboxStats = fx
-        .client
-        .get(fx.url("/_sandbox/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: SandboxStats = fx.client.get(fx.url("/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats.total_requests, 1);
     assert_eq!(stats.answered_with("lists.get", 200), 1);
 
-    let reset = fx
-        .client
-        .post(fx.url("/_sandbox/reset-stats"))
-        .send()
-        .await
-        .unwrap();
+    let reset = fx.client.post(fx.url("/_sandbox/reset-stats")).send().await.unwrap();
     assert_eq!(reset.status(), StatusCode::OK);
     assert_eq!(fx.sandbox.stats(), SandboxStats::default());
 }

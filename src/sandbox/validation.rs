@@ -18,10 +18,7 @@ pub(crate) fn is_valid_email(address: &str) -> bool {
     if address.chars().any(char::is_whitespace) {
         return false;
     }
-    let options = Options::default()
-        .without_display_text()
-        .without_domain_literal()
-        .with_required_tld();
+    let options = Options::default().without_display_text().without_domain_literal().with_required_tld();
     if EmailAddress::parse_with_options(address, options).is_err() {
         return false;
     }

@@ -25,18 +25,8 @@ impl IntoResponse for Envelope {
     }
 }
 
-pub(crate) fn envelope(
-    status: StatusCode,
-    code: &'static str,
-    msg: impl Into<String>,
-    params: Value,
-) -> Envelope {
-    Envelope {
-        status,
-        msg: msg.into(),
-        code,
-        params,
-    }
+pub(crate) fn envelope(status: StatusCode, code: &'static str, msg: impl Into<String>, params: Value) -> Envelope {
+    Envelope { status, msg: msg.into(), code, params }
 }
 
 pub(crate) fn bad_params(msg: impl Into<String>) -> Envelope {

@@ -15,7 +15,7 @@ use super::progress::{Phase, Progress};
 use super::send::{Sender, TargetRun};
 use super::SyncError;
 use crate::config::Config;
-use crate::iterable::{IterableClient, Pacer, RetrySettings};
+use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
 use crate::source::{self, Columns, SourceSpec};
 use crate::store::{Export, IssueKind, OnLeave, PlanSession, RunStatus, RunTargetCounts, Store, Target, TargetPlan};
@@ -31,11 +31,13 @@ pub struct RunOptions {
     pub full: bool,
     /// Let a run through that would unsubscribe more than `sync.mass_removal_share` of a list.
     pub allow_mass_removal: bool,
+    /// Recorded with the run, e.g. that it is a follow-up queued while the previous run was in progress.
+    pub note: Option<String>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { trigger: "manual".into(), dry_run: false, full: false, allow_mass_removal: false }
+        RunOptions { trigger: "manual".into(), dry_run: false, full: false, allow_mass_removal: false, note: None }
     }
 }
 
@@ -94,11 +96,27 @@ pub struct Engine {
     store: Store,
     config: Arc<Config>,
     pacers: Arc<Mutex<HashMap<i64, Arc<Pacer>>>>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl Engine {
     pub fn new(store: Store, config: Arc<Config>) -> Engine {
-        Engine { store, config, pacers: Default::default() }
+        Engine { store, config, pacers: Default::default(), observer: None }
+    }
+
+    /// Reports every Iterable request of this engine's runs to `observer` (the daemon's metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Engine {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The same engine (pacers, observer) with another config, after a reload.
+    pub fn with_config(&self, config: Arc<Config>) -> Engine {
+        Engine { store: self.store.clone(), config, pacers: self.pacers.clone(), observer: self.observer.clone() }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
     pub fn store(&self) -> &Store {
@@ -124,6 +142,7 @@ impl Engine {
             self.pacer(conn.id),
             RetrySettings::from(&self.config.iterable),
         )
+        .map(|c| c.with_observer(self.observer.clone()))
         .map_err(SyncError::IterableSetup)
     }
 
@@ -192,9 +211,13 @@ impl Engine {
             tracing::warn!(export = %name, runs = ?resumed_runs, "Earlier run(s) of this export stopped unfinished; this run completes their work.");
         }
         let client = self.client_for(connection_id).await?;
-        let note = (!resumed_runs.is_empty()).then(|| {
+        let resumes = (!resumed_runs.is_empty()).then(|| {
             format!("resumes run(s) {}", resumed_runs.iter().map(|i| format!("#{i}")).collect::<Vec<_>>().join(", "))
         });
+        let note = match (opts.note.clone(), resumes) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         let run_id = self.store.start_run(export.id, &opts.trigger, opts.full, note.as_deref()).await?;
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 
