@@ -8,8 +8,10 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogConfig, LogFormat};
 
 pub fn init(config: &LogConfig) {
+    // The scheduler library logs its own housekeeping at info; keep that out unless asked for.
+    let quiet = |f: EnvFilter| f.add_directive("tokio_cron_scheduler=warn".parse().expect("static directive"));
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info")));
+        .unwrap_or_else(|_| quiet(EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
