@@ -87,24 +87,28 @@ fn a_changed_field_re_sends_only_that_member() {
 #[test]
 fn a_run_through_429s_500s_and_dropped_connections_still_ends_exact() {
     let env = Env::new();
-    let members = emails(0, 600);
+    // Enough requests (about 60 batches of 50) that every kind of fault shows up.
+    let members = emails(0, 3000);
     env.setup_csv_export("Flaky", &members);
     env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
     let report = env.json(&["export", "run", "exp"]);
     assert_eq!(report["status"], "succeeded", "{report}");
     let stats = env.stats();
-    assert!(stats.dropped_connections > 0 && stats.answered_with("lists.subscribe", 500) > 0, "{stats:?}");
+    assert!(stats.dropped_connections > 0, "{stats:?}");
+    assert!(stats.answered_with("lists.subscribe", 500) > 0, "{stats:?}");
+    assert!(stats.rate_limited > 0, "{stats:?}");
     let calm = Faults { rate_limit: Some(None), fail_rate: Some(0.0), ..Faults::default() };
     env.sandbox.set_faults(calm.clone());
+    assert_eq!(env.sandbox_lists().len(), 1, "a lost answer to the create call must not create a second list");
     assert_eq!(env.members("Flaky"), sorted(members.clone()));
     env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
     // Leavers too, through the same faults.
-    let csv_rows: Vec<(&str, &str)> = members[100..].iter().map(|e| (e.as_str(), "gold")).collect();
+    let csv_rows: Vec<(&str, &str)> = members[1000..].iter().map(|e| (e.as_str(), "gold")).collect();
     env.write_csv("members.csv", &csv_rows);
     let report = env.json(&["export", "run", "exp"]);
     assert_eq!(report["status"], "succeeded", "{report}");
     env.sandbox.set_faults(calm);
-    assert_eq!(env.members("Flaky"), sorted(members[100..].to_vec()));
+    assert_eq!(env.members("Flaky"), sorted(members[1000..].to_vec()));
 }
 
 #[test]

@@ -67,7 +67,7 @@ struct Daemon {
     running: HashMap<String, CancellationToken>,
     follow_ups: HashMap<String, &'static str>,
     waiting: VecDeque<(String, &'static str, Option<String>)>,
-    fingerprint: String,
+    fingerprint: Option<String>,
     stopping: Option<Instant>,
 }
 
@@ -118,7 +118,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         running: HashMap::new(),
         follow_ups: HashMap::new(),
         waiting: VecDeque::new(),
-        fingerprint: String::new(),
+        fingerprint: None,
         stopping: None,
     };
     d.reload_exports(true).await;
@@ -350,11 +350,11 @@ impl Daemon {
             .map(|e| format!("{}|{}|{}|{}|{}", e.id, e.name, e.schedule, e.enabled, e.updated_at))
             .collect::<Vec<_>>()
             .join("\n");
-        if !force && fingerprint == self.fingerprint {
+        let changed = self.fingerprint.as_ref().is_some_and(|old| *old != fingerprint);
+        if !force && !changed {
             return;
         }
-        let first = self.fingerprint.is_empty();
-        self.fingerprint = fingerprint;
+        self.fingerprint = Some(fingerprint);
         if let Err(e) = self.scheduler.set_jobs(&self.config.daemon.refresh_schedule, &exports, &self.tx).await {
             tracing::error!(error = %e, "Cannot schedule the exports.");
         }
@@ -370,7 +370,7 @@ impl Daemon {
         for name in &names {
             self.refresh_status(name).await;
         }
-        if !first {
+        if changed {
             tracing::info!(exports = names.len(), "Exports changed in the store; schedule updated.");
         }
     }

@@ -122,14 +122,36 @@ impl IterableClient {
     }
 
     /// `POST /api/lists`: creates a static list and returns its id.
-    pub async fn create_list(&self, name: &str) -> Result<i64, IterableError> {
+    ///
+    /// Creating is not idempotent (Iterable allows several lists with one name), so a lost answer is not simply
+    /// retried: after a retryable failure the lists are read again, and a list with this name that is not among
+    /// `existing` (the ids seen before) is taken as the one this call created.
+    pub async fn create_list(&self, name: &str, existing: &[i64]) -> Result<i64, IterableError> {
         #[derive(Serialize)]
         struct Create<'a> {
             name: &'a str,
         }
         let body = serde_json::to_vec(&Create { name }).expect("serialisable");
-        let text = self.call(Method::POST, "/api/lists", Body::Json(body)).await?;
-        decode::<CreateListResponse>("/api/lists", &text).map(|r| r.list_id)
+        let mut delay = self.retry.min_delay;
+        let mut last = String::new();
+        for _ in 0..self.retry.max_attempts {
+            match self.call_with(Method::POST, "/api/lists", Body::Json(body.clone()), 1).await {
+                Ok(text) => return decode::<CreateListResponse>("/api/lists", &text).map(|r| r.list_id),
+                Err(IterableError::GaveUp { last: reason, .. }) => {
+                    last = reason;
+                    let created =
+                        self.lists().await?.into_iter().filter(|l| l.name == name && !existing.contains(&l.id));
+                    if let Some(list) = created.max_by_key(|l| l.id) {
+                        tracing::info!(list_id = list.id, "The list was created although the answer was lost.");
+                        return Ok(list.id);
+                    }
+                    tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+                    delay = (delay * 2).min(self.retry.max_delay);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(IterableError::GaveUp { endpoint: "/api/lists".into(), attempts: self.retry.max_attempts, last })
     }
 
     /// `DELETE /api/lists/{id}`.
@@ -174,11 +196,21 @@ impl IterableClient {
 
     /// One call with pacing and retries; returns the body of a 2xx answer.
     async fn call(&self, method: Method, path: &str, body: Body) -> Result<String, IterableError> {
+        self.call_with(method, path, body, self.retry.max_attempts).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        max_attempts: usize,
+    ) -> Result<String, IterableError> {
         let endpoint = path.split('?').next().unwrap_or(path).to_string();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.max_attempts.saturating_sub(1))
+            .with_max_times(max_attempts.saturating_sub(1))
             .with_jitter();
         let max_delay = self.retry.max_delay;
         let attempts = std::sync::atomic::AtomicUsize::new(0);

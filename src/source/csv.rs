@@ -5,6 +5,7 @@
 //! to the async side through a small bounded channel, so memory does not grow with the file.
 
 use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -18,6 +19,7 @@ const READ_BUFFER: usize = 64 * 1024;
 pub(super) async fn read(spec: String, path: PathBuf, columns: Columns) -> Result<RowStream, SourceError> {
     let opening = {
         let spec = spec.clone();
+        let path = path.clone();
         tokio::task::spawn_blocking(move || open(spec, &path, columns))
     };
     let (reader, names, indices) =
@@ -26,7 +28,7 @@ pub(super) async fn read(spec: String, path: PathBuf, columns: Columns) -> Resul
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let task = {
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || pump(reader, &indices, &spec, Batcher::new(tx)))
+        tokio::task::spawn_blocking(move || pump(reader, &indices, &spec, &path, Batcher::new(tx)))
     };
     Ok(RowStream { columns: names, batches: ReaderStream::boxed(spec, rx, task) })
 }
@@ -37,7 +39,7 @@ fn open(spec: String, path: &Path, columns: Columns) -> Result<Opened, SourceErr
     let file = File::open(path).map_err(|error| file_open_error(spec.clone(), path, &error))?;
     let mut reader =
         ::csv::ReaderBuilder::new().has_headers(true).flexible(false).buffer_capacity(READ_BUFFER).from_reader(file);
-    let header = reader.headers().map_err(|error| csv_error(&spec, error))?;
+    let header = reader.headers().map_err(|error| csv_error(&spec, path, error))?;
     if header.is_empty() {
         return Err(SourceError::Malformed {
             spec,
@@ -50,7 +52,7 @@ fn open(spec: String, path: &Path, columns: Columns) -> Result<Opened, SourceErr
     Ok((reader, names, indices))
 }
 
-fn pump(mut reader: ::csv::Reader<File>, indices: &[usize], spec: &str, mut out: Batcher) {
+fn pump(mut reader: ::csv::Reader<File>, indices: &[usize], spec: &str, path: &Path, mut out: Batcher) {
     let mut record = ::csv::StringRecord::new();
     let failure = loop {
         match reader.read_record(&mut record) {
@@ -67,14 +69,14 @@ fn pump(mut reader: ::csv::Reader<File>, indices: &[usize], spec: &str, mut out:
                     return;
                 }
             }
-            Err(error) => break Some(csv_error(spec, error)),
+            Err(error) => break Some(csv_error(spec, path, error)),
         }
     };
     out.blocking_finish(failure);
 }
 
-fn csv_error(spec: &str, error: ::csv::Error) -> SourceError {
-    let line = error.position().map_or(0, ::csv::Position::line);
+fn csv_error(spec: &str, path: &Path, error: ::csv::Error) -> SourceError {
+    let line = error.position().map_or(0, |position| record_line(path, position));
     let message = error.to_string();
     let cause = match error.into_kind() {
         ::csv::ErrorKind::Io(source) => return SourceError::Io { spec: spec.to_owned(), source },
@@ -87,6 +89,27 @@ fn csv_error(spec: &str, error: ::csv::Error) -> SourceError {
         _ => message,
     };
     SourceError::Malformed { spec: spec.to_owned(), line, cause }
+}
+
+/// The line a failing record starts on. The csv crate reports where it stood before skipping blank
+/// lines, so a record after a blank line would be blamed on the blank one; count the skipped newlines
+/// from that byte on. Only runs on an error, so re-reading a little of the file costs nothing.
+fn record_line(path: &Path, position: &::csv::Position) -> u64 {
+    let skipped = File::open(path)
+        .and_then(|mut file| {
+            file.seek(SeekFrom::Start(position.byte()))?;
+            let mut newlines = 0;
+            for byte in BufReader::new(file).bytes() {
+                match byte? {
+                    b'\n' => newlines += 1,
+                    b'\r' => {}
+                    _ => break,
+                }
+            }
+            Ok(newlines)
+        })
+        .unwrap_or(0);
+    position.line() + skipped
 }
 
 #[cfg(test)]
@@ -152,11 +175,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_with_the_wrong_field_count_is_malformed_at_its_line() {
-        let (_dir, spec) = file(b"email,name\na@example.com,A\nb@example.com,B,extra\n");
+        let (_dir, spec) = file(b"email,name\na@example.com,A\n\r\n\nb@example.com,B,extra\n");
         let stream = read(&spec, None, Columns::All).await.unwrap();
         let error = collect(stream).await.unwrap_err();
         let message = error.to_string();
-        assert!(matches!(error, SourceError::Malformed { line: 3, .. }), "{error:?}");
+        assert!(matches!(error, SourceError::Malformed { line: 5, .. }), "{error:?}");
         assert!(message.contains("3 field(s), but the header has 2"), "{message}");
     }
 

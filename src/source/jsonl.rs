@@ -2,6 +2,8 @@
 //! one JSON object; values are kept as they are, nested objects and arrays included. The first object
 //! defines the columns (its keys, in file order, for `Columns::All`) and must hold every requested
 //! column; later objects may omit a column (it reads as null), and keys beyond the columns are ignored.
+//! A file with no objects has no rows, and with `Columns::Only` its columns are taken as given, since
+//! there is no object to check them against.
 //! Like CSV, the file is read on a blocking thread feeding a small bounded channel.
 
 use std::fmt;
@@ -150,7 +152,9 @@ impl Lines {
 fn json_cause(error: &serde_json::Error) -> String {
     let message = error.to_string();
     match message.rfind(" at line ") {
-        Some(at) if error.column() > 0 => format!("{} at column {}", &message[..at], error.column()),
+        Some(at) if error.column() > 0 => {
+            format!("{} at column {}", &message[..at], error.column())
+        }
         Some(at) => message[..at].to_owned(),
         None => message,
     }

@@ -216,7 +216,7 @@ pub enum Columns {
 pub struct RowStream {
     /// Names, in the order of each [`Row`]'s values.
     pub columns: Vec<String>,
-    /// Batches of up to [`BATCH_ROWS`] rows. After an `Err` the stream ends; a stream that ends without
+    /// Batches of up to 1000 rows. After an `Err` the stream ends; a stream that ends without
     /// an `Err` has delivered every row. Dropping it stops the reader.
     pub batches: BoxStream<'static, Result<Vec<Row>, SourceError>>,
 }
@@ -233,18 +233,25 @@ impl fmt::Debug for RowStream {
 pub async fn read(spec: &SourceSpec, query: Option<&str>, columns: Columns) -> Result<RowStream, SourceError> {
     let label = spec.to_string();
     let query = query.filter(|sql| !sql.trim().is_empty());
-    match (spec.takes_query(), query) {
-        (true, None) => return Err(SourceError::MissingQuery { spec: label }),
-        (false, Some(_)) => return Err(SourceError::UnexpectedQuery { spec: label }),
-        _ => {}
-    }
-    match (spec, query) {
-        (SourceSpec::Sqlite { path }, Some(sql)) => sqlite::read(label, path, sql, columns).await,
-        (SourceSpec::Postgres { url }, Some(sql)) => postgres::read(label, url, &spec.secrets(), sql, columns).await,
-        (SourceSpec::Csv { path }, None) => csv::read(label, path.clone(), columns).await,
-        (SourceSpec::Jsonl { path }, None) => jsonl::read(label, path.clone(), columns).await,
-        _ => unreachable!("query presence was checked against the kind above"),
-    }
+    let sql = || query.ok_or_else(|| SourceError::MissingQuery { spec: label.clone() });
+    let no_sql = || match query {
+        Some(_) => Err(SourceError::UnexpectedQuery { spec: label.clone() }),
+        None => Ok(()),
+    };
+    let stream = match spec {
+        SourceSpec::Sqlite { path } => sqlite::read(label.clone(), path, sql()?, columns).await?,
+        SourceSpec::Postgres { url } => postgres::read(label.clone(), url, &spec.secrets(), sql()?, columns).await?,
+        SourceSpec::Csv { path } => {
+            no_sql()?;
+            csv::read(label.clone(), path.clone(), columns).await?
+        }
+        SourceSpec::Jsonl { path } => {
+            no_sql()?;
+            jsonl::read(label.clone(), path.clone(), columns).await?
+        }
+    };
+    tracing::debug!(source = %spec, columns = ?stream.columns, "Source opened.");
+    Ok(stream)
 }
 
 /// The first `limit` rows with all columns, for the `segment preview` command. Stops the reader as soon

@@ -9,6 +9,7 @@
 //! message.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::StreamExt;
@@ -25,6 +26,9 @@ use super::{
 };
 
 const OPEN_HINT: &str = "Check the URL, that the server is reachable from here, and the user's credentials.";
+
+/// sqlx has no connect timeout of its own; without one a silent firewall would hang a run forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How one column's values become JSON, chosen once from the column's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +62,10 @@ pub(super) async fn read(
         Some(_) => options,
         None => options.application_name("segment-exporter"),
     };
-    let mut conn = options.connect().await.map_err(|error| open_error(error.to_string()))?;
+    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(connected) => connected.map_err(|error| open_error(error.to_string()))?,
+        Err(_) => return Err(open_error(format!("the server did not answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+    };
     // A segment query only reads; this turns a mistaken `DELETE ... RETURNING` into an error.
     conn.execute("SET default_transaction_read_only = on").await.map_err(|error| open_error(error.to_string()))?;
 
@@ -238,13 +245,11 @@ fn iterable_date(at: DateTime<Utc>) -> String {
 /// whose shortest `f64` form prints as the same decimal. Everything else (more digits than `f64`
 /// holds, `NaN`, `Infinity`) stays the exact string PostgreSQL would print.
 fn numeric_value(text: &str) -> Value {
-    if !text.contains('.') {
-        if let Ok(integer) = text.parse::<i64>() {
-            return Value::from(integer);
-        }
-    }
     let normalized = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { text };
-    match text.parse::<f64>() {
+    if let Ok(integer) = normalized.parse::<i64>() {
+        return Value::from(integer);
+    }
+    match normalized.parse::<f64>() {
         Ok(float) if float.is_finite() && float.to_string() == normalized => Value::from(float),
         _ => Value::from(text),
     }
@@ -576,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_server_is_an_open_error_without_the_password() {
         // Needs no server: nothing listens on port 1.
-        let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/crm?connect_timeout=2";
+        let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/crm";
         let error = read(&spec(url), Some("SELECT 1"), Columns::All).await.unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(matches!(error, SourceError::Open { .. }), "{error:?}");
@@ -624,25 +629,24 @@ mod tests {
             return;
         };
         let marker = unique_table("marker");
-        let sql = format!("SELECT g AS n FROM generate_series(1, 200000000) g /* {marker} */");
+        // In the select list, generate_series streams; in FROM it would first build all its rows.
+        let sql = format!("SELECT generate_series(1, 200000000) AS n /* {marker} */");
         let mut stream = read(&spec(&url), Some(&sql), Columns::All).await.unwrap();
         assert!(stream.batches.next().await.unwrap().is_ok());
         let mut conn = admin(&url).await;
-        let running = |conn: &mut PgConnection| {
+        async fn running(conn: &mut PgConnection, marker: &str) -> i64 {
             let probe = format!(
                 "SELECT count(*) FROM pg_stat_activity \
                  WHERE pid <> pg_backend_pid() AND query LIKE '%{marker}%'"
             );
-            async move {
-                let (count,): (i64,) = sqlx::query_as(&probe).fetch_one(conn).await.unwrap();
-                count
-            }
-        };
-        assert_eq!(running(&mut conn).await, 1, "the query runs while the stream is read");
+            let (count,): (i64,) = sqlx::query_as(&probe).fetch_one(conn).await.unwrap();
+            count
+        }
+        assert_eq!(running(&mut conn, &marker).await, 1, "the query runs while the stream is read");
         drop(stream);
         let mut gone = false;
         for _ in 0..100 {
-            if running(&mut conn).await == 0 {
+            if running(&mut conn, &marker).await == 0 {
                 gone = true;
                 break;
             }

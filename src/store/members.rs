@@ -266,3 +266,96 @@ impl PlanSession {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use crate::store::{KeySource, NewConnection, NewExport, OnLeave};
+
+    async fn target(store: &Store) -> i64 {
+        let conn = store
+            .add_connection(&NewConnection {
+                name: "c".into(),
+                base_url: "http://x".into(),
+                region: None,
+                usable_by: "admins".into(),
+                key: KeySource::Env("K".into()),
+                key_last4: None,
+                privacy_accepted_by: "t".into(),
+                verified: false,
+            })
+            .await
+            .unwrap();
+        let seg = store.add_segment("s", "csv:x.csv", None).await.unwrap();
+        let e = store
+            .add_export(&NewExport {
+                name: "e".into(),
+                connection_id: conn.id,
+                email_field: "email".into(),
+                on_leave: OnLeave::Remove,
+                schedule: "off".into(),
+                segment_ids: vec![seg.id],
+                fields: vec![],
+            })
+            .await
+            .unwrap();
+        e.targets[0].id
+    }
+
+    fn row(email: &str, hash: i64) -> (String, i64, String) {
+        (email.to_string(), hash, "{}".to_string())
+    }
+
+    #[tokio::test]
+    async fn the_plan_holds_joiners_changed_members_and_leavers_only() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let acked = |e: &str, h: i64| AckedMember { email: e.into(), fields_hash: h };
+        store
+            .ack_subscribed(
+                run,
+                t,
+                &[acked("a@x.com", 1), acked("b@x.com", 1), acked("c@x.com", 1)],
+                &[acked("r@x.com", 1)],
+            )
+            .await
+            .unwrap();
+
+        let mut s = store.plan_session().await.unwrap();
+        // b unchanged, c changed, d joins, a and r leave; a duplicate row is ignored.
+        let new =
+            s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
+        assert_eq!(new, 3);
+        let plan = s.compute(t, false, true).await.unwrap();
+        assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
+        let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
+        assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
+        let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
+        assert_eq!(removes, vec!["a@x.com"], "rejected members are forgotten, not unsubscribed");
+
+        // --full re-sends everyone; --on-leave keep only forgets leavers.
+        let full = s.compute(t, true, false).await.unwrap();
+        assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
+        assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
+        assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
+    }
+
+    #[tokio::test]
+    async fn acknowledged_unsubscribes_drop_members_and_count_progress() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let plan = TargetPlan::default();
+        store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
+        let many: Vec<AckedMember> =
+            (0..4500).map(|i| AckedMember { email: format!("u{i}@x.com"), fields_hash: 0 }).collect();
+        store.ack_subscribed(run, t, &many, &[]).await.unwrap();
+        let gone: Vec<String> = (0..2500).map(|i| format!("u{i}@x.com")).collect();
+        store.ack_unsubscribed(run, t, &gone).await.unwrap();
+        assert_eq!(store.member_counts(t).await.unwrap().subscribed, 2000);
+        let r = store.run(run).await.unwrap();
+        assert_eq!((r.targets[0].counts.added, r.targets[0].counts.removed), (4500, 2500));
+    }
+}

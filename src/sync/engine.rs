@@ -206,7 +206,12 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        let resumed_runs = self.store.interrupt_orphaned_runs(export.id).await?;
+        let mut resumed_runs = self.store.interrupt_orphaned_runs(export.id).await?;
+        if let Some(last) = self.store.runs(Some(name), 1).await?.first() {
+            if last.status == RunStatus::Interrupted && !resumed_runs.contains(&last.id) {
+                resumed_runs.push(last.id);
+            }
+        }
         if !resumed_runs.is_empty() {
             tracing::warn!(export = %name, runs = ?resumed_runs, "Earlier run(s) of this export stopped unfinished; this run completes their work.");
         }

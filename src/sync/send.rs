@@ -100,10 +100,11 @@ impl Sender {
         let mut out = Vec::new();
         for target in &export.targets {
             let iterable = |error| SyncError::Iterable { list: target.list_name.clone(), error };
+            let same_name_ids: Vec<i64> = lists.iter().filter(|l| l.name == target.list_name).map(|l| l.id).collect();
             let resolved = match target.list_id {
                 Some(id) if lists.iter().any(|l| l.id == id) => (id, false, None),
                 Some(old) => {
-                    let new = self.client.create_list(&target.list_name).await.map_err(iterable)?;
+                    let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                     tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
                         "The list no longer exists in Iterable; recreated it and sending all members again.");
                     self.store.set_target_list(target.id, new, true).await?;
@@ -120,7 +121,7 @@ impl Sender {
                         self.store.set_target_list(target.id, found.id, false).await?;
                         (found.id, false, None)
                     } else {
-                        let id = self.client.create_list(&target.list_name).await.map_err(iterable)?;
+                        let id = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                         tracing::info!(export = %export.name, list = %target.list_name, list_id = id, "Created the Iterable list.");
                         self.store.set_target_list(target.id, id, false).await?;
                         (id, false, Some(Instant::now()))
