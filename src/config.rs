@@ -320,6 +320,17 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configs_for_systemd_and_docker_are_valid() {
+        for (path, text) in [
+            ("packaging/systemd/segment-exporter.toml", include_str!("../packaging/systemd/segment-exporter.toml")),
+            ("packaging/docker/segment-exporter.toml", include_str!("../packaging/docker/segment-exporter.toml")),
+        ] {
+            let c = Config::parse(text, Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.log.format, LogFormat::Json, "{path}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let err = Config::parse("[iterable]\nbatchsize = 5\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("batchsize"), "{err}");

@@ -106,12 +106,31 @@ fn parse_hex_key(text: &str) -> Option<chacha20poly1305::Key> {
 
 /// Reads an API key from a file: the first line, trimmed (systemd credentials and secret mounts often end in a newline).
 pub fn read_key_file(connection: &str, path: &str) -> Result<SecretString, SecretError> {
+    let path = &expand_credentials_dir(connection, path)?;
     let text = std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
         connection: connection.into(),
         path: path.into(),
         cause: e.kind().to_string(),
     })?;
     non_empty(connection, &format!("file {path}"), text.lines().next().unwrap_or("").trim())
+}
+
+/// The systemd credentials directory placeholder: a key file given as `$CREDENTIALS_DIRECTORY/NAME` is read from
+/// wherever systemd put the credential (`LoadCredential=`) for this run of the service.
+pub const CREDENTIALS_DIR: &str = "$CREDENTIALS_DIRECTORY";
+
+fn expand_credentials_dir(connection: &str, path: &str) -> Result<String, SecretError> {
+    let Some(rest) = path.strip_prefix(CREDENTIALS_DIR) else { return Ok(path.to_string()) };
+    match std::env::var("CREDENTIALS_DIRECTORY") {
+        Ok(dir) => Ok(format!("{dir}{rest}")),
+        Err(_) => Err(SecretError::FileUnreadable {
+            connection: connection.into(),
+            path: path.into(),
+            cause: "CREDENTIALS_DIRECTORY is not set: this key is a systemd credential, readable only inside the \
+                    service (or a `systemd-run -p LoadCredential=...` command)"
+                .into(),
+        }),
+    }
 }
 
 fn non_empty(connection: &str, from: &str, key: &str) -> Result<SecretString, SecretError> {
@@ -177,6 +196,12 @@ mod tests {
     fn last4_is_shown_only_for_long_keys() {
         assert_eq!(last4(&SecretString::from("0123456789abcdef".to_string())).as_deref(), Some("cdef"));
         assert_eq!(last4(&SecretString::from("short".to_string())), None);
+    }
+
+    #[test]
+    fn a_credentials_directory_path_needs_systemds_variable() {
+        let err = read_key_file("c", "$CREDENTIALS_DIRECTORY/iterable-api-key").unwrap_err();
+        assert!(err.to_string().contains("CREDENTIALS_DIRECTORY is not set"), "{err}");
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub struct AddArgs {
     /// Read the API key from this environment variable at each use (only the variable's name is stored).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
-    /// Read the API key from this file at each use (only the path is stored), e.g. a systemd credential.
+    /// Read the API key from this file at each use (only the path is stored). A systemd credential is written
+    /// '$CREDENTIALS_DIRECTORY/NAME' (quoted), read from wherever systemd puts it for the service.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<String>,
     /// Read the API key from standard input once and store it encrypted.
@@ -147,7 +148,11 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     let (source, key) = if let Some(var) = &a.api_key_env {
         (KeySource::Env(var.clone()), secrets::read_key_env(&a.name, var)?)
     } else if let Some(path) = &a.api_key_file {
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.into()).display().to_string();
+        let abs = if path.starts_with(secrets::CREDENTIALS_DIR) {
+            path.clone()
+        } else {
+            std::path::absolute(path).unwrap_or_else(|_| path.into()).display().to_string()
+        };
         let key = secrets::read_key_file(&a.name, &abs)?;
         (KeySource::File(abs), key)
     } else {

@@ -88,6 +88,12 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Run as a service: scheduled refreshes, trigger files, status endpoints; stops cleanly on SIGTERM.
     Daemon,
+    /// Exit 0 when the daemon's /healthz answers (for container HEALTHCHECKs), 1 otherwise.
+    Healthcheck {
+        /// Status address to ask [default: daemon.status_listen, with 0.0.0.0 read as 127.0.0.1].
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+    },
     /// Check the configuration file and the stored exports; exit 78 when the config is invalid.
     Validate,
     /// Write a SQLite file of generated customer profiles (for the demo and the benchmark).
@@ -117,6 +123,7 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>) -> anyh
         Command::Runs(args) => runs::run(&ctx, args).await,
         Command::Sandbox(args) => sandbox::run(&ctx, args).await,
         Command::Daemon => daemon(&ctx).await,
+        Command::Healthcheck { addr } => healthcheck(&ctx, addr).await,
         Command::Validate => validate(&ctx).await,
         Command::SampleData(args) => sample::run(&ctx, args).await,
     }
@@ -127,6 +134,24 @@ async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
         Ok(()) => Ok(exit::OK),
         Err(crate::daemon::DaemonError::Config(e)) => Err(Exit::error(exit::CONFIG, e)),
         Err(e) => Err(e.into()),
+    }
+}
+
+async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
+    let addr = match addr.or_else(|| ctx.config.daemon.status_addr().map(str::to_string)) {
+        Some(a) => a.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]"),
+        None => {
+            return Err(Exit::error(exit::FAILED, "daemon.status_listen is off; give --addr or turn the listener on"))
+        }
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+    match client.get(format!("http://{addr}/healthz")).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("healthy");
+            Ok(exit::OK)
+        }
+        Ok(r) => Err(Exit::error(exit::FAILED, format!("http://{addr}/healthz answered {}", r.status()))),
+        Err(e) => Err(Exit::error(exit::FAILED, format!("http://{addr}/healthz did not answer: {e}"))),
     }
 }
 

@@ -337,7 +337,7 @@ mod tests {
     /// Not a test of behaviour: prints the read rate. Run with
     /// `cargo test --release -- --ignored --nocapture sqlite_read_rate`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
+    #[ignore = "a timing probe, not a test: run with `cargo test --release -- --ignored sqlite_read_rate`"]
     async fn sqlite_read_rate_for_a_million_rows_is_printed() {
         let (_dir, path) = database(
             "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT, score REAL);

@@ -1,0 +1,32 @@
+# segment-exporter daemon image: multi-stage, small runtime, non-root, state on a volume.
+#   docker build -t segment-exporter .
+#   docker run -d --name segment-exporter -v segment-exporter:/data -p 127.0.0.1:9185:9185 \
+#     -e ITERABLE_API_KEY=... segment-exporter
+#   docker exec segment-exporter segment-exporter connection add prod --api-key-env ITERABLE_API_KEY --accept-data-privacy
+#   docker exec segment-exporter segment-exporter export trigger NAME
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+COPY config ./config
+RUN cargo build --release --locked --bin segment-exporter \
+    && strip target/release/segment-exporter
+
+FROM debian:bookworm-slim
+# TLS roots are compiled into the binary (webpki-roots), so the runtime needs no CA bundle.
+RUN groupadd --system --gid 10001 segment-exporter \
+    && useradd --system --uid 10001 --gid segment-exporter --home-dir /data --shell /usr/sbin/nologin segment-exporter \
+    && mkdir -p /data /etc/segment-exporter && chown segment-exporter:segment-exporter /data
+COPY --from=build /src/target/release/segment-exporter /usr/local/bin/segment-exporter
+COPY packaging/docker/segment-exporter.toml /etc/segment-exporter/segment-exporter.toml
+ENV SEGMENT_EXPORTER_CONFIG=/etc/segment-exporter/segment-exporter.toml
+USER segment-exporter
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 9185
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["segment-exporter", "healthcheck"]
+# The daemon is PID 1: it handles SIGTERM (graceful stop within daemon.shutdown_grace) and starts no children.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["segment-exporter"]
+CMD ["daemon"]
