@@ -283,3 +283,23 @@ fn the_status_endpoints_answer() {
     assert_eq!(v["exports"]["nightly"]["schedule"], "off");
     assert!(v["exports"]["nightly"]["next_run"].is_null());
 }
+
+#[test]
+fn triggers_during_a_run_queue_exactly_one_follow_up_run_and_the_history_says_so() {
+    let members = emails(0, 2400);
+    let opts = SandboxOptions { api_keys: vec![KEY.into()], latency: Duration::from_millis(150), ..Default::default() };
+    let env = env_with_export(opts, &members, "off");
+    let daemon = Daemon::start(&env);
+    env.ok(&["export", "trigger", "nightly"]);
+    daemon.wait_for_log("Run started.", Duration::from_secs(20));
+    env.ok(&["export", "trigger", "nightly"]);
+    daemon.wait_for_log("queued one follow-up run", Duration::from_secs(10));
+    env.ok(&["export", "trigger", "nightly"]);
+    daemon.wait_for_log("merged into it", Duration::from_secs(10));
+    let r =
+        wait_for_runs(&env, Duration::from_secs(60), |r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"));
+    assert!(r[0]["note"].as_str().unwrap_or("").contains("follow-up"), "{r:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(runs(&env).len(), 2, "three triggers during one run give one follow-up, not two");
+    assert_eq!(env.members("Daemon list"), sorted(members));
+}

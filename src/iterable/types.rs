@@ -186,3 +186,27 @@ mod tests {
         assert!(r.failed_updates.invalid_emails.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hand-built bodies are valid JSON that carries every subscriber exactly, whatever the text.
+        #[test]
+        fn subscribe_bodies_round_trip(members in proptest::collection::vec(("\\PC{0,30}", "\\PC{0,30}"), 0..20)) {
+            let frags: Vec<Vec<u8>> = members
+                .iter()
+                .map(|(email, tier)| encode_subscriber(email, &serde_json::json!({ "tier": tier }).to_string()))
+                .collect();
+            let v: serde_json::Value = serde_json::from_slice(&subscribe_body(1, &frags)).unwrap();
+            let subs = v["subscribers"].as_array().unwrap();
+            prop_assert_eq!(subs.len(), members.len());
+            for (s, (email, tier)) in subs.iter().zip(&members) {
+                prop_assert_eq!(s["email"].as_str().unwrap(), email.as_str());
+                prop_assert_eq!(s["dataFields"]["tier"].as_str().unwrap(), tier.as_str());
+            }
+        }
+    }
+}

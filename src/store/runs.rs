@@ -181,6 +181,18 @@ impl Store {
         Ok(())
     }
 
+    /// Updates a target's planned adds after its list had to be recreated (everyone is sent again).
+    pub async fn replan_adds(&self, run_id: i64, target_id: i64, planned_add: u64, unchanged: u64) -> Result<()> {
+        sqlx::query("UPDATE run_targets SET planned_add = ?, unchanged = ? WHERE run_id = ? AND target_id = ?")
+            .bind(planned_add as i64)
+            .bind(unchanged as i64)
+            .bind(run_id)
+            .bind(target_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn record_run_list(&self, run_id: i64, target_id: i64, list_id: i64) -> Result<()> {
         sqlx::query("UPDATE run_targets SET list_id = ? WHERE run_id = ? AND target_id = ?")
             .bind(list_id)

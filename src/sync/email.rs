@@ -86,3 +86,23 @@ mod tests {
         assert!(normalize_email(&json!("a+tag@mail.example.co.uk")).is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the source holds, a normalised email is trimmed, lowercase, and normalises to itself.
+        #[test]
+        fn normalising_is_idempotent_and_yields_trimmed_lowercase(raw in "\\PC{0,40}", local in "[A-Za-z0-9._%+-]{1,20}", domain in "[A-Za-z]{1,10}\\.[A-Za-z]{2,6}") {
+            for candidate in [raw, format!("  {local}@{domain} ")] {
+                if let Ok(email) = normalize_email(&serde_json::Value::String(candidate)) {
+                    prop_assert_eq!(email.trim(), email.as_str());
+                    prop_assert_eq!(email.to_lowercase(), email.clone());
+                    prop_assert_eq!(normalize_email(&serde_json::Value::String(email.clone())), Ok(email));
+                }
+            }
+        }
+    }
+}

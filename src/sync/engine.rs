@@ -325,8 +325,14 @@ impl Engine {
                 let plan = session.compute(target.id, true, export.on_leave == OnLeave::Remove).await;
                 match plan {
                     Ok(p) => {
+                        progress
+                            .planned
+                            .fetch_add(p.to_add.saturating_sub(lists[i].to_add), std::sync::atomic::Ordering::Relaxed);
                         lists[i].to_add = p.to_add;
                         lists[i].unchanged = p.unchanged;
+                        if let Err(e) = self.store.replan_adds(run_id, target.id, p.to_add, p.unchanged).await {
+                            return Err((e.into(), lists));
+                        }
                     }
                     Err(e) => return Err((e.into(), lists)),
                 }
