@@ -207,11 +207,7 @@ fn sigterm_during_a_run_exits_within_the_grace_period_and_a_restart_finishes_exa
     let env = env_with_export(opts, &members, "off");
     let mut daemon = Daemon::start(&env);
     env.ok(&["export", "trigger", "nightly"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.stats().subscribers_received < 300 {
-        assert!(Instant::now() < deadline, "{}", daemon.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    env.wait_for_subscribers(300, Duration::from_secs(30));
     let stopped = Instant::now();
     daemon.signal("-TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0), "{}", daemon.logs());

@@ -121,9 +121,7 @@ fn retry_after_and_rate_limits_slow_the_run_down_without_losing_members() {
     });
     let members = emails(0, 500);
     env.setup_csv_export("Paced", &members);
-    let report = env.json(&["export", "run", "exp"]);
-    assert_eq!(report["status"], "succeeded", "{report}");
-    assert_eq!(env.members("Paced"), sorted(members));
+    env.run_exact("Paced", &members);
 }
 
 #[test]
@@ -135,21 +133,9 @@ fn a_run_killed_mid_way_resumes_and_ends_exact_without_resending_acknowledged_ba
     });
     let members = emails(0, 2000);
     env.setup_csv_export("Big", &members);
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
-        .current_dir(env.dir.path())
-        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
-        .env("ITERABLE_KEY", KEY)
-        .args(["export", "run", "exp"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_run();
     // Wait until some batches are acknowledged, then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.stats().subscribers_received < 500 {
-        assert!(Instant::now() < deadline, "the run never got going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    env.wait_for_subscribers(500, Duration::from_secs(60));
     child.kill().unwrap();
     child.wait().unwrap();
     let sent_before = env.stats().subscribers_received;
@@ -327,20 +313,8 @@ fn a_second_run_of_the_same_export_is_refused_while_one_is_running() {
         ..SandboxOptions::default()
     });
     env.setup_csv_export("Busy", &emails(0, 600));
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
-        .current_dir(env.dir.path())
-        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
-        .env("ITERABLE_KEY", KEY)
-        .args(["export", "run", "exp"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.stats().subscribers_received == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut first = env.spawn_run();
+    env.wait_for_subscribers(1, Duration::from_secs(30));
     let out = env.run(&["export", "run", "exp"]);
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("already running"));
@@ -357,42 +331,18 @@ fn a_new_list_that_answers_invalid_list_id_for_a_while_is_retried() {
     });
     let members = emails(0, 20);
     env.setup_csv_export("Fresh", &members);
-    let report = env.json(&["export", "run", "exp"]);
-    assert_eq!(report["status"], "succeeded", "{report}");
-    assert_eq!(env.members("Fresh"), sorted(members));
+    env.run_exact("Fresh", &members);
 }
 
 #[test]
 fn faults_can_be_switched_on_while_the_sandbox_runs() {
     let env = Env::new();
     env.sandbox.set_faults(Faults { fail_rate: Some(1.0), ..Faults::default() });
-    env.setup_csv_export_unchecked();
+    let rows = [("a@example.com", "gold")];
+    let csv = env.write_csv("members.csv", &rows);
+    env.add_connection_with(&["--skip-verify"]);
+    env.add_segment_and_export("S", &format!("csv:{}", csv.display()), None);
     let out = env.run(&["export", "run", "exp"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("kept failing"), "{}", text(&out.stderr));
-}
-
-trait Unchecked {
-    fn setup_csv_export_unchecked(&self);
-}
-
-impl Unchecked for Env {
-    fn setup_csv_export_unchecked(&self) {
-        let members = emails(0, 5);
-        let rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
-        let csv = self.write_csv("members.csv", &rows);
-        self.ok(&[
-            "connection",
-            "add",
-            "iterable",
-            "--api-key-env",
-            "ITERABLE_KEY",
-            "--base-url",
-            &self.base_url,
-            "--accept-data-privacy",
-            "--skip-verify",
-        ]);
-        self.ok(&["segment", "add", "S", "--source", &format!("csv:{}", csv.display())]);
-        self.ok(&["export", "add", "exp", "--connection", "iterable", "--segment", "S", "--email-field", "email"]);
-    }
 }

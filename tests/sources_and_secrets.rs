@@ -6,24 +6,7 @@ use common::*;
 
 fn export_of(env: &Env, segment: &str, source: &str, query: Option<&str>) -> serde_json::Value {
     env.add_connection();
-    let mut args = vec!["segment", "add", segment, "--source", source];
-    if let Some(q) = query {
-        args.extend(["--query", q]);
-    }
-    env.ok(&args);
-    env.ok(&[
-        "export",
-        "add",
-        "exp",
-        "--connection",
-        "iterable",
-        "--segment",
-        segment,
-        "--email-field",
-        "email",
-        "--field",
-        "tier",
-    ]);
+    env.add_segment_and_export(segment, source, query);
     env.json(&["export", "run", "exp"])
 }
 

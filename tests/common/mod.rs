@@ -102,16 +102,25 @@ impl Env {
 
     /// Adds the connection `iterable` pointing at the sandbox.
     pub fn add_connection(&self) {
-        self.ok(&[
-            "connection",
-            "add",
-            "iterable",
-            "--api-key-env",
-            "ITERABLE_KEY",
-            "--base-url",
-            &self.base_url,
-            "--accept-data-privacy",
-        ]);
+        self.add_connection_with(&[]);
+    }
+
+    /// Adds the connection `iterable` with extra flags.
+    pub fn add_connection_with(&self, extra: &[&str]) {
+        let base = ["connection", "add", "iterable", "--api-key-env", "ITERABLE_KEY", "--base-url", &self.base_url];
+        self.ok(&[&base[..], &["--accept-data-privacy"], extra].concat());
+    }
+
+    /// Segment `segment` from `source` (with `query`) and export `exp` of it sending the `tier` field.
+    pub fn add_segment_and_export(&self, segment: &str, source: &str, query: Option<&str>) {
+        let mut args = vec!["segment", "add", segment, "--source", source];
+        if let Some(q) = query {
+            args.extend(["--query", q]);
+        }
+        self.ok(&args);
+        let export =
+            ["export", "add", "exp", "--connection", "iterable", "--segment", segment, "--email-field", "email"];
+        self.ok(&[&export[..], &["--field", "tier"]].concat());
     }
 
     /// Writes a CSV of `email,tier` rows.
@@ -130,21 +139,38 @@ impl Env {
         let rows: Vec<(&str, &str)> = emails.iter().map(|e| (e.as_str(), "gold")).collect();
         let csv = self.write_csv("members.csv", &rows);
         self.add_connection();
-        self.ok(&["segment", "add", segment, "--source", &format!("csv:{}", csv.display())]);
-        self.ok(&[
-            "export",
-            "add",
-            "exp",
-            "--connection",
-            "iterable",
-            "--segment",
-            segment,
-            "--email-field",
-            "email",
-            "--field",
-            "tier",
-        ]);
+        self.add_segment_and_export(segment, &format!("csv:{}", csv.display()), None);
         csv
+    }
+
+    /// Starts `export run exp` in the background, output discarded (for kill and overlap tests).
+    pub fn spawn_run(&self) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+            .current_dir(self.dir.path())
+            .env("SEGMENT_EXPORTER_CONFIG", self.path("config.toml"))
+            .env("ITERABLE_KEY", KEY)
+            .args(["export", "run", "exp"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until the sandbox has received at least `n` subscribers.
+    pub fn wait_for_subscribers(&self, n: u64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.stats().subscribers_received < n {
+            assert!(std::time::Instant::now() < deadline, "the run never got going: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs export `exp` and insists that it succeeds and that list `list` then holds exactly `members`.
+    pub fn run_exact(&self, list: &str, members: &[String]) -> serde_json::Value {
+        let report = self.json(&["export", "run", "exp"]);
+        assert_eq!(report["status"], "succeeded", "{report}");
+        assert_eq!(self.members(list), sorted(members.to_vec()));
+        report
     }
 
     pub fn list_id(&self, name: &str) -> Option<i64> {
