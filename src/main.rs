@@ -17,7 +17,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    segment_exporter::logging::init(&config.log);
+    let mut log = config.log.clone();
+    if cli.draws_progress_bar() && std::env::var_os("RUST_LOG").is_none() {
+        // The bar and the final table say what info lines would; warnings and errors still show.
+        log.level = "warn".into();
+    }
+    segment_exporter::logging::init(&log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

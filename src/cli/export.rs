@@ -300,15 +300,10 @@ fn spawn_progress_display(
 ) -> tokio::task::JoinHandle<()> {
     let tty = std::io::stderr().is_terminal() && !json;
     tokio::spawn(async move {
-        let bar = tty.then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:>10} [{bar:30}] {pos}/{len} members {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar_style = ProgressStyle::with_template("{spinner} {prefix:>10} [{bar:30}] {pos}/{len} members {msg}")
+            .expect("static template")
+            .progress_chars("=> ");
+        let bar = tty.then(|| ProgressBar::new(0));
         let mut tick = tokio::time::interval(if tty { Duration::from_millis(150) } else { Duration::from_secs(5) });
         tick.tick().await;
         loop {
@@ -324,6 +319,13 @@ fn spawn_progress_display(
             let rows = progress.rows_read.load(std::sync::atomic::Ordering::Relaxed);
             match &bar {
                 Some(bar) => {
+                    if planned == 0 {
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {prefix:>10} {msg}").expect("static template"),
+                        );
+                    } else {
+                        bar.set_style(bar_style.clone());
+                    }
                     bar.set_length(planned.max(done));
                     bar.set_position(done);
                     bar.set_prefix(format!("{phase:?}").to_lowercase());

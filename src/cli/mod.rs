@@ -100,6 +100,16 @@ pub enum Command {
     SampleData(sample::SampleArgs),
 }
 
+impl Cli {
+    /// Whether this command draws a progress bar on stderr, so info logs would garble it.
+    pub fn draws_progress_bar(&self) -> bool {
+        use std::io::IsTerminal;
+        matches!(&self.command, Command::Export(export::ExportCmd::Run(_)))
+            && !self.json
+            && std::io::stderr().is_terminal()
+    }
+}
+
 /// What every handler gets: the loaded config and how to print.
 pub struct Ctx {
     pub config: Arc<Config>,
