@@ -35,6 +35,16 @@ fn a_sqlite_segment_is_exported_with_its_query_applied() {
 }
 
 #[test]
+fn a_relative_file_path_is_stored_absolute_so_the_daemon_finds_it_from_anywhere() {
+    let env = Env::new();
+    env.write_csv("rel.csv", &[("a@example.com", "gold")]);
+    env.ok(&["segment", "add", "Rel", "--source", "csv:rel.csv"]);
+    let listed = env.json(&["segment", "list"]);
+    let expected = format!("csv:{}", env.path("rel.csv").display());
+    assert_eq!(listed[0]["source"], expected.as_str());
+}
+
+#[test]
 fn a_jsonl_segment_is_exported() {
     let env = Env::new();
     let path = env.path("people.jsonl");

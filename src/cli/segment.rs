@@ -41,7 +41,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             if name.trim().is_empty() {
                 return Err(Exit::error(exit::FAILED, "the segment name is empty; it becomes the Iterable list name"));
             }
-            let spec: SourceSpec = source.parse()?;
+            let spec = source.parse::<SourceSpec>()?.absolute();
             let query = query.filter(|q| !q.trim().is_empty());
             match (spec.takes_query(), &query) {
                 (true, None) => {

@@ -48,6 +48,18 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
+    /// The same source with a relative file path made absolute, so it still resolves when the daemon runs with
+    /// another working directory.
+    pub fn absolute(self) -> SourceSpec {
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        match self {
+            SourceSpec::Sqlite { path } => SourceSpec::Sqlite { path: abs(path) },
+            SourceSpec::Csv { path } => SourceSpec::Csv { path: abs(path) },
+            SourceSpec::Jsonl { path } => SourceSpec::Jsonl { path: abs(path) },
+            pg @ SourceSpec::Postgres { .. } => pg,
+        }
+    }
+
     /// A short, stable name for the kind of source.
     pub fn kind(&self) -> &'static str {
         match self {
