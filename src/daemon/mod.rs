@@ -219,7 +219,11 @@ impl Daemon {
                 if reread_config {
                     self.reload_config();
                 }
-                self.reload_exports(reread_config).await;
+                let dst_changed = self.scheduler.offset_changed();
+                if dst_changed {
+                    tracing::info!("The time zone's UTC offset changed (daylight saving time); rescheduling.");
+                }
+                self.reload_exports(reread_config || dst_changed).await;
             }
             Command::Finished { export, report } => self.finished(export, report).await,
             Command::Shutdown => self.begin_shutdown().await,

@@ -13,6 +13,14 @@ pub struct Scheduler {
     inner: JobScheduler,
     jobs: Vec<Uuid>,
     tz: chrono_tz::Tz,
+    /// The zone's UTC offset when the jobs were made: the library fixes it per job, so the jobs are remade when
+    /// daylight saving time changes it.
+    offset: i32,
+}
+
+fn utc_offset(tz: chrono_tz::Tz) -> i32 {
+    use chrono::Offset;
+    chrono::Utc::now().with_timezone(&tz).offset().fix().local_minus_utc()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +52,7 @@ impl Scheduler {
     pub async fn start(tz: chrono_tz::Tz) -> Result<Scheduler, SchedulerError> {
         let inner = JobScheduler::new().await.map_err(err)?;
         inner.start().await.map_err(err)?;
-        Ok(Scheduler { inner, jobs: vec![], tz })
+        Ok(Scheduler { inner, jobs: vec![], tz, offset: utc_offset(tz) })
     }
 
     /// Replaces every job: the refresh schedule (for exports on `refresh`) and one job per export with its own
@@ -55,6 +63,7 @@ impl Scheduler {
         exports: &[Export],
         tx: &mpsc::Sender<Command>,
     ) -> Result<(), SchedulerError> {
+        self.offset = utc_offset(self.tz);
         for id in self.jobs.drain(..) {
             self.inner.remove(&id).await.map_err(err)?;
         }
@@ -77,6 +86,11 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Whether the time zone's offset changed (daylight saving time) since the jobs were made.
+    pub fn offset_changed(&self) -> bool {
+        utc_offset(self.tz) != self.offset
     }
 
     pub async fn shutdown(&mut self) {
