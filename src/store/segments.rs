@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::{now, Result, Store, StoreError};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct Segment {
     pub id: i64,
     pub name: String,
@@ -13,6 +13,19 @@ pub struct Segment {
     pub source: String,
     pub query: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The stored source may hold a database password: show it only through the redacting Display.
+        let source =
+            self.source.parse::<crate::source::SourceSpec>().map_or_else(|_| "(unparsable)".into(), |s| s.to_string());
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("source", &source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -59,5 +72,17 @@ impl Store {
         }
         sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_segments_debug_output_hides_the_database_password() {
+        let (_dir, store) = crate::store::test_support::temp_store().await;
+        let seg = store.add_segment("s", "postgres://reader:hunter2@db.example/crm", Some("SELECT 1")).await.unwrap();
+        let shown = format!("{seg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.example"), "{shown}");
     }
 }
