@@ -346,3 +346,25 @@ fn faults_can_be_switched_on_while_the_sandbox_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("kept failing"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn runs_shows_a_run_in_flight_with_its_progress_rate_and_time_left() {
+    let env = Env::with_sandbox(SandboxOptions {
+        api_keys: vec![KEY.into()],
+        latency: Duration::from_millis(200),
+        ..SandboxOptions::default()
+    });
+    env.setup_csv_export("Live", &emails(0, 1500));
+    let mut child = env.spawn_run();
+    env.wait_for_subscribers(150, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let runs = env.json(&["runs"]);
+    assert_eq!(runs[0]["status"], "running", "{runs}");
+    let p = &runs[0]["progress"];
+    assert_eq!(p["planned"], 1500);
+    assert!(p["done"].as_u64().unwrap() > 0 && p["done"].as_u64().unwrap() < 1500, "{p}");
+    assert!(p["per_second"].as_f64().unwrap() > 0.0 && p["seconds_left"].as_f64().unwrap() > 0.0, "{p}");
+    let table = text(&env.ok(&["runs"]).stdout);
+    assert!(table.contains("running") && table.contains("left"), "{table}");
+    assert!(child.wait().unwrap().success());
+}
