@@ -70,7 +70,7 @@ impl Store {
             "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
              fields TEXT NOT NULL, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
             "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
-             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL)",
+             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL)",
             "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
              send INTEGER NOT NULL)",
         ] {
@@ -180,8 +180,8 @@ impl PlanSession {
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         let to_add = sqlx::query(
-            "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields) \
-             SELECT s.target_id, s.email, s.fields_hash, s.fields FROM temp.staged s \
+            "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
+             SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.staged s \
              LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
              WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
         )
@@ -190,16 +190,29 @@ impl PlanSession {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "INSERT INTO temp.plan_remove (target_id, email, send) \
-             SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM main.members m \
-             WHERE m.target_id = ?1 AND NOT EXISTS \
-               (SELECT 1 FROM temp.staged s WHERE s.target_id = m.target_id AND s.email = m.email) ORDER BY m.email",
+        // Every staged member that is not new matches exactly one recorded member, so the recorded members beyond
+        // those are the leavers. When there are none (the usual re-run), the search for them, one lookup in the
+        // staging table per recorded member, is skipped.
+        let leavers: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM main.members WHERE target_id = ?1) \
+                  - (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1) \
+                  + (SELECT COUNT(*) FROM temp.plan_add WHERE target_id = ?1 AND is_new)",
         )
         .bind(target_id)
-        .bind(remove_leavers)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        if leavers > 0 {
+            sqlx::query(
+                "INSERT INTO temp.plan_remove (target_id, email, send) \
+                 SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM main.members m \
+                 WHERE m.target_id = ?1 AND NOT EXISTS \
+                   (SELECT 1 FROM temp.staged s WHERE s.target_id = m.target_id AND s.email = m.email) ORDER BY m.email",
+            )
+            .bind(target_id)
+            .bind(remove_leavers)
+            .execute(&mut *tx)
+            .await?;
+        }
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1), \
                     COALESCE((SELECT SUM(send) FROM temp.plan_remove WHERE target_id = ?1), 0), \
