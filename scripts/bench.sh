@@ -12,7 +12,7 @@
 # resident memory of the exporter process (GNU time). The results, the machine and the command go into
 # BENCHMARKS.md between the "bench:begin" and "bench:end" markers; the rest of that file is left as it is.
 #
-#   scripts/bench.sh                                   # the full run (about 6 minutes on 2 cores)
+#   scripts/bench.sh                                   # the full run (about 7 minutes on 2 cores)
 #   scripts/bench.sh --profiles 200000 --small 20000   # a quicker look
 #   scripts/bench.sh --no-write                        # print the table, leave BENCHMARKS.md alone
 #
