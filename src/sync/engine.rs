@@ -412,8 +412,8 @@ impl Engine {
                     }
                 }
                 // In email order, a chunk's inserts walk the staging tree forwards instead of jumping around it
-                // (measured: staging a million members about 40% faster). The sort is stable, so of two rows with
-                // one email the first is still staged first and kept.
+                // (measured in the sqlite3 shell: a million inserts about 40% faster). The sort is stable, so of two
+                // rows with one email the first is still staged first and kept.
                 filling.sort_by(|a, b| a.0.cmp(&b.0));
                 Ok::<bool, SyncError>(ended)
             };
