@@ -28,6 +28,11 @@ pub struct SampleArgs {
     /// Share of rows repeating an earlier row's email in another letter case.
     #[arg(long, default_value_t = 0.01)]
     pub duplicate_share: f64,
+    /// Share of the segment that changed since the file written without this flag (same seed and size): half of
+    /// it are valid profiles that left (their rows are gone), half are new profiles that joined (extra rows with
+    /// ids above --profiles). The benchmark uses it for its "1% changed" re-run.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
 }
 
 /// id, email, first name, country, tier, lifetime value, churn risk.
@@ -43,7 +48,9 @@ pub fn sample_email(i: u64) -> String {
 }
 
 pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
-    for (flag, v) in [("--invalid-share", a.invalid_share), ("--duplicate-share", a.duplicate_share)] {
+    for (flag, v) in
+        [("--invalid-share", a.invalid_share), ("--duplicate-share", a.duplicate_share), ("--churn", a.churn)]
+    {
         if !(0.0..=0.5).contains(&v) {
             return Err(Exit::error(exit::USAGE, format!("{flag} {v} must be between 0 and 0.5")));
         }
@@ -63,6 +70,9 @@ pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
     .execute(&mut conn)
     .await?;
     let mut rng = StdRng::seed_from_u64(a.seed);
+    // Leavers are drawn from their own stream, so every row that stays is the same as without --churn.
+    let mut churn_rng = StdRng::seed_from_u64(a.seed ^ 0x5eed_c4a2);
+    let (mut left, joined) = (0u64, (a.profiles as f64 * a.churn / 2.0).round() as u64);
     let mut tx = conn.begin().await?;
     let mut rows = Vec::with_capacity(5000);
     let flush = |rows: &mut Vec<ProfileRow>| {
@@ -95,17 +105,19 @@ pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
         } else {
             Some(sample_email(id))
         };
-        let t: f64 = rng.gen();
-        let tier = TIERS.iter().find(|(_, p)| t < *p).map_or("bronze", |(n, _)| n);
-        rows.push((
-            id,
-            email,
-            NAMES[rng.gen_range(0..NAMES.len())],
-            COUNTRIES[rng.gen_range(0..COUNTRIES.len())],
-            tier,
-            (rng.gen::<f64>() * 5000.0 * 100.0).round() / 100.0,
-            (rng.gen::<f64>() * 100.0).round() / 100.0,
-        ));
+        let row = profile_row(&mut rng, id, email);
+        let leaves = churn_rng.gen::<f64>() < a.churn / 2.0 && row.1.as_deref() == Some(sample_email(id).as_str());
+        if leaves {
+            left += 1;
+        } else {
+            rows.push(row);
+        }
+        if rows.len() == 4000 {
+            flush(&mut rows).build().execute(&mut *tx).await?;
+        }
+    }
+    for id in a.profiles + 1..=a.profiles + joined {
+        rows.push(profile_row(&mut rng, id, Some(sample_email(id))));
         if rows.len() == 4000 {
             flush(&mut rows).build().execute(&mut *tx).await?;
         }
@@ -115,10 +127,35 @@ pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
     }
     tx.commit().await?;
     conn.close().await?;
+    let written = a.profiles - left + joined;
     if ctx.out.json {
-        ctx.out.json(&serde_json::json!({ "path": a.path, "profiles": a.profiles, "seed": a.seed }));
+        ctx.out.json(&serde_json::json!({
+            "path": a.path, "profiles": written, "seed": a.seed, "left": left, "joined": joined,
+        }));
+    } else if a.churn > 0.0 {
+        println!(
+            "Wrote {written} profiles to {} (table `profiles`, seed {}): {left} of the {} profiles left, {joined} joined.",
+            a.path.display(),
+            a.seed,
+            a.profiles
+        );
     } else {
         println!("Wrote {} profiles to {} (table `profiles`, seed {}).", a.profiles, a.path.display(), a.seed);
     }
     Ok(exit::OK)
+}
+
+/// The fields of profile `id` after its email, drawn from `rng` in a fixed order.
+fn profile_row(rng: &mut StdRng, id: u64, email: Option<String>) -> ProfileRow {
+    let t: f64 = rng.gen();
+    let tier = TIERS.iter().find(|(_, p)| t < *p).map_or("bronze", |(n, _)| n);
+    (
+        id,
+        email,
+        NAMES[rng.gen_range(0..NAMES.len())],
+        COUNTRIES[rng.gen_range(0..COUNTRIES.len())],
+        tier,
+        (rng.gen::<f64>() * 5000.0 * 100.0).round() / 100.0,
+        (rng.gen::<f64>() * 100.0).round() / 100.0,
+    )
 }

@@ -50,6 +50,11 @@ pub struct MemberCounts {
 // SQLite allows 32766 bound variables per statement; stay well below.
 const ROWS_PER_STATEMENT: usize = 2000;
 
+/// Rows the plan connection's worker thread may hand over ahead of us while the plan is read back. sqlx's default
+/// (50) makes the two threads trade places every few rows; reading a million planned adds spent more time in those
+/// hand-offs than in SQLite.
+const PLAN_ROW_BUFFER: usize = 1024;
+
 /// A dedicated store connection that owns a run's temporary staging and plan tables.
 pub struct PlanSession {
     conn: SqliteConnection,
@@ -57,14 +62,20 @@ pub struct PlanSession {
 
 impl Store {
     pub async fn plan_session(&self) -> Result<PlanSession> {
-        let mut conn = Self::connect_options(&self.path).connect().await?;
+        let mut conn = Self::connect_options(&self.path).row_buffer_size(PLAN_ROW_BUFFER).connect().await?;
         for ddl in [
+            // Before the first temp table: larger pages make the million-row staging tree shallower and its
+            // inserts and scans cheaper (measured: staging about an eighth faster than with 4 KiB pages).
+            "PRAGMA temp.page_size = 16384",
             "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
              fields TEXT NOT NULL, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
             "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
-             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL)",
+             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL)",
             "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
              send INTEGER NOT NULL)",
+            // Working tables of `compute`, in email order: members new or changed, and members who left.
+            "CREATE TEMP TABLE changed (email TEXT NOT NULL, fields_hash INTEGER NOT NULL)",
+            "CREATE TEMP TABLE gone (email TEXT NOT NULL)",
         ] {
             sqlx::query(ddl).execute(&mut conn).await?;
         }
@@ -171,42 +182,90 @@ impl PlanSession {
         let mut tx = self.conn.begin().await?;
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
-        let to_add = sqlx::query(
-            "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields) \
-             SELECT s.target_id, s.email, s.fields_hash, s.fields FROM temp.staged s \
-             LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
-             WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
+        for sql in ["DELETE FROM temp.changed", "DELETE FROM temp.gone"] {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        let (recorded, staged): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM main.members WHERE target_id = ?1), \
+                    (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1)",
         )
         .bind(target_id)
-        .bind(full)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "INSERT INTO temp.plan_remove (target_id, email, send) \
-             SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM main.members m \
-             WHERE m.target_id = ?1 AND NOT EXISTS \
-               (SELECT 1 FROM temp.staged s WHERE s.target_id = m.target_id AND s.email = m.email) ORDER BY m.email",
-        )
-        .bind(target_id)
-        .bind(remove_leavers)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1), \
-                    COALESCE((SELECT SUM(send) FROM temp.plan_remove WHERE target_id = ?1), 0), \
-                    COALESCE((SELECT SUM(1 - send) FROM temp.plan_remove WHERE target_id = ?1), 0)",
+        let to_add = if full || recorded == 0 {
+            // Everyone is sent: one pass over the staged members.
+            sqlx::query(
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.staged s \
+                 LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
+                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
+            )
+            .bind(target_id)
+            .bind(full)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            // A re-run: both sides are sorted by email, so as a top-level EXCEPT SQLite merges them in one pass
+            // (measured: under half the time of looking each staged member up), and only the few members found
+            // new or changed are looked up again for their fields.
+            sqlx::query(
+                "INSERT INTO temp.changed (email, fields_hash) \
+                 SELECT email, fields_hash FROM temp.staged WHERE target_id = ?1 \
+                 EXCEPT SELECT email, fields_hash FROM main.members WHERE target_id = ?1 ORDER BY 1, 2",
+            )
+            .bind(target_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.changed c \
+                 CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
+                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email ORDER BY c.rowid",
+            )
+            .bind(target_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
+        // Every staged member that is not new matches exactly one recorded member, so the recorded members beyond
+        // those are the leavers. When there are none (the usual re-run), they are not searched for at all.
+        let new: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM temp.plan_add WHERE target_id = ?1 AND is_new")
+            .bind(target_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if recorded - (staged - new) > 0 {
+            sqlx::query(
+                "INSERT INTO temp.gone (email) \
+                 SELECT email FROM main.members WHERE target_id = ?1 \
+                 EXCEPT SELECT email FROM temp.staged WHERE target_id = ?1 ORDER BY 1",
+            )
+            .bind(target_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO temp.plan_remove (target_id, email, send) \
+                 SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM temp.gone g \
+                 CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email ORDER BY g.rowid",
+            )
+            .bind(target_id)
+            .bind(remove_leavers)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (to_remove, to_forget): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(send), 0), COALESCE(SUM(1 - send), 0) FROM temp.plan_remove WHERE target_id = ?1",
         )
         .bind(target_id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        let members = row.try_get::<i64, _>(0)? as u64;
+        let members = staged as u64;
         Ok(TargetPlan {
             members,
             to_add,
-            to_remove: row.try_get::<i64, _>(1)? as u64,
-            to_forget: row.try_get::<i64, _>(2)? as u64,
+            to_remove: to_remove as u64,
+            to_forget: to_forget as u64,
             unchanged: members - to_add,
         })
     }
@@ -260,7 +319,13 @@ impl PlanSession {
 
     /// Clears the staging and plan tables for reuse.
     pub async fn clear(&mut self) -> Result<()> {
-        for sql in ["DELETE FROM temp.staged", "DELETE FROM temp.plan_add", "DELETE FROM temp.plan_remove"] {
+        for sql in [
+            "DELETE FROM temp.staged",
+            "DELETE FROM temp.plan_add",
+            "DELETE FROM temp.plan_remove",
+            "DELETE FROM temp.changed",
+            "DELETE FROM temp.gone",
+        ] {
             sqlx::query(sql).execute(&mut self.conn).await?;
         }
         Ok(())

@@ -90,6 +90,11 @@ impl RunReport {
 
 const EXAMPLES: usize = 5;
 
+/// Members staged per write to the plan connection; the next chunk is read while one is written.
+const STAGE_CHUNK_ROWS: usize = 4000;
+/// A chunk fills by whole source batches, so it can exceed `STAGE_CHUNK_ROWS` by up to one batch.
+const BATCH_SLACK: usize = 1024;
+
 /// Runs exports. Holds one pacer per connection, so runs of one connection share its pace.
 #[derive(Clone)]
 pub struct Engine {
@@ -397,37 +402,65 @@ impl Engine {
         let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
         let mut examples_invalid = Vec::new();
         let mut issues: Vec<(Option<String>, String)> = Vec::new();
-        let mut staged: Vec<(String, i64, String)> = Vec::with_capacity(4096);
         let mut buf = String::new();
         let mut batches = stream.batches;
-        while let Some(batch) = batches.try_next().await.map_err(source_err)? {
-            source_rows += batch.len() as u64;
-            progress.rows_read.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            for row in batch {
-                match normalize_email(&row[0]) {
-                    Ok(email) => {
-                        let hash = encoder.encode(&row[1..], &mut buf);
-                        staged.push((email, hash, buf.clone()));
-                    }
-                    Err(reason) => {
-                        invalid += 1;
-                        let member = row[0].as_str().map(str::to_string);
-                        if examples_invalid.len() < EXAMPLES {
-                            examples_invalid
-                                .push((member.clone().unwrap_or_else(|| row[0].to_string()), reason.clone()));
-                        }
-                        if run_id.is_some() && invalid <= max_issues {
-                            issues.push((member, reason));
+        // Two chunks take turns: while the store writes one into the staging table (on its own thread), the next
+        // is read from the source and normalised here.
+        let mut filling: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        let mut writing: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        loop {
+            let write = async {
+                if writing.is_empty() {
+                    Ok(0)
+                } else {
+                    session.stage(target.id, &writing).await
+                }
+            };
+            let read = async {
+                let mut ended = false;
+                while filling.len() < STAGE_CHUNK_ROWS {
+                    let Some(batch) = batches.try_next().await.map_err(source_err)? else {
+                        ended = true;
+                        break;
+                    };
+                    source_rows += batch.len() as u64;
+                    progress.rows_read.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    for row in batch {
+                        match normalize_email(&row[0]) {
+                            Ok(email) => {
+                                let hash = encoder.encode(&row[1..], &mut buf);
+                                filling.push((email, hash, buf.clone()));
+                            }
+                            Err(reason) => {
+                                invalid += 1;
+                                let member = row[0].as_str().map(str::to_string);
+                                if examples_invalid.len() < EXAMPLES {
+                                    examples_invalid
+                                        .push((member.clone().unwrap_or_else(|| row[0].to_string()), reason.clone()));
+                                }
+                                if run_id.is_some() && invalid <= max_issues {
+                                    issues.push((member, reason));
+                                }
+                            }
                         }
                     }
                 }
-            }
-            if staged.len() >= 4000 {
-                staged_new += session.stage(target.id, &staged).await?;
-                staged.clear();
+                // In email order, a chunk's inserts walk the staging tree forwards instead of jumping around it
+                // (measured in the sqlite3 shell: a million inserts about 40% faster). The sort is stable, so of two
+                // rows with one email the first is still staged first and kept.
+                filling.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok::<bool, SyncError>(ended)
+            };
+            let (written, ended) = futures::join!(write, read);
+            staged_new += written?;
+            let ended = ended?;
+            writing.clear();
+            std::mem::swap(&mut writing, &mut filling);
+            if ended {
+                staged_new += session.stage(target.id, &writing).await?;
+                break;
             }
         }
-        staged_new += session.stage(target.id, &staged).await?;
         let valid = source_rows - invalid;
         let plan: TargetPlan = session.compute(target.id, opts.full, export.on_leave == OnLeave::Remove).await?;
         if let Some(run_id) = run_id {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
@@ -40,8 +41,12 @@ pub(crate) struct Sender {
 }
 
 /// Batches in flight, at most `limit`; remembers the first failure.
+///
+/// Each batch runs as its own task, so requests, their answers and the recording of acknowledged batches go on
+/// (on other cores) while the run reads and encodes the next batches. Dropping the window without draining it
+/// aborts the batches still in flight, as dropping their futures did.
 struct Window {
-    inflight: FuturesUnordered<BoxFuture<'static, Result<(), SyncError>>>,
+    inflight: FuturesUnordered<JoinHandle<Result<(), SyncError>>>,
     limit: usize,
     error: Option<SyncError>,
 }
@@ -55,14 +60,19 @@ impl Window {
         while self.inflight.len() >= self.limit {
             self.settle_one().await;
         }
-        self.inflight.push(batch);
+        self.inflight.push(tokio::spawn(batch));
     }
 
     async fn settle_one(&mut self) {
-        if let Some(Err(e)) = self.inflight.next().await {
-            tracing::debug!(error = %e, "Batch failed.");
-            self.error.get_or_insert(e);
-        }
+        let error = match self.inflight.next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
+            // Only a runtime shutting down cancels a batch task.
+            Some(Err(_)) => SyncError::Interrupted,
+            Some(Ok(Ok(()))) | None => return,
+        };
+        tracing::debug!(error = %error, "Batch failed.");
+        self.error.get_or_insert(error);
     }
 
     fn failed(&self) -> bool {
@@ -74,7 +84,15 @@ impl Window {
         while !self.inflight.is_empty() {
             self.settle_one().await;
         }
-        self.error.map_or(Ok(()), Err)
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        for batch in self.inflight.iter() {
+            batch.abort();
+        }
     }
 }
 
