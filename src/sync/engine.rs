@@ -90,6 +90,16 @@ impl RunReport {
 
 const EXAMPLES: usize = 5;
 
+/// What planning needs to know about the run it plans for.
+#[derive(Clone, Copy)]
+struct PlanContext<'a> {
+    /// None for dry runs, which record nothing.
+    run_id: Option<i64>,
+    opts: &'a RunOptions,
+    progress: &'a Progress,
+    cancel: &'a CancellationToken,
+}
+
 /// Members staged per write to the plan connection; the next chunk is read while one is written.
 const STAGE_CHUNK_ROWS: usize = 4000;
 /// A chunk fills by whole source batches, so it can exceed `STAGE_CHUNK_ROWS` by up to one batch.
@@ -172,7 +182,8 @@ impl Engine {
         }
         if opts.dry_run {
             let mut session = self.store.plan_session().await?;
-            let (lists, failure) = self.plan(&export, &mut session, None, opts, &progress).await;
+            let ctx = PlanContext { run_id: None, opts, progress: &progress, cancel: &cancel };
+            let (lists, failure) = self.plan(&export, &mut session, &ctx).await;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -286,7 +297,8 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<Vec<ListReport>, (SyncError, Vec<ListReport>)> {
         let mut session = self.store.plan_session().await.map_err(|e| (e.into(), vec![]))?;
-        let (mut lists, failure) = self.plan(export, &mut session, Some(run_id), opts, progress).await;
+        let ctx = PlanContext { run_id: Some(run_id), opts, progress, cancel };
+        let (mut lists, failure) = self.plan(export, &mut session, &ctx).await;
         if let Some(e) = failure {
             return Err((e, lists));
         }
@@ -360,14 +372,13 @@ impl Engine {
         &self,
         export: &Export,
         session: &mut PlanSession,
-        run_id: Option<i64>,
-        opts: &RunOptions,
-        progress: &Progress,
+        ctx: &PlanContext<'_>,
     ) -> (Vec<ListReport>, Option<SyncError>) {
+        let progress = ctx.progress;
         let mut lists = Vec::new();
         for target in &export.targets {
             progress.set_phase(Phase::Reading, &target.list_name);
-            match self.plan_target(export, target, session, run_id, opts, progress).await {
+            match self.plan_target(export, target, session, ctx).await {
                 Ok(report) => lists.push(report),
                 Err(e) => return (lists, Some(e)),
             }
@@ -382,10 +393,9 @@ impl Engine {
         export: &Export,
         target: &Target,
         session: &mut PlanSession,
-        run_id: Option<i64>,
-        opts: &RunOptions,
-        progress: &Progress,
+        ctx: &PlanContext<'_>,
     ) -> Result<ListReport, SyncError> {
+        let PlanContext { run_id, opts, progress, cancel } = *ctx;
         let segment = self.store.segment(&target.segment_name).await?;
         let spec: SourceSpec = segment.source.parse().map_err(|error| SyncError::Source {
             segment: segment.name.clone(),
@@ -453,6 +463,10 @@ impl Engine {
             };
             let (written, ended) = futures::join!(write, read);
             staged_new += written?;
+            // A shutdown while a large segment is read: nothing was sent yet, so stopping here loses nothing.
+            if cancel.is_cancelled() {
+                return Err(SyncError::Interrupted);
+            }
             let ended = ended?;
             writing.clear();
             std::mem::swap(&mut writing, &mut filling);
