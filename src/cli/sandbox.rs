@@ -27,6 +27,10 @@ pub struct SandboxArgs {
     /// Share (0 to 1) of API requests that fail: half answer 500, half drop the connection after applying the change.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Do not enforce Iterable's documented per-endpoint limits (GET /api/lists 100/s; getUsers, previewUsers and
+    /// size 5 a minute).
+    #[arg(long)]
+    pub no_documented_limits: bool,
     /// How long after its creation a list answers invalidListId, like a new Iterable list may, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub list_propagation: u64,
@@ -50,6 +54,7 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         retry_after: a.retry_after,
         fail_rate: a.fail_rate,
         list_propagation: Duration::from_millis(a.list_propagation),
+        documented_limits: !a.no_documented_limits,
         ..SandboxOptions::default()
     };
     if ctx.out.json {

@@ -140,7 +140,11 @@ impl Sandbox {
         let limited = {
             let mut faults = self.inner.faults.lock();
             let retry_after = faults.retry_after();
-            faults.take_token(Instant::now()).map_err(|refusal| (refusal, retry_after))
+            let now = Instant::now();
+            faults
+                .take_token(now)
+                .and_then(|()| faults.take_documented(endpoint.label(), now))
+                .map_err(|refusal| (refusal, retry_after))
         };
         if let Err((refusal, retry_after)) = limited {
             return Outcome::answered(rate_limited(parts.uri.path(), refusal, retry_after));

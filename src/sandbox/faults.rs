@@ -80,9 +80,35 @@ pub(crate) struct FaultState {
     fail_rate: f64,
     retry_after: bool,
     bucket: Option<TokenBucket>,
+    /// Iterable's documented per-endpoint limits, by endpoint label.
+    documented: Vec<(&'static str, TokenBucket)>,
 }
 
+/// Iterable's documented per-project limits of the list endpoints: (label, requests, per seconds).
+const DOCUMENTED_LIMITS: &[(&str, f64, f64)] = &[
+    ("lists.get", 100.0, 1.0),
+    ("lists.getUsers", 5.0, 60.0),
+    ("lists.previewUsers", 5.0, 60.0),
+    ("lists.size", 5.0, 60.0),
+];
+
 impl FaultState {
+    /// Turns on Iterable's documented per-endpoint limits.
+    pub(crate) fn enforce_documented_limits(&mut self, now: Instant) {
+        self.documented = DOCUMENTED_LIMITS
+            .iter()
+            .map(|&(label, requests, per)| (label, TokenBucket::with_burst(requests / per, requests, now)))
+            .collect();
+    }
+
+    /// Takes a token of the endpoint's documented limit, if it has one.
+    pub(crate) fn take_documented(&mut self, label: &str, now: Instant) -> Result<(), RateLimited> {
+        match self.documented.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, bucket)) => bucket.take(now),
+            None => Ok(()),
+        }
+    }
+
     /// Out-of-range values are clamped (fail rate) or turn the feature off (rate limit); use
     /// `Faults::validate` first where the caller should hear about it.
     pub(crate) fn new(latency: Duration, rate_limit: Option<f64>, fail_rate: f64, retry_after: bool) -> Self {
@@ -91,6 +117,7 @@ impl FaultState {
             fail_rate: clamp_probability(fail_rate),
             retry_after,
             bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, Instant::now())),
+            documented: Vec::new(),
         }
     }
 
@@ -167,8 +194,12 @@ impl TokenBucket {
         if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
-        let burst = rate.max(1.0);
-        Some(Self { rate, burst, tokens: burst, last: now })
+        Some(Self::with_burst(rate, rate.max(1.0), now))
+    }
+
+    /// A bucket of `burst` tokens refilled at `rate` a second, starting full.
+    fn with_burst(rate: f64, burst: f64, now: Instant) -> Self {
+        Self { rate, burst, tokens: burst, last: now }
     }
 
     fn take(&mut self, now: Instant) -> Result<(), RateLimited> {

@@ -53,6 +53,9 @@ pub struct SandboxOptions {
     /// Larger request bodies answer 400 `BatchTooLarge`. Assumption: Iterable documents a 4 MB cap only
     /// for `users/bulkUpdate` and nothing for lists/subscribe, so we apply the same cap and error code.
     pub max_body_bytes: usize,
+    /// Enforce the per-endpoint limits Iterable documents: `GET /api/lists` 100 a second, and `getUsers`,
+    /// `previewUsers` and `{id}/size` 5 a minute per project, answered 429 like `rate_limit`. Default on.
+    pub documented_limits: bool,
 }
 
 impl Default for SandboxOptions {
@@ -65,6 +68,7 @@ impl Default for SandboxOptions {
             fail_rate: 0.0,
             list_propagation: Duration::ZERO,
             max_body_bytes: 4_000_000,
+            documented_limits: true,
         }
     }
 }
@@ -108,7 +112,10 @@ impl fmt::Debug for Sandbox {
 
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Self {
-        let faults = FaultState::new(opts.latency, opts.rate_limit, opts.fail_rate, opts.retry_after);
+        let mut faults = FaultState::new(opts.latency, opts.rate_limit, opts.fail_rate, opts.retry_after);
+        if opts.documented_limits {
+            faults.enforce_documented_limits(std::time::Instant::now());
+        }
         let inner = Inner {
             api_keys: opts.api_keys,
             max_body_bytes: opts.max_body_bytes,

@@ -18,7 +18,13 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The documented per-endpoint limits (5 getUsers a minute) are off unless a test asks for them, so tests
+    /// can read lists as often as they check them.
     async fn start(opts: SandboxOptions) -> Self {
+        Self::start_as_is(SandboxOptions { documented_limits: false, ..opts }).await
+    }
+
+    async fn start_as_is(opts: SandboxOptions) -> Self {
         let sandbox = Sandbox::new(opts);
         let (base, _task) = sandbox.clone().spawn().await.expect("sandbox binds");
         Self { sandbox, base, client: Client::new() }
@@ -444,4 +450,30 @@ async fn control_endpoints_change_faults_and_report_and_reset_stats() {
     let reset = fx.client.post(fx.url("/_sandbox/reset-stats")).send().await.unwrap();
     assert_eq!(reset.status(), StatusCode::OK);
     assert_eq!(fx.sandbox.stats(), SandboxStats::default());
+}
+
+#[tokio::test]
+async fn get_users_and_size_answer_429_after_five_calls_a_minute_like_iterable() {
+    let fx = Fixture::start_as_is(SandboxOptions::default()).await;
+    let list_id = fx.create_list("Rationed").await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = fx
+            .client
+            .get(format!("{}/api/lists/getUsers?listId={list_id}", fx.base))
+            .header("Api-Key", "sandbox-key")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status().as_u16() == 429 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "RateLimitExceeded");
+            assert_eq!(body["params"]["rateLimitLimit"], 5);
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429]);
+    // Other endpoints keep their own budgets.
+    let r = fx.client.get(format!("{}/api/lists", fx.base)).header("Api-Key", "sandbox-key").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
