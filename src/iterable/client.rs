@@ -111,10 +111,6 @@ impl IterableClient {
         &self.stats
     }
 
-    pub fn pacer(&self) -> &Arc<Pacer> {
-        &self.pacer
-    }
-
     /// `GET /api/lists`: every list in the project.
     pub async fn lists(&self) -> Result<Vec<ListDetails>, IterableError> {
         let text = self.call(Method::GET, "/api/lists", Body::None).await?;
@@ -154,11 +150,6 @@ impl IterableClient {
         Err(IterableError::GaveUp { endpoint: "/api/lists".into(), attempts: self.retry.max_attempts, last })
     }
 
-    /// `DELETE /api/lists/{id}`.
-    pub async fn delete_list(&self, list_id: i64) -> Result<(), IterableError> {
-        self.call(Method::DELETE, &format!("/api/lists/{list_id}"), Body::None).await.map(|_| ())
-    }
-
     /// `GET /api/lists/{id}/size` (Iterable allows 5 a minute per project).
     pub async fn list_size(&self, list_id: i64) -> Result<u64, IterableError> {
         let path = format!("/api/lists/{list_id}/size");
@@ -167,12 +158,6 @@ impl IterableClient {
             .trim_matches('"')
             .parse()
             .map_err(|_| IterableError::Decode { endpoint: path, cause: "not a number".into() })
-    }
-
-    /// `GET /api/lists/getUsers`: the list's members, one per line (Iterable allows 5 a minute per project).
-    pub async fn list_users(&self, list_id: i64) -> Result<Vec<String>, IterableError> {
-        let text = self.call(Method::GET, &format!("/api/lists/getUsers?listId={list_id}"), Body::None).await?;
-        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
     }
 
     /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`.

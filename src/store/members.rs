@@ -92,14 +92,6 @@ impl Store {
         Ok(MemberCounts { subscribed: row.try_get::<i64, _>(0)? as u64, rejected: row.try_get::<i64, _>(1)? as u64 })
     }
 
-    /// Emails recorded as subscribed for a target, sorted (tests and small exports only).
-    pub async fn subscribed_members(&self, target_id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT email FROM members WHERE target_id = ? AND state = 'subscribed' ORDER BY email")
-            .bind(target_id)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
     /// Records a subscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
     pub async fn ack_subscribed(
         &self,
@@ -315,20 +307,6 @@ impl PlanSession {
         .execute(&mut self.conn)
         .await?
         .rows_affected())
-    }
-
-    /// Clears the staging and plan tables for reuse.
-    pub async fn clear(&mut self) -> Result<()> {
-        for sql in [
-            "DELETE FROM temp.staged",
-            "DELETE FROM temp.plan_add",
-            "DELETE FROM temp.plan_remove",
-            "DELETE FROM temp.changed",
-            "DELETE FROM temp.gone",
-        ] {
-            sqlx::query(sql).execute(&mut self.conn).await?;
-        }
-        Ok(())
     }
 }
 

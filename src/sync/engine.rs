@@ -130,14 +130,6 @@ impl Engine {
         Engine { store: self.store.clone(), config, pacers: self.pacers.clone(), observer: self.observer.clone() }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     fn pacer(&self, connection_id: i64) -> Arc<Pacer> {
         let mut pacers = self.pacers.lock().expect("pacers lock");
         pacers
