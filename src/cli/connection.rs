@@ -1,6 +1,6 @@
 //! `connection add | list | show | test | lists | remove`.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ pub struct AddArgs {
     /// '$CREDENTIALS_DIRECTORY/NAME' (quoted), read from wherever systemd puts it for the service.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<String>,
-    /// Read the API key from standard input once and store it encrypted.
+    /// Read the API key from standard input once (prompted without echo on a terminal) and store it encrypted.
     #[arg(long)]
     pub api_key_stdin: bool,
     /// Iterable data centre: us (api.iterable.com) or eu (api.eu.iterable.com).
@@ -156,8 +156,14 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         let key = secrets::read_key_file(&a.name, &abs)?;
         (KeySource::File(abs), key)
     } else {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
+        let text = if std::io::stdin().is_terminal() {
+            // Typed or pasted by a person: do not echo it.
+            rpassword::prompt_password("Iterable API key (not shown): ")?
+        } else {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        };
         let key = text.lines().next().unwrap_or("").trim().to_string();
         if key.is_empty() {
             return Err(Exit::error(exit::FAILED, "no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
