@@ -126,12 +126,14 @@ impl Store {
 
     pub async fn connection(&self, name: &str) -> Result<Connection> {
         let row = sqlx::query(&format!("{SELECT} WHERE name = ?")).bind(name).fetch_optional(&self.pool).await?;
-        row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", name, "connection"))
+        row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", name, "connection list"))
     }
 
     pub async fn connection_by_id(&self, id: i64) -> Result<Connection> {
         let row = sqlx::query(&format!("{SELECT} WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
-        row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", &id.to_string(), "connection"))
+        row.map(from_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::not_found("connection", &id.to_string(), "connection list"))
     }
 
     pub async fn mark_connection_verified(&self, id: i64) -> Result<()> {

@@ -134,7 +134,7 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("export", name, "export"))?;
+        .ok_or_else(|| StoreError::not_found("export", name, "export list"))?;
         let id: i64 = row.try_get("id")?;
         let fields = sqlx::query(
             "SELECT source_column, iterable_field FROM export_fields WHERE export_id = ? ORDER BY position",

@@ -33,7 +33,7 @@ pub enum StoreError {
     Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
     #[error("{what} '{name}' already exists. Pick another name or remove the existing one first.")]
     Exists { what: &'static str, name: String },
-    #[error("{what} '{name}' does not exist. List them with `segment-exporter {cmd} list`.")]
+    #[error("{what} '{name}' does not exist. List them with `segment-exporter {cmd}`.")]
     NotFound { what: &'static str, name: String, cmd: &'static str },
     #[error("{0}")]
     Conflict(String),

@@ -52,7 +52,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::not_found("segment", name, "segment"))
+            .ok_or_else(|| StoreError::not_found("segment", name, "segment list"))
     }
 
     /// Removes a segment that no export uses.
