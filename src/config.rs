@@ -108,11 +108,19 @@ pub struct SyncConfig {
     pub mass_removal_share: f64,
     /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
     pub max_recorded_issues: u64,
+    /// A run with nothing to send makes no request at all, unless its lists were last seen in Iterable longer ago
+    /// than this: then it checks them (one `GET /api/lists`) and recreates and refills a deleted one. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub list_check_interval: Duration,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        Self { mass_removal_share: 0.5, max_recorded_issues: 100_000 }
+        Self {
+            mass_removal_share: 0.5,
+            max_recorded_issues: 100_000,
+            list_check_interval: Duration::from_secs(24 * 3600),
+        }
     }
 }
 

@@ -368,3 +368,34 @@ fn runs_shows_a_run_in_flight_with_its_progress_rate_and_time_left() {
     assert!(table.contains("running") && table.contains("left"), "{table}");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_run_with_nothing_to_send_still_recreates_a_deleted_list_once_its_check_is_due() {
+    let env = Env::with_config(
+        SandboxOptions { api_keys: vec![KEY.into()], ..SandboxOptions::default() },
+        "\n[sync]\nlist_check_interval = \"1ms\"\n",
+    );
+    let members = emails(0, 40);
+    env.setup_csv_export("Checked", &members);
+    env.run_exact("Checked", &members);
+    let old = env.list_id("Checked").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .delete(format!("{}/api/lists/{old}", env.base_url))
+            .header("Api-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    let report = env.run_exact("Checked", &members);
+    assert_ne!(env.list_id("Checked").unwrap(), old);
+    assert_eq!(report["lists"][0]["added"], 40, "{report}");
+    // Seen again just now: with the check not due, a no-change run would send nothing; here it is due at once,
+    // so it looks (one GET) and sends nothing more.
+    env.sandbox.reset_stats();
+    env.run_exact("Checked", &members);
+    assert_eq!(requests(&env.stats(), "lists.subscribe"), 0);
+    assert_eq!(requests(&env.stats(), "lists.get"), 2, "the run's check and the test's own lookup");
+}

@@ -40,6 +40,8 @@ pub struct Target {
     pub segment_name: String,
     pub list_name: String,
     pub list_id: Option<i64>,
+    /// When a run last saw the list in Iterable.
+    pub list_checked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,7 +148,7 @@ impl Store {
         .map(|r| Ok(FieldMap { column: r.try_get(0)?, iterable_field: r.try_get(1)? }))
         .collect::<Result<Vec<_>>>()?;
         let targets = sqlx::query(
-            "SELECT t.id, t.segment_id, s.name, t.list_name, t.list_id FROM targets t \
+            "SELECT t.id, t.segment_id, s.name, t.list_name, t.list_id, t.list_checked_at FROM targets t \
              JOIN segments s ON s.id = t.segment_id WHERE t.export_id = ? ORDER BY t.position",
         )
         .bind(id)
@@ -160,6 +162,7 @@ impl Store {
                 segment_name: r.try_get(2)?,
                 list_name: r.try_get(3)?,
                 list_id: r.try_get(4)?,
+                list_checked_at: r.try_get(5)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -187,12 +190,23 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a run saw the target's list in Iterable just now.
+    pub async fn mark_list_seen(&self, target_id: i64) -> Result<()> {
+        sqlx::query("UPDATE targets SET list_checked_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(target_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records the Iterable list a target writes to. With `forget_members`, what was known about the old list's
     /// members is dropped (the list was recreated, so all members must be sent again).
     pub async fn set_target_list(&self, target_id: i64, list_id: i64, forget_members: bool) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE targets SET list_id = ? WHERE id = ?")
+        sqlx::query("UPDATE targets SET list_id = ?, list_checked_at = ? WHERE id = ?")
             .bind(list_id)
+            .bind(now())
             .bind(target_id)
             .execute(&mut *tx)
             .await?;

@@ -305,9 +305,16 @@ impl Engine {
         let sender =
             Sender::new(self.store.clone(), client.clone(), self.config.clone(), progress.clone(), cancel.clone());
         let nothing_to_send = lists.iter().all(|l| l.to_add == 0 && l.to_remove == 0);
-        if nothing_to_send && export.targets.iter().all(|t| t.list_id.is_some()) {
-            // No request at all when nothing changed: a list deleted in Iterable meanwhile is noticed (and
-            // recreated) by the next run that has something to send, or by `--full`.
+        let check_every =
+            chrono::Duration::from_std(self.config.sync.list_check_interval).unwrap_or(chrono::TimeDelta::MAX);
+        let lists_recently_seen = export
+            .targets
+            .iter()
+            .all(|t| t.list_id.is_some() && t.list_checked_at.is_some_and(|at| crate::store::now() - at < check_every));
+        if nothing_to_send && lists_recently_seen {
+            // No request at all when nothing changed and every list was seen lately: a list deleted in Iterable
+            // meanwhile is noticed (and recreated and refilled) by the next run that sends something or whose
+            // check is due (sync.list_check_interval), or by `--full`.
             for (target, list) in export.targets.iter().zip(&lists) {
                 if let Err(e) = session.forget_leavers(target.id).await {
                     return Err((e.into(), lists));

@@ -120,7 +120,10 @@ impl Sender {
             let iterable = |error| SyncError::Iterable { list: target.list_name.clone(), error };
             let same_name_ids: Vec<i64> = lists.iter().filter(|l| l.name == target.list_name).map(|l| l.id).collect();
             let resolved = match target.list_id {
-                Some(id) if lists.iter().any(|l| l.id == id) => (id, false, None),
+                Some(id) if lists.iter().any(|l| l.id == id) => {
+                    self.store.mark_list_seen(target.id).await?;
+                    (id, false, None)
+                }
                 Some(old) => {
                     let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                     tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
