@@ -144,7 +144,7 @@ fn wait_for_runs(env: &Env, within: Duration, pred: impl Fn(&[serde_json::Value]
 #[test]
 fn a_trigger_file_runs_the_export_and_the_list_ends_exact() {
     let members = emails(0, 150);
-    let env = env_with_export(SandboxOptions { api_keys: vec![KEY.into()], ..Default::default() }, &members, "off");
+    let env = env_with_export(opts(), &members, "off");
     let daemon = Daemon::start(&env);
     let asked = chrono::Utc::now();
     env.ok(&["export", "trigger", "nightly"]);
@@ -159,11 +159,7 @@ fn a_trigger_file_runs_the_export_and_the_list_ends_exact() {
 
 #[test]
 fn a_schedule_fires_repeatedly() {
-    let env = env_with_export(
-        SandboxOptions { api_keys: vec![KEY.into()], ..Default::default() },
-        &emails(0, 5),
-        "* * * * * *",
-    );
+    let env = env_with_export(opts(), &emails(0, 5), "* * * * * *");
     let _daemon = Daemon::start(&env);
     let r = wait_for_runs(&env, Duration::from_secs(20), |r| {
         r.iter().filter(|r| r["trigger"] == "schedule" && r["status"] == "succeeded").count() >= 4
@@ -173,7 +169,7 @@ fn a_schedule_fires_repeatedly() {
 
 #[test]
 fn an_export_added_while_the_daemon_runs_is_picked_up() {
-    let env = daemon_env(SandboxOptions { api_keys: vec![KEY.into()], ..Default::default() });
+    let env = daemon_env(opts());
     env.add_connection();
     let daemon = Daemon::start(&env);
     let members = emails(0, 20);
@@ -203,7 +199,7 @@ fn an_export_added_while_the_daemon_runs_is_picked_up() {
 #[test]
 fn sigterm_during_a_run_exits_within_the_grace_period_and_a_restart_finishes_exact() {
     let members = emails(0, 2000);
-    let opts = SandboxOptions { api_keys: vec![KEY.into()], latency: Duration::from_millis(150), ..Default::default() };
+    let opts = SandboxOptions { latency: Duration::from_millis(150), ..opts() };
     let env = env_with_export(opts, &members, "off");
     let mut daemon = Daemon::start(&env);
     env.ok(&["export", "trigger", "nightly"]);
@@ -228,7 +224,7 @@ fn sigterm_during_a_run_exits_within_the_grace_period_and_a_restart_finishes_exa
 #[test]
 fn a_bad_config_on_sighup_is_rejected_and_the_old_one_stays() {
     let members = emails(0, 10);
-    let env = env_with_export(SandboxOptions { api_keys: vec![KEY.into()], ..Default::default() }, &members, "off");
+    let env = env_with_export(opts(), &members, "off");
     let daemon = Daemon::start(&env);
     let good = std::fs::read_to_string(env.path("config.toml")).unwrap();
     std::fs::write(
@@ -253,8 +249,7 @@ fn a_bad_config_on_sighup_is_rejected_and_the_old_one_stays() {
 
 #[test]
 fn the_status_endpoints_answer() {
-    let env =
-        env_with_export(SandboxOptions { api_keys: vec![KEY.into()], ..Default::default() }, &emails(0, 10), "off");
+    let env = env_with_export(opts(), &emails(0, 10), "off");
     let daemon = Daemon::start(&env);
     assert_eq!(daemon.get("/healthz"), (200, "ok\n".to_string()));
     assert_eq!(daemon.get("/readyz").0, 200);
@@ -283,7 +278,7 @@ fn the_status_endpoints_answer() {
 #[test]
 fn triggers_during_a_run_queue_exactly_one_follow_up_run_and_the_history_says_so() {
     let members = emails(0, 2400);
-    let opts = SandboxOptions { api_keys: vec![KEY.into()], latency: Duration::from_millis(150), ..Default::default() };
+    let opts = SandboxOptions { latency: Duration::from_millis(150), ..opts() };
     let env = env_with_export(opts, &members, "off");
     let daemon = Daemon::start(&env);
     env.ok(&["export", "trigger", "nightly"]);

@@ -113,12 +113,7 @@ fn a_run_through_429s_500s_and_dropped_connections_still_ends_exact() {
 
 #[test]
 fn retry_after_and_rate_limits_slow_the_run_down_without_losing_members() {
-    let env = Env::with_sandbox(SandboxOptions {
-        api_keys: vec![KEY.into()],
-        rate_limit: Some(20.0),
-        retry_after: true,
-        ..SandboxOptions::default()
-    });
+    let env = Env::with_sandbox(SandboxOptions { rate_limit: Some(20.0), retry_after: true, ..opts() });
     let members = emails(0, 500);
     env.setup_csv_export("Paced", &members);
     env.run_exact("Paced", &members);
@@ -126,11 +121,7 @@ fn retry_after_and_rate_limits_slow_the_run_down_without_losing_members() {
 
 #[test]
 fn a_run_killed_mid_way_resumes_and_ends_exact_without_resending_acknowledged_batches() {
-    let env = Env::with_sandbox(SandboxOptions {
-        api_keys: vec![KEY.into()],
-        latency: Duration::from_millis(150),
-        ..SandboxOptions::default()
-    });
+    let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
     let members = emails(0, 2000);
     env.setup_csv_export("Big", &members);
     let mut child = env.spawn_run();
@@ -307,11 +298,7 @@ fn a_list_deleted_in_iterable_is_recreated_and_refilled() {
 
 #[test]
 fn a_second_run_of_the_same_export_is_refused_while_one_is_running() {
-    let env = Env::with_sandbox(SandboxOptions {
-        api_keys: vec![KEY.into()],
-        latency: Duration::from_millis(200),
-        ..SandboxOptions::default()
-    });
+    let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(200), ..opts() });
     env.setup_csv_export("Busy", &emails(0, 600));
     let mut first = env.spawn_run();
     env.wait_for_subscribers(1, Duration::from_secs(30));
@@ -324,11 +311,7 @@ fn a_second_run_of_the_same_export_is_refused_while_one_is_running() {
 
 #[test]
 fn a_new_list_that_answers_invalid_list_id_for_a_while_is_retried() {
-    let env = Env::with_sandbox(SandboxOptions {
-        api_keys: vec![KEY.into()],
-        list_propagation: Duration::from_millis(2500),
-        ..SandboxOptions::default()
-    });
+    let env = Env::with_sandbox(SandboxOptions { list_propagation: Duration::from_millis(2500), ..opts() });
     let members = emails(0, 20);
     env.setup_csv_export("Fresh", &members);
     env.run_exact("Fresh", &members);
@@ -349,11 +332,7 @@ fn faults_can_be_switched_on_while_the_sandbox_runs() {
 
 #[test]
 fn runs_shows_a_run_in_flight_with_its_progress_rate_and_time_left() {
-    let env = Env::with_sandbox(SandboxOptions {
-        api_keys: vec![KEY.into()],
-        latency: Duration::from_millis(200),
-        ..SandboxOptions::default()
-    });
+    let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(200), ..opts() });
     env.setup_csv_export("Live", &emails(0, 1500));
     let mut child = env.spawn_run();
     env.wait_for_subscribers(150, Duration::from_secs(30));
@@ -371,10 +350,7 @@ fn runs_shows_a_run_in_flight_with_its_progress_rate_and_time_left() {
 
 #[test]
 fn a_run_with_nothing_to_send_still_recreates_a_deleted_list_once_its_check_is_due() {
-    let env = Env::with_config(
-        SandboxOptions { api_keys: vec![KEY.into()], ..SandboxOptions::default() },
-        "\n[sync]\nlist_check_interval = \"1ms\"\n",
-    );
+    let env = Env::with_config(opts(), "\n[sync]\nlist_check_interval = \"1ms\"\n");
     let members = emails(0, 40);
     env.setup_csv_export("Checked", &members);
     env.run_exact("Checked", &members);

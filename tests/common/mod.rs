@@ -11,6 +11,11 @@ use segment_exporter::sandbox::{Sandbox, SandboxOptions, SandboxStats};
 
 pub const KEY: &str = "test-key-0123456789";
 
+/// Sandbox options accepting `KEY`, to be completed with `..opts()`.
+pub fn opts() -> SandboxOptions {
+    SandboxOptions { api_keys: vec![KEY.into()], ..SandboxOptions::default() }
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub sandbox: Sandbox,
@@ -20,7 +25,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env::with_sandbox(SandboxOptions { api_keys: vec![KEY.into()], ..SandboxOptions::default() })
+        Env::with_sandbox(opts())
     }
 
     /// A temp dir with a config (small batches so tests exercise batching) and a sandbox with these options.
