@@ -400,6 +400,32 @@ impl Batcher {
         self.tx.send(Ok(batch)).await.is_ok()
     }
 
+    /// Forwards converted rows until the first error or the end, then finishes. Returns false when the
+    /// consumer went away (the reader should stop without finishing).
+    async fn forward<S>(mut self, mut rows: S) -> bool
+    where
+        S: futures::Stream<Item = Result<Row, SourceError>> + Unpin,
+    {
+        use futures::StreamExt;
+        let mut failure = None;
+        while let Some(row) = rows.next().await {
+            match row {
+                Ok(values) => {
+                    if !self.push(values).await {
+                        return false;
+                    }
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(rows);
+        self.finish(failure).await;
+        true
+    }
+
     /// Send what is left, then the error if there is one; nothing may follow an error.
     async fn finish(mut self, error: Option<SourceError>) {
         if !self.batch.is_empty() {

@@ -125,35 +125,19 @@ async fn pump(
     columns: Columnar,
     spec: String,
     secrets: Vec<String>,
-    mut out: Batcher,
+    out: Batcher,
 ) {
-    let mut failure = None;
-    {
-        let mut rows = sqlx::query(&query).fetch(&mut conn);
-        let mut row_number = 0u64;
-        while let Some(row) = rows.next().await {
-            row_number += 1;
-            let converted = match row {
-                Ok(row) => convert_row(&row, &columns, &spec, row_number),
-                Err(error) => {
-                    Err(SourceError::Query { spec: spec.clone(), cause: scrub(&error.to_string(), &secrets) })
-                }
-            };
-            match converted {
-                Ok(values) => {
-                    if !out.push(values).await {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
+    let mut row_number = 0u64;
+    let rows = sqlx::query(&query).fetch(&mut conn).map(|row| {
+        row_number += 1;
+        match row {
+            Ok(row) => convert_row(&row, &columns, &spec, row_number),
+            Err(error) => Err(SourceError::Query { spec: spec.clone(), cause: scrub(&error.to_string(), &secrets) }),
         }
+    });
+    if out.forward(rows).await {
+        let _ = conn.close().await;
     }
-    out.finish(failure).await;
-    let _ = conn.close().await;
 }
 
 fn convert_row(row: &PgRow, columns: &Columnar, spec: &str, row_number: u64) -> Result<Row, SourceError> {

@@ -69,36 +69,19 @@ async fn pump(
     names: Vec<String>,
     indices: Vec<usize>,
     spec: String,
-    mut out: Batcher,
+    out: Batcher,
 ) {
-    let mut failure = None;
-    {
-        let mut rows = sqlx::query(&query).fetch(&mut conn);
-        let mut row_number = 0u64;
-        while let Some(row) = rows.next().await {
-            row_number += 1;
-            let row = match row {
-                Ok(row) => row,
-                Err(error) => {
-                    failure = Some(SourceError::Query { spec: spec.clone(), cause: error.to_string() });
-                    break;
-                }
-            };
-            match convert_row(&row, &indices, &names, &spec, row_number) {
-                Ok(values) => {
-                    if !out.push(values).await {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
+    let mut row_number = 0u64;
+    let rows = sqlx::query(&query).fetch(&mut conn).map(|row| {
+        row_number += 1;
+        match row {
+            Ok(row) => convert_row(&row, &indices, &names, &spec, row_number),
+            Err(error) => Err(SourceError::Query { spec: spec.clone(), cause: error.to_string() }),
         }
+    });
+    if out.forward(rows).await {
+        let _ = conn.close().await;
     }
-    out.finish(failure).await;
-    let _ = conn.close().await;
 }
 
 fn convert_row(
