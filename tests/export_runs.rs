@@ -280,15 +280,7 @@ fn a_list_deleted_in_iterable_is_recreated_and_refilled() {
     env.setup_csv_export("Phoenix", &members);
     env.ok(&["export", "run", "exp"]);
     let old = env.list_id("Phoenix").unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .delete(format!("{}/api/lists/{old}", env.base_url))
-            .header("Api-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-    });
+    env.delete_list(old);
     let report = env.json(&["export", "run", "exp", "--full"]);
     assert_eq!(report["status"], "succeeded", "{report}");
     let new = env.list_id("Phoenix").unwrap();
@@ -355,15 +347,7 @@ fn a_run_with_nothing_to_send_still_recreates_a_deleted_list_once_its_check_is_d
     env.setup_csv_export("Checked", &members);
     env.run_exact("Checked", &members);
     let old = env.list_id("Checked").unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .delete(format!("{}/api/lists/{old}", env.base_url))
-            .header("Api-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-    });
+    env.delete_list(old);
     std::thread::sleep(Duration::from_millis(5));
     let report = env.run_exact("Checked", &members);
     assert_ne!(env.list_id("Checked").unwrap(), old);

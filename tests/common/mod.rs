@@ -200,6 +200,21 @@ impl Env {
         self.sandbox.list_members(id).unwrap()
     }
 
+    /// Deletes a list through the real API, as someone working in Iterable might.
+    pub fn delete_list(&self, id: i64) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .delete(format!("{}/api/lists/{id}", self.base_url))
+                .header("Api-Key", KEY)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "deleting list {id}: {status}");
+    }
+
     pub fn stats(&self) -> SandboxStats {
         self.sandbox.stats()
     }
