@@ -3,11 +3,12 @@
 use std::process::Command;
 
 #[test]
+#[ignore = "needs systemd-analyze; .ci/run runs it where it is installed"]
 fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
-    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("skipped: systemd-analyze is not installed on this machine, so the unit cannot be verified");
-        return;
-    };
+    let out = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect("systemd-analyze is not installed on this machine, so the unit cannot be verified");
     assert!(out.status.success());
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string("packaging/systemd/segment-exporter.service").unwrap();
