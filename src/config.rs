@@ -248,10 +248,28 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is only used in messages.
+    ///
+    /// Every problem of the file is reported in one pass: a key that cannot be read (unknown, wrong type, bad
+    /// value) is noted with its dotted path and set aside, the rest is read again, and the values are then checked
+    /// against the rules. Only a TOML syntax error stops at once, since nothing after it can be read.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        let problems = config.problems();
+        let mut problems = Vec::new();
+        let config = loop {
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => {
+                    let key = e.path().to_string();
+                    problems.push(format!("{key}: {}", e.inner().message().trim()));
+                    // A key that cannot be set aside would fail the same way again: report what we have.
+                    if !remove_key(&mut table, e.path()) || problems.len() > 100 {
+                        return Err(ConfigError::Invalid { path: path.to_path_buf(), problems });
+                    }
+                }
+            }
+        };
+        problems.extend(config.problems());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -316,6 +334,27 @@ impl Config {
     }
 }
 
+/// Removes the key at `path` from `table`; false when there is none.
+fn remove_key(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = keys.split_last() else { return false };
+    let mut current = table;
+    for key in parents {
+        match current.get_mut(*key) {
+            Some(toml::Value::Table(t)) => current = t,
+            _ => return false,
+        }
+    }
+    current.remove(*last).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +389,28 @@ mod tests {
         let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
         let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid") };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_one_pass_unknown_keys_and_bad_types_included() {
+        let text = "[iterable]\nbatchsize = 5\nconcurrency = \"many\"\nbatch_size = 0\n\
+                    [daemon]\nshutdown_grace = \"5 parsecs\"\nmax_concurrent_runs = 0\nwatch_dir = \"x\"\n\
+                    [nosuch]\na = 1\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        let joined = problems.join("\n");
+        for expected in [
+            "iterable.batchsize: unknown field",
+            "iterable.concurrency: invalid type",
+            "daemon.shutdown_grace: invalid value",
+            "daemon.watch_dir: unknown field",
+            "nosuch: unknown field",
+            "iterable.batch_size is 0",
+            "daemon.max_concurrent_runs is 0",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+        assert_eq!(problems.len(), 7, "{joined}");
     }
 
     #[test]
