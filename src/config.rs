@@ -29,11 +29,19 @@ pub struct StoreConfig {
     /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin`. Created with mode
     /// 0600 when missing. `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default: `<store>.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Runs that finished longer ago than this are pruned with their per-list counts and invalid/rejected members
+    /// (each export's latest run is always kept). Default 90d.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("segment-exporter.db"), master_key_file: None }
+        Self {
+            path: PathBuf::from("segment-exporter.db"),
+            master_key_file: None,
+            history_retention: Duration::from_secs(90 * 24 * 3600),
+        }
     }
 }
 
@@ -108,6 +116,9 @@ pub struct SyncConfig {
     pub mass_removal_share: f64,
     /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
     pub max_recorded_issues: u64,
+    /// Invalid and rejected members are kept for the last this many runs of each export; older runs keep only
+    /// their counts. Default 20.
+    pub keep_issue_runs: u32,
     /// A run with nothing to send makes no request at all, unless its lists were last seen in Iterable longer ago
     /// than this: then it checks them (one `GET /api/lists`) and recreates and refills a deleted one. Default 24h.
     #[serde(with = "humantime_serde")]
@@ -119,6 +130,7 @@ impl Default for SyncConfig {
         Self {
             mass_removal_share: 0.5,
             max_recorded_issues: 100_000,
+            keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
         }
     }
@@ -281,6 +293,9 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let it = &self.iterable;
+        if self.store.history_retention.is_zero() {
+            p.push("store.history_retention is 0; use a duration such as \"90d\" (the default)".into());
+        }
         if it.batch_size == 0 || it.batch_size > 10_000 {
             p.push(format!("iterable.batch_size is {}; use 1 to 10000 (1000 is the usual size)", it.batch_size));
         }
