@@ -69,7 +69,8 @@ pub(super) async fn read(
     // A segment query only reads; this turns a mistaken `DELETE ... RETURNING` into an error.
     conn.execute("SET default_transaction_read_only = on").await.map_err(|error| open_error(error.to_string()))?;
 
-    let query_error = |cause: String| SourceError::Query { spec: spec.clone(), cause: scrub(&cause, secrets) };
+    let query_error =
+        |cause: String| SourceError::Query { spec: spec.clone(), cause: super::redact_values(&scrub(&cause, secrets)) };
     // Preparing gives column names and types even when the query returns no rows; sqlx caches the
     // statement, so the fetch below does not parse it again.
     let statement = conn.prepare(query).await.map_err(|error| query_error(error.to_string()))?;
@@ -132,7 +133,10 @@ async fn pump(
         row_number += 1;
         match row {
             Ok(row) => convert_row(&row, &columns, &spec, row_number),
-            Err(error) => Err(SourceError::Query { spec: spec.clone(), cause: scrub(&error.to_string(), &secrets) }),
+            Err(error) => Err(SourceError::Query {
+                spec: spec.clone(),
+                cause: super::redact_values(&scrub(&error.to_string(), &secrets)),
+            }),
         }
     });
     if out.forward(rows).await {
@@ -149,7 +153,7 @@ fn convert_row(row: &PgRow, columns: &Columnar, spec: &str, row_number: u64) -> 
             spec: spec.to_owned(),
             row: row_number,
             column: name.clone(),
-            cause,
+            cause: super::redact_values(&cause),
         })?);
     }
     Ok(values)
