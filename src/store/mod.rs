@@ -6,6 +6,7 @@
 mod connections;
 mod exports;
 mod members;
+pub mod names;
 mod runs;
 mod segments;
 
@@ -37,6 +38,8 @@ pub enum StoreError {
     NotFound { what: &'static str, name: String, cmd: &'static str },
     #[error("{0}")]
     Conflict(String),
+    #[error("the {what} name {name:?} {problem}. Pick another name.")]
+    InvalidName { what: &'static str, name: String, problem: String },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
