@@ -224,7 +224,7 @@ impl IterableClient {
     }
 
     async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
-        self.pacer.ready().await;
+        let ticket = self.pacer.ready().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let endpoint = path.split('?').next().unwrap_or(path);
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));
@@ -250,13 +250,13 @@ impl IterableClient {
         observe(Some(status));
         tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
         if (200..300).contains(&status) {
-            self.pacer.succeeded();
+            self.pacer.succeeded(ticket);
             return Ok(text);
         }
         let error = classify_status(endpoint, status, retry_after, &text);
         if let AttemptError::Retry { rate_limited: true, .. } = error {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            self.pacer.slow_down();
+            self.pacer.slow_down(ticket);
         }
         Err(error)
     }
