@@ -168,7 +168,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         if remove_exports {
-            super::exports::soft_delete_exports(&mut *tx, "connection_id = ?", conn.id).await?;
+            super::exports::soft_delete_exports(&mut tx, "connection_id = ?", conn.id).await?;
         } else {
             sqlx::query("UPDATE exports SET connection_id = NULL, enabled = 0, updated_at = ? WHERE connection_id = ? AND removed_at IS NULL")
                 .bind(now())

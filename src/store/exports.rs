@@ -130,7 +130,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        check_lists_unshared(&mut *tx, id).await?;
+        check_lists_unshared(&mut tx, id).await?;
         tx.commit().await?;
         self.export(&e.name).await
     }
@@ -247,7 +247,7 @@ impl Store {
     pub async fn remove_export(&self, name: &str) -> Result<Export> {
         let export = self.export(name).await?;
         let mut tx = self.pool.begin().await?;
-        soft_delete_exports(&mut *tx, "id = ?", export.id).await?;
+        soft_delete_exports(&mut tx, "id = ?", export.id).await?;
         tx.commit().await?;
         Ok(export)
     }
@@ -257,7 +257,7 @@ impl Store {
     /// run. Refused, changing nothing, when a list of the result is managed by another export.
     pub async fn edit_export(&self, export_id: i64, c: &ExportChange) -> Result<Export> {
         let mut tx = self.pool.begin().await?;
-        apply_change(&mut *tx, export_id, c).await?;
+        apply_change(&mut tx, export_id, c).await?;
         tx.commit().await?;
         self.export_by_id(export_id).await
     }
@@ -266,7 +266,7 @@ impl Store {
     /// an edit that would be refused changes no list either).
     pub async fn check_export_change(&self, export_id: i64, c: &ExportChange) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        apply_change(&mut *tx, export_id, c).await?;
+        apply_change(&mut tx, export_id, c).await?;
         tx.rollback().await?;
         Ok(())
     }

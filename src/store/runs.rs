@@ -321,6 +321,18 @@ impl Store {
         self.run_from_row(row).await
     }
 
+    /// The latest run of one export (by id, so a removed export's runs are not mixed with a new one's).
+    pub async fn last_run(&self, export_id: i64) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.export_id = ? ORDER BY r.id DESC LIMIT 1"))
+            .bind(export_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.run_from_row(row).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// The most recent successful run of an export.
     pub async fn last_success(&self, export_id: i64) -> Result<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar("SELECT MAX(finished_at) FROM runs WHERE export_id = ? AND status = 'succeeded'")

@@ -14,7 +14,7 @@ use super::SyncError;
 use crate::store::Store;
 
 /// How often a running run looks for a cancel request: well under the time one batch takes.
-const POLL_EVERY: Duration = Duration::from_millis(200);
+const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Watches one run's cancel flag while it runs; stop it when the run ends.
 pub(crate) struct CancelWatch {
@@ -67,11 +67,11 @@ impl CancelWatch {
     }
 }
 
-/// A run stopped by a cancel request ends `Cancelled`, not `Interrupted`, however it noticed the stop (its own
-/// token, or a write refused because the run was no longer running). A run that finished anyway keeps its outcome.
-pub(crate) fn on_request<T, L>(outcome: Result<T, (SyncError, L)>, requested: bool) -> Result<T, (SyncError, L)> {
-    match outcome {
-        Err((SyncError::Interrupted, lists)) if requested => Err((SyncError::Cancelled, lists)),
+/// A run stopped by a cancel request ends `Cancelled`, not `Interrupted`. A run that finished or failed otherwise
+/// keeps its outcome.
+pub(crate) fn on_request(error: SyncError, requested: bool) -> SyncError {
+    match error {
+        SyncError::Interrupted if requested => SyncError::Cancelled,
         other => other,
     }
 }

@@ -237,7 +237,8 @@ impl Engine {
         let run_cancel = cancel.child_token();
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
         let outcome = self.execute(&export, run_id, &client, opts, &progress, &run_cancel).await;
-        let outcome = super::cancel::on_request(outcome, watch.stop().await);
+        let cancel_requested = watch.stop().await;
+        let outcome = outcome.map_err(|(e, lists)| (super::cancel::on_request(e, cancel_requested), lists));
         let (status, error, lists) = match outcome {
             Ok(lists) => (RunStatus::Succeeded, None, lists),
             Err((e, lists)) => {
