@@ -366,6 +366,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         let acked = |e: &str, h: i64| AckedMember { email: e.into(), fields_hash: h };
         store
             .ack_subscribed(
