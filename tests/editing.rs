@@ -194,6 +194,22 @@ fn export_remove_with_empty_lists_unsubscribes_our_members_and_keeps_the_history
 }
 
 #[test]
+fn emptying_that_iterable_keeps_failing_removes_nothing_and_the_same_command_finishes_later() {
+    let env = Env::new();
+    let members = emails(0, 120);
+    env.setup_csv_export("Stuck", &members);
+    env.ok(&["export", "run", "exp"]);
+    env.sandbox.set_faults(segment_exporter::sandbox::Faults { fail_rate: Some(1.0), ..Default::default() });
+    let (code, err) = stderr_of(&env, &["export", "remove", "exp", "--empty-lists"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not removed") && err.contains("emptying list 'Stuck'"), "{err}");
+    assert_eq!(env.json(&["export", "show", "exp"])["lists"][0]["members"], 120, "still there, still remembered");
+    env.sandbox.set_faults(segment_exporter::sandbox::Faults { fail_rate: Some(0.0), ..Default::default() });
+    env.ok(&["export", "remove", "exp", "--empty-lists"]);
+    assert!(env.members("Stuck").is_empty());
+}
+
+#[test]
 fn an_export_name_used_again_starts_a_history_of_its_own() {
     let env = Env::new();
     let members = emails(0, 40);

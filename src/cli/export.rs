@@ -437,12 +437,14 @@ async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow:
         empty_for(ctx, &store, &export, &targets).await.map_err(|e| {
             Exit::error(
                 exit::FAILED,
-                format!("export '{name}' not removed: {e}. Its lists were partly emptied; run the same command again to finish"),
+                format!("export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same command run again finishes the job"),
             )
         })?
     } else {
         vec![]
     };
+    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
+    store.interrupt_orphaned_runs(export.id).await?;
     store.remove_export(name).await?;
     if ctx.out.json {
         ctx.out.json(&json!({ "removed": name, "emptied": emptied }));

@@ -5,7 +5,19 @@
 //! lock. It must not touch members that were on the list otherwise; `Store::members_put_there` decides which.
 
 use super::{Engine, SyncError};
-use crate::store::{Export, Store, Target};
+use crate::iterable::IterableError;
+use crate::store::{Export, Store, StoreError, Target};
+
+/// Why emptying stopped. What Iterable acknowledged before is forgotten, the rest is still recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmptyError {
+    #[error("emptying list '{list}' stopped: {error}")]
+    Iterable { list: String, error: IterableError },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// What emptying did to one list.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,7 +35,7 @@ pub async fn empty_lists(
     batch_size: usize,
     export: &Export,
     targets: &[&Target],
-) -> Result<Vec<Emptied>, SyncError> {
+) -> Result<Vec<Emptied>, EmptyError> {
     let mut out = Vec::new();
     let mut client = None;
     for target in targets {
@@ -42,7 +54,7 @@ pub async fn empty_lists(
                 client
                     .unsubscribe(list_id, batch)
                     .await
-                    .map_err(|error| SyncError::Iterable { list: target.list_name.clone(), error })?;
+                    .map_err(|error| EmptyError::Iterable { list: target.list_name.clone(), error })?;
                 store.forget_members(target.id, batch).await?;
                 emptied.unsubscribed += batch.len() as u64;
             }
