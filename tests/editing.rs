@@ -316,36 +316,56 @@ fn cancel_run_stops_the_run_within_a_batch_and_a_new_export_of_the_same_name_end
 }
 
 #[test]
+fn removing_a_connection_with_cancel_run_stops_its_exports_runs_and_removes_them() {
+    let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
+    env.setup_csv_export("Conn", &emails(0, 2000));
+    let mut child = env.spawn_run();
+    env.wait_for_subscribers(100, Duration::from_secs(60));
+    env.ok(&["connection", "remove", "iterable", "--remove-exports", "--cancel-run"]);
+    assert!(!child.wait().unwrap().success());
+    let runs = env.json(&["runs", "--include-removed"]);
+    assert_eq!((runs[0]["status"].as_str(), runs[0]["export_removed"].as_bool()), (Some("cancelled"), Some(true)));
+    assert_eq!(env.json(&["export", "list"]).as_array().unwrap().len(), 0);
+}
+
+/// A store in `dir` with connection `c`, segment `s` and export `e` sending it.
+async fn library_store(dir: &Path) -> (Store, i64, i64, segment_exporter::store::Export) {
+    let store = Store::open(&dir.join("store.db")).await.unwrap();
+    let conn = store
+        .add_connection(&NewConnection {
+            name: "c".into(),
+            base_url: "http://x".into(),
+            region: None,
+            usable_by: "admins".into(),
+            key: KeySource::Env("K".into()),
+            key_last4: None,
+            privacy_accepted_by: "t".into(),
+            verified: false,
+        })
+        .await
+        .unwrap();
+    let seg = store.add_segment("s", "csv:x.csv", None).await.unwrap();
+    let export = store.add_export(&new_export("e", conn.id, seg.id)).await.unwrap();
+    (store, conn.id, seg.id, export)
+}
+
+fn new_export(name: &str, connection_id: i64, segment_id: i64) -> NewExport {
+    NewExport {
+        name: name.into(),
+        connection_id,
+        email_field: "email".into(),
+        on_leave: OnLeave::Remove,
+        schedule: "off".into(),
+        segment_ids: vec![segment_id],
+        fields: vec![],
+    }
+}
+
+#[test]
 fn a_run_that_is_no_longer_running_records_no_acknowledgement() {
     block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store.db")).await.unwrap();
-        let conn = store
-            .add_connection(&NewConnection {
-                name: "c".into(),
-                base_url: "http://x".into(),
-                region: None,
-                usable_by: "admins".into(),
-                key: KeySource::Env("K".into()),
-                key_last4: None,
-                privacy_accepted_by: "t".into(),
-                verified: false,
-            })
-            .await
-            .unwrap();
-        let seg = store.add_segment("s", "csv:x.csv", None).await.unwrap();
-        let export = store
-            .add_export(&NewExport {
-                name: "e".into(),
-                connection_id: conn.id,
-                email_field: "email".into(),
-                on_leave: OnLeave::Remove,
-                schedule: "off".into(),
-                segment_ids: vec![seg.id],
-                fields: vec![],
-            })
-            .await
-            .unwrap();
+        let (store, _, _, export) = library_store(dir.path()).await;
         let t = export.targets[0].id;
         let run = store.start_run(export.id, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
@@ -358,6 +378,18 @@ fn a_run_that_is_no_longer_running_records_no_acknowledgement() {
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 1, "nothing changed");
         assert_eq!(store.run(run).await.unwrap().targets[0].counts.added, 1);
         assert_eq!(store.run(run).await.unwrap().status, RunStatus::Cancelled);
+    });
+}
+
+#[test]
+fn the_store_refuses_a_second_export_of_a_list_and_can_say_so_without_naming_the_first() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, connection_id, segment_id, _) = library_store(dir.path()).await;
+        let e = store.add_export(&new_export("secret-campaign", connection_id, segment_id)).await.unwrap_err();
+        assert!(e.to_string().contains("managed by export 'e'"), "{e}");
+        assert!(!e.without_names().contains("'e'") && e.without_names().contains("another export"), "{e}");
+        assert_eq!(store.export_names().await.unwrap(), vec!["e"], "nothing saved");
     });
 }
 
