@@ -259,7 +259,8 @@ fn export_edit_refuses_bad_changes_and_changes_nothing() {
 #[test]
 fn removing_or_editing_an_export_whose_run_is_in_flight_is_refused_and_changes_nothing() {
     let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
-    let members = emails(0, 1500);
+    // Long enough (60 batches at 150 ms, 3 at a time) to stay in flight through the three refused commands.
+    let members = emails(0, 3000);
     env.setup_csv_export("Busy", &members);
     let mut child = env.spawn_run();
     env.wait_for_subscribers(100, Duration::from_secs(60));
