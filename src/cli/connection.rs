@@ -37,9 +37,13 @@ pub enum ConnectionCmd {
         /// Keep the exports that use it, disabled and without a connection.
         #[arg(long, conflicts_with = "remove_exports")]
         detach_exports: bool,
-        /// Delete the exports that use it, with everything stored about their members.
+        /// Remove the exports that use it, as `export remove` does (their history stays readable).
         #[arg(long)]
         remove_exports: bool,
+        /// With --remove-exports: if one of them is running (in any process), stop that run (recorded `cancelled`)
+        /// first. Without it, the connection is not removed while one runs (exit 75).
+        #[arg(long, requires = "remove_exports")]
+        cancel_run: bool,
     },
 }
 
@@ -82,8 +86,33 @@ pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
         ConnectionCmd::Show { name } => show(ctx, &name).await,
         ConnectionCmd::Test { name } => test(ctx, &name).await,
         ConnectionCmd::Lists { name, sizes } => lists(ctx, &name, sizes).await,
-        ConnectionCmd::Remove { name, detach_exports, remove_exports } => {
+        ConnectionCmd::Remove { name, detach_exports, remove_exports, cancel_run } => {
             let store = ctx.store().await?;
+            // Removed exports must not go on writing: hold each one's run lock (a run in flight refuses the removal,
+            // or is cancelled first) until the removal is committed.
+            let mut locks = Vec::new();
+            if remove_exports {
+                let conn = store.connection(&name).await?;
+                for export_name in store.exports_using_connection(conn.id).await? {
+                    let export = store.export(&export_name).await?;
+                    let lock = crate::sync::lock_for_change(
+                        &store,
+                        &ctx.config.store.lock_dir(),
+                        &export,
+                        cancel_run,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        e @ (crate::sync::ChangeRefused::Running { .. }
+                        | crate::sync::ChangeRefused::StillRunning { .. }) => {
+                            Exit::error(exit::BUSY, format!("connection '{name}' not removed: {e}"))
+                        }
+                        e => e.into(),
+                    })?;
+                    locks.push(lock);
+                }
+            }
             let affected = store.remove_connection(&name, detach_exports, remove_exports).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name, "exports": affected, "exports_removed": remove_exports }));

@@ -1,4 +1,4 @@
-//! `export add | list | show | remove | run`.
+//! `export add | edit | list | show | remove | run | trigger`.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -13,19 +13,45 @@ use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
 use crate::schedule::Schedule;
 use crate::source::{self, SourceSpec};
-use crate::store::{FieldMap, NewExport, OnLeave, RunStatus, StoreError};
-use crate::sync::{check_field_name, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
+use crate::store::{Export, ExportChange, FieldMap, NewExport, OnLeave, RunStatus, Segment, StoreError, Target};
+use crate::sync::empty::{empty_lists, Emptied};
+use crate::sync::{
+    check_field_name, lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
     /// Add an export: segments sent to Iterable lists of the same names. Saving does not run it.
     Add(AddArgs),
+    /// Change an export, with the same checks as `add`. It keeps what it put on its remaining lists, so the next
+    /// run sends only the difference.
+    Edit(EditArgs),
     /// List exports with their schedule and last run.
-    List,
+    List {
+        /// Also list removed exports (marked removed).
+        #[arg(long)]
+        include_removed: bool,
+    },
     /// Show one export, its lists and what is recorded on them.
-    Show { name: String },
-    /// Remove an export and everything stored about its members (the Iterable lists are left as they are).
-    Remove { name: String },
+    Show {
+        name: String,
+        /// Show the export of this name removed last when none is left.
+        #[arg(long)]
+        include_removed: bool,
+    },
+    /// Remove an export: it forgets what it put on its lists (left as they are in Iterable unless --empty-lists);
+    /// its run history stays readable (`runs --include-removed`) and its name can be used again.
+    Remove {
+        name: String,
+        /// First unsubscribe from each of its lists the members this export put there (members added otherwise
+        /// stay). The mass-removal guard does not apply: you asked for it.
+        #[arg(long)]
+        empty_lists: bool,
+        /// If the export is running (in any process), stop that run (recorded `cancelled`) and then remove it.
+        /// Without it, a running export is not removed (exit 75).
+        #[arg(long)]
+        cancel_run: bool,
+    },
     /// Run an export now, in this process; exits 0 only when the run succeeded.
     Run(RunArgs),
     /// Ask the running daemon to run an export soon, by writing a trigger file into daemon.trigger_dir.
@@ -67,6 +93,48 @@ pub struct AddArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EditArgs {
+    pub name: String,
+    /// Send another segment too (repeatable). An existing list of its name is adopted, as on a first run.
+    #[arg(long = "add-segment", value_name = "SEG")]
+    pub add_segments: Vec<String>,
+    /// Stop sending a segment (repeatable). Its list stays in Iterable as it is and the export forgets it, unless
+    /// --empty-removed-lists.
+    #[arg(long = "remove-segment", value_name = "SEG")]
+    pub remove_segments: Vec<String>,
+    /// First unsubscribe from each removed segment's list the members this export put there (members added
+    /// otherwise stay). The mass-removal guard does not apply: you asked for it.
+    #[arg(long, requires = "remove_segments")]
+    pub empty_removed_lists: bool,
+    /// Send another column as an Iterable data field: COLUMN or COLUMN=ITERABLE_FIELD (repeatable). The next run
+    /// sends every member again, with the field.
+    #[arg(long = "add-field", value_name = "COLUMN[=ITERABLE_FIELD]")]
+    pub add_fields: Vec<String>,
+    /// Stop sending a column (repeatable); Iterable keeps the values it has.
+    #[arg(long = "remove-field", value_name = "COLUMN")]
+    pub remove_fields: Vec<String>,
+    /// The column holding the email address.
+    #[arg(long, value_name = "COLUMN")]
+    pub email_field: Option<String>,
+    /// `refresh`, `off` or a cron expression with seconds, as for `add`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// What happens to members who leave a segment.
+    #[arg(long, value_enum)]
+    pub on_leave: Option<OnLeave>,
+    /// Save without reading the segments to check that the columns exist.
+    #[arg(long)]
+    pub skip_check: bool,
+    /// If the export is running (in any process), stop that run (recorded `cancelled`) and then edit it. Without
+    /// it, a running export is not changed (exit 75).
+    #[arg(long)]
+    pub cancel_run: bool,
+}
+
+/// How long `--cancel-run` waits for the run to stop (it stops within one batch; a batch may wait out retries).
+const CANCEL_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     pub name: String,
     /// Compute and print the plan (per list: to add, to remove, unchanged, invalid, with examples); change nothing.
@@ -83,17 +151,10 @@ pub struct RunArgs {
 pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
     match cmd {
         ExportCmd::Add(args) => add(ctx, args).await,
-        ExportCmd::List => list(ctx).await,
-        ExportCmd::Show { name } => show(ctx, &name).await,
-        ExportCmd::Remove { name } => {
-            ctx.store().await?.remove_export(&name).await?;
-            if ctx.out.json {
-                ctx.out.json(&json!({ "removed": name }));
-            } else {
-                println!("Removed export '{name}' and what was stored about its members. Its Iterable lists were not changed.");
-            }
-            Ok(exit::OK)
-        }
+        ExportCmd::Edit(args) => edit(ctx, args).await,
+        ExportCmd::List { include_removed } => list(ctx, include_removed).await,
+        ExportCmd::Show { name, include_removed } => show(ctx, &name, include_removed).await,
+        ExportCmd::Remove { name, empty_lists, cancel_run } => remove(ctx, &name, empty_lists, cancel_run).await,
         ExportCmd::Run(args) => run_now(ctx, args).await,
         ExportCmd::Trigger { name, all } => {
             let target = match (&name, all) {
@@ -139,6 +200,45 @@ fn parse_field(text: &str) -> Result<FieldMap, String> {
     Ok(FieldMap { column: column.into(), iterable_field: field.into() })
 }
 
+/// Two fields may not send to one Iterable field.
+fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
+    let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
+    names.sort();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!("two fields send to the Iterable field '{}'", w[0])),
+        None => Ok(()),
+    }
+}
+
+/// Reads a segment's first row to check that it has the email column and every field's column.
+async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap]) -> Result<(), String> {
+    let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
+    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
+        .await
+        .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
+    let wanted = std::iter::once(email_field).chain(fields.iter().map(|f| f.column.as_str()));
+    for col in wanted {
+        if !columns.iter().any(|c| c == col) {
+            return Err(format!(
+                "segment '{}' has no column '{col}'; its columns are: {}",
+                seg.name,
+                columns.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The refusals of a change to a running export exit 75, like a run refused because one is in flight.
+fn change_refused(e: ChangeRefused) -> anyhow::Error {
+    match e {
+        e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
+            Exit::error(exit::BUSY, e.to_string())
+        }
+        e => e.into(),
+    }
+}
+
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     // Before anything is read, and before the name is quoted in any message below.
     crate::store::names::check_export_name(&a.name).map_err(|problem| StoreError::InvalidName {
@@ -148,11 +248,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     })?;
     let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not saved: {m}", a.name));
     let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
-    names.sort();
-    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(fail(format!("two --field options send to the Iterable field '{}'", w[0])));
-    }
+    check_unique_fields(&fields).map_err(fail)?;
     Schedule::parse(&a.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let store = ctx.store().await?;
     let conn = store.connection(&a.connection).await?;
@@ -163,19 +259,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             return Err(fail(format!("segment '{name}' is given twice")));
         }
         if !a.skip_check {
-            let spec: SourceSpec = seg.source.parse()?;
-            let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1).await.map_err(|e| {
-                fail(format!("segment '{name}' could not be read: {e} (add --skip-check to save anyway)"))
-            })?;
-            let wanted = std::iter::once(&a.email_field).chain(fields.iter().map(|f| &f.column));
-            for col in wanted {
-                if !columns.contains(col) {
-                    return Err(fail(format!(
-                        "segment '{name}' has no column '{col}'; its columns are: {}",
-                        columns.join(", ")
-                    )));
-                }
-            }
+            check_columns(&seg, &a.email_field, &fields).await.map_err(fail)?;
         }
         segment_ids.push(seg.id);
     }
@@ -204,27 +288,204 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
+async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
+    let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not changed: {m}", a.name));
+    let store = ctx.store().await?;
+    let export = store.export(&a.name).await?;
+    let attached = |name: &str| export.targets.iter().find(|t| t.segment_name == name);
+
+    let mut detach: Vec<&Target> = Vec::new();
+    for name in &a.remove_segments {
+        let target = attached(name).ok_or_else(|| {
+            let names: Vec<&str> = export.targets.iter().map(|t| t.segment_name.as_str()).collect();
+            fail(format!("--remove-segment '{name}': the export does not send it; it sends {}", names.join(", ")))
+        })?;
+        if detach.iter().any(|t| t.id == target.id) {
+            return Err(fail(format!("--remove-segment '{name}' is given twice")));
+        }
+        detach.push(target);
+    }
+    let mut attach: Vec<Segment> = Vec::new();
+    for name in &a.add_segments {
+        let seg = store.segment(name).await?;
+        if attached(name).is_some() && !a.remove_segments.contains(name) {
+            return Err(fail(format!("--add-segment '{name}': the export already sends it")));
+        }
+        if a.remove_segments.contains(name) {
+            return Err(fail(format!("segment '{name}' is both added and removed")));
+        }
+        if attach.iter().any(|s| s.id == seg.id) {
+            return Err(fail(format!("--add-segment '{name}' is given twice")));
+        }
+        attach.push(seg);
+    }
+    if export.targets.len() - detach.len() + attach.len() == 0 {
+        return Err(fail("an export needs at least one segment; remove the export instead (`export remove`)".into()));
+    }
+
+    let mut fields = export.fields.clone();
+    for column in &a.remove_fields {
+        let before = fields.len();
+        fields.retain(|f| &f.column != column);
+        if fields.len() == before {
+            let sent: Vec<&str> = export.fields.iter().map(|f| f.column.as_str()).collect();
+            return Err(fail(format!(
+                "--remove-field '{column}': the export does not send that column; it sends {}",
+                if sent.is_empty() { "none".to_string() } else { sent.join(", ") }
+            )));
+        }
+    }
+    let added = a.add_fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+    for f in &added {
+        if fields.iter().any(|g| g.column == f.column) {
+            return Err(fail(format!(
+                "--add-field '{}': the column is already sent; remove it first (--remove-field {})",
+                f.column, f.column
+            )));
+        }
+    }
+    fields.extend(added.iter().cloned());
+    check_unique_fields(&fields).map_err(fail)?;
+    let schedule = match &a.schedule {
+        Some(s) => {
+            Schedule::parse(s).map_err(|e| fail(format!("--schedule {e}")))?;
+            s.trim().to_string()
+        }
+        None => export.schedule.clone(),
+    };
+    let email_field = a.email_field.clone().unwrap_or_else(|| export.email_field.clone());
+    let change = ExportChange {
+        email_field: email_field.clone(),
+        on_leave: a.on_leave.unwrap_or(export.on_leave),
+        schedule,
+        fields: fields.clone(),
+        attach_segment_ids: attach.iter().map(|s| s.id).collect(),
+        detach_segment_ids: detach.iter().map(|t| t.segment_id).collect(),
+    };
+    let nothing = change.attach_segment_ids.is_empty()
+        && change.detach_segment_ids.is_empty()
+        && change.fields == export.fields
+        && change.email_field == export.email_field
+        && change.on_leave == export.on_leave
+        && change.schedule == export.schedule;
+    if nothing {
+        return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
+    }
+    if !a.skip_check {
+        // New segments need every column; kept segments only the columns that are new to them.
+        let columns_changed = a.email_field.is_some() || !added.is_empty();
+        for seg in &attach {
+            check_columns(seg, &email_field, &fields).await.map_err(fail)?;
+        }
+        if columns_changed {
+            for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
+                let seg = store.segment(&t.segment_name).await?;
+                check_columns(&seg, &email_field, &fields).await.map_err(fail)?;
+            }
+        }
+    }
+    // Everything that can refuse the edit is checked before a list is emptied.
+    store.check_export_change(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
+    let lock_dir = ctx.config.store.lock_dir();
+    let _lock = lock_for_change(&store, &lock_dir, &export, a.cancel_run, CANCEL_WAIT).await.map_err(change_refused)?;
+    let emptied = if a.empty_removed_lists {
+        empty_for(ctx, &store, &export, &detach)
+            .await
+            .map_err(|e| fail(format!("{e}. The lists were partly emptied; run the same edit again to finish")))?
+    } else {
+        vec![]
+    };
+    let edited = store.edit_export(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
+    if ctx.out.json {
+        let mut v = serde_json::to_value(&edited)?;
+        v["emptied"] = json!(emptied);
+        ctx.out.json(&v);
+    } else {
+        println!("Changed export '{}'. Its next run sends only what differs from what it already sent.", edited.name);
+        for t in &detach {
+            match emptied.iter().find(|e| e.list_name == t.list_name) {
+                Some(e) => println!(
+                    "List '{}': unsubscribed the {} member(s) this export put there; the export no longer manages it.",
+                    e.list_name, e.unsubscribed
+                ),
+                None => {
+                    println!("List '{}' is left in Iterable as it is; the export no longer manages it.", t.list_name)
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn empty_for(
+    ctx: &Ctx,
+    store: &crate::store::Store,
+    export: &Export,
+    targets: &[&Target],
+) -> anyhow::Result<Vec<Emptied>> {
+    let engine = Engine::new(store.clone(), ctx.config.clone());
+    Ok(empty_lists(&engine, store, ctx.config.iterable.batch_size, export, targets).await?)
+}
+
+async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let export = store.export(name).await?;
+    let lock_dir = ctx.config.store.lock_dir();
+    let _lock = lock_for_change(&store, &lock_dir, &export, cancel_run, CANCEL_WAIT).await.map_err(change_refused)?;
+    let emptied = if empty {
+        let targets: Vec<&Target> = export.targets.iter().collect();
+        empty_for(ctx, &store, &export, &targets).await.map_err(|e| {
+            Exit::error(
+                exit::FAILED,
+                format!("export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same command run again finishes the job"),
+            )
+        })?
+    } else {
+        vec![]
+    };
+    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
+    store.interrupt_orphaned_runs(export.id).await?;
+    store.remove_export(name).await?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "removed": name, "emptied": emptied }));
+    } else if empty {
+        let total: u64 = emptied.iter().map(|e| e.unsubscribed).sum();
+        println!(
+            "Removed export '{name}' after unsubscribing the {total} member(s) it had put on its lists. Its history \
+             stays readable with `segment-exporter runs --export {name} --include-removed`."
+        );
+    } else {
+        println!(
+            "Removed export '{name}'; its Iterable lists were not changed. Its history stays readable with \
+             `segment-exporter runs --export {name} --include-removed`."
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn list(ctx: &Ctx, include_removed: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let mut rows = Vec::new();
     let mut values = Vec::new();
-    for e in store.exports().await? {
-        let last = store.runs(Some(&e.name), 1).await?.into_iter().next();
+    let exports = if include_removed { store.exports_including_removed().await? } else { store.exports().await? };
+    for e in exports {
+        let last = store.last_run(e.id).await?;
         let segments: Vec<&str> = e.targets.iter().map(|t| t.segment_name.as_str()).collect();
         let daemon = &ctx.config.daemon;
         let tz = daemon.tz().unwrap_or(chrono_tz::UTC);
         let next = Schedule::parse(&e.schedule)
             .ok()
-            .filter(|_| e.enabled)
+            .filter(|_| e.enabled && e.removed_at.is_none())
             .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)))
             .map(|t| super::output::when(&t));
         let next_text = match (e.schedule.as_str(), &next) {
+            _ if e.removed_at.is_some() => "-".to_string(),
             ("off", _) => "on demand".to_string(),
             (_, Some(t)) => t.clone(),
             _ => "-".into(),
         };
         rows.push(vec![
-            e.name.clone(),
+            if e.removed_at.is_some() { format!("{} (removed)", e.name) } else { e.name.clone() },
             e.connection_name.clone().unwrap_or_else(|| "(detached)".into()),
             segments.join(", "),
             e.schedule.clone(),
@@ -234,7 +495,7 @@ async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
         ]);
         values.push(json!({
             "name": e.name, "connection": e.connection_name, "segments": segments, "schedule": e.schedule,
-            "enabled": e.enabled, "next_run": next, "last_run": last.as_ref().map(|r| json!({"id": r.id, "status": r.status, "started_at": r.started_at})),
+            "enabled": e.enabled, "removed_at": e.removed_at, "next_run": next, "last_run": last.as_ref().map(|r| json!({"id": r.id, "status": r.status, "started_at": r.started_at})),
         }));
     }
     if ctx.out.json {
@@ -247,9 +508,9 @@ async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
-    let e = store.export(name).await?;
+    let e = if include_removed { store.export_including_removed(name).await? } else { store.export(name).await? };
     let mut lists = Vec::new();
     for t in &e.targets {
         let counts = store.member_counts(t.id).await?;
@@ -275,6 +536,10 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             vec!["schedule".into(), e.schedule.clone()],
             vec!["last success".into(), opt_when(&last_success)],
         ];
+        let mut rows = rows;
+        if let Some(at) = e.removed_at {
+            rows.push(vec!["removed".into(), super::output::when(&at)]);
+        }
         ctx.out.table(&["", ""], rows);
         let rows = lists
             .iter()

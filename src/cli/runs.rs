@@ -16,6 +16,10 @@ pub struct RunsArgs {
     /// Only runs of this export.
     #[arg(long)]
     pub export: Option<String>,
+    /// Also show runs of removed exports (marked removed), e.g. the history of an export whose name is now used
+    /// by another.
+    #[arg(long)]
+    pub include_removed: bool,
     /// How many runs to show, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
@@ -44,6 +48,15 @@ fn live_status(ctx: &Ctx, run: &Run) -> RunStatus {
     }
 }
 
+/// The export's name, marked when the export was removed (a new export may have its name).
+fn export_label(run: &Run) -> String {
+    if run.export_removed {
+        format!("{} (removed)", run.export_name)
+    } else {
+        run.export_name.clone()
+    }
+}
+
 fn progress_text(run: &Run) -> (String, Option<f64>, Option<f64>) {
     let (planned, done) = run.progress();
     let elapsed =
@@ -58,9 +71,13 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
     match args.command {
         None => {
             if let Some(name) = &args.export {
-                store.export(name).await?;
+                if args.include_removed {
+                    store.export_including_removed(name).await?;
+                } else {
+                    store.export(name).await?;
+                }
             }
-            let runs = store.runs(args.export.as_deref(), args.limit).await?;
+            let runs = store.runs_including_removed(args.export.as_deref(), args.limit, args.include_removed).await?;
             if ctx.out.json {
                 let v: Vec<_> = runs
                     .iter()
@@ -98,7 +115,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                         };
                         vec![
                             r.id.to_string(),
-                            r.export_name.clone(),
+                            export_label(r),
                             r.trigger.clone(),
                             status.to_string(),
                             when(&r.started_at),
@@ -140,7 +157,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                 ctx.out.json(&v);
             } else {
                 let rows = vec![
-                    vec!["run".into(), format!("#{} of export '{}'", run.id, run.export_name)],
+                    vec!["run".into(), format!("#{} of export {}", run.id, export_label(&run))],
                     vec!["trigger".into(), run.trigger.clone()],
                     vec!["status".into(), status.to_string()],
                     vec!["started".into(), when(&run.started_at)],

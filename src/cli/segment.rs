@@ -1,4 +1,4 @@
-//! `segment add | list | preview | remove`.
+//! `segment add | edit | list | preview | remove`.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -22,6 +22,20 @@ pub enum SegmentCmd {
         #[arg(long)]
         skip_check: bool,
     },
+    /// Change a segment's source or query, with the same checks as `add`. Exports that send it keep what they put
+    /// on its list, so their next run sends only the difference (a narrower query removes the leavers).
+    Edit {
+        name: String,
+        /// sqlite:PATH, a postgres://… URL, csv:PATH (with a header row) or jsonl:PATH.
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<String>,
+        /// The SQL query selecting the members (sqlite and postgres only).
+        #[arg(long, value_name = "SQL")]
+        query: Option<String>,
+        /// Save without reading a first row to check the source and the columns the exports need.
+        #[arg(long)]
+        skip_check: bool,
+    },
     /// List segments.
     List,
     /// Show the first rows of a segment.
@@ -31,7 +45,7 @@ pub enum SegmentCmd {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Remove a segment that no export uses.
+    /// Remove a segment that no export sends (remove it from exports with `export edit EXPORT --remove-segment`).
     Remove { name: String },
 }
 
@@ -44,21 +58,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             })?;
             let spec = source.parse::<SourceSpec>()?.absolute();
             let query = query.filter(|q| !q.trim().is_empty());
-            match (spec.takes_query(), &query) {
-                (true, None) => {
-                    return Err(Exit::error(
-                        exit::FAILED,
-                        format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
-                    ))
-                }
-                (false, Some(_)) => {
-                    return Err(Exit::error(
-                        exit::FAILED,
-                        format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
-                    ))
-                }
-                _ => {}
-            }
+            check_source(&spec, &query)?;
             if !skip_check {
                 source::preview(&spec, query.as_deref(), 1).await.map_err(|e| {
                     Exit::error(
@@ -76,6 +76,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        SegmentCmd::Edit { name, source, query, skip_check } => edit(ctx, &name, source, query, skip_check).await,
         SegmentCmd::List => {
             let segments = ctx.store().await?.segments().await?;
             let shown: Vec<_> = segments
@@ -133,4 +134,74 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// A SQL source needs a query; a file source takes none.
+fn check_source(spec: &SourceSpec, query: &Option<String>) -> anyhow::Result<()> {
+    match (spec.takes_query(), query) {
+        (true, None) => Err(Exit::error(
+            exit::FAILED,
+            format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
+        )),
+        (false, Some(_)) => Err(Exit::error(
+            exit::FAILED,
+            format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn edit(
+    ctx: &Ctx,
+    name: &str,
+    source: Option<String>,
+    query: Option<String>,
+    skip_check: bool,
+) -> anyhow::Result<u8> {
+    let fail = |m: String| Exit::error(exit::FAILED, format!("segment '{name}' not changed: {m}"));
+    if source.is_none() && query.is_none() {
+        return Err(fail("nothing to change; give --source and/or --query".into()));
+    }
+    let store = ctx.store().await?;
+    let seg = store.segment(name).await?;
+    let spec = match &source {
+        Some(s) => s.parse::<SourceSpec>()?.absolute(),
+        None => seg.source.parse::<SourceSpec>()?,
+    };
+    // A new file source drops the old query; a new SQL source keeps it unless another is given.
+    let query = match query {
+        Some(q) => Some(q).filter(|q| !q.trim().is_empty()),
+        None if spec.takes_query() => seg.query.clone(),
+        None => None,
+    };
+    check_source(&spec, &query)?;
+    if !skip_check {
+        let (columns, _) = source::preview(&spec, query.as_deref(), 1)
+            .await
+            .map_err(|e| fail(format!("{e} (add --skip-check to save it anyway)")))?;
+        // Every export that sends the segment must still find its columns.
+        for export_name in store.exports_using_segment(seg.id).await? {
+            let export = store.export(&export_name).await?;
+            let wanted = std::iter::once(&export.email_field).chain(export.fields.iter().map(|f| &f.column));
+            for col in wanted {
+                if !columns.contains(col) {
+                    return Err(fail(format!(
+                        "export '{export_name}' needs the column '{col}', which the new query does not have; its \
+                         columns are: {} (add --skip-check to save it anyway)",
+                        columns.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    let seg = store.edit_segment(name, &spec.to_stored(), query.as_deref()).await?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "name": seg.name, "source": spec.to_string(), "query": seg.query }));
+    } else {
+        println!(
+            "Changed segment '{}' ({}). Exports that send it send only the difference on their next run.",
+            seg.name, spec
+        );
+    }
+    Ok(exit::OK)
 }

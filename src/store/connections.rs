@@ -147,13 +147,14 @@ impl Store {
 
     /// Names of the exports that use a connection.
     pub async fn exports_using_connection(&self, id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE connection_id = ? ORDER BY name")
+        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE connection_id = ? AND removed_at IS NULL ORDER BY name")
             .bind(id)
             .fetch_all(&self.pool)
             .await?)
     }
 
-    /// Removes a connection. Exports that use it are detached (kept, disabled) or removed, as asked; with
+    /// Removes a connection. Exports that use it are detached (kept, disabled) or removed (as `export remove` does),
+    /// as asked; with
     /// neither, the removal is refused while exports use it.
     pub async fn remove_connection(&self, name: &str, detach: bool, remove_exports: bool) -> Result<Vec<String>> {
         let conn = self.connection(name).await?;
@@ -161,15 +162,15 @@ impl Store {
         if !users.is_empty() && !detach && !remove_exports {
             return Err(StoreError::Conflict(format!(
                 "connection '{name}' is used by export(s) {}. Run again with --detach-exports (they stay, disabled) \
-                 or --remove-exports (they are deleted with everything stored about their members).",
+                 or --remove-exports (they are removed and forget what they put on their lists).",
                 users.join(", ")
             )));
         }
         let mut tx = self.pool.begin().await?;
         if remove_exports {
-            sqlx::query("DELETE FROM exports WHERE connection_id = ?").bind(conn.id).execute(&mut *tx).await?;
+            super::exports::soft_delete_exports(&mut tx, "connection_id = ?", conn.id).await?;
         } else {
-            sqlx::query("UPDATE exports SET connection_id = NULL, enabled = 0, updated_at = ? WHERE connection_id = ?")
+            sqlx::query("UPDATE exports SET connection_id = NULL, enabled = 0, updated_at = ? WHERE connection_id = ? AND removed_at IS NULL")
                 .bind(now())
                 .bind(conn.id)
                 .execute(&mut *tx)

@@ -58,6 +58,8 @@ pub struct Export {
     pub targets: Vec<Target>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set once the export was removed: its row stays so that its run history can still be read.
+    pub removed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,23 @@ pub struct NewExport {
     pub segment_ids: Vec<i64>,
     pub fields: Vec<FieldMap>,
 }
+
+/// An export as it should be after `export edit`: the whole new settings, and which segments to attach or detach.
+#[derive(Debug, Clone)]
+pub struct ExportChange {
+    pub email_field: String,
+    pub on_leave: OnLeave,
+    pub schedule: String,
+    /// The complete new field list (a changed list changes every member's field hash, so all are sent again).
+    pub fields: Vec<FieldMap>,
+    pub attach_segment_ids: Vec<i64>,
+    pub detach_segment_ids: Vec<i64>,
+}
+
+/// Every export reads its columns the same way; the only difference is which rows count.
+const SELECT_EXPORT: &str = "SELECT e.id, e.name, e.connection_id, c.name AS connection_name, e.email_field, \
+     e.on_leave, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
+     LEFT JOIN connections c ON c.id = e.connection_id";
 
 impl Store {
     pub async fn add_export(&self, e: &NewExport) -> Result<Export> {
@@ -116,33 +135,70 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        check_lists_unshared(&mut tx, id).await?;
         tx.commit().await?;
         self.export(&e.name).await
     }
 
+    /// Names of the exports not removed.
     pub async fn export_names(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM exports ORDER BY name").fetch_all(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE removed_at IS NULL ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
+    /// Exports not removed, by name.
     pub async fn exports(&self) -> Result<Vec<Export>> {
-        let mut out = Vec::new();
-        for name in self.export_names().await? {
-            out.push(self.export(&name).await?);
+        self.exports_where(false).await
+    }
+
+    /// Every export, removed ones included, by name then age.
+    pub async fn exports_including_removed(&self) -> Result<Vec<Export>> {
+        self.exports_where(true).await
+    }
+
+    async fn exports_where(&self, include_removed: bool) -> Result<Vec<Export>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM exports WHERE (?1 OR removed_at IS NULL) ORDER BY name, id")
+                .bind(include_removed)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.export_by_id(id).await?);
         }
         Ok(out)
     }
 
+    /// The export of this name that is not removed.
     pub async fn export(&self, name: &str) -> Result<Export> {
-        let row = sqlx::query(
-            "SELECT e.id, e.name, e.connection_id, c.name AS connection_name, e.email_field, e.on_leave, e.schedule, \
-             e.enabled, e.created_at, e.updated_at FROM exports e LEFT JOIN connections c ON c.id = e.connection_id \
-             WHERE e.name = ?",
+        let id: i64 = sqlx::query_scalar("SELECT id FROM exports WHERE name = ? AND removed_at IS NULL")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("export", name, "export list"))?;
+        self.export_by_id(id).await
+    }
+
+    /// The export of this name, or when none is left, the one of that name removed last.
+    pub async fn export_including_removed(&self, name: &str) -> Result<Export> {
+        let id: i64 = sqlx::query_scalar(
+            "SELECT id FROM exports WHERE name = ? ORDER BY removed_at IS NULL DESC, removed_at DESC, id DESC LIMIT 1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("export", name, "export list"))?;
-        let id: i64 = row.try_get("id")?;
+        .ok_or_else(|| StoreError::not_found("export", name, "export list --include-removed"))?;
+        self.export_by_id(id).await
+    }
+
+    /// An export by id, removed or not. Of a removed export, the targets it had when it was removed.
+    pub async fn export_by_id(&self, id: i64) -> Result<Export> {
+        let row = sqlx::query(&format!("{SELECT_EXPORT} WHERE e.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("export", &format!("#{id}"), "export list"))?;
         let fields = sqlx::query(
             "SELECT source_column, iterable_field FROM export_fields WHERE export_id = ? ORDER BY position",
         )
@@ -152,9 +208,11 @@ impl Store {
         .into_iter()
         .map(|r| Ok(FieldMap { column: r.try_get(0)?, iterable_field: r.try_get(1)? }))
         .collect::<Result<Vec<_>>>()?;
+        // A target's segment may have been removed after the target was detached or its export removed.
         let targets = sqlx::query(
-            "SELECT t.id, t.segment_id, s.name, t.list_name, t.list_id, t.list_checked_at FROM targets t \
-             JOIN segments s ON s.id = t.segment_id WHERE t.export_id = ? ORDER BY t.position",
+            "SELECT t.id, COALESCE(t.segment_id, 0), COALESCE(s.name, t.list_name), t.list_name, t.list_id, \
+             t.list_checked_at FROM targets t LEFT JOIN segments s ON s.id = t.segment_id \
+             WHERE t.export_id = ? AND t.removed_at IS NULL ORDER BY t.position, t.id",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -185,14 +243,66 @@ impl Store {
             targets,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            removed_at: row.try_get("removed_at")?,
         })
     }
 
-    /// Deletes an export with its targets, member records and run history.
-    pub async fn remove_export(&self, name: &str) -> Result<()> {
+    /// Removes an export: forgets what it put on its lists and disables it for good. The row, its targets and its
+    /// runs stay, marked removed, so its history can still be read; its name is free for a new export.
+    pub async fn remove_export(&self, name: &str) -> Result<Export> {
         let export = self.export(name).await?;
-        sqlx::query("DELETE FROM exports WHERE id = ?").bind(export.id).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        soft_delete_exports(&mut tx, "id = ?", export.id).await?;
+        tx.commit().await?;
+        Ok(export)
+    }
+
+    /// Applies an edit. Detached segments' targets are kept for the run history, but what the export put on their
+    /// lists is forgotten; attached segments get new targets, whose lists are found (or created) by name on the next
+    /// run. Refused, changing nothing, when a list of the result is managed by another export.
+    pub async fn edit_export(&self, export_id: i64, c: &ExportChange) -> Result<Export> {
+        let mut tx = self.pool.begin().await?;
+        apply_change(&mut tx, export_id, c).await?;
+        tx.commit().await?;
+        self.export_by_id(export_id).await
+    }
+
+    /// Whether `edit_export` would accept this change now, changing nothing (checked before lists are emptied, so
+    /// an edit that would be refused changes no list either).
+    pub async fn check_export_change(&self, export_id: i64, c: &ExportChange) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        apply_change(&mut tx, export_id, c).await?;
+        tx.rollback().await?;
         Ok(())
+    }
+
+    /// The members this export put on a target's list (Iterable acknowledged their subscription): the ones that
+    /// `--empty-removed-lists` and `--empty-lists` unsubscribe. Members that were on the list otherwise are not.
+    pub async fn members_put_there(&self, target_id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT email FROM members WHERE target_id = ? AND state = 'subscribed' ORDER BY email")
+            .bind(target_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Forgets members that were unsubscribed outside a run (by emptying a list).
+    pub async fn forget_members(&self, target_id: i64, emails: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for email in emails {
+            sqlx::query("DELETE FROM members WHERE target_id = ? AND email = ?")
+                .bind(target_id)
+                .bind(email)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Lists of this export that another export (not removed) also manages on the same connection, with the other
+    /// export's name. Stores from before one list had one export may hold such pairs; they keep running.
+    pub async fn shared_lists(&self, export_id: i64) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(SHARED_LISTS).bind(export_id).fetch_all(&self.pool).await?)
     }
 
     /// Records that a run saw the target's list in Iterable just now.
@@ -221,4 +331,105 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// (list name, other export) for each list of export ?1 that another export not removed manages on its connection.
+const SHARED_LISTS: &str = "SELECT DISTINCT t.list_name, oe.name FROM exports e \
+     JOIN targets t ON t.export_id = e.id AND t.removed_at IS NULL \
+     JOIN exports oe ON oe.connection_id = e.connection_id AND oe.id != e.id AND oe.removed_at IS NULL \
+     JOIN targets ot ON ot.export_id = oe.id AND ot.removed_at IS NULL AND ot.list_name = t.list_name \
+     WHERE e.id = ?1 ORDER BY t.list_name, oe.name";
+
+/// One list is managed by one export: refuses (so the caller's transaction rolls back) when a list of `export_id`
+/// is managed by another export on the same connection.
+async fn check_lists_unshared(tx: &mut sqlx::SqliteConnection, export_id: i64) -> Result<()> {
+    let shared: Vec<(String, String)> = sqlx::query_as(SHARED_LISTS).bind(export_id).fetch_all(&mut *tx).await?;
+    match shared.into_iter().next() {
+        Some((list, other)) => Err(StoreError::ListManaged { list, other }),
+        None => Ok(()),
+    }
+}
+
+/// Marks the exports matching `filter` (bound to `value`) removed and forgets their members, inside `tx`.
+pub(super) async fn soft_delete_exports(
+    tx: &mut sqlx::SqliteConnection,
+    filter: &'static str,
+    value: i64,
+) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        "UPDATE exports SET removed_at = ?, enabled = 0, updated_at = ? WHERE {filter} AND removed_at IS NULL \
+         RETURNING id"
+    ))
+    .bind(now())
+    .bind(now())
+    .bind(value)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &ids {
+        sqlx::query("DELETE FROM members WHERE target_id IN (SELECT id FROM targets WHERE export_id = ?)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(ids)
+}
+
+/// The statements of an edit, inside the caller's transaction.
+async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &ExportChange) -> Result<()> {
+    let at = now();
+    let changed = sqlx::query(
+        "UPDATE exports SET email_field = ?, on_leave = ?, schedule = ?, updated_at = ? \
+         WHERE id = ? AND removed_at IS NULL",
+    )
+    .bind(&c.email_field)
+    .bind(c.on_leave.as_str())
+    .bind(&c.schedule)
+    .bind(at)
+    .bind(export_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(StoreError::Conflict(format!("export #{export_id} was removed meanwhile; nothing was changed")));
+    }
+    sqlx::query("DELETE FROM export_fields WHERE export_id = ?").bind(export_id).execute(&mut *tx).await?;
+    for (position, f) in c.fields.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO export_fields (export_id, position, source_column, iterable_field) VALUES (?, ?, ?, ?)",
+        )
+        .bind(export_id)
+        .bind(position as i64)
+        .bind(&f.column)
+        .bind(&f.iterable_field)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for segment_id in &c.detach_segment_ids {
+        sqlx::query(
+            "DELETE FROM members WHERE target_id IN \
+             (SELECT id FROM targets WHERE export_id = ? AND segment_id = ? AND removed_at IS NULL)",
+        )
+        .bind(export_id)
+        .bind(segment_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE targets SET removed_at = ? WHERE export_id = ? AND segment_id = ? AND removed_at IS NULL")
+            .bind(at)
+            .bind(export_id)
+            .bind(segment_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for segment_id in &c.attach_segment_ids {
+        sqlx::query(
+            "INSERT INTO targets (export_id, segment_id, position, list_name) \
+             SELECT ?1, id, (SELECT COALESCE(MAX(position), -1) + 1 FROM targets WHERE export_id = ?1), name \
+             FROM segments WHERE id = ?2",
+        )
+        .bind(export_id)
+        .bind(segment_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    check_lists_unshared(&mut *tx, export_id).await
 }

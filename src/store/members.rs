@@ -9,7 +9,7 @@
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite};
 
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 
 /// A member that a run wants on a list: normalised email, hash of its data fields and the fields as JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,20 @@ impl Store {
         rejected: &[AckedMember],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let counted = sqlx::query(
+            "UPDATE run_targets SET added = added + ?, rejected = rejected + ? WHERE run_id = ? AND target_id = ? \
+             AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
+        )
+        .bind(subscribed.len() as i64)
+        .bind(rejected.len() as i64)
+        .bind(run_id)
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?;
+        if counted.rows_affected() != 1 {
+            // Dropping `tx` rolls back: a run that was cancelled, or whose export was removed, records nothing more.
+            return Err(StoreError::RunNotRunning { run_id });
+        }
         for (members, state) in [(subscribed, "subscribed"), (rejected, "rejected")] {
             for chunk in members.chunks(ROWS_PER_STATEMENT) {
                 let mut q: QueryBuilder<Sqlite> =
@@ -112,15 +126,6 @@ impl Store {
                 q.build().execute(&mut *tx).await?;
             }
         }
-        sqlx::query(
-            "UPDATE run_targets SET added = added + ?, rejected = rejected + ? WHERE run_id = ? AND target_id = ?",
-        )
-        .bind(subscribed.len() as i64)
-        .bind(rejected.len() as i64)
-        .bind(run_id)
-        .bind(target_id)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -128,6 +133,18 @@ impl Store {
     /// Records an unsubscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let counted = sqlx::query(
+            "UPDATE run_targets SET removed = removed + ? WHERE run_id = ? AND target_id = ? \
+             AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
+        )
+        .bind(emails.len() as i64)
+        .bind(run_id)
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?;
+        if counted.rows_affected() != 1 {
+            return Err(StoreError::RunNotRunning { run_id });
+        }
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM members WHERE target_id = ");
             q.push_bind(target_id).push(" AND email IN (");
@@ -138,12 +155,6 @@ impl Store {
             q.push(")");
             q.build().execute(&mut *tx).await?;
         }
-        sqlx::query("UPDATE run_targets SET removed = removed + ? WHERE run_id = ? AND target_id = ?")
-            .bind(emails.len() as i64)
-            .bind(run_id)
-            .bind(target_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -355,6 +366,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         let acked = |e: &str, h: i64| AckedMember { email: e.into(), fields_hash: h };
         store
             .ack_subscribed(

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use connections::{Connection, KeySource, NewConnection};
-pub use exports::{Export, FieldMap, NewExport, OnLeave, Target};
+pub use exports::{Export, ExportChange, FieldMap, NewExport, OnLeave, Target};
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
 pub use runs::{Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::Segment;
@@ -40,11 +40,34 @@ pub enum StoreError {
     Conflict(String),
     #[error("the {what} name {name:?} {problem}. Pick another name.")]
     InvalidName { what: &'static str, name: String, problem: String },
+    /// A list is managed by one export. The message names the other export: show it to administrators only
+    /// (`without_names` says the same without it).
+    #[error(
+        "list '{list}' is already managed by export '{other}' on this connection, and a list is managed by one export. \
+         Remove the segment from one of the two exports (`segment-exporter export edit EXPORT --remove-segment SEGMENT`), \
+         or send this segment through another connection."
+    )]
+    ListManaged { list: String, other: String },
+    #[error(
+        "run #{run_id} is no longer running (it was cancelled, or its export was removed); nothing more is recorded for it"
+    )]
+    RunNotRunning { run_id: i64 },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
 
 impl StoreError {
+    /// The message, without the names of other exports, for callers who may not see them.
+    pub fn without_names(&self) -> String {
+        match self {
+            StoreError::ListManaged { list, .. } => format!(
+                "list '{list}' is already managed by another export on this connection, and a list is managed by one \
+                 export. Ask an administrator, or send this segment through another connection."
+            ),
+            other => other.to_string(),
+        }
+    }
+
     fn not_found(what: &'static str, name: &str, cmd: &'static str) -> Self {
         StoreError::NotFound { what, name: name.to_string(), cmd }
     }

@@ -17,6 +17,9 @@ pub enum RunStatus {
     Interrupted,
     /// Stopped before changing anything, e.g. by the mass-removal guard.
     Refused,
+    /// Stopped because someone asked (`--cancel-run` of `export remove`/`edit`, `connection remove`); what
+    /// Iterable acknowledged before is recorded.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -27,6 +30,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Refused => "refused",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 
@@ -36,6 +40,7 @@ impl RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "interrupted" => RunStatus::Interrupted,
             "refused" => RunStatus::Refused,
+            "cancelled" => RunStatus::Cancelled,
             _ => RunStatus::Failed,
         }
     }
@@ -83,6 +88,8 @@ pub struct Run {
     pub pid: Option<i64>,
     pub note: Option<String>,
     pub targets: Vec<RunTarget>,
+    /// The run's export was removed since (its name may belong to another export now).
+    pub export_removed: bool,
 }
 
 impl Run {
@@ -127,7 +134,8 @@ fn clip(text: &str, max: usize) -> String {
 }
 
 const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.trigger, r.status, r.full_resync, \
-     r.started_at, r.finished_at, r.error, r.pid, r.note FROM runs r JOIN exports e ON e.id = r.export_id";
+     r.started_at, r.finished_at, r.error, r.pid, r.note, e.removed_at IS NOT NULL AS export_removed \
+     FROM runs r JOIN exports e ON e.id = r.export_id";
 
 impl Store {
     pub async fn start_run(&self, export_id: i64, trigger: &str, full: bool, note: Option<&str>) -> Result<i64> {
@@ -277,12 +285,26 @@ impl Store {
         Ok((runs, issues))
     }
 
+    /// Runs of exports not removed (of the one named `export`, if given), newest first.
     pub async fn runs(&self, export: Option<&str>, limit: u32) -> Result<Vec<Run>> {
-        let rows = sqlx::query(&format!("{SELECT_RUN} WHERE (?1 IS NULL OR e.name = ?1) ORDER BY r.id DESC LIMIT ?2"))
-            .bind(export)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        self.runs_including_removed(export, limit, false).await
+    }
+
+    /// Runs, newest first; with `include_removed`, runs of removed exports too (of every export that had the name).
+    pub async fn runs_including_removed(
+        &self,
+        export: Option<&str>,
+        limit: u32,
+        include_removed: bool,
+    ) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_RUN} WHERE (?1 IS NULL OR e.name = ?1) AND (?3 OR e.removed_at IS NULL) ORDER BY r.id DESC LIMIT ?2"
+        ))
+        .bind(export)
+        .bind(limit as i64)
+        .bind(include_removed)
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             out.push(self.run_from_row(row).await?);
@@ -297,6 +319,18 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::not_found("run", &id.to_string(), "runs"))?;
         self.run_from_row(row).await
+    }
+
+    /// The latest run of one export (by id, so a removed export's runs are not mixed with a new one's).
+    pub async fn last_run(&self, export_id: i64) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.export_id = ? ORDER BY r.id DESC LIMIT 1"))
+            .bind(export_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.run_from_row(row).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The most recent successful run of an export.
@@ -351,7 +385,39 @@ impl Store {
             pid: row.try_get("pid")?,
             note: row.try_get("note")?,
             targets,
+            export_removed: row.try_get("export_removed")?,
         })
+    }
+
+    /// The run of an export still recorded `running`, if any (it may belong to a process that is gone).
+    pub async fn running_run(&self, export_id: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MAX(id) FROM runs WHERE export_id = ? AND status = 'running'")
+            .bind(export_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Asks a running run to stop, whichever process runs it (it polls `cancel_requested`). False when the run is
+    /// not running.
+    pub async fn request_cancel(&self, run_id: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?) WHERE id = ? AND status = 'running'",
+        )
+        .bind(now())
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Whether someone asked this run to stop.
+    pub async fn cancel_requested(&self, run_id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, bool>("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(false))
     }
 
     pub async fn run_issues(&self, run_id: i64, limit: u32) -> Result<Vec<Issue>> {

@@ -60,18 +60,44 @@ impl Store {
             .ok_or_else(|| StoreError::not_found("segment", name, "segment list"))
     }
 
-    /// Removes a segment that no export uses.
+    /// Changes a segment's source and query. Exports that use it keep what they put on its list, so their next run
+    /// sends only the difference.
+    pub async fn edit_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
+        let segment = self.segment(name).await?;
+        sqlx::query("UPDATE segments SET source = ?, query = ? WHERE id = ?")
+            .bind(source)
+            .bind(query)
+            .bind(segment.id)
+            .execute(&self.pool)
+            .await?;
+        self.segment(name).await
+    }
+
+    /// Exports (not removed) that send this segment.
+    pub async fn exports_using_segment(&self, segment_id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
+             WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
+        )
+        .bind(segment_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Removes a segment that no export uses (removed exports and segments removed from exports keep their history
+    /// without it).
     pub async fn remove_segment(&self, name: &str) -> Result<()> {
         let segment = self.segment(name).await?;
         let users: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id WHERE t.segment_id = ? ORDER BY e.name",
+            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
+             WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
         )
         .bind(segment.id)
         .fetch_all(&self.pool)
         .await?;
         if !users.is_empty() {
             return Err(StoreError::Conflict(format!(
-                "segment '{name}' is used by export(s) {}. Remove it from them first (`export remove NAME`).",
+                "segment '{name}' is used by export(s) {}. Remove it from them first (`segment-exporter export edit EXPORT --remove-segment {name}`).",
                 users.join(", ")
             )));
         }

@@ -234,12 +234,17 @@ impl Engine {
         let run_id = self.store.start_run(export.id, &opts.trigger, opts.full, note.as_deref()).await?;
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 
-        let outcome = self.execute(&export, run_id, &client, opts, &progress, &cancel).await;
+        let run_cancel = cancel.child_token();
+        let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
+        let outcome = self.execute(&export, run_id, &client, opts, &progress, &run_cancel).await;
+        let cancel_requested = watch.stop().await;
+        let outcome = outcome.map_err(|(e, lists)| (super::cancel::on_request(e, cancel_requested), lists));
         let (status, error, lists) = match outcome {
             Ok(lists) => (RunStatus::Succeeded, None, lists),
             Err((e, lists)) => {
                 let status = match &e {
                     SyncError::Interrupted => RunStatus::Interrupted,
+                    SyncError::Cancelled => RunStatus::Cancelled,
                     SyncError::MassRemoval { .. } => RunStatus::Refused,
                     _ => RunStatus::Failed,
                 };

@@ -4,13 +4,16 @@
 //! It owns the meaning of a run; it reads and writes state only through `store`, reaches Iterable only through
 //! `iterable`, and reads segments only through `source`.
 
+mod cancel;
 mod email;
+pub mod empty;
 mod engine;
 mod fields;
 mod lock;
 mod progress;
 mod send;
 
+pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
 pub use engine::{Engine, ListReport, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
@@ -45,4 +48,6 @@ pub enum SyncError {
     Lock(#[from] LockError),
     #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
     Interrupted,
+    #[error("the run was cancelled on request (--cancel-run); what Iterable acknowledged before is recorded")]
+    Cancelled,
 }
