@@ -294,3 +294,55 @@ fn triggers_during_a_run_queue_exactly_one_follow_up_run_and_the_history_says_so
     assert_eq!(runs(&env).len(), 2, "three triggers during one run give one follow-up, not two");
     assert_eq!(env.members("Daemon list"), sorted(members));
 }
+
+/// The daemon process's own CPU time (user plus system), from /proc/PID/stat, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces): utime is the 14th field of the
+    // line, stime the 15th, counted in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// `getconf CLK_TCK`, or 100 (Linux's USER_HZ everywhere in practice) when getconf is missing.
+fn clock_ticks_per_second() -> f64 {
+    StdCommand::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Share of one core the daemon used over `quiet`, once it is ready and has settled.
+fn idle_cpu_share(daemon: &Daemon, quiet: Duration) -> f64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = daemon.child.id();
+    let (before, at) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(quiet);
+    (cpu_seconds(pid) - before) / at.elapsed().as_secs_f64()
+}
+
+#[test]
+fn an_idle_daemon_with_no_export_uses_well_under_one_percent_of_a_core() {
+    let env = daemon_env(opts());
+    let daemon = Daemon::start(&env);
+    let share = idle_cpu_share(&daemon, Duration::from_secs(10));
+    eprintln!("measured: idle daemon, no export: {:.3}% of a core over 10 s", share * 100.0);
+    assert!(share < 0.01, "the idle daemon used {:.1}% of a core", share * 100.0);
+}
+
+#[test]
+fn an_idle_daemon_with_exports_and_a_used_trigger_dir_uses_well_under_one_percent_of_a_core() {
+    let env = env_with_export(opts(), &emails(0, 10), "off");
+    let daemon = Daemon::start(&env);
+    env.ok(&["export", "trigger", "nightly"]);
+    wait_for_runs(&env, Duration::from_secs(20), |r| r.first().is_some_and(|r| r["status"] == "succeeded"));
+    // A file that is not a trigger stays in the directory: scans that find it must not keep the daemon busy.
+    std::fs::write(env.path("triggers/README"), "not a trigger").unwrap();
+    let share = idle_cpu_share(&daemon, Duration::from_secs(10));
+    eprintln!("measured: idle daemon, one export: {:.3}% of a core over 10 s", share * 100.0);
+    assert!(share < 0.01, "the idle daemon used {:.1}% of a core", share * 100.0);
+}
