@@ -1,7 +1,11 @@
-//! The long-running service. Cron ticks, trigger files, store changes, SIGHUP and SIGTERM all become one
-//! `Command` on one channel, consumed by one loop that owns which runs are in flight, which are queued, and the
-//! schedule. Runs themselves are the export engine's (`sync`); this module only decides when they start and
-//! how the process stops.
+//! The long-running service. Cron ticks, trigger files, store changes and reloads (SIGHUP, through a
+//! `DaemonHandle`) all become one `Command` on one channel, consumed by one loop that owns which runs are in flight,
+//! which are queued, and the schedule. `Daemon::build` makes it from a config (and, in tests, an already bound
+//! listener); `run_until` runs it until a shutdown future completes. It installs no signal handler and never exits
+//! the process: `main.rs` turns signals into that future and decides exit codes. Runs themselves are the export
+//! engine's (`sync`), each in its own task behind the `Runner` trait; this module only decides when they start,
+//! records the end of a run whose task could not (a panic, the end of the shutdown grace), and how the process
+//! stops.
 
 mod metrics;
 mod scheduler;
