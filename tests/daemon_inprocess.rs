@@ -285,3 +285,30 @@ async fn a_run_that_panics_is_recorded_failed_frees_its_export_and_its_follow_up
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("run_until returned").unwrap();
     assert!(asked.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_run_that_another_process_marked_changes_nothing_and_says_so() {
+    let env = tokio::task::spawn_blocking(|| setup(opts(), &["marked"], 5, "off", "")).await.unwrap();
+    let store = Store::open(&env.path("store.db")).await.unwrap();
+    let export = store.export("marked").await.unwrap();
+    let run_id = store.start_run(export.id, "manual", false, None).await.unwrap();
+    // What a sweep elsewhere does to a run it believes orphaned.
+    assert_eq!(store.interrupt_orphaned_runs(export.id).await.unwrap(), vec![run_id]);
+    assert!(!store.finish_run(run_id, RunStatus::Succeeded, None).await.unwrap());
+    assert_eq!(store.run(run_id).await.unwrap().status, RunStatus::Interrupted);
+    // A run of another owner (another process) is not this process's to finish either.
+    let other = store.start_run(export.id, "manual", false, None).await.unwrap();
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(env.path("store.db")).connect().await.unwrap();
+    sqlx::query("UPDATE runs SET owner = 'pid 1 token 0' WHERE id = ?").bind(other).execute(&mut conn).await.unwrap();
+    assert!(!store.finish_run(other, RunStatus::Succeeded, None).await.unwrap());
+    assert_eq!(store.run(other).await.unwrap().status, RunStatus::Running);
+    sqlx::query("UPDATE runs SET owner = ? WHERE id = ?")
+        .bind(segment_exporter::store::process_owner())
+        .bind(other)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.finish_run(other, RunStatus::Succeeded, None).await.unwrap());
+    assert_eq!(store.run(other).await.unwrap().status, RunStatus::Succeeded);
+}
