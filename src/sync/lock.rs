@@ -54,8 +54,11 @@ impl RunLock {
     pub fn try_acquire(dir: &Path, export_id: i64) -> Result<RunLock, LockError> {
         let path = lock_path(dir, export_id);
         let io = |cause| LockError::Io { path: path.clone(), cause };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        private_dir(dir).map_err(io)?;
+        let mut options = File::options();
+        options.create(true).truncate(false).read(true).write(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(io)?;
         let give_up = Instant::now() + SHORT_HOLD;
         loop {
             match fcntl(&file, FcntlArg::F_OFD_SETLK(&whole_file(libc::F_WRLCK))) {
@@ -88,6 +91,15 @@ impl RunLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The lock folder sits beside the store and is the owner's alone, whatever the umask.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(test)]
