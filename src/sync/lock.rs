@@ -29,8 +29,9 @@ pub enum LockError {
 }
 
 /// How long `try_acquire` waits out a holder before calling the export busy: a daemon's start-up sweep holds a
-/// lock for one SQL statement, which must not make a concurrent `export run` give up.
-const SHORT_HOLD: Duration = Duration::from_millis(1500);
+/// lock for one SQL statement (milliseconds), which must not make a concurrent `export run` give up; a run holds it
+/// far longer. Short, because the wait blocks the caller's thread.
+const SHORT_HOLD: Duration = Duration::from_millis(250);
 
 /// The whole file, exclusively (`l_type` F_WRLCK), or the query for it.
 fn whole_file(l_type: libc::c_int) -> libc::flock {
@@ -64,7 +65,7 @@ impl RunLock {
             match fcntl(&file, FcntlArg::F_OFD_SETLK(&whole_file(libc::F_WRLCK))) {
                 Ok(_) => return Ok(RunLock { _file: file, path }),
                 Err(Errno::EAGAIN | Errno::EACCES) if Instant::now() < give_up => {
-                    std::thread::sleep(Duration::from_millis(25))
+                    std::thread::sleep(Duration::from_millis(10))
                 }
                 Err(Errno::EAGAIN | Errno::EACCES) => return Err(LockError::Busy { path }),
                 Err(e) => return Err(io(e.into())),
@@ -116,6 +117,18 @@ mod tests {
         drop(first);
         assert!(!RunLock::is_held(dir.path(), 1));
         assert!(RunLock::try_acquire(dir.path(), 1).is_ok());
+    }
+
+    #[test]
+    fn a_lock_held_only_for_a_moment_is_waited_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let sweep = RunLock::try_acquire(dir.path(), 3).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(sweep);
+        });
+        assert!(RunLock::try_acquire(dir.path(), 3).is_ok());
+        holder.join().unwrap();
     }
 
     #[test]
