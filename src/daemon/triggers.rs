@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use tokio::sync::mpsc;
@@ -18,6 +18,9 @@ use crate::store::Store;
 
 /// The name that runs every export.
 pub const ALL: &str = "all";
+
+/// How often files that name no export are matched against the exports again.
+const RECHECK_STRAY_FILES: Duration = Duration::from_secs(5);
 
 /// Writes a trigger file atomically (write a hidden temporary file, then rename it into place).
 pub fn write_trigger(dir: &Path, name: &str) -> std::io::Result<PathBuf> {
@@ -180,6 +183,7 @@ pub async fn watch(dir: PathBuf, poll: Duration, store: Store, tx: mpsc::Sender<
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = HashSet::new();
+    let mut checked = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -192,6 +196,12 @@ pub async fn watch(dir: PathBuf, poll: Duration, store: Store, tx: mpsc::Sender<
             warned.clear();
             continue;
         }
+        // Files already warned about are only checked again now and then (an export of that name may have been
+        // added since), so a stray file does not cost a store query at every scan.
+        if found.iter().all(|n| warned.contains(n)) && checked.elapsed() < RECHECK_STRAY_FILES {
+            continue;
+        }
+        checked = Instant::now();
         // Read the names at each scan that finds files, so an export added a moment ago is already known.
         let exports: HashSet<String> = match store.exports().await {
             Ok(e) => e.into_iter().map(|e| e.name).collect(),
