@@ -37,10 +37,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let signals = match cli.handles_signals().map(Signals::install) {
-            None => Signals::none(),
-            Some(Ok(s)) => s,
-            Some(Err(e)) => return Err(anyhow::anyhow!("cannot listen for stop signals: {e}")),
+        let signals = if cli.stops_gracefully() {
+            Signals::install(cli.reloads_on_hangup())
+                .map_err(|e| anyhow::anyhow!("cannot listen for stop signals: {e}"))?
+        } else {
+            Signals::none()
         };
         tokio::select! {
             result = cli::run(cli, config, path, signals.clone()) => result,

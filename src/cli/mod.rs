@@ -121,14 +121,15 @@ impl Cli {
             && std::io::stderr().is_terminal()
     }
 
-    /// Whether this command stops gracefully on SIGTERM/SIGINT (so `main` hands it `Signals`), and whether it
-    /// reloads on SIGHUP. Other commands keep the default: a signal ends them at once.
-    pub fn handles_signals(&self) -> Option<bool> {
-        match &self.command {
-            Command::Daemon => Some(true),
-            Command::Export(export::ExportCmd::Run(_)) => Some(false),
-            _ => None,
-        }
+    /// Whether this command stops gracefully on a first SIGTERM/SIGINT (so `main` hands it `Signals`) rather than
+    /// keeping the default (a signal ends it at once).
+    pub fn stops_gracefully(&self) -> bool {
+        matches!(&self.command, Command::Daemon | Command::Export(export::ExportCmd::Run(_)))
+    }
+
+    /// Whether this command reloads on SIGHUP.
+    pub fn reloads_on_hangup(&self) -> bool {
+        matches!(&self.command, Command::Daemon)
     }
 }
 
