@@ -145,8 +145,9 @@ pub struct DaemonConfig {
     pub refresh_schedule: String,
     /// Time zone of every schedule, as an IANA name such as "Europe/Berlin". Default "UTC".
     pub time_zone: String,
-    /// Directory watched for trigger files: a file named after an export (or `all`) runs it. Relative paths are
-    /// relative to the working directory. Default "triggers".
+    /// Directory watched for trigger files: a file named after an export (or `all`) runs it; other files are left
+    /// alone. It must not be, or contain, the folder of the store, the master key or the config file. Relative
+    /// paths are relative to the working directory. Default "triggers".
     pub trigger_dir: PathBuf,
     /// How often the trigger directory is also scanned, for file systems that miss events. Default 1s.
     #[serde(with = "humantime_serde")]
@@ -158,7 +159,8 @@ pub struct DaemonConfig {
     pub max_concurrent_runs: usize,
     /// At start-up, run once every export whose scheduled run was missed while the daemon was down. Default true.
     pub run_missed_on_start: bool,
-    /// On SIGTERM or SIGINT, how long batches in flight may take to finish before the daemon exits. Default 30s.
+    /// On SIGTERM or SIGINT, how long batches in flight may take to finish before the daemon (or `export run`)
+    /// stops the run anyway and exits. Default 30s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Address of the status listener (/healthz, /readyz, /metrics, /status), or "off". Default "127.0.0.1:9185".

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use segment_exporter::cli::{self, exit, Cli, Exit};
+use segment_exporter::cli::{self, exit, Cli, Exit, Signals};
 use segment_exporter::config::Config;
 
 // Rows cross threads on their way from a source to the store (the SQLite worker, the reader task, the engine), so
@@ -36,7 +36,24 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    match runtime.block_on(cli::run(cli, config, path)) {
+    let result = runtime.block_on(async {
+        let signals = if cli.stops_gracefully() {
+            Signals::install(cli.reloads_on_hangup())
+                .map_err(|e| anyhow::anyhow!("cannot listen for stop signals: {e}"))?
+        } else {
+            Signals::none()
+        };
+        tokio::select! {
+            result = cli::run(cli, config, path, signals.clone()) => result,
+            // The first stop signal is the command's to handle gracefully; a second one means now.
+            () = signals.aborted() => {
+                tracing::warn!("Second stop signal: exiting at once. Acknowledged batches are recorded; the next run resumes.");
+                // Not a return through the runtime, which would wait for blocking tasks (a source read) to end.
+                std::process::exit(exit::ABORTED.into());
+            }
+        }
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use segment_exporter::sandbox::SandboxOptions;
+use segment_exporter::sandbox::{Faults, SandboxOptions};
 
 const DAEMON: &str = "\n[daemon]\nstatus_listen = \"127.0.0.1:0\"\ntrigger_dir = \"triggers\"\ntrigger_poll_interval = \"500ms\"\nreload_interval = \"1s\"\nshutdown_grace = \"15s\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n";
 
@@ -293,4 +293,244 @@ fn triggers_during_a_run_queue_exactly_one_follow_up_run_and_the_history_says_so
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(runs(&env).len(), 2, "three triggers during one run give one follow-up, not two");
     assert_eq!(env.members("Daemon list"), sorted(members));
+}
+
+/// The daemon process's own CPU time (user plus system), from /proc/PID/stat, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces): utime is the 14th field of the
+    // line, stime the 15th, counted in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// `getconf CLK_TCK`, or 100 (Linux's USER_HZ everywhere in practice) when getconf is missing.
+fn clock_ticks_per_second() -> f64 {
+    StdCommand::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Share of one core the daemon used over `quiet`, once it is ready and has settled.
+fn idle_cpu_share(daemon: &Daemon, quiet: Duration) -> f64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = daemon.child.id();
+    let (before, at) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(quiet);
+    (cpu_seconds(pid) - before) / at.elapsed().as_secs_f64()
+}
+
+#[test]
+fn an_idle_daemon_with_no_export_uses_well_under_one_percent_of_a_core() {
+    let env = daemon_env(opts());
+    let daemon = Daemon::start(&env);
+    let share = idle_cpu_share(&daemon, Duration::from_secs(10));
+    eprintln!("measured: idle daemon, no export: {:.3}% of a core over 10 s", share * 100.0);
+    assert!(share < 0.01, "the idle daemon used {:.1}% of a core", share * 100.0);
+}
+
+#[test]
+fn an_idle_daemon_with_exports_and_a_used_trigger_dir_uses_well_under_one_percent_of_a_core() {
+    let env = env_with_export(opts(), &emails(0, 10), "off");
+    let daemon = Daemon::start(&env);
+    env.ok(&["export", "trigger", "nightly"]);
+    wait_for_runs(&env, Duration::from_secs(20), |r| r.first().is_some_and(|r| r["status"] == "succeeded"));
+    // A file that is not a trigger stays in the directory: scans that find it must not keep the daemon busy.
+    std::fs::write(env.path("triggers/README"), "not a trigger").unwrap();
+    let share = idle_cpu_share(&daemon, Duration::from_secs(10));
+    eprintln!("measured: idle daemon, one export: {:.3}% of a core over 10 s", share * 100.0);
+    assert!(share < 0.01, "the idle daemon used {:.1}% of a core", share * 100.0);
+}
+
+#[test]
+fn a_file_in_the_trigger_dir_that_names_no_export_is_left_alone_and_warned_about_once() {
+    let env = env_with_export(opts(), &emails(0, 10), "off");
+    std::fs::create_dir_all(env.path("triggers")).unwrap();
+    std::fs::write(env.path("triggers/notes.txt"), "keep me").unwrap();
+    let daemon = Daemon::start(&env);
+    env.ok(&["export", "trigger", "nightly"]);
+    wait_for_runs(&env, Duration::from_secs(20), |r| r.first().is_some_and(|r| r["status"] == "succeeded"));
+    // Several scans (every 500 ms) pass with the file there.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(std::fs::read_to_string(env.path("triggers/notes.txt")).unwrap(), "keep me");
+    let warnings = daemon.logs().matches("not named after an export").count();
+    assert_eq!(warnings, 1, "{}", daemon.logs());
+    assert!(daemon.logs().contains("notes.txt"));
+}
+
+#[test]
+fn a_trigger_dir_that_holds_the_store_is_refused_by_validate_and_daemon_with_78_and_the_store_is_intact() {
+    let env = env_with_export(opts(), &emails(0, 10), "off");
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let store_dir = env.dir.path().display().to_string();
+    for trigger_dir in [store_dir.clone(), env.dir.path().parent().unwrap().display().to_string()] {
+        std::fs::write(
+            env.path("config.toml"),
+            config.replace("trigger_dir = \"triggers\"", &format!("trigger_dir = \"{trigger_dir}\"")),
+        )
+        .unwrap();
+        let before: Vec<_> = std::fs::read_dir(env.dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        for cmd in ["validate", "daemon"] {
+            let out = env.cmd().arg(cmd).timeout(Duration::from_secs(20)).output().unwrap();
+            assert_eq!(out.status.code(), Some(78), "{cmd}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("daemon.trigger_dir"), "{}", text(&out.stderr));
+        }
+        let after: Vec<_> = std::fs::read_dir(env.dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(before, after, "nothing in the store's folder was removed or added");
+    }
+    std::fs::write(env.path("config.toml"), config).unwrap();
+    assert_eq!(env.json(&["export", "list"]).as_array().unwrap().len(), 1, "the store is intact");
+}
+
+/// Starts `export run nightly` in the background.
+fn spawn_cli_run(env: &Env) -> Child {
+    StdCommand::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+        .current_dir(env.dir.path())
+        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+        .env("ITERABLE_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .args(["export", "run", "nightly"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "the CLI run did not end in {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_trigger_while_a_cli_run_goes_is_queued_and_runs_when_it_ends() {
+    let members = emails(0, 1500);
+    let opts = SandboxOptions { latency: Duration::from_millis(150), ..opts() };
+    let env = env_with_export(opts, &members, "off");
+    let mut cli = spawn_cli_run(&env);
+    env.wait_for_subscribers(100, Duration::from_secs(30));
+    let daemon = Daemon::start(&env);
+    env.ok(&["export", "trigger", "nightly"]);
+    daemon.wait_for_log("running in another process; queued one follow-up", Duration::from_secs(10));
+    assert_eq!(runs(&env).len(), 1, "the daemon waits for the CLI run");
+    assert_eq!(wait_child(&mut cli, Duration::from_secs(60)), Some(0));
+    let r =
+        wait_for_runs(&env, Duration::from_secs(30), |r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(r[0]["trigger"], "trigger-file");
+    assert!(r[0]["note"].as_str().unwrap_or("").contains("follow-up"), "{r:?}");
+    assert_eq!(r[1]["trigger"], "manual");
+    assert_eq!(env.members("Daemon list"), sorted(members));
+}
+
+#[test]
+fn a_daemon_starting_during_a_cli_run_leaves_it_running_and_it_finishes_succeeded() {
+    let members = emails(0, 1000);
+    let opts = SandboxOptions { latency: Duration::from_millis(150), ..opts() };
+    let env = env_with_export(opts, &members, "off");
+    let mut cli = spawn_cli_run(&env);
+    env.wait_for_subscribers(100, Duration::from_secs(30));
+    let daemon = Daemon::start(&env);
+    assert_eq!(runs(&env)[0]["status"], "running", "{}", daemon.logs());
+    assert!(!daemon.logs().contains("marked interrupted"), "{}", daemon.logs());
+    assert_eq!(wait_child(&mut cli, Duration::from_secs(60)), Some(0));
+    let r = runs(&env);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["status"], "succeeded", "{r:?}");
+    assert_eq!(env.members("Daemon list"), sorted(members));
+}
+
+#[test]
+fn reading_the_history_many_times_during_cli_runs_never_makes_a_run_find_its_export_busy() {
+    let env = env_with_export(opts(), &emails(0, 40), "off");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let (cmd, stop) = (env.cmd(), stop.clone());
+            let args: &[&str] = if i % 2 == 0 { &["runs"] } else { &["export", "list"] };
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            std::thread::spawn(move || {
+                let mut cmd = cmd;
+                cmd.args(&args);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = cmd.output().unwrap();
+                    assert!(out.status.success(), "{}", text(&out.stderr));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..8 {
+        let out = env.run(&["export", "run", "nightly", "--full"]);
+        assert_ne!(out.status.code(), Some(75), "run {i} found its export busy: {}", text(&out.stderr));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    eprintln!("measured: {reads} history reads during 8 runs");
+}
+
+/// An export whose CLI run is in flight with a batch stuck for 8 s at the sandbox (grace 1 s).
+fn cli_run_with_a_stuck_batch(members: &[String]) -> (Env, Child) {
+    let env = env_with_export(opts(), members, "off");
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(env.path("config.toml"), config.replace("shutdown_grace = \"15s\"", "shutdown_grace = \"1s\""))
+        .unwrap();
+    let cli = spawn_cli_run(&env);
+    env.wait_for_subscribers(100, Duration::from_secs(30));
+    env.sandbox.set_faults(Faults { latency_ms: Some(8000), ..Faults::default() });
+    let before = requests(&env.stats(), "lists.subscribe");
+    while requests(&env.stats(), "lists.subscribe") == before {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (env, cli)
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(StdCommand::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn ctrl_c_stops_a_cli_run_within_the_shutdown_grace_records_it_interrupted_and_the_next_run_is_exact() {
+    let members = emails(0, 1000);
+    let (env, mut cli) = cli_run_with_a_stuck_batch(&members);
+    let asked = Instant::now();
+    signal(&cli, "-INT");
+    let code = wait_child(&mut cli, Duration::from_secs(15));
+    let took = asked.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(cli.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    eprintln!("measured: Ctrl-C to exit with a batch stuck in flight {} ms (grace 1 s)", took.as_millis());
+    assert!(took < Duration::from_millis(1000 + 2500), "took {took:?}: {stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("shutdown_grace"), "{stderr}");
+    let r = runs(&env);
+    assert_eq!(r[0]["status"], "interrupted", "{r:?}");
+    env.sandbox.set_faults(Faults { latency_ms: Some(0), ..Faults::default() });
+    let report = env.json(&["export", "run", "nightly"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.members("Daemon list"), sorted(members));
+}
+
+#[test]
+fn a_second_ctrl_c_ends_a_cli_run_at_once_with_130() {
+    let (env, mut cli) = cli_run_with_a_stuck_batch(&emails(0, 1000));
+    signal(&cli, "-INT");
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    signal(&cli, "-INT");
+    assert_eq!(wait_child(&mut cli, Duration::from_secs(5)), Some(130));
+    assert!(asked.elapsed() < Duration::from_millis(900), "before the 1 s grace was over");
+    env.sandbox.set_faults(Faults { latency_ms: Some(0), ..Faults::default() });
 }

@@ -614,34 +614,46 @@ fn spawn_progress_display(
     })
 }
 
-/// First Ctrl-C or SIGTERM: finish the batches in flight, record them, stop. Second: exit at once.
-fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        wait_for_stop_signal(&mut term).await;
-        tracing::warn!("Stopping: finishing the batches in flight (signal again to exit at once).");
-        cancel.cancel();
-        wait_for_stop_signal(&mut term).await;
-        tracing::warn!("Exiting at once; acknowledged batches are recorded and the next run resumes.");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_stop_signal(term: &mut Option<tokio::signal::unix::Signal>) {
-    match term.as_mut() {
-        Some(t) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} },
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// Runs the export until it ends or, after a first Ctrl-C or SIGTERM (which cancels `cancel`), until
+/// `daemon.shutdown_grace` has passed: batches in flight finish and are recorded within it, and a run still going
+/// after it is dropped and recorded `interrupted`. (A second signal is `main`'s: exit 130 at once.)
+async fn run_with_grace(
+    ctx: &Ctx,
+    engine: &Engine,
+    name: &str,
+    opts: &RunOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Result<RunReport, SyncError>> {
+    let grace = ctx.config.daemon.shutdown_grace;
+    let mut run = Box::pin(engine.run_export(name, opts, progress.clone(), cancel.clone()));
+    let grace_over = async {
+        cancel.cancelled().await;
+        tracing::warn!(grace = %humantime::format_duration(grace), "Stopping: finishing the batches in flight within daemon.shutdown_grace (signal again to exit at once).");
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = &mut run => return Ok(result),
+        () = grace_over => {}
     }
+    // Dropping the run releases its lock; its row is ours to finish.
+    drop(run);
+    let why = format!(
+        "stopped when daemon.shutdown_grace ({}) ran out after a stop signal; what Iterable acknowledged is recorded and the next run resumes from there",
+        humantime::format_duration(grace)
+    );
+    if let Some(run_id) = progress.run_id() {
+        ctx.store().await?.finish_run(run_id, RunStatus::Interrupted, Some(&why)).await?;
+        return Err(Exit::error(exit::FAILED, format!("run #{run_id} of export '{name}' {why}")));
+    }
+    Err(Exit::error(exit::FAILED, format!("export '{name}' {why}")))
 }
 
 async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let engine = Engine::new(store, ctx.config.clone());
     let progress = Arc::new(Progress::default());
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
+    let cancel = ctx.signals.stop();
     let finished = CancellationToken::new();
     let display = spawn_progress_display(progress.clone(), ctx.out.json, finished.clone());
     let opts = RunOptions {
@@ -651,9 +663,10 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         allow_mass_removal: a.allow_mass_removal,
         note: None,
     };
-    let result = engine.run_export(&a.name, &opts, progress.clone(), cancel).await;
+    let result = run_with_grace(ctx, &engine, &a.name, &opts, progress.clone(), cancel).await;
     finished.cancel();
     let _ = display.await;
+    let result = result?;
     let report = match result {
         Ok(r) => r,
         Err(e @ SyncError::AlreadyRunning { .. }) => return Err(Exit::error(exit::BUSY, e.to_string())),

@@ -8,6 +8,7 @@ mod runs;
 mod sample;
 mod sandbox;
 mod segment;
+mod signals;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::store::Store;
 
 pub use output::Output;
+pub use signals::Signals;
 
 /// Exit codes, so scripts and systemd can tell failures apart.
 pub mod exit {
@@ -31,6 +33,8 @@ pub mod exit {
     pub const BUSY: u8 = 75;
     /// The configuration file is invalid; fix it before starting again (systemd: RestartPreventExitStatus=78).
     pub const CONFIG: u8 = 78;
+    /// Stopped at once by a second SIGTERM or SIGINT.
+    pub const ABORTED: u8 = 130;
 }
 
 /// An error that carries its exit code.
@@ -58,7 +62,8 @@ impl Exit {
         successful one, and resumes exactly where it stopped if it was interrupted.\n\n\
         Try it without an Iterable account: `segment-exporter sandbox` serves an Iterable-compatible API locally.",
     after_help = "Exit codes: 0 success, 1 failure (or a run that did not succeed), 2 usage error, \
-        75 export already running (for edits and removals: add --cancel-run), 78 invalid configuration, 130 daemon stopped by a second signal."
+        75 export already running (for edits and removals: add --cancel-run), 78 invalid configuration, \
+        130 stopped at once by a second signal."
 )]
 pub struct Cli {
     /// Configuration file [default: config/segment-exporter.toml when present, else built-in defaults].
@@ -116,6 +121,17 @@ impl Cli {
             && !self.json
             && std::io::stderr().is_terminal()
     }
+
+    /// Whether this command stops gracefully on a first SIGTERM/SIGINT (so `main` hands it `Signals`) rather than
+    /// keeping the default (a signal ends it at once).
+    pub fn stops_gracefully(&self) -> bool {
+        matches!(&self.command, Command::Daemon | Command::Export(export::ExportCmd::Run(_)))
+    }
+
+    /// Whether this command reloads on SIGHUP.
+    pub fn reloads_on_hangup(&self) -> bool {
+        matches!(&self.command, Command::Daemon)
+    }
 }
 
 /// What every handler gets: the loaded config and how to print.
@@ -123,6 +139,7 @@ pub struct Ctx {
     pub config: Arc<Config>,
     pub config_path: Option<PathBuf>,
     pub out: Output,
+    pub signals: Signals,
 }
 
 impl Ctx {
@@ -132,8 +149,8 @@ impl Ctx {
 }
 
 /// Runs a parsed command; returns the exit code.
-pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<u8> {
-    let ctx = Ctx { config: Arc::new(config), config_path, out: Output { json: cli.json } };
+pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals: Signals) -> anyhow::Result<u8> {
+    let ctx = Ctx { config: Arc::new(config), config_path, out: Output { json: cli.json }, signals };
     match cli.command {
         Command::Connection(cmd) => connection::run(&ctx, cmd).await,
         Command::Segment(cmd) => segment::run(&ctx, cmd).await,
@@ -167,11 +184,24 @@ fn print_raw(bytes: &[u8]) -> anyhow::Result<u8> {
 }
 
 async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
-    match crate::daemon::run((*ctx.config).clone(), ctx.config_path.clone()).await {
-        Ok(()) => Ok(exit::OK),
-        Err(crate::daemon::DaemonError::Config(e)) => Err(Exit::error(exit::CONFIG, e)),
-        Err(e) => Err(e.into()),
-    }
+    let built = crate::daemon::Daemon::build((*ctx.config).clone(), ctx.config_path.clone(), None).await;
+    let daemon = match built {
+        Ok(d) => d,
+        Err(crate::daemon::DaemonError::Config(e)) => return Err(Exit::error(exit::CONFIG, e)),
+        Err(e) => return Err(e.into()),
+    };
+    let (handle, signals) = (daemon.handle(), ctx.signals.clone());
+    let reloads = tokio::spawn(async move {
+        loop {
+            signals.hangup().await;
+            handle.reload().await;
+        }
+    });
+    let stop = ctx.signals.stop();
+    let result = daemon.run_until(stop.cancelled_owned()).await;
+    reloads.abort();
+    result?;
+    Ok(exit::OK)
 }
 
 async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
@@ -193,6 +223,7 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
 }
 
 async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
+    crate::daemon::check_paths(&ctx.config, ctx.config_path.as_deref()).map_err(|e| Exit::error(exit::CONFIG, e))?;
     let mut problems = Vec::new();
     let store = ctx.store().await?;
     for export in store.exports().await? {

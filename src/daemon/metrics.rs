@@ -91,6 +91,11 @@ impl Metrics {
         self.in_flight.inc();
     }
 
+    /// A run that was started but found its export running in another process.
+    pub fn run_not_started(&self) {
+        self.in_flight.dec();
+    }
+
     pub fn run_finished(&self, export: &str, report: Option<&RunReport>) {
         self.in_flight.dec();
         let status = report.map_or("failed".to_string(), |r| r.status.to_string());

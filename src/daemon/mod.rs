@@ -1,7 +1,11 @@
-//! The long-running service. Cron ticks, trigger files, store changes, SIGHUP and SIGTERM all become one
-//! `Command` on one channel, consumed by one loop that owns which runs are in flight, which are queued, and the
-//! schedule. Runs themselves are the export engine's (`sync`); this module only decides when they start and
-//! how the process stops.
+//! The long-running service. Cron ticks, trigger files, store changes and reloads (SIGHUP, through a
+//! `DaemonHandle`) all become one `Command` on one channel, consumed by one loop that owns which runs are in flight,
+//! which are queued, and the schedule. `Daemon::build` makes it from a config (and, in tests, an already bound
+//! listener); `run_until` runs it until a shutdown future completes. It installs no signal handler and never exits
+//! the process: `main.rs` turns signals into that future and decides exit codes. Runs themselves are the export
+//! engine's (`sync`), each in its own task behind the `Runner` trait; this module only decides when they start,
+//! records the end of a run whose task could not (a panic, the end of the shutdown grace), and how the process
+//! stops.
 
 mod metrics;
 mod scheduler;
@@ -9,21 +13,23 @@ mod status;
 mod triggers;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::Metrics;
 pub use status::{ExportStatus, Shared};
-pub use triggers::{valid_trigger_name, write_trigger, ALL as TRIGGER_ALL};
+pub use triggers::{check_paths, valid_trigger_name, write_trigger, ALL as TRIGGER_ALL};
 
 use crate::config::Config;
 use crate::schedule::Schedule;
 use crate::store::{RunStatus, Store};
-use crate::sync::{Engine, Progress, RunLock, RunOptions, RunReport};
+use crate::sync::{Engine, Progress, RunLock, RunOptions, RunReport, SyncError};
 use scheduler::Scheduler;
 use status::LastRun;
 
@@ -36,10 +42,46 @@ pub enum Command {
     RunAll { trigger: &'static str, refresh_only: bool },
     /// Look for export changes in the store; with `reread_config` (SIGHUP) also re-read the config file.
     Reload { reread_config: bool },
-    /// A run ended (its report, or why it could not start).
-    Finished { export: String, report: Result<RunReport, String> },
-    /// SIGTERM or SIGINT: take no new runs, let batches in flight finish within the grace period, exit.
-    Shutdown,
+    /// A run task ended, one way or another.
+    Finished { export: String, outcome: Outcome },
+}
+
+/// How a run task ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The run went (succeeded, failed, refused, interrupted): the engine recorded it.
+    Ran(RunReport),
+    /// The export is running in another process (a CLI run, a second daemon).
+    Busy,
+    /// The run could not start, and why.
+    NotStarted(String),
+    /// The run task panicked, with the panic's message; the engine could not record its end.
+    Panicked(String),
+    /// The run task was stopped at the end of the shutdown grace period.
+    Aborted,
+}
+
+/// Runs one export: the engine, or in tests anything that behaves like it.
+pub trait Runner: Send + Sync {
+    fn run_export<'a>(
+        &'a self,
+        export: &'a str,
+        opts: &'a RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunReport, SyncError>>;
+}
+
+impl Runner for Engine {
+    fn run_export<'a>(
+        &'a self,
+        export: &'a str,
+        opts: &'a RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
+        Box::pin(Engine::run_export(self, export, opts, progress, cancel))
+    }
 }
 
 /// Why the daemon could not start.
@@ -51,110 +93,228 @@ pub enum DaemonError {
     Scheduler(#[from] scheduler::SchedulerError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The configuration cannot be run (exit 78).
     #[error("{0}")]
     Config(String),
 }
 
-struct Daemon {
+/// A run this daemon has in flight.
+struct InFlight {
+    cancel: CancellationToken,
+    abort: tokio::task::AbortHandle,
+    progress: Arc<Progress>,
+    trigger: &'static str,
+}
+
+/// The service, built and ready to run: `Daemon::build`, then `run_until` a shutdown future.
+pub struct Daemon {
     config: Arc<Config>,
     config_path: Option<PathBuf>,
     store: Store,
     engine: Engine,
+    /// Runs exports instead of `engine` (tests).
+    runner: Option<Arc<dyn Runner>>,
     shared: Arc<Shared>,
     scheduler: Scheduler,
     tx: mpsc::Sender<Command>,
+    rx: Option<mpsc::Receiver<Command>>,
+    listener: Option<tokio::net::TcpListener>,
     root: CancellationToken,
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, InFlight>,
     follow_ups: HashMap<String, &'static str>,
     waiting: VecDeque<(String, &'static str, Option<String>)>,
+    /// Exports asked for while another process runs them: started once that process's lock frees.
+    elsewhere: HashMap<String, (&'static str, Option<String>)>,
     fingerprint: Option<String>,
     stopping: Option<Instant>,
 }
 
-/// Runs the daemon until it is stopped by a signal. Returns when the process should exit (code 0).
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
-    let tz = config.daemon.tz().map_err(DaemonError::Config)?;
-    let store = Store::open(&config.store.path).await?;
-    let shared = Arc::new(Shared::default());
-    let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
+/// Asks a running daemon to do things, from outside its loop (SIGHUP, tests).
+#[derive(Clone)]
+pub struct DaemonHandle(mpsc::Sender<Command>);
 
-    for e in store.exports().await? {
-        if !RunLock::is_held(&config.store.lock_dir(), e.id) {
+impl DaemonHandle {
+    /// Re-read the config file and the exports (what SIGHUP does).
+    pub async fn reload(&self) {
+        let _ = self.0.send(Command::Reload { reread_config: true }).await;
+    }
+
+    /// Run an export as a trigger file would.
+    pub async fn run(&self, export: &str) {
+        let _ = self.0.send(Command::Run { export: export.into(), trigger: "trigger-file", note: None }).await;
+    }
+}
+
+/// How often an export queued behind another process's run checks whether that run ended.
+const ELSEWHERE_CHECK: Duration = Duration::from_millis(500);
+/// After the grace period, how long the loop waits for the stopped run tasks to hand back their runs.
+const ABORT_WAIT: Duration = Duration::from_secs(3);
+
+impl Daemon {
+    /// Opens the store, marks runs that a stopped process left `running` as interrupted, binds the status
+    /// listener (`listener` when given, else `daemon.status_listen`) and starts the scheduler. Nothing runs until
+    /// `run_until`.
+    pub async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Result<Daemon, DaemonError> {
+        check_paths(&config, config_path.as_deref()).map_err(DaemonError::Config)?;
+        let config = Arc::new(config);
+        let tz = config.daemon.tz().map_err(DaemonError::Config)?;
+        let store = Store::open(&config.store.path).await?;
+        let shared = Arc::new(Shared::default());
+        let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
+
+        let lock_dir = config.store.lock_dir();
+        for e in store.exports().await? {
+            // Ask first (never taking the lock of a run in flight), then sweep only while holding the lock, so a
+            // run that starts meanwhile is never marked.
+            if RunLock::is_held(&lock_dir, e.id) {
+                continue;
+            }
+            let Ok(_lock) = RunLock::try_acquire(&lock_dir, e.id) else { continue };
             let ids = store.interrupt_orphaned_runs(e.id).await?;
             if !ids.is_empty() {
                 tracing::warn!(export = %e.name, runs = ?ids, "Runs left unfinished by a stopped process are marked interrupted; the next run resumes them.");
             }
         }
+
+        let listener = match (listener, config.daemon.status_addr()) {
+            (Some(l), _) => Some(l),
+            (None, Some(addr)) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|cause| DaemonError::Listen { addr: addr.to_string(), cause })?,
+            ),
+            (None, None) => None,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let scheduler = Scheduler::start(tz).await?;
+        Ok(Daemon {
+            config,
+            config_path,
+            store,
+            engine,
+            runner: None,
+            shared,
+            scheduler,
+            tx,
+            rx: Some(rx),
+            listener,
+            root: CancellationToken::new(),
+            running: HashMap::new(),
+            follow_ups: HashMap::new(),
+            waiting: VecDeque::new(),
+            elsewhere: HashMap::new(),
+            fingerprint: None,
+            stopping: None,
+        })
     }
 
-    if let Some(addr) = config.daemon.status_addr() {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|cause| DaemonError::Listen { addr: addr.to_string(), cause })?;
-        let local = listener.local_addr().map_err(|cause| DaemonError::Listen { addr: addr.to_string(), cause })?;
-        tracing::info!(address = %local, "Status endpoint listening.");
-        let app = status::router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "The status listener stopped.");
-            }
-        });
+    /// Runs exports with `runner` instead of the engine (tests inject failures this way).
+    pub fn with_runner(mut self, runner: Arc<dyn Runner>) -> Daemon {
+        self.runner = Some(runner);
+        self
     }
 
-    let (tx, mut rx) = mpsc::channel(256);
-    spawn_signal_handlers(tx.clone());
-    tokio::spawn(triggers::watch(config.daemon.trigger_dir.clone(), config.daemon.trigger_poll_interval, tx.clone()));
-    let scheduler = Scheduler::start(tz).await?;
-    let mut d = Daemon {
-        config: config.clone(),
-        config_path,
-        store,
-        engine,
-        shared,
-        scheduler,
-        tx: tx.clone(),
-        root: CancellationToken::new(),
-        running: HashMap::new(),
-        follow_ups: HashMap::new(),
-        waiting: VecDeque::new(),
-        fingerprint: None,
-        stopping: None,
-    };
-    d.reload_exports(true).await;
-    if config.daemon.run_missed_on_start {
-        d.run_missed().await;
+    /// Where the status endpoint listens, if it does.
+    pub fn status_address(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
-    d.shared.lock().ready = true;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!(
-        refresh = %config.daemon.refresh_schedule, time_zone = %config.daemon.time_zone,
-        trigger_dir = %config.daemon.trigger_dir.display(), "Daemon ready."
-    );
 
-    let mut reload = tokio::time::interval(config.daemon.reload_interval);
-    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let deadline = d.stopping.map(|s| s + d.config.daemon.shutdown_grace);
-        if d.stopping.is_some() && d.running.is_empty() {
-            break;
+    pub fn handle(&self) -> DaemonHandle {
+        DaemonHandle(self.tx.clone())
+    }
+
+    fn runner(&self) -> Arc<dyn Runner> {
+        self.runner.clone().unwrap_or_else(|| Arc::new(self.engine.clone()))
+    }
+
+    /// Runs until `shutdown` completes, then stops: no new runs, runs in flight get `daemon.shutdown_grace` to
+    /// finish their batches and are recorded `interrupted`; those still going after it are stopped and recorded
+    /// `interrupted` too. Returns when the process may exit.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let Some(mut rx) = self.rx.take() else { return Ok(()) };
+        let stop_tasks = CancellationToken::new();
+        let _stop_tasks = stop_tasks.clone().drop_guard();
+        if let Some(listener) = self.listener.take() {
+            let local = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+            tracing::info!(address = %local, "Status endpoint listening.");
+            let app = status::router(self.shared.clone());
+            let stop = stop_tasks.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "The status listener stopped.");
+                }
+            });
         }
-        let command = tokio::select! {
-            c = rx.recv() => c,
-            _ = reload.tick(), if d.stopping.is_none() => Some(Command::Reload { reread_config: false }),
-            _ = sleep_until(deadline) => {
-                tracing::warn!(runs = d.running.len(), "Shutdown grace period over; exiting with runs unfinished. What Iterable acknowledged is recorded, and they resume at the next start.");
+        let config = self.config.clone();
+        tokio::spawn(triggers::watch(
+            config.daemon.trigger_dir.clone(),
+            config.daemon.trigger_poll_interval,
+            self.store.clone(),
+            self.tx.clone(),
+            stop_tasks.clone(),
+        ));
+        self.reload_exports(true).await;
+        if config.daemon.run_missed_on_start {
+            self.run_missed().await;
+        }
+        self.shared.lock().ready = true;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(
+            refresh = %config.daemon.refresh_schedule, time_zone = %config.daemon.time_zone,
+            trigger_dir = %config.daemon.trigger_dir.display(), "Daemon ready."
+        );
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut reload = tokio::time::interval(config.daemon.reload_interval);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut elsewhere = tokio::time::interval(ELSEWHERE_CHECK);
+        elsewhere.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut aborted_at: Option<Instant> = None;
+        loop {
+            if self.stopping.is_some() && self.running.is_empty() {
                 break;
             }
-        };
-        match command {
-            Some(c) => d.handle(c).await,
-            None => break,
+            let deadline = match aborted_at {
+                Some(at) => Some(at + ABORT_WAIT),
+                None => self.stopping.map(|s| s + self.config.daemon.shutdown_grace),
+            };
+            let command = tokio::select! {
+                c = rx.recv() => c,
+                _ = &mut shutdown, if self.stopping.is_none() => {
+                    self.begin_shutdown().await;
+                    continue;
+                }
+                _ = reload.tick(), if self.stopping.is_none() => Some(Command::Reload { reread_config: false }),
+                _ = elsewhere.tick(), if !self.elsewhere.is_empty() => {
+                    self.start_freed().await;
+                    continue;
+                }
+                _ = sleep_until(deadline) => {
+                    if aborted_at.is_some() {
+                        tracing::error!(runs = self.running.len(), "Stopped runs did not hand back in time; exiting. Their runs stay `running` until the next start marks them interrupted.");
+                        break;
+                    }
+                    tracing::warn!(runs = self.running.len(), "Shutdown grace period over; stopping the runs still going. What Iterable acknowledged is recorded, and they resume at the next start.");
+                    for run in self.running.values() {
+                        run.abort.abort();
+                    }
+                    aborted_at = Some(Instant::now());
+                    continue;
+                }
+            };
+            match command {
+                Some(c) => self.handle_command(c).await,
+                None => break,
+            }
         }
+        self.scheduler.shutdown().await;
+        tracing::info!("Daemon stopped.");
+        Ok(())
     }
-    d.scheduler.shutdown().await;
-    tracing::info!("Daemon stopped.");
-    Ok(())
 }
 
 fn shared_observer(shared: &Arc<Shared>) -> Arc<dyn crate::iterable::RequestObserver> {
@@ -174,34 +334,17 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn spawn_signal_handlers(tx: mpsc::Sender<Command>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let stop_tx = tx.clone();
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("Cannot listen for SIGTERM/SIGINT.");
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        let _ = stop_tx.send(Command::Shutdown).await;
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!(
-            "Second stop signal: exiting at once. Acknowledged batches are recorded; runs resume at the next start."
-        );
-        std::process::exit(130);
-    });
-    tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        while hup.recv().await.is_some() {
-            if tx.send(Command::Reload { reread_config: true }).await.is_err() {
-                return;
-            }
-        }
-    });
+/// The text of a panic's payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Daemon {
-    async fn handle(&mut self, command: Command) {
+    async fn handle_command(&mut self, command: Command) {
         match command {
             Command::Run { export, trigger, note } => self.request_run(export, trigger, note).await,
             Command::RunAll { trigger, refresh_only } => {
@@ -225,8 +368,7 @@ impl Daemon {
                 }
                 self.reload_exports(reread_config || dst_changed).await;
             }
-            Command::Finished { export, report } => self.finished(export, report).await,
-            Command::Shutdown => self.begin_shutdown().await,
+            Command::Finished { export, outcome } => self.finished(export, outcome).await,
         }
     }
 
@@ -256,6 +398,12 @@ impl Daemon {
         if self.waiting.iter().any(|(e, _, _)| *e == export) {
             return tracing::info!(export = %export, trigger, "Export is already waiting for a free slot.");
         }
+        if self.elsewhere.contains_key(&export) {
+            return tracing::info!(export = %export, trigger, "A run is already queued behind the other process's run; this request is merged into it.");
+        }
+        if self.running_elsewhere(&export).await {
+            return self.queue_elsewhere(export, trigger);
+        }
         if self.running.len() >= self.config.daemon.max_concurrent_runs {
             tracing::info!(export = %export, trigger, running = self.running.len(), "At daemon.max_concurrent_runs; the run waits for a free slot.");
             self.waiting.push_back((export, trigger, note));
@@ -264,31 +412,96 @@ impl Daemon {
         self.start_run(export, trigger, note);
     }
 
+    /// Whether another process (a CLI run, a second daemon) holds the export's run lock. Asks without taking it.
+    async fn running_elsewhere(&self, export: &str) -> bool {
+        let Ok(e) = self.store.export(export).await else { return false };
+        !self.running.contains_key(export) && RunLock::is_held(&self.config.store.lock_dir(), e.id)
+    }
+
+    /// Queues one run of `export` for when the other process's run ends, as a follow-up of that run.
+    fn queue_elsewhere(&mut self, export: String, trigger: &'static str) {
+        tracing::info!(export = %export, trigger, "Export is running in another process; queued one follow-up run for when it ends.");
+        let note = Some(format!("follow-up: requested ({trigger}) while a run in another process was in progress"));
+        self.set_status(&export, |s| s.follow_up_queued = true);
+        self.elsewhere.insert(export, (trigger, note));
+    }
+
+    /// Starts the runs queued behind other processes' runs that have ended.
+    async fn start_freed(&mut self) {
+        let names: Vec<String> = self.elsewhere.keys().cloned().collect();
+        for name in names {
+            if !self.running_elsewhere(&name).await {
+                if let Some((trigger, note)) = self.elsewhere.remove(&name) {
+                    self.request_run(name, trigger, note).await;
+                }
+            }
+        }
+    }
+
     fn start_run(&mut self, export: String, trigger: &'static str, note: Option<String>) {
         let cancel = self.root.child_token();
         let progress = Arc::new(Progress::default());
-        self.running.insert(export.clone(), cancel.clone());
         self.shared.metrics.run_started();
         self.set_status(&export, |s| {
             s.running = true;
             s.progress = Some(progress.clone());
         });
-        let (engine, tx) = (self.engine.clone(), self.tx.clone());
+        let (runner, tx) = (self.runner(), self.tx.clone());
         let opts = RunOptions { trigger: trigger.to_string(), note, ..RunOptions::default() };
-        tokio::spawn(async move {
-            let done = CancellationToken::new();
-            tokio::spawn(log_progress(export.clone(), progress.clone(), done.clone()));
-            let report = engine.run_export(&export, &opts, progress, cancel).await.map_err(|e| e.to_string());
-            done.cancel();
-            let _ = tx.send(Command::Finished { export, report }).await;
+        let task = tokio::spawn({
+            let (export, progress, cancel) = (export.clone(), progress.clone(), cancel.clone());
+            async move { runner.run_export(&export, &opts, progress, cancel).await }
         });
+        let abort = task.abort_handle();
+        tokio::spawn({
+            let (export, progress) = (export.clone(), progress.clone());
+            async move {
+                let done = CancellationToken::new();
+                tokio::spawn(log_progress(export.clone(), progress, done.clone()));
+                // The run is its own task, so a panic in it ends here as an error instead of never.
+                let outcome = match task.await {
+                    Ok(Ok(report)) => Outcome::Ran(report),
+                    Ok(Err(SyncError::AlreadyRunning { .. })) => Outcome::Busy,
+                    Ok(Err(e)) => Outcome::NotStarted(e.to_string()),
+                    Err(e) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic())),
+                    Err(_) => Outcome::Aborted,
+                };
+                done.cancel();
+                let _ = tx.send(Command::Finished { export, outcome }).await;
+            }
+        });
+        self.running.insert(export, InFlight { cancel, abort, progress, trigger });
     }
 
-    async fn finished(&mut self, export: String, report: Result<RunReport, String>) {
-        self.running.remove(&export);
-        self.shared.metrics.run_finished(&export, report.as_ref().ok());
-        if let Err(e) = &report {
-            tracing::warn!(export = %export, error = %e, "Run could not start.");
+    async fn finished(&mut self, export: String, outcome: Outcome) {
+        let Some(run) = self.running.remove(&export) else { return };
+        run.cancel.cancel();
+        match &outcome {
+            Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
+            Outcome::Busy => {
+                self.shared.metrics.run_not_started();
+                if self.stopping.is_none() {
+                    self.queue_elsewhere(export.clone(), run.trigger);
+                }
+            }
+            Outcome::NotStarted(e) => {
+                self.shared.metrics.run_finished(&export, None);
+                tracing::warn!(export = %export, error = %e, "Run could not start.");
+            }
+            Outcome::Panicked(message) => {
+                self.shared.metrics.run_finished(&export, None);
+                tracing::error!(export = %export, run_id = run.progress.run_id(), panic = %message, "The run crashed (a bug: please report it); it is recorded failed. What Iterable acknowledged is recorded, and the next run resumes from there.");
+                let error = format!("the run crashed: {message}. What Iterable acknowledged is recorded; the next run resumes from there");
+                self.record_end(&run, RunStatus::Failed, &error).await;
+            }
+            Outcome::Aborted => {
+                self.shared.metrics.run_finished(&export, None);
+                let error = format!(
+                    "stopped when daemon.shutdown_grace ({}) ran out during a shutdown; what Iterable acknowledged is recorded and the next run resumes from there",
+                    humantime::format_duration(self.config.daemon.shutdown_grace)
+                );
+                self.record_end(&run, RunStatus::Interrupted, &error).await;
+            }
         }
         self.refresh_status(&export).await;
         if let Some(trigger) = self.follow_ups.remove(&export) {
@@ -298,6 +511,14 @@ impl Daemon {
         while self.running.len() < self.config.daemon.max_concurrent_runs && self.stopping.is_none() {
             let Some((export, trigger, note)) = self.waiting.pop_front() else { break };
             self.start_run(export, trigger, note);
+        }
+    }
+
+    /// Records the end of a run whose task could not (it panicked or was stopped), when its row exists.
+    async fn record_end(&self, run: &InFlight, status: RunStatus, error: &str) {
+        let Some(run_id) = run.progress.run_id() else { return };
+        if let Err(e) = self.store.finish_run(run_id, status, Some(error)).await {
+            tracing::error!(run_id, error = %e, "Cannot record the end of the run; the next start marks it interrupted.");
         }
     }
 
@@ -314,6 +535,7 @@ impl Daemon {
         );
         self.waiting.clear();
         self.follow_ups.clear();
+        self.elsewhere.clear();
         self.scheduler.shutdown().await;
         self.root.cancel();
     }
@@ -433,7 +655,7 @@ impl Daemon {
                 }),
                 last_success,
                 running,
-                follow_up_queued: self.follow_ups.contains_key(name),
+                follow_up_queued: self.follow_ups.contains_key(name) || self.elsewhere.contains_key(name),
                 progress,
             },
         );

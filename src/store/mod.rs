@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 pub use connections::{Connection, KeySource, NewConnection};
 pub use exports::{Export, ExportChange, FieldMap, NewExport, OnLeave, Target};
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
-pub use runs::{Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
+pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::Segment;
 
 /// A failure of the store itself (not of the data in it).

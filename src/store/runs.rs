@@ -117,6 +117,14 @@ pub struct Issue {
     pub reason: String,
 }
 
+/// This process, as recorded with the runs it starts (`runs.owner`): its pid and a random token, since pids are
+/// reused. Only the owner finishes a run.
+pub fn process_owner() -> &'static str {
+    static OWNER: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("pid {} token {:016x}", std::process::id(), rand::random::<u64>()));
+    &OWNER
+}
+
 /// Of an offending value only this much is stored: enough to recognise it, never a 10 MB field on every run.
 const MAX_STORED_MEMBER_BYTES: usize = 256;
 const MAX_STORED_REASON_BYTES: usize = 512;
@@ -140,8 +148,8 @@ const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.tri
 impl Store {
     pub async fn start_run(&self, export_id: i64, trigger: &str, full: bool, note: Option<&str>) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note) \
-             VALUES (?, ?, 'running', ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note, owner) \
+             VALUES (?, ?, 'running', ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(export_id)
         .bind(trigger)
@@ -149,6 +157,7 @@ impl Store {
         .bind(now())
         .bind(std::process::id() as i64)
         .bind(note)
+        .bind(process_owner())
         .fetch_one(&self.pool)
         .await?)
     }
@@ -167,15 +176,25 @@ impl Store {
         .await?)
     }
 
-    pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status = 'running'")
-            .bind(status.as_str())
-            .bind(now())
-            .bind(error)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Finishes a run this process started and that is still `running`. Returns false, and says so, when that
+    /// changed nothing (another process marked the run, or it was never this process's).
+    pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND owner = ? AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(now())
+        .bind(error)
+        .bind(run_id)
+        .bind(process_owner())
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if !done {
+            tracing::warn!(run_id, status = %status, "Run not recorded as finished: it is no longer running under this process (another process marked it). Check `segment-exporter runs show {run_id}`.");
+        }
+        Ok(done)
     }
 
     /// Records a target's plan for a run: `counts` holds the source rows, invalid and duplicate members.

@@ -232,6 +232,7 @@ impl Engine {
             (a, b) => a.or(b),
         };
         let run_id = self.store.start_run(export.id, &opts.trigger, opts.full, note.as_deref()).await?;
+        progress.set_run_id(run_id);
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 
         let run_cancel = cancel.child_token();

@@ -1,7 +1,7 @@
 //! Live progress of one run, shared between the engine (which counts) and whoever shows it (a progress bar, plain
 //! lines, the daemon's status endpoint).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -24,6 +24,9 @@ pub struct Progress {
     pub planned: AtomicU64,
     /// Members whose batch Iterable acknowledged.
     pub done: AtomicU64,
+    /// The recorded run's id once its row exists (0 before), so whoever supervises the run can finish its row when
+    /// the run itself cannot (it panicked, or was stopped at the end of a shutdown grace period).
+    run_id: AtomicI64,
 }
 
 impl Default for Progress {
@@ -34,6 +37,7 @@ impl Default for Progress {
             rows_read: AtomicU64::new(0),
             planned: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            run_id: AtomicI64::new(0),
         }
     }
 }
@@ -49,6 +53,15 @@ impl Progress {
 
     pub fn elapsed(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    pub fn set_run_id(&self, run_id: i64) {
+        self.run_id.store(run_id, Ordering::Relaxed);
+    }
+
+    /// The recorded run's id, once it has one.
+    pub fn run_id(&self) -> Option<i64> {
+        Some(self.run_id.load(Ordering::Relaxed)).filter(|&id| id > 0)
     }
 
     pub fn add_done(&self, n: u64) {
