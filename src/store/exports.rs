@@ -173,7 +173,11 @@ impl Store {
             connection_id: row.try_get("connection_id")?,
             connection_name: row.try_get("connection_name")?,
             email_field: row.try_get("email_field")?,
-            on_leave: if on_leave == "keep" { OnLeave::Keep } else { OnLeave::Remove },
+            on_leave: match on_leave.as_str() {
+                "remove" => OnLeave::Remove,
+                "keep" => OnLeave::Keep,
+                other => return Err(StoreError::unknown_value("exports", "on_leave", other)),
+            },
             schedule: row.try_get("schedule")?,
             enabled: row.try_get("enabled")?,
             fields,

@@ -314,7 +314,7 @@ impl PlanSession {
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
-    use crate::store::{KeySource, NewConnection, NewExport, OnLeave};
+    use crate::store::{IssueKind, KeySource, NewConnection, NewExport, OnLeave};
 
     async fn target(store: &Store) -> i64 {
         let conn = store
@@ -400,5 +400,32 @@ mod tests {
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 2000);
         let r = store.run(run).await.unwrap();
         assert_eq!((r.targets[0].counts.added, r.targets[0].counts.removed), (4500, 2500));
+    }
+
+    #[tokio::test]
+    async fn unknown_stored_enum_values_fail_loudly_naming_table_column_and_value() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
+        store.record_issues(run, t, IssueKind::Invalid, &[(None, "bad".into())]).await.unwrap();
+        // Values a newer version might write; the CHECK constraints of this version would refuse them.
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await.unwrap();
+        for sql in [
+            "UPDATE runs SET status = 'paused'",
+            "UPDATE exports SET on_leave = 'archive'",
+            "UPDATE run_issues SET kind = 'skipped'",
+        ] {
+            sqlx::query(sql).execute(&mut *conn).await.unwrap();
+        }
+        sqlx::query("PRAGMA ignore_check_constraints = OFF").execute(&mut *conn).await.unwrap();
+        drop(conn);
+        let run_err = store.run(run).await.unwrap_err().to_string();
+        assert!(run_err.contains("runs.status") && run_err.contains("\"paused\""), "{run_err}");
+        let export_err = store.export("e").await.unwrap_err().to_string();
+        assert!(export_err.contains("exports.on_leave") && export_err.contains("\"archive\""), "{export_err}");
+        let issue_err = store.run_issues(run, 10).await.unwrap_err().to_string();
+        assert!(issue_err.contains("run_issues.kind") && issue_err.contains("\"skipped\""), "{issue_err}");
     }
 }

@@ -37,11 +37,18 @@ pub enum StoreError {
     NotFound { what: &'static str, name: String, cmd: &'static str },
     #[error("{0}")]
     Conflict(String),
+    #[error("the store holds {value:?} in {table}.{column}, which this version of segment-exporter does not know. It may have been written by a newer segment-exporter; upgrade, or restore the store from a backup.")]
+    UnknownValue { table: &'static str, column: &'static str, value: String },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
 
 impl StoreError {
+    /// A stored enum value that is not one of the known ones.
+    pub(crate) fn unknown_value(table: &'static str, column: &'static str, value: &str) -> Self {
+        StoreError::UnknownValue { table, column, value: value.to_string() }
+    }
+
     fn not_found(what: &'static str, name: &str, cmd: &'static str) -> Self {
         StoreError::NotFound { what, name: name.to_string(), cmd }
     }

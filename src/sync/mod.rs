@@ -8,13 +8,15 @@ mod email;
 mod engine;
 mod fields;
 mod lock;
+mod plan;
 mod progress;
 mod send;
 
 pub use email::normalize_email;
-pub use engine::{Engine, ListReport, RunOptions, RunReport};
+pub use engine::{Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
 pub use lock::{LockError, RunLock};
+pub use plan::ListReport;
 pub use progress::{Phase, Progress};
 
 use crate::iterable::IterableError;

@@ -32,6 +32,16 @@ pub(crate) struct TargetRun<'a> {
     pub created_at: Option<Instant>,
 }
 
+/// A target's list as `resolve_lists` found it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResolvedList {
+    pub list_id: i64,
+    /// The stored list no longer existed and was created again, so every member must be sent again.
+    pub recreated: bool,
+    /// When this run created the list: Iterable may answer `invalidListId` for a while after.
+    pub created_at: Option<Instant>,
+}
+
 pub(crate) struct Sender {
     store: Store,
     client: IterableClient,
@@ -108,12 +118,8 @@ impl Sender {
     }
 
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
-    /// longer exists is recreated and all members are sent again. Returns (list id, recreated, created at).
-    pub async fn resolve_lists(
-        &self,
-        export: &Export,
-        run_id: i64,
-    ) -> Result<Vec<(i64, bool, Option<Instant>)>, SyncError> {
+    /// longer exists is recreated and all members are sent again.
+    pub async fn resolve_lists(&self, export: &Export, run_id: i64) -> Result<Vec<ResolvedList>, SyncError> {
         let lists = self.client.lists().await.map_err(SyncError::IterableSetup)?;
         let mut out = Vec::new();
         for target in &export.targets {
@@ -122,14 +128,14 @@ impl Sender {
             let resolved = match target.list_id {
                 Some(id) if lists.iter().any(|l| l.id == id) => {
                     self.store.mark_list_seen(target.id).await?;
-                    (id, false, None)
+                    ResolvedList { list_id: id, recreated: false, created_at: None }
                 }
                 Some(old) => {
                     let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                     tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
                         "The list no longer exists in Iterable; recreated it and sending all members again.");
                     self.store.set_target_list(target.id, new, true).await?;
-                    (new, true, Some(Instant::now()))
+                    ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
                 }
                 None => {
                     let mut same_name: Vec<_> = lists.iter().filter(|l| l.name == target.list_name).collect();
@@ -140,16 +146,16 @@ impl Sender {
                                 "Several Iterable lists have this name; using the oldest. Its id is stored, so later runs use it.");
                         }
                         self.store.set_target_list(target.id, found.id, false).await?;
-                        (found.id, false, None)
+                        ResolvedList { list_id: found.id, recreated: false, created_at: None }
                     } else {
                         let id = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                         tracing::info!(export = %export.name, list = %target.list_name, list_id = id, "Created the Iterable list.");
                         self.store.set_target_list(target.id, id, false).await?;
-                        (id, false, Some(Instant::now()))
+                        ResolvedList { list_id: id, recreated: false, created_at: Some(Instant::now()) }
                     }
                 }
             };
-            self.store.record_run_list(run_id, target.id, resolved.0).await?;
+            self.store.record_run_list(run_id, target.id, resolved.list_id).await?;
             out.push(resolved);
         }
         Ok(out)
