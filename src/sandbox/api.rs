@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::faults::{Faults, Injected, RateLimited};
+use super::faults::{BadAnswer, Faults, Injected, RateLimited};
 use super::project::{SubscriberUpdate, PROJECT_ID};
 use super::stats::UNKNOWN_ENDPOINT;
 use super::validation::{is_forgotten, is_valid_email, is_valid_user_id};
@@ -169,11 +169,23 @@ impl Sandbox {
                 Value::Null,
             ));
         }
+        let bad_answer = match endpoint {
+            Endpoint::Subscribe | Endpoint::Unsubscribe => self.inner.faults.lock().roll_answer(),
+            _ => BadAnswer::None,
+        };
+        if bad_answer == BadAnswer::Miscount {
+            self.inner.stats.lock().bad_answers += 1;
+            return Outcome::answered(Json(UserBulkUpdateListResponse::default()));
+        }
         let path_param = Path::<String>::from_request_parts(parts, &()).await.ok().map(|Path(param)| param);
         let response =
             self.handle(endpoint, &parts.uri, path_param.as_deref(), &body).unwrap_or_else(IntoResponse::into_response);
         if injected == Injected::DropAfterApplying {
             return Outcome::Dropped;
+        }
+        if bad_answer == BadAnswer::Truncate && response.status() == StatusCode::OK {
+            self.inner.stats.lock().bad_answers += 1;
+            return Outcome::Answered(truncated(response).await);
         }
         Outcome::Answered(response)
     }
@@ -455,6 +467,15 @@ fn batch_too_large(limit: usize) -> Envelope {
         format!("Request body is larger than {limit} bytes"),
         Value::Null,
     )
+}
+
+/// The same answer with only the first half of its body, as a connection cut mid-answer might leave it.
+async fn truncated(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(half))
 }
 
 fn plain_text(text: String) -> Response {

@@ -177,7 +177,7 @@ impl Engine {
         if !resumed_runs.is_empty() {
             tracing::warn!(export = %name, runs = ?resumed_runs, "Earlier run(s) of this export stopped unfinished; this run completes their work.");
         }
-        let client = self.client_for(connection_id).await?;
+        let client = self.client_for(connection_id).await?.with_cancel(cancel.clone());
         let resumes = (!resumed_runs.is_empty()).then(|| {
             format!("resumes run(s) {}", resumed_runs.iter().map(|i| format!("#{i}")).collect::<Vec<_>>().join(", "))
         });

@@ -120,10 +120,13 @@ impl Sender {
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
     /// longer exists is recreated and all members are sent again.
     pub async fn resolve_lists(&self, export: &Export, run_id: i64) -> Result<Vec<ResolvedList>, SyncError> {
-        let lists = self.client.lists().await.map_err(SyncError::IterableSetup)?;
+        let lists = self.client.lists().await.map_err(|error| match error {
+            IterableError::Cancelled { .. } => SyncError::Interrupted,
+            error => SyncError::IterableSetup(error),
+        })?;
         let mut out = Vec::new();
         for target in &export.targets {
-            let iterable = |error| SyncError::Iterable { list: target.list_name.clone(), error };
+            let iterable = |error| iterable_error(target.list_name.clone(), error);
             let same_name_ids: Vec<i64> = lists.iter().filter(|l| l.name == target.list_name).map(|l| l.id).collect();
             let resolved = match target.list_id {
                 Some(id) if lists.iter().any(|l| l.id == id) => {
@@ -235,21 +238,27 @@ impl Sender {
 
     fn subscribe_batch(&self, t: &TargetRun<'_>, batch: AddBatch) -> BoxFuture<'static, Result<(), SyncError>> {
         let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
+        let cancel = self.cancel.clone();
         let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
         let grace_until = t.created_at.map(|at| at + self.config.iterable.new_list_grace);
         Box::pin(async move {
             let mut wait = Duration::from_secs(2);
+            let members = &batch.members;
+            let in_batch = |email: &str| members.iter().any(|m| m.email == email);
             let response = loop {
-                match client.subscribe(list_id, &batch.fragments).await {
+                match client.subscribe(list_id, &batch.fragments, in_batch).await {
                     Ok(r) => break r,
                     Err(IterableError::InvalidListId { .. })
                         if grace_until.is_some_and(|g| Instant::now() + wait < g) =>
                     {
                         tracing::debug!(list = %list, list_id, "New list not usable yet; retrying.");
-                        tokio::time::sleep(wait).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = cancel.cancelled() => return Err(SyncError::Interrupted),
+                        }
                         wait = (wait * 2).min(Duration::from_secs(20));
                     }
-                    Err(error) => return Err(SyncError::Iterable { list, error }),
+                    Err(error) => return Err(iterable_error(list, error)),
                 }
             };
             let mut failed: HashMap<String, &'static str> =
@@ -278,10 +287,8 @@ impl Sender {
         let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
         let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
         Box::pin(async move {
-            let response = client
-                .unsubscribe(list_id, &emails)
-                .await
-                .map_err(|error| SyncError::Iterable { list: list.clone(), error })?;
+            let response =
+                client.unsubscribe(list_id, &emails).await.map_err(|error| iterable_error(list.clone(), error))?;
             // notFound means the member is already off the list; other failures (e.g. GDPR-forgotten users) are
             // recorded, and the member is no longer ours to track either way.
             let failed = response.failed_updates.categorised(true);
@@ -296,6 +303,15 @@ impl Sender {
             progress.add_done(emails.len() as u64);
             Ok(())
         })
+    }
+}
+
+/// A failed call for `list` as the run's error; a call cut short because the run was asked to stop is an
+/// interruption, not a failure.
+fn iterable_error(list: String, error: IterableError) -> SyncError {
+    match error {
+        IterableError::Cancelled { .. } => SyncError::Interrupted,
+        error => SyncError::Iterable { list, error },
     }
 }
 
