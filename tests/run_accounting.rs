@@ -102,3 +102,200 @@ fn a_stop_during_retry_backoff_ends_the_run_interrupted_at_once() {
     let runs = env.json(&["runs", "--export", "exp"]);
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
 }
+
+/// Appends a `[sync]` section to the env's config.
+fn sync_config(env: &Env, lines: &str) {
+    let mut config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    config.push_str(&format!("\n[sync]\n{lines}\n"));
+    std::fs::write(env.path("config.toml"), config).unwrap();
+}
+
+#[test]
+fn a_rejected_member_is_not_sent_by_a_run_with_no_change_but_again_once_its_retry_is_due() {
+    let env = Env::new();
+    let members = emails(0, 10);
+    env.setup_csv_export("Picky", &members);
+    env.sandbox.set_rejected(&[&members[3]]);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["rejected"].as_u64()), (Some(9), Some(1)));
+    // The cause is gone in Iterable, but within sync.retry_rejected_interval (24h) a run with no change sends nothing.
+    env.sandbox.set_rejected::<&str>(&[]);
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.stats().subscribers_received, 0, "{:?}", env.stats());
+    assert!(!env.members("Picky").contains(&members[3]));
+    // Once the interval has passed ("0s": at once), the rejected member, and only it, is sent again.
+    sync_config(&env, "retry_rejected_interval = \"0s\"");
+    let report = env.run_exact("Picky", &members);
+    assert_eq!(report["lists"][0]["added"], 1, "{report}");
+    assert_eq!(env.stats().subscribers_received, 1);
+    // Acknowledged now: nothing more to send.
+    env.sandbox.reset_stats();
+    env.run_exact("Picky", &members);
+    assert_eq!(requests(&env.stats(), "lists.subscribe"), 0);
+}
+
+#[test]
+fn a_rejected_member_whose_fields_change_is_sent_by_the_next_run() {
+    let env = Env::new();
+    let members = emails(0, 5);
+    env.setup_csv_export("Picky", &members);
+    env.sandbox.set_rejected(&[&members[2]]);
+    env.ok(&["export", "run", "exp"]);
+    env.sandbox.set_rejected::<&str>(&[]);
+    let mut rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+    rows[2].1 = "silver";
+    env.write_csv("members.csv", &rows);
+    env.sandbox.reset_stats();
+    env.run_exact("Picky", &members);
+    assert_eq!(env.stats().subscribers_received, 1);
+}
+
+#[test]
+fn members_iterable_calls_forgotten_are_never_sent_again() {
+    let env = Env::new();
+    let mut members = emails(0, 3);
+    members.push("gone+forgotten@example.com".into());
+    env.setup_csv_export("Forgetful", &members);
+    sync_config(&env, "retry_rejected_interval = \"0s\"");
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["lists"][0]["rejected"], 1, "{report}");
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp", "--full"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(env.stats().subscribers_received, 3, "even --full leaves the forgotten member out");
+    env.sandbox.reset_stats();
+    env.ok(&["export", "run", "exp"]);
+    assert_eq!(env.stats().subscribers_received, 0);
+}
+
+#[test]
+fn a_member_we_subscribed_whose_later_update_was_refused_is_unsubscribed_when_it_leaves() {
+    let env = Env::new();
+    let members = emails(0, 6);
+    env.setup_csv_export("Refusing", &members);
+    env.run_exact("Refusing", &members);
+    // Its next update is refused...
+    env.sandbox.set_rejected(&[&members[1]]);
+    let mut rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+    rows[1].1 = "silver";
+    env.write_csv("members.csv", &rows);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["lists"][0]["rejected"], 1, "{report}");
+    // ...and then it leaves: it is still ours to remove.
+    let rest: Vec<String> = members.iter().filter(|m| *m != &members[1]).cloned().collect();
+    write_members(&env, &rest);
+    let report = env.run_exact("Refusing", &rest);
+    assert_eq!(report["lists"][0]["removed"], 1, "{report}");
+}
+
+#[test]
+fn a_member_too_large_to_send_counts_as_rejected_with_the_reason_too_large() {
+    let env = Env::with_config(opts(), "max_body_bytes = 10000");
+    let huge = "x".repeat(20_000);
+    let csv = env.write_csv("members.csv", &[("small@example.com", "gold"), ("big@example.com", &huge)]);
+    env.add_connection();
+    env.add_segment_and_export("Sizes", &format!("csv:{}", csv.display()), None);
+    let out = env.ok(&["export", "run", "exp"]);
+    let summary = text(&out.stdout);
+    assert!(summary.contains("succeeded"), "{summary}");
+    let runs = env.json(&["runs", "--export", "exp"]);
+    let run_id = runs[0]["id"].to_string();
+    let shown = env.json(&["runs", "show", &run_id, "--rejected"]);
+    let target = &shown["targets"][0];
+    assert_eq!((target["added"].as_u64(), target["rejected"].as_u64()), (Some(1), Some(1)), "{shown}");
+    let issues = shown["issues"].as_array().unwrap();
+    assert!(
+        issues.iter().any(|i| i["kind"] == "rejected"
+            && i["member"] == "big@example.com"
+            && i["reason"].as_str().unwrap().starts_with("too large")),
+        "{issues:?}"
+    );
+    assert_eq!(env.members("Sizes"), vec!["small@example.com"]);
+}
+
+/// Creates a list through the real API and subscribes `emails` to it, as someone working in Iterable would.
+fn prefilled_list(env: &Env, name: &str, emails: &[&str]) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let created: serde_json::Value = http
+            .post(format!("{}/api/lists", env.base_url))
+            .header("Api-Key", KEY)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list_id = created["listId"].as_i64().unwrap();
+        let subscribers: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
+        let r = http
+            .post(format!("{}/api/lists/subscribe", env.base_url))
+            .header("Api-Key", KEY)
+            .json(&serde_json::json!({ "listId": list_id, "subscribers": subscribers }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        list_id
+    })
+}
+
+#[test]
+fn members_that_were_on_an_adopted_list_stay_when_they_leave_the_segment() {
+    let env = Env::new();
+    let list_id = prefilled_list(&env, "Adopted", &["pre.in@example.com", "pre.out@example.com"]);
+    let segment: Vec<String> =
+        ["pre.in@example.com", "ours.stays@example.com", "ours.leaves@example.com"].map(String::from).to_vec();
+    env.setup_csv_export("Adopted", &segment);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["lists"][0]["list_id"], list_id, "the list is found by name, not created");
+    assert_eq!(requests(&env.stats(), "lists.getUsers"), 1, "its members are read once, when it is adopted");
+    let mut expected = segment.clone();
+    expected.push("pre.out@example.com".into());
+    assert_eq!(env.members("Adopted"), sorted(expected));
+
+    // The pre-existing member and one we added leave the segment: only ours is unsubscribed.
+    write_members(&env, &segment[1..2]);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["lists"][0]["removed"], 1, "{report}");
+    assert_eq!(
+        env.members("Adopted"),
+        vec!["ours.stays@example.com", "pre.in@example.com", "pre.out@example.com"],
+        "members that were on the list before the export adopted it stay"
+    );
+    assert_eq!(requests(&env.stats(), "lists.getUsers"), 1, "an adopted list is read only once");
+}
+
+#[test]
+fn two_exports_of_one_segment_started_together_create_one_list() {
+    let env = Env::with_sandbox(segment_exporter::sandbox::SandboxOptions {
+        latency: std::time::Duration::from_millis(150),
+        ..opts()
+    });
+    let members = emails(0, 20);
+    env.setup_csv_export("Shared", &members);
+    env.ok(&["export", "add", "exp2", "--connection", "iterable", "--segment", "Shared", "--email-field", "email"]);
+    let spawn = |export: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+            .current_dir(env.dir.path())
+            .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+            .env("ITERABLE_KEY", KEY)
+            .args(["export", "run", export])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn("exp"), spawn("exp2"));
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    let named: Vec<_> = env.sandbox_lists().into_iter().filter(|(_, name)| name == "Shared").collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(env.members("Shared"), sorted(members));
+}

@@ -87,6 +87,7 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .route("/_sandbox/stats", get(control_stats))
         .route("/_sandbox/faults", get(control_faults).post(control_set_faults))
         .route("/_sandbox/reset-stats", post(control_reset_stats))
+        .route("/_sandbox/reject", post(control_reject))
         .fallback(not_found)
         // Our own check against `max_body_bytes` decides, not axum's 2 MB default.
         .layer(DefaultBodyLimit::disable())
@@ -249,6 +250,17 @@ impl Sandbox {
                 updates.push(update);
             }
         }
+        let rejected = self.inner.rejected.lock();
+        if !rejected.is_empty() {
+            updates.retain(|update| match &update.identity {
+                Identity::Email(email) if rejected.contains(email) => {
+                    outcome.invalid_data(update.identity.clone());
+                    false
+                }
+                _ => true,
+            });
+        }
+        drop(rejected);
         self.inner
             .project
             .lock()
@@ -557,6 +569,22 @@ async fn control_set_faults(State(sandbox): State<Sandbox>, body: Bytes) -> Resp
     }
     sandbox.set_faults(change);
     Json(sandbox.faults()).into_response()
+}
+
+/// `{"emails": [...]}`: subscribe refuses exactly these members with `invalidDataEmails` from now on.
+async fn control_reject(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reject {
+        emails: Vec<String>,
+    }
+    let change: Reject = match parse_json(&body) {
+        Ok(change) => change,
+        Err(refusal) => return refusal.into_response(),
+    };
+    sandbox.set_rejected(&change.emails);
+    envelope(StatusCode::OK, "Success", format!("{} member(s) will be refused", change.emails.len()), Value::Null)
+        .into_response()
 }
 
 async fn control_reset_stats(State(sandbox): State<Sandbox>) -> Response {

@@ -100,6 +100,8 @@ struct Inner {
     list_propagation: Duration,
     /// Each lock is held only for O(batch) work, never across an `.await`.
     project: Mutex<Project>,
+    /// Lowercased emails that subscribe refuses with `invalidDataEmails`, as Iterable does for data it cannot take.
+    rejected: Mutex<std::collections::HashSet<String>>,
     faults: Mutex<FaultState>,
     stats: Mutex<SandboxStats>,
 }
@@ -121,6 +123,7 @@ impl Sandbox {
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
             project: Mutex::new(Project::default()),
+            rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),
         };
@@ -175,6 +178,12 @@ impl Sandbox {
     /// Changing `rate_limit` starts a new, full bucket.
     pub fn set_faults(&self, f: Faults) {
         self.inner.faults.lock().apply(&f);
+    }
+
+    /// From now on, subscribe refuses these members (and only these) with `invalidDataEmails`, applying nothing
+    /// for them; an empty set ends it. Also `POST /_sandbox/reject {"emails": [...]}`.
+    pub fn set_rejected<S: AsRef<str>>(&self, emails: &[S]) {
+        *self.inner.rejected.lock() = emails.iter().map(|e| e.as_ref().trim().to_lowercase()).collect();
     }
 
     pub fn faults(&self) -> FaultSettings {

@@ -511,3 +511,18 @@ async fn miscounted_answers_apply_nothing_and_truncated_ones_apply_but_cut_the_b
     assert_eq!(normal.json::<Value>().await.unwrap()["successCount"], 1);
     assert_eq!(fx.sandbox.stats().bad_answers, 2);
 }
+
+#[tokio::test]
+async fn chosen_members_are_refused_as_invalid_data_until_the_choice_is_cleared() {
+    let fx = Fixture::default().await;
+    let list_id = fx.create_list("Picky").await;
+    let set = fx.client.post(fx.url("/_sandbox/reject")).json(&json!({"emails": ["B@example.com"]})).send().await;
+    assert_eq!(set.unwrap().status(), StatusCode::OK);
+    let body: Value = fx.subscribe(list_id, &["a@example.com", "b@example.com"]).await.json().await.unwrap();
+    assert_eq!((body["successCount"].as_u64(), body["failCount"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(body["failedUpdates"]["invalidDataEmails"], json!(["b@example.com"]));
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com"]);
+    fx.sandbox.set_rejected::<&str>(&[]);
+    let body: Value = fx.subscribe(list_id, &["b@example.com"]).await.json().await.unwrap();
+    assert_eq!(body["successCount"], 1);
+}

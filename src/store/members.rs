@@ -35,7 +35,8 @@ pub struct TargetPlan {
     pub to_add: u64,
     /// Members to unsubscribe from the list.
     pub to_remove: u64,
-    /// Members who left but are not unsubscribed (`--on-leave keep`, or Iterable had rejected them); only forgotten.
+    /// Members who left but are not unsubscribed (`--on-leave keep`, or not put there by this export); only
+    /// forgotten.
     pub to_forget: u64,
     pub unchanged: u64,
 }
@@ -93,22 +94,50 @@ impl Store {
     }
 
     /// Records a subscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
+    /// `subscribed` are on the list now, and marked as put there by this export. `rejected` were refused (or not
+    /// sent, being too large): they are tried again once `sync.retry_rejected_interval` has passed or their fields
+    /// changed; `forgotten` were refused as GDPR-forgotten and are never sent again. A refusal leaves "put there by
+    /// this export" as it was, so such a member is still unsubscribed when it leaves.
     pub async fn ack_subscribed(
         &self,
         run_id: i64,
         target_id: i64,
         subscribed: &[AckedMember],
         rejected: &[AckedMember],
+        forgotten: &[AckedMember],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for (members, state) in [(subscribed, "subscribed"), (rejected, "rejected")] {
+        for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state, ours) ");
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind("subscribed").push("1");
+            });
+            q.push(
+                " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                 state = 'subscribed', ours = 1, rejected_at = NULL, retry_rejected = 1",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        let refused_at = super::now().timestamp();
+        for (members, retry) in [(rejected, true), (forgotten, false)] {
             for chunk in members.chunks(ROWS_PER_STATEMENT) {
-                let mut q: QueryBuilder<Sqlite> =
-                    QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state) ");
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO members (target_id, email, fields_hash, state, ours, rejected_at, retry_rejected) ",
+                );
                 q.push_values(chunk, |mut b, m| {
-                    b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind(state);
+                    b.push_bind(target_id)
+                        .push_bind(&m.email)
+                        .push_bind(m.fields_hash)
+                        .push_bind("rejected")
+                        .push("0")
+                        .push_bind(refused_at)
+                        .push_bind(retry);
                 });
-                q.push(" ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, state = excluded.state");
+                q.push(
+                    " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                     state = 'rejected', rejected_at = excluded.rejected_at, retry_rejected = excluded.retry_rejected",
+                );
                 q.build().execute(&mut *tx).await?;
             }
         }
@@ -116,11 +145,26 @@ impl Store {
             "UPDATE run_targets SET added = added + ?, rejected = rejected + ? WHERE run_id = ? AND target_id = ?",
         )
         .bind(subscribed.len() as i64)
-        .bind(rejected.len() as i64)
+        .bind((rejected.len() + forgotten.len()) as i64)
         .bind(run_id)
         .bind(target_id)
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the members a list held when this export adopted it: they are never unsubscribed by it.
+    pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO preexisting_members (target_id, email) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(target_id).push_bind(e);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -169,8 +213,16 @@ impl PlanSession {
 
     /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables.
     /// `full` plans every current member as an add; `remove_leavers` decides whether leavers are unsubscribed or
-    /// only forgotten.
-    pub async fn compute(&mut self, target_id: i64, full: bool, remove_leavers: bool) -> Result<TargetPlan> {
+    /// only forgotten; members refused at or before `retry_rejected_until` (Unix seconds) are sent again.
+    /// Members refused as forgotten are never planned; leavers are unsubscribed only when this export put them on
+    /// the list and they were not there before it adopted the list.
+    pub async fn compute(
+        &mut self,
+        target_id: i64,
+        full: bool,
+        remove_leavers: bool,
+        retry_rejected_until: i64,
+    ) -> Result<TargetPlan> {
         let mut tx = self.conn.begin().await?;
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
@@ -190,7 +242,8 @@ impl PlanSession {
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
                  SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.staged s \
                  LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
-                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
+                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
+                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email",
             )
             .bind(target_id)
             .bind(full)
@@ -209,11 +262,26 @@ impl PlanSession {
             .bind(target_id)
             .execute(&mut *tx)
             .await?;
+            // Refused members whose retry is due, found through the partial index of rejected members (few), and
+            // unchanged (changed ones are in `changed` already).
+            sqlx::query(
+                "INSERT INTO temp.changed (email, fields_hash) \
+                 SELECT m.email, m.fields_hash FROM main.members m \
+                 WHERE m.target_id = ?1 AND m.state = 'rejected' AND m.retry_rejected \
+                 AND (m.rejected_at IS NULL OR m.rejected_at <= ?2) \
+                 AND EXISTS (SELECT 1 FROM temp.staged s WHERE s.target_id = ?1 AND s.email = m.email \
+                             AND s.fields_hash = m.fields_hash)",
+            )
+            .bind(target_id)
+            .bind(retry_rejected_until)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
                  SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.changed c \
                  CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
-                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email ORDER BY c.rowid",
+                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
+                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid",
             )
             .bind(target_id)
             .execute(&mut *tx)
@@ -237,7 +305,8 @@ impl PlanSession {
             .await?;
             sqlx::query(
                 "INSERT INTO temp.plan_remove (target_id, email, send) \
-                 SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM temp.gone g \
+                 SELECT m.target_id, m.email, (?2 AND m.ours AND NOT EXISTS (SELECT 1 FROM main.preexisting_members p \
+                        WHERE p.target_id = ?1 AND p.email = m.email)) FROM temp.gone g \
                  CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email ORDER BY g.rowid",
             )
             .bind(target_id)
@@ -362,6 +431,7 @@ mod tests {
                 t,
                 &[acked("a@x.com", 1), acked("b@x.com", 1), acked("c@x.com", 1)],
                 &[acked("r@x.com", 1)],
+                &[],
             )
             .await
             .unwrap();
@@ -371,7 +441,7 @@ mod tests {
         let new =
             s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
         assert_eq!(new, 3);
-        let plan = s.compute(t, false, true).await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
         assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
         let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
         assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
@@ -379,7 +449,7 @@ mod tests {
         assert_eq!(removes, vec!["a@x.com"], "rejected members are forgotten, not unsubscribed");
 
         // --full re-sends everyone; --on-leave keep only forgets leavers.
-        let full = s.compute(t, true, false).await.unwrap();
+        let full = s.compute(t, true, false, 0).await.unwrap();
         assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
@@ -394,7 +464,7 @@ mod tests {
         store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
         let many: Vec<AckedMember> =
             (0..4500).map(|i| AckedMember { email: format!("u{i}@x.com"), fields_hash: 0 }).collect();
-        store.ack_subscribed(run, t, &many, &[]).await.unwrap();
+        store.ack_subscribed(run, t, &many, &[], &[]).await.unwrap();
         let gone: Vec<String> = (0..2500).map(|i| format!("u{i}@x.com")).collect();
         store.ack_unsubscribed(run, t, &gone).await.unwrap();
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 2000);

@@ -188,7 +188,7 @@ impl Engine {
         let run_id = self.store.start_run(export.id, &opts.trigger, opts.full, note.as_deref()).await?;
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 
-        let mut state = RunState { run_id, lists: Vec::new() };
+        let mut state = RunState { run_id, connection_id, lists: Vec::new() };
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &cancel).await;
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
@@ -282,12 +282,12 @@ impl Engine {
             return Ok(());
         }
         progress.set_phase(Phase::Resolving, "");
-        let resolved = sender.resolve_lists(export, run_id).await?;
+        let resolved = sender.resolve_lists(export, state.connection_id, run_id).await?;
         for ((target, resolved), list) in export.targets.iter().zip(resolved).zip(state.lists.iter_mut()) {
             list.list_id = Some(resolved.list_id);
             if resolved.recreated {
                 // The old list is gone: everything must be sent again, so re-plan this target as a full one.
-                let plan = session.compute(target.id, true, planner.remove_leavers()).await?;
+                let plan = session.compute(target.id, true, planner.remove_leavers(), planner.retry_until()).await?;
                 progress.planned.fetch_add(plan.to_add.saturating_sub(list.to_add), Ordering::Relaxed);
                 list.to_add = plan.to_add;
                 list.unchanged = plan.unchanged;
@@ -316,6 +316,7 @@ impl Engine {
 /// outside `execute` so that a run that fails part-way still reports what it planned.
 struct RunState {
     run_id: i64,
+    connection_id: i64,
     lists: Vec<ListReport>,
 }
 

@@ -7,6 +7,7 @@
 mod email;
 mod engine;
 mod fields;
+mod list_lock;
 mod lock;
 mod plan;
 mod progress;
@@ -45,6 +46,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    ListLock(#[from] list_lock::ListLockError),
     #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
     Interrupted,
 }

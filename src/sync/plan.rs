@@ -77,6 +77,11 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// Members refused at or before this Unix time are sent again.
+    pub fn retry_until(&self) -> i64 {
+        self.config.sync.retry_rejected_until(crate::store::now())
+    }
+
     /// Whether leavers are unsubscribed (else only forgotten).
     pub fn remove_leavers(&self) -> bool {
         self.export.on_leave == OnLeave::Remove
@@ -164,7 +169,7 @@ impl Planner<'_> {
             }
         }
         let valid = source_rows - invalid;
-        let plan: TargetPlan = session.compute(target.id, self.full, self.remove_leavers()).await?;
+        let plan: TargetPlan = session.compute(target.id, self.full, self.remove_leavers(), self.retry_until()).await?;
         if let Some(run_id) = self.run_id {
             let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
             self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::list_lock::ListLock;
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
@@ -119,7 +120,18 @@ impl Sender {
 
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
     /// longer exists is recreated and all members are sent again.
-    pub async fn resolve_lists(&self, export: &Export, run_id: i64) -> Result<Vec<ResolvedList>, SyncError> {
+    ///
+    /// Lists are read and created under the connection's list lock, so two runs never both create one list. A list
+    /// found by name (adopted, not created by this export) has its members read first and recorded as
+    /// pre-existing: this export never unsubscribes them.
+    pub async fn resolve_lists(
+        &self,
+        export: &Export,
+        connection_id: i64,
+        run_id: i64,
+    ) -> Result<Vec<ResolvedList>, SyncError> {
+        let _lock = ListLock::acquire(&self.config.store.lock_dir(), connection_id).await?;
+        // Read after taking the lock: a list another run created meanwhile is found, not created again.
         let lists = self.client.lists().await.map_err(|error| match error {
             IterableError::Cancelled { .. } => SyncError::Interrupted,
             error => SyncError::IterableSetup(error),
@@ -148,6 +160,7 @@ impl Sender {
                             tracing::warn!(list = %target.list_name, list_id = found.id, count = same_name.len(),
                                 "Several Iterable lists have this name; using the oldest. Its id is stored, so later runs use it.");
                         }
+                        self.record_preexisting(target, found.id).await?;
                         self.store.set_target_list(target.id, found.id, false).await?;
                         ResolvedList { list_id: found.id, recreated: false, created_at: None }
                     } else {
@@ -162,6 +175,18 @@ impl Sender {
             out.push(resolved);
         }
         Ok(out)
+    }
+
+    /// Reads the members of a list this export adopts and records them as pre-existing. Done before the list's id
+    /// is stored, so a run that fails here reads them again next time.
+    async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<(), SyncError> {
+        let members = self.client.list_users(list_id).await.map_err(|e| iterable_error(target.list_name.clone(), e))?;
+        if !members.is_empty() {
+            tracing::info!(list = %target.list_name, list_id, members = members.len(),
+                "Adopted an existing list; its members stay on it whatever the segment does.");
+            self.store.record_preexisting(target.id, &members).await?;
+        }
+        Ok(())
     }
 
     /// Sends one target's planned adds, then its removes.
@@ -197,8 +222,7 @@ impl Sender {
                 }
                 let fragment = encode_subscriber(&add.email, &add.fields);
                 if fragment.len() + BODY_OVERHEAD > cfg.max_body_bytes {
-                    oversize
-                        .push((Some(add.email), "member's data is larger than iterable.max_body_bytes".to_string()));
+                    oversize.push((AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment.len()));
                     continue;
                 }
                 if batch.len() == cfg.batch_size
@@ -213,9 +237,32 @@ impl Sender {
             window.push(self.subscribe_batch(t, batch)).await;
         }
         if !oversize.is_empty() {
-            self.store.record_issues(t.run_id, t.target.id, IssueKind::Invalid, &oversize).await?;
+            self.reject_oversize(t, oversize).await?;
         }
         window.drain().await
+    }
+
+    /// Members that alone make a body larger than `iterable.max_body_bytes` are not sent: they count as rejected
+    /// ("too large"), and are tried again like other rejected members.
+    async fn reject_oversize(&self, t: &TargetRun<'_>, oversize: Vec<(AckedMember, usize)>) -> Result<(), SyncError> {
+        let limit = self.config.iterable.max_body_bytes;
+        let issues: Vec<_> = oversize
+            .iter()
+            .map(|(m, bytes)| {
+                let reason = format!(
+                    "too large: its data makes a {} byte request, more than iterable.max_body_bytes ({limit})",
+                    bytes + BODY_OVERHEAD
+                );
+                (Some(m.email.clone()), reason)
+            })
+            .collect();
+        let members: Vec<AckedMember> = oversize.into_iter().map(|(m, _)| m).collect();
+        self.store.ack_subscribed(t.run_id, t.target.id, &[], &members, &[]).await?;
+        self.store.record_issues(t.run_id, t.target.id, IssueKind::Rejected, &issues).await?;
+        self.progress.add_done(members.len() as u64);
+        tracing::warn!(list = %t.target.list_name, rejected = members.len(), limit,
+            "Members too large to send were not sent; they count as rejected (see `runs show --rejected`).");
+        Ok(())
     }
 
     async fn send_removes(&self, session: &mut PlanSession, t: &TargetRun<'_>) -> Result<(), SyncError> {
@@ -267,16 +314,19 @@ impl Sender {
                 failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
             }
             let n = batch.members.len() as u64;
-            let (rejected, subscribed): (Vec<_>, Vec<_>) =
+            let (refused, subscribed): (Vec<_>, Vec<_>) =
                 batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
-            store.ack_subscribed(run_id, target_id, &subscribed, &rejected).await?;
-            if !rejected.is_empty() {
+            let (forgotten, rejected): (Vec<_>, Vec<_>) =
+                refused.into_iter().partition(|m| failed[&m.email] == "forgottenEmails");
+            store.ack_subscribed(run_id, target_id, &subscribed, &rejected, &forgotten).await?;
+            if !rejected.is_empty() || !forgotten.is_empty() {
                 let issues: Vec<_> = rejected
                     .iter()
+                    .chain(&forgotten)
                     .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
                     .collect();
                 store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
-                tracing::info!(list = %list, rejected = rejected.len(), "Iterable rejected some members; see `runs show --rejected`.");
+                tracing::info!(list = %list, rejected = issues.len(), "Iterable rejected some members; see `runs show --rejected`.");
             }
             progress.add_done(n);
             Ok(())
