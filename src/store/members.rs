@@ -262,11 +262,11 @@ impl PlanSession {
             .bind(target_id)
             .execute(&mut *tx)
             .await?;
-            // Refused members whose retry is due, found through the partial index of rejected members (few), and
-            // unchanged (changed ones are in `changed` already).
+            // Refused members whose retry is due, and unchanged (changed ones are in `changed` already). Through the
+            // partial index of rejected members (few): left to itself, SQLite walks every member of the target.
             sqlx::query(
                 "INSERT INTO temp.changed (email, fields_hash) \
-                 SELECT m.email, m.fields_hash FROM main.members m \
+                 SELECT m.email, m.fields_hash FROM main.members m INDEXED BY members_rejected \
                  WHERE m.target_id = ?1 AND m.state = 'rejected' AND m.retry_rejected \
                  AND (m.rejected_at IS NULL OR m.rejected_at <= ?2) \
                  AND EXISTS (SELECT 1 FROM temp.staged s WHERE s.target_id = ?1 AND s.email = m.email \
@@ -497,5 +497,75 @@ mod tests {
         assert!(export_err.contains("exports.on_leave") && export_err.contains("\"archive\""), "{export_err}");
         let issue_err = store.run_issues(run, 10).await.unwrap_err().to_string();
         assert!(issue_err.contains("run_issues.kind") && issue_err.contains("\"skipped\""), "{issue_err}");
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_member_outcomes_upgrades_keeping_who_was_subscribed_by_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            // The store as the previous release left it: migrations up to 20261130000199 only.
+            let mut old = sqlx::migrate!("./migrations");
+            old.migrations =
+                old.migrations.iter().filter(|m| m.version < 20261130000200).cloned().collect::<Vec<_>>().into();
+            let pool = sqlx::SqlitePool::connect_with(Store::connect_options(&path)).await.unwrap();
+            old.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+        {
+            let store = Store::open_without_migrating(&path).await;
+            let t = target(&store).await;
+            for (email, state) in [("a@x.com", "subscribed"), ("r@x.com", "rejected")] {
+                sqlx::query("INSERT INTO members (target_id, email, fields_hash, state) VALUES (?, ?, 1, ?)")
+                    .bind(t)
+                    .bind(email)
+                    .bind(state)
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            store.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let rows: Vec<(String, String, bool, Option<i64>, bool)> =
+            sqlx::query_as("SELECT email, state, ours, rejected_at, retry_rejected FROM members ORDER BY email")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("a@x.com".into(), "subscribed".into(), true, None, true),
+                ("r@x.com".into(), "rejected".into(), false, None, true),
+            ]
+        );
+        // The old rejected member is due for a retry at once; the subscribed one is unchanged.
+        let t: i64 = sqlx::query_scalar("SELECT id FROM targets").fetch_one(&store.pool).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        s.stage(t, &[row("a@x.com", 1), row("r@x.com", 1)]).await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
+        assert_eq!((plan.to_add, plan.unchanged), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn leavers_are_removed_only_when_ours_and_not_on_the_list_before_it_was_adopted() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let acked = |e: &str| AckedMember { email: e.into(), fields_hash: 1 };
+        store.record_preexisting(t, &["pre@x.com".to_string()]).await.unwrap();
+        store
+            .ack_subscribed(run, t, &[acked("ours@x.com"), acked("pre@x.com"), acked("later@x.com")], &[], &[])
+            .await
+            .unwrap();
+        // A later update of one of ours is refused: it stays ours.
+        store.ack_subscribed(run, t, &[], &[acked("later@x.com")], &[]).await.unwrap();
+        store.ack_subscribed(run, t, &[], &[acked("never@x.com")], &[]).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
+        assert_eq!((plan.to_remove, plan.to_forget), (2, 2), "{plan:?}");
+        let mut removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
+        removes.sort();
+        assert_eq!(removes, vec!["later@x.com", "ours@x.com"]);
     }
 }

@@ -105,6 +105,13 @@ impl Store {
             .pragma("temp_store", "file")
     }
 
+    /// Opens a store as it is, for tests that build an older schema.
+    #[cfg(test)]
+    pub(crate) async fn open_without_migrating(path: &Path) -> Store {
+        let pool = SqlitePoolOptions::new().connect_with(Self::connect_options(path)).await.expect("test store opens");
+        Store { pool, path: path.to_path_buf() }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
