@@ -199,7 +199,8 @@ fn a_member_too_large_to_send_counts_as_rejected_with_the_reason_too_large() {
     env.add_segment_and_export("Sizes", &format!("csv:{}", csv.display()), None);
     let out = env.ok(&["export", "run", "exp"]);
     let summary = text(&out.stdout);
-    assert!(summary.contains("succeeded"), "{summary}");
+    assert!(summary.contains("succeeded") && summary.contains("1/2"), "{summary}");
+    assert!(summary.contains("--rejected"), "the summary points at the member not sent: {summary}");
     let runs = env.json(&["runs", "--export", "exp"]);
     let run_id = runs[0]["id"].to_string();
     let shown = env.json(&["runs", "show", &run_id, "--rejected"]);
@@ -298,4 +299,32 @@ fn two_exports_of_one_segment_started_together_create_one_list() {
     let named: Vec<_> = env.sandbox_lists().into_iter().filter(|(_, name)| name == "Shared").collect();
     assert_eq!(named.len(), 1, "{named:?}");
     assert_eq!(env.members("Shared"), sorted(members));
+}
+
+#[test]
+fn a_stop_while_a_new_list_is_not_usable_yet_ends_the_run_interrupted_at_once() {
+    let sandbox = segment_exporter::sandbox::SandboxOptions {
+        list_propagation: std::time::Duration::from_secs(120),
+        ..opts()
+    };
+    let env = Env::with_config(sandbox, "new_list_grace = \"120s\"");
+    env.setup_csv_export("Fresh", &emails(0, 10));
+    env.sandbox.reset_stats();
+    let mut child = env.spawn_run();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while requests(&env.stats(), "lists.subscribe") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the run never sent: {:?}", env.stats());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    terminate(&child);
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(10));
+    let took = asked.elapsed();
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    assert!(status.is_some() && took < std::time::Duration::from_secs(3), "the run took {took:?} to stop");
+    let runs = env.json(&["runs", "--export", "exp"]);
+    assert_eq!(runs[0]["status"], "interrupted", "{runs}");
 }

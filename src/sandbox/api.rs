@@ -1,7 +1,9 @@
 //! The sandbox's HTTP layer: routes, and for every `/api` request the same gate in the same order
 //! (count, latency, API key, rate limit, body size, injected failure), then the endpoint handler.
 //! Bodies are read and parsed and identities validated before the project lock is taken, so the lock
-//! covers only the O(batch) state change. Also the key-less `/_sandbox` control endpoints.
+//! covers only the O(batch) state change. Also the key-less `/_sandbox` control endpoints: `stats`,
+//! `reset-stats`, `faults` (GET and POST a partial `Faults`) and `reject` (POST `{"emails": [...]}`: the
+//! members subscribe refuses with `invalidDataEmails`).
 
 use std::collections::HashMap;
 use std::io;

@@ -154,6 +154,13 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets which members were on a target's list before the export adopted it: the list was recreated, and
+    /// the new one holds only what this export puts there.
+    pub async fn forget_preexisting(&self, target_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM preexisting_members WHERE target_id = ?").bind(target_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Records the members a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;

@@ -149,6 +149,7 @@ impl Sender {
                     let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                     tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
                         "The list no longer exists in Iterable; recreated it and sending all members again.");
+                    self.store.forget_preexisting(target.id).await?;
                     self.store.set_target_list(target.id, new, true).await?;
                     ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
                 }
