@@ -303,10 +303,8 @@ fn two_exports_of_one_segment_started_together_create_one_list() {
 
 #[test]
 fn a_stop_while_a_new_list_is_not_usable_yet_ends_the_run_interrupted_at_once() {
-    let sandbox = segment_exporter::sandbox::SandboxOptions {
-        list_propagation: std::time::Duration::from_secs(120),
-        ..opts()
-    };
+    let sandbox =
+        segment_exporter::sandbox::SandboxOptions { list_propagation: std::time::Duration::from_secs(120), ..opts() };
     let env = Env::with_config(sandbox, "new_list_grace = \"120s\"");
     env.setup_csv_export("Fresh", &emails(0, 10));
     env.sandbox.reset_stats();

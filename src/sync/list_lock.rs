@@ -4,8 +4,11 @@
 //!
 //! It owns only that file; it must be held briefly (one `GET /api/lists` and the creations), never while sending.
 
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// Held while a run looks up and creates lists of one connection; released on drop (or by the OS when the
 /// process dies).
@@ -15,41 +18,63 @@ pub struct ListLock {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot take the list lock {path}: {cause}. Check that the directory beside the store is writable.")]
-pub struct ListLockError {
-    path: PathBuf,
-    cause: std::io::Error,
+pub enum ListLockError {
+    #[error("cannot take the list lock {path}: {cause}. Check that the directory beside the store is writable.")]
+    Io { path: PathBuf, cause: std::io::Error },
+    /// The run was asked to stop while it waited for the lock.
+    #[error("stopped waiting for the list lock: the run was asked to stop")]
+    Cancelled,
 }
 
+/// How often a waiting run tries the lock again. Holders keep it for one `GET /api/lists` and a few creations.
+const RETRY_EVERY: Duration = Duration::from_millis(25);
+
 impl ListLock {
-    /// Waits, without blocking the runtime, until this process holds the list lock of `connection_id`.
-    pub async fn acquire(dir: &Path, connection_id: i64) -> Result<ListLock, ListLockError> {
+    /// Waits, without blocking a thread, until this process holds the list lock of `connection_id`, or until
+    /// `cancel` is cancelled.
+    pub async fn acquire(
+        dir: &Path,
+        connection_id: i64,
+        cancel: &CancellationToken,
+    ) -> Result<ListLock, ListLockError> {
         let path = dir.join(format!("connection-{connection_id}.lock"));
-        let io = |cause| ListLockError { path: path.clone(), cause };
+        let io = |cause| ListLockError::Io { path: path.clone(), cause };
         std::fs::create_dir_all(dir).map_err(io)?;
         let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
-        // `File::lock` blocks the thread until the holder lets go, so it waits on a blocking-pool thread.
-        let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .map_err(|e| io(std::io::Error::other(e)))?;
-        Ok(ListLock { _file: locked.map_err(io)? })
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ListLock { _file: file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
+                _ = cancel.cancelled() => return Err(ListLockError::Cancelled),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
-    async fn a_second_holder_waits_until_the_first_lets_go() {
+    async fn a_second_holder_waits_until_the_first_lets_go_or_its_run_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let first = ListLock::acquire(dir.path(), 7).await.unwrap();
+        let never = CancellationToken::new();
+        let first = ListLock::acquire(dir.path(), 7, &never).await.unwrap();
         let path = dir.path().to_path_buf();
-        let second = tokio::spawn(async move { ListLock::acquire(&path, 7).await.unwrap() });
+        let second = tokio::spawn(async move { ListLock::acquire(&path, 7, &CancellationToken::new()).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "the second holder got the lock while the first held it");
-        ListLock::acquire(dir.path(), 8).await.expect("other connections are independent");
+        ListLock::acquire(dir.path(), 8, &never).await.expect("other connections are independent");
+
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let stopped = ListLock::acquire(dir.path(), 7, &stop).await;
+        assert!(matches!(stopped, Err(ListLockError::Cancelled)), "{stopped:?}");
+
         drop(first);
         tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
     }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::list_lock::ListLock;
+use super::list_lock::{ListLock, ListLockError};
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
@@ -130,7 +130,11 @@ impl Sender {
         connection_id: i64,
         run_id: i64,
     ) -> Result<Vec<ResolvedList>, SyncError> {
-        let _lock = ListLock::acquire(&self.config.store.lock_dir(), connection_id).await?;
+        let _lock = match ListLock::acquire(&self.config.store.lock_dir(), connection_id, &self.cancel).await {
+            Ok(lock) => lock,
+            Err(ListLockError::Cancelled) => return Err(SyncError::Interrupted),
+            Err(e) => return Err(e.into()),
+        };
         // Read after taking the lock: a list another run created meanwhile is found, not created again.
         let lists = self.client.lists().await.map_err(|error| match error {
             IterableError::Cancelled { .. } => SyncError::Interrupted,
