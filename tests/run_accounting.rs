@@ -326,3 +326,36 @@ fn a_stop_while_a_new_list_is_not_usable_yet_ends_the_run_interrupted_at_once() 
     let runs = env.json(&["runs", "--export", "exp"]);
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
 }
+
+#[test]
+fn adopting_a_list_waits_out_the_get_users_rate_limit_instead_of_failing() {
+    let env = Env::new();
+    // A long enough cap that a 429's rateLimitReset (up to 12 s for 5 a minute) is honoured, not cut short.
+    let config = format!(
+        "[store]\npath = \"{}\"\n\n[iterable]\nbatch_size = 50\nretry_min_delay = \"20ms\"\nretry_max_delay = \"20s\"\n",
+        env.path("store.db").display()
+    );
+    std::fs::write(env.path("config.toml"), config).unwrap();
+    prefilled_list(&env, "Busy", &["pre@example.com"]);
+    // Someone else used up this minute's five getUsers calls.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let list_id = env.list_id("Busy").unwrap();
+    rt.block_on(async {
+        for _ in 0..5 {
+            let url = format!("{}/api/lists/getUsers?listId={list_id}", env.base_url);
+            reqwest::Client::new().get(url).header("Api-Key", KEY).send().await.unwrap();
+        }
+    });
+    let members = emails(0, 3);
+    env.setup_csv_export("Busy", &members);
+    env.sandbox.reset_stats();
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let stats = env.stats();
+    assert!(stats.answered_with("lists.getUsers", 429) >= 1, "{stats:?}");
+    assert_eq!(stats.answered_with("lists.getUsers", 200), 1, "{stats:?}");
+    // The member read while adopting stays when the segment no longer has it (it never had).
+    write_members(&env, &members[..2]);
+    env.ok(&["export", "run", "exp"]);
+    assert_eq!(env.members("Busy"), vec!["pre@example.com", "user0@example.com", "user1@example.com"]);
+}
