@@ -83,13 +83,19 @@ impl Store {
         Ok(PlanSession { conn })
     }
 
+    /// Members recorded for a target by state. A state this version does not know is an error naming it, never
+    /// counted as another.
     pub async fn member_counts(&self, target_id: i64) -> Result<MemberCounts> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0) FROM members WHERE target_id = ?",
+            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0), \
+             MIN(CASE WHEN state NOT IN ('subscribed', 'rejected') THEN state END) FROM members WHERE target_id = ?",
         )
         .bind(target_id)
         .fetch_one(&self.pool)
         .await?;
+        if let Some(unknown) = row.try_get::<Option<String>, _>(2)? {
+            return Err(super::StoreError::unknown_value("members", "state", &unknown));
+        }
         Ok(MemberCounts { subscribed: row.try_get::<i64, _>(0)? as u64, rejected: row.try_get::<i64, _>(1)? as u64 })
     }
 
@@ -486,6 +492,8 @@ mod tests {
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         store.record_issues(run, t, IssueKind::Invalid, &[(None, "bad".into())]).await.unwrap();
+        let acked = AckedMember { email: "a@x.com".into(), fields_hash: 1 };
+        store.ack_subscribed(run, t, &[acked], &[], &[]).await.unwrap();
         // Values a newer version might write; the CHECK constraints of this version would refuse them.
         let mut conn = store.pool.acquire().await.unwrap();
         sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await.unwrap();
@@ -493,6 +501,7 @@ mod tests {
             "UPDATE runs SET status = 'paused'",
             "UPDATE exports SET on_leave = 'archive'",
             "UPDATE run_issues SET kind = 'skipped'",
+            "UPDATE members SET state = 'parked'",
         ] {
             sqlx::query(sql).execute(&mut *conn).await.unwrap();
         }
@@ -502,6 +511,8 @@ mod tests {
         assert!(run_err.contains("runs.status") && run_err.contains("\"paused\""), "{run_err}");
         let export_err = store.export("e").await.unwrap_err().to_string();
         assert!(export_err.contains("exports.on_leave") && export_err.contains("\"archive\""), "{export_err}");
+        let state_err = store.member_counts(t).await.unwrap_err().to_string();
+        assert!(state_err.contains("members.state") && state_err.contains("\"parked\""), "{state_err}");
         let issue_err = store.run_issues(run, 10).await.unwrap_err().to_string();
         assert!(issue_err.contains("run_issues.kind") && issue_err.contains("\"skipped\""), "{issue_err}");
     }
