@@ -29,11 +29,19 @@ pub struct StoreConfig {
     /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin`. Created with mode
     /// 0600 when missing. `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default: `<store>.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Runs that finished longer ago than this are pruned with their per-list counts and invalid/rejected members
+    /// (each export's latest run is always kept). Default 90d.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("segment-exporter.db"), master_key_file: None }
+        Self {
+            path: PathBuf::from("segment-exporter.db"),
+            master_key_file: None,
+            history_retention: Duration::from_secs(90 * 24 * 3600),
+        }
     }
 }
 
@@ -108,6 +116,9 @@ pub struct SyncConfig {
     pub mass_removal_share: f64,
     /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
     pub max_recorded_issues: u64,
+    /// Invalid and rejected members are kept for the last this many runs of each export; older runs keep only
+    /// their counts. Default 20.
+    pub keep_issue_runs: u32,
     /// A run with nothing to send makes no request at all, unless its lists were last seen in Iterable longer ago
     /// than this: then it checks them (one `GET /api/lists`) and recreates and refills a deleted one. Default 24h.
     #[serde(with = "humantime_serde")]
@@ -132,6 +143,7 @@ impl Default for SyncConfig {
         Self {
             mass_removal_share: 0.5,
             max_recorded_issues: 100_000,
+            keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
             retry_rejected_interval: Duration::from_secs(24 * 3600),
         }
@@ -262,10 +274,28 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is only used in messages.
+    ///
+    /// Every problem of the file is reported in one pass: a key that cannot be read (unknown, wrong type, bad
+    /// value) is noted with its dotted path and set aside, the rest is read again, and the values are then checked
+    /// against the rules. Only a TOML syntax error stops at once, since nothing after it can be read.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        let problems = config.problems();
+        let mut problems = Vec::new();
+        let config = loop {
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => {
+                    let key = e.path().to_string();
+                    problems.push(format!("{key}: {}", e.inner().message().trim()));
+                    // A key that cannot be set aside would fail the same way again: report what we have.
+                    if !remove_key(&mut table, e.path()) || problems.len() > 100 {
+                        return Err(ConfigError::Invalid { path: path.to_path_buf(), problems });
+                    }
+                }
+            }
+        };
+        problems.extend(config.problems());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -277,6 +307,9 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let it = &self.iterable;
+        if self.store.history_retention.is_zero() {
+            p.push("store.history_retention is 0; use a duration such as \"90d\" (the default)".into());
+        }
         if it.batch_size == 0 || it.batch_size > 10_000 {
             p.push(format!("iterable.batch_size is {}; use 1 to 10000 (1000 is the usual size)", it.batch_size));
         }
@@ -330,6 +363,27 @@ impl Config {
     }
 }
 
+/// Removes the key at `path` from `table`; false when there is none.
+fn remove_key(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = keys.split_last() else { return false };
+    let mut current = table;
+    for key in parents {
+        match current.get_mut(*key) {
+            Some(toml::Value::Table(t)) => current = t,
+            _ => return false,
+        }
+    }
+    current.remove(*last).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +418,28 @@ mod tests {
         let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
         let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid") };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_one_pass_unknown_keys_and_bad_types_included() {
+        let text = "[iterable]\nbatchsize = 5\nconcurrency = \"many\"\nbatch_size = 0\n\
+                    [daemon]\nshutdown_grace = \"5 parsecs\"\nmax_concurrent_runs = 0\nwatch_dir = \"x\"\n\
+                    [nosuch]\na = 1\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        let joined = problems.join("\n");
+        for expected in [
+            "iterable.batchsize: unknown field",
+            "iterable.concurrency: invalid type",
+            "daemon.shutdown_grace: invalid value",
+            "daemon.watch_dir: unknown field",
+            "nosuch: unknown field",
+            "iterable.batch_size is 0",
+            "daemon.max_concurrent_runs is 0",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+        assert_eq!(problems.len(), 7, "{joined}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum SecretError {
     CreateMasterKey { path: PathBuf, cause: String },
     #[error("the stored API key of connection '{connection}' cannot be decrypted with this master key. Use the master key it was saved with, or add the connection again.")]
     Decrypt { connection: String },
+    #[error("the master key file {path} is missing, but the API keys of connection(s) {} are sealed with it. Nothing was created or changed. Restore the file from backup (or set {MASTER_KEY_ENV}); if the key is lost for good, remove those connections and add them again.", .connections.join(", "))]
+    MasterKeyMissing { path: PathBuf, connections: Vec<String> },
+    #[error("the master key ({from}) is not the key the stored API keys were sealed with: it does not open the key of connection '{connection}'. Nothing was stored. Restore the right master key file (or {MASTER_KEY_ENV}) and try again.")]
+    WrongMasterKey { from: String, connection: String },
 }
 
 /// The key that seals stored API keys.
@@ -59,6 +63,31 @@ impl MasterKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => Self::create(path),
             Err(e) => Err(SecretError::BadMasterKeyFile { path: path.into(), cause: e.to_string() }),
         }
+    }
+
+    /// The master key to seal a new API key with. It is created only while no key in the store is sealed yet:
+    /// creating a fresh one beside sealed keys would leave them unreadable for good. An existing key must open the
+    /// keys already sealed (`sealed`: connection name, ciphertext, nonce).
+    pub fn for_sealing(path: &Path, sealed: &[(&str, &[u8], &[u8])]) -> Result<MasterKey, SecretError> {
+        let master = Self::load(path, sealed.is_empty()).map_err(|e| match e {
+            SecretError::BadMasterKeyFile { .. } if std::env::var_os(MASTER_KEY_ENV).is_none() && !path.exists() => {
+                SecretError::MasterKeyMissing {
+                    path: path.into(),
+                    connections: sealed.iter().map(|(name, _, _)| name.to_string()).collect(),
+                }
+            }
+            other => other,
+        })?;
+        if let Some((connection, ciphertext, nonce)) = sealed.first() {
+            if master.open(connection, ciphertext, nonce).is_err() {
+                let from = match std::env::var_os(MASTER_KEY_ENV) {
+                    Some(_) => MASTER_KEY_ENV.to_string(),
+                    None => path.display().to_string(),
+                };
+                return Err(SecretError::WrongMasterKey { from, connection: connection.to_string() });
+            }
+        }
+        Ok(master)
     }
 
     fn create(path: &Path) -> Result<MasterKey, SecretError> {
@@ -154,7 +183,13 @@ pub fn resolve_api_key(conn: &Connection, master_key_path: &Path) -> Result<Secr
         KeySource::Env(var) => read_key_env(&conn.name, var),
         KeySource::File(path) => read_key_file(&conn.name, path),
         KeySource::Stored { ciphertext, nonce } => {
-            MasterKey::load(master_key_path, false)?.open(&conn.name, ciphertext, nonce)
+            let master = MasterKey::load(master_key_path, false).map_err(|e| match e {
+                SecretError::BadMasterKeyFile { path, .. } if !path.exists() => {
+                    SecretError::MasterKeyMissing { path, connections: vec![conn.name.clone()] }
+                }
+                other => other,
+            })?;
+            master.open(&conn.name, ciphertext, nonce)
         }
     }
 }
@@ -190,6 +225,25 @@ mod tests {
         assert_eq!(mode, 0o600);
         let b = MasterKey::load(&path, false).unwrap();
         assert_eq!(a.0, b.0);
+    }
+
+    #[test]
+    fn a_missing_master_key_is_not_replaced_while_sealed_keys_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.key");
+        let first = MasterKey::for_sealing(&path, &[]).unwrap();
+        let (ct, nonce) = first.seal("prod", &SecretString::from("abcdef0123456789".to_string()));
+        let sealed = [("prod", ct.as_slice(), nonce.as_slice())];
+        assert!(MasterKey::for_sealing(&path, &sealed).is_ok(), "the right key is accepted");
+
+        std::fs::rename(&path, dir.path().join("moved.key")).unwrap();
+        let err = MasterKey::for_sealing(&path, &sealed).unwrap_err();
+        assert!(matches!(&err, SecretError::MasterKeyMissing { connections, .. } if connections == &["prod"]), "{err}");
+        assert!(!path.exists(), "no new master key was created");
+
+        std::fs::write(&path, hex::encode([7u8; 32])).unwrap();
+        let err = MasterKey::for_sealing(&path, &sealed).unwrap_err();
+        assert!(matches!(err, SecretError::WrongMasterKey { .. }), "{err}");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 use std::process::Command;
 
 #[test]
+#[ignore = "needs systemd-analyze; .ci/run runs it where it is installed"]
 fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
-    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("skipped: systemd-analyze is not installed on this machine, so the unit cannot be verified");
-        return;
-    };
+    let out = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect("systemd-analyze is not installed on this machine, so the unit cannot be verified");
     assert!(out.status.success());
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string("packaging/systemd/segment-exporter.service").unwrap();
@@ -29,4 +30,47 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_cover_the_commands_and_bash_parses_its_script() {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(&bin).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["connection", "segment", "export", "runs", "daemon", "dry-run", "json"] {
+            assert!(script.contains(word), "the {shell} completions lack {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("completions.bash");
+            std::fs::write(&path, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+            assert!(check.status.success(), "bash -n: {}", String::from_utf8_lossy(&check.stderr));
+        }
+    }
+    let out = Command::new(&bin).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bash"), "the error lists the shells");
+}
+
+#[test]
+fn the_man_page_is_roff_naming_every_command_and_the_image_and_unit_install_it() {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    let out = Command::new(&bin).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH segment-exporter 1"), "{page}");
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH SUBCOMMANDS"] {
+        assert!(page.contains(section), "the man page lacks {section}");
+    }
+    for command in ["connection", "segment", "export", "daemon", "validate", "completions"] {
+        assert!(page.contains(command), "the man page lacks {command}");
+    }
+    let dockerfile = std::fs::read_to_string("Dockerfile").unwrap();
+    assert!(dockerfile.contains("segment-exporter man >"), "the image installs the man page");
+    assert!(dockerfile.contains("completions bash"), "the image installs bash completions");
+    let unit = std::fs::read_to_string("packaging/systemd/segment-exporter.service").unwrap();
+    assert!(unit.contains("segment-exporter man >"), "the unit's install steps install the man page");
 }

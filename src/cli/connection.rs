@@ -173,16 +173,24 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if !a.skip_verify {
         check_client(ctx, &base_url, &key)?.lists().await.map_err(|e| verify_failure(&a.name, e))?;
     }
+    let store = ctx.store().await?;
     let source = match source {
         KeySource::Stored { .. } => {
-            let master = MasterKey::load(&ctx.config.store.master_key_path(), true)?;
+            let existing = store.connections().await?;
+            let sealed: Vec<(&str, &[u8], &[u8])> = existing
+                .iter()
+                .filter_map(|c| match &c.key {
+                    KeySource::Stored { ciphertext, nonce } => Some((c.name.as_str(), &ciphertext[..], &nonce[..])),
+                    _ => None,
+                })
+                .collect();
+            let master = MasterKey::for_sealing(&ctx.config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(&a.name, &key);
             KeySource::Stored { ciphertext, nonce }
         }
         other => other,
     };
     let last4 = matches!(source, KeySource::Stored { .. }).then(|| secrets::last4(&key)).flatten();
-    let store = ctx.store().await?;
     let conn = store
         .add_connection(&NewConnection {
             name: a.name.clone(),

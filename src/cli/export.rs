@@ -13,7 +13,7 @@ use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
 use crate::schedule::Schedule;
 use crate::source::{self, SourceSpec};
-use crate::store::{FieldMap, NewExport, OnLeave, RunStatus};
+use crate::store::{FieldMap, NewExport, OnLeave, RunStatus, StoreError};
 use crate::sync::{check_field_name, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
 
 #[derive(Debug, Subcommand)]
@@ -140,13 +140,13 @@ fn parse_field(text: &str) -> Result<FieldMap, String> {
 }
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
+    // Before anything is read, and before the name is quoted in any message below.
+    crate::store::names::check_export_name(&a.name).map_err(|problem| StoreError::InvalidName {
+        what: "export",
+        name: a.name.clone(),
+        problem,
+    })?;
     let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not saved: {m}", a.name));
-    if !crate::daemon::valid_trigger_name(&a.name) {
-        return Err(fail(
-            "an export name must be usable as a trigger file name: not empty, not 'all', no '/', not starting with '.'"
-                .into(),
-        ));
-    }
     let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
     let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
     names.sort();

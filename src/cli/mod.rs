@@ -12,7 +12,7 @@ mod segment;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::store::Store;
@@ -98,6 +98,14 @@ pub enum Command {
     Validate,
     /// Write a SQLite file of generated customer profiles (for the demo and the benchmark).
     SampleData(sample::SampleArgs),
+    /// Print a shell completion script, e.g. `segment-exporter completions bash > /etc/bash_completion.d/segment-exporter`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `segment-exporter man > /usr/share/man/man1/segment-exporter.1`.
+    Man,
 }
 
 impl Cli {
@@ -136,6 +144,25 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>) -> anyh
         Command::Healthcheck { addr } => healthcheck(&ctx, addr).await,
         Command::Validate => validate(&ctx).await,
         Command::SampleData(args) => sample::run(&ctx, args).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "segment-exporter", &mut script);
+            print_raw(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_raw(&page)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print_raw(bytes: &[u8]) -> anyhow::Result<u8> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(exit::OK),
     }
 }
 

@@ -21,6 +21,10 @@ pub struct SandboxArgs {
     /// Requests per second allowed over all API endpoints; beyond it requests are answered 429 like Iterable.
     #[arg(long, value_name = "REQ_PER_S")]
     pub rate_limit: Option<f64>,
+    /// Requests the rate limit lets through at once [default: the rate]. Iterable's own bucket sizes are not
+    /// documented; a small burst makes a client's pacing visible.
+    #[arg(long, value_name = "REQUESTS", requires = "rate_limit")]
+    pub rate_limit_burst: Option<f64>,
     /// Send a Retry-After header with 429 answers (Iterable's docs do not say it does).
     #[arg(long)]
     pub retry_after: bool,
@@ -40,6 +44,9 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
     if !(0.0..=1.0).contains(&a.fail_rate) {
         return Err(Exit::error(exit::USAGE, format!("--fail-rate {} must be between 0 and 1", a.fail_rate)));
     }
+    if a.rate_limit_burst.is_some_and(|b| b.is_nan() || b < 1.0) {
+        return Err(Exit::error(exit::USAGE, "--rate-limit-burst must be at least 1 request"));
+    }
     if a.rate_limit.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err(Exit::error(exit::USAGE, "--rate-limit must be above 0 requests per second"));
     }
@@ -51,6 +58,7 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         api_keys: a.api_keys,
         latency: Duration::from_millis(a.latency),
         rate_limit: a.rate_limit,
+        rate_limit_burst: a.rate_limit_burst,
         retry_after: a.retry_after,
         fail_rate: a.fail_rate,
         list_propagation: Duration::from_millis(a.list_propagation),

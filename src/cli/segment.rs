@@ -38,9 +38,10 @@ pub enum SegmentCmd {
 pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
     match cmd {
         SegmentCmd::Add { name, source, query, skip_check } => {
-            if name.trim().is_empty() {
-                return Err(Exit::error(exit::FAILED, "the segment name is empty; it becomes the Iterable list name"));
-            }
+            // The name becomes the Iterable list's name; check it before reading the source.
+            crate::store::names::check_segment_name(&name).map_err(|problem| {
+                crate::store::StoreError::InvalidName { what: "segment", name: name.clone(), problem }
+            })?;
             let spec = source.parse::<SourceSpec>()?.absolute();
             let query = query.filter(|q| !q.trim().is_empty());
             match (spec.takes_query(), &query) {

@@ -290,13 +290,12 @@ impl IterableClient {
     async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
         let endpoint = path.split('?').next().unwrap_or(path);
         // A stopped run neither waits for its turn nor starts another attempt.
-        tokio::select! {
-            _ = self.pacer.ready() => {}
-            _ = self.cancel.cancelled() => {}
-        }
-        if self.cancel.is_cancelled() {
-            return Err(AttemptError::Final(IterableError::Cancelled { endpoint: endpoint.to_string() }));
-        }
+        let ticket = tokio::select! {
+            ticket = self.pacer.ready() => ticket,
+            _ = self.cancel.cancelled() => {
+                return Err(AttemptError::Final(IterableError::Cancelled { endpoint: endpoint.to_string() }));
+            }
+        };
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));
         if let Body::Json(bytes) = body {
@@ -321,13 +320,13 @@ impl IterableClient {
         observe(Some(status));
         tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
         if (200..300).contains(&status) {
-            self.pacer.succeeded();
+            self.pacer.succeeded(ticket);
             return Ok(text);
         }
         let error = classify_status(endpoint, status, retry_after, &text);
         if let AttemptError::Retry { rate_limited: true, .. } = error {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            self.pacer.slow_down();
+            self.pacer.slow_down(ticket);
         }
         Err(error)
     }

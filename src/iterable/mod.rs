@@ -15,5 +15,5 @@ mod types;
 
 pub use client::{ClientStats, IterableClient, RequestObserver, RetrySettings};
 pub use error::IterableError;
-pub use pacer::Pacer;
+pub use pacer::{Pacer, Ticket};
 pub use types::{encode_subscriber, BulkResponse, FailedUpdates, ListDetails, Region};

@@ -35,6 +35,9 @@ pub struct Faults {
     /// first half of their JSON body only (replaces the count left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate_next: Option<u64>,
+    /// Requests the rate limit lets through at once (the bucket's size). Default: the rate (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<f64>,
 }
 
 /// Distinguishes a field given as `null` (`Some(None)`) from one left out (`None`, via `default`).
@@ -53,6 +56,11 @@ impl Faults {
         if let Some(rate) = self.miscount_rate {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("miscount_rate must be between 0 and 1, got {rate}"));
+            }
+        }
+        if let Some(burst) = self.rate_limit_burst {
+            if !(burst.is_finite() && burst >= 1.0) {
+                return Err(format!("rate_limit_burst must be a number of requests of at least 1, got {burst}"));
             }
         }
         if let Some(Some(rate)) = self.rate_limit {
@@ -76,6 +84,8 @@ pub struct FaultSettings {
     pub miscount_next: u64,
     /// Truncated answers still to come.
     pub truncate_next: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<f64>,
 }
 
 /// What a request was picked to suffer.
@@ -116,6 +126,8 @@ pub(crate) struct FaultState {
     miscount_next: u64,
     truncate_next: u64,
     bucket: Option<TokenBucket>,
+    /// The rate limit's bucket size; None: the rate.
+    burst: Option<f64>,
     /// Iterable's documented per-endpoint limits, by endpoint label.
     documented: Vec<(&'static str, TokenBucket)>,
 }
@@ -155,7 +167,8 @@ impl FaultState {
             miscount_rate: 0.0,
             miscount_next: 0,
             truncate_next: 0,
-            bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, Instant::now())),
+            bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, None, Instant::now())),
+            burst: None,
             documented: Vec::new(),
         }
     }
@@ -164,8 +177,13 @@ impl FaultState {
         if let Some(ms) = change.latency_ms {
             self.latency = Duration::from_millis(ms);
         }
+        if let Some(burst) = change.rate_limit_burst {
+            self.burst = Some(burst);
+            let rate = self.bucket.as_ref().map(|bucket| bucket.rate);
+            self.bucket = rate.and_then(|rate| TokenBucket::new(rate, self.burst, Instant::now()));
+        }
         if let Some(rate) = change.rate_limit {
-            self.bucket = rate.and_then(|rate| TokenBucket::new(rate, Instant::now()));
+            self.bucket = rate.and_then(|rate| TokenBucket::new(rate, self.burst, Instant::now()));
         }
         if let Some(rate) = change.fail_rate {
             self.fail_rate = clamp_probability(rate);
@@ -190,6 +208,7 @@ impl FaultState {
             rate_limit: self.bucket.as_ref().map(|bucket| bucket.rate),
             fail_rate: self.fail_rate,
             retry_after: self.retry_after,
+            rate_limit_burst: self.bucket.as_ref().map(|bucket| bucket.burst).filter(|_| self.burst.is_some()),
             miscount_rate: self.miscount_rate,
             miscount_next: self.miscount_next,
             truncate_next: self.truncate_next,
@@ -245,7 +264,7 @@ fn clamp_probability(p: f64) -> f64 {
     }
 }
 
-/// Classic token bucket: `rate` tokens per second, capacity `max(1, rate)`, starting full.
+/// Classic token bucket: `rate` tokens per second, capacity `burst` (default `max(1, rate)`), starting full.
 #[derive(Debug)]
 struct TokenBucket {
     rate: f64,
@@ -256,11 +275,11 @@ struct TokenBucket {
 
 impl TokenBucket {
     /// `None` for a rate that is not a positive finite number.
-    fn new(rate: f64, now: Instant) -> Option<Self> {
+    fn new(rate: f64, burst: Option<f64>, now: Instant) -> Option<Self> {
         if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
-        Some(Self::with_burst(rate, rate.max(1.0), now))
+        Some(Self::with_burst(rate, burst.unwrap_or(rate).max(1.0), now))
     }
 
     /// A bucket of `burst` tokens refilled at `rate` a second, starting full.
@@ -288,7 +307,7 @@ mod tests {
     #[test]
     fn the_bucket_allows_its_burst_then_refuses_until_tokens_refill() {
         let start = Instant::now();
-        let mut bucket = TokenBucket::new(2.0, start).unwrap();
+        let mut bucket = TokenBucket::new(2.0, None, start).unwrap();
         assert!(bucket.take(start).is_ok());
         assert!(bucket.take(start).is_ok());
         let refused = bucket.take(start).unwrap_err();
@@ -300,11 +319,25 @@ mod tests {
     #[test]
     fn a_slow_rate_still_allows_one_request_and_reports_a_long_reset() {
         let start = Instant::now();
-        let mut bucket = TokenBucket::new(0.1, start).unwrap();
+        let mut bucket = TokenBucket::new(0.1, None, start).unwrap();
         assert!(bucket.take(start).is_ok());
         let refused = bucket.take(start).unwrap_err();
         assert_eq!(refused.limit, 1);
         assert_eq!(refused.reset_secs, 10);
+    }
+
+    #[test]
+    fn a_burst_setting_sizes_the_bucket_apart_from_the_rate() {
+        let start = Instant::now();
+        let mut state = FaultState::new(Duration::ZERO, Some(10.0), 0.0, false);
+        state.apply(&Faults { rate_limit_burst: Some(2.0), ..Faults::default() });
+        assert!(state.take_token(start).is_ok());
+        assert!(state.take_token(start).is_ok());
+        let refused = state.take_token(start).unwrap_err();
+        assert_eq!(refused.limit, 2, "two at once, not ten");
+        assert!(state.take_token(start + Duration::from_millis(100)).is_ok(), "refilled at 10 a second");
+        assert_eq!(state.settings().rate_limit_burst, Some(2.0));
+        assert!(Faults { rate_limit_burst: Some(0.5), ..Faults::default() }.validate().is_err());
     }
 
     #[test]

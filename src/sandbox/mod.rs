@@ -43,6 +43,8 @@ pub struct SandboxOptions {
     /// Requests per second over all `/api` endpoints, as a token bucket with burst `max(1, rate)`;
     /// `None` means unlimited. A non-positive or non-finite rate also means unlimited.
     pub rate_limit: Option<f64>,
+    /// Requests `rate_limit` lets through at once (its bucket's size); `None` means the rate itself (at least 1).
+    pub rate_limit_burst: Option<f64>,
     /// Send `Retry-After: <secs>` on 429s. Iterable's docs do not say it does, so the default is off.
     pub retry_after: bool,
     /// Probability (clamped to `0..=1`) that an `/api` request fails: half of the failures answer 500
@@ -65,6 +67,7 @@ impl Default for SandboxOptions {
             api_keys: vec!["sandbox-key".into()],
             latency: Duration::ZERO,
             rate_limit: None,
+            rate_limit_burst: None,
             retry_after: false,
             fail_rate: 0.0,
             list_propagation: Duration::ZERO,
@@ -81,6 +84,7 @@ impl fmt::Debug for SandboxOptions {
             .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
             .field("latency", &self.latency)
             .field("rate_limit", &self.rate_limit)
+            .field("rate_limit_burst", &self.rate_limit_burst)
             .field("retry_after", &self.retry_after)
             .field("fail_rate", &self.fail_rate)
             .field("list_propagation", &self.list_propagation)
@@ -116,6 +120,9 @@ impl fmt::Debug for Sandbox {
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Self {
         let mut faults = FaultState::new(opts.latency, opts.rate_limit, opts.fail_rate, opts.retry_after);
+        if opts.rate_limit_burst.is_some() {
+            faults.apply(&Faults { rate_limit_burst: opts.rate_limit_burst, ..Faults::default() });
+        }
         if opts.documented_limits {
             faults.enforce_documented_limits(std::time::Instant::now());
         }

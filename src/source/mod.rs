@@ -195,6 +195,38 @@ pub enum SourceError {
     ReaderFailed { spec: String, cause: String },
 }
 
+/// A database's error text without the data values it quotes. PostgreSQL and SQLite echo the offending value
+/// (`invalid input syntax for type date: "bob@example.com"`), and these texts reach WARN logs, the run history and
+/// the CLI: a quoted literal after a colon, or one holding an `@`, is replaced by `"…"`. Identifiers quoted
+/// elsewhere (`column "tier" does not exist`) stay. The full text is logged at debug level only.
+pub(crate) fn redact_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut redacted = false;
+    while let Some(start) = rest.find(['"', '\'']) {
+        let quote = rest[start..].chars().next().expect("found a quote");
+        let Some(len) = rest[start + 1..].find(quote) else { break };
+        let literal = &rest[start + 1..start + 1 + len];
+        let after_colon = rest[..start].trim_end().ends_with(':');
+        out.push_str(&rest[..start]);
+        if after_colon || literal.contains('@') {
+            out.push(quote);
+            out.push('…');
+            out.push(quote);
+            redacted = true;
+        } else {
+            out.push_str(&rest[start..start + len + 2]);
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    if redacted {
+        tracing::debug!(error = %text, "Source error with its values.");
+        out.push_str(" (values hidden; RUST_LOG=debug logs them)");
+    }
+    out
+}
+
 fn missing_column_message(column: &str, available: &[String]) -> String {
     let listed = if available.is_empty() {
         "none".to_owned()
@@ -598,6 +630,24 @@ pub(crate) mod test_support {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_values;
+
+    #[test]
+    fn quoted_values_are_hidden_and_identifiers_kept() {
+        assert_eq!(
+            redact_values("invalid input syntax for type date: \"bob.private@example.com\""),
+            "invalid input syntax for type date: \"…\" (values hidden; RUST_LOG=debug logs them)"
+        );
+        assert_eq!(redact_values("column \"tier\" does not exist"), "column \"tier\" does not exist");
+        assert_eq!(
+            redact_values("near 'x': value 'ann@x.io' and \"unterminated"),
+            "near 'x': value '…' and \"unterminated (values hidden; RUST_LOG=debug logs them)"
+        );
     }
 }
 

@@ -40,7 +40,7 @@ pub(super) async fn read(spec: String, path: &Path, query: &str, columns: Column
 
     // Preparing gives the column names even when the query returns no rows; sqlx caches the statement,
     // so the fetch below does not parse it again.
-    let query_error = |cause: String| SourceError::Query { spec: spec.clone(), cause };
+    let query_error = |cause: String| SourceError::Query { spec: spec.clone(), cause: super::redact_values(&cause) };
     let statement = match conn.prepare(query).await {
         Ok(statement) => statement,
         // SQLITE_NOTADB: SQLite reads the file header only when a query first needs the schema.
@@ -76,7 +76,9 @@ async fn pump(
         row_number += 1;
         match row {
             Ok(row) => convert_row(&row, &indices, &names, &spec, row_number),
-            Err(error) => Err(SourceError::Query { spec: spec.clone(), cause: error.to_string() }),
+            Err(error) => {
+                Err(SourceError::Query { spec: spec.clone(), cause: super::redact_values(&error.to_string()) })
+            }
         }
     });
     if out.forward(rows).await {
@@ -99,7 +101,7 @@ fn convert_row(
                 spec: spec.to_owned(),
                 row: row_number,
                 column: name.clone(),
-                cause,
+                cause: super::redact_values(&cause),
             };
             let value = row.try_get_raw(index).map_err(|e| bad_value(e.to_string()))?;
             convert_value(value).map_err(|problem| match problem {

@@ -73,6 +73,11 @@ pub struct NewExport {
 
 impl Store {
     pub async fn add_export(&self, e: &NewExport) -> Result<Export> {
+        super::names::check_export_name(&e.name).map_err(|problem| StoreError::InvalidName {
+            what: "export",
+            name: e.name.clone(),
+            problem,
+        })?;
         let mut tx = self.pool.begin().await?;
         let at = now();
         let id: i64 = sqlx::query_scalar(

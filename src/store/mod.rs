@@ -6,6 +6,7 @@
 mod connections;
 mod exports;
 mod members;
+pub mod names;
 mod runs;
 mod segments;
 
@@ -39,6 +40,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store holds {value:?} in {table}.{column}, which this version of segment-exporter does not know. It may have been written by a newer segment-exporter; upgrade, or restore the store from a backup.")]
     UnknownValue { table: &'static str, column: &'static str, value: String },
+    #[error("the {what} name {name:?} {problem}. Pick another name.")]
+    InvalidName { what: &'static str, name: String, problem: String },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
@@ -79,6 +82,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.into(), source: e.into() })?;
         }
+        make_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e.into() })?;
         let options = Self::connect_options(path);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -125,8 +129,61 @@ impl Store {
     }
 }
 
+/// The store holds every member's email: its files are the owner's alone, whatever the umask. The database file is
+/// created 0600 before SQLite opens it, and SQLite gives its `-wal` and `-shm` files the database file's mode. Files
+/// left readable by an older version are tightened.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    let mode = meta.permissions().mode() & 0o700;
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_store_files_are_private_even_when_an_older_version_left_them_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = Store::open(&path).await.unwrap();
+        store.add_segment("s", "csv:/x.csv", None).await.unwrap();
+        for file in ["store.db", "store.db-wal", "store.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        store.close().await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(mode(&path), 0o600, "an old world-readable store is tightened");
+        assert_eq!(store.segments().await.unwrap().len(), 1, "and keeps its data");
+    }
 }
 
 #[cfg(test)]

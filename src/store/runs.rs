@@ -123,6 +123,22 @@ pub struct Issue {
     pub reason: String,
 }
 
+/// Of an offending value only this much is stored: enough to recognise it, never a 10 MB field on every run.
+const MAX_STORED_MEMBER_BYTES: usize = 256;
+const MAX_STORED_REASON_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.trigger, r.status, r.full_resync, \
      r.started_at, r.finished_at, r.error, r.pid, r.note FROM runs r JOIN exports e ON e.id = r.export_id";
 
@@ -232,11 +248,46 @@ impl Store {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO run_issues (run_id, target_id, kind, member, reason) ");
             q.push_values(chunk, |mut b, (member, reason)| {
-                b.push_bind(run_id).push_bind(target_id).push_bind(kind).push_bind(member).push_bind(reason);
+                b.push_bind(run_id)
+                    .push_bind(target_id)
+                    .push_bind(kind)
+                    .push_bind(member.as_deref().map(|m| clip(m, MAX_STORED_MEMBER_BYTES)))
+                    .push_bind(clip(reason, MAX_STORED_REASON_BYTES));
             });
             q.build().execute(&self.pool).await?;
         }
         Ok(())
+    }
+
+    /// Keeps history bounded: drops runs that finished before `cutoff` (with their per-list counts and issues,
+    /// by cascade), except each export's latest run, and drops the invalid/rejected members of all but the last
+    /// `keep_issue_runs` runs of `export_id`. Returns (runs pruned, issue rows pruned).
+    pub async fn prune_history(
+        &self,
+        export_id: i64,
+        cutoff: DateTime<Utc>,
+        keep_issue_runs: u32,
+    ) -> Result<(u64, u64)> {
+        let mut tx = self.pool.begin().await?;
+        let runs = sqlx::query(
+            "DELETE FROM runs WHERE status != 'running' AND finished_at IS NOT NULL AND finished_at < ? \
+             AND id NOT IN (SELECT MAX(id) FROM runs GROUP BY export_id)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let issues = sqlx::query(
+            "DELETE FROM run_issues WHERE run_id IN \
+             (SELECT id FROM runs WHERE export_id = ? ORDER BY id DESC LIMIT -1 OFFSET ?)",
+        )
+        .bind(export_id)
+        .bind(keep_issue_runs as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((runs, issues))
     }
 
     pub async fn runs(&self, export: Option<&str>, limit: u32) -> Result<Vec<Run>> {

@@ -30,6 +30,11 @@ impl std::fmt::Debug for Segment {
 
 impl Store {
     pub async fn add_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
+        super::names::check_segment_name(name).map_err(|problem| StoreError::InvalidName {
+            what: "segment",
+            name: name.into(),
+            problem,
+        })?;
         sqlx::query("INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?)")
             .bind(name)
             .bind(source)

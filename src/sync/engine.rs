@@ -203,6 +203,7 @@ impl Engine {
         };
         let lists = state.lists;
         self.store.finish_run(run_id, status, error.as_deref()).await?;
+        self.prune_history(&export).await;
         progress.set_phase(Phase::Done, "");
         let run = self.store.run(run_id).await?;
         let lists = merge_counts(lists, &run);
@@ -299,6 +300,24 @@ impl Engine {
             sender.send_target(&mut session, &target_run, export.on_leave).await?;
         }
         Ok(())
+    }
+
+    /// Bounds the run history after each run (`store.history_retention`, `sync.keep_issue_runs`). A failure
+    /// here loses nothing and does not fail the run.
+    async fn prune_history(&self, export: &Export) {
+        let retention =
+            chrono::Duration::from_std(self.config.store.history_retention).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff =
+            crate::store::now().checked_sub_signed(retention).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match self.store.prune_history(export.id, cutoff, self.config.sync.keep_issue_runs).await {
+            Ok((0, 0)) => {}
+            Ok((runs, issues)) => {
+                tracing::debug!(export = %export.name, runs, issues, "Pruned old run history.")
+            }
+            Err(e) => {
+                tracing::warn!(export = %export.name, error = %e, "Could not prune old run history; it will be tried again after the next run.")
+            }
+        }
     }
 
     /// Whether every list of the export was seen in Iterable within `sync.list_check_interval`.

@@ -24,8 +24,12 @@ impl RunLock {
     pub fn try_acquire(dir: &Path, export_id: i64) -> Result<RunLock, LockError> {
         let path = dir.join(format!("export-{export_id}.lock"));
         let io = |cause| LockError::Io { path: path.clone(), cause };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        private_dir(dir).map_err(io)?;
+        let mut options = File::options();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => Ok(RunLock { _file: file, path }),
             Err(TryLockError::WouldBlock) => Err(LockError::Busy { path }),
@@ -41,6 +45,15 @@ impl RunLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The lock folder sits beside the store and is the owner's alone, whatever the umask.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(test)]

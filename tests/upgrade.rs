@@ -1,0 +1,103 @@
+//! Upgrading in place: a store written before issue 7 (tests/fixtures/v1-store.db, made by
+//! tests/fixtures/make-v1-store.sh) opens with today's binary with nothing lost, and its exports go on sending only
+//! what changed, the legacy pair of exports that share one list included.
+
+mod common;
+
+use common::*;
+
+/// The fixture's lists as they stand in Iterable: list 1000 `VIP` (vip0..19, tier gold) and 1001 `Churn`
+/// (churn0..9, tier silver).
+fn vip() -> Vec<String> {
+    (0..20).map(|i| format!("vip{i}@example.com")).collect()
+}
+
+fn churn() -> Vec<String> {
+    (0..10).map(|i| format!("churn{i}@example.com")).collect()
+}
+
+fn api(env: &Env, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", env.base_url))
+            .header("Api-Key", KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    })
+}
+
+/// Copies the fixture into `env`, points its connection at this sandbox and its segments at fresh CSV files, and
+/// recreates its Iterable lists in the sandbox as the fixture's runs left them.
+fn install_fixture(env: &Env) {
+    std::fs::copy("tests/fixtures/v1-store.db", env.path("store.db")).unwrap();
+    let (vip, churn) = (vip(), churn());
+    let vip_rows: Vec<(&str, &str)> = vip.iter().map(|e| (e.as_str(), "gold")).collect();
+    let churn_rows: Vec<(&str, &str)> = churn.iter().map(|e| (e.as_str(), "silver")).collect();
+    let vip_csv = env.write_csv("vip.csv", &vip_rows);
+    let churn_csv = env.write_csv("churn.csv", &churn_rows);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(env.path("store.db")).connect().await.unwrap();
+        sqlx::query("UPDATE connections SET base_url = ?").bind(&env.base_url).execute(&mut conn).await.unwrap();
+        for (name, path) in [("VIP", &vip_csv), ("Churn", &churn_csv)] {
+            sqlx::query("UPDATE segments SET source = ? WHERE name = ?")
+                .bind(format!("csv:{}", path.display()))
+                .bind(name)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+    for (name, members, tier) in [("VIP", vip, "gold"), ("Churn", churn, "silver")] {
+        let id = api(env, "/api/lists", serde_json::json!({ "name": name }))["listId"].as_i64().unwrap();
+        let subscribers: Vec<_> =
+            members.iter().map(|e| serde_json::json!({"email": e, "dataFields": {"tier": tier}})).collect();
+        api(env, "/api/lists/subscribe", serde_json::json!({"listId": id, "subscribers": subscribers}));
+    }
+    assert_eq!(env.list_id("VIP"), Some(1000));
+    assert_eq!(env.list_id("Churn"), Some(1001));
+}
+
+#[test]
+fn a_store_from_before_the_upgrade_keeps_its_exports_history_and_memory() {
+    let env = Env::new();
+    install_fixture(&env);
+
+    let exports = env.json(&["export", "list"]);
+    let names: Vec<&str> = exports.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["exp-a", "exp-b"], "{exports}");
+    let runs = env.json(&["runs"]);
+    assert_eq!(runs.as_array().unwrap().len(), 2, "run history survives: {runs}");
+    let shown = env.json(&["export", "show", "exp-a"]);
+    assert_eq!(shown["lists"][0]["list_id"], 1000, "{shown}");
+    assert_eq!(shown["lists"][0]["members"], 20, "{shown}");
+    assert_eq!(shown["lists"][1]["members"], 10, "{shown}");
+
+    // Nothing changed in the segments: the upgraded exports send nothing, the legacy pair included.
+    env.sandbox.reset_stats();
+    for export in ["exp-a", "exp-b"] {
+        let report = env.json(&["export", "run", export]);
+        assert_eq!(report["status"], "succeeded", "{report}");
+    }
+    let stats = env.stats();
+    assert_eq!(requests(&stats, "lists.subscribe"), 0, "{stats:?}");
+    assert_eq!(requests(&stats, "lists.unsubscribe"), 0, "{stats:?}");
+    assert_eq!(requests(&stats, "lists.create"), 0, "{stats:?}");
+
+    // A member leaves VIP: the export that put it there removes it; the list stays exact.
+    let stayed = vip()[1..].to_vec();
+    let rows: Vec<(&str, &str)> = stayed.iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("vip.csv", &rows);
+    let report = env.json(&["export", "run", "exp-a"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["lists"][0]["removed"], 1, "{report}");
+    assert_eq!(env.members("VIP"), sorted(stayed));
+    assert_eq!(env.members("Churn"), sorted(churn()));
+}
