@@ -33,7 +33,9 @@ use faults::FaultState;
 use project::Project;
 
 /// How a sandbox behaves. Faults (`latency`, `rate_limit`, `retry_after`, `fail_rate`) can be changed
-/// later with [`Sandbox::set_faults`].
+/// later with [`Sandbox::set_faults`], which also switches on answers that do not account for their batch
+/// (`miscount_rate`, `miscount_next`, `truncate_next`); [`Sandbox::set_rejected`] picks members that subscribe
+/// refuses with `invalidDataEmails`.
 #[derive(Clone)]
 pub struct SandboxOptions {
     /// Accepted keys, sent in the `Api-Key` header (or `Api_Key`, which Iterable also accepts).
