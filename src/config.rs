@@ -123,6 +123,19 @@ pub struct SyncConfig {
     /// than this: then it checks them (one `GET /api/lists`) and recreates and refills a deleted one. Default 24h.
     #[serde(with = "humantime_serde")]
     pub list_check_interval: Duration,
+    /// A member Iterable refused (e.g. `invalidDataEmails`), or too large to send, is sent again by the next run in
+    /// which its fields changed, and otherwise once this long has passed since it was refused; "0s" retries on
+    /// every run. Members Iterable calls forgotten are never retried. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub retry_rejected_interval: Duration,
+}
+
+impl SyncConfig {
+    /// Members refused at or before this Unix time are due to be sent again.
+    pub fn retry_rejected_until(&self, now: chrono::DateTime<chrono::Utc>) -> i64 {
+        let interval = i64::try_from(self.retry_rejected_interval.as_secs()).unwrap_or(i64::MAX);
+        now.timestamp().saturating_sub(interval)
+    }
 }
 
 impl Default for SyncConfig {
@@ -132,6 +145,7 @@ impl Default for SyncConfig {
             max_recorded_issues: 100_000,
             keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
+            retry_rejected_interval: Duration::from_secs(24 * 3600),
         }
     }
 }

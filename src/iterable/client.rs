@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::error::{classify_status, classify_transport, parse_retry_after, AttemptError, IterableError};
 use super::pacer::Pacer;
@@ -52,6 +53,8 @@ pub struct IterableClient {
     retry: RetrySettings,
     stats: Arc<ClientStats>,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Cuts every wait short (pace, retry backoff, list creation): a stopped run must not sit out a backoff.
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for IterableClient {
@@ -98,6 +101,7 @@ impl IterableClient {
             retry,
             stats: Default::default(),
             observer: None,
+            cancel: CancellationToken::new(),
         })
     }
 
@@ -107,14 +111,20 @@ impl IterableClient {
         self
     }
 
+    /// Stops waiting (for the pace, before a retry) once `cancel` is cancelled; the call then fails with
+    /// `IterableError::Cancelled`. A request already on the wire is let finish.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
     }
 
     /// `GET /api/lists`: every list in the project.
     pub async fn lists(&self) -> Result<Vec<ListDetails>, IterableError> {
-        let text = self.call(Method::GET, "/api/lists", Body::None).await?;
-        decode::<ListsResponse>("/api/lists", &text).map(|r| r.lists)
+        self.call(Method::GET, "/api/lists", Body::None, decode::<ListsResponse>).await.map(|r| r.lists)
     }
 
     /// `POST /api/lists`: creates a static list and returns its id.
@@ -131,8 +141,11 @@ impl IterableClient {
         let mut delay = self.retry.min_delay;
         let mut last = String::new();
         for _ in 0..self.retry.max_attempts {
-            match self.call_with(Method::POST, "/api/lists", Body::Json(body.clone()), 1).await {
-                Ok(text) => return decode::<CreateListResponse>("/api/lists", &text).map(|r| r.list_id),
+            match self
+                .call_with(Method::POST, "/api/lists", Body::Json(body.clone()), 1, decode::<CreateListResponse>)
+                .await
+            {
+                Ok(r) => return Ok(r.list_id),
                 Err(IterableError::GaveUp { last: reason, .. }) => {
                     last = reason;
                     let created =
@@ -141,7 +154,13 @@ impl IterableClient {
                         tracing::info!(list_id = list.id, "The list was created although the answer was lost.");
                         return Ok(list.id);
                     }
-                    tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+                    let pause = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.cancel.cancelled() => {
+                            return Err(IterableError::Cancelled { endpoint: "/api/lists".into() });
+                        }
+                    }
                     delay = (delay * 2).min(self.retry.max_delay);
                 }
                 Err(e) => return Err(e),
@@ -153,18 +172,28 @@ impl IterableClient {
     /// `GET /api/lists/{id}/size` (Iterable allows 5 a minute per project).
     pub async fn list_size(&self, list_id: i64) -> Result<u64, IterableError> {
         let path = format!("/api/lists/{list_id}/size");
-        let text = self.call(Method::GET, &path, Body::None).await?;
-        text.trim()
-            .trim_matches('"')
-            .parse()
-            .map_err(|_| IterableError::Decode { endpoint: path, cause: "not a number".into() })
+        self.call(Method::GET, &path, Body::None, |text| {
+            text.trim().trim_matches('"').parse().map_err(|_| "a size that is not a number".to_string())
+        })
+        .await
     }
 
-    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`.
-    pub async fn subscribe(&self, list_id: i64, fragments: &[Vec<u8>]) -> Result<BulkResponse, IterableError> {
+    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`. `in_batch` tells whether
+    /// a (lowercased) email was one of them. An HTTP 200 that does not account for the batch (see
+    /// `BulkResponse::accounts_for`) is retried like a 5xx.
+    pub async fn subscribe(
+        &self,
+        list_id: i64,
+        fragments: &[Vec<u8>],
+        in_batch: impl Fn(&str) -> bool,
+    ) -> Result<BulkResponse, IterableError> {
         let body = subscribe_body(list_id, fragments);
-        let text = self.call(Method::POST, "/api/lists/subscribe", Body::Json(body)).await?;
-        decode("/api/lists/subscribe", &text)
+        self.call(Method::POST, "/api/lists/subscribe", Body::Json(body), |text| {
+            let response = decode::<BulkResponse>(text)?;
+            response.accounts_for(fragments.len(), &in_batch)?;
+            Ok(response)
+        })
+        .await
     }
 
     /// `POST /api/lists/unsubscribe`, always with `channelUnsubscribe: false`.
@@ -175,22 +204,45 @@ impl IterableClient {
             channel_unsubscribe: false,
         };
         let body = serde_json::to_vec(&body).expect("serialisable");
-        let text = self.call(Method::POST, "/api/lists/unsubscribe", Body::Json(body)).await?;
-        decode("/api/lists/unsubscribe", &text)
+        self.call(Method::POST, "/api/lists/unsubscribe", Body::Json(body), |text| {
+            let response = decode::<BulkResponse>(text)?;
+            // notFoundEmails are in failCount too: members already off the list.
+            response.accounts_for(emails.len(), |e| emails.iter().any(|sent| sent == e))?;
+            Ok(response)
+        })
+        .await
     }
 
-    /// One call with pacing and retries; returns the body of a 2xx answer.
-    async fn call(&self, method: Method, path: &str, body: Body) -> Result<String, IterableError> {
-        self.call_with(method, path, body, self.retry.max_attempts).await
+    /// `GET /api/lists/getUsers?listId=`: every member's email, lowercased (Iterable allows 5 a minute per
+    /// project; a 429 is retried after the reset it names).
+    pub async fn list_users(&self, list_id: i64) -> Result<Vec<String>, IterableError> {
+        let path = format!("/api/lists/getUsers?listId={list_id}");
+        self.call(Method::GET, &path, Body::None, |text| {
+            Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_lowercase).collect())
+        })
+        .await
     }
 
-    async fn call_with(
+    /// One call with pacing and retries; `accept` reads the body of a 2xx answer, and an answer it refuses (with
+    /// what is wrong) is retried like a 5xx.
+    async fn call<T>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        accept: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, IterableError> {
+        self.call_with(method, path, body, self.retry.max_attempts, accept).await
+    }
+
+    async fn call_with<T>(
         &self,
         method: Method,
         path: &str,
         body: Body,
         max_attempts: usize,
-    ) -> Result<String, IterableError> {
+        accept: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, IterableError> {
         let endpoint = path.split('?').next().unwrap_or(path).to_string();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
@@ -199,11 +251,22 @@ impl IterableClient {
             .with_jitter();
         let max_delay = self.retry.max_delay;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let cancel = self.cancel.clone();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(&method, path, &body).await
+            let text = self.attempt(&method, path, &body).await?;
+            accept(&text).map_err(|reason| AttemptError::Retry { reason, after: None, rate_limited: false })
         })
         .retry(backoff)
+        .sleep(move |delay| {
+            let cancel = cancel.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+        })
         .when(AttemptError::is_retryable)
         .adjust(|e, planned| planned.map(|d| e.retry_after().map_or(d, |after| after.min(max_delay))))
         .notify(|e, delay| {
@@ -215,6 +278,7 @@ impl IterableClient {
         .await;
         result.map_err(|e| match e {
             AttemptError::Final(e) => e,
+            AttemptError::Retry { .. } if self.cancel.is_cancelled() => IterableError::Cancelled { endpoint },
             AttemptError::Retry { reason, .. } => IterableError::GaveUp {
                 endpoint: endpoint.clone(),
                 attempts: attempts.load(Ordering::Relaxed),
@@ -224,9 +288,15 @@ impl IterableClient {
     }
 
     async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
-        let ticket = self.pacer.ready().await;
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let endpoint = path.split('?').next().unwrap_or(path);
+        // A stopped run neither waits for its turn nor starts another attempt.
+        let ticket = tokio::select! {
+            ticket = self.pacer.ready() => ticket,
+            _ = self.cancel.cancelled() => {
+                return Err(AttemptError::Final(IterableError::Cancelled { endpoint: endpoint.to_string() }));
+            }
+        };
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));
         if let Body::Json(bytes) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(bytes.clone());
@@ -262,9 +332,9 @@ impl IterableClient {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, text: &str) -> Result<T, IterableError> {
-    serde_json::from_str(text)
-        .map_err(|e| IterableError::Decode { endpoint: endpoint.to_string(), cause: e.to_string() })
+/// Reads a JSON answer; a body that is not the expected shape (truncated, say) is retried like a 5xx.
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("HTTP 200 with a body that could not be read ({e})"))
 }
 
 /// An endpoint with numeric path segments replaced, so metrics labels stay few.

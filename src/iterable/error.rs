@@ -17,11 +17,18 @@ pub enum IterableError {
     GaveUp { endpoint: String, attempts: usize, last: String },
     #[error("Iterable answered {endpoint} with a body that could not be read: {cause}")]
     Decode { endpoint: String, cause: String },
+    /// The run was asked to stop while this call waited (for its pace or before a retry).
+    #[error("stopped waiting for {endpoint}: the run was asked to stop")]
+    Cancelled { endpoint: String },
 }
 
 impl IterableError {
     pub fn is_bad_api_key(&self) -> bool {
         matches!(self, IterableError::BadApiKey { .. })
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, IterableError::Cancelled { .. })
     }
 }
 

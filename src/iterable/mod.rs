@@ -4,6 +4,9 @@
 //! Classification lives in one place (`error.rs`): transport errors, 408, 429 and 5xx (not 501) are retried with
 //! capped exponential backoff and jitter, honouring `Retry-After` (or `params.rateLimitReset`) when present; every
 //! other answer is final. HTTP status is checked before the body, because Iterable can say `code: "Success"` on a 400.
+//! A 2xx is accepted only when its body reads as expected; a subscribe or unsubscribe answer must also account for
+//! its whole batch (`BulkResponse::accounts_for`); anything else is retried like a 5xx. Every wait (pace, backoff)
+//! ends early when the run's `CancellationToken` is cancelled.
 
 mod client;
 mod error;

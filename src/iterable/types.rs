@@ -105,6 +105,35 @@ pub struct BulkResponse {
     pub invalid_emails: Vec<String>,
 }
 
+impl BulkResponse {
+    /// Whether this answer accounts for a batch of `sent` members: `successCount + failCount` must equal `sent`,
+    /// and every email named in `failedUpdates` must be one of the batch (`in_batch` gets it trimmed and
+    /// lowercased). The deprecated top-level `invalidEmails` copy is not counted again. The error says what did not
+    /// add up. Costs nothing per member unless some failed.
+    pub fn accounts_for(&self, sent: usize, in_batch: impl Fn(&str) -> bool) -> Result<(), String> {
+        let answered = self.success_count.saturating_add(self.fail_count);
+        if self.success_count < 0 || self.fail_count < 0 || answered != sent as i64 {
+            return Err(format!(
+                "HTTP 200 whose counts do not add up: successCount {} + failCount {} for {sent} member(s) sent",
+                self.success_count, self.fail_count
+            ));
+        }
+        let f = &self.failed_updates;
+        let strangers =
+            [&f.invalid_emails, &f.not_found_emails, &f.forgotten_emails, &f.conflict_emails, &f.invalid_data_emails]
+                .into_iter()
+                .flatten()
+                .filter(|e| !in_batch(&e.trim().to_lowercase()))
+                .count();
+        if strangers > 0 {
+            return Err(format!(
+                "HTTP 200 naming {strangers} member(s) in failedUpdates that were not in the batch of {sent}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One subscriber as a JSON fragment: `{"email":"…","dataFields":{…}}`. `fields` is a JSON object text produced
 /// by `serde_json`; an empty object is left out. Fragments are joined by `IterableClient::subscribe`, so a batch's
 /// body size is known while the batch is built.
@@ -177,6 +206,30 @@ mod tests {
         assert_eq!(f.categorised(true), vec![("b@x.com".to_string(), "forgottenEmails")]);
         assert_eq!(f.categorised(false).len(), 2);
         assert_eq!(f.categorised(false)[0].0, "a@x.com");
+    }
+
+    #[test]
+    fn an_answer_accounts_for_a_batch_only_when_counts_and_named_members_match() {
+        let batch = ["a@x.com", "b@x.com"];
+        let in_batch = |e: &str| batch.contains(&e);
+        let ok: BulkResponse = serde_json::from_str(
+            r#"{"successCount":1,"failCount":1,"failedUpdates":{"invalidDataEmails":["A@x.com"]},"invalidEmails":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.accounts_for(2, in_batch), Ok(()));
+        let zero: BulkResponse = serde_json::from_str(r#"{"successCount":0,"failCount":0}"#).unwrap();
+        let why = zero.accounts_for(2, in_batch).unwrap_err();
+        assert!(why.contains("successCount 0 + failCount 0 for 2"), "{why}");
+        let stranger: BulkResponse =
+            serde_json::from_str(r#"{"successCount":1,"failCount":1,"failedUpdates":{"forgottenEmails":["z@x.com"]}}"#)
+                .unwrap();
+        assert!(stranger.accounts_for(2, in_batch).unwrap_err().contains("not in the batch"));
+        // The deprecated top-level copy repeats failedUpdates.invalidEmails and is not counted twice.
+        let copy: BulkResponse = serde_json::from_str(
+            r#"{"successCount":1,"failCount":1,"failedUpdates":{"invalidEmails":["b@x.com"]},"invalidEmails":["b@x.com"]}"#,
+        )
+        .unwrap();
+        assert_eq!(copy.accounts_for(2, in_batch), Ok(()));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The sandbox's HTTP layer: routes, and for every `/api` request the same gate in the same order
 //! (count, latency, API key, rate limit, body size, injected failure), then the endpoint handler.
 //! Bodies are read and parsed and identities validated before the project lock is taken, so the lock
-//! covers only the O(batch) state change. Also the key-less `/_sandbox` control endpoints.
+//! covers only the O(batch) state change. Also the key-less `/_sandbox` control endpoints: `stats`,
+//! `reset-stats`, `faults` (GET and POST a partial `Faults`) and `reject` (POST `{"emails": [...]}`: the
+//! members subscribe refuses with `invalidDataEmails`).
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::faults::{Faults, Injected, RateLimited};
+use super::faults::{BadAnswer, Faults, Injected, RateLimited};
 use super::project::{SubscriberUpdate, PROJECT_ID};
 use super::stats::UNKNOWN_ENDPOINT;
 use super::validation::{is_forgotten, is_valid_email, is_valid_user_id};
@@ -87,6 +89,7 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .route("/_sandbox/stats", get(control_stats))
         .route("/_sandbox/faults", get(control_faults).post(control_set_faults))
         .route("/_sandbox/reset-stats", post(control_reset_stats))
+        .route("/_sandbox/reject", post(control_reject))
         .fallback(not_found)
         // Our own check against `max_body_bytes` decides, not axum's 2 MB default.
         .layer(DefaultBodyLimit::disable())
@@ -169,11 +172,23 @@ impl Sandbox {
                 Value::Null,
             ));
         }
+        let bad_answer = match endpoint {
+            Endpoint::Subscribe | Endpoint::Unsubscribe => self.inner.faults.lock().roll_answer(),
+            _ => BadAnswer::None,
+        };
+        if bad_answer == BadAnswer::Miscount {
+            self.inner.stats.lock().bad_answers += 1;
+            return Outcome::answered(Json(UserBulkUpdateListResponse::default()));
+        }
         let path_param = Path::<String>::from_request_parts(parts, &()).await.ok().map(|Path(param)| param);
         let response =
             self.handle(endpoint, &parts.uri, path_param.as_deref(), &body).unwrap_or_else(IntoResponse::into_response);
         if injected == Injected::DropAfterApplying {
             return Outcome::Dropped;
+        }
+        if bad_answer == BadAnswer::Truncate && response.status() == StatusCode::OK {
+            self.inner.stats.lock().bad_answers += 1;
+            return Outcome::Answered(truncated(response).await);
         }
         Outcome::Answered(response)
     }
@@ -237,6 +252,17 @@ impl Sandbox {
                 updates.push(update);
             }
         }
+        let rejected = self.inner.rejected.lock();
+        if !rejected.is_empty() {
+            updates.retain(|update| match &update.identity {
+                Identity::Email(email) if rejected.contains(email) => {
+                    outcome.invalid_data(update.identity.clone());
+                    false
+                }
+                _ => true,
+            });
+        }
+        drop(rejected);
         self.inner
             .project
             .lock()
@@ -457,6 +483,15 @@ fn batch_too_large(limit: usize) -> Envelope {
     )
 }
 
+/// The same answer with only the first half of its body, as a connection cut mid-answer might leave it.
+async fn truncated(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(half))
+}
+
 fn plain_text(text: String) -> Response {
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
@@ -536,6 +571,22 @@ async fn control_set_faults(State(sandbox): State<Sandbox>, body: Bytes) -> Resp
     }
     sandbox.set_faults(change);
     Json(sandbox.faults()).into_response()
+}
+
+/// `{"emails": [...]}`: subscribe refuses exactly these members with `invalidDataEmails` from now on.
+async fn control_reject(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reject {
+        emails: Vec<String>,
+    }
+    let change: Reject = match parse_json(&body) {
+        Ok(change) => change,
+        Err(refusal) => return refusal.into_response(),
+    };
+    sandbox.set_rejected(&change.emails);
+    envelope(StatusCode::OK, "Success", format!("{} member(s) will be refused", change.emails.len()), Value::Null)
+        .into_response()
 }
 
 async fn control_reset_stats(State(sandbox): State<Sandbox>) -> Response {

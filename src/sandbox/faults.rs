@@ -1,5 +1,6 @@
 //! The misbehaviour the sandbox can be told to show: added latency, a project-wide token-bucket rate
-//! limit, random 500s and dropped connections. Owns the settings and the bucket, nothing else; the
+//! limit, random 500s and dropped connections, and HTTP 200 answers to subscribe/unsubscribe that do not
+//! account for the batch (miscounted or truncated). Owns the settings and the bucket, nothing else; the
 //! settings can be changed while serving, through `Sandbox::set_faults` or `POST /_sandbox/faults`.
 
 use std::time::{Duration, Instant};
@@ -22,6 +23,18 @@ pub struct Faults {
     /// Send `Retry-After` on 429 answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<bool>,
+    /// Probability in `0..=1` that a subscribe or unsubscribe answers HTTP 200 `{"successCount":0,
+    /// "failCount":0,…}` without applying anything: an answer that does not account for the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miscount_rate: Option<f64>,
+    /// The next this many subscribe or unsubscribe requests get such a miscounted answer (replaces the count
+    /// left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miscount_next: Option<u64>,
+    /// The next this many subscribe or unsubscribe requests are applied, then answered HTTP 200 with the
+    /// first half of their JSON body only (replaces the count left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_next: Option<u64>,
     /// Requests the rate limit lets through at once (the bucket's size). Default: the rate (at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
@@ -38,6 +51,11 @@ impl Faults {
         if let Some(rate) = self.fail_rate {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("fail_rate must be between 0 and 1, got {rate}"));
+            }
+        }
+        if let Some(rate) = self.miscount_rate {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("miscount_rate must be between 0 and 1, got {rate}"));
             }
         }
         if let Some(burst) = self.rate_limit_burst {
@@ -61,6 +79,11 @@ pub struct FaultSettings {
     pub rate_limit: Option<f64>,
     pub fail_rate: f64,
     pub retry_after: bool,
+    pub miscount_rate: f64,
+    /// Miscounted answers still to come (besides `miscount_rate`).
+    pub miscount_next: u64,
+    /// Truncated answers still to come.
+    pub truncate_next: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
 }
@@ -73,6 +96,16 @@ pub(crate) enum Injected {
     ServerError,
     /// Apply the change, then abort the connection before a complete answer.
     DropAfterApplying,
+}
+
+/// What a subscribe or unsubscribe answer was picked to suffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadAnswer {
+    None,
+    /// Apply nothing and answer HTTP 200 with zero counts.
+    Miscount,
+    /// Apply the change and answer HTTP 200 with half of the JSON body.
+    Truncate,
 }
 
 /// Refusal by the rate limiter, with what the 429 answer reports.
@@ -89,6 +122,9 @@ pub(crate) struct FaultState {
     latency: Duration,
     fail_rate: f64,
     retry_after: bool,
+    miscount_rate: f64,
+    miscount_next: u64,
+    truncate_next: u64,
     bucket: Option<TokenBucket>,
     /// The rate limit's bucket size; None: the rate.
     burst: Option<f64>,
@@ -128,6 +164,9 @@ impl FaultState {
             latency,
             fail_rate: clamp_probability(fail_rate),
             retry_after,
+            miscount_rate: 0.0,
+            miscount_next: 0,
+            truncate_next: 0,
             bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, None, Instant::now())),
             burst: None,
             documented: Vec::new(),
@@ -152,6 +191,15 @@ impl FaultState {
         if let Some(on) = change.retry_after {
             self.retry_after = on;
         }
+        if let Some(rate) = change.miscount_rate {
+            self.miscount_rate = clamp_probability(rate);
+        }
+        if let Some(n) = change.miscount_next {
+            self.miscount_next = n;
+        }
+        if let Some(n) = change.truncate_next {
+            self.truncate_next = n;
+        }
     }
 
     pub(crate) fn settings(&self) -> FaultSettings {
@@ -161,6 +209,24 @@ impl FaultState {
             fail_rate: self.fail_rate,
             retry_after: self.retry_after,
             rate_limit_burst: self.bucket.as_ref().map(|bucket| bucket.burst).filter(|_| self.burst.is_some()),
+            miscount_rate: self.miscount_rate,
+            miscount_next: self.miscount_next,
+            truncate_next: self.truncate_next,
+        }
+    }
+
+    /// Picks what a subscribe or unsubscribe answer suffers, using up the one-shot counts first.
+    pub(crate) fn roll_answer(&mut self) -> BadAnswer {
+        if self.miscount_next > 0 {
+            self.miscount_next -= 1;
+            BadAnswer::Miscount
+        } else if self.truncate_next > 0 {
+            self.truncate_next -= 1;
+            BadAnswer::Truncate
+        } else if self.miscount_rate > 0.0 && rand::random::<f64>() < self.miscount_rate {
+            BadAnswer::Miscount
+        } else {
+            BadAnswer::None
         }
     }
 
@@ -285,6 +351,16 @@ mod tests {
         assert_eq!(state.settings().rate_limit, Some(5.0));
         state.apply(&off);
         assert_eq!(state.settings().rate_limit, None);
+    }
+
+    #[test]
+    fn one_shot_bad_answers_are_used_up_in_order() {
+        let mut state = FaultState::new(Duration::ZERO, None, 0.0, false);
+        state.apply(&Faults { miscount_next: Some(1), truncate_next: Some(1), ..Faults::default() });
+        assert_eq!(state.roll_answer(), BadAnswer::Miscount);
+        assert_eq!(state.roll_answer(), BadAnswer::Truncate);
+        assert_eq!(state.roll_answer(), BadAnswer::None);
+        assert!(Faults { miscount_rate: Some(2.0), ..Faults::default() }.validate().is_err());
     }
 
     #[test]

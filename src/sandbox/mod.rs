@@ -1,6 +1,7 @@
 //! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
 //! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
-//! connections) and request counters. Tests, the demo and the benchmark run against it, and a user can
+//! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`) and request
+//! counters. Tests, the demo and the benchmark run against it, and a user can
 //! point a connection at it to try the exporter without an Iterable account. It owns only its own
 //! memory: no files, no database, nothing from the rest of the crate.
 //!
@@ -32,7 +33,9 @@ use faults::FaultState;
 use project::Project;
 
 /// How a sandbox behaves. Faults (`latency`, `rate_limit`, `retry_after`, `fail_rate`) can be changed
-/// later with [`Sandbox::set_faults`].
+/// later with [`Sandbox::set_faults`], which also switches on answers that do not account for their batch
+/// (`miscount_rate`, `miscount_next`, `truncate_next`); [`Sandbox::set_rejected`] picks members that subscribe
+/// refuses with `invalidDataEmails`.
 #[derive(Clone)]
 pub struct SandboxOptions {
     /// Accepted keys, sent in the `Api-Key` header (or `Api_Key`, which Iterable also accepts).
@@ -104,6 +107,8 @@ struct Inner {
     list_propagation: Duration,
     /// Each lock is held only for O(batch) work, never across an `.await`.
     project: Mutex<Project>,
+    /// Lowercased emails that subscribe refuses with `invalidDataEmails`, as Iterable does for data it cannot take.
+    rejected: Mutex<std::collections::HashSet<String>>,
     faults: Mutex<FaultState>,
     stats: Mutex<SandboxStats>,
 }
@@ -128,6 +133,7 @@ impl Sandbox {
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
             project: Mutex::new(Project::default()),
+            rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),
         };
@@ -182,6 +188,12 @@ impl Sandbox {
     /// Changing `rate_limit` starts a new, full bucket.
     pub fn set_faults(&self, f: Faults) {
         self.inner.faults.lock().apply(&f);
+    }
+
+    /// From now on, subscribe refuses these members (and only these) with `invalidDataEmails`, applying nothing
+    /// for them; an empty set ends it. Also `POST /_sandbox/reject {"emails": [...]}`.
+    pub fn set_rejected<S: AsRef<str>>(&self, emails: &[S]) {
+        *self.inner.rejected.lock() = emails.iter().map(|e| e.as_ref().trim().to_lowercase()).collect();
     }
 
     pub fn faults(&self) -> FaultSettings {

@@ -28,6 +28,9 @@ pub struct SandboxStats {
     pub subscribers_received: u64,
     /// Items in the `subscribers` arrays of unsubscribe bodies that were parsed (retries count again).
     pub unsubscribers_received: u64,
+    /// HTTP 200 answers to subscribe/unsubscribe that were miscounted or truncated on purpose.
+    #[serde(default)]
+    pub bad_answers: u64,
 }
 
 impl SandboxStats {

@@ -433,7 +433,11 @@ async fn control_endpoints_change_faults_and_report_and_reset_stats() {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     let settings: Value = changed.json().await.unwrap();
-    assert_eq!(settings, json!({"latency_ms": 5, "rate_limit": 50.0, "fail_rate": 0.0, "retry_after": true}));
+    assert_eq!(
+        settings,
+        json!({"latency_ms": 5, "rate_limit": 50.0, "fail_rate": 0.0, "retry_after": true, "miscount_rate": 0.0,
+               "miscount_next": 0, "truncate_next": 0})
+    );
 
     let off = fx.client.post(fx.url("/_sandbox/faults")).json(&json!({"rate_limit": null})).send().await.unwrap();
     assert_eq!(off.json::<Value>().await.unwrap()["rate_limit"], Value::Null);
@@ -476,4 +480,49 @@ async fn get_users_and_size_answer_429_after_five_calls_a_minute_like_iterable()
     // Other endpoints keep their own budgets.
     let r = fx.client.get(format!("{}/api/lists", fx.base)).header("Api-Key", "sandbox-key").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn miscounted_answers_apply_nothing_and_truncated_ones_apply_but_cut_the_body() {
+    let fx = Fixture::default().await;
+    let list_id = fx.create_list("Counted").await;
+    let set = fx
+        .client
+        .post(fx.url("/_sandbox/faults"))
+        .json(&json!({"miscount_next": 1, "truncate_next": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+
+    let miscounted = fx.subscribe(list_id, &["a@example.com", "b@example.com"]).await;
+    assert_eq!(miscounted.status(), StatusCode::OK);
+    let body: Value = miscounted.json().await.unwrap();
+    assert_eq!((body["successCount"].as_u64(), body["failCount"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap().len(), 0, "a miscounted answer applies nothing");
+
+    let truncated = fx.subscribe(list_id, &["a@example.com"]).await;
+    assert_eq!(truncated.status(), StatusCode::OK);
+    let text = truncated.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "not JSON: {text}");
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com"]);
+
+    let normal = fx.subscribe(list_id, &["b@example.com"]).await;
+    assert_eq!(normal.json::<Value>().await.unwrap()["successCount"], 1);
+    assert_eq!(fx.sandbox.stats().bad_answers, 2);
+}
+
+#[tokio::test]
+async fn chosen_members_are_refused_as_invalid_data_until_the_choice_is_cleared() {
+    let fx = Fixture::default().await;
+    let list_id = fx.create_list("Picky").await;
+    let set = fx.client.post(fx.url("/_sandbox/reject")).json(&json!({"emails": ["B@example.com"]})).send().await;
+    assert_eq!(set.unwrap().status(), StatusCode::OK);
+    let body: Value = fx.subscribe(list_id, &["a@example.com", "b@example.com"]).await.json().await.unwrap();
+    assert_eq!((body["successCount"].as_u64(), body["failCount"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(body["failedUpdates"]["invalidDataEmails"], json!(["b@example.com"]));
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com"]);
+    fx.sandbox.set_rejected::<&str>(&[]);
+    let body: Value = fx.subscribe(list_id, &["b@example.com"]).await.json().await.unwrap();
+    assert_eq!(body["successCount"], 1);
 }

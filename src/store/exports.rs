@@ -236,7 +236,11 @@ impl Store {
             connection_id: row.try_get("connection_id")?,
             connection_name: row.try_get("connection_name")?,
             email_field: row.try_get("email_field")?,
-            on_leave: if on_leave == "keep" { OnLeave::Keep } else { OnLeave::Remove },
+            on_leave: match on_leave.as_str() {
+                "remove" => OnLeave::Remove,
+                "keep" => OnLeave::Keep,
+                other => return Err(StoreError::unknown_value("exports", "on_leave", other)),
+            },
             schedule: row.try_get("schedule")?,
             enabled: row.try_get("enabled")?,
             fields,
@@ -279,10 +283,15 @@ impl Store {
     /// The members this export put on a target's list (Iterable acknowledged their subscription): the ones that
     /// `--empty-removed-lists` and `--empty-lists` unsubscribe. Members that were on the list otherwise are not.
     pub async fn members_put_there(&self, target_id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT email FROM members WHERE target_id = ? AND state = 'subscribed' ORDER BY email")
-            .bind(target_id)
-            .fetch_all(&self.pool)
-            .await?)
+        // Ours whatever became of later updates (a refused update leaves the member on the list), and never one
+        // that was on the list before the export adopted it.
+        Ok(sqlx::query_scalar(
+            "SELECT email FROM members WHERE target_id = ?1 AND ours = 1 \
+             AND email NOT IN (SELECT email FROM preexisting_members WHERE target_id = ?1) ORDER BY email",
+        )
+        .bind(target_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Forgets members that were unsubscribed outside a run (by emptying a list).

@@ -35,7 +35,8 @@ pub struct TargetPlan {
     pub to_add: u64,
     /// Members to unsubscribe from the list.
     pub to_remove: u64,
-    /// Members who left but are not unsubscribed (`--on-leave keep`, or Iterable had rejected them); only forgotten.
+    /// Members who left but are not unsubscribed (`--on-leave keep`, or not put there by this export); only
+    /// forgotten.
     pub to_forget: u64,
     pub unchanged: u64,
 }
@@ -82,23 +83,34 @@ impl Store {
         Ok(PlanSession { conn })
     }
 
+    /// Members recorded for a target by state. A state this version does not know is an error naming it, never
+    /// counted as another.
     pub async fn member_counts(&self, target_id: i64) -> Result<MemberCounts> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0) FROM members WHERE target_id = ?",
+            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0), \
+             MIN(CASE WHEN state NOT IN ('subscribed', 'rejected') THEN state END) FROM members WHERE target_id = ?",
         )
         .bind(target_id)
         .fetch_one(&self.pool)
         .await?;
+        if let Some(unknown) = row.try_get::<Option<String>, _>(2)? {
+            return Err(super::StoreError::unknown_value("members", "state", &unknown));
+        }
         Ok(MemberCounts { subscribed: row.try_get::<i64, _>(0)? as u64, rejected: row.try_get::<i64, _>(1)? as u64 })
     }
 
     /// Records a subscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
+    /// `subscribed` are on the list now, and marked as put there by this export. `rejected` were refused (or not
+    /// sent, being too large): they are tried again once `sync.retry_rejected_interval` has passed or their fields
+    /// changed; `forgotten` were refused as GDPR-forgotten and are never sent again. A refusal leaves "put there by
+    /// this export" as it was, so such a member is still unsubscribed when it leaves.
     pub async fn ack_subscribed(
         &self,
         run_id: i64,
         target_id: i64,
         subscribed: &[AckedMember],
         rejected: &[AckedMember],
+        forgotten: &[AckedMember],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let counted = sqlx::query(
@@ -106,7 +118,7 @@ impl Store {
              AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
         )
         .bind(subscribed.len() as i64)
-        .bind(rejected.len() as i64)
+        .bind((rejected.len() + forgotten.len()) as i64)
         .bind(run_id)
         .bind(target_id)
         .execute(&mut *tx)
@@ -115,16 +127,61 @@ impl Store {
             // Dropping `tx` rolls back: a run that was cancelled, or whose export was removed, records nothing more.
             return Err(StoreError::RunNotRunning { run_id });
         }
-        for (members, state) in [(subscribed, "subscribed"), (rejected, "rejected")] {
+        for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state, ours) ");
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind("subscribed").push("1");
+            });
+            q.push(
+                " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                 state = 'subscribed', ours = 1, rejected_at = NULL, retry_rejected = 1",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        let refused_at = super::now().timestamp();
+        for (members, retry) in [(rejected, true), (forgotten, false)] {
             for chunk in members.chunks(ROWS_PER_STATEMENT) {
-                let mut q: QueryBuilder<Sqlite> =
-                    QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state) ");
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO members (target_id, email, fields_hash, state, ours, rejected_at, retry_rejected) ",
+                );
                 q.push_values(chunk, |mut b, m| {
-                    b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind(state);
+                    b.push_bind(target_id)
+                        .push_bind(&m.email)
+                        .push_bind(m.fields_hash)
+                        .push_bind("rejected")
+                        .push("0")
+                        .push_bind(refused_at)
+                        .push_bind(retry);
                 });
-                q.push(" ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, state = excluded.state");
+                q.push(
+                    " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                     state = 'rejected', rejected_at = excluded.rejected_at, retry_rejected = excluded.retry_rejected",
+                );
                 q.build().execute(&mut *tx).await?;
             }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets which members were on a target's list before the export adopted it: the list was recreated, and
+    /// the new one holds only what this export puts there.
+    pub async fn forget_preexisting(&self, target_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM preexisting_members WHERE target_id = ?").bind(target_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records the members a list held when this export adopted it: they are never unsubscribed by it.
+    pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO preexisting_members (target_id, email) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(target_id).push_bind(e);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -180,8 +237,16 @@ impl PlanSession {
 
     /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables.
     /// `full` plans every current member as an add; `remove_leavers` decides whether leavers are unsubscribed or
-    /// only forgotten.
-    pub async fn compute(&mut self, target_id: i64, full: bool, remove_leavers: bool) -> Result<TargetPlan> {
+    /// only forgotten; members refused at or before `retry_rejected_until` (Unix seconds) are sent again.
+    /// Members refused as forgotten are never planned; leavers are unsubscribed only when this export put them on
+    /// the list and they were not there before it adopted the list.
+    pub async fn compute(
+        &mut self,
+        target_id: i64,
+        full: bool,
+        remove_leavers: bool,
+        retry_rejected_until: i64,
+    ) -> Result<TargetPlan> {
         let mut tx = self.conn.begin().await?;
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
@@ -201,7 +266,8 @@ impl PlanSession {
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
                  SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.staged s \
                  LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
-                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) ORDER BY s.email",
+                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
+                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email",
             )
             .bind(target_id)
             .bind(full)
@@ -220,11 +286,26 @@ impl PlanSession {
             .bind(target_id)
             .execute(&mut *tx)
             .await?;
+            // Refused members whose retry is due, and unchanged (changed ones are in `changed` already). Through the
+            // partial index of rejected members (few): left to itself, SQLite walks every member of the target.
+            sqlx::query(
+                "INSERT INTO temp.changed (email, fields_hash) \
+                 SELECT m.email, m.fields_hash FROM main.members m INDEXED BY members_rejected \
+                 WHERE m.target_id = ?1 AND m.state = 'rejected' AND m.retry_rejected \
+                 AND (m.rejected_at IS NULL OR m.rejected_at <= ?2) \
+                 AND EXISTS (SELECT 1 FROM temp.staged s WHERE s.target_id = ?1 AND s.email = m.email \
+                             AND s.fields_hash = m.fields_hash)",
+            )
+            .bind(target_id)
+            .bind(retry_rejected_until)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
                  SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.changed c \
                  CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
-                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email ORDER BY c.rowid",
+                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
+                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid",
             )
             .bind(target_id)
             .execute(&mut *tx)
@@ -248,7 +329,8 @@ impl PlanSession {
             .await?;
             sqlx::query(
                 "INSERT INTO temp.plan_remove (target_id, email, send) \
-                 SELECT m.target_id, m.email, (?2 AND m.state = 'subscribed') FROM temp.gone g \
+                 SELECT m.target_id, m.email, (?2 AND m.ours AND NOT EXISTS (SELECT 1 FROM main.preexisting_members p \
+                        WHERE p.target_id = ?1 AND p.email = m.email)) FROM temp.gone g \
                  CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email ORDER BY g.rowid",
             )
             .bind(target_id)
@@ -325,7 +407,7 @@ impl PlanSession {
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
-    use crate::store::{KeySource, NewConnection, NewExport, OnLeave};
+    use crate::store::{IssueKind, KeySource, NewConnection, NewExport, OnLeave};
 
     async fn target(store: &Store) -> i64 {
         let conn = store
@@ -374,6 +456,7 @@ mod tests {
                 t,
                 &[acked("a@x.com", 1), acked("b@x.com", 1), acked("c@x.com", 1)],
                 &[acked("r@x.com", 1)],
+                &[],
             )
             .await
             .unwrap();
@@ -383,7 +466,7 @@ mod tests {
         let new =
             s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
         assert_eq!(new, 3);
-        let plan = s.compute(t, false, true).await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
         assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
         let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
         assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
@@ -391,7 +474,7 @@ mod tests {
         assert_eq!(removes, vec!["a@x.com"], "rejected members are forgotten, not unsubscribed");
 
         // --full re-sends everyone; --on-leave keep only forgets leavers.
-        let full = s.compute(t, true, false).await.unwrap();
+        let full = s.compute(t, true, false, 0).await.unwrap();
         assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
@@ -406,11 +489,113 @@ mod tests {
         store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
         let many: Vec<AckedMember> =
             (0..4500).map(|i| AckedMember { email: format!("u{i}@x.com"), fields_hash: 0 }).collect();
-        store.ack_subscribed(run, t, &many, &[]).await.unwrap();
+        store.ack_subscribed(run, t, &many, &[], &[]).await.unwrap();
         let gone: Vec<String> = (0..2500).map(|i| format!("u{i}@x.com")).collect();
         store.ack_unsubscribed(run, t, &gone).await.unwrap();
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 2000);
         let r = store.run(run).await.unwrap();
         assert_eq!((r.targets[0].counts.added, r.targets[0].counts.removed), (4500, 2500));
+    }
+
+    #[tokio::test]
+    async fn unknown_stored_enum_values_fail_loudly_naming_table_column_and_value() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
+        store.record_issues(run, t, IssueKind::Invalid, &[(None, "bad".into())]).await.unwrap();
+        let acked = AckedMember { email: "a@x.com".into(), fields_hash: 1 };
+        store.ack_subscribed(run, t, &[acked], &[], &[]).await.unwrap();
+        // Values a newer version might write; the CHECK constraints of this version would refuse them.
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await.unwrap();
+        for sql in [
+            "UPDATE runs SET status = 'paused'",
+            "UPDATE exports SET on_leave = 'archive'",
+            "UPDATE run_issues SET kind = 'skipped'",
+            "UPDATE members SET state = 'parked'",
+        ] {
+            sqlx::query(sql).execute(&mut *conn).await.unwrap();
+        }
+        sqlx::query("PRAGMA ignore_check_constraints = OFF").execute(&mut *conn).await.unwrap();
+        drop(conn);
+        let run_err = store.run(run).await.unwrap_err().to_string();
+        assert!(run_err.contains("runs.status") && run_err.contains("\"paused\""), "{run_err}");
+        let export_err = store.export("e").await.unwrap_err().to_string();
+        assert!(export_err.contains("exports.on_leave") && export_err.contains("\"archive\""), "{export_err}");
+        let state_err = store.member_counts(t).await.unwrap_err().to_string();
+        assert!(state_err.contains("members.state") && state_err.contains("\"parked\""), "{state_err}");
+        let issue_err = store.run_issues(run, 10).await.unwrap_err().to_string();
+        assert!(issue_err.contains("run_issues.kind") && issue_err.contains("\"skipped\""), "{issue_err}");
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_member_outcomes_upgrades_keeping_who_was_subscribed_by_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            // The store as the previous release left it: migrations up to 20261130000199 only.
+            let mut old = sqlx::migrate!("./migrations");
+            old.migrations =
+                old.migrations.iter().filter(|m| m.version < 20261130000200).cloned().collect::<Vec<_>>().into();
+            let pool = sqlx::SqlitePool::connect_with(Store::connect_options(&path)).await.unwrap();
+            old.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+        {
+            let store = Store::open_without_migrating(&path).await;
+            let t = target(&store).await;
+            for (email, state) in [("a@x.com", "subscribed"), ("r@x.com", "rejected")] {
+                sqlx::query("INSERT INTO members (target_id, email, fields_hash, state) VALUES (?, ?, 1, ?)")
+                    .bind(t)
+                    .bind(email)
+                    .bind(state)
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            store.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let rows: Vec<(String, String, bool, Option<i64>, bool)> =
+            sqlx::query_as("SELECT email, state, ours, rejected_at, retry_rejected FROM members ORDER BY email")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("a@x.com".into(), "subscribed".into(), true, None, true),
+                ("r@x.com".into(), "rejected".into(), false, None, true),
+            ]
+        );
+        // The old rejected member is due for a retry at once; the subscribed one is unchanged.
+        let t: i64 = sqlx::query_scalar("SELECT id FROM targets").fetch_one(&store.pool).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        s.stage(t, &[row("a@x.com", 1), row("r@x.com", 1)]).await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
+        assert_eq!((plan.to_add, plan.unchanged), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn leavers_are_removed_only_when_ours_and_not_on_the_list_before_it_was_adopted() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let acked = |e: &str| AckedMember { email: e.into(), fields_hash: 1 };
+        store.record_preexisting(t, &["pre@x.com".to_string()]).await.unwrap();
+        store
+            .ack_subscribed(run, t, &[acked("ours@x.com"), acked("pre@x.com"), acked("later@x.com")], &[], &[])
+            .await
+            .unwrap();
+        // A later update of one of ours is refused: it stays ours.
+        store.ack_subscribed(run, t, &[], &[acked("later@x.com")], &[]).await.unwrap();
+        store.ack_subscribed(run, t, &[], &[acked("never@x.com")], &[]).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        let plan = s.compute(t, false, true, 0).await.unwrap();
+        assert_eq!((plan.to_remove, plan.to_forget), (2, 2), "{plan:?}");
+        let mut removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
+        removes.sort();
+        assert_eq!(removes, vec!["later@x.com", "ours@x.com"]);
     }
 }

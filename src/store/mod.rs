@@ -38,6 +38,8 @@ pub enum StoreError {
     NotFound { what: &'static str, name: String, cmd: &'static str },
     #[error("{0}")]
     Conflict(String),
+    #[error("the store holds {value:?} in {table}.{column}, which this version of segment-exporter does not know. It may have been written by a newer segment-exporter; upgrade, or restore the store from a backup.")]
+    UnknownValue { table: &'static str, column: &'static str, value: String },
     #[error("the {what} name {name:?} {problem}. Pick another name.")]
     InvalidName { what: &'static str, name: String, problem: String },
     /// A list is managed by one export. The message names the other export: show it to administrators only
@@ -66,6 +68,11 @@ impl StoreError {
             ),
             other => other.to_string(),
         }
+    }
+
+    /// A stored enum value that is not one of the known ones.
+    pub(crate) fn unknown_value(table: &'static str, column: &'static str, value: &str) -> Self {
+        StoreError::UnknownValue { table, column, value: value.to_string() }
     }
 
     fn not_found(what: &'static str, name: &str, cmd: &'static str) -> Self {
@@ -123,6 +130,13 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30))
             .pragma("temp_store", "file")
+    }
+
+    /// Opens a store as it is, for tests that build an older schema.
+    #[cfg(test)]
+    pub(crate) async fn open_without_migrating(path: &Path) -> Store {
+        let pool = SqlitePoolOptions::new().connect_with(Self::connect_options(path)).await.expect("test store opens");
+        Store { pool, path: path.to_path_buf() }
     }
 
     pub fn path(&self) -> &Path {

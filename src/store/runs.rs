@@ -34,14 +34,16 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> RunStatus {
+    /// Reads `runs.status`; an unknown value is an error, never taken for another status.
+    fn parse(s: &str) -> Result<RunStatus> {
         match s {
-            "running" => RunStatus::Running,
-            "succeeded" => RunStatus::Succeeded,
-            "interrupted" => RunStatus::Interrupted,
-            "refused" => RunStatus::Refused,
-            "cancelled" => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
+            "running" => Ok(RunStatus::Running),
+            "succeeded" => Ok(RunStatus::Succeeded),
+            "failed" => Ok(RunStatus::Failed),
+            "interrupted" => Ok(RunStatus::Interrupted),
+            "refused" => Ok(RunStatus::Refused),
+            "cancelled" => Ok(RunStatus::Cancelled),
+            other => Err(StoreError::unknown_value("runs", "status", other)),
         }
     }
 }
@@ -107,6 +109,17 @@ impl Run {
 pub enum IssueKind {
     Invalid,
     Rejected,
+}
+
+impl IssueKind {
+    /// Reads `run_issues.kind`; an unknown value is an error.
+    fn parse(s: &str) -> Result<IssueKind> {
+        match s {
+            "invalid" => Ok(IssueKind::Invalid),
+            "rejected" => Ok(IssueKind::Rejected),
+            other => Err(StoreError::unknown_value("run_issues", "kind", other)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,7 +409,7 @@ impl Store {
             export_id: row.try_get("export_id")?,
             export_name: row.try_get("export_name")?,
             trigger: row.try_get("trigger")?,
-            status: RunStatus::parse(&status),
+            status: RunStatus::parse(&status)?,
             full_resync: row.try_get("full_resync")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
@@ -453,7 +466,7 @@ impl Store {
                 let kind: String = r.try_get(1)?;
                 Ok(Issue {
                     list_name: r.try_get(0)?,
-                    kind: if kind == "invalid" { IssueKind::Invalid } else { IssueKind::Rejected },
+                    kind: IssueKind::parse(&kind)?,
                     member: r.try_get(2)?,
                     reason: r.try_get(3)?,
                 })

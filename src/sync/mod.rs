@@ -9,15 +9,18 @@ mod email;
 pub mod empty;
 mod engine;
 mod fields;
+mod list_lock;
 mod lock;
+mod plan;
 mod progress;
 mod send;
 
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
-pub use engine::{Engine, ListReport, RunOptions, RunReport};
+pub use engine::{Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
 pub use lock::{LockError, RunLock};
+pub use plan::ListReport;
 pub use progress::{Phase, Progress};
 
 use crate::iterable::IterableError;
@@ -46,6 +49,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    ListLock(#[from] list_lock::ListLockError),
     #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
     Interrupted,
     #[error("the run was cancelled on request (--cancel-run); what Iterable acknowledged before is recorded")]

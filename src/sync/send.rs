@@ -14,6 +14,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::list_lock::{ListLock, ListLockError};
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
@@ -28,6 +29,16 @@ pub(crate) struct TargetRun<'a> {
     pub run_id: i64,
     pub target: &'a Target,
     pub list_id: i64,
+    /// When this run created the list: Iterable may answer `invalidListId` for a while after.
+    pub created_at: Option<Instant>,
+}
+
+/// A target's list as `resolve_lists` found it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResolvedList {
+    pub list_id: i64,
+    /// The stored list no longer existed and was created again, so every member must be sent again.
+    pub recreated: bool,
     /// When this run created the list: Iterable may answer `invalidListId` for a while after.
     pub created_at: Option<Instant>,
 }
@@ -108,28 +119,43 @@ impl Sender {
     }
 
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
-    /// longer exists is recreated and all members are sent again. Returns (list id, recreated, created at).
+    /// longer exists is recreated and all members are sent again.
+    ///
+    /// Lists are read and created under the connection's list lock, so two runs never both create one list. A list
+    /// found by name (adopted, not created by this export) has its members read first and recorded as
+    /// pre-existing: this export never unsubscribes them.
     pub async fn resolve_lists(
         &self,
         export: &Export,
+        connection_id: i64,
         run_id: i64,
-    ) -> Result<Vec<(i64, bool, Option<Instant>)>, SyncError> {
-        let lists = self.client.lists().await.map_err(SyncError::IterableSetup)?;
+    ) -> Result<Vec<ResolvedList>, SyncError> {
+        let _lock = match ListLock::acquire(&self.config.store.lock_dir(), connection_id, &self.cancel).await {
+            Ok(lock) => lock,
+            Err(ListLockError::Cancelled) => return Err(SyncError::Interrupted),
+            Err(e) => return Err(e.into()),
+        };
+        // Read after taking the lock: a list another run created meanwhile is found, not created again.
+        let lists = self.client.lists().await.map_err(|error| match error {
+            IterableError::Cancelled { .. } => SyncError::Interrupted,
+            error => SyncError::IterableSetup(error),
+        })?;
         let mut out = Vec::new();
         for target in &export.targets {
-            let iterable = |error| SyncError::Iterable { list: target.list_name.clone(), error };
+            let iterable = |error| iterable_error(target.list_name.clone(), error);
             let same_name_ids: Vec<i64> = lists.iter().filter(|l| l.name == target.list_name).map(|l| l.id).collect();
             let resolved = match target.list_id {
                 Some(id) if lists.iter().any(|l| l.id == id) => {
                     self.store.mark_list_seen(target.id).await?;
-                    (id, false, None)
+                    ResolvedList { list_id: id, recreated: false, created_at: None }
                 }
                 Some(old) => {
                     let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                     tracing::warn!(export = %export.name, list = %target.list_name, old_list_id = old, new_list_id = new,
                         "The list no longer exists in Iterable; recreated it and sending all members again.");
+                    self.store.forget_preexisting(target.id).await?;
                     self.store.set_target_list(target.id, new, true).await?;
-                    (new, true, Some(Instant::now()))
+                    ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
                 }
                 None => {
                     let mut same_name: Vec<_> = lists.iter().filter(|l| l.name == target.list_name).collect();
@@ -139,20 +165,33 @@ impl Sender {
                             tracing::warn!(list = %target.list_name, list_id = found.id, count = same_name.len(),
                                 "Several Iterable lists have this name; using the oldest. Its id is stored, so later runs use it.");
                         }
+                        self.record_preexisting(target, found.id).await?;
                         self.store.set_target_list(target.id, found.id, false).await?;
-                        (found.id, false, None)
+                        ResolvedList { list_id: found.id, recreated: false, created_at: None }
                     } else {
                         let id = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                         tracing::info!(export = %export.name, list = %target.list_name, list_id = id, "Created the Iterable list.");
                         self.store.set_target_list(target.id, id, false).await?;
-                        (id, false, Some(Instant::now()))
+                        ResolvedList { list_id: id, recreated: false, created_at: Some(Instant::now()) }
                     }
                 }
             };
-            self.store.record_run_list(run_id, target.id, resolved.0).await?;
+            self.store.record_run_list(run_id, target.id, resolved.list_id).await?;
             out.push(resolved);
         }
         Ok(out)
+    }
+
+    /// Reads the members of a list this export adopts and records them as pre-existing. Done before the list's id
+    /// is stored, so a run that fails here reads them again next time.
+    async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<(), SyncError> {
+        let members = self.client.list_users(list_id).await.map_err(|e| iterable_error(target.list_name.clone(), e))?;
+        if !members.is_empty() {
+            tracing::info!(list = %target.list_name, list_id, members = members.len(),
+                "Adopted an existing list; its members stay on it whatever the segment does.");
+            self.store.record_preexisting(target.id, &members).await?;
+        }
+        Ok(())
     }
 
     /// Sends one target's planned adds, then its removes.
@@ -188,8 +227,7 @@ impl Sender {
                 }
                 let fragment = encode_subscriber(&add.email, &add.fields);
                 if fragment.len() + BODY_OVERHEAD > cfg.max_body_bytes {
-                    oversize
-                        .push((Some(add.email), "member's data is larger than iterable.max_body_bytes".to_string()));
+                    oversize.push((AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment.len()));
                     continue;
                 }
                 if batch.len() == cfg.batch_size
@@ -204,9 +242,32 @@ impl Sender {
             window.push(self.subscribe_batch(t, batch)).await;
         }
         if !oversize.is_empty() {
-            self.store.record_issues(t.run_id, t.target.id, IssueKind::Invalid, &oversize).await?;
+            self.reject_oversize(t, oversize).await?;
         }
         window.drain().await
+    }
+
+    /// Members that alone make a body larger than `iterable.max_body_bytes` are not sent: they count as rejected
+    /// ("too large"), and are tried again like other rejected members.
+    async fn reject_oversize(&self, t: &TargetRun<'_>, oversize: Vec<(AckedMember, usize)>) -> Result<(), SyncError> {
+        let limit = self.config.iterable.max_body_bytes;
+        let issues: Vec<_> = oversize
+            .iter()
+            .map(|(m, bytes)| {
+                let reason = format!(
+                    "too large: its data makes a {} byte request, more than iterable.max_body_bytes ({limit})",
+                    bytes + BODY_OVERHEAD
+                );
+                (Some(m.email.clone()), reason)
+            })
+            .collect();
+        let members: Vec<AckedMember> = oversize.into_iter().map(|(m, _)| m).collect();
+        self.store.ack_subscribed(t.run_id, t.target.id, &[], &members, &[]).await?;
+        self.store.record_issues(t.run_id, t.target.id, IssueKind::Rejected, &issues).await?;
+        self.progress.add_done(members.len() as u64);
+        tracing::warn!(list = %t.target.list_name, rejected = members.len(), limit,
+            "Members too large to send were not sent; they count as rejected (see `runs show --rejected`).");
+        Ok(())
     }
 
     async fn send_removes(&self, session: &mut PlanSession, t: &TargetRun<'_>) -> Result<(), SyncError> {
@@ -229,21 +290,27 @@ impl Sender {
 
     fn subscribe_batch(&self, t: &TargetRun<'_>, batch: AddBatch) -> BoxFuture<'static, Result<(), SyncError>> {
         let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
+        let cancel = self.cancel.clone();
         let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
         let grace_until = t.created_at.map(|at| at + self.config.iterable.new_list_grace);
         Box::pin(async move {
             let mut wait = Duration::from_secs(2);
+            let members = &batch.members;
+            let in_batch = |email: &str| members.iter().any(|m| m.email == email);
             let response = loop {
-                match client.subscribe(list_id, &batch.fragments).await {
+                match client.subscribe(list_id, &batch.fragments, in_batch).await {
                     Ok(r) => break r,
                     Err(IterableError::InvalidListId { .. })
                         if grace_until.is_some_and(|g| Instant::now() + wait < g) =>
                     {
                         tracing::debug!(list = %list, list_id, "New list not usable yet; retrying.");
-                        tokio::time::sleep(wait).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = cancel.cancelled() => return Err(SyncError::Interrupted),
+                        }
                         wait = (wait * 2).min(Duration::from_secs(20));
                     }
-                    Err(error) => return Err(SyncError::Iterable { list, error }),
+                    Err(error) => return Err(iterable_error(list, error)),
                 }
             };
             let mut failed: HashMap<String, &'static str> =
@@ -252,16 +319,19 @@ impl Sender {
                 failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
             }
             let n = batch.members.len() as u64;
-            let (rejected, subscribed): (Vec<_>, Vec<_>) =
+            let (refused, subscribed): (Vec<_>, Vec<_>) =
                 batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
-            store.ack_subscribed(run_id, target_id, &subscribed, &rejected).await?;
-            if !rejected.is_empty() {
+            let (forgotten, rejected): (Vec<_>, Vec<_>) =
+                refused.into_iter().partition(|m| failed[&m.email] == "forgottenEmails");
+            store.ack_subscribed(run_id, target_id, &subscribed, &rejected, &forgotten).await?;
+            if !rejected.is_empty() || !forgotten.is_empty() {
                 let issues: Vec<_> = rejected
                     .iter()
+                    .chain(&forgotten)
                     .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
                     .collect();
                 store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
-                tracing::info!(list = %list, rejected = rejected.len(), "Iterable rejected some members; see `runs show --rejected`.");
+                tracing::info!(list = %list, rejected = issues.len(), "Iterable rejected some members; see `runs show --rejected`.");
             }
             progress.add_done(n);
             Ok(())
@@ -272,10 +342,8 @@ impl Sender {
         let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
         let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
         Box::pin(async move {
-            let response = client
-                .unsubscribe(list_id, &emails)
-                .await
-                .map_err(|error| SyncError::Iterable { list: list.clone(), error })?;
+            let response =
+                client.unsubscribe(list_id, &emails).await.map_err(|error| iterable_error(list.clone(), error))?;
             // notFound means the member is already off the list; other failures (e.g. GDPR-forgotten users) are
             // recorded, and the member is no longer ours to track either way.
             let failed = response.failed_updates.categorised(true);
@@ -290,6 +358,15 @@ impl Sender {
             progress.add_done(emails.len() as u64);
             Ok(())
         })
+    }
+}
+
+/// A failed call for `list` as the run's error; a call cut short because the run was asked to stop is an
+/// interruption, not a failure.
+fn iterable_error(list: String, error: IterableError) -> SyncError {
+    match error {
+        IterableError::Cancelled { .. } => SyncError::Interrupted,
+        error => SyncError::Iterable { list, error },
     }
 }
 

@@ -1,0 +1,232 @@
+//! Planning a run: read every segment of an export into the staging tables, normalise and hash each member, diff
+//! the result against what Iterable acknowledged, and apply the mass-removal guard.
+//!
+//! Nothing outside the store changes here, so a failure while planning leaves every list as it was. It owns the
+//! staging pipeline (the hot path of a large run: one allocation per member, chunks written while the next one is
+//! read); it must not talk to Iterable.
+
+use std::sync::atomic::Ordering;
+
+use futures::TryStreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::email::normalize_email;
+use super::fields::FieldEncoder;
+use super::progress::{Phase, Progress};
+use super::SyncError;
+use crate::config::Config;
+use crate::source::{self, Columns, SourceSpec};
+use crate::store::{Export, IssueKind, OnLeave, PlanSession, RunTargetCounts, Store, Target, TargetPlan};
+
+/// What a run did (or, for a dry run, would do) to one list.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListReport {
+    pub list_name: String,
+    pub list_id: Option<i64>,
+    pub source_rows: u64,
+    pub members: u64,
+    pub to_add: u64,
+    pub to_remove: u64,
+    pub unchanged: u64,
+    pub invalid: u64,
+    pub duplicates: u64,
+    pub added: u64,
+    pub removed: u64,
+    pub rejected: u64,
+    /// Dry runs only: a few members of each kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub examples_add: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub examples_remove: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub examples_invalid: Vec<(String, String)>,
+}
+
+/// Examples of each kind kept for a dry run's report.
+pub(super) const EXAMPLES: usize = 5;
+
+/// Members staged per write to the plan connection; the next chunk is read while one is written.
+const STAGE_CHUNK_ROWS: usize = 4000;
+/// A chunk fills by whole source batches, so it can exceed `STAGE_CHUNK_ROWS` by up to one batch.
+const BATCH_SLACK: usize = 1024;
+
+/// What planning needs to know about the run it plans for.
+pub(super) struct Planner<'a> {
+    pub store: &'a Store,
+    pub config: &'a Config,
+    pub export: &'a Export,
+    /// None for dry runs, which record nothing.
+    pub run_id: Option<i64>,
+    pub full: bool,
+    pub progress: &'a Progress,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Planner<'_> {
+    /// Plans every target in turn, pushing each list's report onto `lists` as soon as it is planned, so a
+    /// failure part-way still reports the lists planned before it.
+    pub async fn plan(&self, session: &mut PlanSession, lists: &mut Vec<ListReport>) -> Result<(), SyncError> {
+        for target in &self.export.targets {
+            self.progress.set_phase(Phase::Reading, &target.list_name);
+            let report = self.plan_target(target, session).await?;
+            lists.push(report);
+        }
+        let planned: u64 = lists.iter().map(|l| l.to_add + l.to_remove).sum();
+        self.progress.planned.store(planned, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Members refused at or before this Unix time are sent again.
+    pub fn retry_until(&self) -> i64 {
+        self.config.sync.retry_rejected_until(crate::store::now())
+    }
+
+    /// Whether leavers are unsubscribed (else only forgotten).
+    pub fn remove_leavers(&self) -> bool {
+        self.export.on_leave == OnLeave::Remove
+    }
+
+    async fn plan_target(&self, target: &Target, session: &mut PlanSession) -> Result<ListReport, SyncError> {
+        let (export, progress) = (self.export, self.progress);
+        let segment = self.store.segment(&target.segment_name).await?;
+        let spec: SourceSpec = segment.source.parse().map_err(|error| SyncError::Source {
+            segment: segment.name.clone(),
+            source_name: "its stored source".into(),
+            error,
+        })?;
+        let source_err =
+            |error| SyncError::Source { segment: segment.name.clone(), source_name: spec.to_string(), error };
+        let mut columns = vec![export.email_field.clone()];
+        columns.extend(export.fields.iter().map(|f| f.column.clone()));
+        let stream = source::read(&spec, segment.query.as_deref(), Columns::Only(columns)).await.map_err(source_err)?;
+        let encoder = FieldEncoder::new(&export.fields);
+        let max_issues = self.config.sync.max_recorded_issues;
+        let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
+        let mut examples_invalid = Vec::new();
+        let mut issues: Vec<(Option<String>, String)> = Vec::new();
+        let mut buf = String::new();
+        let mut batches = stream.batches;
+        // Two chunks take turns: while the store writes one into the staging table (on its own thread), the next
+        // is read from the source and normalised here.
+        let mut filling: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        let mut writing: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        loop {
+            let write = async {
+                if writing.is_empty() {
+                    Ok(0)
+                } else {
+                    session.stage(target.id, &writing).await
+                }
+            };
+            let read = async {
+                let mut ended = false;
+                while filling.len() < STAGE_CHUNK_ROWS {
+                    let Some(batch) = batches.try_next().await.map_err(source_err)? else {
+                        ended = true;
+                        break;
+                    };
+                    source_rows += batch.len() as u64;
+                    progress.rows_read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for row in batch {
+                        match normalize_email(&row[0]) {
+                            Ok(email) => {
+                                let hash = encoder.encode(&row[1..], &mut buf);
+                                filling.push((email, hash, buf.clone()));
+                            }
+                            Err(reason) => {
+                                invalid += 1;
+                                let member = row[0].as_str().map(str::to_string);
+                                if examples_invalid.len() < EXAMPLES {
+                                    examples_invalid
+                                        .push((member.clone().unwrap_or_else(|| row[0].to_string()), reason.clone()));
+                                }
+                                if self.run_id.is_some() && invalid <= max_issues {
+                                    issues.push((member, reason));
+                                }
+                            }
+                        }
+                    }
+                }
+                // In email order, a chunk's inserts walk the staging tree forwards instead of jumping around it
+                // (measured in the sqlite3 shell: a million inserts about 40% faster). The sort is stable, so of two
+                // rows with one email the first is still staged first and kept.
+                filling.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok::<bool, SyncError>(ended)
+            };
+            let (written, ended) = futures::join!(write, read);
+            staged_new += written?;
+            // A shutdown while a large segment is read: nothing was sent yet, so stopping here loses nothing.
+            if self.cancel.is_cancelled() {
+                return Err(SyncError::Interrupted);
+            }
+            let ended = ended?;
+            writing.clear();
+            std::mem::swap(&mut writing, &mut filling);
+            if ended {
+                staged_new += session.stage(target.id, &writing).await?;
+                break;
+            }
+        }
+        let valid = source_rows - invalid;
+        let plan: TargetPlan = session.compute(target.id, self.full, self.remove_leavers(), self.retry_until()).await?;
+        if let Some(run_id) = self.run_id {
+            let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
+            self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;
+            self.store.record_issues(run_id, target.id, IssueKind::Invalid, &issues).await?;
+        }
+        tracing::info!(
+            export = %export.name, list = %target.list_name, source_rows, invalid, duplicates = valid - staged_new,
+            to_add = plan.to_add, to_remove = plan.to_remove, unchanged = plan.unchanged, "Planned list."
+        );
+        Ok(ListReport {
+            list_name: target.list_name.clone(),
+            list_id: target.list_id,
+            source_rows,
+            members: plan.members,
+            to_add: plan.to_add,
+            to_remove: plan.to_remove,
+            unchanged: plan.unchanged,
+            invalid,
+            duplicates: valid - staged_new,
+            added: 0,
+            removed: 0,
+            rejected: 0,
+            examples_add: vec![],
+            examples_remove: vec![],
+            examples_invalid,
+        })
+    }
+
+    /// The mass-removal guard: the refusal of a run that would unsubscribe more than the configured share of a
+    /// list, or None when the run may go on.
+    pub async fn check_mass_removal(
+        &self,
+        lists: &[ListReport],
+        allow_mass_removal: bool,
+    ) -> Result<Option<SyncError>, SyncError> {
+        if allow_mass_removal {
+            return Ok(None);
+        }
+        let share = self.config.sync.mass_removal_share;
+        let mut details = Vec::new();
+        for (target, list) in self.export.targets.iter().zip(lists) {
+            if list.to_remove == 0 {
+                continue;
+            }
+            let on_list = self.store.member_counts(target.id).await?.subscribed;
+            let removing = list.to_remove as f64 / on_list.max(1) as f64;
+            if removing > share {
+                details.push(format!(
+                    "list '{}' would lose {} of its {} members ({:.0}%, more than sync.mass_removal_share {:.0}%)",
+                    list.list_name,
+                    list.to_remove,
+                    on_list,
+                    removing * 100.0,
+                    share * 100.0
+                ));
+            }
+        }
+        Ok((!details.is_empty()).then_some(SyncError::MassRemoval { details }))
+    }
+}
