@@ -371,10 +371,10 @@ fn a_run_that_is_no_longer_running_records_no_acknowledgement() {
         let run = store.start_run(export.id, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         let m = segment_exporter::store::AckedMember { email: "a@x.com".into(), fields_hash: 1 };
-        store.ack_subscribed(run, t, std::slice::from_ref(&m), &[]).await.unwrap();
+        store.ack_subscribed(run, t, std::slice::from_ref(&m), &[], &[]).await.unwrap();
         store.finish_run(run, RunStatus::Cancelled, None).await.unwrap();
         let late = segment_exporter::store::AckedMember { email: "b@x.com".into(), fields_hash: 1 };
-        assert!(store.ack_subscribed(run, t, &[late], &[]).await.is_err());
+        assert!(store.ack_subscribed(run, t, &[late], &[], &[]).await.is_err());
         assert!(store.ack_unsubscribed(run, t, &["a@x.com".to_string()]).await.is_err());
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 1, "nothing changed");
         assert_eq!(store.run(run).await.unwrap().targets[0].counts.added, 1);
