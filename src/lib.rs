@@ -1,6 +1,7 @@
 //! segment-exporter keeps Iterable static lists equal to customer segments.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod daemon;

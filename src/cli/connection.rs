@@ -114,6 +114,8 @@ pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
                 }
             }
             let affected = store.remove_connection(&name, detach_exports, remove_exports).await?;
+            let how = if remove_exports { "exports removed" } else { "exports detached" };
+            ctx.audit(&store, "connection.remove", &name, (!affected.is_empty()).then(|| how.to_string())).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name, "exports": affected, "exports_removed": remove_exports }));
             } else if affected.is_empty() {
@@ -228,10 +230,19 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             usable_by: a.usable_by,
             key: source,
             key_last4: last4,
-            privacy_accepted_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            privacy_accepted_by: ctx.actor().name().to_string(),
             verified: !a.skip_verify,
         })
         .await?;
+    // The CLI's connections run on the local operator's behalf, so their scheduled runs never lack an export user.
+    store.set_connection_export_user(conn.id, ctx.actor().name(), None).await?;
+    ctx.audit(
+        &store,
+        "connection.add",
+        &conn.name,
+        Some(format!("usable by {}; data privacy accepted", conn.usable_by)),
+    )
+    .await?;
     if ctx.out.json {
         ctx.out.json(&describe(&conn));
     } else {

@@ -165,6 +165,7 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                 }
                 _ => unreachable!("clap requires a name or --all"),
             };
+            ctx.audit(&ctx.store().await?, "export.trigger", &target, None).await?;
             let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
                 Exit::error(
                     exit::FAILED,
@@ -297,6 +298,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             fields,
         })
         .await?;
+    ctx.audit(&store, "export.add", &a.name, None).await?;
     if ctx.out.json {
         ctx.out.json(&export);
     } else {
@@ -419,6 +421,7 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         vec![]
     };
     let edited = store.edit_export(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
+    ctx.audit(&store, "export.edit", &a.name, None).await?;
     if ctx.out.json {
         let mut v = serde_json::to_value(&edited)?;
         v["emptied"] = json!(emptied);
@@ -469,6 +472,7 @@ async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow:
     // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
     store.interrupt_orphaned_runs(export.id).await?;
     store.remove_export(name).await?;
+    ctx.audit(&store, "export.remove", name, empty.then(|| "lists emptied".to_string())).await?;
     if ctx.out.json {
         ctx.out.json(&json!({ "removed": name, "emptied": emptied }));
     } else if empty {
@@ -674,6 +678,8 @@ async fn run_with_grace(
 
 async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
+    let what = if a.dry_run { "export.run.dry" } else { "export.run" };
+    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
     let engine = Engine::new(store, ctx.config.clone());
     let progress = Arc::new(Progress::default());
     let cancel = ctx.signals.stop();
@@ -697,6 +703,16 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     };
     print_report(ctx, &report);
     Ok(if report.succeeded() { exit::OK } else { exit::FAILED })
+}
+
+/// The options of a run asked for, for its audit row.
+fn run_flags(a: &RunArgs) -> String {
+    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_report(ctx: &Ctx, r: &RunReport) {

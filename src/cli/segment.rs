@@ -69,6 +69,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             }
             let store = ctx.store().await?;
             let seg = store.add_segment(&name, &spec.to_stored(), query.as_deref()).await?;
+            ctx.audit(&store, "segment.add", &name, None).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "name": seg.name, "source": spec.to_string(), "query": seg.query }));
             } else {
@@ -125,7 +126,9 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         SegmentCmd::Remove { name } => {
-            ctx.store().await?.remove_segment(&name).await?;
+            let store = ctx.store().await?;
+            store.remove_segment(&name).await?;
+            ctx.audit(&store, "segment.remove", &name, None).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name }));
             } else {
@@ -195,6 +198,7 @@ async fn edit(
         }
     }
     let seg = store.edit_segment(name, &spec.to_stored(), query.as_deref()).await?;
+    ctx.audit(&store, "segment.edit", name, None).await?;
     if ctx.out.json {
         ctx.out.json(&json!({ "name": seg.name, "source": spec.to_string(), "query": seg.query }));
     } else {
