@@ -488,6 +488,23 @@ fn snapshot(path: &Path) -> Vec<(String, String)> {
                 "note",
             ],
             "members" => vec!["target_id", "email", "fields_hash", "state"],
+            // Later migrations add columns (export_user, export_user_id): the old ones must stay as they were.
+            "connections" => vec![
+                "id",
+                "name",
+                "base_url",
+                "region",
+                "usable_by",
+                "key_source",
+                "key_ref",
+                "key_ciphertext",
+                "key_nonce",
+                "key_last4",
+                "privacy_accepted_at",
+                "privacy_accepted_by",
+                "verified_at",
+                "created_at",
+            ],
             _ => vec!["*"],
         }
     };

@@ -31,6 +31,8 @@ pub enum ConnectionCmd {
         #[arg(long)]
         sizes: bool,
     },
+    /// Make the local operator (local:OSUSER) the connection's export user, on whose behalf its scheduled runs go.
+    ExportUser { name: String },
     /// Remove a connection.
     Remove {
         name: String,
@@ -86,6 +88,7 @@ pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
         ConnectionCmd::Show { name } => show(ctx, &name).await,
         ConnectionCmd::Test { name } => test(ctx, &name).await,
         ConnectionCmd::Lists { name, sizes } => lists(ctx, &name, sizes).await,
+        ConnectionCmd::ExportUser { name } => super::user::connection_export_user(ctx, &name).await,
         ConnectionCmd::Remove { name, detach_exports, remove_exports, cancel_run } => {
             let store = ctx.store().await?;
             // Removed exports must not go on writing: hold each one's run lock (a run in flight refuses the removal,

@@ -11,13 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
+use crate::access::ops::{self, check_columns, check_unique_fields, parse_field, Caller, ExportRequest, OpError};
 use crate::schedule::Schedule;
-use crate::source::{self, SourceSpec};
-use crate::store::{Export, ExportChange, FieldMap, NewExport, OnLeave, RunStatus, Segment, StoreError, Target};
+use crate::store::{Export, ExportChange, OnLeave, RunStatus, Segment, Target};
 use crate::sync::empty::{empty_lists, Emptied};
-use crate::sync::{
-    check_field_name, lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError,
-};
+use crate::sync::{lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
@@ -54,6 +52,16 @@ pub enum ExportCmd {
     },
     /// Run an export now, in this process; exits 0 only when the run succeeded.
     Run(RunArgs),
+    /// List, add or remove the export users of an export: the accounts that may see, edit, run and remove it.
+    Users {
+        name: String,
+        /// Make this account an export user (repeatable).
+        #[arg(long, value_name = "USER")]
+        add: Vec<String>,
+        /// Stop this account being an export user (repeatable).
+        #[arg(long, value_name = "USER")]
+        remove: Vec<String>,
+    },
     /// Ask the running daemon to run an export soon, by writing a trigger file into daemon.trigger_dir.
     Trigger {
         /// The export to run.
@@ -156,6 +164,7 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
         ExportCmd::Show { name, include_removed } => show(ctx, &name, include_removed).await,
         ExportCmd::Remove { name, empty_lists, cancel_run } => remove(ctx, &name, empty_lists, cancel_run).await,
         ExportCmd::Run(args) => run_now(ctx, args).await,
+        ExportCmd::Users { name, add, remove } => super::user::export_users(ctx, &name, &add, &remove).await,
         ExportCmd::Trigger { name, all } => {
             let target = match (&name, all) {
                 (_, true) => crate::daemon::TRIGGER_ALL.to_string(),
@@ -212,47 +221,6 @@ async fn daemon_answers(config: &crate::config::Config) -> Option<bool> {
     Some(answer.is_ok_and(|r| r.status().is_success()))
 }
 
-fn parse_field(text: &str) -> Result<FieldMap, String> {
-    let (column, field) = match text.split_once('=') {
-        Some((c, f)) => (c.trim(), f.trim()),
-        None => (text.trim(), text.trim()),
-    };
-    if column.is_empty() {
-        return Err(format!("--field '{text}' names no column; write COLUMN or COLUMN=ITERABLE_FIELD"));
-    }
-    check_field_name(field).map_err(|e| format!("--field '{text}': {e}"))?;
-    Ok(FieldMap { column: column.into(), iterable_field: field.into() })
-}
-
-/// Two fields may not send to one Iterable field.
-fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
-    let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
-    names.sort();
-    match names.windows(2).find(|w| w[0] == w[1]) {
-        Some(w) => Err(format!("two fields send to the Iterable field '{}'", w[0])),
-        None => Ok(()),
-    }
-}
-
-/// Reads a segment's first row to check that it has the email column and every field's column.
-async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap]) -> Result<(), String> {
-    let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
-    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
-        .await
-        .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
-    let wanted = std::iter::once(email_field).chain(fields.iter().map(|f| f.column.as_str()));
-    for col in wanted {
-        if !columns.iter().any(|c| c == col) {
-            return Err(format!(
-                "segment '{}' has no column '{col}'; its columns are: {}",
-                seg.name,
-                columns.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The refusals of a change to a running export exit 75, like a run refused because one is in flight.
 fn change_refused(e: ChangeRefused) -> anyhow::Error {
     match e {
@@ -264,41 +232,24 @@ fn change_refused(e: ChangeRefused) -> anyhow::Error {
 }
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
-    // Before anything is read, and before the name is quoted in any message below.
-    crate::store::names::check_export_name(&a.name).map_err(|problem| StoreError::InvalidName {
-        what: "export",
-        name: a.name.clone(),
-        problem,
-    })?;
-    let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not saved: {m}", a.name));
-    let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    check_unique_fields(&fields).map_err(fail)?;
-    Schedule::parse(&a.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let store = ctx.store().await?;
-    let conn = store.connection(&a.connection).await?;
-    let mut segment_ids = Vec::new();
-    for name in &a.segments {
-        let seg = store.segment(name).await?;
-        if segment_ids.contains(&seg.id) {
-            return Err(fail(format!("segment '{name}' is given twice")));
-        }
-        if !a.skip_check {
-            check_columns(&seg, &a.email_field, &fields).await.map_err(fail)?;
-        }
-        segment_ids.push(seg.id);
-    }
-    let export = store
-        .add_export(&NewExport {
-            name: a.name.clone(),
-            connection_id: conn.id,
-            email_field: a.email_field.clone(),
-            on_leave: a.on_leave,
-            schedule: a.schedule.trim().to_string(),
-            segment_ids,
-            fields,
-        })
-        .await?;
-    ctx.audit(&store, "export.add", &a.name, None).await?;
+    let request = ExportRequest {
+        name: a.name.clone(),
+        connection: a.connection.clone(),
+        segments: a.segments.clone(),
+        email_field: a.email_field.clone(),
+        fields: a.fields.clone(),
+        on_leave: a.on_leave,
+        schedule: a.schedule.clone(),
+        skip_check: a.skip_check,
+    };
+    let actor = ctx.actor();
+    let export = ops::create_export(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, &request)
+        .await
+        .map_err(|e| match e {
+            OpError::Store(e) => anyhow::Error::from(e),
+            e => Exit::error(exit::FAILED, e.to_string()),
+        })?;
     if ctx.out.json {
         ctx.out.json(&export);
     } else {
@@ -306,7 +257,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             "Added export '{}': {} segment(s) to connection '{}'. Run it with `segment-exporter export run {}`.",
             export.name,
             export.targets.len(),
-            conn.name,
+            a.connection,
             export.name
         );
     }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::output::when;
 use super::{exit, Ctx, Exit};
+use crate::access::ops::{self, Caller, OpError};
 use crate::access::{self, credentials};
 use crate::store::{Role, User};
 
@@ -160,4 +161,43 @@ fn read_password(name: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
         return Err(Exit::error(exit::FAILED, format!("password of '{name}' not set: the two entries differ")));
     }
     Ok(SecretString::from(first))
+}
+
+/// Turns a refused or invalid operation into the CLI's error, keeping store errors as they are.
+fn op_error(e: OpError) -> anyhow::Error {
+    match e {
+        OpError::Store(e) => e.into(),
+        e => Exit::error(exit::FAILED, e.to_string()),
+    }
+}
+
+/// `export users NAME [--add USER] [--remove USER]`.
+pub async fn export_users(ctx: &Ctx, name: &str, add: &[String], remove: &[String]) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    let users = ops::change_export_users(&store, &ctx.config, &caller, name, add, remove).await.map_err(op_error)?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "export": name, "users": users.iter().map(|u| &u.name).collect::<Vec<_>>() }));
+    } else if users.is_empty() {
+        println!("Export '{name}' has no export users: only administrators may see and run it.");
+    } else {
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        println!("Export users of '{name}': {}.", names.join(", "));
+    }
+    Ok(exit::OK)
+}
+
+/// `connection export-user NAME`: the local operator becomes the connection's export user.
+pub async fn connection_export_user(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    ops::become_connection_export_user(&store, &ctx.config, &caller, name).await.map_err(op_error)?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "connection": name, "export_user": actor.name() }));
+    } else {
+        println!("Connection '{name}' now runs its scheduled exports on behalf of {}.", actor.name());
+    }
+    Ok(exit::OK)
 }

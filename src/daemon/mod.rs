@@ -145,6 +145,9 @@ impl DaemonHandle {
     }
 }
 
+/// The triggers of runs nobody asked for at that moment: they go on behalf of the connection's export user.
+const SCHEDULED: [&str; 2] = ["schedule", "missed-schedule"];
+
 /// How often an export queued behind another process's run checks whether that run ended.
 const ELSEWHERE_CHECK: Duration = Duration::from_millis(500);
 /// After the grace period, how long the loop waits for the stopped run tasks to hand back their runs.
@@ -377,7 +380,11 @@ impl Daemon {
             return tracing::info!(export = %export, trigger, "Stopping; not starting new runs.");
         }
         match self.store.export(&export).await {
-            Ok(e) if e.enabled && e.connection_id.is_some() => {}
+            Ok(e) if e.enabled && e.connection_id.is_some() => {
+                if SCHEDULED.contains(&trigger) && self.refuse_without_export_user(&e, trigger).await {
+                    return;
+                }
+            }
             Ok(_) => {
                 return tracing::warn!(export = %export, trigger, "Export is disabled (no connection); not running it.")
             }
@@ -410,6 +417,33 @@ impl Daemon {
             return;
         }
         self.start_run(export, trigger, note);
+    }
+
+    /// Scheduled runs go on behalf of their connection's export user; when that account is gone or no longer an
+    /// administrator, the run is recorded `refused` with the reason (naming what an administrator must do) instead.
+    async fn refuse_without_export_user(&self, export: &crate::store::Export, trigger: &'static str) -> bool {
+        let Some(connection_id) = export.connection_id else { return false };
+        let problem = match self.store.connection_by_id(connection_id).await {
+            Ok(conn) => crate::access::connection_export_user_problem(&self.store, &conn).await,
+            Err(e) => Err(e),
+        };
+        let why = match problem {
+            Ok(Some(why)) => why,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(export = %export.name, error = %e, "Cannot read the connection's export user.");
+                return false;
+            }
+        };
+        tracing::warn!(export = %export.name, trigger, reason = %why, "Scheduled run refused.");
+        let recorded = match self.store.start_run(export.id, trigger, false, None).await {
+            Ok(run_id) => self.store.finish_run(run_id, RunStatus::Refused, Some(&why)).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(export = %export.name, error = %e, "Cannot record the refused run.");
+        }
+        true
     }
 
     /// Whether another process (a CLI run, a second daemon) holds the export's run lock. Asks without taking it.
