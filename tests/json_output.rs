@@ -96,7 +96,7 @@ fn check(env: &Env, args: &[&str], expect: Expect, times: &mut Vec<(String, bool
             if error["kind"] != kind {
                 return Err(format!("kind {}, expected {kind}", error["kind"]));
             }
-            if !error["message"].as_str().is_some_and(|m| !m.is_empty()) {
+            if error["message"].as_str().is_none_or(str::is_empty) {
                 return Err("the error has no message".into());
             }
             if doc.as_object().map_or(0, |o| o.len()) != 1 {
@@ -408,6 +408,9 @@ fn healthcheck_daemon_and_sandbox_print_one_document_each() {
         opts(),
         "\n[daemon]\nstatus_listen = \"127.0.0.1:0\"\ntrigger_dir = \"triggers\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n",
     );
+    env.setup_csv_export("Seg", &emails(0, 5));
+    env.ok(&["export", "run", "exp"]);
+    env.ok(&["export", "edit", "exp", "--schedule", "0 30 2 * * *"]);
     let mut daemon = spawn_json(&env, &["daemon"]);
     // The daemon logs its status address on stderr; read it there.
     let stderr = daemon.stderr.take().unwrap();
@@ -424,6 +427,21 @@ fn healthcheck_daemon_and_sandbox_print_one_document_each() {
     let mut times = Vec::new();
     let healthy = check(&env, &["healthcheck", "--addr", &addr], Expect::Ok, &mut times).unwrap();
     assert_eq!(healthy, serde_json::json!({ "healthy": true, "address": addr, "status": 200 }));
+    // The status endpoint's JSON follows the same rule for times.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let url = format!("http://{addr}/status");
+        let status: Value = rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() });
+        if status["ready"] == true || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    times_in(&status, &mut times);
+    assert!(is_rfc3339_utc(&status["exports"]["exp"]["next_run"]), "{status}");
+    assert!(is_rfc3339_utc(&status["exports"]["exp"]["last_run"]["started_at"]), "{status}");
+    assert!(times.iter().all(|(_, utc)| *utc), "{times:?}");
     let (code, stdout) = stop(daemon, Vec::new());
     assert_eq!(code, 0);
     assert_eq!(one_document(&stdout).unwrap(), serde_json::json!({ "stopped": true }));
