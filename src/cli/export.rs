@@ -174,18 +174,41 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                     ),
                 )
             })?;
+            let daemon = daemon_answers(&ctx.config).await;
             if ctx.out.json {
-                ctx.out.json(&json!({ "trigger_file": path }));
+                ctx.out.json(&json!({ "trigger_file": path, "daemon_running": daemon }));
             } else {
-                println!(
-                    "Wrote {}; the daemon runs {} within a few seconds.",
-                    path.display(),
-                    if all { "every export".to_string() } else { format!("export '{target}'") }
-                );
+                let what = if all { "every export".to_string() } else { format!("export '{target}'") };
+                let poll = humantime::format_duration(ctx.config.daemon.trigger_poll_interval);
+                match daemon {
+                    Some(true) => println!(
+                        "Wrote {}; the running daemon takes it within about 25 ms (at most {poll}) and runs {what}.",
+                        path.display()
+                    ),
+                    Some(false) => println!(
+                        "Wrote {}, but no daemon answers on daemon.status_listen now: the file waits there, and {what} \
+                         runs when a daemon watching {} starts.",
+                        path.display(),
+                        ctx.config.daemon.trigger_dir.display()
+                    ),
+                    None => println!(
+                        "Wrote {}; a running daemon takes it within about 25 ms (at most {poll}) and runs {what}. \
+                         (daemon.status_listen is off, so whether a daemon runs cannot be checked.)",
+                        path.display()
+                    ),
+                }
             }
             Ok(exit::OK)
         }
     }
+}
+
+/// Whether a daemon answers on the configured status listener; None when the listener is off.
+async fn daemon_answers(config: &crate::config::Config) -> Option<bool> {
+    let addr = config.daemon.status_addr()?.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let answer = client.get(format!("http://{addr}/healthz")).send().await;
+    Some(answer.is_ok_and(|r| r.status().is_success()))
 }
 
 fn parse_field(text: &str) -> Result<FieldMap, String> {

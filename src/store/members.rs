@@ -582,6 +582,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         let acked = |e: &str| AckedMember { email: e.into(), fields_hash: 1 };
         store.record_preexisting(t, &["pre@x.com".to_string()]).await.unwrap();
         store
