@@ -465,3 +465,25 @@ fn healthcheck_daemon_and_sandbox_print_one_document_each() {
     let doc = one_document(&stdout).unwrap();
     assert!(doc["base_url"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{doc}");
 }
+
+#[test]
+fn a_run_stopped_at_once_by_a_second_signal_prints_an_aborted_document_and_exits_130() {
+    let env = Env::new();
+    env.setup_csv_export("Seg", &emails(0, 100));
+    // Every request hangs, so the run is still in flight when the signals come.
+    env.sandbox.set_faults(segment_exporter::sandbox::Faults { latency_ms: Some(8000), ..Default::default() });
+    env.sandbox.reset_stats();
+    let run = spawn_json(&env, &["export", "run", "exp"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.stats().total_requests == 0 {
+        assert!(Instant::now() < deadline, "the run never reached the sandbox");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(StdCommand::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, stdout) = stop(run, Vec::new());
+    env.sandbox.set_faults(segment_exporter::sandbox::Faults { latency_ms: Some(0), ..Default::default() });
+    assert_eq!(code, 130, "{}", text(&stdout));
+    let doc = one_document(&stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&stdout)));
+    assert_eq!(doc["error"]["kind"], "aborted", "{doc}");
+}
