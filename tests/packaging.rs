@@ -120,3 +120,17 @@ fn the_demo_shows_its_build_instead_of_hiding_minutes_of_compiling() {
     let build = demo.lines().find(|l| l.trim_start().starts_with("cargo build")).expect("the demo builds");
     assert!(!build.contains("--quiet") && !build.contains(" -q"), "{build}");
 }
+
+#[test]
+fn output_cut_short_by_a_reader_is_not_a_crash() {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    for command in ["man", "--json man", "completions bash", "--json completions bash"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {command} | head -c 1 >/dev/null; exit ${{PIPESTATUS:-0}}", bin.display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "`{command} | head` panicked: {err}");
+    }
+}
