@@ -220,31 +220,9 @@ fn a_member_too_large_to_send_counts_as_rejected_with_the_reason_too_large() {
 
 /// Creates a list through the real API and subscribes `emails` to it, as someone working in Iterable would.
 fn prefilled_list(env: &Env, name: &str, emails: &[&str]) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let created: serde_json::Value = http
-            .post(format!("{}/api/lists", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let list_id = created["listId"].as_i64().unwrap();
-        let subscribers: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
-        let r = http
-            .post(format!("{}/api/lists/subscribe", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&serde_json::json!({ "listId": list_id, "subscribers": subscribers }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        list_id
-    })
+    let list_id = env.create_list_by_hand(name);
+    env.subscribe_by_hand(list_id, emails);
+    list_id
 }
 
 #[test]
@@ -298,16 +276,7 @@ fn two_exports_of_one_segment_started_together_create_one_list() {
         "--email-field",
         "email",
     ]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let mut conn =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(env.path("store.db")).connect().await.unwrap();
-        sqlx::query("UPDATE targets SET list_name = 'Shared' WHERE list_name = 'Shared copy'")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    });
+    env.store_sql(&["UPDATE targets SET list_name = 'Shared' WHERE list_name = 'Shared copy'"]);
     let spawn = |export: &str| {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
             .current_dir(env.dir.path())

@@ -248,7 +248,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         .await
         .map_err(|e| match e {
             OpError::Store(e) => anyhow::Error::from(e),
-            e => Exit::error(exit::FAILED, e.to_string()),
+            e => Exit::invalid(e.to_string()),
         })?;
     if ctx.out.json {
         ctx.out.json(&export);
@@ -265,7 +265,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
 }
 
 async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not changed: {m}", a.name));
+    let fail = |m: String| Exit::invalid(format!("export '{}' not changed: {m}", a.name));
     let store = ctx.store().await?;
     let export = store.export(&a.name).await?;
     let attached = |name: &str| export.targets.iter().find(|t| t.segment_name == name);
@@ -454,12 +454,11 @@ async fn list(ctx: &Ctx, include_removed: bool) -> anyhow::Result<u8> {
         let next = Schedule::parse(&e.schedule)
             .ok()
             .filter(|_| e.enabled && e.removed_at.is_none())
-            .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)))
-            .map(|t| super::output::when(&t));
+            .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)));
         let next_text = match (e.schedule.as_str(), &next) {
             _ if e.removed_at.is_some() => "-".to_string(),
             ("off", _) => "on demand".to_string(),
-            (_, Some(t)) => t.clone(),
+            (_, Some(t)) => super::output::when(t),
             _ => "-".into(),
         };
         rows.push(vec![
@@ -699,8 +698,9 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
             if !l.examples_remove.is_empty() {
                 println!("{}: would remove e.g. {}", l.list_name, l.examples_remove.join(", "));
             }
-            for (member, reason) in &l.examples_invalid {
-                println!("{}: invalid {member:?}: {reason}", l.list_name);
+            for ex in &l.examples_invalid {
+                let member = ex.member.as_ref().map_or_else(|| "(null)".to_string(), |m| format!("{m:?}"));
+                println!("{}: invalid {member}: {}", l.list_name, ex.reason);
             }
         }
     } else {

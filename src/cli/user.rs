@@ -108,7 +108,7 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
             store.user(&name).await?;
             let password = read_password(&name, password_stdin)?;
             credentials::check_password(&password)
-                .map_err(|e| Exit::error(exit::FAILED, format!("password of '{name}' not set: {e}")))?;
+                .map_err(|e| Exit::invalid(format!("password of '{name}' not set: {e}")))?;
             store.set_user_password(&name, &credentials::hash_password(&password)).await?;
             ctx.audit(&store, "user.password", &name, None).await?;
             if ctx.out.json {
@@ -167,7 +167,7 @@ fn read_password(name: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
 fn op_error(e: OpError) -> anyhow::Error {
     match e {
         OpError::Store(e) => e.into(),
-        e => Exit::error(exit::FAILED, e.to_string()),
+        e => Exit::invalid(e.to_string()),
     }
 }
 
