@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

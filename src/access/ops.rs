@@ -18,6 +18,9 @@ pub enum OpError {
     /// The input is wrong; the message says what to change.
     #[error("{0}")]
     Invalid(String),
+    /// The change conflicts with what is stored; the message names only what the caller may see.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -138,7 +141,7 @@ pub async fn create_export(
         })
         .await
         .map_err(|e| match e {
-            e @ StoreError::ListManaged { .. } if !caller.actor.is_admin() => OpError::Invalid(e.without_names()),
+            e @ StoreError::ListManaged { .. } if !caller.actor.is_admin() => OpError::Conflict(e.without_names()),
             e => e.into(),
         })?;
     if let Some(id) = caller.actor.user_id() {

@@ -44,6 +44,23 @@ pub enum Command {
     Reload { reread_config: bool },
     /// A run task ended, one way or another.
     Finished { export: String, outcome: Outcome },
+    /// A person asked for a run through the API; `reply` says what became of the request.
+    RunNow { export: String, by: String, reply: tokio::sync::oneshot::Sender<RunQueued> },
+}
+
+/// What became of a run asked for through the API.
+#[derive(Debug)]
+pub enum RunQueued {
+    /// It started; its progress (and, soon, its run id).
+    Started(Arc<Progress>),
+    /// The export is running: one follow-up run is queued.
+    FollowUp,
+    /// At `daemon.max_concurrent_runs`: it waits for a free slot.
+    Waiting,
+    /// Another process runs the export: it runs when that run ends.
+    Elsewhere,
+    /// It cannot run (no connection, or the daemon is stopping).
+    NotStarted,
 }
 
 /// How a run task ended.
@@ -244,7 +261,15 @@ impl Daemon {
         if let Some(listener) = self.listener.take() {
             let local = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
             tracing::info!(address = %local, "Status endpoint listening.");
-            let app = status::router(self.shared.clone());
+            let api = crate::api::ApiState {
+                store: self.store.clone(),
+                config: self.config.clone(),
+                commands: self.tx.clone(),
+                shared: self.shared.clone(),
+                throttle: Default::default(),
+            };
+            let app = status::router(self.shared.clone()).merge(crate::api::router(api));
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let stop = stop_tasks.clone();
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
@@ -372,6 +397,18 @@ impl Daemon {
                 self.reload_exports(reread_config || dst_changed).await;
             }
             Command::Finished { export, outcome } => self.finished(export, outcome).await,
+            Command::RunNow { export, by, reply } => {
+                let was_running = self.running.contains_key(&export);
+                self.request_run(export.clone(), "api", Some(format!("asked for by {by}"))).await;
+                let queued = match self.running.get(&export) {
+                    Some(run) if !was_running => RunQueued::Started(run.progress.clone()),
+                    Some(_) if self.follow_ups.contains_key(&export) => RunQueued::FollowUp,
+                    _ if self.waiting.iter().any(|(e, _, _)| *e == export) => RunQueued::Waiting,
+                    _ if self.elsewhere.contains_key(&export) => RunQueued::Elsewhere,
+                    _ => RunQueued::NotStarted,
+                };
+                let _ = reply.send(queued);
+            }
         }
     }
 
@@ -504,11 +541,13 @@ impl Daemon {
                 let _ = tx.send(Command::Finished { export, outcome }).await;
             }
         });
+        self.shared.in_flight.lock().expect("in-flight lock").insert(export.clone(), progress.clone());
         self.running.insert(export, InFlight { cancel, abort, progress, trigger });
     }
 
     async fn finished(&mut self, export: String, outcome: Outcome) {
         let Some(run) = self.running.remove(&export) else { return };
+        self.shared.in_flight.lock().expect("in-flight lock").remove(&export);
         run.cancel.cancel();
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),

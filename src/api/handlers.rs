@@ -1,0 +1,291 @@
+//! One handler per route: authenticate (`Caller`), ask `crate::access`, call the library, shape the JSON.
+
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::{ApiError, ApiState};
+use crate::access::ops::{self, ExportRequest};
+use crate::access::{self, ExportFacts, Verdict};
+use crate::daemon::{Command, RunQueued};
+use crate::store::{Connection, Export, OnLeave};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn ops_caller(c: &Caller) -> ops::Caller<'_> {
+    ops::Caller { actor: &c.actor, origin: &c.origin }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README's \"Team use\" section")
+}
+
+/// While no account exists no token is valid, so every route answers 401 until the first `user add`.
+pub async fn me(c: Caller) -> ApiResult {
+    let role = if c.actor.is_admin() { "admin" } else { "contributor" };
+    ok(json!({ "name": c.actor.name(), "role": role }))
+}
+
+async fn connection_view(s: &ApiState, c: &Caller, conn: &Connection) -> Result<Value, ApiError> {
+    let (export_user, _) = s.store.connection_export_user(conn.id).await?;
+    let mut v = json!({
+        "name": conn.name,
+        "base_url": conn.base_url,
+        "region": conn.region,
+        "usable_by": conn.usable_by,
+        "privacy_accepted_at": conn.privacy_accepted_at,
+        "privacy_accepted_by": conn.privacy_accepted_by,
+        "verified_at": conn.verified_at,
+        "export_user": export_user,
+        "created_at": conn.created_at,
+    });
+    if access::see_connection_key(&c.actor) == Verdict::Allow {
+        v["api_key"] = json!(conn.key.describe());
+        v["api_key_last4"] = json!(conn.key_last4);
+    }
+    Ok(v)
+}
+
+pub async fn connections(State(s): State<ApiState>, c: Caller) -> ApiResult {
+    let mut out = Vec::new();
+    for conn in s.store.connections().await? {
+        if access::see_connection(&c.actor, &conn.usable_by) == Verdict::Allow {
+            out.push(connection_view(&s, &c, &conn).await?);
+        }
+    }
+    ok(json!(out))
+}
+
+pub async fn connection(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let conn = s.store.connection(&name).await?;
+    access::see_connection(&c.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    ok(connection_view(&s, &c, &conn).await?)
+}
+
+pub async fn become_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    ops::become_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    ok(json!({ "connection": name, "export_user": c.actor.name() }))
+}
+
+/// An export the caller may see, with its facts; 404 otherwise.
+async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Result<(Export, ExportFacts), ApiError> {
+    let export = s.store.export(name).await?;
+    let facts = ExportFacts::load(&s.store, &export).await?;
+    access::see_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
+    Ok((export, facts))
+}
+
+async fn export_view(s: &ApiState, export: &Export) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(export).map_err(ApiError::internal)?;
+    let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
+    v["users"] = json!(users);
+    let last = s.store.last_run(export.id).await?;
+    v["last_run"] = json!(last.map(|r| json!({ "id": r.id, "status": r.status, "started_at": r.started_at })));
+    Ok(v)
+}
+
+pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
+    let mut out = Vec::new();
+    for export in s.store.exports().await? {
+        let facts = ExportFacts::load(&s.store, &export).await?;
+        if access::see_export(&c.actor, &facts) == Verdict::Allow {
+            out.push(export_view(&s, &export).await?);
+        }
+    }
+    ok(json!(out))
+}
+
+pub async fn export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let (export, _) = visible_export(&s, &c, &name).await?;
+    ok(export_view(&s, &export).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportBody {
+    name: String,
+    connection: String,
+    segments: Vec<String>,
+    email_field: String,
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default)]
+    on_leave: Option<String>,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    skip_check: bool,
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))
+}
+
+pub async fn create_export(
+    State(s): State<ApiState>,
+    c: Caller,
+    b: Result<Json<ExportBody>, JsonRejection>,
+) -> ApiResult {
+    let b = body(b)?;
+    let on_leave = match b.on_leave.as_deref() {
+        None | Some("remove") => OnLeave::Remove,
+        Some("keep") => OnLeave::Keep,
+        Some(other) => return Err(ApiError::invalid(format!("on_leave '{other}' is not 'remove' or 'keep'"))),
+    };
+    if b.segments.is_empty() {
+        return Err(ApiError::invalid("segments is empty; name at least one segment to send"));
+    }
+    let request = ExportRequest {
+        name: b.name,
+        connection: b.connection,
+        segments: b.segments,
+        email_field: b.email_field,
+        fields: b.fields,
+        on_leave,
+        schedule: b.schedule.unwrap_or_else(|| "refresh".into()),
+        skip_check: b.skip_check,
+    };
+    let export = ops::create_export(&s.store, &s.config, &ops_caller(&c), &request).await?;
+    Ok((StatusCode::CREATED, Json(export_view(&s, &export).await?)).into_response())
+}
+
+pub async fn export_users(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let (export, _) = visible_export(&s, &c, &name).await?;
+    let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
+    ok(json!(users))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    user: String,
+}
+
+pub async fn add_export_user(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    b: Result<Json<UserBody>, JsonRejection>,
+) -> ApiResult {
+    let b = body(b)?;
+    let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[b.user], &[]).await?;
+    ok(json!(users.into_iter().map(|u| u.name).collect::<Vec<_>>()))
+}
+
+pub async fn remove_export_user(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path((name, user)): Path<(String, String)>,
+) -> ApiResult {
+    let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[], &[user]).await?;
+    ok(json!(users.into_iter().map(|u| u.name).collect::<Vec<_>>()))
+}
+
+/// How long a run request waits for its run to get an id before answering with the queued state alone.
+const RUN_ID_WAIT: Duration = Duration::from_secs(3);
+
+pub async fn run_export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let (_, facts) = visible_export(&s, &c, &name).await?;
+    access::run_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
+    access::audit(&s.store, &s.config, &c.actor, &c.origin, "export.run", Some(&name), None).await?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = Command::RunNow { export: name.clone(), by: c.actor.name().to_string(), reply };
+    s.commands.send(command).await.map_err(|_| stopping())?;
+    let queued = answer.await.map_err(|_| stopping())?;
+    let (state, run_id) = match queued {
+        RunQueued::Started(progress) => {
+            let deadline = tokio::time::Instant::now() + RUN_ID_WAIT;
+            while progress.run_id().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ("started", progress.run_id())
+        }
+        RunQueued::FollowUp => ("queued_after_current_run", None),
+        RunQueued::Waiting => ("waiting_for_a_free_slot", None),
+        RunQueued::Elsewhere => ("queued_after_another_process", None),
+        RunQueued::NotStarted => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("export '{name}' cannot run now: it has no connection (disabled), or the service is stopping"),
+            ))
+        }
+    };
+    Ok((StatusCode::ACCEPTED, Json(json!({ "export": name, "state": state, "run_id": run_id }))).into_response())
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is stopping; ask again once it is back")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunsQuery {
+    export: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn runs(State(s): State<ApiState>, c: Caller, Query(q): Query<RunsQuery>) -> ApiResult {
+    let limit = q.limit.unwrap_or(50).min(500);
+    if let Some(name) = &q.export {
+        visible_export(&s, &c, name).await?;
+    }
+    let mut out = Vec::new();
+    for run in s.store.runs(q.export.as_deref(), limit).await? {
+        if c.actor.is_admin() || may_see_run(&s, &c, run.export_id).await? {
+            out.push(serde_json::to_value(&run).map_err(ApiError::internal)?);
+        }
+    }
+    ok(json!(out))
+}
+
+async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, ApiError> {
+    let export = s.store.export_by_id(export_id).await?;
+    let facts = ExportFacts::load(&s.store, &export).await?;
+    Ok(access::see_export(&c.actor, &facts) == Verdict::Allow)
+}
+
+pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> ApiResult {
+    let what = format!("run #{id}");
+    let run = s.store.run(id).await.map_err(|_| ApiError::not_found(&what))?;
+    if !c.actor.is_admin() && !may_see_run(&s, &c, run.export_id).await? {
+        return Err(ApiError::not_found(&what));
+    }
+    let mut v = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    let progress = {
+        let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
+        in_flight.get(&run.export_name).cloned().filter(|p| p.run_id() == Some(id))
+    };
+    if let Some(p) = progress {
+        let (done, planned, per_second, seconds_left) = p.snapshot();
+        let (phase, list) = p.phase();
+        v["progress"] = json!({ "phase": phase, "list": list, "done": done, "planned": planned,
+            "per_second": per_second, "seconds_left": seconds_left });
+    }
+    let issues = s.store.run_issues(id, 100).await?;
+    v["rejected_and_invalid"] = serde_json::to_value(&issues).map_err(ApiError::internal)?;
+    ok(v)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    limit: Option<u32>,
+    user: Option<String>,
+}
+
+pub async fn audit(State(s): State<ApiState>, c: Caller, Query(q): Query<AuditQuery>) -> ApiResult {
+    access::read_audit(&c.actor).check("the audit trail")?;
+    let rows = s.store.audit(q.user.as_deref(), q.limit.unwrap_or(100).min(1000)).await?;
+    ok(serde_json::to_value(rows).map_err(ApiError::internal)?)
+}
