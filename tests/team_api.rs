@@ -204,6 +204,28 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         missing["error"]["message"].as_str().unwrap().replace("nothing-here", "X"),
         "a hidden export reads exactly like a missing one"
     );
+
+    // Removal: export users and admins only, once its runs are over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t
+        .call(4, Method::GET, "/runs?export=carls", None)
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["status"] == "running")
+    {
+        assert!(Instant::now() < deadline, "the runs of carls never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (who, want) in [(0, u), (1, u), (2, nf), (3, S::OK), (4, nf)] {
+        let (got, _, text) = t.call(who, Method::DELETE, "/exports/carls", None).await;
+        t.assert_no_secret(who, "DELETE /exports/carls", &text);
+        assert_eq!(got, want, "DELETE /exports/carls by {}: {text}", WHO[who]);
+    }
+    let (got, _, text) = t.call(4, Method::DELETE, "/exports/open-3", None).await;
+    assert_eq!(got, S::OK, "an admin removes anyone's export: {text}");
     t.stop().await;
 }
 

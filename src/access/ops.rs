@@ -21,6 +21,12 @@ pub enum OpError {
     /// The change conflicts with what is stored; the message names only what the caller may see.
     #[error("{0}")]
     Conflict(String),
+    /// The export is running (CLI: exit 75; API: 409); asking again with cancel_run stops that run first.
+    #[error("{0}")]
+    Busy(String),
+    /// The change started and stopped part-way; the message says how to finish it.
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -192,4 +198,50 @@ pub async fn become_connection_export_user(
     store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
     audit(store, config, caller.actor, caller.origin, "connection.export_user", Some(connection_name), None).await?;
     Ok(())
+}
+
+/// How long a removal with `cancel_run` waits for the run to stop (it stops within one batch).
+pub const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Removes an export (export users and admins may): holds its run lock (a run in flight refuses the removal, or is
+/// cancelled first with `cancel_run`), optionally empties its lists of what it put there, then forgets it.
+pub async fn remove_export(
+    store: &Store,
+    config: &std::sync::Arc<Config>,
+    caller: &Caller<'_>,
+    name: &str,
+    empty_lists: bool,
+    cancel_run: bool,
+) -> Result<Vec<crate::sync::empty::Emptied>, OpError> {
+    use crate::sync::{lock_for_change, ChangeRefused};
+    let export = store.export(name).await?;
+    let facts = ExportFacts::load(store, &export).await?;
+    change_export(caller.actor, &facts).check(&format!("export '{name}'"))?;
+    let _lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT).await.map_err(
+        |e| match e {
+            e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
+            ChangeRefused::Store(e) => OpError::Store(e),
+            e => OpError::Failed(e.to_string()),
+        },
+    )?;
+    let emptied = if empty_lists {
+        let engine = crate::sync::Engine::new(store.clone(), config.clone());
+        let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
+        crate::sync::empty::empty_lists(&engine, store, config.iterable.batch_size, &export, &targets).await.map_err(
+            |e| {
+                OpError::Failed(format!(
+                    "export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same \
+                     removal asked again finishes the job"
+                ))
+            },
+        )?
+    } else {
+        vec![]
+    };
+    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
+    store.interrupt_orphaned_runs(export.id).await?;
+    store.remove_export(name).await?;
+    let detail = empty_lists.then(|| "lists emptied".to_string());
+    audit(store, config, caller.actor, caller.origin, "export.remove", Some(name), detail).await?;
+    Ok(emptied)
 }

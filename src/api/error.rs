@@ -84,6 +84,8 @@ impl From<OpError> for ApiError {
             OpError::Denied(d) => d.into(),
             OpError::Invalid(m) => ApiError::invalid(m),
             OpError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            OpError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "running", m),
+            OpError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", m),
             OpError::Store(e) => e.into(),
         }
     }

@@ -161,6 +161,24 @@ pub async fn create_export(
     Ok((StatusCode::CREATED, Json(export_view(&s, &export).await?)).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    empty_lists: bool,
+    #[serde(default)]
+    cancel_run: bool,
+}
+
+pub async fn remove_export(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult {
+    let emptied = ops::remove_export(&s.store, &s.config, &ops_caller(&c), &name, q.empty_lists, q.cancel_run).await?;
+    ok(json!({ "removed": name, "emptied": emptied }))
+}
+
 pub async fn export_users(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let (export, _) = visible_export(&s, &c, &name).await?;
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();

@@ -43,7 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/connections/{name}", get(handlers::connection))
         .route("/connections/{name}/export-user", post(handlers::become_export_user))
         .route("/exports", get(handlers::exports).post(handlers::create_export))
-        .route("/exports/{name}", get(handlers::export))
+        .route("/exports/{name}", get(handlers::export).delete(handlers::remove_export))
         .route("/exports/{name}/users", get(handlers::export_users).post(handlers::add_export_user))
         .route("/exports/{name}/users/{user}", axum::routing::delete(handlers::remove_export_user))
         .route("/exports/{name}/runs", post(handlers::run_export))

@@ -406,24 +406,14 @@ async fn empty_for(
 
 async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
-    let export = store.export(name).await?;
-    let lock_dir = ctx.config.store.lock_dir();
-    let _lock = lock_for_change(&store, &lock_dir, &export, cancel_run, CANCEL_WAIT).await.map_err(change_refused)?;
-    let emptied = if empty {
-        let targets: Vec<&Target> = export.targets.iter().collect();
-        empty_for(ctx, &store, &export, &targets).await.map_err(|e| {
-            Exit::error(
-                exit::FAILED,
-                format!("export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same command run again finishes the job"),
-            )
-        })?
-    } else {
-        vec![]
-    };
-    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
-    store.interrupt_orphaned_runs(export.id).await?;
-    store.remove_export(name).await?;
-    ctx.audit(&store, "export.remove", name, empty.then(|| "lists emptied".to_string())).await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    let emptied =
+        ops::remove_export(&store, &ctx.config, &caller, name, empty, cancel_run).await.map_err(|e| match e {
+            OpError::Store(e) => anyhow::Error::from(e),
+            OpError::Busy(m) => Exit::error(exit::BUSY, m),
+            e => Exit::error(exit::FAILED, e.to_string()),
+        })?;
     if ctx.out.json {
         ctx.out.json(&json!({ "removed": name, "emptied": emptied }));
     } else if empty {
