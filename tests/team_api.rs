@@ -328,9 +328,63 @@ async fn a_contributor_creates_and_runs_an_export_on_an_admins_connection_and_th
     );
     assert!(audit[0]["origin"].as_str().unwrap().contains("127.0.0.1"), "{audit}");
 
+    // The admin removes the destination; the export stays, detached.
+    let (status, v, _) = t.call(admin, Method::DELETE, "/connections/open?exports=detach", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["exports"], json!(["team"]));
+    let (_, audit, _) = t.call(admin, Method::GET, "/audit?limit=1", None).await;
+    assert_eq!((audit[0]["actor"].as_str(), audit[0]["action"].as_str()), (Some("ann"), Some("connection.remove")));
+
     let Team { env, stop, task, .. } = t;
     stop.cancel();
     task.await.unwrap();
     let members = tokio::task::spawn_blocking(move || env.members("vip")).await.unwrap();
     assert_eq!(members, sorted(emails(0, 40)), "the sandbox's list equals the segment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_add_and_remove_connections_and_the_key_is_checked_and_never_shown() {
+    let t = team().await;
+    let sandbox = t.env.base_url.clone();
+    let body = |name: &str, key: &str| json!({ "name": name, "api_key": key, "base_url": sandbox, "usable_by": "contributors", "accept_data_privacy": true });
+    for (who, want) in [(0, 401), (1, 401), (2, 403), (3, 403), (4, 201)] {
+        let (got, v, text) = t.call(who, Method::POST, "/connections", Some(body(&format!("c{who}"), KEY))).await;
+        t.assert_no_secret(who, "POST /connections", &text);
+        assert_eq!(got.as_u16(), want, "POST /connections by {}: {v}", WHO[who]);
+    }
+    let (_, v, _) = t.call(4, Method::GET, "/connections/c4", None).await;
+    assert_eq!(v["privacy_accepted_by"], "ann");
+    assert_eq!(v["export_user"], "ann", "the admin who sets it up is its export user by default");
+    assert_eq!(v["api_key"], "stored in the store, encrypted");
+
+    let (got, v, _) = t.call(4, Method::POST, "/connections", Some(body("bad", "not-the-key"))).await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let mut no_consent = body("later", KEY);
+    no_consent["accept_data_privacy"] = json!(false);
+    let (got, v, _) = t.call(4, Method::POST, "/connections", Some(no_consent)).await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("accept_data_privacy"), "{v}");
+    for name in ["bad", "later"] {
+        assert_eq!(t.call(4, Method::GET, &format!("/connections/{name}"), None).await.0, StatusCode::NOT_FOUND);
+    }
+    let (got, _, _) = t.call(4, Method::POST, "/connections", Some(body("c4", KEY))).await;
+    assert_eq!(got, StatusCode::CONFLICT);
+
+    let (got, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("uses-open", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    for (who, path, want) in [
+        (2, "/connections/open", 403),
+        (3, "/connections/open", 403),
+        (3, "/connections/closed", 404),
+        (4, "/connections/open", 409),
+        (4, "/connections/open?exports=sideways", 422),
+        (4, "/connections/open?exports=remove", 200),
+        (4, "/connections/open", 404),
+    ] {
+        let (got, v, text) = t.call(who, Method::DELETE, path, None).await;
+        t.assert_no_secret(who, path, &text);
+        assert_eq!(got.as_u16(), want, "DELETE {path} by {}: {v}", WHO[who]);
+    }
+    assert_eq!(t.call(3, Method::GET, "/exports/uses-open", None).await.0, StatusCode::NOT_FOUND, "removed with it");
+    t.stop().await;
 }

@@ -27,6 +27,11 @@ pub enum OpError {
     /// The change started and stopped part-way; the message says how to finish it.
     #[error("{0}")]
     Failed(String),
+    /// Iterable refused the key (`bad_key`), or could not be asked.
+    #[error("{message}")]
+    Iterable { message: String, bad_key: bool },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -244,4 +249,169 @@ pub async fn remove_export(
     let detail = empty_lists.then(|| "lists emptied".to_string());
     audit(store, config, caller.actor, caller.origin, "export.remove", Some(name), detail).await?;
     Ok(emptied)
+}
+
+/// A new connection, as the CLI's flags or the API's JSON give it.
+pub struct ConnectionRequest {
+    pub name: String,
+    /// Where the key comes from: a reference (environment variable, file) kept as is, or `Stored` (any
+    /// ciphertext), which seals `key` with the master key.
+    pub key_source: crate::store::KeySource,
+    pub key: secrecy::SecretString,
+    pub region: crate::iterable::Region,
+    /// Overrides `region` (a proxy, the sandbox).
+    pub base_url: Option<String>,
+    /// `admins` or `contributors`.
+    pub usable_by: String,
+    pub accept_data_privacy: bool,
+    /// Make the caller the connection's export user (the CLI's operator always is).
+    pub add_me_as_export_user: bool,
+    /// Check the key against Iterable (GET /api/lists) before saving.
+    pub verify: bool,
+}
+
+/// The "Connect" step: admins only; checks the consent, the URL and (unless told not to) the key with Iterable,
+/// seals a stored key, saves, sets the export user, audits.
+pub async fn add_connection(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    r: ConnectionRequest,
+) -> Result<crate::store::Connection, OpError> {
+    use crate::iterable::{IterableClient, Pacer, RetrySettings};
+    use crate::secrets::{self, MasterKey};
+    use crate::store::KeySource;
+    super::add_connection(caller.actor).check("connections")?;
+    if !r.accept_data_privacy {
+        return Err(OpError::Invalid(
+            "connection not saved: exports send customer profiles (email addresses and every field you map, which \
+             is personal data) out of this system to Iterable's servers. If your organisation allows that, agree to \
+             the data-privacy terms (--accept-data-privacy, or \"accept_data_privacy\": true); your consent and its \
+             time are recorded."
+                .into(),
+        ));
+    }
+    if !["admins", super::USABLE_BY_CONTRIBUTORS].contains(&r.usable_by.as_str()) {
+        return Err(OpError::Invalid(format!(
+            "connection '{}' not saved: usable_by '{}' is neither 'admins' nor 'contributors'",
+            r.name, r.usable_by
+        )));
+    }
+    let base_url = match &r.base_url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                OpError::Invalid(format!("base URL '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(OpError::Invalid(format!("base URL '{url}' must start with http:// or https://")));
+            }
+            url.trim_end_matches('/').to_string()
+        }
+        None => r.region.base_url().to_string(),
+    };
+    if r.verify {
+        let it = &config.iterable;
+        // Two attempts, so a dead endpoint fails fast.
+        let retry = RetrySettings {
+            max_attempts: 2,
+            min_delay: std::time::Duration::from_millis(300),
+            max_delay: std::time::Duration::from_secs(2),
+        };
+        let pacer = std::sync::Arc::new(Pacer::new(it.requests_per_second));
+        let client = IterableClient::new(&base_url, &r.key, it.timeout, pacer, retry)
+            .map_err(|e| OpError::Failed(format!("connection '{}' was not saved: {e}", r.name)))?;
+        if let Err(e) = client.lists().await {
+            let bad_key = e.is_bad_api_key();
+            let message = if bad_key {
+                format!("connection '{}' was not saved: {e}", r.name)
+            } else {
+                format!(
+                    "connection '{}' was not saved: the key could not be checked: {e}. Fix the base URL or network, \
+                     or save it unchecked (--skip-verify)",
+                    r.name
+                )
+            };
+            return Err(OpError::Iterable { message, bad_key });
+        }
+    }
+    let source = match r.key_source {
+        KeySource::Stored { .. } => {
+            let existing = store.connections().await?;
+            let sealed: Vec<(&str, &[u8], &[u8])> = existing
+                .iter()
+                .filter_map(|c| match &c.key {
+                    KeySource::Stored { ciphertext, nonce } => Some((c.name.as_str(), &ciphertext[..], &nonce[..])),
+                    _ => None,
+                })
+                .collect();
+            let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
+            let (ciphertext, nonce) = master.seal(&r.name, &r.key);
+            KeySource::Stored { ciphertext, nonce }
+        }
+        other => other,
+    };
+    let last4 = matches!(source, KeySource::Stored { .. }).then(|| secrets::last4(&r.key)).flatten();
+    let conn = store
+        .add_connection(&crate::store::NewConnection {
+            name: r.name.clone(),
+            base_url,
+            region: r.base_url.is_none().then(|| r.region.as_str().to_string()),
+            usable_by: r.usable_by,
+            key: source,
+            key_last4: last4,
+            privacy_accepted_by: caller.actor.name().to_string(),
+            verified: r.verify,
+        })
+        .await?;
+    // The CLI's connections run on the local operator's behalf, so their scheduled runs never lack an export user.
+    if r.add_me_as_export_user || caller.actor.user_id().is_none() {
+        store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
+    }
+    let detail = format!("usable by {}; data privacy accepted", conn.usable_by);
+    audit(store, config, caller.actor, caller.origin, "connection.add", Some(&conn.name), Some(detail)).await?;
+    Ok(conn)
+}
+
+/// Removes a connection (admins only). Exports that use it are detached (kept, disabled) or removed, as asked; with
+/// neither, the removal is refused while exports use it. With `cancel_run`, runs in flight on it are cancelled
+/// first; without, an export being removed that is running refuses the removal (`Busy`), and detached ones are not
+/// waited for. Returns the exports concerned.
+pub async fn remove_connection(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    name: &str,
+    detach_exports: bool,
+    remove_exports: bool,
+    cancel_run: bool,
+) -> Result<Vec<String>, OpError> {
+    use crate::sync::{lock_for_change, ChangeRefused};
+    let conn = store.connection(name).await?;
+    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    // Exports that go on must not go on writing through it: hold each one's run lock (a run in flight refuses the
+    // removal, or is cancelled first) until the removal is committed.
+    let mut locks = Vec::new();
+    if remove_exports || (detach_exports && cancel_run) {
+        for export_name in store.exports_using_connection(conn.id).await? {
+            let export = store.export(&export_name).await?;
+            let lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT)
+                .await
+                .map_err(|e| match e {
+                    e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
+                        OpError::Busy(format!("connection '{name}' not removed: {e}"))
+                    }
+                    ChangeRefused::Store(e) => OpError::Store(e),
+                    e => OpError::Failed(e.to_string()),
+                })?;
+            locks.push(lock);
+        }
+    }
+    let affected = store.remove_connection(name, detach_exports, remove_exports).await?;
+    let detail = match (affected.is_empty(), remove_exports) {
+        (true, _) => None,
+        (false, true) => Some("exports removed".to_string()),
+        (false, false) => Some("exports detached".to_string()),
+    };
+    audit(store, config, caller.actor, caller.origin, "connection.remove", Some(name), detail).await?;
+    Ok(affected)
 }

@@ -86,6 +86,11 @@ impl From<OpError> for ApiError {
             OpError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             OpError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "running", m),
             OpError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", m),
+            OpError::Iterable { message, bad_key: true } => ApiError::invalid(message),
+            OpError::Iterable { message, bad_key: false } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "iterable", message)
+            }
+            OpError::Secret(e) => ApiError::internal(e),
             OpError::Store(e) => e.into(),
         }
     }

@@ -73,6 +73,91 @@ pub async fn connection(State(s): State<ApiState>, c: Caller, Path(name): Path<S
     ok(connection_view(&s, &c, &conn).await?)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionBody {
+    name: String,
+    api_key: secrecy::SecretString,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default = "admins")]
+    usable_by: String,
+    #[serde(default)]
+    accept_data_privacy: bool,
+    #[serde(default = "yes")]
+    add_me_as_export_user: bool,
+    #[serde(default)]
+    skip_verify: bool,
+}
+
+fn admins() -> String {
+    "admins".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn create_connection(
+    State(s): State<ApiState>,
+    c: Caller,
+    b: Result<Json<ConnectionBody>, JsonRejection>,
+) -> ApiResult {
+    access::add_connection(&c.actor).check("connections")?;
+    let b = body(b)?;
+    let region = match b.region.as_deref() {
+        None | Some("us") => crate::iterable::Region::Us,
+        Some("eu") => crate::iterable::Region::Eu,
+        Some(other) => return Err(ApiError::invalid(format!("region '{other}' is neither 'us' nor 'eu'"))),
+    };
+    let request = ops::ConnectionRequest {
+        name: b.name,
+        key_source: crate::store::KeySource::Stored { ciphertext: vec![], nonce: vec![] },
+        key: b.api_key,
+        region,
+        base_url: b.base_url,
+        usable_by: b.usable_by,
+        accept_data_privacy: b.accept_data_privacy,
+        add_me_as_export_user: b.add_me_as_export_user,
+        verify: !b.skip_verify,
+    };
+    let conn = ops::add_connection(&s.store, &s.config, &ops_caller(&c), request).await?;
+    Ok((StatusCode::CREATED, Json(connection_view(&s, &c, &conn).await?)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveConnectionQuery {
+    exports: Option<String>,
+}
+
+/// An admin may remove a destination at any time: runs in flight on it are cancelled first.
+pub async fn remove_connection(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveConnectionQuery>,
+) -> ApiResult {
+    let (detach, remove) = match q.exports.as_deref() {
+        None => (false, false),
+        Some("detach") => (true, false),
+        Some("remove") => (false, true),
+        Some(other) => return Err(ApiError::invalid(format!("exports '{other}' is neither 'detach' nor 'remove'"))),
+    };
+    let affected = ops::remove_connection(&s.store, &s.config, &ops_caller(&c), &name, detach, remove, true)
+        .await
+        .map_err(|e| match e {
+            ops::OpError::Store(crate::store::StoreError::Conflict(_)) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("connection '{name}' is used by exports; ask again with ?exports=detach or ?exports=remove"),
+            ),
+            e => e.into(),
+        })?;
+    ok(json!({ "removed": name, "exports": affected, "exports_removed": remove }))
+}
+
 pub async fn become_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     ops::become_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
     ok(json!({ "connection": name, "export_user": c.actor.name() }))

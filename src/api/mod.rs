@@ -39,8 +39,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/me", get(handlers::me))
-        .route("/connections", get(handlers::connections))
-        .route("/connections/{name}", get(handlers::connection))
+        .route("/connections", get(handlers::connections).post(handlers::create_connection))
+        .route("/connections/{name}", get(handlers::connection).delete(handlers::remove_connection))
         .route("/connections/{name}/export-user", post(handlers::become_export_user))
         .route("/exports", get(handlers::exports).post(handlers::create_export))
         .route("/exports/{name}", get(handlers::export).delete(handlers::remove_export))

@@ -164,9 +164,13 @@ fn read_password(name: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
 }
 
 /// Turns a refused or invalid operation into the CLI's error, keeping store errors as they are.
-fn op_error(e: OpError) -> anyhow::Error {
+pub(super) fn op_error(e: OpError) -> anyhow::Error {
     match e {
         OpError::Store(e) => e.into(),
+        OpError::Secret(e) => e.into(),
+        OpError::Busy(m) => Exit::error(exit::BUSY, m),
+        OpError::Iterable { message, .. } => Exit::with_kind(super::error::ErrorKind::Iterable, message),
+        OpError::Failed(m) => Exit::error(exit::FAILED, m),
         e => Exit::invalid(e.to_string()),
     }
 }
