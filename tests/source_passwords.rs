@@ -457,3 +457,17 @@ fn a_missing_master_key_at_upgrade_loses_nothing_says_what_to_do_and_the_upgrade
     assert_eq!(stored_segment(&env, "Legacy").1.as_deref(), Some(secret.as_str()));
     env.ok(&["connection", "test", "vault"]);
 }
+
+#[test]
+fn a_password_left_in_a_free_page_by_a_segment_removed_before_the_upgrade_is_gone_after_it() {
+    let env = Env::new();
+    let secret = password("removed");
+    let source = format!("postgres://reader:{secret}@127.0.0.1:1/crm");
+    // The old `segment remove`: the row is deleted, its bytes stay in the page until it is reused.
+    old_store(&env.path("store.db"), "Gone", &source, &[("DELETE FROM segments WHERE name = 'Gone'".into(), vec![])]);
+    assert!(!store_files_holding(&env, &secret).is_empty(), "the old release left it in the file");
+
+    let out = env.run(&["--json", "segment", "list"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(store_files_holding(&env, &secret), Vec::<String>::new(), "no old page keeps the password");
+}

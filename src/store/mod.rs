@@ -126,13 +126,16 @@ impl Store {
     /// working as before, a warning says what to do, and the next open tries again.
     pub async fn open_configured(config: &crate::config::StoreConfig) -> Result<Store> {
         let store = Store::open(&config.path).await?;
-        store.seal_passwords_in_sources(&config.master_key_path()).await?;
+        if let Err(error) = store.seal_passwords_in_sources(&config.master_key_path()).await {
+            tracing::warn!(%error, "Could not finish upgrading the store (sealing source passwords an older version stored in clear); the next open tries again.");
+        }
         Ok(store)
     }
 
     async fn seal_passwords_in_sources(&self, master_key_path: &Path) -> Result<()> {
         let in_clear = self.segments_with_password_in_source().await?;
-        if !in_clear.is_empty() {
+        let sealed_some = !in_clear.is_empty();
+        if sealed_some {
             let names = in_clear.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ");
             let (connections, segments) = (self.connections().await?, self.segments().await?);
             let sealed = crate::secrets::sealed_secrets(&connections, &segments);
@@ -168,32 +171,35 @@ impl Store {
             .await?
             > 0
         {
-            self.rewrite_file().await?;
+            self.rewrite_file(sealed_some).await?;
         }
         Ok(())
     }
 
     /// Rewrites the store file (VACUUM) and empties the write-ahead log, so that no page of either keeps what was
     /// deleted or replaced. Another process reading the store at that moment may keep the log from being emptied;
-    /// the task then stays due and the next open does it again.
-    async fn rewrite_file(&self) -> Result<()> {
+    /// the task then stays due and the next open does it again. Logged at info when `sealed_some` passwords were
+    /// just sealed or when it took a while (otherwise it is the instant rewrite of a new or small store: debug).
+    async fn rewrite_file(&self, sealed_some: bool) -> Result<()> {
         let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
         if let Err(error) = sqlx::query("VACUUM").execute(&mut *conn).await {
-            tracing::warn!(%error, "Could not rewrite the store file yet (it still holds old pages with passwords stored in clear by an older version); the next start tries again.");
+            tracing::warn!(%error, "Could not rewrite the store file yet (old pages may keep passwords an older version stored in clear); the next open tries again.");
             return Ok(());
         }
         let (busy, _, _): (i64, i64, i64) =
             sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
         if busy != 0 {
-            tracing::warn!("Rewrote the store file, but another process kept its write-ahead log from being emptied; the next start tries again.");
+            tracing::warn!("Rewrote the store file, but another process kept its write-ahead log from being emptied; the next open tries again.");
             return Ok(());
         }
         sqlx::query("DELETE FROM upkeep WHERE task = 'vacuum'").execute(&mut *conn).await?;
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Rewrote the store file, so that no old page keeps a database password."
-        );
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if sealed_some || elapsed_ms >= 1000 {
+            tracing::info!(elapsed_ms, "Rewrote the store file, so that no old page keeps a database password.");
+        } else {
+            tracing::debug!(elapsed_ms, "Rewrote the store file, so that no old page keeps a database password.");
+        }
         Ok(())
     }
 
