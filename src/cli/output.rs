@@ -11,6 +11,8 @@ pub struct Output {
 }
 
 impl Output {
+    /// Prints a command's one JSON document (a failed command's error document is printed by `main`). Times in it
+    /// must be `DateTime<Utc>` values, which serialise as RFC 3339, never `when(..)` text.
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) {
         println!("{}", serde_json::to_string_pretty(value).expect("serialisable output"));
     }

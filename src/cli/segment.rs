@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::error::ErrorKind;
 use super::{exit, Ctx, Exit};
 use crate::secrets::{self, MasterKey};
 use crate::source::{self, SourceSpec};
@@ -88,10 +89,7 @@ impl PasswordArgs {
     fn reference(&self) -> anyhow::Result<Option<NewPassword>> {
         if let Some(var) = &self.password_env {
             if var.is_empty() || var.contains(['=', '\0']) {
-                return Err(Exit::error(
-                    exit::FAILED,
-                    format!("--password-env {var:?} is not an environment variable name"),
-                ));
+                return Err(Exit::invalid(format!("--password-env {var:?} is not an environment variable name")));
             }
             return Ok(Some(NewPassword::Env(var.clone())));
         }
@@ -144,8 +142,8 @@ impl NewPassword {
         let (connections, segments) = (store.connections().await?, store.segments().await?);
         let sealed = secrets::sealed_secrets(&connections, &segments);
         MasterKey::for_sealing(path, &sealed).map(Some).map_err(|e| {
-            Exit::error(
-                exit::FAILED,
+            Exit::with_kind(
+                ErrorKind::Secret,
                 format!("{e} To keep the password out of the store instead, use --password-env VAR or --password-file PATH."),
             )
         })
@@ -168,17 +166,13 @@ impl NewPassword {
 /// The password of a new source: the one in its URL, or a reference; never both, and only for postgres sources.
 fn new_password(spec: &SourceSpec, args: &PasswordArgs) -> anyhow::Result<NewPassword> {
     if args.given() && !matches!(spec, SourceSpec::Postgres { .. }) {
-        return Err(Exit::error(
-            exit::FAILED,
-            format!(
-                "a {} source takes no password; --password-env and --password-file are for postgres sources",
-                spec.kind()
-            ),
-        ));
+        return Err(Exit::invalid(format!(
+            "a {} source takes no password; --password-env and --password-file are for postgres sources",
+            spec.kind()
+        )));
     }
     match (spec.password(), args.reference()?) {
-        (Some(_), Some(_)) => Err(Exit::error(
-            exit::FAILED,
+        (Some(_), Some(_)) => Err(Exit::invalid(
             "the URL already holds a password: give it either in the URL or with --password-env / --password-file, \
              not both",
         )),
@@ -217,16 +211,20 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             let stored = spec.to_stored();
             let master_key_path = ctx.config.store.master_key_path();
             if !skip_check {
-                let not_saved = |e: String| {
-                    Exit::error(
-                        exit::FAILED,
+                let not_saved = |kind: ErrorKind, e: String| {
+                    Exit::with_kind(
+                        kind,
                         format!("segment '{name}' not saved: {e} (add --skip-check to save it anyway)"),
                     )
                 };
                 let readable = spec.clone().with_password(
-                    password.resolve(&name, 0, &stored, &master_key_path).map_err(|e| not_saved(e.to_string()))?,
+                    password
+                        .resolve(&name, 0, &stored, &master_key_path)
+                        .map_err(|e| not_saved(ErrorKind::Secret, e.to_string()))?,
                 );
-                source::preview(&readable, query.as_deref(), 1).await.map_err(|e| not_saved(e.to_string()))?;
+                source::preview(&readable, query.as_deref(), 1)
+                    .await
+                    .map_err(|e| not_saved(ErrorKind::Source, e.to_string()))?;
             }
             let store = ctx.store().await?;
             let master = password.master_key(&store, &master_key_path).await?;
@@ -274,7 +272,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             let spec = readable(ctx, &seg).await?;
             let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit)
                 .await
-                .map_err(|e| Exit::error(exit::FAILED, format!("segment '{name}': {e}")))?;
+                .map_err(|e| Exit::with_kind(ErrorKind::Source, format!("segment '{name}': {e}")))?;
             if ctx.out.json {
                 let v: Vec<serde_json::Map<String, serde_json::Value>> =
                     rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect();
@@ -304,12 +302,10 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
 /// A SQL source needs a query; a file source takes none.
 fn check_source(spec: &SourceSpec, query: &Option<String>) -> anyhow::Result<()> {
     match (spec.takes_query(), query) {
-        (true, None) => Err(Exit::error(
-            exit::FAILED,
+        (true, None) => Err(Exit::invalid(
             format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
         )),
-        (false, Some(_)) => Err(Exit::error(
-            exit::FAILED,
+        (false, Some(_)) => Err(Exit::invalid(
             format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
         )),
         _ => Ok(()),
@@ -325,7 +321,7 @@ async fn edit(
     query: Option<String>,
     skip_check: bool,
 ) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::error(exit::FAILED, format!("segment '{name}' not changed: {m}"));
+    let fail = |m: String| Exit::invalid(format!("segment '{name}' not changed: {m}"));
     if source.is_none() && query.is_none() && !password_args.given() && !no_password {
         return Err(fail(
             "nothing to change; give --source, --query, --password-env, --password-file or --no-password".into(),
@@ -375,9 +371,12 @@ async fn edit(
     };
     check_source(&spec, &query)?;
     if !skip_check {
-        let resolved = password
-            .resolve(name, seg.id, &seg.source, &master_key_path)
-            .map_err(|e| fail(format!("{e} (add --skip-check to save it anyway)")))?;
+        let resolved = password.resolve(name, seg.id, &seg.source, &master_key_path).map_err(|e| {
+            Exit::with_kind(
+                ErrorKind::Secret,
+                format!("segment '{name}' not changed: {e} (add --skip-check to save it anyway)"),
+            )
+        })?;
         let readable = spec.clone().with_password(resolved);
         let (columns, _) = source::preview(&readable, query.as_deref(), 1)
             .await
