@@ -248,6 +248,8 @@ fn a_missing_password_variable_is_an_error_naming_the_segment_and_the_variable()
         assert!(err.contains("segment 'Churn'") && err.contains("CHURN_DB_PASSWORD"), "{args:?}: {err}");
         assert!(err.contains("--password-env"), "says how to change it: {err}");
     }
+    let preview = env.json(&["segment", "preview", "Churn"]);
+    assert_eq!(preview["error"]["kind"], "secret", "{preview}");
     let runs = env.json(&["runs"]);
     assert!(runs[0]["error"].as_str().unwrap().contains("CHURN_DB_PASSWORD"), "{runs}");
     assert!(env.sandbox_lists().is_empty(), "no list was touched");

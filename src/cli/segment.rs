@@ -192,7 +192,7 @@ fn described(spec: &SourceSpec, password: &SourcePassword) -> (String, String) {
 }
 
 /// A stored segment's source, ready to read: its database password resolved from wherever the segment keeps it.
-async fn readable(ctx: &Ctx, seg: &Segment) -> anyhow::Result<SourceSpec> {
+fn readable(ctx: &Ctx, seg: &Segment) -> anyhow::Result<SourceSpec> {
     let spec: SourceSpec = seg.source.parse()?;
     Ok(spec.with_password(secrets::resolve_source_password(seg, &ctx.config.store.master_key_path())?))
 }
@@ -269,7 +269,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
         }
         SegmentCmd::Preview { name, limit } => {
             let seg = ctx.store().await?.segment(&name).await?;
-            let spec = readable(ctx, &seg).await?;
+            let spec = readable(ctx, &seg)?;
             let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit)
                 .await
                 .map_err(|e| Exit::with_kind(ErrorKind::Source, format!("segment '{name}': {e}")))?;
