@@ -5,8 +5,8 @@
 //! `uuid` as strings; `date` as `YYYY-MM-DD`; `timestamp` and `timestamptz` in Iterable's date format
 //! `yyyy-MM-dd HH:mm:ss +00:00` in UTC (a `timestamp` without zone is taken to be UTC already); `json`
 //! and `jsonb` as the JSON they hold. Domains map as their base type. Any other type is refused before
-//! the first row, with a hint to cast it in the query. The URL's password never leaves this file in a
-//! message.
+//! the first row, with a hint to cast it in the query. The password, kept apart from the URL, is handed to
+//! the driver here and never leaves this file in a message.
 
 use std::str::FromStr;
 use std::time::Duration;
