@@ -120,3 +120,22 @@ fn the_demo_shows_its_build_instead_of_hiding_minutes_of_compiling() {
     let build = demo.lines().find(|l| l.trim_start().starts_with("cargo build")).expect("the demo builds");
     assert!(!build.contains("--quiet") && !build.contains(" -q"), "{build}");
 }
+
+#[test]
+fn output_cut_short_by_a_reader_is_not_a_crash() {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    for args in [&["man"][..], &["--json", "man"], &["completions", "bash"], &["--json", "completions", "bash"]] {
+        // The reader is gone before the command writes a byte, as with `| head` on a long output.
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} with its reader gone panicked: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

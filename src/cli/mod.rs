@@ -183,7 +183,8 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
                 ctx.out.json(&serde_json::json!({ "shell": shell.to_string(), "script": script }));
                 return Ok(exit::OK);
             }
-            print_raw(&script)
+            output::print_raw(&script)?;
+            Ok(exit::OK)
         }
         Command::Man => {
             let mut page = Vec::new();
@@ -192,20 +193,11 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
                 ctx.out.json(&serde_json::json!({ "format": "roff", "page": String::from_utf8_lossy(&page) }));
                 return Ok(exit::OK);
             }
-            print_raw(&page)
+            output::print_raw(&page)?;
+            Ok(exit::OK)
         }
     }
 }
-
-/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
-fn print_raw(bytes: &[u8]) -> anyhow::Result<u8> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(exit::OK),
-    }
-}
-
 async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
     let built = crate::daemon::Daemon::build((*ctx.config).clone(), ctx.config_path.clone(), None).await;
     let daemon = match built {
