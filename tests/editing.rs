@@ -456,6 +456,7 @@ fn snapshot(path: &Path) -> Vec<(String, String)> {
                 "updated_at",
             ],
             "targets" => vec!["id", "export_id", "segment_id", "position", "list_name", "list_id", "list_checked_at"],
+            "segments" => vec!["id", "name", "source", "query", "created_at"],
             "runs" => vec![
                 "id",
                 "export_id",

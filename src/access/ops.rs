@@ -81,8 +81,16 @@ pub fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
 }
 
 /// Reads a segment's first row to check that it has the email column and every field's column.
-pub async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap]) -> Result<(), String> {
+pub async fn check_columns(
+    seg: &Segment,
+    email_field: &str,
+    fields: &[FieldMap],
+    master_key: &std::path::Path,
+) -> Result<(), String> {
     let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
+    let password = crate::secrets::resolve_source_password(seg, master_key)
+        .map_err(|e| format!("{e} (add --skip-check to save anyway)"))?;
+    let spec = spec.with_password(password);
     let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
         .await
         .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
@@ -125,7 +133,7 @@ pub async fn create_export(
             return Err(fail(format!("segment '{name}' is given twice")));
         }
         if !r.skip_check {
-            check_columns(&seg, &r.email_field, &fields).await.map_err(|e| {
+            check_columns(&seg, &r.email_field, &fields, &config.store.master_key_path()).await.map_err(|e| {
                 if caller.actor.is_admin() {
                     fail(e)
                 } else {
@@ -336,14 +344,9 @@ pub async fn add_connection(
     }
     let source = match r.key_source {
         KeySource::Stored { .. } => {
-            let existing = store.connections().await?;
-            let sealed: Vec<(&str, &[u8], &[u8])> = existing
-                .iter()
-                .filter_map(|c| match &c.key {
-                    KeySource::Stored { ciphertext, nonce } => Some((c.name.as_str(), &ciphertext[..], &nonce[..])),
-                    _ => None,
-                })
-                .collect();
+            // Every secret already sealed (API keys and segments' database passwords) must open with the key.
+            let (connections, segments) = (store.connections().await?, store.segments().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments);
             let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(&r.name, &r.key);
             KeySource::Stored { ciphertext, nonce }

@@ -351,12 +351,12 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         // New segments need every column; kept segments only the columns that are new to them.
         let columns_changed = a.email_field.is_some() || !added.is_empty();
         for seg in &attach {
-            check_columns(seg, &email_field, &fields).await.map_err(fail)?;
+            check_columns(seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
         }
         if columns_changed {
             for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
                 let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &email_field, &fields).await.map_err(fail)?;
+                check_columns(&seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
             }
         }
     }
