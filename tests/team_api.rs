@@ -388,3 +388,32 @@ async fn only_admins_add_and_remove_connections_and_the_key_is_checked_and_never
     assert_eq!(t.call(3, Method::GET, "/exports/uses-open", None).await.0, StatusCode::NOT_FOUND, "removed with it");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_error_naming_the_segments_source_is_shown_to_admins_only() {
+    let t = team().await;
+    let (got, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("doomed", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    std::fs::remove_file(&t.csv).unwrap();
+    let (got, v, _) = t.call(3, Method::POST, "/exports/doomed/runs", None).await;
+    assert_eq!(got, StatusCode::ACCEPTED, "{v}");
+    let id = v["run_id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (admin_view, contributor_view) = loop {
+        let (_, admin, _) = t.call(4, Method::GET, &format!("/runs/{id}"), None).await;
+        if admin["status"] != "running" {
+            let (_, contributor, text) = t.call(3, Method::GET, &format!("/runs/{id}"), None).await;
+            t.assert_no_secret(3, "GET /runs/ID", &text);
+            let (_, listed, text) = t.call(3, Method::GET, "/runs?export=doomed", None).await;
+            t.assert_no_secret(3, "GET /runs", &text);
+            assert_eq!(listed[0]["error"], contributor["error"]);
+            break (admin, contributor);
+        }
+        assert!(Instant::now() < deadline, "the run never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(admin_view["status"], "failed", "{admin_view}");
+    assert!(admin_view["error"].as_str().unwrap().contains("vip.csv"), "{admin_view}");
+    assert!(contributor_view["error"].as_str().unwrap().contains("an administrator can see why"), "{contributor_view}");
+    t.stop().await;
+}

@@ -347,10 +347,47 @@ pub async fn runs(State(s): State<ApiState>, c: Caller, Query(q): Query<RunsQuer
     let mut out = Vec::new();
     for run in s.store.runs(q.export.as_deref(), limit).await? {
         if c.actor.is_admin() || may_see_run(&s, &c, run.export_id).await? {
-            out.push(serde_json::to_value(&run).map_err(ApiError::internal)?);
+            let mut v = serde_json::to_value(&run).map_err(ApiError::internal)?;
+            hide_sources(&s, &c, run.export_id, &mut v).await?;
+            out.push(v);
         }
     }
     ok(json!(out))
+}
+
+/// What names a segment's source in an error (its path or URL, the URL's host), for the export of `export_id`.
+async fn source_names(s: &ApiState, export_id: i64) -> Result<Vec<String>, ApiError> {
+    let export = s.store.export_by_id(export_id).await?;
+    let mut names = Vec::new();
+    for t in &export.targets {
+        let Ok(seg) = s.store.segment(&t.segment_name).await else { continue };
+        names.push(seg.source.clone());
+        if let Ok(spec) = seg.source.parse::<crate::source::SourceSpec>() {
+            names.push(spec.to_string());
+        }
+        if let Some((_, rest)) = seg.source.split_once(':') {
+            names.push(rest.trim_start_matches('/').to_string());
+        }
+        if let Some(host) = reqwest::Url::parse(&seg.source).ok().and_then(|u| u.host_str().map(str::to_string)) {
+            names.push(host);
+        }
+    }
+    names.retain(|n| n.len() >= 3);
+    Ok(names)
+}
+
+/// Contributors never see a segment's source: a run error that names one is replaced by a pointer to an admin.
+async fn hide_sources(s: &ApiState, c: &Caller, export_id: i64, run: &mut Value) -> Result<(), ApiError> {
+    if c.actor.is_admin() {
+        return Ok(());
+    }
+    let Some(error) = run["error"].as_str().map(str::to_string) else { return Ok(()) };
+    if source_names(s, export_id).await?.iter().any(|n| error.contains(n.as_str())) {
+        run["error"] = json!(
+            "the run could not read a segment's source; an administrator can see why (`segment-exporter runs show`)"
+        );
+    }
+    Ok(())
 }
 
 async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, ApiError> {
@@ -366,6 +403,7 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
         return Err(ApiError::not_found(&what));
     }
     let mut v = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    hide_sources(&s, &c, run.export_id, &mut v).await?;
     let progress = {
         let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
         in_flight.get(&run.export_name).cloned().filter(|p| p.run_id() == Some(id))
