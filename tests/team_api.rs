@@ -174,6 +174,7 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         (Method::GET, runs_path.clone(), None, [u, u, nf, S::OK, S::OK]),
         (Method::GET, "/runs/999999".into(), None, [u, u, nf, nf, nf]),
         (Method::GET, "/audit".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::GET, "/segments".into(), None, [u, u, S::OK, S::OK, S::OK]),
         (Method::GET, "/nowhere".into(), None, [nf, nf, nf, nf, nf]),
     ];
     let mut wrong = Vec::new();
@@ -191,7 +192,11 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
-    // Lists show only what the caller may see.
+    // Lists show only what the caller may see: segments' names to all, their sources to admins.
+    let (_, segments, _) = t.call(3, Method::GET, "/segments", None).await;
+    assert_eq!(segments[0], json!({ "name": "c-4", "created_at": segments[0]["created_at"] }));
+    let (_, segments, _) = t.call(4, Method::GET, "/segments", None).await;
+    assert!(segments[0]["source"].as_str().unwrap().ends_with("vip.csv"), "{segments}");
     let (_, conns, _) = t.call(2, Method::GET, "/connections", None).await;
     assert_eq!(conns.as_array().unwrap().iter().map(|c| c["name"].clone()).collect::<Vec<_>>(), vec![json!("open")]);
     let (_, exports, _) = t.call(2, Method::GET, "/exports", None).await;

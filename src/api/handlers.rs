@@ -419,6 +419,27 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
     ok(v)
 }
 
+/// Segments' names for everyone (to pick them for an export); their sources and queries for admins only.
+pub async fn segments(State(s): State<ApiState>, c: Caller) -> ApiResult {
+    access::see_segments(&c.actor).check("segments")?;
+    let sources = access::see_segment_source(&c.actor) == Verdict::Allow;
+    let out: Vec<Value> = s
+        .store
+        .segments()
+        .await?
+        .iter()
+        .map(|seg| {
+            let mut v = json!({ "name": seg.name, "created_at": seg.created_at });
+            if sources {
+                v["source"] = json!(seg.shown_source());
+                v["query"] = json!(seg.query);
+            }
+            v
+        })
+        .collect();
+    ok(json!(out))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     limit: Option<u32>,

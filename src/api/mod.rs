@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/exports/{name}/users", get(handlers::export_users).post(handlers::add_export_user))
         .route("/exports/{name}/users/{user}", axum::routing::delete(handlers::remove_export_user))
         .route("/exports/{name}/runs", post(handlers::run_export))
+        .route("/segments", get(handlers::segments))
         .route("/runs", get(handlers::runs))
         .route("/runs/{id}", get(handlers::run))
         .route("/audit", get(handlers::audit))
