@@ -422,3 +422,53 @@ async fn a_run_error_naming_the_segments_source_is_shown_to_admins_only() {
     assert!(contributor_view["error"].as_str().unwrap().contains("an administrator can see why"), "{contributor_view}");
     t.stop().await;
 }
+
+/// Asks for a run of `export` with `body` as `who`; returns the finished run.
+async fn run_to_end(t: &Team, who: usize, export: &str, body: Value) -> Value {
+    let (got, v, _) = t.call(who, Method::POST, &format!("/exports/{export}/runs"), Some(body)).await;
+    assert_eq!(got, StatusCode::ACCEPTED, "{v}");
+    let id = v["run_id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, run, _) = t.call(who, Method::GET, &format!("/runs/{id}"), None).await;
+        if run["status"] != "running" {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run never ended: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_user_plans_a_run_then_repeats_one_the_mass_removal_guard_stopped_with_allow_mass_removal() {
+    let t = team().await;
+    let (got, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("guarded", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    assert_eq!(run_to_end(&t, 3, "guarded", json!({})).await["status"], "succeeded");
+    // 35 of the 40 members leave the segment: more than half of the list.
+    let rows: Vec<String> = emails(0, 5);
+    let text: String = std::iter::once("email,tier".to_string())
+        .chain(rows.iter().map(|e| format!("{e},gold")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&t.csv, text + "\n").unwrap();
+
+    let (got, plan, _) = t.call(3, Method::POST, "/exports/guarded/runs", Some(json!({ "dry_run": true }))).await;
+    assert_eq!(got, StatusCode::OK, "{plan}");
+    assert_eq!(plan["lists"][0]["to_remove"], 35, "{plan}");
+    let refused = run_to_end(&t, 3, "guarded", json!({})).await;
+    assert_eq!(refused["status"], "refused", "{refused}");
+    let allowed = run_to_end(&t, 3, "guarded", json!({ "allow_mass_removal": true })).await;
+    assert_eq!(allowed["status"], "succeeded", "{allowed}");
+    let (got, _, _) = t.call(3, Method::POST, "/exports/guarded/runs", Some(json!({ "sideways": true }))).await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, audit, _) = t.call(4, Method::GET, "/audit?user=carl&limit=3", None).await;
+    assert_eq!(audit[0]["detail"], "allow mass removal", "{audit}");
+    assert_eq!(audit[2]["action"], "export.run.dry", "{audit}");
+
+    let Team { env, stop, task, .. } = t;
+    stop.cancel();
+    task.await.unwrap();
+    let members = tokio::task::spawn_blocking(move || env.members("vip")).await.unwrap();
+    assert_eq!(members, sorted(emails(0, 5)));
+}

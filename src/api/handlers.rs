@@ -299,12 +299,61 @@ pub async fn remove_export_user(
 /// How long a run request waits for its run to get an id before answering with the queued state alone.
 const RUN_ID_WAIT: Duration = Duration::from_secs(3);
 
-pub async fn run_export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let (_, facts) = visible_export(&s, &c, &name).await?;
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// Compute the plan and answer it (200); change nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Re-send every current member.
+    #[serde(default)]
+    full: bool,
+    /// Let the run unsubscribe more than sync.mass_removal_share of a list (after the guard stopped one).
+    #[serde(default)]
+    allow_mass_removal: bool,
+}
+
+pub async fn run_export(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    b: Result<Option<Json<RunBody>>, JsonRejection>,
+) -> ApiResult {
+    let (export, facts) = visible_export(&s, &c, &name).await?;
     access::run_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
-    access::audit(&s.store, &s.config, &c.actor, &c.origin, "export.run", Some(&name), None).await?;
+    let b = b
+        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
+        .map(|Json(b)| b)
+        .unwrap_or_default();
+    let flags: Vec<&str> = [(b.dry_run, "dry run"), (b.full, "full"), (b.allow_mass_removal, "allow mass removal")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    let detail = (!flags.is_empty()).then(|| flags.join(", "));
+    let action = if b.dry_run { "export.run.dry" } else { "export.run" };
+    access::audit(&s.store, &s.config, &c.actor, &c.origin, action, Some(&name), detail).await?;
+    if b.dry_run {
+        // A plan changes nothing and takes no lock: it runs here, not through the queue.
+        let engine = crate::sync::Engine::new(s.store.clone(), s.config.clone());
+        let opts = crate::sync::RunOptions { trigger: "api".into(), dry_run: true, full: b.full, ..Default::default() };
+        let progress = std::sync::Arc::new(crate::sync::Progress::default());
+        let planned = engine.run_export(&name, &opts, progress, tokio_util::sync::CancellationToken::new()).await;
+        let mut report = match planned {
+            Ok(report) => serde_json::to_value(report).map_err(ApiError::internal)?,
+            Err(e) => json!({ "export": name, "status": "failed", "error": e.to_string() }),
+        };
+        hide_sources(&s, &c, export.id, &mut report).await?;
+        return ok(report);
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = Command::RunNow { export: name.clone(), by: c.actor.name().to_string(), reply };
+    let command = Command::RunNow {
+        export: name.clone(),
+        by: c.actor.name().to_string(),
+        full: b.full,
+        allow_mass_removal: b.allow_mass_removal,
+        reply,
+    };
     s.commands.send(command).await.map_err(|_| stopping())?;
     let queued = answer.await.map_err(|_| stopping())?;
     let (state, run_id) = match queued {

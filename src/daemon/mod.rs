@@ -44,8 +44,15 @@ pub enum Command {
     Reload { reread_config: bool },
     /// A run task ended, one way or another.
     Finished { export: String, outcome: Outcome },
-    /// A person asked for a run through the API; `reply` says what became of the request.
-    RunNow { export: String, by: String, reply: tokio::sync::oneshot::Sender<RunQueued> },
+    /// A person asked for a run through the API; `reply` says what became of the request. `full` and
+    /// `allow_mass_removal` apply to the export's next run that starts (this one, or the follow-up it becomes).
+    RunNow {
+        export: String,
+        by: String,
+        full: bool,
+        allow_mass_removal: bool,
+        reply: tokio::sync::oneshot::Sender<RunQueued>,
+    },
 }
 
 /// What became of a run asked for through the API.
@@ -144,6 +151,8 @@ pub struct Daemon {
     elsewhere: HashMap<String, (&'static str, Option<String>)>,
     fingerprint: Option<String>,
     stopping: Option<Instant>,
+    /// (full, allow_mass_removal) asked for through the API, for the export's next run that starts.
+    run_options: HashMap<String, (bool, bool)>,
 }
 
 /// Asks a running daemon to do things, from outside its loop (SIGHUP, tests).
@@ -229,6 +238,7 @@ impl Daemon {
             elsewhere: HashMap::new(),
             fingerprint: None,
             stopping: None,
+            run_options: HashMap::new(),
         })
     }
 
@@ -397,8 +407,13 @@ impl Daemon {
                 self.reload_exports(reread_config || dst_changed).await;
             }
             Command::Finished { export, outcome } => self.finished(export, outcome).await,
-            Command::RunNow { export, by, reply } => {
+            Command::RunNow { export, by, full, allow_mass_removal, reply } => {
                 let was_running = self.running.contains_key(&export);
+                if full || allow_mass_removal {
+                    let asked = self.run_options.entry(export.clone()).or_default();
+                    asked.0 |= full;
+                    asked.1 |= allow_mass_removal;
+                }
                 self.request_run(export.clone(), "api", Some(format!("asked for by {by}"))).await;
                 let queued = match self.running.get(&export) {
                     Some(run) if !was_running => RunQueued::Started(run.progress.clone()),
@@ -518,7 +533,8 @@ impl Daemon {
             s.progress = Some(progress.clone());
         });
         let (runner, tx) = (self.runner(), self.tx.clone());
-        let opts = RunOptions { trigger: trigger.to_string(), note, ..RunOptions::default() };
+        let (full, allow_mass_removal) = self.run_options.remove(&export).unwrap_or_default();
+        let opts = RunOptions { trigger: trigger.to_string(), note, full, allow_mass_removal, ..RunOptions::default() };
         let task = tokio::spawn({
             let (export, progress, cancel) = (export.clone(), progress.clone(), cancel.clone());
             async move { runner.run_export(&export, &opts, progress, cancel).await }
