@@ -100,6 +100,27 @@ async fn a_scheduled_run_refuses_when_the_connections_export_user_is_no_longer_a
 }
 
 #[test]
+fn validate_warns_of_a_connection_whose_export_user_was_removed_until_an_admin_takes_it_over() {
+    let env = setup("off");
+    assert_eq!(env.json(&["validate"])["warnings"], serde_json::json!([]), "the CLI's operator is a fine export user");
+    env.ok(&["user", "add", "ann", "--role", "admin"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = Config::load(Some(&env.path("config.toml"))).unwrap().0;
+        let store = Store::open(&env.path("store.db")).await.unwrap();
+        let ann = Actor::User(store.user("ann").await.unwrap());
+        ops::become_connection_export_user(&store, &config, &Caller { actor: &ann, origin: "test" }, "iterable")
+            .await
+            .unwrap();
+    });
+    env.ok(&["user", "remove", "ann"]);
+    let warnings = env.json(&["validate"])["warnings"].to_string();
+    assert!(warnings.contains("on behalf of 'ann', whose account was removed"), "{warnings}");
+    env.ok(&["connection", "export-user", "iterable"]);
+    assert_eq!(env.json(&["validate"])["warnings"], serde_json::json!([]));
+}
+
+#[test]
 fn connections_made_from_the_cli_run_on_behalf_of_the_local_operator_who_can_take_one_back() {
     let env = setup("off");
     let out = env.cmd().env("USER", "tess").args(["connection", "export-user", "iterable"]).output().unwrap();

@@ -276,6 +276,12 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
             problems.push(format!("export '{}' has no connection (it is disabled)", export.name));
         }
     }
+    // Scheduled runs on these connections would be refused.
+    for conn in store.connections().await? {
+        if let Some(problem) = crate::access::connection_export_user_problem(&store, &conn).await? {
+            problems.push(problem);
+        }
+    }
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({ "config": source, "valid": true, "warnings": problems }));
