@@ -20,6 +20,10 @@ struct Team {
     base: String,
     /// Tokens in `WHO` order (None: no token).
     tokens: Vec<Option<String>>,
+    /// Rotated-away tokens of three accounts, used in turn as "revoked token", so that the matrix stays within
+    /// the per-account allowance of failed authentications.
+    revoked: Vec<String>,
+    revoked_next: std::sync::atomic::AtomicUsize,
     csv: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -32,7 +36,7 @@ fn token_of(v: &Value) -> String {
 /// Connections `open` (usable by contributors) and `closed` (admins only), a 40-member segment `vip`, accounts
 /// ann (admin), carl and dora (contributors), rex (whose first token was rotated away); the daemon serving.
 async fn team() -> Team {
-    let (env, tokens, csv) = tokio::task::spawn_blocking(|| {
+    let (env, tokens, csv, revoked) = tokio::task::spawn_blocking(|| {
         let env = Env::new();
         let key = env.path("iterable.key");
         std::fs::write(&key, KEY).unwrap();
@@ -49,12 +53,15 @@ async fn team() -> Team {
         for segment in ["vip", "s-2", "s-3", "s-4", "c-4"] {
             env.ok(&["segment", "add", segment, "--source", &format!("csv:{csv}")]);
         }
-        let rex_old = token_of(&env.json(&["user", "add", "rex", "--role", "contributor"]));
-        env.ok(&["user", "token", "rex", "--rotate"]);
+        let mut revoked = Vec::new();
+        for name in ["rex", "rex2", "rex3"] {
+            revoked.push(token_of(&env.json(&["user", "add", name, "--role", "contributor"])));
+            env.ok(&["user", "token", name, "--rotate"]);
+        }
         let dora = token_of(&env.json(&["user", "add", "dora", "--role", "contributor"]));
         let carl = token_of(&env.json(&["user", "add", "carl", "--role", "contributor"]));
         let ann = token_of(&env.json(&["user", "add", "ann", "--role", "admin"]));
-        (env, vec![None, Some(rex_old), Some(dora), Some(carl), Some(ann)], csv)
+        (env, vec![None, Some(revoked[0].clone()), Some(dora), Some(carl), Some(ann)], csv, revoked)
     })
     .await
     .unwrap();
@@ -71,13 +78,30 @@ async fn team() -> Team {
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let task = tokio::spawn(async move { daemon.run_until(shutdown).await.unwrap() });
-    Team { env, base, tokens, csv, stop, task }
+    Team { env, base, tokens, csv, revoked, revoked_next: Default::default(), stop, task }
 }
 
 impl Team {
     async fn call(&self, who: usize, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value, String) {
+        let token = match who {
+            1 => {
+                let turn = self.revoked_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(self.revoked[turn % self.revoked.len()].clone())
+            }
+            _ => self.tokens[who].clone(),
+        };
+        self.call_with(token.as_deref(), method, path, body).await
+    }
+
+    async fn call_with(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, String) {
         let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.tokens[who] {
+        if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
@@ -92,8 +116,8 @@ impl Team {
     /// No body holds the Iterable key or any token; contributors' bodies hold no source path or key file.
     fn assert_no_secret(&self, who: usize, what: &str, body: &str) {
         assert!(!body.contains(KEY), "{what} by {}: the API key leaked: {body}", WHO[who]);
-        for t in self.tokens.iter().flatten() {
-            let secret = t.rsplit('_').next().unwrap();
+        for t in self.tokens.iter().flatten().chain(&self.revoked) {
+            let secret = t.splitn(3, '_').nth(2).unwrap();
             assert!(!body.contains(secret), "{what} by {}: a token leaked: {body}", WHO[who]);
         }
         if who < 4 {
@@ -175,6 +199,10 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         (Method::GET, "/runs/999999".into(), None, [u, u, nf, nf, nf]),
         (Method::GET, "/audit".into(), None, [u, u, fb, fb, S::OK]),
         (Method::GET, "/segments".into(), None, [u, u, S::OK, S::OK, S::OK]),
+        // rex (whose old token is the revoked one) is added and removed: no caller of the matrix changes rights.
+        (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "rex" })), [u, u, nf, S::OK, S::OK]),
+        (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "nobody" })), [u, u, nf, nf, nf]),
+        (Method::DELETE, "/exports/carls/users/rex".into(), None, [u, u, nf, S::OK, S::UNPROCESSABLE_ENTITY]),
         (Method::GET, "/nowhere".into(), None, [nf, nf, nf, nf, nf]),
     ];
     let mut wrong = Vec::new();
@@ -239,7 +267,7 @@ async fn failed_authentication_is_throttled_per_account_while_other_accounts_sti
     let t = team().await;
     let mut statuses = Vec::new();
     for _ in 0..25 {
-        statuses.push(t.call(1, Method::GET, "/me", None).await.0);
+        statuses.push(t.call_with(Some(&t.revoked[0]), Method::GET, "/me", None).await.0);
     }
     // 20 failures are allowed in a burst; the 21st uses up the account's allowance and the next ones wait.
     assert!(statuses[..21].iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
