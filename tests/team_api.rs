@@ -390,6 +390,19 @@ async fn only_admins_add_and_remove_connections_and_the_key_is_checked_and_never
     assert_eq!(v["export_user"], "ann", "the admin who sets it up is its export user by default");
     assert_eq!(v["api_key"], "stored in the store, encrypted");
 
+    // The "Connect" step alone answers what Iterable said and saves nothing.
+    let check = |key: &str| json!({ "api_key": key, "base_url": sandbox });
+    let (got, _, _) = t.call(2, Method::POST, "/connections/check", Some(check(KEY))).await;
+    assert_eq!(got, StatusCode::FORBIDDEN);
+    let (got, v, text) = t.call(4, Method::POST, "/connections/check", Some(check(KEY))).await;
+    assert_eq!((got, v["ok"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    t.assert_no_secret(4, "POST /connections/check", &text);
+    let (got, v, text) = t.call(4, Method::POST, "/connections/check", Some(check("wrong-key-0000"))).await;
+    assert_eq!((got, v["ok"].clone(), v["bad_key"].clone()), (StatusCode::OK, json!(false), json!(true)), "{v}");
+    assert!(!text.contains("wrong-key-0000"), "{text}");
+    let (_, all, _) = t.call(4, Method::GET, "/connections", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 3, "checking saved nothing: {all}");
+
     let (got, v, _) = t.call(4, Method::POST, "/connections", Some(body("bad", "not-the-key"))).await;
     assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let mut no_consent = body("later", KEY);

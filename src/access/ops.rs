@@ -278,6 +278,42 @@ pub struct ConnectionRequest {
     pub verify: bool,
 }
 
+/// The Iterable API address: `base_url` when given (checked), else the region's.
+pub fn base_url(region: crate::iterable::Region, base_url: Option<&str>) -> Result<String, OpError> {
+    match base_url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                OpError::Invalid(format!("base URL '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(OpError::Invalid(format!("base URL '{url}' must start with http:// or https://")));
+            }
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        None => Ok(region.base_url().to_string()),
+    }
+}
+
+/// Asks Iterable for the project's lists with `key`: the number of lists, or what Iterable (or the network) said.
+pub async fn check_key(
+    config: &Config,
+    base_url: &str,
+    key: &secrecy::SecretString,
+) -> Result<Result<usize, crate::iterable::IterableError>, OpError> {
+    use crate::iterable::{IterableClient, Pacer, RetrySettings};
+    let it = &config.iterable;
+    // Two attempts, so a dead endpoint fails fast.
+    let retry = RetrySettings {
+        max_attempts: 2,
+        min_delay: std::time::Duration::from_millis(300),
+        max_delay: std::time::Duration::from_secs(2),
+    };
+    let pacer = std::sync::Arc::new(Pacer::new(it.requests_per_second));
+    let client = IterableClient::new(base_url, key, it.timeout, pacer, retry)
+        .map_err(|e| OpError::Invalid(format!("cannot ask Iterable at {base_url}: {e}")))?;
+    Ok(client.lists().await.map(|lists| lists.len()))
+}
+
 /// The "Connect" step: admins only; checks the consent, the URL and (unless told not to) the key with Iterable,
 /// seals a stored key, saves, sets the export user, audits.
 pub async fn add_connection(
@@ -286,7 +322,6 @@ pub async fn add_connection(
     caller: &Caller<'_>,
     r: ConnectionRequest,
 ) -> Result<crate::store::Connection, OpError> {
-    use crate::iterable::{IterableClient, Pacer, RetrySettings};
     use crate::secrets::{self, MasterKey};
     use crate::store::KeySource;
     super::add_connection(caller.actor).check("connections")?;
@@ -305,30 +340,9 @@ pub async fn add_connection(
             r.name, r.usable_by
         )));
     }
-    let base_url = match &r.base_url {
-        Some(url) => {
-            let parsed = reqwest::Url::parse(url).map_err(|e| {
-                OpError::Invalid(format!("base URL '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(OpError::Invalid(format!("base URL '{url}' must start with http:// or https://")));
-            }
-            url.trim_end_matches('/').to_string()
-        }
-        None => r.region.base_url().to_string(),
-    };
+    let base_url = base_url(r.region, r.base_url.as_deref())?;
     if r.verify {
-        let it = &config.iterable;
-        // Two attempts, so a dead endpoint fails fast.
-        let retry = RetrySettings {
-            max_attempts: 2,
-            min_delay: std::time::Duration::from_millis(300),
-            max_delay: std::time::Duration::from_secs(2),
-        };
-        let pacer = std::sync::Arc::new(Pacer::new(it.requests_per_second));
-        let client = IterableClient::new(&base_url, &r.key, it.timeout, pacer, retry)
-            .map_err(|e| OpError::Failed(format!("connection '{}' was not saved: {e}", r.name)))?;
-        if let Err(e) = client.lists().await {
+        if let Err(e) = check_key(config, &base_url, &r.key).await? {
             let bad_key = e.is_bad_api_key();
             let message = if bad_key {
                 format!("connection '{}' was not saved: {e}", r.name)

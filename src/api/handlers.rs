@@ -107,11 +107,7 @@ pub async fn create_connection(
 ) -> ApiResult {
     access::add_connection(&c.actor).check("connections")?;
     let b = body(b)?;
-    let region = match b.region.as_deref() {
-        None | Some("us") => crate::iterable::Region::Us,
-        Some("eu") => crate::iterable::Region::Eu,
-        Some(other) => return Err(ApiError::invalid(format!("region '{other}' is neither 'us' nor 'eu'"))),
-    };
+    let region = region(b.region.as_deref())?;
     let request = ops::ConnectionRequest {
         name: b.name,
         key_source: crate::store::KeySource::Stored { ciphertext: vec![], nonce: vec![] },
@@ -125,6 +121,41 @@ pub async fn create_connection(
     };
     let conn = ops::add_connection(&s.store, &s.config, &ops_caller(&c), request).await?;
     Ok((StatusCode::CREATED, Json(connection_view(&s, &c, &conn).await?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    api_key: secrecy::SecretString,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+}
+
+fn region(name: Option<&str>) -> Result<crate::iterable::Region, ApiError> {
+    match name {
+        None | Some("us") => Ok(crate::iterable::Region::Us),
+        Some("eu") => Ok(crate::iterable::Region::Eu),
+        Some(other) => Err(ApiError::invalid(format!("region '{other}' is neither 'us' nor 'eu'"))),
+    }
+}
+
+/// The "Connect" step alone: what Iterable says of a key, saving nothing.
+pub async fn check_connection(
+    State(s): State<ApiState>,
+    c: Caller,
+    b: Result<Json<CheckBody>, JsonRejection>,
+) -> ApiResult {
+    access::add_connection(&c.actor).check("connections")?;
+    let b = body(b)?;
+    let base_url = ops::base_url(region(b.region.as_deref())?, b.base_url.as_deref())?;
+    match ops::check_key(&s.config, &base_url, &b.api_key).await? {
+        Ok(lists) => ok(json!({ "ok": true, "base_url": base_url, "lists": lists })),
+        Err(e) => {
+            ok(json!({ "ok": false, "base_url": base_url, "bad_key": e.is_bad_api_key(), "error": e.to_string() }))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

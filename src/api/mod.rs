@@ -40,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/me", get(handlers::me))
         .route("/connections", get(handlers::connections).post(handlers::create_connection))
+        .route("/connections/check", post(handlers::check_connection))
         .route("/connections/{name}", get(handlers::connection).delete(handlers::remove_connection))
         .route("/connections/{name}/export-user", post(handlers::become_export_user))
         .route("/exports", get(handlers::exports).post(handlers::create_export))
