@@ -125,6 +125,8 @@ fn connections_made_from_the_cli_run_on_behalf_of_the_local_operator_who_can_tak
     let env = setup("off");
     let out = env.cmd().env("USER", "tess").args(["connection", "export-user", "iterable"]).output().unwrap();
     assert!(text(&out.stdout).contains("on behalf of local:tess"), "{}", text(&out.stdout));
+    let shown = env.json(&["connection", "show", "iterable"]);
+    assert_eq!((shown["export_user"].as_str(), shown["export_user_problem"].is_null()), (Some("local:tess"), true));
     let missing = env.run(&["connection", "export-user", "nope"]);
     assert!(text(&missing.stderr).contains("connection 'nope' does not exist"), "{}", text(&missing.stderr));
 }

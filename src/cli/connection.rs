@@ -228,9 +228,13 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let c = store.connection(name).await?;
     let exports = store.exports_using_connection(c.id).await?;
+    let export_user = store.connection_export_user(c.id).await?.0;
+    let problem = crate::access::connection_export_user_problem(&store, &c).await?;
     if ctx.out.json {
         let mut v = describe(&c);
         v["exports"] = json!(exports);
+        v["export_user"] = json!(export_user);
+        v["export_user_problem"] = json!(problem);
         ctx.out.json(&v);
     } else {
         let rows = vec![
@@ -242,6 +246,7 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             vec!["privacy consent".into(), format!("{} by {}", when(&c.privacy_accepted_at), c.privacy_accepted_by)],
             vec!["verified".into(), opt_when(&c.verified_at)],
             vec!["exports".into(), if exports.is_empty() { "-".into() } else { exports.join(", ") }],
+            vec!["export user".into(), problem.unwrap_or_else(|| export_user.unwrap_or_else(|| "-".into()))],
         ];
         ctx.out.table(&["", ""], rows);
     }
