@@ -263,11 +263,12 @@ impl Sandbox {
             });
         }
         drop(rejected);
-        self.inner
-            .project
-            .lock()
+        let mut project = self.inner.project.lock();
+        project.check_field_types(&updates).map_err(types_mismatched)?;
+        project
             .subscribe(list_id, Instant::now(), updates, &mut outcome)
             .map_err(|_| invalid_list_id(PROJECT_ID, list_id))?;
+        drop(project);
         Ok(Json(outcome).into_response())
     }
 
@@ -472,6 +473,18 @@ fn rate_limited(path: &str, refusal: RateLimited, retry_after: bool) -> Response
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(refusal.reset_secs));
     }
     response
+}
+
+/// Iterable refuses the whole request when one value's type conflicts with its field's; `validationErrors` names
+/// each field with the type expected and the value refused.
+fn types_mismatched(errors: serde_json::Map<String, Value>) -> Envelope {
+    let fields = errors.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+    envelope(
+        StatusCode::BAD_REQUEST,
+        "RequestFieldsTypesMismatched",
+        format!("Request fields types mismatched: {fields}"),
+        json!({ "validationErrors": errors }),
+    )
 }
 
 fn batch_too_large(limit: usize) -> Envelope {

@@ -1,7 +1,8 @@
 //! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
 //! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
-//! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`) and request
-//! counters. Tests, the demo and the benchmark run against it, and a user can
+//! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
+//! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
+//! and request counters. Tests, the demo and the benchmark run against it, and a user can
 //! point a connection at it to try the exporter without an Iterable account. It owns only its own
 //! memory: no files, no database, nothing from the rest of the crate.
 //!

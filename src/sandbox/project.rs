@@ -109,6 +109,41 @@ impl Project {
         self.users.get(email)
     }
 
+    /// Checks every subscriber's `dataFields` against the project's field types, and against the types earlier
+    /// subscribers of the same request give new fields. A field's type is fixed by the first value the project
+    /// ever received for it, and one value of another type makes Iterable refuse the whole request
+    /// (`RequestFieldsTypesMismatched`): the error is `params.validationErrors`, one entry per field.
+    pub(crate) fn check_field_types(&self, updates: &[SubscriberUpdate]) -> Result<(), Map<String, Value>> {
+        let mut introduced: HashMap<&str, FieldType> = HashMap::new();
+        let mut errors = Map::new();
+        for fields in updates.iter().filter_map(|u| u.data_fields.as_ref()) {
+            for (name, value) in fields {
+                let Some(incoming) = FieldType::of(value) else { continue };
+                let expected = match self.field_types.get(name) {
+                    Some(known) => *known,
+                    None => *introduced.entry(name.as_str()).or_insert(incoming),
+                };
+                if !expected.accepts(incoming) && !errors.contains_key(name) {
+                    errors.insert(
+                        name.clone(),
+                        serde_json::json!({
+                            "incomingTypes": [incoming.name()],
+                            "expectedType": expected.name(),
+                            "category": "user",
+                            "offendingValue": value,
+                            "_type": "UnexpectedType",
+                        }),
+                    );
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Adds each subscriber to the list, creating unknown users (as an email-based project does) and
     /// merging their `dataFields`. Per-subscriber failures go into `outcome`.
     pub(crate) fn subscribe(
@@ -136,10 +171,6 @@ impl Project {
                 },
             };
             if let Some(fields) = &update.data_fields {
-                if !types_match(field_types, fields) {
-                    outcome.invalid_data(update.identity);
-                    continue;
-                }
                 register_new_fields(field_types, fields, &mut outcome.created_fields);
             }
             let profile = users.entry(Arc::clone(&email)).or_default();
@@ -185,14 +216,6 @@ fn usable_list(lists: &mut BTreeMap<i64, List>, list_id: i64, now: Instant) -> R
         Some(list) if now >= list.usable_from => Ok(list),
         _ => Err(ListUnavailable),
     }
-}
-
-/// A field's type is fixed by the first value the project ever received for it.
-fn types_match(field_types: &HashMap<String, FieldType>, fields: &Map<String, Value>) -> bool {
-    fields.iter().all(|(name, value)| match (field_types.get(name), FieldType::of(value)) {
-        (Some(expected), Some(actual)) => *expected == actual,
-        _ => true,
-    })
 }
 
 fn register_new_fields(

@@ -47,7 +47,8 @@ pub(crate) fn is_valid_user_id(user_id: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FieldType {
     String,
-    Number,
+    Long,
+    Double,
     Bool,
     Object,
     Array,
@@ -59,10 +60,29 @@ impl FieldType {
         match value {
             Value::Null => None,
             Value::Bool(_) => Some(Self::Bool),
-            Value::Number(_) => Some(Self::Number),
+            Value::Number(n) if n.is_f64() => Some(Self::Double),
+            Value::Number(_) => Some(Self::Long),
             Value::String(_) => Some(Self::String),
             Value::Array(_) => Some(Self::Array),
             Value::Object(_) => Some(Self::Object),
+        }
+    }
+
+    /// Whether a value of type `incoming` may be stored in a field of this type: the same type, or a whole
+    /// number in a `double` field.
+    pub(crate) fn accepts(self, incoming: FieldType) -> bool {
+        self == incoming || (self == Self::Double && incoming == Self::Long)
+    }
+
+    /// Iterable's name for the type, as in `validationErrors`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Long => "long",
+            Self::Double => "double",
+            Self::Bool => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
         }
     }
 }
