@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use segment_exporter::sandbox::SandboxOptions;
-use segment_exporter::store::{KeySource, NewConnection, NewExport, OnLeave, RunStatus, Store, TargetPlan};
+use segment_exporter::store::{KeySource, NewConnection, NewExport, NullFields, OnLeave, RunStatus, Store, TargetPlan};
 use sqlx::{ConnectOptions, Row};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -356,6 +356,7 @@ fn new_export(name: &str, connection_id: i64, segment_id: i64) -> NewExport {
         connection_id,
         email_field: "email".into(),
         on_leave: OnLeave::Remove,
+        null_fields: NullFields::Clear,
         schedule: "off".into(),
         segment_ids: vec![segment_id],
         fields: vec![],
@@ -469,6 +470,7 @@ fn snapshot(path: &Path) -> Vec<(String, String)> {
                 "updated_at",
             ],
             "targets" => vec!["id", "export_id", "segment_id", "position", "list_name", "list_id", "list_checked_at"],
+            "export_fields" => vec!["export_id", "position", "source_column", "iterable_field"],
             "runs" => vec![
                 "id",
                 "export_id",

@@ -184,6 +184,11 @@ impl Sandbox {
         project.members(list_id).map(|members| members.map(str::to_owned).collect())
     }
 
+    /// The profile fields of the user with this (lowercase) email, or `None` when there is no such user.
+    pub fn user_fields(&self, email: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.inner.project.lock().user_data_fields(email).cloned()
+    }
+
     /// Change the fault settings at run time; fields left `None` keep their value. Out-of-range values
     /// are clamped (`fail_rate`) or switch the limit off (`rate_limit`); see [`Faults::validate`].
     /// Changing `rate_limit` starts a new, full bucket.

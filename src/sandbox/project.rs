@@ -104,7 +104,6 @@ impl Project {
         self.lists.get(&list_id).map(|list| list.members.iter().map(|email| &**email))
     }
 
-    #[cfg(test)]
     pub(crate) fn user_data_fields(&self, email: &str) -> Option<&Map<String, Value>> {
         self.users.get(email)
     }
@@ -233,11 +232,15 @@ fn register_new_fields(
     }
 }
 
-/// Iterable merges top-level fields and never deletes missing ones. With `mergeNestedObjects`, an object
-/// value is merged into the stored object instead of replacing it.
+/// Iterable merges top-level fields and never deletes missing ones; `null` clears a field (what Grouparoo relies
+/// on; Iterable's documentation does not say). With `mergeNestedObjects`, an object value is merged into the stored
+/// object instead of replacing it.
 fn merge_data_fields(profile: &mut Map<String, Value>, fields: Map<String, Value>, nested: bool) {
     for (name, value) in fields {
         match (profile.get_mut(&name), value) {
+            (_, Value::Null) => {
+                profile.remove(&name);
+            }
             (Some(Value::Object(stored)), Value::Object(incoming)) if nested => {
                 stored.extend(incoming);
             }
@@ -274,6 +277,20 @@ mod tests {
         assert_eq!(profile.get("plan"), Some(&json!("team")));
         assert_eq!(profile.get("seats"), Some(&json!(3)));
         assert_eq!(outcome.created_fields, vec!["plan", "seats"]);
+    }
+
+    #[test]
+    fn null_clears_a_field_and_a_date_typed_field_refuses_other_text() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let first = update("a@b.co", json!({"nick": "Al", "joined": "2026-03-04 00:00:00 +00:00"}));
+        let cleared = update("a@b.co", json!({"nick": null}));
+        project.subscribe(id, Instant::now(), vec![first, cleared], &mut outcome).unwrap();
+        assert_eq!(project.user_data_fields("a@b.co").unwrap().get("nick"), None);
+        let errors = project.check_field_types(&[update("b@b.co", json!({"joined": "soon"}))]).unwrap_err();
+        assert_eq!(errors["joined"]["expectedType"], "date");
+        assert!(project.check_field_types(&[update("b@b.co", json!({"nick": "2026-01-01 00:00:00 +00:00"}))]).is_ok());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use connections::{Connection, KeySource, NewConnection};
-pub use exports::{Export, ExportChange, FieldMap, NewExport, OnLeave, Target};
+pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::Segment;
