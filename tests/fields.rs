@@ -149,3 +149,33 @@ fn an_untyped_column_is_sent_as_the_type_it_was_first_sent_as_on_later_runs() {
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(env.sandbox.user_fields("a@example.com").unwrap()["score"], json!(6));
 }
+
+#[test]
+fn fields_iterable_drops_are_named_once_as_a_warning_in_the_run_summary_and_in_runs_show() {
+    let env = Env::with_sandbox(segment_exporter::sandbox::SandboxOptions { accept_new_fields: false, ..opts() });
+    let members = emails(0, 120);
+    let rows: Vec<(&str, &str, &str)> = members.iter().map(|e| (e.as_str(), "gold", "Nick")).collect();
+    let csv = write_rows(&env, &rows);
+    env.add_connection();
+    env.ok(&["segment", "add", "Nicks", "--source", &format!("csv:{}", csv.display())]);
+    let add = ["export", "add", "exp", "--connection", "iterable", "--segment", "Nicks", "--email-field", "email"];
+    env.ok(&[&add[..], &["--field", "tier", "--field", "nick"]].concat());
+
+    let out = env.ok(&["export", "run", "exp"]);
+    let summary = text(&out.stdout);
+    assert_eq!(summary.matches("Warning: Iterable dropped the field(s) 'nick', 'tier'").count(), 1, "{summary}");
+    assert_eq!(env.members("Nicks").len(), 120, "the members are on the list all the same");
+    let runs = env.json(&["runs", "--export", "exp"]);
+    let run_id = runs[0]["id"].to_string();
+    let shown = env.json(&["runs", "show", &run_id]);
+    let warnings = shown["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{shown}");
+    assert!(warnings[0].as_str().unwrap().contains("does not accept new fields"), "{shown}");
+    let human = text(&env.ok(&["runs", "show", &run_id]).stdout);
+    assert!(human.contains("Iterable dropped the field(s) 'nick', 'tier'"), "{human}");
+
+    // A run whose answers drop nothing has no warning.
+    env.ok(&["export", "edit", "exp", "--remove-field", "nick", "--remove-field", "tier"]);
+    let report = env.json(&["export", "run", "exp"]);
+    assert!(report.get("warnings").is_none(), "{report}");
+}

@@ -773,6 +773,9 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
             .collect();
         ctx.out.table(&["list", "list id", "members", "added", "removed", "unchanged", "invalid", "rejected"], rows);
         println!("{} request(s) to Iterable, {} answered 429.", r.requests, r.rate_limited);
+        for w in &r.warnings {
+            println!("Warning: {w}");
+        }
         if r.lists.iter().any(|l| l.invalid + l.rejected > 0) {
             if let Some(id) = r.run_id {
                 println!("See invalid and rejected members with `segment-exporter runs show {id} --rejected`.");

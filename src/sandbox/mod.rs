@@ -2,7 +2,7 @@
 //! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
 //! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
 //! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
-//! and request counters. Tests, the demo and the benchmark run against it, and a user can
+//! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the benchmark run against it, and a user can
 //! point a connection at it to try the exporter without an Iterable account. It owns only its own
 //! memory: no files, no database, nothing from the rest of the crate.
 //!
@@ -62,6 +62,9 @@ pub struct SandboxOptions {
     /// Enforce the per-endpoint limits Iterable documents: `GET /api/lists` 100 a second, and `getUsers`,
     /// `previewUsers` and `{id}/size` 5 a minute per project, answered 429 like `rate_limit`. Default on.
     pub documented_limits: bool,
+    /// Whether subscribe creates fields the project has never seen (listed in `createdFields`). Off, such fields
+    /// are dropped and listed in `filteredOutFields`, as in a project that does not accept new fields. Default on.
+    pub accept_new_fields: bool,
 }
 
 impl Default for SandboxOptions {
@@ -76,6 +79,7 @@ impl Default for SandboxOptions {
             list_propagation: Duration::ZERO,
             max_body_bytes: 4_000_000,
             documented_limits: true,
+            accept_new_fields: true,
         }
     }
 }
@@ -92,6 +96,7 @@ impl fmt::Debug for SandboxOptions {
             .field("fail_rate", &self.fail_rate)
             .field("list_propagation", &self.list_propagation)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("accept_new_fields", &self.accept_new_fields)
             .finish()
     }
 }
@@ -133,7 +138,7 @@ impl Sandbox {
             api_keys: opts.api_keys,
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
-            project: Mutex::new(Project::default()),
+            project: Mutex::new(Project::new(opts.accept_new_fields)),
             rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),

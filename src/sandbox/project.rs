@@ -50,6 +50,8 @@ pub(crate) struct Project {
     users: HashMap<Arc<str>, Map<String, Value>>,
     user_ids: HashMap<String, Arc<str>>,
     field_types: HashMap<String, FieldType>,
+    /// Off: fields the project has never seen are dropped and reported in `filteredOutFields`.
+    pub(crate) accept_new_fields: bool,
 }
 
 impl Default for Project {
@@ -60,11 +62,16 @@ impl Default for Project {
             users: HashMap::new(),
             user_ids: HashMap::new(),
             field_types: HashMap::new(),
+            accept_new_fields: true,
         }
     }
 }
 
 impl Project {
+    pub(crate) fn new(accept_new_fields: bool) -> Self {
+        Self { accept_new_fields, ..Self::default() }
+    }
+
     /// Names are not unique: creating a list with an existing name makes a second list, which is what the
     /// exporter must be designed for.
     pub(crate) fn create_list(&mut self, name: String, description: Option<String>, usable_from: Instant) -> i64 {
@@ -120,6 +127,7 @@ impl Project {
                 let Some(incoming) = FieldType::of(value) else { continue };
                 let expected = match self.field_types.get(name) {
                     Some(known) => *known,
+                    None if !self.accept_new_fields => continue,
                     None => *introduced.entry(name.as_str()).or_insert(incoming),
                 };
                 if !expected.accepts(incoming) && !errors.contains_key(name) {
@@ -152,7 +160,7 @@ impl Project {
         updates: Vec<SubscriberUpdate>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project { lists, users, user_ids, field_types, .. } = self;
+        let Project { lists, users, user_ids, field_types, accept_new_fields, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for update in updates {
             let email: Arc<str> = match &update.identity {
@@ -169,8 +177,19 @@ impl Project {
                     }
                 },
             };
-            if let Some(fields) = &update.data_fields {
-                register_new_fields(field_types, fields, &mut outcome.created_fields);
+            let mut update = update;
+            if let Some(fields) = &mut update.data_fields {
+                if *accept_new_fields {
+                    register_new_fields(field_types, fields, &mut outcome.created_fields);
+                } else {
+                    fields.retain(|name, _| {
+                        let known = field_types.contains_key(name);
+                        if !known && !outcome.filtered_out_fields.contains(name) {
+                            outcome.filtered_out_fields.push(name.clone());
+                        }
+                        known
+                    });
+                }
             }
             let profile = users.entry(Arc::clone(&email)).or_default();
             if let Some(fields) = update.data_fields {

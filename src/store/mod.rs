@@ -9,6 +9,7 @@ mod members;
 pub mod names;
 mod runs;
 mod segments;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

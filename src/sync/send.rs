@@ -51,7 +51,11 @@ pub(crate) struct Sender {
     progress: Arc<Progress>,
     cancel: CancellationToken,
     caps: Arc<BatchCaps>,
+    dropped_fields: DroppedFields,
 }
+
+/// The fields Iterable dropped during a run (`filteredOutFields`: the project does not accept new fields).
+pub(crate) type DroppedFields = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 
 /// Batches in flight, at most `limit`; remembers the first failure.
 ///
@@ -118,7 +122,13 @@ impl Sender {
         cancel: CancellationToken,
     ) -> Sender {
         let caps = Arc::new(BatchCaps::new(config.iterable.batch_size, config.iterable.max_body_bytes));
-        Sender { store, client, config, progress, cancel, caps }
+        Sender { store, client, config, progress, cancel, caps, dropped_fields: Default::default() }
+    }
+
+    /// Collects the fields Iterable drops into `dropped`, for the run to report.
+    pub fn reporting_dropped_fields(mut self, dropped: DroppedFields) -> Sender {
+        self.dropped_fields = dropped;
+        self
     }
 
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
@@ -299,6 +309,7 @@ impl Sender {
             progress: self.progress.clone(),
             cancel: self.cancel.clone(),
             caps: self.caps.clone(),
+            dropped_fields: self.dropped_fields.clone(),
             run_id: t.run_id,
             target_id: t.target.id,
             list_id: t.list_id,
@@ -374,6 +385,7 @@ struct BatchContext {
     progress: Arc<Progress>,
     cancel: CancellationToken,
     caps: Arc<BatchCaps>,
+    dropped_fields: DroppedFields,
     run_id: i64,
     target_id: i64,
     list_id: i64,
@@ -409,6 +421,12 @@ impl BatchContext {
     /// Records an answered batch: who is on the list now, who Iterable refused and why.
     async fn record(&self, batch: AddBatch, response: BulkResponse) -> Result<(), SyncError> {
         let (run_id, target_id) = (self.run_id, self.target_id);
+        if !response.filtered_out_fields.is_empty() {
+            self.dropped_fields
+                .lock()
+                .expect("dropped fields lock")
+                .extend(response.filtered_out_fields.iter().cloned());
+        }
         let mut failed: HashMap<String, &'static str> =
             response.failed_updates.categorised(false).into_iter().collect();
         for e in &response.invalid_emails {
