@@ -2,9 +2,9 @@
 //! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
 //! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
 //! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
-//! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the benchmark run against it, and a user can
-//! point a connection at it to try the exporter without an Iterable account. It owns only its own
-//! memory: no files, no database, nothing from the rest of the crate.
+//! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the
+//! benchmark run against it, and a user can point a connection at it to try the exporter without an Iterable
+//! account. It owns only its own memory: no files, no database, nothing from the rest of the crate.
 //!
 //! Layout: `api` is the HTTP layer (routing, auth, faults, handlers), `project` the state it guards,
 //! `wire` the JSON shapes, `validation` the per-identity checks, `faults` and `stats` the knobs and counters.
