@@ -37,6 +37,8 @@ struct List {
     name: String,
     description: Option<String>,
     created_at_ms: i64,
+    /// `Standard` for lists made through `POST /api/lists`; others only through `/_sandbox/lists`.
+    list_type: &'static str,
     /// Subscribe and unsubscribe answer `invalidListId` before this instant, imitating propagation delay.
     usable_from: Instant,
     /// Emails share their allocation with the `users` key.
@@ -75,12 +77,25 @@ impl Project {
     /// Names are not unique: creating a list with an existing name makes a second list, which is what the
     /// exporter must be designed for.
     pub(crate) fn create_list(&mut self, name: String, description: Option<String>, usable_from: Instant) -> i64 {
+        self.create_list_of_type(name, description, usable_from, "Standard")
+    }
+
+    /// A list of any of Iterable's types (`Standard`, `Dynamic`, `Suppression`, `Internal`), so tests can put one
+    /// in an exporter's way.
+    pub(crate) fn create_list_of_type(
+        &mut self,
+        name: String,
+        description: Option<String>,
+        usable_from: Instant,
+        list_type: &'static str,
+    ) -> i64 {
         let id = self.next_list_id;
         self.next_list_id += 1;
         let list = List {
             name,
             description,
             created_at_ms: chrono::Utc::now().timestamp_millis(),
+            list_type,
             usable_from,
             members: BTreeSet::new(),
         };
@@ -101,7 +116,7 @@ impl Project {
                 name: list.name.clone(),
                 description: list.description.clone(),
                 created_at: list.created_at_ms,
-                list_type: "Standard",
+                list_type: list.list_type,
             })
             .collect()
     }

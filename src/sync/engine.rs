@@ -213,7 +213,6 @@ impl Engine {
             }
         };
         let lists = state.lists;
-        let mut warnings = Vec::new();
         let dropped: Vec<String> = state.dropped_fields.lock().expect("dropped fields lock").iter().cloned().collect();
         if !dropped.is_empty() {
             let warning = format!(
@@ -223,8 +222,8 @@ impl Engine {
             );
             tracing::warn!(export = %name, run_id, fields = ?dropped, "Iterable dropped fields this export sends.");
             self.store.record_run_warning(run_id, &warning).await?;
-            warnings.push(warning);
         }
+        let warnings = self.store.run_warnings(run_id).await?;
         self.store.finish_run(run_id, status, error.as_deref()).await?;
         self.prune_history(&export).await;
         progress.set_phase(Phase::Done, "");

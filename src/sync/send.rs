@@ -19,7 +19,7 @@ use super::list_lock::{ListLock, ListLockError};
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
-use crate::iterable::{encode_subscriber, BulkResponse, IterableClient, IterableError};
+use crate::iterable::{encode_subscriber, BulkResponse, IterableClient, IterableError, ListDetails};
 use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, Store, Target};
 
 /// Bytes of a subscribe body outside its subscribers.
@@ -153,6 +153,30 @@ impl Sender {
             IterableError::Cancelled { .. } => SyncError::Interrupted,
             error => SyncError::IterableSetup(error),
         })?;
+        // Only Standard lists are static lists this export can fill. Before anything changes: a target that would
+        // adopt a list of another kind, for want of a Standard one of its name, fails the run.
+        let standard = |l: &&ListDetails| l.list_type.as_deref().is_none_or(|t| t == "Standard");
+        for target in export.targets.iter().filter(|t| t.list_id.is_none_or(|id| !lists.iter().any(|l| l.id == id))) {
+            let named: Vec<&ListDetails> = lists.iter().filter(|l| l.name == target.list_name).collect();
+            if let Some(other) = named.iter().filter(|l| !standard(l)).min_by_key(|l| l.id) {
+                if !named.iter().any(standard) {
+                    return Err(SyncError::ListNotStandard {
+                        list: target.list_name.clone(),
+                        list_id: other.id,
+                        list_type: other.list_type.clone().unwrap_or_default(),
+                    });
+                }
+                let warning = format!(
+                    "list '{}': Iterable also has a {} list of that name (id {}); it is left alone and the Standard \
+                     list is used. Rename one of them in Iterable to tell them apart.",
+                    target.list_name,
+                    other.list_type.as_deref().unwrap_or_default(),
+                    other.id
+                );
+                tracing::warn!(list = %target.list_name, other_list_id = other.id, "{warning}");
+                self.store.record_run_warning(run_id, &warning).await?;
+            }
+        }
         let mut out = Vec::new();
         for target in &export.targets {
             let iterable = |error| iterable_error(target.list_name.clone(), error);
@@ -171,7 +195,8 @@ impl Sender {
                     ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
                 }
                 None => {
-                    let mut same_name: Vec<_> = lists.iter().filter(|l| l.name == target.list_name).collect();
+                    let mut same_name: Vec<_> =
+                        lists.iter().filter(|l| l.name == target.list_name).filter(standard).collect();
                     same_name.sort_by_key(|l| l.id);
                     if let Some(found) = same_name.first() {
                         if same_name.len() > 1 {
