@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --quiet
+printf '\n\033[1m== Building the release binary (a few minutes the first time)\033[0m\n'
+cargo build --release --locked
 bin=target/release/segment-exporter
 state=demo-state
 rm -rf "$state" && mkdir -p "$state"

@@ -73,7 +73,8 @@ pub struct IterableConfig {
     pub max_body_bytes: usize,
     /// Requests in flight at once per run. Default 4.
     pub concurrency: usize,
-    /// Requests per second per connection (token bucket). Halved on each 429, regained slowly. Default 10.
+    /// Requests per second per connection (token bucket). Halved once per burst of 429s, regained within seconds
+    /// once they stop. Default 10.
     pub requests_per_second: f64,
     /// Timeout of one HTTP request. Default 30s.
     #[serde(with = "humantime_serde")]

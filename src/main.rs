@@ -4,8 +4,10 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
-use segment_exporter::cli::{self, exit, Cli, Exit, Signals};
+use segment_exporter::cli::error::{self, ErrorKind};
+use segment_exporter::cli::{self, exit, Cli, Exit, Output, Signals};
 use segment_exporter::config::Config;
 
 // Rows cross threads on their way from a source to the store (the SQLite worker, the reader task, the engine), so
@@ -15,11 +17,26 @@ use segment_exporter::config::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Read before parsing: a command line that clap refuses has no parsed flag to ask.
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    let out = Output { json };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !json || matches!(e.kind(), ClapErrorKind::DisplayHelp | ClapErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // clap's own text (with the usage) for people, the error document for scripts.
+            let _ = e.print();
+            out.json(&error::document(ErrorKind::Usage, &error::usage_message(&e), None));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
+        }
+    };
     let (config, path) = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
+            if json {
+                out.json(&error::document_of(&e.into()));
+            }
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -32,8 +49,8 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED);
+            let e = Exit::error(exit::FAILED, format!("cannot start the async runtime: {e}"));
+            return fail(out, &e);
         }
     };
     let result = runtime.block_on(async {
@@ -48,6 +65,10 @@ fn main() -> ExitCode {
             // The first stop signal is the command's to handle gracefully; a second one means now.
             () = signals.aborted() => {
                 tracing::warn!("Second stop signal: exiting at once. Acknowledged batches are recorded; the next run resumes.");
+                if out.json {
+                    let message = "stopped at once by a second stop signal; acknowledged batches are recorded and the next run resumes";
+                    out.json(&error::document(ErrorKind::Aborted, message, None));
+                }
                 // Not a return through the runtime, which would wait for blocking tasks (a source read) to end.
                 std::process::exit(exit::ABORTED.into());
             }
@@ -55,10 +76,16 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);
-            eprintln!("error: {e:#}");
-            ExitCode::from(code)
-        }
+        Err(e) => fail(out, &e),
     }
+}
+
+/// Reports a failed command (on stderr, and as the one JSON document with `--json`) and returns its exit code.
+fn fail(out: Output, e: &anyhow::Error) -> ExitCode {
+    let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);
+    eprintln!("error: {e:#}");
+    if out.json {
+        out.json(&error::document_of(e));
+    }
+    ExitCode::from(code)
 }

@@ -31,18 +31,7 @@ fn members_who_join_and_leave_are_added_and_removed_and_others_are_left_alone() 
     env.ok(&["export", "run", "exp"]);
     // Someone else puts a member on the list by hand: runs must never remove it.
     let list_id = env.list_id("Churn risk").unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let body = serde_json::json!({"listId": list_id, "subscribers": [{"email": "manual@example.com"}]});
-        let r = reqwest::Client::new()
-            .post(format!("{}/api/lists/subscribe", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    });
+    env.subscribe_by_hand(list_id, &["manual@example.com"]);
     // 10 leave (0..10), 15 join (100..115).
     let now: Vec<String> = emails(10, 105);
     let rows: Vec<(&str, &str)> = now.iter().map(|e| (e.as_str(), "gold")).collect();

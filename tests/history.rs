@@ -17,16 +17,6 @@ fn env_with(store: &str, sync: &str) -> Env {
     env
 }
 
-fn query_i64(env: &Env, sql: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let mut conn =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(env.path("store.db")).connect().await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
-    })
-}
-
 /// `valid` good members and `invalid` rows whose email is malformed.
 fn members_with_invalid(valid: usize, invalid: usize) -> Vec<String> {
     let mut rows = emails(0, valid);
@@ -43,7 +33,7 @@ fn invalid_members_are_kept_for_the_last_runs_only_and_old_runs_are_pruned() {
         assert_eq!(report["status"], "succeeded", "{report}");
         assert_eq!(report["lists"][0]["invalid"], 10);
     }
-    assert_eq!(query_i64(&env, "SELECT COUNT(*) FROM run_issues"), 30, "10 invalid rows for each of the last 3 runs");
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM run_issues"), 30, "10 invalid rows for each of the last 3 runs");
     let newest = env.json(&["runs", "--limit", "1"])[0]["id"].as_i64().unwrap();
     let shown = env.json(&["runs", "show", &newest.to_string(), "--rejected"]);
     assert_eq!(shown["issues"].as_array().map(Vec::len), Some(10), "{shown}");
@@ -55,8 +45,8 @@ fn invalid_members_are_kept_for_the_last_runs_only_and_old_runs_are_pruned() {
     let ids: Vec<i64> = runs.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids.len(), 1, "only the run just made is younger than 1s: {ids:?}");
     assert!(ids[0] > newest);
-    assert_eq!(query_i64(&env, "SELECT COUNT(*) FROM run_targets"), 1);
-    assert_eq!(query_i64(&env, "SELECT COUNT(*) FROM run_issues"), 10);
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM run_targets"), 1);
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM run_issues"), 10);
     // The export's memory of its list is not history: nothing to send on the next run.
     env.sandbox.reset_stats();
     env.ok(&["export", "run", "exp"]);
@@ -71,7 +61,7 @@ fn a_huge_offending_value_is_stored_clipped() {
     env.setup_csv_export("Huge", &[emails(0, 1), vec![huge]].concat());
     let report = env.json(&["export", "run", "exp"]);
     assert_eq!(report["lists"][0]["invalid"], 1, "{report}");
-    let longest = query_i64(&env, "SELECT MAX(LENGTH(CAST(member AS BLOB))) FROM run_issues");
+    let longest = env.store_i64("SELECT MAX(LENGTH(CAST(member AS BLOB))) FROM run_issues");
     assert!(longest <= 256, "a stored offending value is {longest} bytes");
 }
 
@@ -81,7 +71,7 @@ fn the_store_size_levels_off_under_a_steady_schedule() {
     env.setup_csv_export("Steady", &members_with_invalid(2_000, 2_000));
     // The database file after a checkpoint: the WAL's size depends on when SQLite last checkpointed.
     let size = || {
-        query_i64(&env, "PRAGMA wal_checkpoint(TRUNCATE)");
+        env.store_i64("PRAGMA wal_checkpoint(TRUNCATE)");
         std::fs::metadata(env.path("store.db")).unwrap().len()
     };
     let mut after = Vec::new();
@@ -92,6 +82,6 @@ fn the_store_size_levels_off_under_a_steady_schedule() {
         }
     }
     println!("store size after 10 no-change runs: {} bytes, after 30: {} bytes", after[0], after[1]);
-    assert_eq!(query_i64(&env, "SELECT COUNT(*) FROM run_issues"), 5 * 2_000);
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM run_issues"), 5 * 2_000);
     assert!(after[1] <= after[0] + after[0] / 10, "the store kept growing: {after:?}");
 }

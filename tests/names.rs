@@ -50,3 +50,19 @@ fn names_with_control_characters_or_too_long_are_refused_with_the_rule_and_nothi
         "email",
     ]);
 }
+
+#[test]
+fn a_trigger_written_with_no_daemon_running_says_that_it_waits() {
+    let env = Env::new();
+    env.setup_csv_export("Later", &emails(0, 3));
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    // A status address nothing listens on: no daemon runs.
+    std::fs::write(env.path("config.toml"), format!("{config}\n[daemon]\nstatus_listen = \"127.0.0.1:9\"\n")).unwrap();
+    let out = env.ok(&["export", "trigger", "exp"]);
+    let said = text(&out.stdout);
+    assert!(said.contains("no daemon answers"), "{said}");
+    assert!(!said.contains("within a few seconds"), "{said}");
+    let json = env.json(&["export", "trigger", "exp"]);
+    assert_eq!(json["daemon_running"], false, "{json}");
+    assert!(env.path("triggers/exp").exists(), "the file waits for a daemon");
+}

@@ -90,6 +90,7 @@ fn a_stop_during_retry_backoff_ends_the_run_interrupted_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
+    let attempts_before_stop = env.stats().total_requests;
     let asked = std::time::Instant::now();
     terminate(&child);
     let status = wait_exit(&mut child, std::time::Duration::from_secs(10));
@@ -98,7 +99,8 @@ fn a_stop_during_retry_backoff_ends_the_run_interrupted_at_once() {
         child.kill().unwrap();
     }
     assert!(status.is_some() && took < std::time::Duration::from_secs(3), "the run took {took:?} to stop");
-    assert_eq!(env.stats().total_requests, 1, "no attempt after the stop: {:?}", env.stats());
+    assert!(attempts_before_stop <= 2, "the 20 s backoff was not waited: {:?}", env.stats());
+    assert_eq!(env.stats().total_requests, attempts_before_stop, "no attempt after the stop: {:?}", env.stats());
     let runs = env.json(&["runs", "--export", "exp"]);
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
 }
@@ -218,31 +220,9 @@ fn a_member_too_large_to_send_counts_as_rejected_with_the_reason_too_large() {
 
 /// Creates a list through the real API and subscribes `emails` to it, as someone working in Iterable would.
 fn prefilled_list(env: &Env, name: &str, emails: &[&str]) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let created: serde_json::Value = http
-            .post(format!("{}/api/lists", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let list_id = created["listId"].as_i64().unwrap();
-        let subscribers: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
-        let r = http
-            .post(format!("{}/api/lists/subscribe", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&serde_json::json!({ "listId": list_id, "subscribers": subscribers }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        list_id
-    })
+    let list_id = env.create_list_by_hand(name);
+    env.subscribe_by_hand(list_id, emails);
+    list_id
 }
 
 #[test]
@@ -281,7 +261,22 @@ fn two_exports_of_one_segment_started_together_create_one_list() {
     });
     let members = emails(0, 20);
     env.setup_csv_export("Shared", &members);
-    env.ok(&["export", "add", "exp2", "--connection", "iterable", "--segment", "Shared", "--email-field", "email"]);
+    // `export add` refuses a second export of one list now; a store from before that rule may still hold such a
+    // pair, and list creation must stay single for it: make one the way such a store has it.
+    let source = format!("csv:{}", env.path("members.csv").display());
+    env.ok(&["segment", "add", "Shared copy", "--source", &source]);
+    env.ok(&[
+        "export",
+        "add",
+        "exp2",
+        "--connection",
+        "iterable",
+        "--segment",
+        "Shared copy",
+        "--email-field",
+        "email",
+    ]);
+    env.store_sql(&["UPDATE targets SET list_name = 'Shared' WHERE list_name = 'Shared copy'"]);
     let spawn = |export: &str| {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
             .current_dir(env.dir.path())

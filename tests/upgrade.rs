@@ -16,21 +16,6 @@ fn churn() -> Vec<String> {
     (0..10).map(|i| format!("churn{i}@example.com")).collect()
 }
 
-fn api(env: &Env, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{}{path}", env.base_url))
-            .header("Api-Key", KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
-    })
-}
-
 /// Copies the fixture into `env`, points its connection at this sandbox and its segments at fresh CSV files, and
 /// recreates its Iterable lists in the sandbox as the fixture's runs left them.
 fn install_fixture(env: &Env) {
@@ -40,26 +25,15 @@ fn install_fixture(env: &Env) {
     let churn_rows: Vec<(&str, &str)> = churn.iter().map(|e| (e.as_str(), "silver")).collect();
     let vip_csv = env.write_csv("vip.csv", &vip_rows);
     let churn_csv = env.write_csv("churn.csv", &churn_rows);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let mut conn =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(env.path("store.db")).connect().await.unwrap();
-        sqlx::query("UPDATE connections SET base_url = ?").bind(&env.base_url).execute(&mut conn).await.unwrap();
-        for (name, path) in [("VIP", &vip_csv), ("Churn", &churn_csv)] {
-            sqlx::query("UPDATE segments SET source = ? WHERE name = ?")
-                .bind(format!("csv:{}", path.display()))
-                .bind(name)
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    });
+    env.store_sql(&[&format!("UPDATE connections SET base_url = '{}'", env.base_url)]);
+    for (name, path) in [("VIP", &vip_csv), ("Churn", &churn_csv)] {
+        env.store_sql(&[&format!("UPDATE segments SET source = 'csv:{}' WHERE name = '{name}'", path.display())]);
+    }
     for (name, members, tier) in [("VIP", vip, "gold"), ("Churn", churn, "silver")] {
-        let id = api(env, "/api/lists", serde_json::json!({ "name": name }))["listId"].as_i64().unwrap();
+        let id = env.create_list_by_hand(name);
         let subscribers: Vec<_> =
             members.iter().map(|e| serde_json::json!({"email": e, "dataFields": {"tier": tier}})).collect();
-        api(env, "/api/lists/subscribe", serde_json::json!({"listId": id, "subscribers": subscribers}));
+        env.post_api("/api/lists/subscribe", serde_json::json!({"listId": id, "subscribers": subscribers}));
     }
     assert_eq!(env.list_id("VIP"), Some(1000));
     assert_eq!(env.list_id("Churn"), Some(1001));

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::error::ErrorKind;
 use super::output::{opt_when, when};
 use super::{exit, Ctx, Exit};
 use crate::iterable::{IterableClient, IterableError, Pacer, Region, RetrySettings};
@@ -138,10 +139,10 @@ fn check_client(ctx: &Ctx, base_url: &str, key: &SecretString) -> anyhow::Result
 
 fn verify_failure(name: &str, e: IterableError) -> anyhow::Error {
     if e.is_bad_api_key() {
-        Exit::error(exit::FAILED, format!("connection '{name}' was not saved: {e}"))
+        Exit::with_kind(ErrorKind::Iterable, format!("connection '{name}' was not saved: {e}"))
     } else {
-        Exit::error(
-            exit::FAILED,
+        Exit::with_kind(
+            ErrorKind::Iterable,
             format!("connection '{name}' was not saved: the key could not be checked: {e}. Fix the base URL or network, or add --skip-verify to save it unchecked."),
         )
     }
@@ -149,8 +150,7 @@ fn verify_failure(name: &str, e: IterableError) -> anyhow::Error {
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if !a.accept_data_privacy {
-        return Err(Exit::error(
-            exit::FAILED,
+        return Err(Exit::invalid(
             "connection not saved: exports send customer profiles (email addresses and every field you map, which \
              is personal data) out of this system to Iterable's servers. If your organisation allows that, run the \
              command again with --accept-data-privacy; your consent and its time are recorded.",
@@ -159,16 +159,10 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     let base_url = match &a.base_url {
         Some(url) => {
             let parsed = reqwest::Url::parse(url).map_err(|e| {
-                Exit::error(
-                    exit::FAILED,
-                    format!("--base-url '{url}' is not a URL ({e}); write it like https://api.iterable.com"),
-                )
+                Exit::invalid(format!("--base-url '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
             })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(Exit::error(
-                    exit::FAILED,
-                    format!("--base-url '{url}' must start with http:// or https://"),
-                ));
+                return Err(Exit::invalid(format!("--base-url '{url}' must start with http:// or https://")));
             }
             url.trim_end_matches('/').to_string()
         }
@@ -195,7 +189,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         };
         let key = text.lines().next().unwrap_or("").trim().to_string();
         if key.is_empty() {
-            return Err(Exit::error(exit::FAILED, "no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
+            return Err(Exit::invalid("no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
         }
         (KeySource::Stored { ciphertext: vec![], nonce: vec![] }, SecretString::from(key))
     };
@@ -335,12 +329,15 @@ async fn test(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Err(e) => {
-            if ctx.out.json {
-                ctx.out.json(&json!({ "connection": name, "ok": false, "error": e.to_string() }));
-            }
-            Err(Exit::error(exit::FAILED, format!("connection '{name}' does not work: {e}")))
+            // With --json, `main` prints this as the one error document.
+            Err(Exit::with_kind(ErrorKind::Iterable, format!("connection '{name}' does not work: {e}")))
         }
     }
+}
+
+/// Iterable's `createdAt` (milliseconds since the epoch) as a time, which JSON output shows in RFC 3339.
+fn epoch_millis(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(ms)
 }
 
 async fn lists(ctx: &Ctx, name: &str, sizes: bool) -> anyhow::Result<u8> {
@@ -354,7 +351,7 @@ async fn lists(ctx: &Ctx, name: &str, sizes: bool) -> anyhow::Result<u8> {
     if ctx.out.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(l, size)| json!({ "id": l.id, "name": l.name, "list_type": l.list_type, "created_at": l.created_at, "size": size }))
+            .map(|(l, size)| json!({ "id": l.id, "name": l.name, "list_type": l.list_type, "created_at": l.created_at.and_then(epoch_millis), "size": size }))
             .collect();
         ctx.out.json(&v);
     } else {

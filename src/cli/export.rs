@@ -185,18 +185,41 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                     ),
                 )
             })?;
+            let daemon = daemon_answers(&ctx.config).await;
             if ctx.out.json {
-                ctx.out.json(&json!({ "trigger_file": path }));
+                ctx.out.json(&json!({ "trigger_file": path, "daemon_running": daemon }));
             } else {
-                println!(
-                    "Wrote {}; the daemon runs {} within a few seconds.",
-                    path.display(),
-                    if all { "every export".to_string() } else { format!("export '{target}'") }
-                );
+                let what = if all { "every export".to_string() } else { format!("export '{target}'") };
+                let poll = humantime::format_duration(ctx.config.daemon.trigger_poll_interval);
+                match daemon {
+                    Some(true) => println!(
+                        "Wrote {}; the running daemon takes it within about 25 ms (at most {poll}) and runs {what}.",
+                        path.display()
+                    ),
+                    Some(false) => println!(
+                        "Wrote {}, but no daemon answers on daemon.status_listen now: the file waits there, and {what} \
+                         runs when a daemon watching {} starts.",
+                        path.display(),
+                        ctx.config.daemon.trigger_dir.display()
+                    ),
+                    None => println!(
+                        "Wrote {}; a running daemon takes it within about 25 ms (at most {poll}) and runs {what}. \
+                         (daemon.status_listen is off, so whether a daemon runs cannot be checked.)",
+                        path.display()
+                    ),
+                }
             }
             Ok(exit::OK)
         }
     }
+}
+
+/// Whether a daemon answers on the configured status listener; None when the listener is off.
+async fn daemon_answers(config: &crate::config::Config) -> Option<bool> {
+    let addr = config.daemon.status_addr()?.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let answer = client.get(format!("http://{addr}/healthz")).send().await;
+    Some(answer.is_ok_and(|r| r.status().is_success()))
 }
 
 fn parse_field(text: &str) -> Result<FieldMap, String> {
@@ -271,7 +294,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         name: a.name.clone(),
         problem,
     })?;
-    let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not saved: {m}", a.name));
+    let fail = |m: String| Exit::invalid(format!("export '{}' not saved: {m}", a.name));
     let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
     check_unique_fields(&fields).map_err(fail)?;
     Schedule::parse(&a.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
@@ -315,7 +338,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
 }
 
 async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::error(exit::FAILED, format!("export '{}' not changed: {m}", a.name));
+    let fail = |m: String| Exit::invalid(format!("export '{}' not changed: {m}", a.name));
     let store = ctx.store().await?;
     let export = store.export(&a.name).await?;
     let attached = |name: &str| export.targets.iter().find(|t| t.segment_name == name);
@@ -504,12 +527,11 @@ async fn list(ctx: &Ctx, include_removed: bool) -> anyhow::Result<u8> {
         let next = Schedule::parse(&e.schedule)
             .ok()
             .filter(|_| e.enabled && e.removed_at.is_none())
-            .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)))
-            .map(|t| super::output::when(&t));
+            .and_then(|s| s.next_after(Some(&daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz)));
         let next_text = match (e.schedule.as_str(), &next) {
             _ if e.removed_at.is_some() => "-".to_string(),
             ("off", _) => "on demand".to_string(),
-            (_, Some(t)) => t.clone(),
+            (_, Some(t)) => super::output::when(t),
             _ => "-".into(),
         };
         rows.push(vec![
@@ -745,8 +767,9 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
             if !l.examples_remove.is_empty() {
                 println!("{}: would remove e.g. {}", l.list_name, l.examples_remove.join(", "));
             }
-            for (member, reason) in &l.examples_invalid {
-                println!("{}: invalid {member:?}: {reason}", l.list_name);
+            for ex in &l.examples_invalid {
+                let member = ex.member.as_ref().map_or_else(|| "(null)".to_string(), |m| format!("{m:?}"));
+                println!("{}: invalid {member}: {}", l.list_name, ex.reason);
             }
         }
     } else {

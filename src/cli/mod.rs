@@ -2,6 +2,7 @@
 //! library calls and print tables (or JSON with `--json`); they hold no business rules of their own.
 
 mod connection;
+pub mod error;
 mod export;
 mod output;
 mod runs;
@@ -37,17 +38,29 @@ pub mod exit {
     pub const ABORTED: u8 = 130;
 }
 
-/// An error that carries its exit code.
+/// An error that carries its exit code, and the kind of its JSON error document when the code alone does not say
+/// it (see `error::ErrorKind::of`).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Exit {
     pub code: u8,
+    pub kind: Option<error::ErrorKind>,
     pub message: String,
 }
 
 impl Exit {
     pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
-        Exit { code, message: message.into() }.into()
+        Exit { code, kind: None, message: message.into() }.into()
+    }
+
+    /// A value given on the command line is refused (exit 1, kind `invalid_input`).
+    pub fn invalid(message: impl Into<String>) -> anyhow::Error {
+        Exit::with_kind(error::ErrorKind::InvalidInput, message)
+    }
+
+    /// A failure (exit 1) whose cause only survives as text, of a known kind.
+    pub fn with_kind(kind: error::ErrorKind, message: impl Into<String>) -> anyhow::Error {
+        Exit { code: exit::FAILED, kind: Some(kind), message: message.into() }.into()
     }
 }
 
@@ -69,7 +82,8 @@ pub struct Cli {
     /// Configuration file [default: config/segment-exporter.toml when present, else built-in defaults].
     #[arg(long, global = true, env = "SEGMENT_EXPORTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print machine-readable JSON on stdout instead of tables.
+    /// Print one JSON document on stdout instead of text, errors included ({"error": {"kind", "message"}}); times
+    /// in RFC 3339 UTC.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -164,25 +178,26 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "segment-exporter", &mut script);
-            print_raw(&script)
+            if ctx.out.json {
+                let script = String::from_utf8_lossy(&script);
+                ctx.out.json(&serde_json::json!({ "shell": shell.to_string(), "script": script }));
+                return Ok(exit::OK);
+            }
+            output::print_raw(&script)?;
+            Ok(exit::OK)
         }
         Command::Man => {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            print_raw(&page)
+            if ctx.out.json {
+                ctx.out.json(&serde_json::json!({ "format": "roff", "page": String::from_utf8_lossy(&page) }));
+                return Ok(exit::OK);
+            }
+            output::print_raw(&page)?;
+            Ok(exit::OK)
         }
     }
 }
-
-/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
-fn print_raw(bytes: &[u8]) -> anyhow::Result<u8> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(exit::OK),
-    }
-}
-
 async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
     let built = crate::daemon::Daemon::build((*ctx.config).clone(), ctx.config_path.clone(), None).await;
     let daemon = match built {
@@ -201,6 +216,9 @@ async fn daemon(ctx: &Ctx) -> anyhow::Result<u8> {
     let result = daemon.run_until(stop.cancelled_owned()).await;
     reloads.abort();
     result?;
+    if ctx.out.json {
+        ctx.out.json(&serde_json::json!({ "stopped": true }));
+    }
     Ok(exit::OK)
 }
 
@@ -214,7 +232,11 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
     match client.get(format!("http://{addr}/healthz")).send().await {
         Ok(r) if r.status().is_success() => {
-            println!("healthy");
+            if ctx.out.json {
+                ctx.out.json(&serde_json::json!({ "healthy": true, "address": addr, "status": r.status().as_u16() }));
+            } else {
+                println!("healthy");
+            }
             Ok(exit::OK)
         }
         Ok(r) => Err(Exit::error(exit::FAILED, format!("http://{addr}/healthz answered {}", r.status()))),

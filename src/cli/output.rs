@@ -11,8 +11,12 @@ pub struct Output {
 }
 
 impl Output {
+    /// Prints a command's one JSON document (a failed command's error document is printed by `main`). Times in it
+    /// must be `DateTime<Utc>` values, which serialise as RFC 3339, never `when(..)` text.
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) {
-        println!("{}", serde_json::to_string_pretty(value).expect("serialisable output"));
+        let mut text = serde_json::to_string_pretty(value).expect("serialisable output");
+        text.push('\n');
+        let _ = print_raw(text.as_bytes());
     }
 
     pub fn table(&self, header: &[&str], rows: Vec<Vec<String>>) {
@@ -21,7 +25,16 @@ impl Output {
         for r in rows {
             t.add_row(r);
         }
-        println!("{t}");
+        let _ = print_raw(format!("{t}\n").as_bytes());
+    }
+}
+
+/// Writes to stdout. A reader that stops early (`| head`) is not an error, and never a panic as with `println!`.
+pub fn print_raw(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -65,6 +65,9 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         documented_limits: !a.no_documented_limits,
         ..SandboxOptions::default()
     };
+    // Listen for stop signals before the address is printed: whoever reads it may stop the sandbox at once.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({ "base_url": format!("http://{addr}") }));
     } else {
@@ -74,10 +77,8 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         );
     }
     tracing::info!(address = %addr, "Sandbox listening.");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+    let shutdown = async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     };
     Sandbox::new(opts).serve(listener, shutdown).await?;
     Ok(exit::OK)

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
+use super::error::ErrorKind;
 use super::{exit, Ctx, Exit};
 use crate::source::{self, SourceSpec};
 
@@ -61,8 +62,8 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             check_source(&spec, &query)?;
             if !skip_check {
                 source::preview(&spec, query.as_deref(), 1).await.map_err(|e| {
-                    Exit::error(
-                        exit::FAILED,
+                    Exit::with_kind(
+                        ErrorKind::Source,
                         format!("segment '{name}' not saved: {e} (add --skip-check to save it anyway)"),
                     )
                 })?;
@@ -109,7 +110,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             let spec: SourceSpec = seg.source.parse()?;
             let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit)
                 .await
-                .map_err(|e| Exit::error(exit::FAILED, format!("segment '{name}': {e}")))?;
+                .map_err(|e| Exit::with_kind(ErrorKind::Source, format!("segment '{name}': {e}")))?;
             if ctx.out.json {
                 let v: Vec<serde_json::Map<String, serde_json::Value>> =
                     rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect();
@@ -139,12 +140,10 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
 /// A SQL source needs a query; a file source takes none.
 fn check_source(spec: &SourceSpec, query: &Option<String>) -> anyhow::Result<()> {
     match (spec.takes_query(), query) {
-        (true, None) => Err(Exit::error(
-            exit::FAILED,
+        (true, None) => Err(Exit::invalid(
             format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
         )),
-        (false, Some(_)) => Err(Exit::error(
-            exit::FAILED,
+        (false, Some(_)) => Err(Exit::invalid(
             format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
         )),
         _ => Ok(()),
@@ -158,7 +157,7 @@ async fn edit(
     query: Option<String>,
     skip_check: bool,
 ) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::error(exit::FAILED, format!("segment '{name}' not changed: {m}"));
+    let fail = |m: String| Exit::invalid(format!("segment '{name}' not changed: {m}"));
     if source.is_none() && query.is_none() {
         return Err(fail("nothing to change; give --source and/or --query".into()));
     }

@@ -113,20 +113,8 @@ impl Store {
         forgotten: &[AckedMember],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let counted = sqlx::query(
-            "UPDATE run_targets SET added = added + ?, rejected = rejected + ? WHERE run_id = ? AND target_id = ? \
-             AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
-        )
-        .bind(subscribed.len() as i64)
-        .bind((rejected.len() + forgotten.len()) as i64)
-        .bind(run_id)
-        .bind(target_id)
-        .execute(&mut *tx)
-        .await?;
-        if counted.rows_affected() != 1 {
-            // Dropping `tx` rolls back: a run that was cancelled, or whose export was removed, records nothing more.
-            return Err(StoreError::RunNotRunning { run_id });
-        }
+        let counts = AckCounts { added: subscribed.len(), rejected: rejected.len() + forgotten.len(), removed: 0 };
+        count_acks(&mut tx, run_id, target_id, counts).await?;
         for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state, ours) ");
@@ -190,18 +178,7 @@ impl Store {
     /// Records an unsubscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let counted = sqlx::query(
-            "UPDATE run_targets SET removed = removed + ? WHERE run_id = ? AND target_id = ? \
-             AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
-        )
-        .bind(emails.len() as i64)
-        .bind(run_id)
-        .bind(target_id)
-        .execute(&mut *tx)
-        .await?;
-        if counted.rows_affected() != 1 {
-            return Err(StoreError::RunNotRunning { run_id });
-        }
+        count_acks(&mut tx, run_id, target_id, AckCounts { removed: emails.len(), ..AckCounts::default() }).await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM members WHERE target_id = ");
             q.push_bind(target_id).push(" AND email IN (");
@@ -215,6 +192,35 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// What one acknowledged batch adds to its run's counters.
+#[derive(Default)]
+struct AckCounts {
+    added: usize,
+    rejected: usize,
+    removed: usize,
+}
+
+/// Adds a batch to its run's counters, owner-checked: only while the run is still `running`. Otherwise (it was
+/// cancelled, or its export removed) the caller's transaction is dropped, so the batch records nothing.
+async fn count_acks(tx: &mut sqlx::SqliteConnection, run_id: i64, target_id: i64, counts: AckCounts) -> Result<()> {
+    let counted = sqlx::query(
+        "UPDATE run_targets SET added = added + ?, rejected = rejected + ?, removed = removed + ? \
+         WHERE run_id = ? AND target_id = ? \
+         AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
+    )
+    .bind(counts.added as i64)
+    .bind(counts.rejected as i64)
+    .bind(counts.removed as i64)
+    .bind(run_id)
+    .bind(target_id)
+    .execute(&mut *tx)
+    .await?;
+    if counted.rows_affected() != 1 {
+        return Err(StoreError::RunNotRunning { run_id });
+    }
+    Ok(())
 }
 
 impl PlanSession {
@@ -589,6 +595,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         let acked = |e: &str| AckedMember { email: e.into(), fields_hash: 1 };
         store.record_preexisting(t, &["pre@x.com".to_string()]).await.unwrap();
         store

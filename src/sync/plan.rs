@@ -40,7 +40,15 @@ pub struct ListReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub examples_remove: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub examples_invalid: Vec<(String, String)>,
+    pub examples_invalid: Vec<InvalidExample>,
+}
+
+/// A member a dry run found invalid: its email value as the source gave it (None for NULL, shown as JSON null like
+/// `runs show --rejected` does) and why it is refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidExample {
+    pub member: Option<String>,
+    pub reason: String,
 }
 
 /// Examples of each kind kept for a dry run's report.
@@ -151,8 +159,10 @@ impl Planner<'_> {
                             Err((member, reason)) => {
                                 invalid += 1;
                                 if examples_invalid.len() < EXAMPLES {
-                                    examples_invalid
-                                        .push((member.clone().unwrap_or_else(|| row[0].to_string()), reason.clone()));
+                                    // A number or a boolean is shown as its JSON text; only NULL has no value.
+                                    let shown =
+                                        member.clone().or_else(|| (!row[0].is_null()).then(|| row[0].to_string()));
+                                    examples_invalid.push(InvalidExample { member: shown, reason: reason.clone() });
                                 }
                                 if self.run_id.is_some() && invalid <= max_issues {
                                     issues.push((member, reason));

@@ -218,6 +218,60 @@ impl Env {
     pub fn stats(&self) -> SandboxStats {
         self.sandbox.stats()
     }
+
+    /// Sends `body` to an Iterable endpoint of the sandbox through the real API, as someone working in Iterable
+    /// might, insists on a 2xx answer and returns its JSON.
+    pub fn post_api(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{}{path}", self.base_url))
+                .header("Api-Key", KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json().await.unwrap()
+        })
+    }
+
+    /// Creates a list by hand through the real API; returns its id.
+    pub fn create_list_by_hand(&self, name: &str) -> i64 {
+        self.post_api("/api/lists", serde_json::json!({ "name": name }))["listId"].as_i64().unwrap()
+    }
+
+    /// Subscribes members to a list by hand through the real API.
+    pub fn subscribe_by_hand(&self, list_id: i64, emails: &[&str]) {
+        let subscribers: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
+        self.post_api("/api/lists/subscribe", serde_json::json!({ "listId": list_id, "subscribers": subscribers }));
+    }
+
+    /// Runs statements on this env's store file directly, as another tool (or an older version) would.
+    pub fn store_sql(&self, statements: &[&str]) {
+        block_on(async {
+            use sqlx::ConnectOptions;
+            let mut conn =
+                sqlx::sqlite::SqliteConnectOptions::new().filename(self.path("store.db")).connect().await.unwrap();
+            for statement in statements {
+                sqlx::query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+            }
+        })
+    }
+
+    /// The first column of the first row of `sql` on this env's store, as a number.
+    pub fn store_i64(&self, sql: &str) -> i64 {
+        block_on(async {
+            use sqlx::ConnectOptions;
+            let mut conn =
+                sqlx::sqlite::SqliteConnectOptions::new().filename(self.path("store.db")).connect().await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+}
+
+/// Runs a future to its end on a runtime of its own (tests are synchronous).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
 }
 
 fn blocking_get(url: &str) -> serde_json::Value {
