@@ -324,6 +324,7 @@ async fn library_store(dir: &Path) -> (Store, i64, i64, segment_exporter::store:
             name: "c".into(),
             base_url: "http://x".into(),
             region: None,
+            project_type: segment_exporter::store::ProjectType::Email,
             usable_by: "admins".into(),
             key: KeySource::Env("K".into()),
             key_last4: None,

@@ -14,11 +14,13 @@ use super::{exit, Ctx, Exit};
 use crate::schedule::Schedule;
 use crate::source::{self, SourceSpec};
 use crate::store::{
-    Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, RunStatus, Segment, StoreError, Target,
+    Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, ProjectType, RunStatus, Segment,
+    StoreError, Target,
 };
 use crate::sync::empty::{empty_lists, Emptied};
 use crate::sync::{
-    check_field_name, lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError,
+    check_field_name, lock_for_change, user_id_project_unsupported, ChangeRefused, Engine, Phase, Progress, RunOptions,
+    RunReport, SyncError,
 };
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +302,9 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     Schedule::parse(&a.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let store = ctx.store().await?;
     let conn = store.connection(&a.connection).await?;
+    if conn.project_type == ProjectType::UserId {
+        return Err(fail(user_id_project_unsupported(&conn.name)));
+    }
     let mut segment_ids = Vec::new();
     for name in &a.segments {
         let seg = store.segment(name).await?;

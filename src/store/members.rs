@@ -421,6 +421,7 @@ mod tests {
                 name: "c".into(),
                 base_url: "http://x".into(),
                 region: None,
+                project_type: crate::store::ProjectType::Email,
                 usable_by: "admins".into(),
                 key: KeySource::Env("K".into()),
                 key_last4: None,

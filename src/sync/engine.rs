@@ -16,7 +16,16 @@ use super::SyncError;
 use crate::config::Config;
 use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
-use crate::store::{Export, RunStatus, Store};
+use crate::store::{Export, ProjectType, RunStatus, Store};
+
+/// Why an export cannot send through a connection to a userID-based project.
+pub fn user_id_project_unsupported(connection: &str) -> String {
+    format!(
+        "connection '{connection}' reaches a userID-based Iterable project, where an email identifies nobody, and \
+         this version identifies members by email only (it serves email-based and hybrid projects). Send through a \
+         connection to an email-based or hybrid project."
+    )
+}
 
 /// How a run was asked for.
 #[derive(Debug, Clone)]
@@ -131,6 +140,13 @@ impl Engine {
         })?;
         if export.targets.is_empty() {
             return Err(SyncError::NotRunnable { export: name.into(), why: "it has no segments".into() });
+        }
+        let connection = self.store.connection_by_id(connection_id).await?;
+        if connection.project_type == ProjectType::UserId {
+            return Err(SyncError::NotRunnable {
+                export: name.into(),
+                why: user_id_project_unsupported(&connection.name),
+            });
         }
         if opts.dry_run {
             let mut session = self.store.plan_session().await?;

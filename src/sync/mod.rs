@@ -17,7 +17,7 @@ mod send;
 
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
-pub use engine::{Engine, RunOptions, RunReport};
+pub use engine::{user_id_project_unsupported, Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
 pub use lock::{LockError, RunLock};
 pub use plan::ListReport;
