@@ -26,8 +26,10 @@ pub struct StoreConfig {
     /// Path of the SQLite store, created on first use. Relative paths are relative to the working directory.
     /// Default: `segment-exporter.db`.
     pub path: PathBuf,
-    /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin`. Created with mode
-    /// 0600 when missing. `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default: `<store>.key`.
+    /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin` and database
+    /// passwords given in a postgres source URL. Created with mode 0600 when missing (never while secrets sealed
+    /// with another key are stored). `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default:
+    /// `<store>.key`.
     pub master_key_file: Option<PathBuf>,
     /// Runs that finished longer ago than this are pruned with their per-list counts and invalid/rejected members
     /// (each export's latest run is always kept). Default 90d.

@@ -1,9 +1,11 @@
-//! API keys: where they come from, and how keys given on stdin are kept encrypted at rest.
+//! Secrets: API keys and the database passwords of PostgreSQL sources; where they come from, and how the ones
+//! given to us are kept encrypted at rest.
 //!
-//! Keys are `SecretString`s from the moment they are read; nothing here formats one into a message. Stored keys
-//! are sealed with XChaCha20-Poly1305 under a master key (from `SEGMENT_EXPORTER_MASTER_KEY` or a 0600 key file
-//! beside the store), with the connection name as associated data so a sealed key cannot be moved to another
-//! connection.
+//! Secrets are `SecretString`s from the moment they are read; nothing here formats one into a message. Stored
+//! secrets are sealed with XChaCha20-Poly1305 under a master key (from `SEGMENT_EXPORTER_MASTER_KEY` or a 0600 key
+//! file beside the store), with associated data naming what they belong to (the connection name; for a segment's
+//! password its id and its source), so a sealed secret cannot be moved to another connection, another segment or
+//! another database server. The others are references (an environment variable, a file) read at each use.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::store::{Connection, KeySource};
+use crate::store::{Connection, KeySource, Segment, SourcePassword};
 
 pub const MASTER_KEY_ENV: &str = "SEGMENT_EXPORTER_MASTER_KEY";
 
@@ -24,23 +26,69 @@ pub enum SecretError {
     FileUnreadable { connection: String, path: String, cause: String },
     #[error("the API key for connection '{connection}' is empty ({from}). Put the key there.")]
     Empty { connection: String, from: String },
+    #[error("the database password of segment '{segment}' comes from environment variable {var}, which is not set. Set it in the environment of this process (for systemd: Environment=, or LoadCredential= with --password-file), or change where it comes from with `segment-exporter segment edit '{segment}' --password-env VAR` or `--password-file PATH`.")]
+    PasswordEnvMissing { segment: String, var: String },
+    #[error("cannot read the database password file {path} of segment '{segment}': {cause}. Check the path and its permissions, or change it with `segment-exporter segment edit '{segment}' --password-file PATH`.")]
+    PasswordFileUnreadable { segment: String, path: String, cause: String },
+    #[error("the database password of segment '{segment}' is empty ({from}). Put the password there.")]
+    PasswordEmpty { segment: String, from: String },
     #[error(
         "{MASTER_KEY_ENV} must be 64 hexadecimal characters (a 32-byte key). Generate one with `openssl rand -hex 32`."
     )]
     BadMasterKeyEnv,
-    #[error("the master key file {path} is not valid: {cause}. It must hold 64 hexadecimal characters; restore it from backup (without it, stored API keys cannot be read).")]
+    #[error("the master key file {path} is not valid: {cause}. It must hold 64 hexadecimal characters; restore it from backup (without it, stored API keys and database passwords cannot be read).")]
     BadMasterKeyFile { path: PathBuf, cause: String },
     #[error("cannot create the master key file {path}: {cause}")]
     CreateMasterKey { path: PathBuf, cause: String },
     #[error("the stored API key of connection '{connection}' cannot be decrypted with this master key. Use the master key it was saved with, or add the connection again.")]
     Decrypt { connection: String },
-    #[error("the master key file {path} is missing, but the API keys of connection(s) {} are sealed with it. Nothing was created or changed. Restore the file from backup (or set {MASTER_KEY_ENV}); if the key is lost for good, remove those connections and add them again.", .connections.join(", "))]
-    MasterKeyMissing { path: PathBuf, connections: Vec<String> },
-    #[error("the master key ({from}) is not the key the stored API keys were sealed with: it does not open the key of connection '{connection}'. Nothing was stored. Restore the right master key file (or {MASTER_KEY_ENV}) and try again.")]
-    WrongMasterKey { from: String, connection: String },
+    #[error("the stored database password of segment '{segment}' cannot be decrypted with this master key. Use the master key it was saved with, or give the password again (`segment-exporter segment edit '{segment}' --source URL-WITH-PASSWORD`, or --password-env / --password-file).")]
+    PasswordDecrypt { segment: String },
+    #[error("the master key file {path} is missing, but the secrets stored for {} are sealed with it. Nothing was created or changed. Restore the file from backup (or set {MASTER_KEY_ENV}); if the key is lost for good, add those connections again and give those segments their password again (`segment edit NAME --source URL-WITH-PASSWORD`, or --password-env / --password-file).", .owners.join(", "))]
+    MasterKeyMissing { path: PathBuf, owners: Vec<String> },
+    #[error("the master key ({from}) is not the key the stored secrets were sealed with: it does not open the secret stored for {owner}. Nothing was stored. Restore the right master key file (or {MASTER_KEY_ENV}) and try again.")]
+    WrongMasterKey { from: String, owner: String },
 }
 
-/// The key that seals stored API keys.
+/// A secret sealed in the store, as [`MasterKey::for_sealing`] checks it: what it belongs to (for messages, e.g.
+/// "connection 'prod'") and what it was sealed with.
+pub struct Sealed<'a> {
+    pub owner: String,
+    pub associated_data: Vec<u8>,
+    pub ciphertext: &'a [u8],
+    pub nonce: &'a [u8],
+}
+
+/// Every secret sealed in the store: stored API keys and stored database passwords.
+pub fn sealed_secrets<'a>(connections: &'a [Connection], segments: &'a [Segment]) -> Vec<Sealed<'a>> {
+    let keys = connections.iter().filter_map(|c| match &c.key {
+        KeySource::Stored { ciphertext, nonce } => Some(Sealed {
+            owner: format!("connection '{}'", c.name),
+            associated_data: c.name.as_bytes().to_vec(),
+            ciphertext,
+            nonce,
+        }),
+        _ => None,
+    });
+    let passwords = segments.iter().filter_map(|s| match &s.password {
+        SourcePassword::Sealed { ciphertext, nonce } => Some(Sealed {
+            owner: format!("segment '{}'", s.name),
+            associated_data: password_associated_data(s.id, &s.source),
+            ciphertext,
+            nonce,
+        }),
+        _ => None,
+    });
+    keys.chain(passwords).collect()
+}
+
+/// What a segment's password is sealed with: its id and its source (without password), so the sealed password
+/// opens only for this segment and this server. The NUL bytes keep it apart from any connection name.
+fn password_associated_data(segment_id: i64, source: &str) -> Vec<u8> {
+    format!("segment-password\0{segment_id}\0{source}").into_bytes()
+}
+
+/// The key that seals stored API keys and database passwords.
 pub struct MasterKey(chacha20poly1305::Key);
 
 impl std::fmt::Debug for MasterKey {
@@ -65,29 +113,39 @@ impl MasterKey {
         }
     }
 
-    /// The master key to seal a new API key with. It is created only while no key in the store is sealed yet:
-    /// creating a fresh one beside sealed keys would leave them unreadable for good. An existing key must open the
-    /// keys already sealed (`sealed`: connection name, ciphertext, nonce).
-    pub fn for_sealing(path: &Path, sealed: &[(&str, &[u8], &[u8])]) -> Result<MasterKey, SecretError> {
+    /// The master key to seal a new secret with. It is created only while nothing in the store is sealed yet:
+    /// creating a fresh one beside sealed API keys or passwords would leave them unreadable for good. An existing
+    /// key must open the secrets already sealed.
+    pub fn for_sealing(path: &Path, sealed: &[Sealed<'_>]) -> Result<MasterKey, SecretError> {
         let master = Self::load(path, sealed.is_empty()).map_err(|e| match e {
             SecretError::BadMasterKeyFile { .. } if std::env::var_os(MASTER_KEY_ENV).is_none() && !path.exists() => {
                 SecretError::MasterKeyMissing {
                     path: path.into(),
-                    connections: sealed.iter().map(|(name, _, _)| name.to_string()).collect(),
+                    owners: sealed.iter().map(|s| s.owner.clone()).collect(),
                 }
             }
             other => other,
         })?;
-        if let Some((connection, ciphertext, nonce)) = sealed.first() {
-            if master.open(connection, ciphertext, nonce).is_err() {
+        if let Some(first) = sealed.first() {
+            if master.open_with(&first.associated_data, first.ciphertext, first.nonce).is_none() {
                 let from = match std::env::var_os(MASTER_KEY_ENV) {
                     Some(_) => MASTER_KEY_ENV.to_string(),
                     None => path.display().to_string(),
                 };
-                return Err(SecretError::WrongMasterKey { from, connection: connection.to_string() });
+                return Err(SecretError::WrongMasterKey { from, owner: first.owner.clone() });
             }
         }
         Ok(master)
+    }
+
+    /// Loads the master key that sealed `owner`'s secret, saying which secret needs it when the file is missing.
+    fn for_opening(path: &Path, owner: String) -> Result<MasterKey, SecretError> {
+        Self::load(path, false).map_err(|e| match e {
+            SecretError::BadMasterKeyFile { path, .. } if !path.exists() => {
+                SecretError::MasterKeyMissing { path, owners: vec![owner] }
+            }
+            other => other,
+        })
     }
 
     fn create(path: &Path) -> Result<MasterKey, SecretError> {
@@ -108,23 +166,36 @@ impl MasterKey {
 
     /// Seals an API key for a connection; returns (ciphertext, nonce).
     pub fn seal(&self, connection: &str, api_key: &SecretString) -> (Vec<u8>, Vec<u8>) {
+        self.seal_with(connection.as_bytes(), api_key)
+    }
+
+    pub fn open(&self, connection: &str, ciphertext: &[u8], nonce: &[u8]) -> Result<SecretString, SecretError> {
+        self.open_with(connection.as_bytes(), ciphertext, nonce)
+            .ok_or_else(|| SecretError::Decrypt { connection: connection.to_string() })
+    }
+
+    /// Seals the database password of segment `segment_id` whose stored source (without password) is `source`.
+    pub fn seal_source_password(&self, segment_id: i64, source: &str, password: &SecretString) -> SourcePassword {
+        let (ciphertext, nonce) = self.seal_with(&password_associated_data(segment_id, source), password);
+        SourcePassword::Sealed { ciphertext, nonce }
+    }
+
+    fn seal_with(&self, associated_data: &[u8], secret: &SecretString) -> (Vec<u8>, Vec<u8>) {
         let cipher = XChaCha20Poly1305::new(&self.0);
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let payload = Payload { msg: api_key.expose_secret().as_bytes(), aad: connection.as_bytes() };
+        let payload = Payload { msg: secret.expose_secret().as_bytes(), aad: associated_data };
         let ciphertext = cipher.encrypt(&nonce, payload).expect("XChaCha20-Poly1305 encryption cannot fail");
         (ciphertext, nonce.to_vec())
     }
 
-    pub fn open(&self, connection: &str, ciphertext: &[u8], nonce: &[u8]) -> Result<SecretString, SecretError> {
-        let fail = || SecretError::Decrypt { connection: connection.to_string() };
+    fn open_with(&self, associated_data: &[u8], ciphertext: &[u8], nonce: &[u8]) -> Option<SecretString> {
         if nonce.len() != 24 {
-            return Err(fail());
+            return None;
         }
         let cipher = XChaCha20Poly1305::new(&self.0);
-        let plain = cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: connection.as_bytes() })
-            .map_err(|_| fail())?;
-        String::from_utf8(plain).map(SecretString::from).map_err(|_| fail())
+        let plain =
+            cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: associated_data }).ok()?;
+        String::from_utf8(plain).map(SecretString::from).ok()
     }
 }
 
@@ -155,12 +226,13 @@ fn expand_credentials_dir(connection: &str, path: &str) -> Result<String, Secret
         Err(_) => Err(SecretError::FileUnreadable {
             connection: connection.into(),
             path: path.into(),
-            cause: "CREDENTIALS_DIRECTORY is not set: this key is a systemd credential, readable only inside the \
-                    service (or a `systemd-run -p LoadCredential=...` command)"
-                .into(),
+            cause: CREDENTIALS_DIR_UNSET.into(),
         }),
     }
 }
+
+const CREDENTIALS_DIR_UNSET: &str = "CREDENTIALS_DIRECTORY is not set: this is a systemd credential, readable only \
+                                     inside the service (or a `systemd-run -p LoadCredential=...` command)";
 
 fn non_empty(connection: &str, from: &str, key: &str) -> Result<SecretString, SecretError> {
     if key.is_empty() {
@@ -183,15 +255,74 @@ pub fn resolve_api_key(conn: &Connection, master_key_path: &Path) -> Result<Secr
         KeySource::Env(var) => read_key_env(&conn.name, var),
         KeySource::File(path) => read_key_file(&conn.name, path),
         KeySource::Stored { ciphertext, nonce } => {
-            let master = MasterKey::load(master_key_path, false).map_err(|e| match e {
-                SecretError::BadMasterKeyFile { path, .. } if !path.exists() => {
-                    SecretError::MasterKeyMissing { path, connections: vec![conn.name.clone()] }
-                }
-                other => other,
-            })?;
+            let master = MasterKey::for_opening(master_key_path, format!("connection '{}'", conn.name))?;
             master.open(&conn.name, ciphertext, nonce)
         }
     }
+}
+
+/// The database password of a stored segment, read from wherever the segment says, at each use. `None` when it
+/// has none kept apart (a store not yet upgraded may still have it inside the source, which then works as before).
+pub fn resolve_source_password(segment: &Segment, master_key_path: &Path) -> Result<Option<SecretString>, SecretError> {
+    resolve_password_of(&segment.name, segment.id, &segment.source, &segment.password, master_key_path)
+}
+
+/// The password `password` of segment `name` (id `id`, stored source `source`).
+pub fn resolve_password_of(
+    name: &str,
+    id: i64,
+    source: &str,
+    password: &SourcePassword,
+    master_key_path: &Path,
+) -> Result<Option<SecretString>, SecretError> {
+    match password {
+        SourcePassword::None => Ok(None),
+        SourcePassword::Env(var) => read_password_env(name, var).map(Some),
+        SourcePassword::File(path) => read_password_file(name, path).map(Some),
+        SourcePassword::Sealed { ciphertext, nonce } => {
+            let master = MasterKey::for_opening(master_key_path, format!("segment '{name}'"))?;
+            master
+                .open_with(&password_associated_data(id, source), ciphertext, nonce)
+                .map(Some)
+                .ok_or_else(|| SecretError::PasswordDecrypt { segment: name.to_string() })
+        }
+    }
+}
+
+/// Reads a segment's database password from an environment variable, exactly as it is there.
+pub fn read_password_env(segment: &str, var: &str) -> Result<SecretString, SecretError> {
+    let value =
+        std::env::var(var).map_err(|_| SecretError::PasswordEnvMissing { segment: segment.into(), var: var.into() })?;
+    if value.is_empty() {
+        return Err(SecretError::PasswordEmpty {
+            segment: segment.into(),
+            from: format!("environment variable {var}"),
+        });
+    }
+    Ok(SecretString::from(value))
+}
+
+/// Reads a segment's database password from a file: its first line, without the line ending (spaces are kept, as a
+/// password may have them). `$CREDENTIALS_DIRECTORY/NAME` is read from systemd's credentials directory.
+pub fn read_password_file(segment: &str, path: &str) -> Result<SecretString, SecretError> {
+    let unreadable = |path: &str, cause: String| SecretError::PasswordFileUnreadable {
+        segment: segment.into(),
+        path: path.into(),
+        cause,
+    };
+    let path = &match path.strip_prefix(CREDENTIALS_DIR) {
+        None => path.to_string(),
+        Some(rest) => match std::env::var("CREDENTIALS_DIRECTORY") {
+            Ok(dir) => format!("{dir}{rest}"),
+            Err(_) => return Err(unreadable(path, CREDENTIALS_DIR_UNSET.into())),
+        },
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, e.kind().to_string()))?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(SecretError::PasswordEmpty { segment: segment.into(), from: format!("file {path}") });
+    }
+    Ok(SecretString::from(password.to_string()))
 }
 
 /// The last four characters of a key, for `connection show`; only for keys of 12 characters or more.
@@ -233,17 +364,39 @@ mod tests {
         let path = dir.path().join("m.key");
         let first = MasterKey::for_sealing(&path, &[]).unwrap();
         let (ct, nonce) = first.seal("prod", &SecretString::from("abcdef0123456789".to_string()));
-        let sealed = [("prod", ct.as_slice(), nonce.as_slice())];
+        let sealed = [Sealed {
+            owner: "connection 'prod'".into(),
+            associated_data: b"prod".to_vec(),
+            ciphertext: &ct,
+            nonce: &nonce,
+        }];
         assert!(MasterKey::for_sealing(&path, &sealed).is_ok(), "the right key is accepted");
 
         std::fs::rename(&path, dir.path().join("moved.key")).unwrap();
         let err = MasterKey::for_sealing(&path, &sealed).unwrap_err();
-        assert!(matches!(&err, SecretError::MasterKeyMissing { connections, .. } if connections == &["prod"]), "{err}");
+        assert!(
+            matches!(&err, SecretError::MasterKeyMissing { owners, .. } if owners == &["connection 'prod'"]),
+            "{err}"
+        );
         assert!(!path.exists(), "no new master key was created");
 
         std::fs::write(&path, hex::encode([7u8; 32])).unwrap();
         let err = MasterKey::for_sealing(&path, &sealed).unwrap_err();
         assert!(matches!(err, SecretError::WrongMasterKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_sealed_source_password_opens_only_for_its_segment_and_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::load(&dir.path().join("m.key"), true).unwrap();
+        let sealed =
+            master.seal_source_password(7, "postgres://app@db/crm", &SecretString::from("pw-1234".to_string()));
+        let SourcePassword::Sealed { ciphertext, nonce } = &sealed else { panic!("sealed") };
+        let open = |id, source: &str| master.open_with(&password_associated_data(id, source), ciphertext, nonce);
+        assert_eq!(open(7, "postgres://app@db/crm").unwrap().expose_secret(), "pw-1234");
+        assert!(open(8, "postgres://app@db/crm").is_none(), "another segment");
+        assert!(open(7, "postgres://app@evil.example/crm").is_none(), "another server");
+        assert!(master.open_with(b"7", ciphertext, nonce).is_none(), "a connection's associated data");
     }
 
     #[test]

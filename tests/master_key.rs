@@ -61,7 +61,7 @@ fn a_wrong_master_key_says_so_and_stores_nothing() {
     let out = add_stdin_connection(&env, "second");
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("not the key the stored API keys were sealed with"), "{err}");
+    assert!(err.contains("not the key the stored secrets were sealed with"), "{err}");
     assert_eq!(env.json(&["connection", "list"]).as_array().unwrap().len(), 1);
 
     let out = env.run(&["connection", "test", "vault"]);

@@ -209,14 +209,9 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let source = match source {
         KeySource::Stored { .. } => {
-            let existing = store.connections().await?;
-            let sealed: Vec<(&str, &[u8], &[u8])> = existing
-                .iter()
-                .filter_map(|c| match &c.key {
-                    KeySource::Stored { ciphertext, nonce } => Some((c.name.as_str(), &ciphertext[..], &nonce[..])),
-                    _ => None,
-                })
-                .collect();
+            // Every secret already sealed (API keys and segments' database passwords) must open with the key.
+            let (connections, segments) = (store.connections().await?, store.segments().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments);
             let master = MasterKey::for_sealing(&ctx.config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(&a.name, &key);
             KeySource::Stored { ciphertext, nonce }

@@ -1,6 +1,7 @@
 //! `export add | edit | list | show | remove | run | trigger`.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,8 +262,11 @@ fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
 }
 
 /// Reads a segment's first row to check that it has the email column and every field's column.
-async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap]) -> Result<(), String> {
+async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap], master_key: &Path) -> Result<(), String> {
     let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
+    let password = crate::secrets::resolve_source_password(seg, master_key)
+        .map_err(|e| format!("{e} (add --skip-check to save anyway)"))?;
+    let spec = spec.with_password(password);
     let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
         .await
         .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
@@ -312,7 +316,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             return Err(fail(format!("segment '{name}' is given twice")));
         }
         if !a.skip_check {
-            check_columns(&seg, &a.email_field, &fields).await.map_err(fail)?;
+            check_columns(&seg, &a.email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
         }
         segment_ids.push(seg.id);
     }
@@ -431,12 +435,12 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         // New segments need every column; kept segments only the columns that are new to them.
         let columns_changed = a.email_field.is_some() || !added.is_empty();
         for seg in &attach {
-            check_columns(seg, &email_field, &fields).await.map_err(fail)?;
+            check_columns(seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
         }
         if columns_changed {
             for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
                 let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &email_field, &fields).await.map_err(fail)?;
+                check_columns(&seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
             }
         }
     }

@@ -158,7 +158,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub async fn store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.config.store.path).await?)
+        Ok(Store::open_configured(&self.config.store).await?)
     }
 }
 

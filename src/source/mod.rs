@@ -39,8 +39,9 @@ const ACCEPTED_FORMS: &str = "sqlite:PATH, postgres://USER:PASSWORD@HOST:PORT/DA
 pub enum SourceSpec {
     /// A SQLite database file, opened read-only.
     Sqlite { path: PathBuf },
-    /// A PostgreSQL server; the whole connection URL, which may hold a password.
-    Postgres { url: SecretString },
+    /// A PostgreSQL server: its connection URL without any password (safe to store and to show), and the
+    /// password apart, when there is one.
+    Postgres { url: String, password: Option<SecretString> },
     /// A CSV file with a header row.
     Csv { path: PathBuf },
     /// A JSON Lines file: one JSON object per line.
@@ -75,25 +76,95 @@ impl SourceSpec {
         matches!(self, SourceSpec::Sqlite { .. } | SourceSpec::Postgres { .. })
     }
 
-    /// The text to store and later parse back with [`SourceSpec::from_str`]. For PostgreSQL this is the
-    /// full URL including any password: store it, never show it (use `Display` for messages). Paths that
+    /// The text to store and later parse back with [`SourceSpec::from_str`]. Never holds a password: a
+    /// PostgreSQL source's password is kept apart (sealed, or a reference), see `crate::secrets`. Paths that
     /// are not valid UTF-8 are stored lossily.
     pub fn to_stored(&self) -> String {
         match self {
             SourceSpec::Sqlite { path } => format!("sqlite:{}", path.display()),
-            SourceSpec::Postgres { url } => url.expose_secret().to_owned(),
+            SourceSpec::Postgres { url, .. } => url.clone(),
             SourceSpec::Csv { path } => format!("csv:{}", path.display()),
             SourceSpec::Jsonl { path } => format!("jsonl:{}", path.display()),
         }
     }
 
-    /// Secrets that must never appear in a message: the URL's password, as written and percent-decoded.
-    fn secrets(&self) -> Vec<String> {
+    /// The database password given with the source (in its URL, or set with [`SourceSpec::with_password`]).
+    pub fn password(&self) -> Option<&SecretString> {
         match self {
-            SourceSpec::Postgres { url } => url_secrets(url.expose_secret()),
-            _ => Vec::new(),
+            SourceSpec::Postgres { password, .. } => password.as_ref(),
+            _ => None,
         }
     }
+
+    /// The same source with this database password, when one is given (a PostgreSQL source's password kept
+    /// apart, resolved at use); `None` leaves the source as it is. Other kinds take no password.
+    pub fn with_password(self, given: Option<SecretString>) -> SourceSpec {
+        match (self, given) {
+            (SourceSpec::Postgres { url, .. }, Some(password)) => {
+                SourceSpec::Postgres { url, password: Some(password) }
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// The source for messages when its password may be kept elsewhere (`password_elsewhere`): a PostgreSQL
+    /// URL then shows `***` where the password goes, as it does when the password is in the spec.
+    pub fn shown(&self, password_elsewhere: bool) -> String {
+        match self {
+            SourceSpec::Postgres { url, password } => shown_url(url, password.is_some() || password_elsewhere),
+            other => other.to_stored(),
+        }
+    }
+
+    /// Secrets that must never appear in a message: the database password.
+    fn secrets(&self) -> Vec<String> {
+        self.password().map(|p| p.expose_secret().to_owned()).into_iter().filter(|p| !p.is_empty()).collect()
+    }
+}
+
+/// A PostgreSQL URL split into the URL without any password and the password (percent-decoded). The password
+/// is the user-info one or the `password` parameter (giving both is refused); other parameters naming a
+/// password are dropped, as the driver ignores them (and would log their value). The `url` crate parses it the
+/// way the driver does, so what is kept apart is exactly what the driver would have used.
+fn split_password(text: &str) -> Result<(String, Option<SecretString>), String> {
+    let mut url = url::Url::parse(text).map_err(|e| format!("it is not a valid URL ({e})"))?;
+    let mut found: Vec<String> = Vec::new();
+    let mut changed = false;
+    if let Some(password) = url.password() {
+        found.push(percent_decode(password));
+        url.set_password(None).map_err(|()| "its password cannot be taken out of it".to_string())?;
+        changed = true;
+    }
+    let secret_param = |key: &str| key.to_ascii_lowercase().contains("password");
+    let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if pairs.iter().any(|(key, _)| secret_param(key)) {
+        found.extend(pairs.iter().filter(|(key, _)| key == "password").map(|(_, value)| value.clone()));
+        let kept: Vec<&(String, String)> = pairs.iter().filter(|(key, _)| !secret_param(key)).collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        changed = true;
+    }
+    if found.len() > 1 {
+        return Err("it gives the password twice (in the user part and as a parameter); give it once".into());
+    }
+    let password = found.pop().filter(|p| !p.is_empty()).map(SecretString::from);
+    // The text as written when nothing was taken out of it.
+    Ok((if changed { url.to_string() } else { text.to_owned() }, password))
+}
+
+/// A PostgreSQL URL (without password) as shown: `***` in the password's place when it has one.
+fn shown_url(url: &str, has_password: bool) -> String {
+    if !has_password {
+        return url.to_owned();
+    }
+    let Ok(mut parsed) = url::Url::parse(url) else { return format!("{url} (password ***)") };
+    if parsed.set_password(Some("***")).is_err() {
+        parsed.query_pairs_mut().append_pair("password", "***");
+    }
+    parsed.to_string()
 }
 
 impl FromStr for SourceSpec {
@@ -120,7 +191,9 @@ impl FromStr for SourceSpec {
                 let cause = scrub(&error.to_string(), &url_secrets(text));
                 return Err(invalid(&format!("it is not a valid PostgreSQL URL ({cause})")));
             }
-            Ok(SourceSpec::Postgres { url: SecretString::from(text) })
+            let (url, password) =
+                split_password(text).map_err(|problem| invalid(&scrub(&problem, &url_secrets(text))))?;
+            Ok(SourceSpec::Postgres { url, password })
         } else if let Some(rest) = text.strip_prefix("csv:") {
             Ok(SourceSpec::Csv { path: file_path(rest)? })
         } else if let Some(rest) = text.strip_prefix("jsonl:") {
@@ -134,7 +207,7 @@ impl FromStr for SourceSpec {
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceSpec::Postgres { url } => f.write_str(&redact_url(url.expose_secret())),
+            SourceSpec::Postgres { url, password } => f.write_str(&shown_url(url, password.is_some())),
             other => f.write_str(&other.to_stored()),
         }
     }
@@ -144,8 +217,8 @@ impl fmt::Debug for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceSpec::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
-            SourceSpec::Postgres { url } => {
-                f.debug_struct("Postgres").field("url", &redact_url(url.expose_secret())).finish()
+            SourceSpec::Postgres { url, password } => {
+                f.debug_struct("Postgres").field("url", &shown_url(url, password.is_some())).finish()
             }
             SourceSpec::Csv { path } => f.debug_struct("Csv").field("path", path).finish(),
             SourceSpec::Jsonl { path } => f.debug_struct("Jsonl").field("path", path).finish(),
@@ -284,7 +357,9 @@ pub async fn read(spec: &SourceSpec, query: Option<&str>, columns: Columns) -> R
     };
     let stream = match spec {
         SourceSpec::Sqlite { path } => sqlite::read(label.clone(), path, sql()?, columns).await?,
-        SourceSpec::Postgres { url } => postgres::read(label.clone(), url, &spec.secrets(), sql()?, columns).await?,
+        SourceSpec::Postgres { url, password } => {
+            postgres::read(label.clone(), url, password.as_ref(), &spec.secrets(), sql()?, columns).await?
+        }
         SourceSpec::Csv { path } => {
             no_sql()?;
             csv::read(label.clone(), path.clone(), columns).await?
@@ -661,8 +736,8 @@ mod tests {
     fn each_file_and_sql_form_parses_to_its_kind_and_stores_back_unchanged() {
         for (text, kind, takes_query) in [
             ("sqlite:data/customers.db", "sqlite", true),
-            ("postgres://app:pw@db.internal:5432/crm", "postgres", true),
-            ("postgresql://app@db.internal/crm?sslmode=require", "postgres", true),
+            ("postgres://app@db.internal:5432/crm", "postgres", true),
+            ("postgresql://app@db.internal/crm?sslmode=require&application_name=x%20y", "postgres", true),
             ("csv:/srv/exports/vip.csv", "csv", false),
             ("jsonl:members.jsonl", "jsonl", false),
         ] {
@@ -715,8 +790,34 @@ mod tests {
         let spec: SourceSpec = "postgres://app:s3cr3t-pw@db:5432/crm?sslpassword=other-s3cr3t".parse().unwrap();
         let shown = format!("{spec} {spec:?} {:?}", Some(&spec));
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert_eq!(spec.to_string(), "postgres://app:***@db:5432/crm?sslpassword=***");
-        assert!(spec.to_stored().contains("s3cr3t-pw"), "the stored form keeps the password");
+        assert_eq!(spec.to_string(), "postgres://app:***@db:5432/crm");
+    }
+
+    #[test]
+    fn the_password_is_kept_apart_from_the_stored_form() {
+        let spec: SourceSpec = "postgres://app:s3cr%40t-pw@db:5432/crm?sslmode=prefer".parse().unwrap();
+        assert_eq!(spec.to_stored(), "postgres://app@db:5432/crm?sslmode=prefer");
+        assert_eq!(spec.password().unwrap().expose_secret(), "s3cr@t-pw", "percent-decoded, as the driver reads it");
+        let by_param: SourceSpec = "postgres://app@db/crm?password=p4ss&sslmode=require".parse().unwrap();
+        assert_eq!(by_param.to_stored(), "postgres://app@db/crm?sslmode=require");
+        assert_eq!(by_param.password().unwrap().expose_secret(), "p4ss");
+        assert_eq!(by_param.to_string(), "postgres://app:***@db/crm?sslmode=require");
+
+        let stored: SourceSpec = spec.to_stored().parse().unwrap();
+        assert!(stored.password().is_none());
+        assert_eq!(stored.shown(true), "postgres://app:***@db:5432/crm?sslmode=prefer", "a password kept elsewhere");
+        assert_eq!(stored.shown(false), "postgres://app@db:5432/crm?sslmode=prefer");
+        let again = stored.with_password(Some(SecretString::from("other".to_string())));
+        assert_eq!(again.password().unwrap().expose_secret(), "other");
+        assert_eq!(again.secrets(), vec!["other".to_string()], "error texts are scrubbed of it");
+    }
+
+    #[test]
+    fn a_password_given_twice_is_refused_without_showing_either() {
+        let error = "postgres://app:first-s3cr3t@db/crm?password=second-s3cr3t".parse::<SourceSpec>().unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("password twice"), "{message}");
+        assert!(!message.contains("s3cr3t"), "{message}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! `uuid` as strings; `date` as `YYYY-MM-DD`; `timestamp` and `timestamptz` in Iterable's date format
 //! `yyyy-MM-dd HH:mm:ss +00:00` in UTC (a `timestamp` without zone is taken to be UTC already); `json`
 //! and `jsonb` as the JSON they hold. Domains map as their base type. Any other type is refused before
-//! the first row, with a hint to cast it in the query. The URL's password never leaves this file in a
-//! message.
+//! the first row, with a hint to cast it in the query. The password, kept apart from the URL, is handed to
+//! the driver here and never leaves this file in a message.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -50,18 +50,15 @@ enum Decoder {
 
 pub(super) async fn read(
     spec: String,
-    url: &SecretString,
+    url: &str,
+    password: Option<&SecretString>,
     secrets: &[String],
     query: &str,
     columns: Columns,
 ) -> Result<RowStream, SourceError> {
     let open_error =
         |cause: String| SourceError::Open { spec: spec.clone(), cause: scrub(&cause, secrets), hint: OPEN_HINT };
-    let options = PgConnectOptions::from_str(url.expose_secret()).map_err(|error| open_error(error.to_string()))?;
-    let options = match options.get_application_name() {
-        Some(_) => options,
-        None => options.application_name("segment-exporter"),
-    };
+    let options = connect_options(url, password).map_err(|error| open_error(error.to_string()))?;
     let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
         Ok(connected) => connected.map_err(|error| open_error(error.to_string()))?,
         Err(_) => return Err(open_error(format!("the server did not answer within {} s", CONNECT_TIMEOUT.as_secs()))),
@@ -111,6 +108,19 @@ pub(super) async fn read(
         Batcher::new(tx),
     ));
     Ok(RowStream { columns: names, batches: ReaderStream::boxed(spec, rx, task) })
+}
+
+/// The driver's options for a URL (without password) and the password kept apart.
+fn connect_options(url: &str, password: Option<&SecretString>) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    let options = match password {
+        Some(password) => options.password(password.expose_secret()),
+        None => options,
+    };
+    Ok(match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("segment-exporter"),
+    })
 }
 
 /// What to take from each row, and how.
@@ -341,6 +351,14 @@ mod tests {
         let (user_info, host) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
         let user = user_info.split(':').next().unwrap();
         format!("{scheme}://{user}:{password}@{host}")
+    }
+
+    #[test]
+    fn the_password_kept_apart_goes_to_the_driver() {
+        let options = connect_options("postgres://app@db:5432/crm", Some(&SecretString::from("pw/1@".to_string())));
+        let url = options.unwrap().to_url_lossy();
+        assert_eq!(url.password().map(super::super::percent_decode).as_deref(), Some("pw/1@"));
+        assert_eq!(url.username(), "app");
     }
 
     #[tokio::test]

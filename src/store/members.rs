@@ -430,7 +430,13 @@ mod tests {
             })
             .await
             .unwrap();
-        let seg = store.add_segment("s", "csv:x.csv", None).await.unwrap();
+        // Plain SQL: this also runs against stores of older schemas, whose segments lack later columns.
+        let segment_id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (name, source, created_at) VALUES ('s', 'csv:x.csv', '2026-01-01T00:00:00Z') RETURNING id",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
         let e = store
             .add_export(&NewExport {
                 name: "e".into(),
@@ -439,7 +445,7 @@ mod tests {
                 on_leave: OnLeave::Remove,
                 null_fields: crate::store::NullFields::Clear,
                 schedule: "off".into(),
-                segment_ids: vec![seg.id],
+                segment_ids: vec![segment_id],
                 fields: vec![],
             })
             .await

@@ -22,7 +22,7 @@ pub use connections::{Connection, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
-pub use segments::Segment;
+pub use segments::{Segment, SourcePassword};
 
 /// A failure of the store itself (not of the data in it).
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +118,90 @@ impl Store {
             .await
             .map_err(|source| StoreError::Migrate { path: path.into(), source })?;
         Ok(Store { pool, path: path.to_path_buf() })
+    }
+
+    /// Opens the store as the program uses it: [`Store::open`], then the upgrade steps SQL cannot do. Database
+    /// passwords that older versions kept in clear inside segments' sources are sealed with the master key, and the
+    /// file is then rewritten so no old page keeps them. When that cannot be done yet (the master key is missing
+    /// while other secrets are sealed with it, or is not theirs), nothing is changed or lost: those segments keep
+    /// working as before, a warning says what to do, and the next open tries again.
+    pub async fn open_configured(config: &crate::config::StoreConfig) -> Result<Store> {
+        let store = Store::open(&config.path).await?;
+        if let Err(error) = store.seal_passwords_in_sources(&config.master_key_path()).await {
+            tracing::warn!(%error, "Could not finish upgrading the store (sealing source passwords an older version stored in clear); the next open tries again.");
+        }
+        Ok(store)
+    }
+
+    async fn seal_passwords_in_sources(&self, master_key_path: &Path) -> Result<()> {
+        let in_clear = self.segments_with_password_in_source().await?;
+        let sealed_some = !in_clear.is_empty();
+        if sealed_some {
+            let names = in_clear.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ");
+            let (connections, segments) = (self.connections().await?, self.segments().await?);
+            let sealed = crate::secrets::sealed_secrets(&connections, &segments);
+            let master = match crate::secrets::MasterKey::for_sealing(master_key_path, &sealed) {
+                Ok(master) => master,
+                Err(error) => {
+                    tracing::warn!(
+                        segments = %names,
+                        "The database passwords of these segments are still stored in clear, as an older version \
+                         stored them: {error} Or move them out of the store with `segment-exporter segment edit \
+                         NAME --password-env VAR` (or --password-file PATH)."
+                    );
+                    return Ok(());
+                }
+            };
+            let replaced: Vec<_> = in_clear
+                .iter()
+                .filter_map(|segment| {
+                    let spec = segment.source.parse::<crate::source::SourceSpec>().ok()?;
+                    let stored = spec.to_stored();
+                    let password = master.seal_source_password(segment.id, &stored, spec.password()?);
+                    Some((segment.id, segment.source.clone(), stored, password))
+                })
+                .collect();
+            let done = self.replace_passwords_in_source(&replaced).await?;
+            tracing::info!(segments = %names, sealed = done, "Sealed the database passwords an older version stored in clear.");
+            if !self.segments_with_password_in_source().await?.is_empty() {
+                return Ok(());
+            }
+        }
+        if sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM upkeep WHERE task = 'vacuum'")
+            .fetch_one(&self.pool)
+            .await?
+            > 0
+        {
+            self.rewrite_file(sealed_some).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the store file (VACUUM) and empties the write-ahead log, so that no page of either keeps what was
+    /// deleted or replaced. Another process reading the store at that moment may keep the log from being emptied;
+    /// the task then stays due and the next open does it again. Logged at info when `sealed_some` passwords were
+    /// just sealed or when it took a while (otherwise it is the instant rewrite of a new or small store: debug).
+    async fn rewrite_file(&self, sealed_some: bool) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        if let Err(error) = sqlx::query("VACUUM").execute(&mut *conn).await {
+            tracing::warn!(%error, "Could not rewrite the store file yet (old pages may keep passwords an older version stored in clear); the next open tries again.");
+            return Ok(());
+        }
+        let (busy, _, _): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
+        if busy != 0 {
+            tracing::warn!("Rewrote the store file, but another process kept its write-ahead log from being emptied; the next open tries again.");
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM upkeep WHERE task = 'vacuum'").execute(&mut *conn).await?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if sealed_some || elapsed_ms >= 1000 {
+            tracing::info!(elapsed_ms, "Rewrote the store file, so that no old page keeps a database password.");
+        } else {
+            tracing::debug!(elapsed_ms, "Rewrote the store file, so that no old page keeps a database password.");
+        }
+        Ok(())
     }
 
     /// Settings go on the connect options so that every pooled connection gets them.

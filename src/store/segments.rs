@@ -1,76 +1,239 @@
-//! Segments: named queries over customer profiles.
+//! Segments: named queries over customer profiles, and where a PostgreSQL segment's database password comes from.
+//! The password itself is never stored in clear: `source` holds the URL without it, and `password_*` a reference
+//! or the password sealed by `crate::secrets`.
 
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
-#[derive(Clone, sqlx::FromRow)]
+/// Where a PostgreSQL segment's database password comes from. Only references are stored for `Env` and `File`
+/// (read at each use); `Sealed` passwords are encrypted with the master key (see `crate::secrets`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum SourcePassword {
+    /// No password (or, in a store not yet upgraded, one still inside `source`).
+    #[default]
+    None,
+    Env(String),
+    File(String),
+    Sealed {
+        ciphertext: Vec<u8>,
+        nonce: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for SourcePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SourcePassword {
+    /// Where the password comes from, never the password itself.
+    pub fn describe(&self) -> String {
+        match self {
+            SourcePassword::None => "none".to_string(),
+            SourcePassword::Env(var) => format!("environment variable {var}"),
+            SourcePassword::File(path) => format!("file {path}"),
+            SourcePassword::Sealed { .. } => "stored in the store, encrypted".to_string(),
+        }
+    }
+
+    /// The values of its columns.
+    fn columns(&self) -> PasswordColumns<'_> {
+        let none = PasswordColumns { kind: None, reference: None, ciphertext: None, nonce: None };
+        match self {
+            SourcePassword::None => none,
+            SourcePassword::Env(var) => PasswordColumns { kind: Some("env"), reference: Some(var), ..none },
+            SourcePassword::File(path) => PasswordColumns { kind: Some("file"), reference: Some(path), ..none },
+            SourcePassword::Sealed { ciphertext, nonce } => {
+                PasswordColumns { kind: Some("stored"), ciphertext: Some(ciphertext), nonce: Some(nonce), ..none }
+            }
+        }
+    }
+}
+
+/// `password_source`, `password_ref`, `password_ciphertext`, `password_nonce`.
+struct PasswordColumns<'a> {
+    kind: Option<&'static str>,
+    reference: Option<&'a str>,
+    ciphertext: Option<&'a [u8]>,
+    nonce: Option<&'a [u8]>,
+}
+
+#[derive(Clone)]
 pub struct Segment {
     pub id: i64,
     pub name: String,
-    /// The source as stored (`sqlite:PATH`, a postgres URL, `csv:PATH`, `jsonl:PATH`). May hold a password: show
-    /// it only through `SourceSpec`'s redacting Display.
+    /// The source as stored (`sqlite:PATH`, a postgres URL without password, `csv:PATH`, `jsonl:PATH`). A store
+    /// not yet upgraded may still hold a password here: show it only through [`Segment::shown_source`].
     pub source: String,
     pub query: Option<String>,
+    pub password: SourcePassword,
     pub created_at: DateTime<Utc>,
+}
+
+impl Segment {
+    /// The source for output and messages, with `***` where a database password goes.
+    pub fn shown_source(&self) -> String {
+        self.source
+            .parse::<crate::source::SourceSpec>()
+            .map_or_else(|_| "(unreadable)".into(), |s| s.shown(self.password != SourcePassword::None))
+    }
 }
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The stored source may hold a database password: show it only through the redacting Display.
-        let source =
-            self.source.parse::<crate::source::SourceSpec>().map_or_else(|_| "(unparsable)".into(), |s| s.to_string());
         f.debug_struct("Segment")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("source", &source)
+            .field("source", &self.shown_source())
+            .field("password", &self.password)
             .finish_non_exhaustive()
     }
 }
 
+const SELECT: &str = "SELECT id, name, source, query, password_source, password_ref, password_ciphertext, \
+     password_nonce, created_at FROM segments";
+
+fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Segment> {
+    let kind: Option<String> = row.try_get("password_source")?;
+    let reference = || -> Result<String> { Ok(row.try_get::<Option<String>, _>("password_ref")?.unwrap_or_default()) };
+    let password = match kind.as_deref() {
+        None => SourcePassword::None,
+        Some("env") => SourcePassword::Env(reference()?),
+        Some("file") => SourcePassword::File(reference()?),
+        Some("stored") => SourcePassword::Sealed {
+            ciphertext: row.try_get::<Option<Vec<u8>>, _>("password_ciphertext")?.unwrap_or_default(),
+            nonce: row.try_get::<Option<Vec<u8>>, _>("password_nonce")?.unwrap_or_default(),
+        },
+        Some(other) => return Err(StoreError::unknown_value("segments", "password_source", other)),
+    };
+    Ok(Segment {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        source: row.try_get("source")?,
+        query: row.try_get("query")?,
+        password,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 impl Store {
+    /// Adds a segment without a database password.
     pub async fn add_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
+        self.add_segment_with_password(name, source, query, |_| SourcePassword::None).await
+    }
+
+    /// Adds a segment whose database password is `password(id)`, given the new segment's id (a sealed password is
+    /// bound to it). The segment and its password are saved together or not at all.
+    pub async fn add_segment_with_password(
+        &self,
+        name: &str,
+        source: &str,
+        query: Option<&str>,
+        password: impl FnOnce(i64) -> SourcePassword,
+    ) -> Result<Segment> {
         super::names::check_segment_name(name).map_err(|problem| StoreError::InvalidName {
             what: "segment",
             name: name.into(),
             problem,
         })?;
-        sqlx::query("INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?)")
-            .bind(name)
-            .bind(source)
-            .bind(query)
-            .bind(now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::on_insert(e, "segment", name))?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(query)
+        .bind(now())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| StoreError::on_insert(e, "segment", name))?;
+        set_password(&mut tx, id, &password(id)).await?;
+        tx.commit().await?;
         self.segment(name).await
     }
 
     pub async fn segments(&self) -> Result<Vec<Segment>> {
-        Ok(sqlx::query_as("SELECT id, name, source, query, created_at FROM segments ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?)
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
+        rows.into_iter().map(from_row).collect()
     }
 
     pub async fn segment(&self, name: &str) -> Result<Segment> {
-        sqlx::query_as("SELECT id, name, source, query, created_at FROM segments WHERE name = ?")
+        sqlx::query(&format!("{SELECT} WHERE name = ?"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
+            .map(from_row)
+            .transpose()?
             .ok_or_else(|| StoreError::not_found("segment", name, "segment list"))
     }
 
-    /// Changes a segment's source and query. Exports that use it keep what they put on its list, so their next run
-    /// sends only the difference.
-    pub async fn edit_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
+    /// Changes a segment's source, query and password. Exports that use it keep what they put on its list, so their
+    /// next run sends only the difference.
+    pub async fn edit_segment(
+        &self,
+        name: &str,
+        source: &str,
+        query: Option<&str>,
+        password: &SourcePassword,
+    ) -> Result<Segment> {
         let segment = self.segment(name).await?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE segments SET source = ?, query = ? WHERE id = ?")
             .bind(source)
             .bind(query)
             .bind(segment.id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        set_password(&mut tx, segment.id, password).await?;
+        tx.commit().await?;
         self.segment(name).await
+    }
+
+    /// Segments that may still hold a database password inside their source, as versions before source passwords
+    /// were kept apart stored it: PostgreSQL sources with no password kept apart.
+    pub(crate) async fn segments_with_password_in_source(&self) -> Result<Vec<Segment>> {
+        let rows =
+            sqlx::query(&format!("{SELECT} WHERE password_source IS NULL AND source LIKE 'postgres%' ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+        let segments: Vec<Segment> = rows.into_iter().map(from_row).collect::<Result<_>>()?;
+        Ok(segments
+            .into_iter()
+            .filter(|s| s.source.parse::<crate::source::SourceSpec>().is_ok_and(|spec| spec.password().is_some()))
+            .collect())
+    }
+
+    /// Replaces sources that held a password in clear by the source without it and the password sealed, in one
+    /// transaction: (segment id, source as it was, source without password, sealed password). A row changed
+    /// meanwhile (edited by another process) is left as it is. Returns how many were replaced.
+    pub(crate) async fn replace_passwords_in_source(
+        &self,
+        sealed: &[(i64, String, String, SourcePassword)],
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut replaced = 0;
+        for (id, old_source, new_source, password) in sealed {
+            let columns = password.columns();
+            replaced += sqlx::query(
+                "UPDATE segments SET source = ?, password_source = ?, password_ref = ?, password_ciphertext = ?, \
+                 password_nonce = ? WHERE id = ? AND source = ? AND password_source IS NULL",
+            )
+            .bind(new_source)
+            .bind(columns.kind)
+            .bind(columns.reference)
+            .bind(columns.ciphertext)
+            .bind(columns.nonce)
+            .bind(id)
+            .bind(old_source)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     /// Exports (not removed) that send this segment.
@@ -104,6 +267,22 @@ impl Store {
         sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(&self.pool).await?;
         Ok(())
     }
+}
+
+async fn set_password(tx: &mut sqlx::SqliteConnection, id: i64, password: &SourcePassword) -> Result<()> {
+    let columns = password.columns();
+    sqlx::query(
+        "UPDATE segments SET password_source = ?, password_ref = ?, password_ciphertext = ?, password_nonce = ? \
+         WHERE id = ?",
+    )
+    .bind(columns.kind)
+    .bind(columns.reference)
+    .bind(columns.ciphertext)
+    .bind(columns.nonce)
+    .bind(id)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

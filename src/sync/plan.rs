@@ -16,6 +16,7 @@ use super::fields::FieldEncoder;
 use super::progress::{Phase, Progress};
 use super::SyncError;
 use crate::config::Config;
+use crate::secrets::resolve_source_password;
 use crate::source::{self, Columns, SourceSpec};
 use crate::store::{Export, IssueKind, OnLeave, PlanSession, RunTargetCounts, Store, Target, TargetPlan};
 
@@ -114,6 +115,7 @@ impl Planner<'_> {
             source_name: "its stored source".into(),
             error,
         })?;
+        let spec = spec.with_password(resolve_source_password(&segment, &self.config.store.master_key_path())?);
         let source_err =
             |error| SyncError::Source { segment: segment.name.clone(), source_name: spec.to_string(), error };
         let mut columns = vec![export.email_field.clone()];
