@@ -345,6 +345,7 @@ fn new_export(name: &str, connection_id: i64, segment_id: i64) -> NewExport {
         email_field: "email".into(),
         on_leave: OnLeave::Remove,
         null_fields: NullFields::Clear,
+        existing_users_only: false,
         schedule: "off".into(),
         segment_ids: vec![segment_id],
         fields: vec![],

@@ -76,3 +76,63 @@ fn a_user_id_based_project_is_refused_by_export_add_and_by_a_run_saying_why() {
     assert!(text(&out.stderr).contains("userID-based"), "{}", text(&out.stderr));
     assert_eq!(env.stats().total_requests, 0, "{:?}", env.stats());
 }
+
+#[test]
+fn existing_users_only_does_not_create_users_and_counts_the_unknown_ones_as_not_found() {
+    use segment_exporter::sandbox::{SandboxOptions, SandboxProjectType};
+    let env = Env::with_sandbox(SandboxOptions { project_type: SandboxProjectType::Hybrid, ..opts() });
+    // known@ is already a user of the project (subscribed to another list by someone else).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let url = |p: &str| format!("{}{p}", env.base_url);
+        let created: serde_json::Value = http
+            .post(url("/api/lists"))
+            .header("Api-Key", KEY)
+            .json(&serde_json::json!({"name": "Other"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let body = serde_json::json!({"listId": created["listId"], "subscribers": [{"email": "known@example.com"}]});
+        let r = http.post(url("/api/lists/subscribe")).header("Api-Key", KEY).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+    });
+    let csv = env.write_csv(
+        "members.csv",
+        &[("known@example.com", "gold"), ("new1@example.com", "gold"), ("new2@example.com", "gold")],
+    );
+    env.add_connection();
+    env.ok(&["segment", "add", "VIP", "--source", &format!("csv:{}", csv.display())]);
+    let add = ["export", "add", "exp", "--connection", "iterable", "--segment", "VIP", "--email-field", "email"];
+    env.ok(&[&add[..], &["--existing-users-only"]].concat());
+
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["rejected"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(env.members("VIP"), vec!["known@example.com"]);
+    assert!(env.sandbox.user_fields("new1@example.com").is_none(), "no user was created");
+    let shown = env.json(&["runs", "show", &report["run_id"].to_string(), "--rejected"]);
+    let issues = shown["issues"].as_array().unwrap();
+    assert!(issues.iter().all(|i| i["reason"].as_str().unwrap().contains("notFoundEmails")), "{issues:?}");
+
+    // In an email-based project Iterable ignores the option and would create every member: refused, saying why.
+    assert!(add_connection(&env, "mail", &["--project-type", "email"]).status.success());
+    let out = env.run(&[
+        "export",
+        "add",
+        "exp2",
+        "--connection",
+        "mail",
+        "--segment",
+        "VIP",
+        "--email-field",
+        "email",
+        "--existing-users-only",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--existing-users-only") && err.contains("email-based"), "{err}");
+}

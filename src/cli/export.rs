@@ -91,6 +91,10 @@ pub struct AddArgs {
     /// What a NULL value does: `clear` sends null (Iterable clears the field), `skip` leaves the field as it is.
     #[arg(long, value_enum, default_value = "clear")]
     pub null_fields: NullFields,
+    /// Do not create users the project does not know yet (Iterable's `updateExistingUsersOnly`; honoured in hybrid
+    /// and userID-based projects only). Such members count as rejected (notFoundEmails) and are tried again later.
+    #[arg(long)]
+    pub existing_users_only: bool,
     /// What happens to members who leave a segment.
     #[arg(long, value_enum, default_value = "remove")]
     pub on_leave: OnLeave,
@@ -309,6 +313,14 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if conn.project_type == ProjectType::UserId {
         return Err(fail(user_id_project_unsupported(&conn.name)));
     }
+    if a.existing_users_only && conn.project_type == ProjectType::Email {
+        return Err(fail(format!(
+            "--existing-users-only does nothing in connection '{}''s email-based project: Iterable honours \
+             updateExistingUsersOnly only in hybrid and userID-based projects, and would create every new member \
+             anyway. Leave the option out, or give the connection's real type (connection add --project-type).",
+            conn.name
+        )));
+    }
     let mut segment_ids = Vec::new();
     for name in &a.segments {
         let seg = store.segment(name).await?;
@@ -327,6 +339,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             email_field: a.email_field.clone(),
             on_leave: a.on_leave,
             null_fields: a.null_fields,
+            existing_users_only: a.existing_users_only,
             schedule: a.schedule.trim().to_string(),
             segment_ids,
             fields,
@@ -600,6 +613,7 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
             vec!["fields".into(), if fields.is_empty() { "-".into() } else { fields.join(", ") }],
             vec!["on leave".into(), e.on_leave.as_str().into()],
             vec!["null fields".into(), e.null_fields.as_str().into()],
+            vec!["existing users only".into(), if e.existing_users_only { "yes" } else { "no" }.into()],
             vec!["schedule".into(), e.schedule.clone()],
             vec!["last success".into(), opt_when(&last_success)],
         ];

@@ -265,7 +265,18 @@ impl Sandbox {
             });
         }
         drop(rejected);
+        let existing_only = request.update_existing_users_only == Some(true)
+            && self.inner.project_type == super::SandboxProjectType::Hybrid;
         let mut project = self.inner.project.lock();
+        if existing_only {
+            updates.retain(|update| {
+                let known = project.is_user(&update.identity);
+                if !known {
+                    outcome.not_found(update.identity.clone());
+                }
+                known
+            });
+        }
         project.check_field_types(&updates).map_err(types_mismatched)?;
         project
             .subscribe(list_id, Instant::now(), updates, &mut outcome)

@@ -33,6 +33,17 @@ pub use stats::SandboxStats;
 use faults::FaultState;
 use project::Project;
 
+/// The kind of Iterable project the sandbox imitates. UserID-based projects (users identified by userId only) are
+/// not imitated yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxProjectType {
+    /// Users are identified by email; `updateExistingUsersOnly` is ignored, as Iterable ignores it there.
+    #[default]
+    Email,
+    /// Users are identified by email or userId; `updateExistingUsersOnly: true` refuses unknown users as not found.
+    Hybrid,
+}
+
 /// How a sandbox behaves. Faults (`latency`, `rate_limit`, `retry_after`, `fail_rate`) can be changed
 /// later with [`Sandbox::set_faults`], which also switches on answers that do not account for their batch
 /// (`miscount_rate`, `miscount_next`, `truncate_next`); [`Sandbox::set_rejected`] picks members that subscribe
@@ -65,6 +76,8 @@ pub struct SandboxOptions {
     /// Whether subscribe creates fields the project has never seen (listed in `createdFields`). Off, such fields
     /// are dropped and listed in `filteredOutFields`, as in a project that does not accept new fields. Default on.
     pub accept_new_fields: bool,
+    /// Which kind of project to imitate. Default email-based.
+    pub project_type: SandboxProjectType,
 }
 
 impl Default for SandboxOptions {
@@ -80,6 +93,7 @@ impl Default for SandboxOptions {
             max_body_bytes: 4_000_000,
             documented_limits: true,
             accept_new_fields: true,
+            project_type: SandboxProjectType::Email,
         }
     }
 }
@@ -97,6 +111,7 @@ impl fmt::Debug for SandboxOptions {
             .field("list_propagation", &self.list_propagation)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("accept_new_fields", &self.accept_new_fields)
+            .field("project_type", &self.project_type)
             .finish()
     }
 }
@@ -111,6 +126,7 @@ struct Inner {
     api_keys: Vec<String>,
     max_body_bytes: usize,
     list_propagation: Duration,
+    project_type: SandboxProjectType,
     /// Each lock is held only for O(batch) work, never across an `.await`.
     project: Mutex<Project>,
     /// Lowercased emails that subscribe refuses with `invalidDataEmails`, as Iterable does for data it cannot take.
@@ -138,6 +154,7 @@ impl Sandbox {
             api_keys: opts.api_keys,
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
+            project_type: opts.project_type,
             project: Mutex::new(Project::new(opts.accept_new_fields)),
             rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),

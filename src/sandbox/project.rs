@@ -130,6 +130,14 @@ impl Project {
         self.users.get(email)
     }
 
+    /// Whether the project already has the user this identity names.
+    pub(crate) fn is_user(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Email(email) => self.users.contains_key(email.as_str()),
+            Identity::UserId(user_id) => self.user_ids.contains_key(user_id),
+        }
+    }
+
     /// Checks every subscriber's `dataFields` against the project's field types, and against the types earlier
     /// subscribers of the same request give new fields. A field's type is fixed by the first value the project
     /// ever received for it, and one value of another type makes Iterable refuse the whole request

@@ -122,6 +122,8 @@ pub struct Export {
     pub email_field: String,
     pub on_leave: OnLeave,
     pub null_fields: NullFields,
+    /// Subscribes do not create users that the project does not know yet (`updateExistingUsersOnly`).
+    pub existing_users_only: bool,
     pub schedule: String,
     pub enabled: bool,
     pub fields: Vec<FieldMap>,
@@ -139,6 +141,7 @@ pub struct NewExport {
     pub email_field: String,
     pub on_leave: OnLeave,
     pub null_fields: NullFields,
+    pub existing_users_only: bool,
     pub schedule: String,
     pub segment_ids: Vec<i64>,
     pub fields: Vec<FieldMap>,
@@ -159,7 +162,7 @@ pub struct ExportChange {
 
 /// Every export reads its columns the same way; the only difference is which rows count.
 const SELECT_EXPORT: &str = "SELECT e.id, e.name, e.connection_id, c.name AS connection_name, e.email_field, \
-     e.on_leave, e.null_fields, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
+     e.on_leave, e.null_fields, e.existing_users_only, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
      LEFT JOIN connections c ON c.id = e.connection_id";
 
 impl Store {
@@ -172,14 +175,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let at = now();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO exports (name, connection_id, email_field, on_leave, null_fields, schedule, enabled, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+            "INSERT INTO exports (name, connection_id, email_field, on_leave, null_fields, existing_users_only, \
+             schedule, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
         )
         .bind(&e.name)
         .bind(e.connection_id)
         .bind(&e.email_field)
         .bind(e.on_leave.as_str())
         .bind(e.null_fields.as_str())
+        .bind(e.existing_users_only)
         .bind(&e.schedule)
         .bind(at)
         .bind(at)
@@ -324,6 +328,7 @@ impl Store {
                 "skip" => NullFields::Skip,
                 other => return Err(StoreError::unknown_value("exports", "null_fields", other)),
             },
+            existing_users_only: row.try_get("existing_users_only")?,
             schedule: row.try_get("schedule")?,
             enabled: row.try_get("enabled")?,
             fields,

@@ -444,6 +444,7 @@ mod tests {
                 email_field: "email".into(),
                 on_leave: OnLeave::Remove,
                 null_fields: crate::store::NullFields::Clear,
+                existing_users_only: false,
                 schedule: "off".into(),
                 segment_ids: vec![segment_id],
                 fields: vec![],

@@ -336,7 +336,13 @@ impl Engine {
             }
             session.forget_leavers(target.id).await?;
             progress.set_phase(Phase::Sending, &target.list_name);
-            let target_run = TargetRun { run_id, target, list_id: resolved.list_id, created_at: resolved.created_at };
+            let target_run = TargetRun {
+                run_id,
+                target,
+                list_id: resolved.list_id,
+                created_at: resolved.created_at,
+                existing_users_only: export.existing_users_only,
+            };
             sender.send_target(&mut session, &target_run, export.on_leave).await?;
         }
         Ok(())

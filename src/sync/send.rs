@@ -32,6 +32,8 @@ pub(crate) struct TargetRun<'a> {
     pub list_id: i64,
     /// When this run created the list: Iterable may answer `invalidListId` for a while after.
     pub created_at: Option<Instant>,
+    /// Subscribes ask Iterable not to create unknown users (`updateExistingUsersOnly`).
+    pub existing_users_only: bool,
 }
 
 /// A target's list as `resolve_lists` found it.
@@ -339,6 +341,7 @@ impl Sender {
             target_id: t.target.id,
             list_id: t.list_id,
             list: t.target.list_name.clone(),
+            existing_users_only: t.existing_users_only,
             grace_until: t.created_at.map(|at| at + self.config.iterable.new_list_grace),
         };
         Box::pin(async move {
@@ -415,6 +418,7 @@ struct BatchContext {
     target_id: i64,
     list_id: i64,
     list: String,
+    existing_users_only: bool,
     /// Until then, a new list answering `invalidListId` is waited for rather than a failure.
     grace_until: Option<Instant>,
 }
@@ -425,7 +429,7 @@ impl BatchContext {
         let members = &batch.members;
         let in_batch = |email: &str| members.iter().any(|m| m.email == email);
         loop {
-            match self.client.subscribe(self.list_id, &batch.fragments, in_batch).await {
+            match self.client.subscribe(self.list_id, &batch.fragments, self.existing_users_only, in_batch).await {
                 Err(IterableError::InvalidListId { .. })
                     if self.grace_until.is_some_and(|g| Instant::now() + wait < g) =>
                 {
