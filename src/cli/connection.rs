@@ -13,7 +13,7 @@ use super::output::{opt_when, when};
 use super::{exit, Ctx, Exit};
 use crate::iterable::{IterableClient, IterableError, Pacer, Region, RetrySettings};
 use crate::secrets::{self, MasterKey};
-use crate::store::{Connection, KeySource, NewConnection};
+use crate::store::{Connection, KeySource, NewConnection, ProjectType};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCmd {
@@ -69,6 +69,10 @@ pub struct AddArgs {
     /// Base URL overriding --region (a proxy, or the sandbox, e.g. http://127.0.0.1:8085).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// The kind of Iterable project the key belongs to: email (users identified by email), userid (by user id
+    /// only) or hybrid (by either). Exports identify members by email; a userID-based project is not supported yet.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub project_type: ProjectType,
     /// Who may use this connection in exports.
     #[arg(long, value_parser = ["admins", "contributors"], default_value = "admins")]
     pub usable_by: String,
@@ -156,6 +160,12 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
              command again with --accept-data-privacy; your consent and its time are recorded.",
         ));
     }
+    if a.region == Region::Eu && a.project_type == ProjectType::Email {
+        eprintln!(
+            "warning: Iterable's EU data centre has no email-based projects (only hybrid and userID-based ones); \
+             check the project's type in Iterable and give it with --project-type."
+        );
+    }
     let base_url = match &a.base_url {
         Some(url) => {
             let parsed = reqwest::Url::parse(url).map_err(|e| {
@@ -214,6 +224,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             name: a.name.clone(),
             base_url,
             region: a.base_url.is_none().then(|| a.region.as_str().to_string()),
+            project_type: a.project_type,
             usable_by: a.usable_by,
             key: source,
             key_last4: last4,
@@ -247,6 +258,7 @@ fn describe(c: &Connection) -> serde_json::Value {
         "name": c.name,
         "base_url": c.base_url,
         "region": c.region,
+        "project_type": c.project_type,
         "usable_by": c.usable_by,
         "api_key": key_hint(c),
         "privacy_accepted_at": c.privacy_accepted_at,
@@ -287,6 +299,7 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             vec!["name".into(), c.name.clone()],
             vec!["base URL".into(), c.base_url.clone()],
             vec!["region".into(), c.region.clone().unwrap_or_else(|| "(custom base URL)".into())],
+            vec!["project type".into(), c.project_type.as_str().into()],
             vec!["usable by".into(), c.usable_by.clone()],
             vec!["API key".into(), key_hint(&c)],
             vec!["privacy consent".into(), format!("{} by {}", when(&c.privacy_accepted_at), c.privacy_accepted_by)],

@@ -178,16 +178,18 @@ impl IterableClient {
         .await
     }
 
-    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`. `in_batch` tells whether
+    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`; with `existing_users_only`,
+    /// Iterable (in hybrid and userID-based projects) does not create users it does not know. `in_batch` tells whether
     /// a (lowercased) email was one of them. An HTTP 200 that does not account for the batch (see
     /// `BulkResponse::accounts_for`) is retried like a 5xx.
     pub async fn subscribe(
         &self,
         list_id: i64,
         fragments: &[Vec<u8>],
+        existing_users_only: bool,
         in_batch: impl Fn(&str) -> bool,
     ) -> Result<BulkResponse, IterableError> {
-        let body = subscribe_body(list_id, fragments);
+        let body = subscribe_body(list_id, fragments, existing_users_only);
         self.call(Method::POST, "/api/lists/subscribe", Body::Json(body), |text| {
             let response = decode::<BulkResponse>(text)?;
             response.accounts_for(fragments.len(), &in_batch)?;
