@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use segment_exporter::sandbox::SandboxOptions;
-use segment_exporter::store::{KeySource, NewConnection, NewExport, OnLeave, RunStatus, Store, TargetPlan};
+use segment_exporter::store::{KeySource, NewConnection, NewExport, NullFields, OnLeave, RunStatus, Store, TargetPlan};
 use sqlx::{ConnectOptions, Row};
 
 /// Writes a CSV with a header and rows.
@@ -324,6 +324,7 @@ async fn library_store(dir: &Path) -> (Store, i64, i64, segment_exporter::store:
             name: "c".into(),
             base_url: "http://x".into(),
             region: None,
+            project_type: segment_exporter::store::ProjectType::Email,
             usable_by: "admins".into(),
             key: KeySource::Env("K".into()),
             key_last4: None,
@@ -343,6 +344,8 @@ fn new_export(name: &str, connection_id: i64, segment_id: i64) -> NewExport {
         connection_id,
         email_field: "email".into(),
         on_leave: OnLeave::Remove,
+        null_fields: NullFields::Clear,
+        existing_users_only: false,
         schedule: "off".into(),
         segment_ids: vec![segment_id],
         fields: vec![],
@@ -456,21 +459,8 @@ fn snapshot(path: &Path) -> Vec<(String, String)> {
                 "updated_at",
             ],
             "targets" => vec!["id", "export_id", "segment_id", "position", "list_name", "list_id", "list_checked_at"],
+            "export_fields" => vec!["export_id", "position", "source_column", "iterable_field"],
             "segments" => vec!["id", "name", "source", "query", "created_at"],
-            "runs" => vec![
-                "id",
-                "export_id",
-                "trigger",
-                "status",
-                "full_resync",
-                "started_at",
-                "finished_at",
-                "error",
-                "pid",
-                "note",
-            ],
-            "members" => vec!["target_id", "email", "fields_hash", "state"],
-            // Later migrations add columns (export_user, export_user_id): the old ones must stay as they were.
             "connections" => vec![
                 "id",
                 "name",
@@ -487,6 +477,19 @@ fn snapshot(path: &Path) -> Vec<(String, String)> {
                 "verified_at",
                 "created_at",
             ],
+            "runs" => vec![
+                "id",
+                "export_id",
+                "trigger",
+                "status",
+                "full_resync",
+                "started_at",
+                "finished_at",
+                "error",
+                "pid",
+                "note",
+            ],
+            "members" => vec!["target_id", "email", "fields_hash", "state"],
             _ => vec!["*"],
         }
     };

@@ -53,6 +53,9 @@ fn a_store_from_before_the_upgrade_keeps_its_exports_history_and_memory() {
     assert_eq!(shown["lists"][0]["list_id"], 1000, "{shown}");
     assert_eq!(shown["lists"][0]["members"], 20, "{shown}");
     assert_eq!(shown["lists"][1]["members"], 10, "{shown}");
+    assert_eq!(shown["null_fields"], "skip", "an upgraded export keeps leaving NULL fields out: {shown}");
+    let connections = env.json(&["connection", "list"]);
+    assert!(connections.as_array().unwrap().iter().all(|c| c["project_type"] == "email"), "{connections}");
 
     // Nothing changed in the segments: the upgraded exports send nothing, the legacy pair included.
     env.sandbox.reset_stats();

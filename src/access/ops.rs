@@ -5,8 +5,10 @@
 use crate::config::Config;
 use crate::schedule::Schedule;
 use crate::source::{self, SourceSpec};
-use crate::store::{Export, FieldMap, NewExport, OnLeave, Segment, Store, StoreError, User};
-use crate::sync::check_field_name;
+use crate::store::{
+    Export, FieldMap, FieldType, NewExport, NullFields, OnLeave, ProjectType, Segment, Store, StoreError, User,
+};
+use crate::sync::{check_field_name, user_id_project_unsupported};
 
 use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
 
@@ -55,19 +57,37 @@ pub struct ExportRequest {
     pub schedule: String,
     /// Save without reading the segments to check that the columns exist.
     pub skip_check: bool,
+    /// What a field's empty value does in Iterable.
+    pub null_fields: NullFields,
+    /// Iterable does not create users it does not know (hybrid and userID-based projects).
+    pub existing_users_only: bool,
 }
 
-/// Parses `COLUMN` or `COLUMN=ITERABLE_FIELD`.
+/// Parses `COLUMN`, `COLUMN=ITERABLE_FIELD`, optionally followed by `:TYPE`.
 pub fn parse_field(text: &str) -> Result<FieldMap, String> {
-    let (column, field) = match text.split_once('=') {
+    let (mapping, field_type) = match text.rsplit_once(':') {
+        Some((mapping, t)) => {
+            let field_type = FieldType::parse(t.trim()).filter(|t| FieldType::CHOSEN.contains(t)).ok_or_else(|| {
+                let types: Vec<&str> = FieldType::CHOSEN.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "--field '{text}': unknown type '{}'; write COLUMN[=ITERABLE_FIELD]:TYPE with TYPE one of {}",
+                    t.trim(),
+                    types.join(", ")
+                )
+            })?;
+            (mapping, Some(field_type))
+        }
+        None => (text, None),
+    };
+    let (column, field) = match mapping.split_once('=') {
         Some((c, f)) => (c.trim(), f.trim()),
-        None => (text.trim(), text.trim()),
+        None => (mapping.trim(), mapping.trim()),
     };
     if column.is_empty() {
         return Err(format!("--field '{text}' names no column; write COLUMN or COLUMN=ITERABLE_FIELD"));
     }
     check_field_name(field).map_err(|e| format!("--field '{text}': {e}"))?;
-    Ok(FieldMap { column: column.into(), iterable_field: field.into() })
+    Ok(FieldMap { field_type, ..FieldMap::new(column, field) })
 }
 
 /// Two fields may not send to one Iterable field.
@@ -126,6 +146,17 @@ pub async fn create_export(
     Schedule::parse(&r.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let conn = store.connection(&r.connection).await?;
     use_connection(caller.actor, &conn.usable_by).check(&format!("connection '{}'", r.connection))?;
+    if conn.project_type == ProjectType::UserId {
+        return Err(fail(user_id_project_unsupported(&conn.name)));
+    }
+    if r.existing_users_only && conn.project_type == ProjectType::Email {
+        return Err(fail(format!(
+            "--existing-users-only does nothing in connection '{}''s email-based project: Iterable honours \
+             updateExistingUsersOnly only in hybrid and userID-based projects, and would create every new member \
+             anyway. Leave the option out, or give the connection's real type (connection add --project-type).",
+            conn.name
+        )));
+    }
     let mut segment_ids = Vec::new();
     for name in &r.segments {
         let seg = store.segment(name).await?;
@@ -154,6 +185,8 @@ pub async fn create_export(
             connection_id: conn.id,
             email_field: r.email_field.clone(),
             on_leave: r.on_leave,
+            null_fields: r.null_fields,
+            existing_users_only: r.existing_users_only,
             schedule: r.schedule.trim().to_string(),
             segment_ids,
             fields,
@@ -276,6 +309,8 @@ pub struct ConnectionRequest {
     pub add_me_as_export_user: bool,
     /// Check the key against Iterable (GET /api/lists) before saving.
     pub verify: bool,
+    /// How the Iterable project identifies users.
+    pub project_type: ProjectType,
 }
 
 /// The Iterable API address: `base_url` when given (checked), else the region's.
@@ -373,6 +408,7 @@ pub async fn add_connection(
             name: r.name.clone(),
             base_url,
             region: r.base_url.is_none().then(|| r.region.as_str().to_string()),
+            project_type: r.project_type,
             usable_by: r.usable_by,
             key: source,
             key_last4: last4,

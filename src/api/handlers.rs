@@ -90,6 +90,9 @@ pub struct ConnectionBody {
     add_me_as_export_user: bool,
     #[serde(default)]
     skip_verify: bool,
+    /// `email`, `userid` or `hybrid` (default, as for the CLI).
+    #[serde(default)]
+    project_type: Option<String>,
 }
 
 fn admins() -> String {
@@ -118,6 +121,7 @@ pub async fn create_connection(
         accept_data_privacy: b.accept_data_privacy,
         add_me_as_export_user: b.add_me_as_export_user,
         verify: !b.skip_verify,
+        project_type: choice("project_type", b.project_type.as_deref(), crate::store::ProjectType::Hybrid)?,
     };
     let conn = ops::add_connection(&s.store, &s.config, &ops_caller(&c), request).await?;
     Ok((StatusCode::CREATED, Json(connection_view(&s, &c, &conn).await?)).into_response())
@@ -242,6 +246,26 @@ pub struct ExportBody {
     schedule: Option<String>,
     #[serde(default)]
     skip_check: bool,
+    /// `clear` (default) or `skip`.
+    #[serde(default)]
+    null_fields: Option<String>,
+    #[serde(default)]
+    existing_users_only: bool,
+}
+
+/// A value of one of the CLI's value enums, given as text in JSON.
+fn choice<T: clap::ValueEnum>(field: &str, text: Option<&str>, default: T) -> Result<T, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(t) => T::from_str(t, true).map_err(|_| {
+            let names: Vec<String> = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|p| p.get_name().to_string())
+                .collect();
+            ApiError::invalid(format!("{field} '{t}' is not one of {}", names.join(", ")))
+        }),
+    }
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -272,6 +296,8 @@ pub async fn create_export(
         on_leave,
         schedule: b.schedule.unwrap_or_else(|| "refresh".into()),
         skip_check: b.skip_check,
+        null_fields: choice("null_fields", b.null_fields.as_deref(), crate::store::NullFields::Clear)?,
+        existing_users_only: b.existing_users_only,
     };
     let export = ops::create_export(&s.store, &s.config, &ops_caller(&c), &request).await?;
     Ok((StatusCode::CREATED, Json(export_view(&s, &export).await?)).into_response())

@@ -14,7 +14,7 @@ use super::{exit, Ctx, Exit};
 use crate::access::ops::{self, Caller, ConnectionRequest};
 use crate::iterable::{IterableClient, Pacer, Region, RetrySettings};
 use crate::secrets;
-use crate::store::{Connection, KeySource};
+use crate::store::{Connection, KeySource, ProjectType};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCmd {
@@ -72,6 +72,10 @@ pub struct AddArgs {
     /// Base URL overriding --region (a proxy, or the sandbox, e.g. http://127.0.0.1:8085).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// The kind of Iterable project the key belongs to: email (users identified by email), userid (by user id
+    /// only) or hybrid (by either). Exports identify members by email; a userID-based project is not supported yet.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub project_type: ProjectType,
     /// Who may use this connection in exports.
     #[arg(long, value_parser = ["admins", "contributors"], default_value = "admins")]
     pub usable_by: String,
@@ -130,6 +134,12 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
              command again with --accept-data-privacy; your consent and its time are recorded.",
         ));
     }
+    if a.region == Region::Eu && a.project_type == ProjectType::Email {
+        eprintln!(
+            "warning: Iterable's EU data centre has no email-based projects (only hybrid and userID-based ones); \
+             check the project's type in Iterable and give it with --project-type."
+        );
+    }
     let (source, key) = if let Some(var) = &a.api_key_env {
         (KeySource::Env(var.clone()), secrets::read_key_env(&a.name, var)?)
     } else if let Some(path) = &a.api_key_file {
@@ -167,6 +177,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         accept_data_privacy: a.accept_data_privacy,
         add_me_as_export_user: true,
         verify: !a.skip_verify,
+        project_type: a.project_type,
     };
     let conn = ops::add_connection(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, request)
         .await
@@ -197,6 +208,7 @@ fn describe(c: &Connection) -> serde_json::Value {
         "name": c.name,
         "base_url": c.base_url,
         "region": c.region,
+        "project_type": c.project_type,
         "usable_by": c.usable_by,
         "api_key": key_hint(c),
         "privacy_accepted_at": c.privacy_accepted_at,
@@ -241,6 +253,7 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             vec!["name".into(), c.name.clone()],
             vec!["base URL".into(), c.base_url.clone()],
             vec!["region".into(), c.region.clone().unwrap_or_else(|| "(custom base URL)".into())],
+            vec!["project type".into(), c.project_type.as_str().into()],
             vec!["usable by".into(), c.usable_by.clone()],
             vec!["API key".into(), key_hint(&c)],
             vec!["privacy consent".into(), format!("{} by {}", when(&c.privacy_accepted_at), c.privacy_accepted_by)],

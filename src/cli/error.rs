@@ -124,7 +124,9 @@ fn of_store(e: &StoreError) -> ErrorKind {
 
 fn of_sync(e: &SyncError) -> ErrorKind {
     match e {
-        SyncError::NotRunnable { .. } | SyncError::MassRemoval { .. } => ErrorKind::Conflict,
+        SyncError::NotRunnable { .. } | SyncError::MassRemoval { .. } | SyncError::ListNotStandard { .. } => {
+            ErrorKind::Conflict
+        }
         SyncError::AlreadyRunning { .. } => ErrorKind::Busy,
         SyncError::Source { error, .. } => of_source(error),
         SyncError::Iterable { .. } | SyncError::IterableSetup(_) => ErrorKind::Iterable,

@@ -13,7 +13,7 @@ use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
 use crate::access::ops::{self, check_columns, check_unique_fields, parse_field, Caller, ExportRequest, OpError};
 use crate::schedule::Schedule;
-use crate::store::{Export, ExportChange, OnLeave, RunStatus, Segment, Target};
+use crate::store::{Export, ExportChange, NullFields, OnLeave, RunStatus, Segment, Target};
 use crate::sync::empty::{empty_lists, Emptied};
 use crate::sync::{lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
 
@@ -85,9 +85,19 @@ pub struct AddArgs {
     /// The column holding the email address.
     #[arg(long, value_name = "COLUMN")]
     pub email_field: String,
-    /// A column sent as an Iterable data field, optionally renamed: COLUMN or COLUMN=ITERABLE_FIELD (repeatable).
-    #[arg(long = "field", value_name = "COLUMN[=ITERABLE_FIELD]")]
+    /// A column sent as an Iterable data field, optionally renamed and typed: COLUMN, COLUMN=ITERABLE_FIELD, and
+    /// either with :TYPE (string, long, double, boolean, date; dates are sent as `yyyy-MM-dd HH:mm:ss +00:00`).
+    /// Without a type, a column is sent as the JSON type of its first value, and every later value as that type
+    /// (repeatable).
+    #[arg(long = "field", value_name = "COLUMN[=ITERABLE_FIELD][:TYPE]")]
     pub fields: Vec<String>,
+    /// What a NULL value does: `clear` sends null (Iterable clears the field), `skip` leaves the field as it is.
+    #[arg(long, value_enum, default_value = "clear")]
+    pub null_fields: NullFields,
+    /// Do not create users the project does not know yet (Iterable's `updateExistingUsersOnly`; honoured in hybrid
+    /// and userID-based projects only). Such members count as rejected (notFoundEmails) and are tried again later.
+    #[arg(long)]
+    pub existing_users_only: bool,
     /// What happens to members who leave a segment.
     #[arg(long, value_enum, default_value = "remove")]
     pub on_leave: OnLeave,
@@ -114,9 +124,9 @@ pub struct EditArgs {
     /// otherwise stay). The mass-removal guard does not apply: you asked for it.
     #[arg(long, requires = "remove_segments")]
     pub empty_removed_lists: bool,
-    /// Send another column as an Iterable data field: COLUMN or COLUMN=ITERABLE_FIELD (repeatable). The next run
-    /// sends every member again, with the field.
-    #[arg(long = "add-field", value_name = "COLUMN[=ITERABLE_FIELD]")]
+    /// Send another column as an Iterable data field: COLUMN or COLUMN=ITERABLE_FIELD, either with :TYPE as for
+    /// `add --field` (repeatable). The next run sends every member again, with the field.
+    #[arg(long = "add-field", value_name = "COLUMN[=ITERABLE_FIELD][:TYPE]")]
     pub add_fields: Vec<String>,
     /// Stop sending a column (repeatable); Iterable keeps the values it has.
     #[arg(long = "remove-field", value_name = "COLUMN")]
@@ -130,6 +140,9 @@ pub struct EditArgs {
     /// What happens to members who leave a segment.
     #[arg(long, value_enum)]
     pub on_leave: Option<OnLeave>,
+    /// What a NULL value does: `clear` sends null (Iterable clears the field), `skip` leaves the field as it is.
+    #[arg(long, value_enum)]
+    pub null_fields: Option<NullFields>,
     /// Save without reading the segments to check that the columns exist.
     #[arg(long)]
     pub skip_check: bool,
@@ -242,6 +255,8 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         on_leave: a.on_leave,
         schedule: a.schedule.clone(),
         skip_check: a.skip_check,
+        null_fields: a.null_fields,
+        existing_users_only: a.existing_users_only,
     };
     let actor = ctx.actor();
     let export = ops::create_export(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, &request)
@@ -333,6 +348,7 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
     let change = ExportChange {
         email_field: email_field.clone(),
         on_leave: a.on_leave.unwrap_or(export.on_leave),
+        null_fields: a.null_fields.unwrap_or(export.null_fields),
         schedule,
         fields: fields.clone(),
         attach_segment_ids: attach.iter().map(|s| s.id).collect(),
@@ -343,6 +359,7 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         && change.fields == export.fields
         && change.email_field == export.email_field
         && change.on_leave == export.on_leave
+        && change.null_fields == export.null_fields
         && change.schedule == export.schedule;
     if nothing {
         return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
@@ -493,13 +510,22 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
         v["last_success"] = json!(last_success);
         ctx.out.json(&v);
     } else {
-        let fields: Vec<String> = e.fields.iter().map(|f| format!("{}={}", f.column, f.iterable_field)).collect();
+        let fields: Vec<String> = e
+            .fields
+            .iter()
+            .map(|f| match f.field_type {
+                Some(t) => format!("{}={}:{}", f.column, f.iterable_field, t.as_str()),
+                None => format!("{}={}", f.column, f.iterable_field),
+            })
+            .collect();
         let rows = vec![
             vec!["name".into(), e.name.clone()],
             vec!["connection".into(), e.connection_name.clone().unwrap_or_else(|| "(detached: disabled)".into())],
             vec!["email column".into(), e.email_field.clone()],
             vec!["fields".into(), if fields.is_empty() { "-".into() } else { fields.join(", ") }],
             vec!["on leave".into(), e.on_leave.as_str().into()],
+            vec!["null fields".into(), e.null_fields.as_str().into()],
+            vec!["existing users only".into(), if e.existing_users_only { "yes" } else { "no" }.into()],
             vec!["schedule".into(), e.schedule.clone()],
             vec!["last success".into(), opt_when(&last_success)],
         ];
@@ -717,6 +743,9 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
             .collect();
         ctx.out.table(&["list", "list id", "members", "added", "removed", "unchanged", "invalid", "rejected"], rows);
         println!("{} request(s) to Iterable, {} answered 429.", r.requests, r.rate_limited);
+        for w in &r.warnings {
+            println!("Warning: {w}");
+        }
         if r.lists.iter().any(|l| l.invalid + l.rejected > 0) {
             if let Some(id) = r.run_id {
                 println!("See invalid and rejected members with `segment-exporter runs show {id} --rejected`.");

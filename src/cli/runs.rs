@@ -147,10 +147,12 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
         Some(RunsCmd::Show { run_id, rejected, limit }) => {
             let run = store.run(run_id).await?;
             let issues = if rejected { store.run_issues(run_id, limit).await? } else { vec![] };
+            let warnings = store.run_warnings(run_id).await?;
             let status = live_status(ctx, &run);
             if ctx.out.json {
                 let mut v = serde_json::to_value(&run)?;
                 v["status"] = json!(status);
+                v["warnings"] = json!(warnings);
                 if rejected {
                     v["issues"] = json!(issues);
                 }
@@ -166,6 +168,8 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                     vec!["note".into(), run.note.clone().unwrap_or_else(|| "-".into())],
                     vec!["error".into(), run.error.clone().unwrap_or_else(|| "-".into())],
                 ];
+                let mut rows = rows;
+                rows.extend(warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
                 ctx.out.table(&["", ""], rows);
                 let rows = run
                     .targets

@@ -178,16 +178,18 @@ impl IterableClient {
         .await
     }
 
-    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`. `in_batch` tells whether
+    /// `POST /api/lists/subscribe` with subscribers pre-encoded by `encode_subscriber`; with `existing_users_only`,
+    /// Iterable (in hybrid and userID-based projects) does not create users it does not know. `in_batch` tells whether
     /// a (lowercased) email was one of them. An HTTP 200 that does not account for the batch (see
     /// `BulkResponse::accounts_for`) is retried like a 5xx.
     pub async fn subscribe(
         &self,
         list_id: i64,
         fragments: &[Vec<u8>],
+        existing_users_only: bool,
         in_batch: impl Fn(&str) -> bool,
     ) -> Result<BulkResponse, IterableError> {
-        let body = subscribe_body(list_id, fragments);
+        let body = subscribe_body(list_id, fragments, existing_users_only);
         self.call(Method::POST, "/api/lists/subscribe", Body::Json(body), |text| {
             let response = decode::<BulkResponse>(text)?;
             response.accounts_for(fragments.len(), &in_batch)?;
@@ -267,7 +269,7 @@ impl IterableClient {
                 }
             }
         })
-        .when(AttemptError::is_retryable)
+        .when(|e| e.is_retryable() && !self.cancel.is_cancelled())
         .adjust(|e, planned| planned.map(|d| e.retry_after().map_or(d, |after| after.min(max_delay))))
         .notify(|e, delay| {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -290,11 +292,14 @@ impl IterableClient {
     async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
         let endpoint = path.split('?').next().unwrap_or(path);
         // A stopped run neither waits for its turn nor starts another attempt.
+        // `biased`: when the pace allows a request and the run is stopped at the same moment, the stop wins (an
+        // unbiased select picks at random, and a stopped run sent one more request after its backoff was cut).
         let ticket = tokio::select! {
-            ticket = self.pacer.ready() => ticket,
+            biased;
             _ = self.cancel.cancelled() => {
                 return Err(AttemptError::Final(IterableError::Cancelled { endpoint: endpoint.to_string() }));
             }
+            ticket = self.pacer.ready() => ticket,
         };
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));

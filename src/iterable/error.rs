@@ -11,6 +11,11 @@ pub enum IterableError {
     BadApiKey { endpoint: String, status: u16, code: String, msg: String },
     #[error("Iterable says list {list_id} does not exist ({msg}).")]
     InvalidListId { list_id: i64, msg: String },
+    /// Iterable refused the whole request for something some of its members carry: a field whose type conflicts
+    /// with the project's (`RequestFieldsTypesMismatched`), or a body too large (HTTP 413, `BatchTooLarge`).
+    /// Smaller parts of the same batch may go through.
+    #[error("Iterable refused {endpoint} as a whole with HTTP {status} {code}: {msg}")]
+    BatchRefused { endpoint: String, status: u16, code: String, msg: String, too_large: bool },
     #[error("Iterable refused {endpoint} with HTTP {status} {code}: {msg}")]
     Api { endpoint: String, status: u16, code: String, msg: String },
     #[error("{endpoint} kept failing after {attempts} attempt(s) (last: {last}); Iterable or the network may be down")]
@@ -114,6 +119,27 @@ pub(crate) fn classify_status(
             after: retry_after_header,
             rate_limited: false,
         },
+        413 => AttemptError::Final(IterableError::BatchRefused {
+            endpoint: endpoint.to_string(),
+            status,
+            code,
+            msg: env.msg,
+            too_large: true,
+        }),
+        _ if env.code == "BatchTooLarge" || env.code == "RequestFieldsTypesMismatched" => {
+            let msg = match env.params.as_ref().and_then(|p| p.get("validationErrors")) {
+                Some(errors) => format!("{} ({})", env.msg, describe_validation_errors(errors)),
+                None => env.msg,
+            };
+            let too_large = env.code == "BatchTooLarge";
+            AttemptError::Final(IterableError::BatchRefused {
+                endpoint: endpoint.to_string(),
+                status,
+                code,
+                msg,
+                too_large,
+            })
+        }
         401 | 403 if env.code != "Success" => {
             AttemptError::Final(IterableError::BadApiKey { endpoint: endpoint.to_string(), status, code, msg: env.msg })
         }
@@ -124,6 +150,27 @@ pub(crate) fn classify_status(
         }
         _ => AttemptError::Final(IterableError::Api { endpoint: endpoint.to_string(), status, code, msg: env.msg }),
     }
+}
+
+/// `params.validationErrors` of a `RequestFieldsTypesMismatched` answer (field name to `{expectedType,
+/// incomingTypes, ...}`) as `field: expected long, got string`, without the offending values (they may be personal).
+fn describe_validation_errors(errors: &serde_json::Value) -> String {
+    let Some(fields) = errors.as_object() else { return errors.to_string().chars().take(200).collect() };
+    fields
+        .iter()
+        .map(|(field, e)| {
+            let expected = e.get("expectedType").and_then(|t| t.as_str()).unwrap_or("?");
+            let incoming = match e.get("incomingTypes") {
+                Some(serde_json::Value::Array(types)) => {
+                    types.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join("/")
+                }
+                Some(other) => other.as_str().unwrap_or("?").to_string(),
+                None => "?".to_string(),
+            };
+            format!("{field}: expected {expected}, got {incoming}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Reads `Retry-After` as seconds (the HTTP-date form is rare for APIs and is ignored).
@@ -153,6 +200,28 @@ mod tests {
         assert!(!classify_status("x", 501, None, "").is_retryable());
         assert!(!classify_status("x", 400, None, r#"{"msg":"bad","code":"BadParams"}"#).is_retryable());
         assert!(!classify_status("x", 409, None, "").is_retryable());
+    }
+
+    #[test]
+    fn whole_request_refusals_are_told_apart_from_other_4xx() {
+        let body = r#"{"msg":"Fields types mismatched","code":"RequestFieldsTypesMismatched","params":{"validationErrors":
+            {"score":{"incomingTypes":["string"],"expectedType":"long","category":"user","offendingValue":"x","_type":"UnexpectedType"}}}}"#;
+        match classify_status("/api/lists/subscribe", 400, None, body) {
+            AttemptError::Final(IterableError::BatchRefused { too_large: false, msg, code, .. }) => {
+                assert_eq!(code, "RequestFieldsTypesMismatched");
+                assert!(msg.contains("score: expected long, got string"), "{msg}");
+                assert!(!msg.contains("\"x\""), "offending values are not repeated: {msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for (status, body) in
+            [(413, "<html>Request Entity Too Large</html>"), (400, r#"{"msg":"big","code":"BatchTooLarge"}"#)]
+        {
+            match classify_status("/api/lists/subscribe", status, None, body) {
+                AttemptError::Final(IterableError::BatchRefused { too_large: true, .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     #[test]

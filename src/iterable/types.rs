@@ -152,7 +152,7 @@ pub fn encode_subscriber(email: &str, fields: &str) -> Vec<u8> {
 /// Bytes the subscribe body adds around its subscribers (list id, flags, brackets).
 pub(crate) const SUBSCRIBE_OVERHEAD: usize = 96;
 
-pub(crate) fn subscribe_body(list_id: i64, fragments: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn subscribe_body(list_id: i64, fragments: &[Vec<u8>], existing_users_only: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(fragments.iter().map(|f| f.len() + 1).sum::<usize>() + SUBSCRIBE_OVERHEAD);
     body.extend_from_slice(format!("{{\"listId\":{list_id},\"subscribers\":[").as_bytes());
     for (i, f) in fragments.iter().enumerate() {
@@ -161,7 +161,11 @@ pub(crate) fn subscribe_body(list_id: i64, fragments: &[Vec<u8>]) -> Vec<u8> {
         }
         body.extend_from_slice(f);
     }
-    body.extend_from_slice(b"],\"updateExistingUsersOnly\":false}");
+    body.extend_from_slice(if existing_users_only {
+        b"],\"updateExistingUsersOnly\":true}".as_slice()
+    } else {
+        b"],\"updateExistingUsersOnly\":false}".as_slice()
+    });
     body
 }
 
@@ -187,7 +191,7 @@ mod tests {
     #[test]
     fn subscribe_body_is_valid_json_with_fields_only_when_present() {
         let frags = vec![encode_subscriber("a@b.com", "{\"tier\":\"gold\"}"), encode_subscriber("q\"x@b.com", "{}")];
-        let body = subscribe_body(7, &frags);
+        let body = subscribe_body(7, &frags, false);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["listId"], 7);
         assert_eq!(v["subscribers"][0]["dataFields"]["tier"], "gold");
@@ -253,7 +257,7 @@ mod properties {
                 .iter()
                 .map(|(email, tier)| encode_subscriber(email, &serde_json::json!({ "tier": tier }).to_string()))
                 .collect();
-            let v: serde_json::Value = serde_json::from_slice(&subscribe_body(1, &frags)).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&subscribe_body(1, &frags, false)).unwrap();
             let subs = v["subscribers"].as_array().unwrap();
             prop_assert_eq!(subs.len(), members.len());
             for (s, (email, tier)) in subs.iter().zip(&members) {

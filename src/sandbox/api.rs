@@ -2,8 +2,9 @@
 //! (count, latency, API key, rate limit, body size, injected failure), then the endpoint handler.
 //! Bodies are read and parsed and identities validated before the project lock is taken, so the lock
 //! covers only the O(batch) state change. Also the key-less `/_sandbox` control endpoints: `stats`,
-//! `reset-stats`, `faults` (GET and POST a partial `Faults`) and `reject` (POST `{"emails": [...]}`: the
-//! members subscribe refuses with `invalidDataEmails`).
+//! `reset-stats`, `faults` (GET and POST a partial `Faults`), `reject` (POST `{"emails": [...]}`: the
+//! members subscribe refuses with `invalidDataEmails`) and `lists` (POST `{"name", "listType"}`: a list of any
+//! type, where Iterable's API creates only Standard ones).
 
 use std::collections::HashMap;
 use std::io;
@@ -90,6 +91,7 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .route("/_sandbox/faults", get(control_faults).post(control_set_faults))
         .route("/_sandbox/reset-stats", post(control_reset_stats))
         .route("/_sandbox/reject", post(control_reject))
+        .route("/_sandbox/lists", post(control_create_list))
         .fallback(not_found)
         // Our own check against `max_body_bytes` decides, not axum's 2 MB default.
         .layer(DefaultBodyLimit::disable())
@@ -263,11 +265,23 @@ impl Sandbox {
             });
         }
         drop(rejected);
-        self.inner
-            .project
-            .lock()
+        let existing_only = request.update_existing_users_only == Some(true)
+            && self.inner.project_type == super::SandboxProjectType::Hybrid;
+        let mut project = self.inner.project.lock();
+        if existing_only {
+            updates.retain(|update| {
+                let known = project.is_user(&update.identity);
+                if !known {
+                    outcome.not_found(update.identity.clone());
+                }
+                known
+            });
+        }
+        project.check_field_types(&updates).map_err(types_mismatched)?;
+        project
             .subscribe(list_id, Instant::now(), updates, &mut outcome)
             .map_err(|_| invalid_list_id(PROJECT_ID, list_id))?;
+        drop(project);
         Ok(Json(outcome).into_response())
     }
 
@@ -474,6 +488,18 @@ fn rate_limited(path: &str, refusal: RateLimited, retry_after: bool) -> Response
     response
 }
 
+/// Iterable refuses the whole request when one value's type conflicts with its field's; `validationErrors` names
+/// each field with the type expected and the value refused.
+fn types_mismatched(errors: serde_json::Map<String, Value>) -> Envelope {
+    let fields = errors.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+    envelope(
+        StatusCode::BAD_REQUEST,
+        "RequestFieldsTypesMismatched",
+        format!("Request fields types mismatched: {fields}"),
+        json!({ "validationErrors": errors }),
+    )
+}
+
 fn batch_too_large(limit: usize) -> Envelope {
     envelope(
         StatusCode::BAD_REQUEST,
@@ -587,6 +613,28 @@ async fn control_reject(State(sandbox): State<Sandbox>, body: Bytes) -> Response
     sandbox.set_rejected(&change.emails);
     envelope(StatusCode::OK, "Success", format!("{} member(s) will be refused", change.emails.len()), Value::Null)
         .into_response()
+}
+
+/// `{"name": ..., "listType": "Standard"|"Dynamic"|"Suppression"|"Internal"}`: creates a list of that type, as
+/// Iterable's UI can (its API creates only static, `Standard` lists). Answers `{"listId": N}`.
+async fn control_create_list(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Create {
+        name: String,
+        list_type: String,
+    }
+    let create: Create = match parse_json(&body) {
+        Ok(create) => create,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(list_type) =
+        ["Standard", "Dynamic", "Suppression", "Internal"].into_iter().find(|t| *t == create.list_type)
+    else {
+        return bad_params("listType must be one of Standard, Dynamic, Suppression, Internal").into_response();
+    };
+    let list_id = sandbox.inner.project.lock().create_list_of_type(create.name, None, Instant::now(), list_type);
+    Json(CreateListResponse { list_id }).into_response()
 }
 
 async fn control_reset_stats(State(sandbox): State<Sandbox>) -> Response {

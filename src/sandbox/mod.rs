@@ -1,9 +1,10 @@
 //! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
 //! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
-//! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`) and request
-//! counters. Tests, the demo and the benchmark run against it, and a user can
-//! point a connection at it to try the exporter without an Iterable account. It owns only its own
-//! memory: no files, no database, nothing from the rest of the crate.
+//! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
+//! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
+//! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the
+//! benchmark run against it, and a user can point a connection at it to try the exporter without an Iterable
+//! account. It owns only its own memory: no files, no database, nothing from the rest of the crate.
 //!
 //! Layout: `api` is the HTTP layer (routing, auth, faults, handlers), `project` the state it guards,
 //! `wire` the JSON shapes, `validation` the per-identity checks, `faults` and `stats` the knobs and counters.
@@ -31,6 +32,17 @@ pub use stats::SandboxStats;
 
 use faults::FaultState;
 use project::Project;
+
+/// The kind of Iterable project the sandbox imitates. UserID-based projects (users identified by userId only) are
+/// not imitated yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxProjectType {
+    /// Users are identified by email; `updateExistingUsersOnly` is ignored, as Iterable ignores it there.
+    #[default]
+    Email,
+    /// Users are identified by email or userId; `updateExistingUsersOnly: true` refuses unknown users as not found.
+    Hybrid,
+}
 
 /// How a sandbox behaves. Faults (`latency`, `rate_limit`, `retry_after`, `fail_rate`) can be changed
 /// later with [`Sandbox::set_faults`], which also switches on answers that do not account for their batch
@@ -61,6 +73,11 @@ pub struct SandboxOptions {
     /// Enforce the per-endpoint limits Iterable documents: `GET /api/lists` 100 a second, and `getUsers`,
     /// `previewUsers` and `{id}/size` 5 a minute per project, answered 429 like `rate_limit`. Default on.
     pub documented_limits: bool,
+    /// Whether subscribe creates fields the project has never seen (listed in `createdFields`). Off, such fields
+    /// are dropped and listed in `filteredOutFields`, as in a project that does not accept new fields. Default on.
+    pub accept_new_fields: bool,
+    /// Which kind of project to imitate. Default email-based.
+    pub project_type: SandboxProjectType,
 }
 
 impl Default for SandboxOptions {
@@ -75,6 +92,8 @@ impl Default for SandboxOptions {
             list_propagation: Duration::ZERO,
             max_body_bytes: 4_000_000,
             documented_limits: true,
+            accept_new_fields: true,
+            project_type: SandboxProjectType::Email,
         }
     }
 }
@@ -91,6 +110,8 @@ impl fmt::Debug for SandboxOptions {
             .field("fail_rate", &self.fail_rate)
             .field("list_propagation", &self.list_propagation)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("accept_new_fields", &self.accept_new_fields)
+            .field("project_type", &self.project_type)
             .finish()
     }
 }
@@ -105,6 +126,7 @@ struct Inner {
     api_keys: Vec<String>,
     max_body_bytes: usize,
     list_propagation: Duration,
+    project_type: SandboxProjectType,
     /// Each lock is held only for O(batch) work, never across an `.await`.
     project: Mutex<Project>,
     /// Lowercased emails that subscribe refuses with `invalidDataEmails`, as Iterable does for data it cannot take.
@@ -132,7 +154,8 @@ impl Sandbox {
             api_keys: opts.api_keys,
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
-            project: Mutex::new(Project::default()),
+            project_type: opts.project_type,
+            project: Mutex::new(Project::new(opts.accept_new_fields)),
             rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),
@@ -181,6 +204,11 @@ impl Sandbox {
     pub fn list_members(&self, list_id: i64) -> Option<Vec<String>> {
         let project = self.inner.project.lock();
         project.members(list_id).map(|members| members.map(str::to_owned).collect())
+    }
+
+    /// The profile fields of the user with this (lowercase) email, or `None` when there is no such user.
+    pub fn user_fields(&self, email: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.inner.project.lock().user_data_fields(email).cloned()
     }
 
     /// Change the fault settings at run time; fields left `None` keep their value. Out-of-range values

@@ -37,6 +37,8 @@ struct List {
     name: String,
     description: Option<String>,
     created_at_ms: i64,
+    /// `Standard` for lists made through `POST /api/lists`; others only through `/_sandbox/lists`.
+    list_type: &'static str,
     /// Subscribe and unsubscribe answer `invalidListId` before this instant, imitating propagation delay.
     usable_from: Instant,
     /// Emails share their allocation with the `users` key.
@@ -50,6 +52,8 @@ pub(crate) struct Project {
     users: HashMap<Arc<str>, Map<String, Value>>,
     user_ids: HashMap<String, Arc<str>>,
     field_types: HashMap<String, FieldType>,
+    /// Off: fields the project has never seen are dropped and reported in `filteredOutFields`.
+    pub(crate) accept_new_fields: bool,
 }
 
 impl Default for Project {
@@ -60,20 +64,38 @@ impl Default for Project {
             users: HashMap::new(),
             user_ids: HashMap::new(),
             field_types: HashMap::new(),
+            accept_new_fields: true,
         }
     }
 }
 
 impl Project {
+    pub(crate) fn new(accept_new_fields: bool) -> Self {
+        Self { accept_new_fields, ..Self::default() }
+    }
+
     /// Names are not unique: creating a list with an existing name makes a second list, which is what the
     /// exporter must be designed for.
     pub(crate) fn create_list(&mut self, name: String, description: Option<String>, usable_from: Instant) -> i64 {
+        self.create_list_of_type(name, description, usable_from, "Standard")
+    }
+
+    /// A list of any of Iterable's types (`Standard`, `Dynamic`, `Suppression`, `Internal`), so tests can put one
+    /// in an exporter's way.
+    pub(crate) fn create_list_of_type(
+        &mut self,
+        name: String,
+        description: Option<String>,
+        usable_from: Instant,
+        list_type: &'static str,
+    ) -> i64 {
         let id = self.next_list_id;
         self.next_list_id += 1;
         let list = List {
             name,
             description,
             created_at_ms: chrono::Utc::now().timestamp_millis(),
+            list_type,
             usable_from,
             members: BTreeSet::new(),
         };
@@ -94,7 +116,7 @@ impl Project {
                 name: list.name.clone(),
                 description: list.description.clone(),
                 created_at: list.created_at_ms,
-                list_type: "Standard",
+                list_type: list.list_type,
             })
             .collect()
     }
@@ -104,9 +126,52 @@ impl Project {
         self.lists.get(&list_id).map(|list| list.members.iter().map(|email| &**email))
     }
 
-    #[cfg(test)]
     pub(crate) fn user_data_fields(&self, email: &str) -> Option<&Map<String, Value>> {
         self.users.get(email)
+    }
+
+    /// Whether the project already has the user this identity names.
+    pub(crate) fn is_user(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Email(email) => self.users.contains_key(email.as_str()),
+            Identity::UserId(user_id) => self.user_ids.contains_key(user_id),
+        }
+    }
+
+    /// Checks every subscriber's `dataFields` against the project's field types, and against the types earlier
+    /// subscribers of the same request give new fields. A field's type is fixed by the first value the project
+    /// ever received for it, and one value of another type makes Iterable refuse the whole request
+    /// (`RequestFieldsTypesMismatched`): the error is `params.validationErrors`, one entry per field.
+    pub(crate) fn check_field_types(&self, updates: &[SubscriberUpdate]) -> Result<(), Map<String, Value>> {
+        let mut introduced: HashMap<&str, FieldType> = HashMap::new();
+        let mut errors = Map::new();
+        for fields in updates.iter().filter_map(|u| u.data_fields.as_ref()) {
+            for (name, value) in fields {
+                let Some(incoming) = FieldType::of(value) else { continue };
+                let expected = match self.field_types.get(name) {
+                    Some(known) => *known,
+                    None if !self.accept_new_fields => continue,
+                    None => *introduced.entry(name.as_str()).or_insert(incoming),
+                };
+                if !expected.accepts(incoming) && !errors.contains_key(name) {
+                    errors.insert(
+                        name.clone(),
+                        serde_json::json!({
+                            "incomingTypes": [incoming.name()],
+                            "expectedType": expected.name(),
+                            "category": "user",
+                            "offendingValue": value,
+                            "_type": "UnexpectedType",
+                        }),
+                    );
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Adds each subscriber to the list, creating unknown users (as an email-based project does) and
@@ -118,7 +183,7 @@ impl Project {
         updates: Vec<SubscriberUpdate>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project { lists, users, user_ids, field_types, .. } = self;
+        let Project { lists, users, user_ids, field_types, accept_new_fields, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for update in updates {
             let email: Arc<str> = match &update.identity {
@@ -135,12 +200,19 @@ impl Project {
                     }
                 },
             };
-            if let Some(fields) = &update.data_fields {
-                if !types_match(field_types, fields) {
-                    outcome.invalid_data(update.identity);
-                    continue;
+            let mut update = update;
+            if let Some(fields) = &mut update.data_fields {
+                if *accept_new_fields {
+                    register_new_fields(field_types, fields, &mut outcome.created_fields);
+                } else {
+                    fields.retain(|name, _| {
+                        let known = field_types.contains_key(name);
+                        if !known && !outcome.filtered_out_fields.contains(name) {
+                            outcome.filtered_out_fields.push(name.clone());
+                        }
+                        known
+                    });
                 }
-                register_new_fields(field_types, fields, &mut outcome.created_fields);
             }
             let profile = users.entry(Arc::clone(&email)).or_default();
             if let Some(fields) = update.data_fields {
@@ -187,14 +259,6 @@ fn usable_list(lists: &mut BTreeMap<i64, List>, list_id: i64, now: Instant) -> R
     }
 }
 
-/// A field's type is fixed by the first value the project ever received for it.
-fn types_match(field_types: &HashMap<String, FieldType>, fields: &Map<String, Value>) -> bool {
-    fields.iter().all(|(name, value)| match (field_types.get(name), FieldType::of(value)) {
-        (Some(expected), Some(actual)) => *expected == actual,
-        _ => true,
-    })
-}
-
 fn register_new_fields(
     field_types: &mut HashMap<String, FieldType>,
     fields: &Map<String, Value>,
@@ -210,11 +274,15 @@ fn register_new_fields(
     }
 }
 
-/// Iterable merges top-level fields and never deletes missing ones. With `mergeNestedObjects`, an object
-/// value is merged into the stored object instead of replacing it.
+/// Iterable merges top-level fields and never deletes missing ones; `null` clears a field (what Grouparoo relies
+/// on; Iterable's documentation does not say). With `mergeNestedObjects`, an object value is merged into the stored
+/// object instead of replacing it.
 fn merge_data_fields(profile: &mut Map<String, Value>, fields: Map<String, Value>, nested: bool) {
     for (name, value) in fields {
         match (profile.get_mut(&name), value) {
+            (_, Value::Null) => {
+                profile.remove(&name);
+            }
             (Some(Value::Object(stored)), Value::Object(incoming)) if nested => {
                 stored.extend(incoming);
             }
@@ -251,6 +319,20 @@ mod tests {
         assert_eq!(profile.get("plan"), Some(&json!("team")));
         assert_eq!(profile.get("seats"), Some(&json!(3)));
         assert_eq!(outcome.created_fields, vec!["plan", "seats"]);
+    }
+
+    #[test]
+    fn null_clears_a_field_and_a_date_typed_field_refuses_other_text() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let first = update("a@b.co", json!({"nick": "Al", "joined": "2026-03-04 00:00:00 +00:00"}));
+        let cleared = update("a@b.co", json!({"nick": null}));
+        project.subscribe(id, Instant::now(), vec![first, cleared], &mut outcome).unwrap();
+        assert_eq!(project.user_data_fields("a@b.co").unwrap().get("nick"), None);
+        let errors = project.check_field_types(&[update("b@b.co", json!({"joined": "soon"}))]).unwrap_err();
+        assert_eq!(errors["joined"]["expectedType"], "date");
+        assert!(project.check_field_types(&[update("b@b.co", json!({"nick": "2026-01-01 00:00:00 +00:00"}))]).is_ok());
     }
 
     #[test]

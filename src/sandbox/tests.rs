@@ -180,7 +180,7 @@ async fn invalid_and_forgotten_emails_are_reported_and_not_subscribed() {
 }
 
 #[tokio::test]
-async fn a_field_whose_type_changes_is_reported_as_invalid_data_and_new_fields_as_created() {
+async fn a_field_whose_type_conflicts_refuses_the_whole_request_and_new_fields_are_reported_as_created() {
     let fx = Fixture::default().await;
     let list_id = fx.create_list("Typed").await;
     let first = fx
@@ -201,11 +201,37 @@ async fn a_field_whose_type_changes_is_reported_as_invalid_data_and_new_fields_a
                 {"email": "c@example.com", "dataFields": {"seats": 4, "region": "eu"}}]}),
         )
         .await;
+    assert_eq!(second.status(), StatusCode::BAD_REQUEST);
     let body: Value = second.json().await.unwrap();
-    assert_eq!(body["successCount"], 1);
-    assert_eq!(body["failedUpdates"]["invalidDataEmails"], json!(["b@example.com"]));
-    assert_eq!(body["createdFields"], json!(["region"]));
-    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com", "c@example.com"]);
+    assert_eq!(body["code"], "RequestFieldsTypesMismatched");
+    let seats = &body["params"]["validationErrors"]["seats"];
+    assert_eq!((seats["expectedType"].clone(), seats["incomingTypes"].clone()), (json!("long"), json!(["string"])));
+    assert_eq!(seats["offendingValue"], "three");
+    assert_eq!(fx.sandbox.list_members(list_id).unwrap(), vec!["a@example.com"], "nothing of the request applied");
+
+    // Types set earlier in the same request count too; a whole number fits a double field.
+    let third = fx
+        .post(
+            "/api/lists/subscribe",
+            json!({"listId": list_id, "subscribers": [
+                {"email": "d@example.com", "dataFields": {"score": 1.5}},
+                {"email": "e@example.com", "dataFields": {"score": 2}},
+                {"email": "f@example.com", "dataFields": {"score": true}}]}),
+        )
+        .await;
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["code"], "RequestFieldsTypesMismatched", "{body}");
+    assert_eq!(body["params"]["validationErrors"]["score"]["expectedType"], "double");
+    let fourth = fx
+        .post(
+            "/api/lists/subscribe",
+            json!({"listId": list_id, "subscribers": [
+                {"email": "c@example.com", "dataFields": {"seats": 4, "region": "eu", "score": 1.5}},
+                {"email": "e@example.com", "dataFields": {"score": 2, "seats": null}}]}),
+        )
+        .await;
+    let body: Value = fourth.json().await.unwrap();
+    assert_eq!((body["successCount"].clone(), body["createdFields"].clone()), (json!(2), json!(["region", "score"])));
 }
 
 #[tokio::test]

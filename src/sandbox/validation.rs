@@ -43,11 +43,18 @@ pub(crate) fn is_valid_user_id(user_id: &str) -> bool {
         && !user_id.ends_with(' ')
 }
 
+fn is_iterable_date(text: &str) -> bool {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S %:z").is_ok()
+}
+
 /// The type a profile field gets from the first value ever sent for it; later values must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FieldType {
     String,
-    Number,
+    /// Text in Iterable's date format, `yyyy-MM-dd HH:mm:ss +00:00`: Iterable makes such a field a date.
+    Date,
+    Long,
+    Double,
     Bool,
     Object,
     Array,
@@ -59,10 +66,33 @@ impl FieldType {
         match value {
             Value::Null => None,
             Value::Bool(_) => Some(Self::Bool),
-            Value::Number(_) => Some(Self::Number),
+            Value::Number(n) if n.is_f64() => Some(Self::Double),
+            Value::Number(_) => Some(Self::Long),
+            Value::String(s) if is_iterable_date(s) => Some(Self::Date),
             Value::String(_) => Some(Self::String),
             Value::Array(_) => Some(Self::Array),
             Value::Object(_) => Some(Self::Object),
+        }
+    }
+
+    /// Whether a value of type `incoming` may be stored in a field of this type: the same type, or a whole
+    /// number in a `double` field.
+    pub(crate) fn accepts(self, incoming: FieldType) -> bool {
+        self == incoming
+            || (self == Self::Double && incoming == Self::Long)
+            || (self == Self::String && incoming == Self::Date)
+    }
+
+    /// Iterable's name for the type, as in `validationErrors`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Date => "date",
+            Self::Long => "long",
+            Self::Double => "double",
+            Self::Bool => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
         }
     }
 }

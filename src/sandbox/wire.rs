@@ -73,13 +73,14 @@ pub(crate) struct GetListsResponse {
     pub lists: Vec<ListDetails>,
 }
 
-/// `preferUserId` and `updateExistingUsersOnly` are accepted and ignored: the sandbox is an email-based
-/// project, where Iterable does not honour `updateExistingUsersOnly` either.
+/// `preferUserId` is accepted and ignored; `updateExistingUsersOnly` is honoured by a hybrid sandbox only, as
+/// Iterable honours it only in hybrid and userID-based projects.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SubscribeRequest {
     pub list_id: Option<i64>,
     pub subscribers: Option<Vec<Subscriber>>,
+    pub update_existing_users_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,12 +31,36 @@ impl KeySource {
     }
 }
 
+/// The kind of Iterable project a connection reaches: how Iterable identifies a user there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectType {
+    /// Users are identified by email (offered to some accounts only; none in the EU data centre).
+    Email,
+    /// Users are identified by userId only; an email is an ordinary field.
+    #[value(name = "userid")]
+    UserId,
+    /// Users are identified by userId or email.
+    Hybrid,
+}
+
+impl ProjectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectType::Email => "email",
+            ProjectType::UserId => "userid",
+            ProjectType::Hybrid => "hybrid",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub id: i64,
     pub name: String,
     pub base_url: String,
     pub region: Option<String>,
+    pub project_type: ProjectType,
     pub usable_by: String,
     pub key: KeySource,
     pub key_last4: Option<String>,
@@ -51,6 +75,7 @@ pub struct NewConnection {
     pub name: String,
     pub base_url: String,
     pub region: Option<String>,
+    pub project_type: ProjectType,
     pub usable_by: String,
     pub key: KeySource,
     pub key_last4: Option<String>,
@@ -58,7 +83,8 @@ pub struct NewConnection {
     pub verified: bool,
 }
 
-const SELECT: &str = "SELECT id, name, base_url, region, usable_by, key_source, key_ref, key_ciphertext, key_nonce, \
+const SELECT: &str =
+    "SELECT id, name, base_url, region, project_type, usable_by, key_source, key_ref, key_ciphertext, key_nonce, \
      key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at FROM connections";
 
 fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
@@ -72,11 +98,18 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
             nonce: row.try_get::<Option<Vec<u8>>, _>("key_nonce")?.unwrap_or_default(),
         },
     };
+    let project_type: String = row.try_get("project_type")?;
     Ok(Connection {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         base_url: row.try_get("base_url")?,
         region: row.try_get("region")?,
+        project_type: match project_type.as_str() {
+            "email" => ProjectType::Email,
+            "userid" => ProjectType::UserId,
+            "hybrid" => ProjectType::Hybrid,
+            other => return Err(StoreError::unknown_value("connections", "project_type", other)),
+        },
         usable_by: row.try_get("usable_by")?,
         key,
         key_last4: row.try_get("key_last4")?,
@@ -96,13 +129,14 @@ impl Store {
         };
         let at = now();
         sqlx::query(
-            "INSERT INTO connections (name, base_url, region, usable_by, key_source, key_ref, key_ciphertext, \
-             key_nonce, key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO connections (name, base_url, region, project_type, usable_by, key_source, key_ref, \
+             key_ciphertext, key_nonce, key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&c.name)
         .bind(&c.base_url)
         .bind(&c.region)
+        .bind(c.project_type.as_str())
         .bind(&c.usable_by)
         .bind(source)
         .bind(key_ref)

@@ -25,11 +25,80 @@ impl OnLeave {
     }
 }
 
+/// What an export sends for a field whose value is NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NullFields {
+    /// Send `null`: Iterable clears the field.
+    Clear,
+    /// Leave the field out: Iterable keeps what it has.
+    Skip,
+}
+
+impl NullFields {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NullFields::Clear => "clear",
+            NullFields::Skip => "skip",
+        }
+    }
+}
+
+/// How a field's values are encoded as JSON. The first five can be asked for (`--field COL:TYPE`); `Object` and
+/// `Array` are only ever remembered, from a JSON source's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Long,
+    Double,
+    Boolean,
+    /// Sent as Iterable's `yyyy-MM-dd HH:mm:ss +00:00`.
+    Date,
+    Object,
+    Array,
+}
+
+impl FieldType {
+    /// The types `--field COL:TYPE` accepts.
+    pub const CHOSEN: [FieldType; 5] =
+        [FieldType::String, FieldType::Long, FieldType::Double, FieldType::Boolean, FieldType::Date];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Long => "long",
+            FieldType::Double => "double",
+            FieldType::Boolean => "boolean",
+            FieldType::Date => "date",
+            FieldType::Object => "object",
+            FieldType::Array => "array",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FieldType> {
+        [FieldType::Object, FieldType::Array].into_iter().chain(FieldType::CHOSEN).find(|t| t.as_str() == text)
+    }
+}
+
 /// A profile column sent as an Iterable data field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldMap {
     pub column: String,
     pub iterable_field: String,
+    /// The type asked for with `--field COL:TYPE`; None lets the values decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_type: Option<FieldType>,
+    /// The type the field was first sent as, when no type was asked for: later runs encode it the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_type: Option<FieldType>,
+}
+
+impl FieldMap {
+    /// A field sent as the values decide.
+    pub fn new(column: impl Into<String>, iterable_field: impl Into<String>) -> FieldMap {
+        FieldMap { column: column.into(), iterable_field: iterable_field.into(), field_type: None, sent_type: None }
+    }
 }
 
 /// One segment of an export and the Iterable list that mirrors it.
@@ -52,6 +121,9 @@ pub struct Export {
     pub connection_name: Option<String>,
     pub email_field: String,
     pub on_leave: OnLeave,
+    pub null_fields: NullFields,
+    /// Subscribes do not create users that the project does not know yet (`updateExistingUsersOnly`).
+    pub existing_users_only: bool,
     pub schedule: String,
     pub enabled: bool,
     pub fields: Vec<FieldMap>,
@@ -68,6 +140,8 @@ pub struct NewExport {
     pub connection_id: i64,
     pub email_field: String,
     pub on_leave: OnLeave,
+    pub null_fields: NullFields,
+    pub existing_users_only: bool,
     pub schedule: String,
     pub segment_ids: Vec<i64>,
     pub fields: Vec<FieldMap>,
@@ -78,6 +152,7 @@ pub struct NewExport {
 pub struct ExportChange {
     pub email_field: String,
     pub on_leave: OnLeave,
+    pub null_fields: NullFields,
     pub schedule: String,
     /// The complete new field list (a changed list changes every member's field hash, so all are sent again).
     pub fields: Vec<FieldMap>,
@@ -87,7 +162,7 @@ pub struct ExportChange {
 
 /// Every export reads its columns the same way; the only difference is which rows count.
 const SELECT_EXPORT: &str = "SELECT e.id, e.name, e.connection_id, c.name AS connection_name, e.email_field, \
-     e.on_leave, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
+     e.on_leave, e.null_fields, e.existing_users_only, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
      LEFT JOIN connections c ON c.id = e.connection_id";
 
 impl Store {
@@ -100,30 +175,22 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let at = now();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO exports (name, connection_id, email_field, on_leave, schedule, enabled, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+            "INSERT INTO exports (name, connection_id, email_field, on_leave, null_fields, existing_users_only, \
+             schedule, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
         )
         .bind(&e.name)
         .bind(e.connection_id)
         .bind(&e.email_field)
         .bind(e.on_leave.as_str())
+        .bind(e.null_fields.as_str())
+        .bind(e.existing_users_only)
         .bind(&e.schedule)
         .bind(at)
         .bind(at)
         .fetch_one(&mut *tx)
         .await
         .map_err(|err| StoreError::on_insert(err, "export", &e.name))?;
-        for (position, f) in e.fields.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO export_fields (export_id, position, source_column, iterable_field) VALUES (?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(position as i64)
-            .bind(&f.column)
-            .bind(&f.iterable_field)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_fields(&mut tx, id, &e.fields).await?;
         for (position, segment_id) in e.segment_ids.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO targets (export_id, segment_id, position, list_name) \
@@ -199,14 +266,28 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("export", &format!("#{id}"), "export list"))?;
+        let field_type = |column: &'static str, text: Option<String>| match text {
+            None => Ok(None),
+            Some(t) => {
+                FieldType::parse(&t).map(Some).ok_or_else(|| StoreError::unknown_value("export_fields", column, &t))
+            }
+        };
         let fields = sqlx::query(
-            "SELECT source_column, iterable_field FROM export_fields WHERE export_id = ? ORDER BY position",
+            "SELECT source_column, iterable_field, field_type, sent_type FROM export_fields WHERE export_id = ? \
+             ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|r| Ok(FieldMap { column: r.try_get(0)?, iterable_field: r.try_get(1)? }))
+        .map(|r| {
+            Ok(FieldMap {
+                column: r.try_get(0)?,
+                iterable_field: r.try_get(1)?,
+                field_type: field_type("field_type", r.try_get(2)?)?,
+                sent_type: field_type("sent_type", r.try_get(3)?)?,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
         // A target's segment may have been removed after the target was detached or its export removed.
         let targets = sqlx::query(
@@ -230,6 +311,7 @@ impl Store {
         })
         .collect::<Result<Vec<_>>>()?;
         let on_leave: String = row.try_get("on_leave")?;
+        let null_fields: String = row.try_get("null_fields")?;
         Ok(Export {
             id,
             name: row.try_get("name")?,
@@ -241,6 +323,12 @@ impl Store {
                 "keep" => OnLeave::Keep,
                 other => return Err(StoreError::unknown_value("exports", "on_leave", other)),
             },
+            null_fields: match null_fields.as_str() {
+                "clear" => NullFields::Clear,
+                "skip" => NullFields::Skip,
+                other => return Err(StoreError::unknown_value("exports", "null_fields", other)),
+            },
+            existing_users_only: row.try_get("existing_users_only")?,
             schedule: row.try_get("schedule")?,
             enabled: row.try_get("enabled")?,
             fields,
@@ -249,6 +337,25 @@ impl Store {
             updated_at: row.try_get("updated_at")?,
             removed_at: row.try_get("removed_at")?,
         })
+    }
+
+    /// Remembers the type each of these fields (by Iterable field name) was first sent as. A type already
+    /// remembered is kept.
+    pub async fn remember_sent_types(&self, export_id: i64, types: &[(String, FieldType)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (field, t) in types {
+            sqlx::query(
+                "UPDATE export_fields SET sent_type = ? WHERE export_id = ? AND iterable_field = ? \
+                 AND sent_type IS NULL",
+            )
+            .bind(t.as_str())
+            .bind(export_id)
+            .bind(field)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Removes an export: forgets what it put on its lists and disables it for good. The row, its targets and its
@@ -383,15 +490,34 @@ pub(super) async fn soft_delete_exports(
     Ok(ids)
 }
 
+async fn insert_fields(tx: &mut sqlx::SqliteConnection, export_id: i64, fields: &[FieldMap]) -> Result<()> {
+    for (position, f) in fields.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO export_fields (export_id, position, source_column, iterable_field, field_type, sent_type) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(export_id)
+        .bind(position as i64)
+        .bind(&f.column)
+        .bind(&f.iterable_field)
+        .bind(f.field_type.map(FieldType::as_str))
+        .bind(f.sent_type.map(FieldType::as_str))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The statements of an edit, inside the caller's transaction.
 async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &ExportChange) -> Result<()> {
     let at = now();
     let changed = sqlx::query(
-        "UPDATE exports SET email_field = ?, on_leave = ?, schedule = ?, updated_at = ? \
+        "UPDATE exports SET email_field = ?, on_leave = ?, null_fields = ?, schedule = ?, updated_at = ? \
          WHERE id = ? AND removed_at IS NULL",
     )
     .bind(&c.email_field)
     .bind(c.on_leave.as_str())
+    .bind(c.null_fields.as_str())
     .bind(&c.schedule)
     .bind(at)
     .bind(export_id)
@@ -402,17 +528,7 @@ async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &Expor
         return Err(StoreError::Conflict(format!("export #{export_id} was removed meanwhile; nothing was changed")));
     }
     sqlx::query("DELETE FROM export_fields WHERE export_id = ?").bind(export_id).execute(&mut *tx).await?;
-    for (position, f) in c.fields.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO export_fields (export_id, position, source_column, iterable_field) VALUES (?, ?, ?, ?)",
-        )
-        .bind(export_id)
-        .bind(position as i64)
-        .bind(&f.column)
-        .bind(&f.iterable_field)
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert_fields(&mut *tx, export_id, &c.fields).await?;
     for segment_id in &c.detach_segment_ids {
         sqlx::query(
             "DELETE FROM members WHERE target_id IN \

@@ -421,6 +421,7 @@ mod tests {
                 name: "c".into(),
                 base_url: "http://x".into(),
                 region: None,
+                project_type: crate::store::ProjectType::Email,
                 usable_by: "admins".into(),
                 key: KeySource::Env("K".into()),
                 key_last4: None,
@@ -442,6 +443,8 @@ mod tests {
                 connection_id: conn.id,
                 email_field: "email".into(),
                 on_leave: OnLeave::Remove,
+                null_fields: crate::store::NullFields::Clear,
+                existing_users_only: false,
                 schedule: "off".into(),
                 segment_ids: vec![segment_id],
                 fields: vec![],
@@ -548,8 +551,14 @@ mod tests {
         {
             // The store as the previous release left it: migrations up to 20261130000199 only.
             let mut old = sqlx::migrate!("./migrations");
-            old.migrations =
-                old.migrations.iter().filter(|m| m.version < 20261130000200).cloned().collect::<Vec<_>>().into();
+            // Later migrations that `target` below needs (it adds the export with today's code) are applied too.
+            old.migrations = old
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261130000200 || m.version >= 20261201000300)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
             let pool = sqlx::SqlitePool::connect_with(Store::connect_options(&path)).await.unwrap();
             old.run(&pool).await.unwrap();
             pool.close().await;

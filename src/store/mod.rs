@@ -10,6 +10,7 @@ pub mod names;
 mod runs;
 mod segments;
 mod users;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use connections::{Connection, KeySource, NewConnection};
-pub use exports::{Export, ExportChange, FieldMap, NewExport, OnLeave, Target};
+pub use connections::{Connection, KeySource, NewConnection, ProjectType};
+pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};

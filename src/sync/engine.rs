@@ -16,7 +16,16 @@ use super::SyncError;
 use crate::config::Config;
 use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
-use crate::store::{Export, RunStatus, Store};
+use crate::store::{Export, ProjectType, RunStatus, Store};
+
+/// Why an export cannot send through a connection to a userID-based project.
+pub fn user_id_project_unsupported(connection: &str) -> String {
+    format!(
+        "connection '{connection}' reaches a userID-based Iterable project, where an email identifies nobody, and \
+         this version identifies members by email only (it serves email-based and hybrid projects). Send through a \
+         connection to an email-based or hybrid project."
+    )
+}
 
 /// How a run was asked for.
 #[derive(Debug, Clone)]
@@ -54,6 +63,9 @@ pub struct RunReport {
     /// A run that an interrupted one left unfinished, which this run completed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resumed_runs: Vec<i64>,
+    /// What the user should know that is neither the error nor about one member (fields Iterable dropped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl RunReport {
@@ -129,6 +141,13 @@ impl Engine {
         if export.targets.is_empty() {
             return Err(SyncError::NotRunnable { export: name.into(), why: "it has no segments".into() });
         }
+        let connection = self.store.connection_by_id(connection_id).await?;
+        if connection.project_type == ProjectType::UserId {
+            return Err(SyncError::NotRunnable {
+                export: name.into(),
+                why: user_id_project_unsupported(&connection.name),
+            });
+        }
         if opts.dry_run {
             let mut session = self.store.plan_session().await?;
             let planner = self.planner(&export, None, opts, &progress, &cancel);
@@ -156,6 +175,7 @@ impl Engine {
                 rate_limited: 0,
                 lists,
                 resumed_runs: vec![],
+                warnings: vec![],
             });
         }
 
@@ -192,7 +212,7 @@ impl Engine {
 
         // A cancel asked for from another process (`--cancel-run`) stops this run's waits and batches too.
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
-        let mut state = RunState { run_id, connection_id, lists: Vec::new() };
+        let mut state = RunState { run_id, connection_id, lists: Vec::new(), dropped_fields: Default::default() };
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
         let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
@@ -209,6 +229,17 @@ impl Engine {
             }
         };
         let lists = state.lists;
+        let dropped: Vec<String> = state.dropped_fields.lock().expect("dropped fields lock").iter().cloned().collect();
+        if !dropped.is_empty() {
+            let warning = format!(
+                "Iterable dropped the field(s) {} (filteredOutFields): the project does not accept new fields. Add \
+                 them to the project's data schema in Iterable, or stop sending them (export edit --remove-field).",
+                dropped.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ")
+            );
+            tracing::warn!(export = %name, run_id, fields = ?dropped, "Iterable dropped fields this export sends.");
+            self.store.record_run_warning(run_id, &warning).await?;
+        }
+        let warnings = self.store.run_warnings(run_id).await?;
         self.store.finish_run(run_id, status, error.as_deref()).await?;
         self.prune_history(&export).await;
         progress.set_phase(Phase::Done, "");
@@ -226,6 +257,7 @@ impl Engine {
             rate_limited: stats.rate_limited.load(Ordering::Relaxed),
             lists,
             resumed_runs,
+            warnings,
         };
         let (added, removed, rejected, invalid) = report
             .lists
@@ -276,7 +308,8 @@ impl Engine {
             return Err(SyncError::Interrupted);
         }
         let sender =
-            Sender::new(self.store.clone(), client.clone(), self.config.clone(), progress.clone(), cancel.clone());
+            Sender::new(self.store.clone(), client.clone(), self.config.clone(), progress.clone(), cancel.clone())
+                .reporting_dropped_fields(state.dropped_fields.clone());
         if state.nothing_to_send() && self.lists_recently_seen(export) {
             // No request at all when nothing changed and every list was seen lately: a list deleted in Iterable
             // meanwhile is noticed (and recreated and refilled) by the next run that sends something or whose
@@ -303,7 +336,13 @@ impl Engine {
             }
             session.forget_leavers(target.id).await?;
             progress.set_phase(Phase::Sending, &target.list_name);
-            let target_run = TargetRun { run_id, target, list_id: resolved.list_id, created_at: resolved.created_at };
+            let target_run = TargetRun {
+                run_id,
+                target,
+                list_id: resolved.list_id,
+                created_at: resolved.created_at,
+                existing_users_only: export.existing_users_only,
+            };
             sender.send_target(&mut session, &target_run, export.on_leave).await?;
         }
         Ok(())
@@ -344,6 +383,7 @@ struct RunState {
     run_id: i64,
     connection_id: i64,
     lists: Vec<ListReport>,
+    dropped_fields: super::send::DroppedFields,
 }
 
 impl RunState {

@@ -17,7 +17,7 @@ mod send;
 
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
-pub use engine::{Engine, RunOptions, RunReport};
+pub use engine::{user_id_project_unsupported, Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
 pub use lock::{LockError, RunLock};
 pub use plan::ListReport;
@@ -41,6 +41,8 @@ pub enum SyncError {
     MassRemoval { details: Vec<String> },
     #[error("list '{list}': {error}. What Iterable acknowledged is recorded: run the export again to resume.")]
     Iterable { list: String, error: IterableError },
+    #[error("list '{list}': Iterable's list of that name (id {list_id}) is a {list_type} list, not a Standard (static) list this export can fill; nothing was sent. Rename that list in Iterable, or the segment (`segment-exporter segment add` under another name), so that they differ.")]
+    ListNotStandard { list: String, list_id: i64, list_type: String },
     #[error(transparent)]
     IterableSetup(IterableError),
     #[error(transparent)]

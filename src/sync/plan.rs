@@ -76,10 +76,16 @@ impl Planner<'_> {
     /// Plans every target in turn, pushing each list's report onto `lists` as soon as it is planned, so a
     /// failure part-way still reports the lists planned before it.
     pub async fn plan(&self, session: &mut PlanSession, lists: &mut Vec<ListReport>) -> Result<(), SyncError> {
+        // One encoder for all lists: a field's type, once taken from its first value, holds for every list.
+        let mut encoder = FieldEncoder::new(&self.export.fields, self.export.null_fields);
         for target in &self.export.targets {
             self.progress.set_phase(Phase::Reading, &target.list_name);
-            let report = self.plan_target(target, session).await?;
+            let report = self.plan_target(target, session, &mut encoder).await?;
             lists.push(report);
+        }
+        let inferred = encoder.inferred_types();
+        if self.run_id.is_some() && !inferred.is_empty() {
+            self.store.remember_sent_types(self.export.id, &inferred).await?;
         }
         let planned: u64 = lists.iter().map(|l| l.to_add + l.to_remove).sum();
         self.progress.planned.store(planned, Ordering::Relaxed);
@@ -96,7 +102,12 @@ impl Planner<'_> {
         self.export.on_leave == OnLeave::Remove
     }
 
-    async fn plan_target(&self, target: &Target, session: &mut PlanSession) -> Result<ListReport, SyncError> {
+    async fn plan_target(
+        &self,
+        target: &Target,
+        session: &mut PlanSession,
+        encoder: &mut FieldEncoder,
+    ) -> Result<ListReport, SyncError> {
         let (export, progress) = (self.export, self.progress);
         let segment = self.store.segment(&target.segment_name).await?;
         let spec: SourceSpec = segment.source.parse().map_err(|error| SyncError::Source {
@@ -110,7 +121,6 @@ impl Planner<'_> {
         let mut columns = vec![export.email_field.clone()];
         columns.extend(export.fields.iter().map(|f| f.column.clone()));
         let stream = source::read(&spec, segment.query.as_deref(), Columns::Only(columns)).await.map_err(source_err)?;
-        let encoder = FieldEncoder::new(&export.fields);
         let max_issues = self.config.sync.max_recorded_issues;
         let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
         let mut examples_invalid = Vec::new();
@@ -139,14 +149,17 @@ impl Planner<'_> {
                     source_rows += batch.len() as u64;
                     progress.rows_read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for row in batch {
-                        match normalize_email(&row[0]) {
-                            Ok(email) => {
-                                let hash = encoder.encode(&row[1..], &mut buf);
-                                filling.push((email, hash, buf.clone()));
-                            }
-                            Err(reason) => {
+                        let checked = match normalize_email(&row[0]) {
+                            Ok(email) => match encoder.encode(&row[1..], &mut buf) {
+                                Ok(hash) => Ok((email, hash)),
+                                Err(reason) => Err((Some(email), reason)),
+                            },
+                            Err(reason) => Err((row[0].as_str().map(str::to_string), reason)),
+                        };
+                        match checked {
+                            Ok((email, hash)) => filling.push((email, hash, buf.clone())),
+                            Err((member, reason)) => {
                                 invalid += 1;
-                                let member = row[0].as_str().map(str::to_string);
                                 if examples_invalid.len() < EXAMPLES {
                                     // A number or a boolean is shown as its JSON text; only NULL has no value.
                                     let shown =

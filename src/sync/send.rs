@@ -5,6 +5,7 @@
 //! is in `members` was acknowledged, and the next plan skips it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use super::list_lock::{ListLock, ListLockError};
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
-use crate::iterable::{encode_subscriber, IterableClient, IterableError};
+use crate::iterable::{encode_subscriber, BulkResponse, IterableClient, IterableError, ListDetails};
 use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, Store, Target};
 
 /// Bytes of a subscribe body outside its subscribers.
@@ -31,6 +32,8 @@ pub(crate) struct TargetRun<'a> {
     pub list_id: i64,
     /// When this run created the list: Iterable may answer `invalidListId` for a while after.
     pub created_at: Option<Instant>,
+    /// Subscribes ask Iterable not to create unknown users (`updateExistingUsersOnly`).
+    pub existing_users_only: bool,
 }
 
 /// A target's list as `resolve_lists` found it.
@@ -49,7 +52,12 @@ pub(crate) struct Sender {
     config: Arc<Config>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    caps: Arc<BatchCaps>,
+    dropped_fields: DroppedFields,
 }
+
+/// The fields Iterable dropped during a run (`filteredOutFields`: the project does not accept new fields).
+pub(crate) type DroppedFields = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 
 /// Batches in flight, at most `limit`; remembers the first failure.
 ///
@@ -115,7 +123,14 @@ impl Sender {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Sender {
-        Sender { store, client, config, progress, cancel }
+        let caps = Arc::new(BatchCaps::new(config.iterable.batch_size, config.iterable.max_body_bytes));
+        Sender { store, client, config, progress, cancel, caps, dropped_fields: Default::default() }
+    }
+
+    /// Collects the fields Iterable drops into `dropped`, for the run to report.
+    pub fn reporting_dropped_fields(mut self, dropped: DroppedFields) -> Sender {
+        self.dropped_fields = dropped;
+        self
     }
 
     /// Finds each target's list: by its stored id, else by exact name, else by creating it. A stored id that no
@@ -140,6 +155,30 @@ impl Sender {
             IterableError::Cancelled { .. } => SyncError::Interrupted,
             error => SyncError::IterableSetup(error),
         })?;
+        // Only Standard lists are static lists this export can fill. Before anything changes: a target that would
+        // adopt a list of another kind, for want of a Standard one of its name, fails the run.
+        let standard = |l: &&ListDetails| l.list_type.as_deref().is_none_or(|t| t == "Standard");
+        for target in export.targets.iter().filter(|t| t.list_id.is_none_or(|id| !lists.iter().any(|l| l.id == id))) {
+            let named: Vec<&ListDetails> = lists.iter().filter(|l| l.name == target.list_name).collect();
+            if let Some(other) = named.iter().filter(|l| !standard(l)).min_by_key(|l| l.id) {
+                if !named.iter().any(standard) {
+                    return Err(SyncError::ListNotStandard {
+                        list: target.list_name.clone(),
+                        list_id: other.id,
+                        list_type: other.list_type.clone().unwrap_or_default(),
+                    });
+                }
+                let warning = format!(
+                    "list '{}': Iterable also has a {} list of that name (id {}); it is left alone and the Standard \
+                     list is used. Rename one of them in Iterable to tell them apart.",
+                    target.list_name,
+                    other.list_type.as_deref().unwrap_or_default(),
+                    other.id
+                );
+                tracing::warn!(list = %target.list_name, other_list_id = other.id, "{warning}");
+                self.store.record_run_warning(run_id, &warning).await?;
+            }
+        }
         let mut out = Vec::new();
         for target in &export.targets {
             let iterable = |error| iterable_error(target.list_name.clone(), error);
@@ -158,7 +197,8 @@ impl Sender {
                     ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
                 }
                 None => {
-                    let mut same_name: Vec<_> = lists.iter().filter(|l| l.name == target.list_name).collect();
+                    let mut same_name: Vec<_> =
+                        lists.iter().filter(|l| l.name == target.list_name).filter(standard).collect();
                     same_name.sort_by_key(|l| l.id);
                     if let Some(found) = same_name.first() {
                         if same_name.len() > 1 {
@@ -221,6 +261,7 @@ impl Sender {
             let chunk = session.adds(t.target.id, after, cfg.batch_size * 2).await?;
             let Some(last) = chunk.last() else { break };
             after = last.seq;
+            let (max_members, max_bytes) = self.caps.get();
             for add in chunk {
                 if self.cancel.is_cancelled() || window.failed() {
                     break 'read;
@@ -230,8 +271,8 @@ impl Sender {
                     oversize.push((AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment.len()));
                     continue;
                 }
-                if batch.len() == cfg.batch_size
-                    || batch.bytes + fragment.len() + 1 + BODY_OVERHEAD > cfg.max_body_bytes
+                if batch.len() > 0
+                    && (batch.len() >= max_members || batch.bytes + fragment.len() + 1 + BODY_OVERHEAD > max_bytes)
                 {
                     window.push(self.subscribe_batch(t, std::mem::take(&mut batch))).await;
                 }
@@ -289,51 +330,46 @@ impl Sender {
     }
 
     fn subscribe_batch(&self, t: &TargetRun<'_>, batch: AddBatch) -> BoxFuture<'static, Result<(), SyncError>> {
-        let (client, store, progress) = (self.client.clone(), self.store.clone(), self.progress.clone());
-        let cancel = self.cancel.clone();
-        let (run_id, target_id, list_id, list) = (t.run_id, t.target.id, t.list_id, t.target.list_name.clone());
-        let grace_until = t.created_at.map(|at| at + self.config.iterable.new_list_grace);
+        let ctx = BatchContext {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            progress: self.progress.clone(),
+            cancel: self.cancel.clone(),
+            caps: self.caps.clone(),
+            dropped_fields: self.dropped_fields.clone(),
+            run_id: t.run_id,
+            target_id: t.target.id,
+            list_id: t.list_id,
+            list: t.target.list_name.clone(),
+            existing_users_only: t.existing_users_only,
+            grace_until: t.created_at.map(|at| at + self.config.iterable.new_list_grace),
+        };
         Box::pin(async move {
-            let mut wait = Duration::from_secs(2);
-            let members = &batch.members;
-            let in_batch = |email: &str| members.iter().any(|m| m.email == email);
-            let response = loop {
-                match client.subscribe(list_id, &batch.fragments, in_batch).await {
-                    Ok(r) => break r,
-                    Err(IterableError::InvalidListId { .. })
-                        if grace_until.is_some_and(|g| Instant::now() + wait < g) =>
-                    {
-                        tracing::debug!(list = %list, list_id, "New list not usable yet; retrying.");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = cancel.cancelled() => return Err(SyncError::Interrupted),
+            // A batch Iterable refuses as a whole (a field type one member gets wrong, a body too large) is sent
+            // again in halves, until the members it refuses are alone: they are rejected, the others go through.
+            // Only a batch as the run made it shrinks later ones: its halves are tried anyway, and one member too
+            // large even alone says nothing about the others.
+            let mut pending = vec![(batch, true)];
+            while let Some((batch, as_made)) = pending.pop() {
+                match ctx.subscribe(&batch).await {
+                    Ok(response) => ctx.record(batch, response).await?,
+                    Err(IterableError::BatchRefused { code, msg, too_large, .. }) => {
+                        if too_large && as_made && batch.len() > 1 {
+                            ctx.caps.shrink(&ctx.list, batch.len(), batch.bytes);
                         }
-                        wait = (wait * 2).min(Duration::from_secs(20));
+                        if batch.len() == 1 {
+                            ctx.reject_alone(batch, &code, &msg).await?;
+                        } else {
+                            tracing::debug!(list = %ctx.list, members = batch.len(), code = %code,
+                                "Iterable refused a batch as a whole; sending it in halves.");
+                            let (first, second) = batch.split();
+                            pending.push((second, false));
+                            pending.push((first, false));
+                        }
                     }
-                    Err(error) => return Err(iterable_error(list, error)),
+                    Err(error) => return Err(iterable_error(ctx.list.clone(), error)),
                 }
-            };
-            let mut failed: HashMap<String, &'static str> =
-                response.failed_updates.categorised(false).into_iter().collect();
-            for e in &response.invalid_emails {
-                failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
             }
-            let n = batch.members.len() as u64;
-            let (refused, subscribed): (Vec<_>, Vec<_>) =
-                batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
-            let (forgotten, rejected): (Vec<_>, Vec<_>) =
-                refused.into_iter().partition(|m| failed[&m.email] == "forgottenEmails");
-            store.ack_subscribed(run_id, target_id, &subscribed, &rejected, &forgotten).await?;
-            if !rejected.is_empty() || !forgotten.is_empty() {
-                let issues: Vec<_> = rejected
-                    .iter()
-                    .chain(&forgotten)
-                    .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
-                    .collect();
-                store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
-                tracing::info!(list = %list, rejected = issues.len(), "Iterable rejected some members; see `runs show --rejected`.");
-            }
-            progress.add_done(n);
             Ok(())
         })
     }
@@ -370,6 +406,130 @@ fn iterable_error(list: String, error: IterableError) -> SyncError {
     }
 }
 
+/// What one batch task needs, cloned out of the `Sender` so the task owns it.
+struct BatchContext {
+    client: IterableClient,
+    store: Store,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    caps: Arc<BatchCaps>,
+    dropped_fields: DroppedFields,
+    run_id: i64,
+    target_id: i64,
+    list_id: i64,
+    list: String,
+    existing_users_only: bool,
+    /// Until then, a new list answering `invalidListId` is waited for rather than a failure.
+    grace_until: Option<Instant>,
+}
+
+impl BatchContext {
+    async fn subscribe(&self, batch: &AddBatch) -> Result<BulkResponse, IterableError> {
+        let mut wait = Duration::from_secs(2);
+        let members = &batch.members;
+        let in_batch = |email: &str| members.iter().any(|m| m.email == email);
+        loop {
+            match self.client.subscribe(self.list_id, &batch.fragments, self.existing_users_only, in_batch).await {
+                Err(IterableError::InvalidListId { .. })
+                    if self.grace_until.is_some_and(|g| Instant::now() + wait < g) =>
+                {
+                    tracing::debug!(list = %self.list, list_id = self.list_id, "New list not usable yet; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.cancel.cancelled() => {
+                            return Err(IterableError::Cancelled { endpoint: "/api/lists/subscribe".into() });
+                        }
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Records an answered batch: who is on the list now, who Iterable refused and why.
+    async fn record(&self, batch: AddBatch, response: BulkResponse) -> Result<(), SyncError> {
+        let (run_id, target_id) = (self.run_id, self.target_id);
+        if !response.filtered_out_fields.is_empty() {
+            self.dropped_fields
+                .lock()
+                .expect("dropped fields lock")
+                .extend(response.filtered_out_fields.iter().cloned());
+        }
+        let mut failed: HashMap<String, &'static str> =
+            response.failed_updates.categorised(false).into_iter().collect();
+        for e in &response.invalid_emails {
+            failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
+        }
+        let n = batch.members.len() as u64;
+        let (refused, subscribed): (Vec<_>, Vec<_>) =
+            batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
+        let (forgotten, rejected): (Vec<_>, Vec<_>) =
+            refused.into_iter().partition(|m| failed[&m.email] == "forgottenEmails");
+        self.store.ack_subscribed(run_id, target_id, &subscribed, &rejected, &forgotten).await?;
+        if !rejected.is_empty() || !forgotten.is_empty() {
+            let issues: Vec<_> = rejected
+                .iter()
+                .chain(&forgotten)
+                .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
+                .collect();
+            self.store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
+            tracing::info!(list = %self.list, rejected = issues.len(), "Iterable rejected some members; see `runs show --rejected`.");
+        }
+        self.progress.add_done(n);
+        Ok(())
+    }
+
+    /// Records a member whose subscribe Iterable refused as a whole request even alone: rejected with Iterable's
+    /// code and message, and tried again like other rejected members.
+    async fn reject_alone(&self, batch: AddBatch, code: &str, msg: &str) -> Result<(), SyncError> {
+        let issues: Vec<_> = batch
+            .members
+            .iter()
+            .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {code}: {msg}")))
+            .collect();
+        self.store.ack_subscribed(self.run_id, self.target_id, &[], &batch.members, &[]).await?;
+        self.store.record_issues(self.run_id, self.target_id, IssueKind::Rejected, &issues).await?;
+        tracing::info!(list = %self.list, code, "Iterable refused a member's subscribe as a whole; it counts as rejected (see `runs show --rejected`).");
+        self.progress.add_done(batch.members.len() as u64);
+        Ok(())
+    }
+}
+
+/// The largest batch (members and body bytes) the run still sends: the configured sizes until Iterable refuses a
+/// batch as too large, then below the refused one's, for the rest of the run.
+pub(crate) struct BatchCaps {
+    members: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl BatchCaps {
+    pub(crate) fn new(members: usize, bytes: usize) -> BatchCaps {
+        BatchCaps { members: AtomicUsize::new(members.max(1)), bytes: AtomicUsize::new(bytes) }
+    }
+
+    /// (members, body bytes) a batch may hold now.
+    fn get(&self) -> (usize, usize) {
+        (self.members.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Iterable found a batch of `members` and `bytes` (its subscribers) too large: later batches stay at half.
+    fn shrink(&self, list: &str, members: usize, bytes: usize) {
+        let members = (members / 2).max(1);
+        let bytes = (bytes / 2).max(1) + BODY_OVERHEAD;
+        let before = self.members.fetch_min(members, Ordering::Relaxed);
+        self.bytes.fetch_min(bytes, Ordering::Relaxed);
+        if members < before {
+            tracing::warn!(
+                list,
+                members,
+                bytes,
+                "Iterable refused a batch as too large; the rest of the run sends smaller ones."
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 struct AddBatch {
     members: Vec<AckedMember>,
@@ -386,5 +546,16 @@ impl AddBatch {
         self.bytes += fragment.len() + 1;
         self.members.push(member);
         self.fragments.push(fragment);
+    }
+
+    /// The first half and the rest, each with its own byte count.
+    fn split(mut self) -> (AddBatch, AddBatch) {
+        let half = self.members.len() / 2;
+        let members = self.members.split_off(half);
+        let fragments = self.fragments.split_off(half);
+        let bytes = fragments.iter().map(|f| f.len() + 1).sum();
+        let second = AddBatch { members, fragments, bytes };
+        self.bytes -= bytes;
+        (self, second)
     }
 }
