@@ -35,6 +35,10 @@ pub struct StoreConfig {
     /// (each export's latest run is always kept). Default 90d.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
+    /// Audit rows (who changed what, when, from where) older than this are pruned whenever a row is added.
+    /// Default 400d.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +47,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("segment-exporter.db"),
             master_key_file: None,
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_retention: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }

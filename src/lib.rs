@@ -1,6 +1,8 @@
 //! segment-exporter keeps Iterable static lists equal to customer segments.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -11,9 +11,10 @@ use serde_json::json;
 use super::error::ErrorKind;
 use super::output::{opt_when, when};
 use super::{exit, Ctx, Exit};
-use crate::iterable::{IterableClient, IterableError, Pacer, Region, RetrySettings};
-use crate::secrets::{self, MasterKey};
-use crate::store::{Connection, KeySource, NewConnection, ProjectType};
+use crate::access::ops::{self, Caller, ConnectionRequest};
+use crate::iterable::{IterableClient, Pacer, Region, RetrySettings};
+use crate::secrets;
+use crate::store::{Connection, KeySource, ProjectType};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCmd {
@@ -32,6 +33,8 @@ pub enum ConnectionCmd {
         #[arg(long)]
         sizes: bool,
     },
+    /// Make the local operator (local:OSUSER) the connection's export user, on whose behalf its scheduled runs go.
+    ExportUser { name: String },
     /// Remove a connection.
     Remove {
         name: String,
@@ -91,34 +94,15 @@ pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
         ConnectionCmd::Show { name } => show(ctx, &name).await,
         ConnectionCmd::Test { name } => test(ctx, &name).await,
         ConnectionCmd::Lists { name, sizes } => lists(ctx, &name, sizes).await,
+        ConnectionCmd::ExportUser { name } => super::user::connection_export_user(ctx, &name).await,
         ConnectionCmd::Remove { name, detach_exports, remove_exports, cancel_run } => {
             let store = ctx.store().await?;
-            // Removed exports must not go on writing: hold each one's run lock (a run in flight refuses the removal,
-            // or is cancelled first) until the removal is committed.
-            let mut locks = Vec::new();
-            if remove_exports {
-                let conn = store.connection(&name).await?;
-                for export_name in store.exports_using_connection(conn.id).await? {
-                    let export = store.export(&export_name).await?;
-                    let lock = crate::sync::lock_for_change(
-                        &store,
-                        &ctx.config.store.lock_dir(),
-                        &export,
-                        cancel_run,
-                        Duration::from_secs(120),
-                    )
+            let actor = ctx.actor();
+            let caller = Caller { actor: &actor, origin: "cli" };
+            let affected =
+                ops::remove_connection(&store, &ctx.config, &caller, &name, detach_exports, remove_exports, cancel_run)
                     .await
-                    .map_err(|e| match e {
-                        e @ (crate::sync::ChangeRefused::Running { .. }
-                        | crate::sync::ChangeRefused::StillRunning { .. }) => {
-                            Exit::error(exit::BUSY, format!("connection '{name}' not removed: {e}"))
-                        }
-                        e => e.into(),
-                    })?;
-                    locks.push(lock);
-                }
-            }
-            let affected = store.remove_connection(&name, detach_exports, remove_exports).await?;
+                    .map_err(super::user::op_error)?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name, "exports": affected, "exports_removed": remove_exports }));
             } else if affected.is_empty() {
@@ -141,19 +125,9 @@ fn check_client(ctx: &Ctx, base_url: &str, key: &SecretString) -> anyhow::Result
     Ok(IterableClient::new(base_url, key, it.timeout, Arc::new(Pacer::new(it.requests_per_second)), retry)?)
 }
 
-fn verify_failure(name: &str, e: IterableError) -> anyhow::Error {
-    if e.is_bad_api_key() {
-        Exit::with_kind(ErrorKind::Iterable, format!("connection '{name}' was not saved: {e}"))
-    } else {
-        Exit::with_kind(
-            ErrorKind::Iterable,
-            format!("connection '{name}' was not saved: the key could not be checked: {e}. Fix the base URL or network, or add --skip-verify to save it unchecked."),
-        )
-    }
-}
-
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if !a.accept_data_privacy {
+        // Before a key is read or asked for.
         return Err(Exit::invalid(
             "connection not saved: exports send customer profiles (email addresses and every field you map, which \
              is personal data) out of this system to Iterable's servers. If your organisation allows that, run the \
@@ -166,18 +140,6 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
              check the project's type in Iterable and give it with --project-type."
         );
     }
-    let base_url = match &a.base_url {
-        Some(url) => {
-            let parsed = reqwest::Url::parse(url).map_err(|e| {
-                Exit::invalid(format!("--base-url '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(Exit::invalid(format!("--base-url '{url}' must start with http:// or https://")));
-            }
-            url.trim_end_matches('/').to_string()
-        }
-        None => a.region.base_url().to_string(),
-    };
     let (source, key) = if let Some(var) = &a.api_key_env {
         (KeySource::Env(var.clone()), secrets::read_key_env(&a.name, var)?)
     } else if let Some(path) = &a.api_key_file {
@@ -203,35 +165,23 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         }
         (KeySource::Stored { ciphertext: vec![], nonce: vec![] }, SecretString::from(key))
     };
-    if !a.skip_verify {
-        check_client(ctx, &base_url, &key)?.lists().await.map_err(|e| verify_failure(&a.name, e))?;
-    }
     let store = ctx.store().await?;
-    let source = match source {
-        KeySource::Stored { .. } => {
-            // Every secret already sealed (API keys and segments' database passwords) must open with the key.
-            let (connections, segments) = (store.connections().await?, store.segments().await?);
-            let sealed = secrets::sealed_secrets(&connections, &segments);
-            let master = MasterKey::for_sealing(&ctx.config.store.master_key_path(), &sealed)?;
-            let (ciphertext, nonce) = master.seal(&a.name, &key);
-            KeySource::Stored { ciphertext, nonce }
-        }
-        other => other,
+    let actor = ctx.actor();
+    let request = ConnectionRequest {
+        name: a.name.clone(),
+        key_source: source,
+        key,
+        region: a.region,
+        base_url: a.base_url.clone(),
+        usable_by: a.usable_by,
+        accept_data_privacy: a.accept_data_privacy,
+        add_me_as_export_user: true,
+        verify: !a.skip_verify,
+        project_type: a.project_type,
     };
-    let last4 = matches!(source, KeySource::Stored { .. }).then(|| secrets::last4(&key)).flatten();
-    let conn = store
-        .add_connection(&NewConnection {
-            name: a.name.clone(),
-            base_url,
-            region: a.base_url.is_none().then(|| a.region.as_str().to_string()),
-            project_type: a.project_type,
-            usable_by: a.usable_by,
-            key: source,
-            key_last4: last4,
-            privacy_accepted_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            verified: !a.skip_verify,
-        })
-        .await?;
+    let conn = ops::add_connection(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, request)
+        .await
+        .map_err(super::user::op_error)?;
     if ctx.out.json {
         ctx.out.json(&describe(&conn));
     } else {
@@ -290,9 +240,13 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let c = store.connection(name).await?;
     let exports = store.exports_using_connection(c.id).await?;
+    let export_user = store.connection_export_user(c.id).await?.0;
+    let problem = crate::access::connection_export_user_problem(&store, &c).await?;
     if ctx.out.json {
         let mut v = describe(&c);
         v["exports"] = json!(exports);
+        v["export_user"] = json!(export_user);
+        v["export_user_problem"] = json!(problem);
         ctx.out.json(&v);
     } else {
         let rows = vec![
@@ -305,6 +259,7 @@ async fn show(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
             vec!["privacy consent".into(), format!("{} by {}", when(&c.privacy_accepted_at), c.privacy_accepted_by)],
             vec!["verified".into(), opt_when(&c.verified_at)],
             vec!["exports".into(), if exports.is_empty() { "-".into() } else { exports.join(", ") }],
+            vec!["export user".into(), problem.unwrap_or_else(|| export_user.unwrap_or_else(|| "-".into()))],
         ];
         ctx.out.table(&["", ""], rows);
     }

@@ -1,7 +1,6 @@
 //! `export add | edit | list | show | remove | run | trigger`.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
+use crate::access::ops::{self, check_columns, check_unique_fields, parse_field, Caller, ExportRequest, OpError};
 use crate::schedule::Schedule;
-use crate::source::{self, SourceSpec};
-use crate::store::{
-    Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, ProjectType, RunStatus, Segment,
-    StoreError, Target,
-};
+use crate::store::{Export, ExportChange, NullFields, OnLeave, RunStatus, Segment, Target};
 use crate::sync::empty::{empty_lists, Emptied};
-use crate::sync::{
-    check_field_name, lock_for_change, user_id_project_unsupported, ChangeRefused, Engine, Phase, Progress, RunOptions,
-    RunReport, SyncError,
-};
+use crate::sync::{lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
@@ -59,6 +52,16 @@ pub enum ExportCmd {
     },
     /// Run an export now, in this process; exits 0 only when the run succeeded.
     Run(RunArgs),
+    /// List, add or remove the export users of an export: the accounts that may see, edit, run and remove it.
+    Users {
+        name: String,
+        /// Make this account an export user (repeatable).
+        #[arg(long, value_name = "USER")]
+        add: Vec<String>,
+        /// Stop this account being an export user (repeatable).
+        #[arg(long, value_name = "USER")]
+        remove: Vec<String>,
+    },
     /// Ask the running daemon to run an export soon, by writing a trigger file into daemon.trigger_dir.
     Trigger {
         /// The export to run.
@@ -174,6 +177,7 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
         ExportCmd::Show { name, include_removed } => show(ctx, &name, include_removed).await,
         ExportCmd::Remove { name, empty_lists, cancel_run } => remove(ctx, &name, empty_lists, cancel_run).await,
         ExportCmd::Run(args) => run_now(ctx, args).await,
+        ExportCmd::Users { name, add, remove } => super::user::export_users(ctx, &name, &add, &remove).await,
         ExportCmd::Trigger { name, all } => {
             let target = match (&name, all) {
                 (_, true) => crate::daemon::TRIGGER_ALL.to_string(),
@@ -183,6 +187,7 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                 }
                 _ => unreachable!("clap requires a name or --all"),
             };
+            ctx.audit(&ctx.store().await?, "export.trigger", &target, None).await?;
             let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
                 Exit::error(
                     exit::FAILED,
@@ -229,64 +234,6 @@ async fn daemon_answers(config: &crate::config::Config) -> Option<bool> {
     Some(answer.is_ok_and(|r| r.status().is_success()))
 }
 
-fn parse_field(text: &str) -> Result<FieldMap, String> {
-    let (mapping, field_type) = match text.rsplit_once(':') {
-        Some((mapping, t)) => {
-            let field_type = FieldType::parse(t.trim()).filter(|t| FieldType::CHOSEN.contains(t)).ok_or_else(|| {
-                let types: Vec<&str> = FieldType::CHOSEN.iter().map(|t| t.as_str()).collect();
-                format!(
-                    "--field '{text}': unknown type '{}'; write COLUMN[=ITERABLE_FIELD]:TYPE with TYPE one of {}",
-                    t.trim(),
-                    types.join(", ")
-                )
-            })?;
-            (mapping, Some(field_type))
-        }
-        None => (text, None),
-    };
-    let (column, field) = match mapping.split_once('=') {
-        Some((c, f)) => (c.trim(), f.trim()),
-        None => (mapping.trim(), mapping.trim()),
-    };
-    if column.is_empty() {
-        return Err(format!("--field '{text}' names no column; write COLUMN or COLUMN=ITERABLE_FIELD"));
-    }
-    check_field_name(field).map_err(|e| format!("--field '{text}': {e}"))?;
-    Ok(FieldMap { field_type, ..FieldMap::new(column, field) })
-}
-
-/// Two fields may not send to one Iterable field.
-fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
-    let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
-    names.sort();
-    match names.windows(2).find(|w| w[0] == w[1]) {
-        Some(w) => Err(format!("two fields send to the Iterable field '{}'", w[0])),
-        None => Ok(()),
-    }
-}
-
-/// Reads a segment's first row to check that it has the email column and every field's column.
-async fn check_columns(seg: &Segment, email_field: &str, fields: &[FieldMap], master_key: &Path) -> Result<(), String> {
-    let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
-    let password = crate::secrets::resolve_source_password(seg, master_key)
-        .map_err(|e| format!("{e} (add --skip-check to save anyway)"))?;
-    let spec = spec.with_password(password);
-    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
-        .await
-        .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
-    let wanted = std::iter::once(email_field).chain(fields.iter().map(|f| f.column.as_str()));
-    for col in wanted {
-        if !columns.iter().any(|c| c == col) {
-            return Err(format!(
-                "segment '{}' has no column '{col}'; its columns are: {}",
-                seg.name,
-                columns.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The refusals of a change to a running export exit 75, like a run refused because one is in flight.
 fn change_refused(e: ChangeRefused) -> anyhow::Error {
     match e {
@@ -298,53 +245,26 @@ fn change_refused(e: ChangeRefused) -> anyhow::Error {
 }
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
-    // Before anything is read, and before the name is quoted in any message below.
-    crate::store::names::check_export_name(&a.name).map_err(|problem| StoreError::InvalidName {
-        what: "export",
-        name: a.name.clone(),
-        problem,
-    })?;
-    let fail = |m: String| Exit::invalid(format!("export '{}' not saved: {m}", a.name));
-    let fields = a.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    check_unique_fields(&fields).map_err(fail)?;
-    Schedule::parse(&a.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let store = ctx.store().await?;
-    let conn = store.connection(&a.connection).await?;
-    if conn.project_type == ProjectType::UserId {
-        return Err(fail(user_id_project_unsupported(&conn.name)));
-    }
-    if a.existing_users_only && conn.project_type == ProjectType::Email {
-        return Err(fail(format!(
-            "--existing-users-only does nothing in connection '{}''s email-based project: Iterable honours \
-             updateExistingUsersOnly only in hybrid and userID-based projects, and would create every new member \
-             anyway. Leave the option out, or give the connection's real type (connection add --project-type).",
-            conn.name
-        )));
-    }
-    let mut segment_ids = Vec::new();
-    for name in &a.segments {
-        let seg = store.segment(name).await?;
-        if segment_ids.contains(&seg.id) {
-            return Err(fail(format!("segment '{name}' is given twice")));
-        }
-        if !a.skip_check {
-            check_columns(&seg, &a.email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
-        }
-        segment_ids.push(seg.id);
-    }
-    let export = store
-        .add_export(&NewExport {
-            name: a.name.clone(),
-            connection_id: conn.id,
-            email_field: a.email_field.clone(),
-            on_leave: a.on_leave,
-            null_fields: a.null_fields,
-            existing_users_only: a.existing_users_only,
-            schedule: a.schedule.trim().to_string(),
-            segment_ids,
-            fields,
-        })
-        .await?;
+    let request = ExportRequest {
+        name: a.name.clone(),
+        connection: a.connection.clone(),
+        segments: a.segments.clone(),
+        email_field: a.email_field.clone(),
+        fields: a.fields.clone(),
+        on_leave: a.on_leave,
+        schedule: a.schedule.clone(),
+        skip_check: a.skip_check,
+        null_fields: a.null_fields,
+        existing_users_only: a.existing_users_only,
+    };
+    let actor = ctx.actor();
+    let export = ops::create_export(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, &request)
+        .await
+        .map_err(|e| match e {
+            OpError::Store(e) => anyhow::Error::from(e),
+            e => Exit::invalid(e.to_string()),
+        })?;
     if ctx.out.json {
         ctx.out.json(&export);
     } else {
@@ -352,7 +272,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
             "Added export '{}': {} segment(s) to connection '{}'. Run it with `segment-exporter export run {}`.",
             export.name,
             export.targets.len(),
-            conn.name,
+            a.connection,
             export.name
         );
     }
@@ -469,6 +389,7 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         vec![]
     };
     let edited = store.edit_export(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
+    ctx.audit(&store, "export.edit", &a.name, None).await?;
     if ctx.out.json {
         let mut v = serde_json::to_value(&edited)?;
         v["emptied"] = json!(emptied);
@@ -502,23 +423,14 @@ async fn empty_for(
 
 async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
-    let export = store.export(name).await?;
-    let lock_dir = ctx.config.store.lock_dir();
-    let _lock = lock_for_change(&store, &lock_dir, &export, cancel_run, CANCEL_WAIT).await.map_err(change_refused)?;
-    let emptied = if empty {
-        let targets: Vec<&Target> = export.targets.iter().collect();
-        empty_for(ctx, &store, &export, &targets).await.map_err(|e| {
-            Exit::error(
-                exit::FAILED,
-                format!("export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same command run again finishes the job"),
-            )
-        })?
-    } else {
-        vec![]
-    };
-    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
-    store.interrupt_orphaned_runs(export.id).await?;
-    store.remove_export(name).await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    let emptied =
+        ops::remove_export(&store, &ctx.config, &caller, name, empty, cancel_run).await.map_err(|e| match e {
+            OpError::Store(e) => anyhow::Error::from(e),
+            OpError::Busy(m) => Exit::error(exit::BUSY, m),
+            e => Exit::error(exit::FAILED, e.to_string()),
+        })?;
     if ctx.out.json {
         ctx.out.json(&json!({ "removed": name, "emptied": emptied }));
     } else if empty {
@@ -732,6 +644,8 @@ async fn run_with_grace(
 
 async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
+    let what = if a.dry_run { "export.run.dry" } else { "export.run" };
+    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
     let engine = Engine::new(store, ctx.config.clone());
     let progress = Arc::new(Progress::default());
     let cancel = ctx.signals.stop();
@@ -755,6 +669,16 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     };
     print_report(ctx, &report);
     Ok(if report.succeeded() { exit::OK } else { exit::FAILED })
+}
+
+/// The options of a run asked for, for its audit row.
+fn run_flags(a: &RunArgs) -> String {
+    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_report(ctx: &Ctx, r: &RunReport) {

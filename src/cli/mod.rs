@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one handler file per command group. Handlers turn arguments into
 //! library calls and print tables (or JSON with `--json`); they hold no business rules of their own.
 
+mod audit;
 mod connection;
 pub mod error;
 mod export;
@@ -10,6 +11,7 @@ mod sample;
 mod sandbox;
 mod segment;
 mod signals;
+mod user;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +105,11 @@ pub enum Command {
     Export(export::ExportCmd),
     /// Show run history, runs in progress, and invalid or rejected members.
     Runs(runs::RunsArgs),
+    /// Manage accounts for the HTTP API: admins and contributors, their tokens and passwords.
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Show the audit trail: who changed what, when and from where.
+    Audit(audit::AuditArgs),
     /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
     Sandbox(sandbox::SandboxArgs),
     /// Run as a service: scheduled refreshes, trigger files, status endpoints; stops cleanly on SIGTERM.
@@ -160,6 +167,17 @@ impl Ctx {
     pub async fn store(&self) -> anyhow::Result<Store> {
         Ok(Store::open_configured(&self.config.store).await?)
     }
+
+    /// Who the CLI acts as: the local administrator, `local:OSUSER`.
+    pub fn actor(&self) -> crate::access::Actor {
+        crate::access::Actor::local()
+    }
+
+    /// Records in the audit trail a change made (or a run asked for) from the CLI.
+    pub async fn audit(&self, store: &Store, action: &str, target: &str, detail: Option<String>) -> anyhow::Result<()> {
+        let actor = self.actor();
+        Ok(crate::access::audit(store, &self.config, &actor, "cli", action, Some(target), detail).await?)
+    }
 }
 
 /// Runs a parsed command; returns the exit code.
@@ -170,6 +188,8 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
         Command::Segment(cmd) => segment::run(&ctx, cmd).await,
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Runs(args) => runs::run(&ctx, args).await,
+        Command::User(cmd) => user::run(&ctx, cmd).await,
+        Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Sandbox(args) => sandbox::run(&ctx, args).await,
         Command::Daemon => daemon(&ctx).await,
         Command::Healthcheck { addr } => healthcheck(&ctx, addr).await,
@@ -254,6 +274,12 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
         }
         if export.connection_id.is_none() {
             problems.push(format!("export '{}' has no connection (it is disabled)", export.name));
+        }
+    }
+    // Scheduled runs on these connections would be refused.
+    for conn in store.connections().await? {
+        if let Some(problem) = crate::access::connection_export_user_problem(&store, &conn).await? {
+            problems.push(problem);
         }
     }
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());

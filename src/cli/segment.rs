@@ -234,6 +234,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
                 })
                 .await?;
             let (shown, note) = described(&spec, &seg.password);
+            ctx.audit(&store, "segment.add", &name, None).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "name": seg.name, "source": shown, "query": seg.query }));
             } else {
@@ -288,7 +289,9 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         SegmentCmd::Remove { name } => {
-            ctx.store().await?.remove_segment(&name).await?;
+            let store = ctx.store().await?;
+            store.remove_segment(&name).await?;
+            ctx.audit(&store, "segment.remove", &name, None).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name }));
             } else {
@@ -400,6 +403,7 @@ async fn edit(
     let record = password.record(master.as_ref(), seg.id, &stored);
     let seg = store.edit_segment(name, &stored, query.as_deref(), &record).await?;
     let (shown, note) = described(&spec, &seg.password);
+    ctx.audit(&store, "segment.edit", name, None).await?;
     if ctx.out.json {
         ctx.out.json(&json!({ "name": seg.name, "source": shown, "query": seg.query }));
     } else {

@@ -44,6 +44,30 @@ pub enum Command {
     Reload { reread_config: bool },
     /// A run task ended, one way or another.
     Finished { export: String, outcome: Outcome },
+    /// A person asked for a run through the API; `reply` says what became of the request. `full` and
+    /// `allow_mass_removal` apply to the export's next run that starts (this one, or the follow-up it becomes).
+    RunNow {
+        export: String,
+        by: String,
+        full: bool,
+        allow_mass_removal: bool,
+        reply: tokio::sync::oneshot::Sender<RunQueued>,
+    },
+}
+
+/// What became of a run asked for through the API.
+#[derive(Debug)]
+pub enum RunQueued {
+    /// It started; its progress (and, soon, its run id).
+    Started(Arc<Progress>),
+    /// The export is running: one follow-up run is queued.
+    FollowUp,
+    /// At `daemon.max_concurrent_runs`: it waits for a free slot.
+    Waiting,
+    /// Another process runs the export: it runs when that run ends.
+    Elsewhere,
+    /// It cannot run (no connection, or the daemon is stopping).
+    NotStarted,
 }
 
 /// How a run task ended.
@@ -127,6 +151,8 @@ pub struct Daemon {
     elsewhere: HashMap<String, (&'static str, Option<String>)>,
     fingerprint: Option<String>,
     stopping: Option<Instant>,
+    /// (full, allow_mass_removal) asked for through the API, for the export's next run that starts.
+    run_options: HashMap<String, (bool, bool)>,
 }
 
 /// Asks a running daemon to do things, from outside its loop (SIGHUP, tests).
@@ -144,6 +170,9 @@ impl DaemonHandle {
         let _ = self.0.send(Command::Run { export: export.into(), trigger: "trigger-file", note: None }).await;
     }
 }
+
+/// The triggers of runs nobody asked for at that moment: they go on behalf of the connection's export user.
+const SCHEDULED: [&str; 2] = ["schedule", "missed-schedule"];
 
 /// How often an export queued behind another process's run checks whether that run ended.
 const ELSEWHERE_CHECK: Duration = Duration::from_millis(500);
@@ -209,6 +238,7 @@ impl Daemon {
             elsewhere: HashMap::new(),
             fingerprint: None,
             stopping: None,
+            run_options: HashMap::new(),
         })
     }
 
@@ -241,7 +271,15 @@ impl Daemon {
         if let Some(listener) = self.listener.take() {
             let local = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
             tracing::info!(address = %local, "Status endpoint listening.");
-            let app = status::router(self.shared.clone());
+            let api = crate::api::ApiState {
+                store: self.store.clone(),
+                config: self.config.clone(),
+                commands: self.tx.clone(),
+                shared: self.shared.clone(),
+                throttle: Default::default(),
+            };
+            let app = status::router(self.shared.clone()).merge(crate::api::router(api));
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let stop = stop_tasks.clone();
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
@@ -369,6 +407,23 @@ impl Daemon {
                 self.reload_exports(reread_config || dst_changed).await;
             }
             Command::Finished { export, outcome } => self.finished(export, outcome).await,
+            Command::RunNow { export, by, full, allow_mass_removal, reply } => {
+                let was_running = self.running.contains_key(&export);
+                if full || allow_mass_removal {
+                    let asked = self.run_options.entry(export.clone()).or_default();
+                    asked.0 |= full;
+                    asked.1 |= allow_mass_removal;
+                }
+                self.request_run(export.clone(), "api", Some(format!("asked for by {by}"))).await;
+                let queued = match self.running.get(&export) {
+                    Some(run) if !was_running => RunQueued::Started(run.progress.clone()),
+                    Some(_) if self.follow_ups.contains_key(&export) => RunQueued::FollowUp,
+                    _ if self.waiting.iter().any(|(e, _, _)| *e == export) => RunQueued::Waiting,
+                    _ if self.elsewhere.contains_key(&export) => RunQueued::Elsewhere,
+                    _ => RunQueued::NotStarted,
+                };
+                let _ = reply.send(queued);
+            }
         }
     }
 
@@ -377,7 +432,11 @@ impl Daemon {
             return tracing::info!(export = %export, trigger, "Stopping; not starting new runs.");
         }
         match self.store.export(&export).await {
-            Ok(e) if e.enabled && e.connection_id.is_some() => {}
+            Ok(e) if e.enabled && e.connection_id.is_some() => {
+                if SCHEDULED.contains(&trigger) && self.refuse_without_export_user(&e, trigger).await {
+                    return;
+                }
+            }
             Ok(_) => {
                 return tracing::warn!(export = %export, trigger, "Export is disabled (no connection); not running it.")
             }
@@ -410,6 +469,33 @@ impl Daemon {
             return;
         }
         self.start_run(export, trigger, note);
+    }
+
+    /// Scheduled runs go on behalf of their connection's export user; when that account is gone or no longer an
+    /// administrator, the run is recorded `refused` with the reason (naming what an administrator must do) instead.
+    async fn refuse_without_export_user(&self, export: &crate::store::Export, trigger: &'static str) -> bool {
+        let Some(connection_id) = export.connection_id else { return false };
+        let problem = match self.store.connection_by_id(connection_id).await {
+            Ok(conn) => crate::access::connection_export_user_problem(&self.store, &conn).await,
+            Err(e) => Err(e),
+        };
+        let why = match problem {
+            Ok(Some(why)) => why,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(export = %export.name, error = %e, "Cannot read the connection's export user.");
+                return false;
+            }
+        };
+        tracing::warn!(export = %export.name, trigger, reason = %why, "Scheduled run refused.");
+        let recorded = match self.store.start_run(export.id, trigger, false, None).await {
+            Ok(run_id) => self.store.finish_run(run_id, RunStatus::Refused, Some(&why)).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(export = %export.name, error = %e, "Cannot record the refused run.");
+        }
+        true
     }
 
     /// Whether another process (a CLI run, a second daemon) holds the export's run lock. Asks without taking it.
@@ -447,7 +533,8 @@ impl Daemon {
             s.progress = Some(progress.clone());
         });
         let (runner, tx) = (self.runner(), self.tx.clone());
-        let opts = RunOptions { trigger: trigger.to_string(), note, ..RunOptions::default() };
+        let (full, allow_mass_removal) = self.run_options.remove(&export).unwrap_or_default();
+        let opts = RunOptions { trigger: trigger.to_string(), note, full, allow_mass_removal, ..RunOptions::default() };
         let task = tokio::spawn({
             let (export, progress, cancel) = (export.clone(), progress.clone(), cancel.clone());
             async move { runner.run_export(&export, &opts, progress, cancel).await }
@@ -470,11 +557,13 @@ impl Daemon {
                 let _ = tx.send(Command::Finished { export, outcome }).await;
             }
         });
+        self.shared.in_flight.lock().expect("in-flight lock").insert(export.clone(), progress.clone());
         self.running.insert(export, InFlight { cancel, abort, progress, trigger });
     }
 
     async fn finished(&mut self, export: String, outcome: Outcome) {
         let Some(run) = self.running.remove(&export) else { return };
+        self.shared.in_flight.lock().expect("in-flight lock").remove(&export);
         run.cancel.cancel();
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),

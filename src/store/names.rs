@@ -29,6 +29,24 @@ pub fn check_export_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest user name, in characters.
+pub const MAX_USER_NAME_CHARS: usize = 64;
+
+/// Checks an account name: it appears in tokens' owners, audit rows and URLs, so it is kept plain (letters, digits,
+/// `.`, `_`, `-`, `@`). A `:` would let it pass for the CLI's `local:` operator.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.chars().count() > MAX_USER_NAME_CHARS {
+        return Err(format!("is longer than {MAX_USER_NAME_CHARS} characters"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))) {
+        return Err(format!("holds {c:?}; use letters, digits, '.', '_', '-' and '@' only"));
+    }
+    Ok(())
+}
+
 fn check_text(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("is empty".into());

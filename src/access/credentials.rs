@@ -1,0 +1,128 @@
+//! API tokens and passwords. A token is `se_<account id>_<43 characters of base64url>` (256 random bits): the id
+//! says whose it is, so the stored hash is fetched by id and compared in constant time, and failed attempts can be
+//! throttled per account. Only the SHA-256 of the random part is stored (the part is high-entropy, so a plain hash
+//! is enough); the token is shown once. Passwords are hashed with argon2id and a random salt.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine as _;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Store, StoreError, User};
+
+const PREFIX: &str = "se_";
+/// Random bytes in a token: 256 bits.
+const TOKEN_BYTES: usize = 32;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// A freshly made token: the text shown once, and the hash that is stored.
+pub struct NewToken {
+    pub token: SecretString,
+    pub hash: String,
+}
+
+/// Makes a new token for the account `user_id`.
+pub fn new_token(user_id: i64) -> NewToken {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    NewToken { hash: hash_secret(&secret), token: SecretString::from(format!("{PREFIX}{user_id}_{secret}")) }
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The account id a token claims to be for, when it has the shape of a token. Says nothing of its validity.
+pub fn token_account(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix(PREFIX)?;
+    let (id, _) = rest.split_once('_')?;
+    id.parse().ok()
+}
+
+/// The account a token belongs to, or None when it is not a valid token now (malformed, revoked, rotated, or of an
+/// account that is gone).
+pub async fn authenticate(store: &Store, token: &str) -> Result<Option<User>, StoreError> {
+    let parsed = token
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret)));
+    let Some((id, secret)) = parsed else { return Ok(None) };
+    let presented = hash_secret(secret);
+    let stored = store.user_token_hash(id).await?;
+    // Compare against something of the same length even when the account does not exist.
+    let expected = stored.clone().unwrap_or_else(|| "0".repeat(presented.len()));
+    let equal: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+    if !equal || stored.is_none() {
+        return Ok(None);
+    }
+    store.user_by_id(id).await
+}
+
+/// Checks a new password's length; the error says what to do.
+pub fn check_password(password: &SecretString) -> Result<(), String> {
+    let chars = password.expose_secret().chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(format!("the password is {chars} characters long; use at least {MIN_PASSWORD_CHARS}"));
+    }
+    Ok(())
+}
+
+/// The argon2id hash (PHC string, with its salt and parameters) of a password.
+pub fn hash_password(password: &SecretString) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .expect("argon2 with default parameters hashes any input")
+        .to_string()
+}
+
+/// Whether a password matches a stored argon2id hash.
+pub fn verify_password(password: &SecretString, stored: &str) -> bool {
+    PasswordHash::new(stored)
+        .map(|hash| Argon2::default().verify_password(password.expose_secret().as_bytes(), &hash).is_ok())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use crate::store::Role;
+
+    #[tokio::test]
+    async fn a_token_works_until_it_is_rotated_and_only_its_hash_is_stored() {
+        let (_dir, store) = temp_store().await;
+        let user = store.add_user("ann", Role::Admin, "!").await.unwrap();
+        let first = new_token(user.id);
+        store.set_user_token("ann", &first.hash).await.unwrap();
+        let token = first.token.expose_secret().to_string();
+        assert!(token.len() >= PREFIX.len() + 43, "256 bits of base64: {}", token.len());
+        assert_eq!(authenticate(&store, &token).await.unwrap().unwrap().name, "ann");
+        let stored = store.user_token_hash(user.id).await.unwrap().unwrap();
+        assert!(!token.contains(&stored) && !stored.contains(token.splitn(3, '_').nth(2).unwrap()));
+
+        let second = new_token(user.id);
+        store.set_user_token("ann", &second.hash).await.unwrap();
+        assert!(authenticate(&store, &token).await.unwrap().is_none(), "the rotated token stops at once");
+        assert!(authenticate(&store, second.token.expose_secret()).await.unwrap().is_some());
+        for bad in ["", "se_", "se_1_", "se_x_abc", "Bearer x", &token.replace("se_1_", "se_2_")] {
+            assert!(authenticate(&store, bad).await.unwrap().is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_stored_as_argon2id_and_verifies_only_itself() {
+        let password = SecretString::from("correct horse battery staple");
+        let hash = hash_password(&password);
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(!hash.contains("correct horse"));
+        assert!(verify_password(&password, &hash));
+        assert!(!verify_password(&SecretString::from("correct horse battery stapler"), &hash));
+        assert!(check_password(&SecretString::from("short")).is_err());
+    }
+}

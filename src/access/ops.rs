@@ -1,0 +1,470 @@
+//! The changes a person asks for that the CLI and the HTTP API share: each checks who may do it (through the
+//! verdicts of `crate::access`), validates its input the same way for both, changes the store and records the
+//! audit row. Callers only turn `OpError` into an exit code or an HTTP status.
+
+use crate::config::Config;
+use crate::schedule::Schedule;
+use crate::source::{self, SourceSpec};
+use crate::store::{
+    Export, FieldMap, FieldType, NewExport, NullFields, OnLeave, ProjectType, Segment, Store, StoreError, User,
+};
+use crate::sync::{check_field_name, user_id_project_unsupported};
+
+use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
+
+/// Why an operation was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The input is wrong; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change conflicts with what is stored; the message names only what the caller may see.
+    #[error("{0}")]
+    Conflict(String),
+    /// The export is running (CLI: exit 75; API: 409); asking again with cancel_run stops that run first.
+    #[error("{0}")]
+    Busy(String),
+    /// The change started and stopped part-way; the message says how to finish it.
+    #[error("{0}")]
+    Failed(String),
+    /// Iterable refused the key (`bad_key`), or could not be asked.
+    #[error("{message}")]
+    Iterable { message: String, bad_key: bool },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who acts, and from where (for the audit: `cli`, or `api ADDRESS`).
+pub struct Caller<'a> {
+    pub actor: &'a Actor,
+    pub origin: &'a str,
+}
+
+/// A new export, as the CLI's flags or the API's JSON give it.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub name: String,
+    pub connection: String,
+    pub segments: Vec<String>,
+    pub email_field: String,
+    /// COLUMN or COLUMN=ITERABLE_FIELD.
+    pub fields: Vec<String>,
+    pub on_leave: OnLeave,
+    pub schedule: String,
+    /// Save without reading the segments to check that the columns exist.
+    pub skip_check: bool,
+    /// What a field's empty value does in Iterable.
+    pub null_fields: NullFields,
+    /// Iterable does not create users it does not know (hybrid and userID-based projects).
+    pub existing_users_only: bool,
+}
+
+/// Parses `COLUMN`, `COLUMN=ITERABLE_FIELD`, optionally followed by `:TYPE`.
+pub fn parse_field(text: &str) -> Result<FieldMap, String> {
+    let (mapping, field_type) = match text.rsplit_once(':') {
+        Some((mapping, t)) => {
+            let field_type = FieldType::parse(t.trim()).filter(|t| FieldType::CHOSEN.contains(t)).ok_or_else(|| {
+                let types: Vec<&str> = FieldType::CHOSEN.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "--field '{text}': unknown type '{}'; write COLUMN[=ITERABLE_FIELD]:TYPE with TYPE one of {}",
+                    t.trim(),
+                    types.join(", ")
+                )
+            })?;
+            (mapping, Some(field_type))
+        }
+        None => (text, None),
+    };
+    let (column, field) = match mapping.split_once('=') {
+        Some((c, f)) => (c.trim(), f.trim()),
+        None => (mapping.trim(), mapping.trim()),
+    };
+    if column.is_empty() {
+        return Err(format!("--field '{text}' names no column; write COLUMN or COLUMN=ITERABLE_FIELD"));
+    }
+    check_field_name(field).map_err(|e| format!("--field '{text}': {e}"))?;
+    Ok(FieldMap { field_type, ..FieldMap::new(column, field) })
+}
+
+/// Two fields may not send to one Iterable field.
+pub fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
+    let mut names: Vec<&str> = fields.iter().map(|f| f.iterable_field.as_str()).collect();
+    names.sort();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!("two fields send to the Iterable field '{}'", w[0])),
+        None => Ok(()),
+    }
+}
+
+/// Reads a segment's first row to check that it has the email column and every field's column.
+pub async fn check_columns(
+    seg: &Segment,
+    email_field: &str,
+    fields: &[FieldMap],
+    master_key: &std::path::Path,
+) -> Result<(), String> {
+    let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
+    let password = crate::secrets::resolve_source_password(seg, master_key)
+        .map_err(|e| format!("{e} (add --skip-check to save anyway)"))?;
+    let spec = spec.with_password(password);
+    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
+        .await
+        .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
+    let wanted = std::iter::once(email_field).chain(fields.iter().map(|f| f.column.as_str()));
+    for col in wanted {
+        if !columns.iter().any(|c| c == col) {
+            return Err(format!(
+                "segment '{}' has no column '{col}'; its columns are: {}",
+                seg.name,
+                columns.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Adds an export: checks, saves (without running it), makes its creator an export user, audits.
+pub async fn create_export(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    r: &ExportRequest,
+) -> Result<Export, OpError> {
+    // Before anything is read, and before the name is quoted in any message below.
+    crate::store::names::check_export_name(&r.name).map_err(|problem| StoreError::InvalidName {
+        what: "export",
+        name: r.name.clone(),
+        problem,
+    })?;
+    let fail = |m: String| OpError::Invalid(format!("export '{}' not saved: {m}", r.name));
+    let fields = r.fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+    check_unique_fields(&fields).map_err(fail)?;
+    Schedule::parse(&r.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
+    let conn = store.connection(&r.connection).await?;
+    use_connection(caller.actor, &conn.usable_by).check(&format!("connection '{}'", r.connection))?;
+    if conn.project_type == ProjectType::UserId {
+        return Err(fail(user_id_project_unsupported(&conn.name)));
+    }
+    if r.existing_users_only && conn.project_type == ProjectType::Email {
+        return Err(fail(format!(
+            "--existing-users-only does nothing in connection '{}''s email-based project: Iterable honours \
+             updateExistingUsersOnly only in hybrid and userID-based projects, and would create every new member \
+             anyway. Leave the option out, or give the connection's real type (connection add --project-type).",
+            conn.name
+        )));
+    }
+    let mut segment_ids = Vec::new();
+    for name in &r.segments {
+        let seg = store.segment(name).await?;
+        if segment_ids.contains(&seg.id) {
+            return Err(fail(format!("segment '{name}' is given twice")));
+        }
+        if !r.skip_check {
+            check_columns(&seg, &r.email_field, &fields, &config.store.master_key_path()).await.map_err(|e| {
+                if caller.actor.is_admin() {
+                    fail(e)
+                } else {
+                    // The reader's error may name the source (a path, a URL): administrators only.
+                    fail(format!(
+                        "segment '{name}' could not be read, or lacks the column '{}' or a field's column; ask an \
+                         administrator to check the segment",
+                        r.email_field
+                    ))
+                }
+            })?;
+        }
+        segment_ids.push(seg.id);
+    }
+    let export = store
+        .add_export(&NewExport {
+            name: r.name.clone(),
+            connection_id: conn.id,
+            email_field: r.email_field.clone(),
+            on_leave: r.on_leave,
+            null_fields: r.null_fields,
+            existing_users_only: r.existing_users_only,
+            schedule: r.schedule.trim().to_string(),
+            segment_ids,
+            fields,
+        })
+        .await
+        .map_err(|e| match e {
+            e @ StoreError::ListManaged { .. } if !caller.actor.is_admin() => OpError::Conflict(e.without_names()),
+            e => e.into(),
+        })?;
+    if let Some(id) = caller.actor.user_id() {
+        store.add_export_user(export.id, id, caller.actor.name()).await?;
+    }
+    audit(store, config, caller.actor, caller.origin, "export.add", Some(&r.name), None).await?;
+    Ok(export)
+}
+
+/// Adds and removes export users of an export; returns them all. Admins and export users may.
+pub async fn change_export_users(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    export_name: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<Vec<User>, OpError> {
+    let export = store.export(export_name).await?;
+    let facts = ExportFacts::load(store, &export).await?;
+    change_export(caller.actor, &facts).check(&format!("export '{export_name}'"))?;
+    for name in add {
+        let user = store.user(name).await?;
+        store.add_export_user(export.id, user.id, caller.actor.name()).await?;
+        audit(store, config, caller.actor, caller.origin, "export.users.add", Some(export_name), Some(name.clone()))
+            .await?;
+    }
+    for name in remove {
+        let user = store.user(name).await?;
+        if !store.remove_export_user(export.id, user.id).await? {
+            return Err(OpError::Invalid(format!("'{name}' is not an export user of export '{export_name}'")));
+        }
+        audit(store, config, caller.actor, caller.origin, "export.users.remove", Some(export_name), Some(name.clone()))
+            .await?;
+    }
+    Ok(store.export_users(export.id).await?)
+}
+
+/// Makes the caller (an administrator) the connection's export user: its scheduled runs go on their behalf.
+pub async fn become_connection_export_user(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    connection_name: &str,
+) -> Result<(), OpError> {
+    let conn = store.connection(connection_name).await?;
+    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{connection_name}'"))?;
+    store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
+    audit(store, config, caller.actor, caller.origin, "connection.export_user", Some(connection_name), None).await?;
+    Ok(())
+}
+
+/// How long a removal with `cancel_run` waits for the run to stop (it stops within one batch).
+pub const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Removes an export (export users and admins may): holds its run lock (a run in flight refuses the removal, or is
+/// cancelled first with `cancel_run`), optionally empties its lists of what it put there, then forgets it.
+pub async fn remove_export(
+    store: &Store,
+    config: &std::sync::Arc<Config>,
+    caller: &Caller<'_>,
+    name: &str,
+    empty_lists: bool,
+    cancel_run: bool,
+) -> Result<Vec<crate::sync::empty::Emptied>, OpError> {
+    use crate::sync::{lock_for_change, ChangeRefused};
+    let export = store.export(name).await?;
+    let facts = ExportFacts::load(store, &export).await?;
+    change_export(caller.actor, &facts).check(&format!("export '{name}'"))?;
+    let _lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT).await.map_err(
+        |e| match e {
+            e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
+            ChangeRefused::Store(e) => OpError::Store(e),
+            e => OpError::Failed(e.to_string()),
+        },
+    )?;
+    let emptied = if empty_lists {
+        let engine = crate::sync::Engine::new(store.clone(), config.clone());
+        let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
+        crate::sync::empty::empty_lists(&engine, store, config.iterable.batch_size, &export, &targets).await.map_err(
+            |e| {
+                OpError::Failed(format!(
+                    "export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same \
+                     removal asked again finishes the job"
+                ))
+            },
+        )?
+    } else {
+        vec![]
+    };
+    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
+    store.interrupt_orphaned_runs(export.id).await?;
+    store.remove_export(name).await?;
+    let detail = empty_lists.then(|| "lists emptied".to_string());
+    audit(store, config, caller.actor, caller.origin, "export.remove", Some(name), detail).await?;
+    Ok(emptied)
+}
+
+/// A new connection, as the CLI's flags or the API's JSON give it.
+pub struct ConnectionRequest {
+    pub name: String,
+    /// Where the key comes from: a reference (environment variable, file) kept as is, or `Stored` (any
+    /// ciphertext), which seals `key` with the master key.
+    pub key_source: crate::store::KeySource,
+    pub key: secrecy::SecretString,
+    pub region: crate::iterable::Region,
+    /// Overrides `region` (a proxy, the sandbox).
+    pub base_url: Option<String>,
+    /// `admins` or `contributors`.
+    pub usable_by: String,
+    pub accept_data_privacy: bool,
+    /// Make the caller the connection's export user (the CLI's operator always is).
+    pub add_me_as_export_user: bool,
+    /// Check the key against Iterable (GET /api/lists) before saving.
+    pub verify: bool,
+    /// How the Iterable project identifies users.
+    pub project_type: ProjectType,
+}
+
+/// The Iterable API address: `base_url` when given (checked), else the region's.
+pub fn base_url(region: crate::iterable::Region, base_url: Option<&str>) -> Result<String, OpError> {
+    match base_url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                OpError::Invalid(format!("base URL '{url}' is not a URL ({e}); write it like https://api.iterable.com"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(OpError::Invalid(format!("base URL '{url}' must start with http:// or https://")));
+            }
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        None => Ok(region.base_url().to_string()),
+    }
+}
+
+/// Asks Iterable for the project's lists with `key`: the number of lists, or what Iterable (or the network) said.
+pub async fn check_key(
+    config: &Config,
+    base_url: &str,
+    key: &secrecy::SecretString,
+) -> Result<Result<usize, crate::iterable::IterableError>, OpError> {
+    use crate::iterable::{IterableClient, Pacer, RetrySettings};
+    let it = &config.iterable;
+    // Two attempts, so a dead endpoint fails fast.
+    let retry = RetrySettings {
+        max_attempts: 2,
+        min_delay: std::time::Duration::from_millis(300),
+        max_delay: std::time::Duration::from_secs(2),
+    };
+    let pacer = std::sync::Arc::new(Pacer::new(it.requests_per_second));
+    let client = IterableClient::new(base_url, key, it.timeout, pacer, retry)
+        .map_err(|e| OpError::Invalid(format!("cannot ask Iterable at {base_url}: {e}")))?;
+    Ok(client.lists().await.map(|lists| lists.len()))
+}
+
+/// The "Connect" step: admins only; checks the consent, the URL and (unless told not to) the key with Iterable,
+/// seals a stored key, saves, sets the export user, audits.
+pub async fn add_connection(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    r: ConnectionRequest,
+) -> Result<crate::store::Connection, OpError> {
+    use crate::secrets::{self, MasterKey};
+    use crate::store::KeySource;
+    super::add_connection(caller.actor).check("connections")?;
+    if !r.accept_data_privacy {
+        return Err(OpError::Invalid(
+            "connection not saved: exports send customer profiles (email addresses and every field you map, which \
+             is personal data) out of this system to Iterable's servers. If your organisation allows that, agree to \
+             the data-privacy terms (--accept-data-privacy, or \"accept_data_privacy\": true); your consent and its \
+             time are recorded."
+                .into(),
+        ));
+    }
+    if !["admins", super::USABLE_BY_CONTRIBUTORS].contains(&r.usable_by.as_str()) {
+        return Err(OpError::Invalid(format!(
+            "connection '{}' not saved: usable_by '{}' is neither 'admins' nor 'contributors'",
+            r.name, r.usable_by
+        )));
+    }
+    let base_url = base_url(r.region, r.base_url.as_deref())?;
+    if r.verify {
+        if let Err(e) = check_key(config, &base_url, &r.key).await? {
+            let bad_key = e.is_bad_api_key();
+            let message = if bad_key {
+                format!("connection '{}' was not saved: {e}", r.name)
+            } else {
+                format!(
+                    "connection '{}' was not saved: the key could not be checked: {e}. Fix the base URL or network, \
+                     or save it unchecked (--skip-verify)",
+                    r.name
+                )
+            };
+            return Err(OpError::Iterable { message, bad_key });
+        }
+    }
+    let source = match r.key_source {
+        KeySource::Stored { .. } => {
+            // Every secret already sealed (API keys and segments' database passwords) must open with the key.
+            let (connections, segments) = (store.connections().await?, store.segments().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments);
+            let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
+            let (ciphertext, nonce) = master.seal(&r.name, &r.key);
+            KeySource::Stored { ciphertext, nonce }
+        }
+        other => other,
+    };
+    let last4 = matches!(source, KeySource::Stored { .. }).then(|| secrets::last4(&r.key)).flatten();
+    let conn = store
+        .add_connection(&crate::store::NewConnection {
+            name: r.name.clone(),
+            base_url,
+            region: r.base_url.is_none().then(|| r.region.as_str().to_string()),
+            project_type: r.project_type,
+            usable_by: r.usable_by,
+            key: source,
+            key_last4: last4,
+            privacy_accepted_by: caller.actor.name().to_string(),
+            verified: r.verify,
+        })
+        .await?;
+    // The CLI's connections run on the local operator's behalf, so their scheduled runs never lack an export user.
+    if r.add_me_as_export_user || caller.actor.user_id().is_none() {
+        store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
+    }
+    let detail = format!("usable by {}; data privacy accepted", conn.usable_by);
+    audit(store, config, caller.actor, caller.origin, "connection.add", Some(&conn.name), Some(detail)).await?;
+    Ok(conn)
+}
+
+/// Removes a connection (admins only). Exports that use it are detached (kept, disabled) or removed, as asked; with
+/// neither, the removal is refused while exports use it. With `cancel_run`, runs in flight on it are cancelled
+/// first; without, an export being removed that is running refuses the removal (`Busy`), and detached ones are not
+/// waited for. Returns the exports concerned.
+pub async fn remove_connection(
+    store: &Store,
+    config: &Config,
+    caller: &Caller<'_>,
+    name: &str,
+    detach_exports: bool,
+    remove_exports: bool,
+    cancel_run: bool,
+) -> Result<Vec<String>, OpError> {
+    use crate::sync::{lock_for_change, ChangeRefused};
+    let conn = store.connection(name).await?;
+    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    // Exports that go on must not go on writing through it: hold each one's run lock (a run in flight refuses the
+    // removal, or is cancelled first) until the removal is committed.
+    let mut locks = Vec::new();
+    if remove_exports || (detach_exports && cancel_run) {
+        for export_name in store.exports_using_connection(conn.id).await? {
+            let export = store.export(&export_name).await?;
+            let lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT)
+                .await
+                .map_err(|e| match e {
+                    e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
+                        OpError::Busy(format!("connection '{name}' not removed: {e}"))
+                    }
+                    ChangeRefused::Store(e) => OpError::Store(e),
+                    e => OpError::Failed(e.to_string()),
+                })?;
+            locks.push(lock);
+        }
+    }
+    let affected = store.remove_connection(name, detach_exports, remove_exports).await?;
+    let detail = match (affected.is_empty(), remove_exports) {
+        (true, _) => None,
+        (false, true) => Some("exports removed".to_string()),
+        (false, false) => Some("exports detached".to_string()),
+    };
+    audit(store, config, caller.actor, caller.origin, "connection.remove", Some(name), detail).await?;
+    Ok(affected)
+}

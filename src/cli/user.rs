@@ -1,0 +1,207 @@
+//! `user add | list | show | remove | role | token | password`: accounts for the HTTP API. The CLI acts as the local
+//! administrator; every change is audited.
+
+use std::io::{IsTerminal, Read};
+
+use clap::Subcommand;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::output::when;
+use super::{exit, Ctx, Exit};
+use crate::access::ops::{self, Caller, OpError};
+use crate::access::{self, credentials};
+use crate::store::{Role, User};
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add an account and print its API token (shown this once: store it now).
+    Add {
+        name: String,
+        /// admin: does everything; contributor: uses the connections open to contributors and its own exports.
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+    /// List accounts.
+    List,
+    /// Show one account.
+    Show { name: String },
+    /// Remove an account: its token stops working and it is no longer an export user of anything.
+    Remove { name: String },
+    /// Change an account's role.
+    Role {
+        name: String,
+        #[arg(value_enum)]
+        role: Role,
+    },
+    /// Replace an account's API token; the old one stops working at once. Prints the new one once.
+    Token {
+        name: String,
+        /// Required: says that the old token is to stop working.
+        #[arg(long, required = true)]
+        rotate: bool,
+    },
+    /// Set an account's password (for the web console's sign-in). Prompted twice without echo on a terminal.
+    Password {
+        name: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    match cmd {
+        UserCmd::Add { name, role } => {
+            let (user, token) = access::create_user(&store, &name, role).await?;
+            ctx.audit(&store, "user.add", &name, Some(format!("role {role}"))).await?;
+            print_token(ctx, &user, &token, "Added");
+        }
+        UserCmd::List => {
+            let users = store.users().await?;
+            if ctx.out.json {
+                ctx.out.json(&users);
+            } else if users.is_empty() {
+                println!(
+                    "No accounts yet: the HTTP API answers 401 to everyone. Add the first administrator with \
+                     `segment-exporter user add NAME --role admin`."
+                );
+            } else {
+                let rows = users.iter().map(row).collect();
+                ctx.out.table(&["name", "role", "password", "token since", "created"], rows);
+            }
+        }
+        UserCmd::Show { name } => {
+            let user = store.user(&name).await?;
+            if ctx.out.json {
+                ctx.out.json(&user);
+            } else {
+                ctx.out.table(&["name", "role", "password", "token since", "created"], vec![row(&user)]);
+            }
+        }
+        UserCmd::Remove { name } => {
+            let user = store.remove_user(&name).await?;
+            ctx.audit(&store, "user.remove", &name, None).await?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "removed": user.name }));
+            } else {
+                println!("Removed account '{name}'; its token no longer works.");
+            }
+        }
+        UserCmd::Role { name, role } => {
+            let before = store.user(&name).await?;
+            let user = store.set_user_role(&name, role).await?;
+            ctx.audit(&store, "user.role", &name, Some(format!("{} -> {role}", before.role))).await?;
+            if ctx.out.json {
+                ctx.out.json(&user);
+            } else {
+                println!("Account '{name}' is now {role} (was {}).", before.role);
+            }
+        }
+        UserCmd::Token { name, rotate: _ } => {
+            let (user, token) = access::rotate_token(&store, &name).await?;
+            ctx.audit(&store, "user.token.rotate", &name, None).await?;
+            print_token(ctx, &user, &token, "Rotated the token of");
+        }
+        UserCmd::Password { name, password_stdin } => {
+            store.user(&name).await?;
+            let password = read_password(&name, password_stdin)?;
+            credentials::check_password(&password)
+                .map_err(|e| Exit::invalid(format!("password of '{name}' not set: {e}")))?;
+            store.set_user_password(&name, &credentials::hash_password(&password)).await?;
+            ctx.audit(&store, "user.password", &name, None).await?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "user": name, "password_set": true }));
+            } else {
+                println!("Set the password of '{name}'.");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn row(u: &User) -> Vec<String> {
+    vec![
+        u.name.clone(),
+        u.role.to_string(),
+        if u.has_password { "set".into() } else { "-".into() },
+        when(&u.token_created_at),
+        when(&u.created_at),
+    ]
+}
+
+fn print_token(ctx: &Ctx, user: &User, token: &SecretString, what: &str) {
+    if ctx.out.json {
+        ctx.out.json(&json!({ "user": user, "token": token.expose_secret() }));
+    } else {
+        println!("{what} account '{}' ({}). Its API token, shown this once (store it now):", user.name, user.role);
+        println!("{}", token.expose_secret());
+    }
+}
+
+fn read_password(name: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
+    if from_stdin {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        return Ok(SecretString::from(text.lines().next().unwrap_or("").to_string()));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Exit::error(
+            exit::FAILED,
+            format!(
+                "password of '{name}' not set: standard input is not a terminal to prompt on; pipe the password in \
+                 with --password-stdin"
+            ),
+        ));
+    }
+    let first = rpassword::prompt_password(format!("New password for '{name}' (not shown): "))?;
+    let again = rpassword::prompt_password("The same again: ")?;
+    if first != again {
+        return Err(Exit::error(exit::FAILED, format!("password of '{name}' not set: the two entries differ")));
+    }
+    Ok(SecretString::from(first))
+}
+
+/// Turns a refused or invalid operation into the CLI's error, keeping store errors as they are.
+pub(super) fn op_error(e: OpError) -> anyhow::Error {
+    match e {
+        OpError::Store(e) => e.into(),
+        OpError::Secret(e) => e.into(),
+        OpError::Busy(m) => Exit::error(exit::BUSY, m),
+        OpError::Iterable { message, .. } => Exit::with_kind(super::error::ErrorKind::Iterable, message),
+        OpError::Failed(m) => Exit::error(exit::FAILED, m),
+        e => Exit::invalid(e.to_string()),
+    }
+}
+
+/// `export users NAME [--add USER] [--remove USER]`.
+pub async fn export_users(ctx: &Ctx, name: &str, add: &[String], remove: &[String]) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    let users = ops::change_export_users(&store, &ctx.config, &caller, name, add, remove).await.map_err(op_error)?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "export": name, "users": users.iter().map(|u| &u.name).collect::<Vec<_>>() }));
+    } else if users.is_empty() {
+        println!("Export '{name}' has no export users: only administrators may see and run it.");
+    } else {
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        println!("Export users of '{name}': {}.", names.join(", "));
+    }
+    Ok(exit::OK)
+}
+
+/// `connection export-user NAME`: the local operator becomes the connection's export user.
+pub async fn connection_export_user(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let actor = ctx.actor();
+    let caller = Caller { actor: &actor, origin: "cli" };
+    ops::become_connection_export_user(&store, &ctx.config, &caller, name).await.map_err(op_error)?;
+    if ctx.out.json {
+        ctx.out.json(&json!({ "connection": name, "export_user": actor.name() }));
+    } else {
+        println!("Connection '{name}' now runs its scheduled exports on behalf of {}.", actor.name());
+    }
+    Ok(exit::OK)
+}
