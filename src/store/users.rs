@@ -143,6 +143,14 @@ impl Store {
             .flatten())
     }
 
+    /// The account after an update of it; an update that touched no row means there is no such account.
+    async fn updated_user(&self, name: &str, rows: u64) -> Result<User> {
+        if rows == 0 {
+            return Err(StoreError::not_found("user", name, "user list"));
+        }
+        self.user(name).await
+    }
+
     /// Replaces an account's token hash: the old token stops working with this statement.
     pub async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<User> {
         let done = sqlx::query("UPDATE users SET token_hash = ?, token_created_at = ? WHERE name = ?")
@@ -151,10 +159,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found("user", name, "user list"));
-        }
-        self.user(name).await
+        self.updated_user(name, done.rows_affected()).await
     }
 
     pub async fn set_user_password(&self, name: &str, password_hash: &str) -> Result<User> {
@@ -163,10 +168,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found("user", name, "user list"));
-        }
-        self.user(name).await
+        self.updated_user(name, done.rows_affected()).await
     }
 
     pub async fn set_user_role(&self, name: &str, role: Role) -> Result<User> {
@@ -175,10 +177,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found("user", name, "user list"));
-        }
-        self.user(name).await
+        self.updated_user(name, done.rows_affected()).await
     }
 
     /// Removes an account: its token stops working, and it is no longer an export user of anything.
