@@ -23,7 +23,7 @@ fn ok(value: Value) -> ApiResult {
     Ok(Json(value).into_response())
 }
 
-fn ops_caller(c: &Caller) -> ops::Caller<'_> {
+pub(super) fn ops_caller(c: &Caller) -> ops::Caller<'_> {
     ops::Caller { actor: &c.actor, origin: &c.origin }
 }
 
@@ -43,6 +43,7 @@ async fn connection_view(s: &ApiState, c: &Caller, conn: &Connection) -> Result<
         "name": conn.name,
         "base_url": conn.base_url,
         "region": conn.region,
+        "project_type": conn.project_type,
         "usable_by": conn.usable_by,
         "privacy_accepted_at": conn.privacy_accepted_at,
         "privacy_accepted_by": conn.privacy_accepted_by,
@@ -210,8 +211,12 @@ async fn export_view(s: &ApiState, export: &Export) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(export).map_err(ApiError::internal)?;
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
     v["users"] = json!(users);
-    let last = s.store.last_run(export.id).await?;
-    v["last_run"] = json!(last.map(|r| json!({ "id": r.id, "status": r.status, "started_at": r.started_at })));
+    // The last run whole (status, counts, times, error), the next scheduled one, and the run in flight, whose
+    // progress `GET /runs/{id}` follows.
+    v["last_run"] = json!(s.store.last_run(export.id).await?);
+    v["next_run"] = json!(s.shared.lock().exports.get(&export.name).and_then(|e| e.next_run));
+    let running = s.shared.in_flight.lock().expect("in-flight lock").get(&export.name).and_then(|p| p.run_id());
+    v["running_run_id"] = json!(running);
     Ok(v)
 }
 
@@ -268,7 +273,7 @@ fn choice<T: clap::ValueEnum>(field: &str, text: Option<&str>, default: T) -> Re
     }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))
 }

@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod users;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::config::Config;
 use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
-pub use auth::Throttle;
+pub use auth::{Caller, Throttle};
 pub use error::ApiError;
 
 /// What every handler reaches.
@@ -52,7 +53,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs", get(handlers::runs))
         .route("/runs/{id}", get(handlers::run))
         .route("/audit", get(handlers::audit))
+        .route("/users", get(users::users).post(users::add_user))
+        .route("/users/{name}", get(users::user).patch(users::change_user).delete(users::remove_user))
+        .route("/users/{name}/password", post(users::set_password))
+        .route("/users/{name}/token", post(users::rotate_token))
         .fallback(handlers::not_found)
-        .with_state(state);
-    Router::new().nest("/api/v1", api)
+        .with_state(state.clone());
+    Router::new().nest("/api/v1", api).merge(crate::console::router(state))
 }
