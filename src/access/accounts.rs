@@ -99,6 +99,9 @@ pub async fn set_password(
         .await
         .map_err(|e| OpError::Failed(format!("password of '{name}' not set: {e}")))?;
     let user = store.set_user_password(name, &hash).await?;
-    audit(store, config, c.actor, c.origin, "user.password", Some(name), None).await?;
+    // Whoever signed in with the old password is signed out.
+    let ended = store.remove_user_sessions(user.id).await?;
+    let detail = (ended > 0).then(|| format!("{ended} session(s) ended"));
+    audit(store, config, c.actor, c.origin, "user.password", Some(name), detail).await?;
     Ok(user)
 }

@@ -41,7 +41,8 @@ pub enum UserCmd {
         #[arg(long, required = true)]
         rotate: bool,
     },
-    /// Set an account's password (for the web console's sign-in). Prompted twice without echo on a terminal.
+    /// Set an account's password (for the web console's sign-in); its signed-in sessions end. Prompted twice
+    /// without echo on a terminal.
     Password {
         name: String,
         /// Read the password from the first line of standard input instead of prompting.
