@@ -319,7 +319,8 @@ mod tests {
     fn the_origin_must_name_the_host_the_request_was_sent_to() {
         let same = headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "http://127.0.0.1:9185")]);
         assert!(check_origin(&same, None, true).is_ok());
-        let proxied = headers(&[(header::HOST, "exports.example.com"), (header::ORIGIN, "https://exports.example.com")]);
+        let proxied =
+            headers(&[(header::HOST, "exports.example.com"), (header::ORIGIN, "https://exports.example.com")]);
         assert!(check_origin(&proxied, None, true).is_ok(), "a TLS proxy on 443 in front of plain HTTP");
         let referer =
             headers(&[(header::HOST, "127.0.0.1:9185"), (header::REFERER, "http://127.0.0.1:9185/exports/a")]);

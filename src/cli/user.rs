@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::output::when;
 use super::{exit, Ctx, Exit};
-use crate::access::ops::{self, Caller, OpError};
 use crate::access::accounts;
+use crate::access::ops::{self, Caller, OpError};
 use crate::store::{Role, User};
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +84,8 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
         }
         UserCmd::Remove { name } => {
             let actor = ctx.actor();
-            let user = accounts::remove_user(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
+            let user =
+                accounts::remove_user(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": user.name }));
             } else {

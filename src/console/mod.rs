@@ -68,15 +68,16 @@ fn secured(mut r: Response) -> Response {
 
 /// The signed-in caller, or the answer to send instead: the sign-in page (back here afterwards) when there is
 /// no valid session, the error page for anything else (too many attempts, say).
-fn signed_in(caller: Result<Caller, ApiError>, uri: &Uri) -> Result<Caller, Response> {
+fn signed_in(caller: Result<Caller, ApiError>, uri: &Uri) -> Result<Caller, Box<Response>> {
     caller.map_err(|e| {
-        if e.status == StatusCode::UNAUTHORIZED {
+        Box::new(if e.status == StatusCode::UNAUTHORIZED {
             let next = uri.path_and_query().map_or("/exports", |p| p.as_str());
-            let to = format!("/sign-in?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>());
+            let to =
+                format!("/sign-in?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>());
             Redirect::to(&to).into_response()
         } else {
             secured((e.status, pages::message(None, "Something went wrong", &e.message)).into_response())
-        }
+        })
     })
 }
 
@@ -93,7 +94,7 @@ fn page(c: &Caller, p: Page) -> Response {
 /// A page for administrators only; others get the not-found page.
 fn admin_page(caller: Result<Caller, ApiError>, uri: Uri, p: Page, what: &str) -> Response {
     match signed_in(caller, &uri) {
-        Err(r) => r,
+        Err(r) => *r,
         Ok(c) if access::manage_users(&c.actor) == Verdict::Allow => page(&c, p),
         Ok(c) => not_found(&c, what),
     }
@@ -114,11 +115,11 @@ async fn sign_in(caller: Result<Caller, ApiError>, Query(q): Query<Next>) -> Res
 }
 
 async fn exports(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    signed_in(caller, &uri).map_or_else(|r| r, |c| page(&c, Page::Exports))
+    signed_in(caller, &uri).map_or_else(|r| *r, |c| page(&c, Page::Exports))
 }
 
 async fn new_export(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    signed_in(caller, &uri).map_or_else(|r| r, |c| page(&c, Page::NewExport))
+    signed_in(caller, &uri).map_or_else(|r| *r, |c| page(&c, Page::NewExport))
 }
 
 async fn export(
@@ -129,7 +130,7 @@ async fn export(
 ) -> Response {
     let c = match signed_in(caller, &uri) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let visible = match s.store.export(&name).await {
         Ok(export) => match ExportFacts::load(&s.store, &export).await {
@@ -161,7 +162,7 @@ async fn connection(
 ) -> Response {
     let c = match signed_in(caller, &uri) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let exists = s.store.connection(&name).await.is_ok();
     if exists && access::see_connection_key(&c.actor) == Verdict::Allow {
@@ -177,7 +178,7 @@ async fn users(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
 
 async fn audit(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
     match signed_in(caller, &uri) {
-        Err(r) => r,
+        Err(r) => *r,
         Ok(c) if access::read_audit(&c.actor) == Verdict::Allow => page(&c, Page::Audit),
         Ok(c) => not_found(&c, "such page"),
     }

@@ -82,7 +82,11 @@ fn nav(c: &Caller, section: &str) -> Markup {
     let admin = access::manage_users(&c.actor) == Verdict::Allow;
     let mut entries = vec![("exports", "/exports", "Exports")];
     if admin {
-        entries.extend([("connections", "/connections", "Connections"), ("users", "/users", "Users"), ("audit", "/audit", "Audit")]);
+        entries.extend([
+            ("connections", "/connections", "Connections"),
+            ("users", "/users", "Users"),
+            ("audit", "/audit", "Audit"),
+        ]);
     }
     html! {
         header.top {
@@ -240,18 +244,18 @@ fn export(name: &str) -> Markup {
         }
         div #run-area {}
         dl #export-details.details {}
-        section #export-edit {
-            h2 { "Edit" }
+        section {
+            h2 { "Run history" }
+            div #run-history { p.loading { "Loading…" } }
+        }
+        details #export-edit {
+            summary { "Edit" }
             form #edit-export {
                 label { "Schedule" input name="schedule"; }
                 label { "Extra fields" input name="fields"; }
                 p.error role="alert" {}
                 button type="submit" { "Save changes" }
             }
-        }
-        section {
-            h2 { "Run history" }
-            div #run-history { p.loading { "Loading…" } }
         }
         section {
             h2 { "Export users" }

@@ -150,6 +150,12 @@
 
   function table(headers, rows, empty) {
     if (!rows.length) return el("p", { class: "empty" }, empty);
+    // Each cell knows its column's name, which a phone's narrow layout shows beside it instead of the header row.
+    for (const row of rows.flat()) {
+      [...row.children].forEach((cell, i) => {
+        if (headers[i] && !cell.hasAttribute("colspan")) cell.dataset.label = headers[i];
+      });
+    }
     return el(
       "div",
       { class: "table" },
@@ -561,7 +567,7 @@
               "tr",
               { "data-connection": c.name },
               el("td", {}, el("a", { href: `/connections/${encodeURIComponent(c.name)}` }, c.name)),
-              el("td", {}, (c.region || "").toUpperCase()),
+              el("td", {}, c.region ? c.region.toUpperCase() : "own base URL"),
               el("td", {}, c.project_type || "–"),
               el("td", {}, who[c.usable_by] || c.usable_by),
               el("td", {}, c.export_user || "– (none: scheduled runs wait for one)"),
@@ -655,7 +661,7 @@
         const c = await api("GET", path);
         const details = [
           ["Destination", "Iterable"],
-          ["Region", (c.region || "").toUpperCase()],
+          ["Region", c.region ? c.region.toUpperCase() : "– (its own base URL)"],
           ["Project type", c.project_type || "–"],
           ["Base URL", c.base_url],
           ["Who can use it", who[c.usable_by] || c.usable_by],
