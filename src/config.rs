@@ -395,10 +395,16 @@ impl Config {
             }
         }
         if d.tls_cert.is_some() != d.tls_key.is_some() {
-            p.push("daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither".into());
+            p.push(
+                "daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither"
+                    .into(),
+            );
         }
         if d.session_idle_timeout.is_zero() || d.session_lifetime.is_zero() {
-            p.push("daemon.session_idle_timeout and daemon.session_lifetime must be above 0, e.g. \"30m\" and \"12h\"".into());
+            p.push(
+                "daemon.session_idle_timeout and daemon.session_lifetime must be above 0, e.g. \"30m\" and \"12h\""
+                    .into(),
+            );
         }
         if self.log.level.trim().is_empty() {
             p.push("log.level is empty; use e.g. \"info\"".into());

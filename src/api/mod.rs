@@ -23,8 +23,8 @@ use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
 pub use auth::{admins_only, Throttle};
-pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 pub use error::ApiError;
+pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
 /// What every handler reaches.
 #[derive(Clone)]

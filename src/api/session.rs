@@ -35,8 +35,8 @@ pub const TLS_COOKIE: &str = "__Host-segment_exporter_session";
 /// The header that carries the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// A session's last use is written at most this often, not on every request (the console polls progress).
-/// The idle timeout is therefore exact to within this much.
+/// A session's last use is written at most this often (or a quarter of the idle timeout, when shorter), not on
+/// every request (the console polls progress). The idle timeout is therefore exact to within this much.
 const TOUCH_EVERY: ChronoDuration = ChronoDuration::seconds(60);
 
 /// The session a caller came with.
@@ -108,7 +108,7 @@ pub(super) async fn caller(
             ));
         }
     }
-    if now - session.last_seen_at >= TOUCH_EVERY {
+    if now - session.last_seen_at >= TOUCH_EVERY.min(idle / 4) {
         state.store.touch_session(session.id).await?;
     }
     let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(&id), expires_at: session.expires_at };
@@ -319,7 +319,8 @@ mod tests {
     fn the_origin_must_name_the_host_the_request_was_sent_to() {
         let same = headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "http://127.0.0.1:9185")]);
         assert!(check_origin(&same, None, true).is_ok());
-        let proxied = headers(&[(header::HOST, "exports.example.com"), (header::ORIGIN, "https://exports.example.com")]);
+        let proxied =
+            headers(&[(header::HOST, "exports.example.com"), (header::ORIGIN, "https://exports.example.com")]);
         assert!(check_origin(&proxied, None, true).is_ok(), "a TLS proxy on 443 in front of plain HTTP");
         let referer =
             headers(&[(header::HOST, "127.0.0.1:9185"), (header::REFERER, "http://127.0.0.1:9185/exports/a")]);

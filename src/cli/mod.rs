@@ -294,7 +294,8 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
     }
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if ctx.out.json {
-        ctx.out.json(&serde_json::json!({ "config": source, "valid": true, "listener": listener, "warnings": problems }));
+        ctx.out
+            .json(&serde_json::json!({ "config": source, "valid": true, "listener": listener, "warnings": problems }));
     } else {
         println!("Configuration OK ({source}); store {}.", ctx.config.store.path.display());
         println!("Listener: {listener}.");

@@ -304,8 +304,8 @@ impl Daemon {
             };
             let mut private = status::private_router(self.shared.clone());
             if !local.is_some_and(|a| a.ip().is_loopback()) {
-                private = private
-                    .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::admins_only));
+                private =
+                    private.route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::admins_only));
             }
             let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
             let (tls, stop) = (self.tls.clone(), stop_tasks.clone());
@@ -668,7 +668,11 @@ impl Daemon {
                     || new.daemon.trigger_dir != self.config.daemon.trigger_dir
                     || new.store != self.config.store
                     || (&new.daemon.tls_cert, &new.daemon.tls_key, new.daemon.allow_plain_http)
-                        != (&self.config.daemon.tls_cert, &self.config.daemon.tls_key, self.config.daemon.allow_plain_http)
+                        != (
+                            &self.config.daemon.tls_cert,
+                            &self.config.daemon.tls_key,
+                            self.config.daemon.allow_plain_http,
+                        )
                 {
                     tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.trigger_dir and [store] take effect at the next restart.");
                 }

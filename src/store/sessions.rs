@@ -45,12 +45,11 @@ impl Store {
 
     /// The session whose id hashes to `secret_hash`, expired or not (the caller judges).
     pub async fn session(&self, secret_hash: &str) -> Result<Option<Session>> {
-        let row = sqlx::query(
-            "SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = ?",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = ?")
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(Session {
                 id: r.try_get("id")?,
@@ -65,7 +64,11 @@ impl Store {
 
     /// Notes that a session was used now (its idle timeout starts again).
     pub async fn touch_session(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?").bind(now()).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
