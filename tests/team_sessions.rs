@@ -76,12 +76,27 @@ impl Browser {
 
     fn sign_in(&mut self, user: &str, password: &str) -> Answer {
         let body = json!({ "user": user, "password": password });
-        let answer = send(self.client.post(format!("{}/session", self.base)).header(ORIGIN, &self.origin).json(&body));
+        let mut request = self.client.post(format!("{}/session", self.base)).header(ORIGIN, &self.origin);
+        if let Some(c) = &self.cookie {
+            request = request.header(COOKIE, c);
+        }
+        let answer = send(request.json(&body));
         if answer.status == 200 {
             self.cookie = Some(answer.set_cookie().split(';').next().unwrap().to_string());
             self.csrf = answer.json()["csrf_token"].as_str().map(str::to_string);
         }
         answer
+    }
+
+    /// Another browser holding the same session.
+    fn clone_session(&self) -> Browser {
+        Browser {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            origin: self.origin.clone(),
+            cookie: self.cookie.clone(),
+            csrf: self.csrf.clone(),
+        }
     }
 
     /// The session id the cookie holds.
@@ -198,6 +213,12 @@ fn a_person_signs_in_works_with_the_cookie_and_signs_out_and_every_change_needs_
         reqwest::Client::new().post(format!("{}/exports", browser.base)).bearer_auth(&ann).json(&json!({ "name": 1 })),
     );
     assert_eq!(bearer.status, 422, "a token needs no CSRF token: {}", bearer.text);
+
+    let before = browser.clone_session();
+    assert_eq!(browser.sign_in("ann", PASSWORD).status, 200);
+    assert_ne!(browser.session_id(), id, "a sign-in starts from a fresh session id");
+    assert_eq!(before.get("/me").status, 401, "the session the browser held before ended");
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM sessions"), 1);
 
     assert_eq!(browser.request(Method::DELETE, "/session", Some(&ours), None).status, 403);
     let out = browser.change(Method::DELETE, "/session");

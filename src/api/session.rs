@@ -239,7 +239,14 @@ async fn sign_in_inner(
     let session = s.store.add_session(&new.hash, user.id, expires_at, &origin).await?;
     let actor = Actor::User(user.clone());
     access::audit(&s.store, &s.config, &actor, &origin, "session.sign_in", None, None).await?;
-    tracing::info!(user = %user.name, address = ?address.map(|a| a.ip()), "Signed in.");
+    // A session this browser held before ends: each sign-in starts from a fresh id.
+    if let Some(old) = session_cookie(&parts.headers, cookie_name(s)) {
+        if let Some(previous) = s.store.session(&credentials::session_hash(&old)).await? {
+            s.store.remove_session(previous.id).await?;
+        }
+    }
+    // The account's id, not its name: a name may be an email address, which stays out of logs above debug.
+    tracing::info!(account = user.id, address = ?address.map(|a| a.ip()), "Signed in.");
     let id = new.id.expose_secret();
     let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(id), expires_at };
     let mut response = Json(session_view(&user, &info, s)).into_response();
