@@ -323,8 +323,10 @@ fn a_session_ends_when_idle_at_its_lifetime_however_busy_and_when_the_password_c
 }
 
 #[test]
-fn off_loopback_plain_http_is_refused_unless_allowed_and_then_metrics_and_status_need_an_admins_token() {
-    let (env, ann, carl) = team("0.0.0.0:0", "allow_plain_http = true\n");
+fn off_loopback_plain_http_is_refused_unless_allowed_and_then_metrics_and_status_need_an_admins_or_the_metrics_token() {
+    let metrics_token = "4f1c0de5a11ce0ff1ce4f1c0de5a11ce0ff1ce00";
+    let (env, ann, carl) = team("0.0.0.0:0", "allow_plain_http = true\nmetrics_token_file = \"metrics.token\"\n");
+    std::fs::write(env.path("metrics.token"), format!("{metrics_token}\n")).unwrap();
     let allowed = std::fs::read_to_string(env.path("config.toml")).unwrap();
     std::fs::write(env.path("config.toml"), allowed.replace("allow_plain_http = true\n", "")).unwrap();
     for command in ["validate", "daemon"] {
@@ -358,8 +360,13 @@ fn off_loopback_plain_http_is_refused_unless_allowed_and_then_metrics_and_status
         assert_eq!(get(path, Some(&carl)).status, 403, "{path} for a contributor");
         let admin = get(path, Some(&ann));
         assert_eq!(admin.status, 200, "{path} for an admin: {}", admin.text);
+        let scraper = get(path, Some(metrics_token));
+        assert_eq!(scraper.status, 200, "{path} with the metrics token: {}", scraper.text);
     }
-    assert!(get("/metrics", Some(&ann)).text.contains("segment_exporter_"));
+    assert!(get("/metrics", Some(metrics_token)).text.contains("segment_exporter_"));
+    let api = get("/api/v1/me", Some(metrics_token));
+    assert_eq!(api.status, 401, "the metrics token reads metrics, and nothing of the API");
+    assert_no_secret("the daemon's log", &daemon.logs(), &[metrics_token, ann.splitn(3, '_').nth(2).unwrap()]);
 }
 
 #[test]

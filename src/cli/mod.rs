@@ -317,5 +317,8 @@ fn listener_check(config: &Config) -> Result<String, String> {
     if let (Some(cert), Some(key)) = (&d.tls_cert, &d.tls_key) {
         listener::tls_config(cert, key)?;
     }
+    if let Some(file) = &d.metrics_token_file {
+        crate::access::credentials::read_metrics_token(file)?;
+    }
     Ok(mode.describe(addr))
 }
