@@ -189,7 +189,7 @@ pub struct DaemonConfig {
     /// Off loopback it needs `tls_cert` and `tls_key`, or `allow_plain_http`. Default "127.0.0.1:9185".
     pub status_listen: String,
     /// PEM certificate chain (the server's certificate first) to serve HTTPS with; set together with `tls_key`.
-    /// Read at start-up. Default none (plain HTTP).
+    /// Read at start-up; relative paths are relative to the working directory. Default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`. Default none.
     pub tls_key: Option<PathBuf>,
