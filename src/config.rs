@@ -189,7 +189,7 @@ pub struct DaemonConfig {
     /// Off loopback it needs `tls_cert` and `tls_key`, or `allow_plain_http`. Default "127.0.0.1:9185".
     pub status_listen: String,
     /// PEM certificate chain (the server's certificate first) to serve HTTPS with; set together with `tls_key`.
-    /// Read at start-up. Default none (plain HTTP).
+    /// Read at start-up; relative paths are relative to the working directory. Default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`. Default none.
     pub tls_key: Option<PathBuf>,
@@ -197,6 +197,10 @@ pub struct DaemonConfig {
     /// reverse proxy), or the port is only reachable from this host (a container whose port is published on the
     /// host's loopback). Default false: off loopback, the daemon refuses to start without TLS.
     pub allow_plain_http: bool,
+    /// File holding a token (its first line, at least 32 characters, e.g. from `openssl rand -hex 32`) that reads
+    /// `/metrics` and `/status` and nothing else: for a Prometheus scraper, which then holds no account's power.
+    /// Off loopback those two need it or an administrator's token. Read at start-up. Default none.
+    pub metrics_token_file: Option<PathBuf>,
     /// A web console session unused for this long ends (the next request answers 401). Default 30m.
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
@@ -220,6 +224,7 @@ impl Default for DaemonConfig {
             tls_cert: None,
             tls_key: None,
             allow_plain_http: false,
+            metrics_token_file: None,
             session_idle_timeout: Duration::from_secs(30 * 60),
             session_lifetime: Duration::from_secs(12 * 3600),
         }

@@ -95,6 +95,30 @@ pub fn csrf_matches(session_id: &str, presented: &str) -> bool {
     csrf_token(session_id).as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
+/// Shortest metrics token accepted: 32 characters, 128 bits or more as hex.
+const MIN_METRICS_TOKEN_CHARS: usize = 32;
+
+/// Reads `daemon.metrics_token_file` and keeps only the hash of the token it holds (its first line).
+pub fn read_metrics_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read daemon.metrics_token_file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.chars().count() < MIN_METRICS_TOKEN_CHARS {
+        return Err(format!(
+            "daemon.metrics_token_file {} holds a token of {} characters; use at least {MIN_METRICS_TOKEN_CHARS}, e.g. \
+             `openssl rand -hex 32 > FILE`",
+            path.display(),
+            token.chars().count()
+        ));
+    }
+    Ok(hash_secret(token))
+}
+
+/// Whether `presented` is the metrics token whose hash is `stored`, compared in constant time.
+pub fn metrics_token_matches(presented: &str, stored: &str) -> bool {
+    hash_secret(presented).as_bytes().ct_eq(stored.as_bytes()).into()
+}
+
 /// Checks a new password's length; the error says what to do.
 pub fn check_password(password: &SecretString) -> Result<(), String> {
     let chars = password.expose_secret().chars().count();
@@ -169,6 +193,21 @@ mod tests {
         assert!(!csrf_matches(b.id.expose_secret(), &csrf));
         assert!(!csrf_matches(id, ""));
         assert!(!csrf.contains(id) && csrf != a.hash);
+    }
+
+    #[test]
+    fn a_metrics_token_file_needs_a_long_token_and_only_its_hash_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metrics.token");
+        std::fs::write(&file, "short\n").unwrap();
+        let err = read_metrics_token(&file).unwrap_err();
+        assert!(err.contains("5 characters") && err.contains("metrics_token_file"), "{err}");
+        let token = "0123456789abcdef0123456789abcdef";
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let stored = read_metrics_token(&file).unwrap();
+        assert!(!stored.contains(token));
+        assert!(metrics_token_matches(token, &stored));
+        assert!(!metrics_token_matches("0123456789abcdef0123456789abcdeF", &stored));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use governor::clock::{Clock, DefaultClock};
@@ -146,20 +146,29 @@ where
 }
 
 /// Guards `/metrics` and `/status` when the listener is not on loopback: they name every export and its state,
-/// which contributors may not all see, so only an administrator's token (or session) reads them. A Prometheus
-/// scraper is given an administrator account of its own (`user add prometheus --role admin`), whose token can be
-/// rotated or removed apart from any person's.
-pub async fn admins_only(
-    caller: Caller,
+/// which contributors may not all see. They open to the metrics token (`daemon.metrics_token_file`), made for a
+/// scraper so that it holds no account's power, and to an administrator's token or session.
+pub async fn metrics_readers_only(
+    State(state): State<ApiState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<axum::response::Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let bearer =
+        parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if let (Some(presented), Some(stored)) = (bearer, &state.metrics_token) {
+        if credentials::metrics_token_matches(presented.trim(), stored) {
+            return Ok(next.run(axum::extract::Request::from_parts(parts, body)).await);
+        }
+    }
+    // Anything else is an account's token or session, throttled like any other when wrong.
+    let caller = Caller::from_request_parts(&mut parts, &state).await?;
     if !caller.actor.is_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "off loopback, /metrics and /status are for administrators' tokens only",
+            "off loopback, /metrics and /status are for the metrics token and administrators only",
         ));
     }
-    Ok(next.run(request).await)
+    Ok(next.run(axum::extract::Request::from_parts(parts, body)).await)
 }

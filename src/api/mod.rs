@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
-pub use auth::{admins_only, Caller, Throttle};
+pub use auth::{metrics_readers_only, Caller, Throttle};
 pub use error::ApiError;
 pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
@@ -39,6 +39,8 @@ pub struct ApiState {
     pub throttle: Arc<Throttle>,
     /// Whether the listener serves HTTPS (the session cookie is then Secure).
     pub tls: bool,
+    /// The hash of `daemon.metrics_token_file`'s token, which reads `/metrics` and `/status` only.
+    pub metrics_token: Option<String>,
 }
 
 /// The `/api/v1` routes.

@@ -35,8 +35,8 @@ pub const TLS_COOKIE: &str = "__Host-segment_exporter_session";
 /// The header that carries the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// A session's last use is written at most this often, not on every request (the console polls progress).
-/// The idle timeout is therefore exact to within this much.
+/// A session's last use is written at most this often (or a quarter of the idle timeout, when shorter), not on
+/// every request (the console polls progress). The idle timeout is therefore exact to within this much.
 const TOUCH_EVERY: ChronoDuration = ChronoDuration::seconds(60);
 
 /// The session a caller came with.
@@ -108,7 +108,7 @@ pub(super) async fn caller(
             ));
         }
     }
-    if now - session.last_seen_at >= TOUCH_EVERY {
+    if now - session.last_seen_at >= TOUCH_EVERY.min(idle / 4) {
         state.store.touch_session(session.id).await?;
     }
     let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(&id), expires_at: session.expires_at };
@@ -239,7 +239,14 @@ async fn sign_in_inner(
     let session = s.store.add_session(&new.hash, user.id, expires_at, &origin).await?;
     let actor = Actor::User(user.clone());
     access::audit(&s.store, &s.config, &actor, &origin, "session.sign_in", None, None).await?;
-    tracing::info!(user = %user.name, address = ?address.map(|a| a.ip()), "Signed in.");
+    // A session this browser held before ends: each sign-in starts from a fresh id.
+    if let Some(old) = session_cookie(&parts.headers, cookie_name(s)) {
+        if let Some(previous) = s.store.session(&credentials::session_hash(&old)).await? {
+            s.store.remove_session(previous.id).await?;
+        }
+    }
+    // The account's id, not its name: a name may be an email address, which stays out of logs above debug.
+    tracing::info!(account = user.id, address = ?address.map(|a| a.ip()), "Signed in.");
     let id = new.id.expose_secret();
     let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(id), expires_at };
     let mut response = Json(session_view(&user, &info, s)).into_response();

@@ -258,8 +258,8 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
         .timeout(std::time::Duration::from_secs(5))
         .danger_accept_invalid_certs(scheme == "https")
         .build()?;
-    let addr = format!("{scheme}://{addr}");
-    match client.get(format!("{addr}/healthz")).send().await {
+    let url = format!("{scheme}://{addr}/healthz");
+    match client.get(&url).send().await {
         Ok(r) if r.status().is_success() => {
             if ctx.out.json {
                 ctx.out.json(&serde_json::json!({ "healthy": true, "address": addr, "status": r.status().as_u16() }));
@@ -268,8 +268,8 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Ok(r) => Err(Exit::error(exit::FAILED, format!("{addr}/healthz answered {}", r.status()))),
-        Err(e) => Err(Exit::error(exit::FAILED, format!("{addr}/healthz did not answer: {e}"))),
+        Ok(r) => Err(Exit::error(exit::FAILED, format!("{url} answered {}", r.status()))),
+        Err(e) => Err(Exit::error(exit::FAILED, format!("{url} did not answer: {e}"))),
     }
 }
 
@@ -316,6 +316,9 @@ fn listener_check(config: &Config) -> Result<String, String> {
     let mode = listener::mode(d, parsed)?;
     if let (Some(cert), Some(key)) = (&d.tls_cert, &d.tls_key) {
         listener::tls_config(cert, key)?;
+    }
+    if let Some(file) = &d.metrics_token_file {
+        crate::access::credentials::read_metrics_token(file)?;
     }
     Ok(mode.describe(addr))
 }

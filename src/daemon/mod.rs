@@ -147,6 +147,8 @@ pub struct Daemon {
     /// How the listener serves (decided at build, so a refusal stops the start) and, for HTTPS, its TLS config.
     listener_mode: Option<listener::Mode>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The hash of `daemon.metrics_token_file`'s token.
+    metrics_token: Option<String>,
     root: CancellationToken,
     running: HashMap<String, InFlight>,
     follow_ups: HashMap<String, &'static str>,
@@ -236,6 +238,10 @@ impl Daemon {
                 (Some(mode), tls)
             }
         };
+        let metrics_token = match &config.daemon.metrics_token_file {
+            Some(path) => Some(crate::access::credentials::read_metrics_token(path).map_err(DaemonError::Config)?),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(256);
         let scheduler = Scheduler::start(tz).await?;
         Ok(Daemon {
@@ -251,6 +257,7 @@ impl Daemon {
             listener,
             listener_mode,
             tls,
+            metrics_token,
             root: CancellationToken::new(),
             running: HashMap::new(),
             follow_ups: HashMap::new(),
@@ -301,11 +308,12 @@ impl Daemon {
                 shared: self.shared.clone(),
                 throttle: Default::default(),
                 tls: mode.is_tls(),
+                metrics_token: self.metrics_token.clone(),
             };
             let mut private = status::private_router(self.shared.clone());
             if !local.is_some_and(|a| a.ip().is_loopback()) {
-                private =
-                    private.route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::admins_only));
+                private = private
+                    .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::metrics_readers_only));
             }
             let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
             let (tls, stop) = (self.tls.clone(), stop_tasks.clone());
@@ -667,6 +675,7 @@ impl Daemon {
                     || new.daemon.status_listen != self.config.daemon.status_listen
                     || new.daemon.trigger_dir != self.config.daemon.trigger_dir
                     || new.store != self.config.store
+                    || new.daemon.metrics_token_file != self.config.daemon.metrics_token_file
                     || (&new.daemon.tls_cert, &new.daemon.tls_key, new.daemon.allow_plain_http)
                         != (
                             &self.config.daemon.tls_cert,
@@ -674,7 +683,7 @@ impl Daemon {
                             self.config.daemon.allow_plain_http,
                         )
                 {
-                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.trigger_dir and [store] take effect at the next restart.");
+                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.metrics_token_file, daemon.trigger_dir and [store] take effect at the next restart.");
                 }
                 let mut kept = new;
                 kept.daemon.time_zone = self.config.daemon.time_zone.clone();
@@ -682,6 +691,7 @@ impl Daemon {
                 kept.daemon.tls_cert = self.config.daemon.tls_cert.clone();
                 kept.daemon.tls_key = self.config.daemon.tls_key.clone();
                 kept.daemon.allow_plain_http = self.config.daemon.allow_plain_http;
+                kept.daemon.metrics_token_file = self.config.daemon.metrics_token_file.clone();
                 kept.daemon.trigger_dir = self.config.daemon.trigger_dir.clone();
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);
