@@ -465,4 +465,116 @@ mod browser {
         assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
         svc.close().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_adds_an_account_whose_token_and_password_work_and_finds_it_in_the_audit() {
+        let svc = service(Env::new()).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.click("Users").await;
+        b.wait_path("/users").await;
+        b.fill("User name", "erin").await;
+        b.choose("Role", "Administrator").await;
+        b.click("Add user").await;
+        b.wait_text("shown this once", Duration::from_secs(10)).await;
+        let token = b.client.find(Locator::Css("#new-token code")).await.unwrap().text().await.unwrap();
+        let me =
+            reqwest::Client::new().get(format!("{}/api/v1/me", svc.base)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(me.status(), 200, "the token the Users screen showed does not work");
+        let me: Value = me.json().await.unwrap();
+        assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("erin"), Some("admin")));
+        b.screenshot("users").await;
+
+        // A password set on the screen signs erin in.
+        let row = b.client.wait().for_element(Locator::Css("tr[data-user=erin]")).await.unwrap();
+        let field = row.find(Locator::Css("input[type=password]")).await.unwrap();
+        field.send_keys("erin's long passphrase").await.unwrap();
+        row.find(Locator::XPath(".//button[normalize-space(.)='Reset password']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.wait_text("Set the password of erin", Duration::from_secs(15)).await;
+        let other = browser(1280, 900).await;
+        other.goto(&format!("{}/sign-in", svc.base)).await;
+        other.fill("User name", "erin").await;
+        other.fill("Password", "erin's long passphrase").await;
+        other.click("Sign in").await;
+        other.wait_path("/exports").await;
+        drop(other);
+
+        // A wrong password is told in words, and nothing else happens.
+        let third = browser(1280, 900).await;
+        third.goto(&format!("{}/sign-in", svc.base)).await;
+        third.fill("User name", "erin").await;
+        third.fill("Password", "not the password at all").await;
+        third.click("Sign in").await;
+        third.wait_text("The user name or password is wrong.", Duration::from_secs(10)).await;
+        assert_eq!(third.path().await, "/sign-in");
+        drop(third);
+
+        b.click("Audit").await;
+        b.wait_path("/audit").await;
+        b.fill("User", "ann").await;
+        b.click("Filter").await;
+        b.wait_text("user.password", Duration::from_secs(10)).await;
+        let rows = b.client.find_all(Locator::Css("#audit-list tbody tr")).await.unwrap();
+        let mut texts = Vec::new();
+        for r in rows {
+            texts.push(r.text().await.unwrap());
+        }
+        assert!(texts.iter().any(|t| t.contains("user.add") && t.contains("erin")), "{texts:?}");
+        assert!(texts.iter().all(|t| t.contains("ann")), "the filter let other users' rows through: {texts:?}");
+        assert!(
+            !texts.iter().any(|t| t.contains("session.sign_in.failed")),
+            "erin's failed sign-in is ann's: {texts:?}"
+        );
+        b.screenshot("audit").await;
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn a_preview_changes_nothing_and_a_run_the_guard_stopped_runs_anyway_after_a_confirmation() {
+        let env = Env::new();
+        let members = tokio::task::block_in_place(|| {
+            let members = team_setup(&env, 30);
+            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
+            env.ok(&["export", "run", "vip-x"]);
+            // The segment shrinks to 2 of its 30 members: more than half of the list would go.
+            let rows: Vec<(&str, &str)> = members[..2].iter().map(|e| (e.as_str(), "gold")).collect();
+            env.write_csv("vip.csv", &rows);
+            members
+        });
+        let svc = service(env).await;
+        tokio::task::block_in_place(|| svc.env.ok(&["export", "users", "vip-x", "--add", "carl"]));
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "carl").await;
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.click("Preview").await;
+        b.wait_text("Nothing was sent: this is a preview.", Duration::from_secs(15)).await;
+        let preview = b.client.find(Locator::Css(".preview tbody tr")).await.unwrap().text().await.unwrap();
+        assert!(preview.contains("28"), "the preview does not say 28 would be removed: {preview}");
+        b.screenshot("export-preview").await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "the preview changed the list");
+
+        b.click("Run").await;
+        b.wait_text("Stopped by the mass-removal guard", Duration::from_secs(30)).await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "the guard let the run through");
+        let anyway = b.button("Run anyway").await;
+        anyway.click().await.unwrap();
+        b.wait_text("Yes, unsubscribe them", Duration::from_secs(5)).await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "one click ran it");
+        b.screenshot("export-guard").await;
+        b.click("Yes, unsubscribe them").await;
+        b.wait_text("Succeeded", Duration::from_secs(30)).await;
+        assert_eq!(
+            sorted(tokio::task::block_in_place(|| svc.env.members("vip"))),
+            sorted(members[..2].to_vec()),
+            "the list is not the segment after running anyway"
+        );
+        svc.close().await;
+    }
 }

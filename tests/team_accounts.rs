@@ -54,7 +54,8 @@ fn with_cookie(d: &Daemon, cookie: &str) -> u16 {
 
 #[test]
 fn accounts_are_managed_by_administrators_over_the_api_with_tokens_once_and_the_last_admin_kept() {
-    let daemon = "\n[daemon]\nstatus_listen = \"127.0.0.1:0\"\ntrigger_dir = \"triggers\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n";
+    let daemon =
+        "\n[daemon]\nstatus_listen = \"127.0.0.1:0\"\ntrigger_dir = \"triggers\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n";
     let env = Env::with_config(opts(), daemon);
     let ann = env.json(&["user", "add", "ann", "--role", "admin"])["token"].as_str().unwrap().to_string();
     let carl = env.json(&["user", "add", "carl", "--role", "contributor"])["token"].as_str().unwrap().to_string();
@@ -102,7 +103,8 @@ fn accounts_are_managed_by_administrators_over_the_api_with_tokens_once_and_the_
         call(&d, Some(&ann), Method::POST, "/users/dora/password", Some(json!({ "password": "short" })));
     assert_eq!(status, 422, "a short password: {text}");
     assert!(!text.contains("short\""), "the answer quotes the password: {text}");
-    let (status, _, _) = call(&d, Some(&ann), Method::POST, "/users/dora/password", Some(json!({ "password": PASSWORD })));
+    let (status, _, _) =
+        call(&d, Some(&ann), Method::POST, "/users/dora/password", Some(json!({ "password": PASSWORD })));
     assert_eq!(status, 200);
     let (status, cookie) = sign_in(&d, "dora", PASSWORD);
     assert_eq!(status, 200);
@@ -127,8 +129,7 @@ fn accounts_are_managed_by_administrators_over_the_api_with_tokens_once_and_the_
     assert_eq!(call(&d, Some(fresh), Method::GET, "/users", None).0, 200);
     let (status, _, _) = call(&d, Some(fresh), Method::PATCH, "/users/ann", Some(json!({ "role": "contributor" })));
     assert_eq!(status, 200);
-    let (status, _, text) =
-        call(&d, Some(fresh), Method::PATCH, "/users/dora", Some(json!({ "role": "contributor" })));
+    let (status, _, text) = call(&d, Some(fresh), Method::PATCH, "/users/dora", Some(json!({ "role": "contributor" })));
     assert_eq!(status, 409, "the last admin stepped down: {text}");
     assert!(text.contains("last administrator"), "{text}");
     let (status, _, text) = call(&d, Some(fresh), Method::DELETE, "/users/dora", None);
