@@ -1,5 +1,6 @@
 //! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
-//! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
+//! error envelopes, status codes and limits, users identified as an email-based, userID-based or hybrid project
+//! identifies them, plus switchable faults (latency, rate limit, 500s, dropped
 //! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
 //! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
 //! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the

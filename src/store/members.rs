@@ -184,15 +184,18 @@ impl Store {
             }
         }
         for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state, ours, paired_email) ");
+            // As when staging: no NULL bound per member of an email-based export (excluded.paired_email is NULL).
+            let paired = chunk.iter().any(|m| m.paired_email.is_some());
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if paired {
+                "INSERT INTO members (target_id, email, fields_hash, state, ours, paired_email) "
+            } else {
+                "INSERT INTO members (target_id, email, fields_hash, state, ours) "
+            });
             q.push_values(chunk, |mut b, m| {
-                b.push_bind(target_id)
-                    .push_bind(&m.email)
-                    .push_bind(m.fields_hash)
-                    .push_bind("subscribed")
-                    .push("1")
-                    .push_bind(&m.paired_email);
+                b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind("subscribed").push("1");
+                if paired {
+                    b.push_bind(&m.paired_email);
+                }
             });
             q.push(
                 " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \

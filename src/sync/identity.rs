@@ -37,7 +37,9 @@ pub fn identify(project: ProjectType, email: Option<&Value>, user_id: Option<&Va
         ProjectType::Hybrid => user_id.is_some_and(|v| !v.is_null()),
     };
     if !named_by_user_id {
-        let value = email.unwrap_or(&Value::Null);
+        let Some(value) = email else {
+            return Err((None, "user id is NULL, and the export has no email column to identify the row by".into()));
+        };
         let key = normalize_email(value).map_err(|reason| (shown(value), reason))?;
         return Ok(Identity { key, paired_email: None });
     }

@@ -132,12 +132,8 @@ impl Planner<'_> {
             |error| SyncError::Source { segment: segment.name.clone(), source_name: spec.to_string(), error };
         // The identity columns first (the email, then the user id, each when the export has it), then the fields.
         let mut columns: Vec<String> = export.email_field.iter().chain(&export.user_id_field).cloned().collect();
-        let (email_at, user_id_at) = match (&export.email_field, &export.user_id_field) {
-            (Some(_), Some(_)) => (Some(0), Some(1)),
-            (Some(_), None) => (Some(0), None),
-            (None, Some(_)) => (None, Some(0)),
-            (None, None) => (None, None),
-        };
+        let email_at = export.email_field.is_some().then_some(0);
+        let user_id_at = export.user_id_field.is_some().then_some(usize::from(email_at.is_some()));
         let identity_columns = columns.len();
         columns.extend(export.fields.iter().map(|f| f.column.clone()));
         let project_type = self.project_type;
