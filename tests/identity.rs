@@ -246,6 +246,8 @@ fn identity_settings_that_cannot_work_are_refused_saying_why_and_what_to_do() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("would change who the members") && err.contains("export remove exp"), "{err}");
+    let refused = env.json(&["export", "edit", "exp", "--user-id-field", "email"]);
+    assert_eq!(refused["error"]["kind"], "conflict", "{refused}");
     assert_eq!(env.json(&["export", "show", "exp"])["user_id_field"], "user_id");
     // Its email column is only the users' address there: changing it is an ordinary edit.
     env.ok(&["export", "edit", "exp", "--email-field", "email"]);

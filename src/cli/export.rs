@@ -423,7 +423,8 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         .await
         .map_err(|e| match e {
             OpError::Store(e) => anyhow::Error::from(e),
-            e => fail(e.to_string()),
+            // It contradicts what is stored (members on the lists): a conflict, as `--json` tells.
+            e => Exit::with_kind(super::error::ErrorKind::Conflict, format!("export '{}' not changed: {e}", a.name)),
         })?;
     }
     if !a.skip_check {
