@@ -1,4 +1,5 @@
-//! The HTTP API under `/api/v1`, served on the daemon's listener: JSON in and out, `Authorization: Bearer TOKEN`.
+//! The HTTP API under `/api/v1`, served on the daemon's listener: JSON in and out, `Authorization: Bearer TOKEN`
+//! or the web console's session cookie (`session`: sign-in, CSRF).
 //!
 //! Handlers authenticate the caller (`Caller`), ask `crate::access` whether it may act, and call the same library
 //! code as the CLI (`crate::access::ops`, the store, the daemon's run queue). They hold no rules of their own.
@@ -9,6 +10,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod session;
 
 use std::sync::Arc;
 
@@ -20,8 +22,9 @@ use crate::config::Config;
 use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
-pub use auth::Throttle;
+pub use auth::{metrics_readers_only, Throttle};
 pub use error::ApiError;
+pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
 /// What every handler reaches.
 #[derive(Clone)]
@@ -33,12 +36,17 @@ pub struct ApiState {
     /// Live progress of the runs in flight.
     pub shared: Arc<Shared>,
     pub throttle: Arc<Throttle>,
+    /// Whether the listener serves HTTPS (the session cookie is then Secure).
+    pub tls: bool,
+    /// The hash of `daemon.metrics_token_file`'s token, which reads `/metrics` and `/status` only.
+    pub metrics_token: Option<String>,
 }
 
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/me", get(handlers::me))
+        .route("/session", get(session::current).post(session::sign_in).delete(session::sign_out))
         .route("/connections", get(handlers::connections).post(handlers::create_connection))
         .route("/connections/check", post(handlers::check_connection))
         .route("/connections/{name}", get(handlers::connection).delete(handlers::remove_connection))
