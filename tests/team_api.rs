@@ -513,3 +513,19 @@ async fn an_export_user_plans_a_run_then_repeats_one_the_mass_removal_guard_stop
     let members = tokio::task::spawn_blocking(move || env.members("vip")).await.unwrap();
     assert_eq!(members, sorted(emails(0, 5)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_made_through_the_api_takes_a_user_id_column_and_needs_an_identity_column() {
+    let t = team().await;
+    let with_ids = json!({ "name": "ids", "connection": "open", "segments": ["s-2"], "email_field": "email",
+                           "user_id_field": "tier", "schedule": "off" });
+    let (status, v, _) = t.call(4, Method::POST, "/exports", Some(with_ids)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!((v["email_field"].as_str(), v["user_id_field"].as_str()), (Some("email"), Some("tier")), "{v}");
+    // A hybrid project identifies a member by one of them at least: without either, nothing is saved.
+    let without = json!({ "name": "none", "connection": "open", "segments": ["s-3"], "schedule": "off" });
+    let (status, v, _) = t.call(4, Method::POST, "/exports", Some(without)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--user-id-field or both"), "{v}");
+    t.stop().await;
+}

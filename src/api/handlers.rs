@@ -242,7 +242,12 @@ pub struct ExportBody {
     name: String,
     connection: String,
     segments: Vec<String>,
-    email_field: String,
+    /// Optional in userID-based projects, where the user id identifies members.
+    #[serde(default)]
+    email_field: Option<String>,
+    /// The user id column (userID-based and hybrid projects).
+    #[serde(default)]
+    user_id_field: Option<String>,
     #[serde(default)]
     fields: Vec<String>,
     #[serde(default)]
@@ -297,6 +302,7 @@ pub async fn create_export(
         connection: b.connection,
         segments: b.segments,
         email_field: b.email_field,
+        user_id_field: b.user_id_field,
         fields: b.fields,
         on_leave,
         schedule: b.schedule.unwrap_or_else(|| "refresh".into()),

@@ -82,9 +82,17 @@ pub struct AddArgs {
     /// A segment to send (repeat for several); each goes to the Iterable list named like it.
     #[arg(long = "segment", value_name = "SEG", required = true)]
     pub segments: Vec<String>,
-    /// The column holding the email address.
+    /// The column holding the email address. Required for email-based projects; in a hybrid project it identifies
+    /// the rows without a user id; in a userID-based project it is optional and travels beside the user id as the
+    /// user's address.
     #[arg(long, value_name = "COLUMN")]
-    pub email_field: String,
+    pub email_field: Option<String>,
+    /// The column holding the user id: required for userID-based projects; in a hybrid project a row whose user id
+    /// is not NULL is identified by it (sent with preferUserId), the others by email. Refused for email-based
+    /// projects. User ids are checked as Iterable checks them (at most 52 characters, printable ASCII, no trailing
+    /// space); others count as invalid.
+    #[arg(long, value_name = "COLUMN")]
+    pub user_id_field: Option<String>,
     /// A column sent as an Iterable data field, optionally renamed and typed: COLUMN, COLUMN=ITERABLE_FIELD, and
     /// either with :TYPE (string, long, double, boolean, date; dates are sent as `yyyy-MM-dd HH:mm:ss +00:00`).
     /// Without a type, a column is sent as the JSON type of its first value, and every later value as that type
@@ -95,7 +103,8 @@ pub struct AddArgs {
     #[arg(long, value_enum, default_value = "clear")]
     pub null_fields: NullFields,
     /// Do not create users the project does not know yet (Iterable's `updateExistingUsersOnly`; honoured in hybrid
-    /// and userID-based projects only). Such members count as rejected (notFoundEmails) and are tried again later.
+    /// and userID-based projects only). Such members count as rejected (notFoundEmails or notFoundUserIds) and are
+    /// tried again later.
     #[arg(long)]
     pub existing_users_only: bool,
     /// What happens to members who leave a segment.
@@ -131,9 +140,20 @@ pub struct EditArgs {
     /// Stop sending a column (repeatable); Iterable keeps the values it has.
     #[arg(long = "remove-field", value_name = "COLUMN")]
     pub remove_fields: Vec<String>,
-    /// The column holding the email address.
+    /// The column holding the email address. Once the export has put members on its lists, refused where the email
+    /// identifies members (email-based and hybrid projects): remove the export and add it again instead.
     #[arg(long, value_name = "COLUMN")]
     pub email_field: Option<String>,
+    /// The column holding the user id. Once the export has put members on its lists, refused where that changes
+    /// who members are (a hybrid export without one may get one: its members keep their emails).
+    #[arg(long, value_name = "COLUMN")]
+    pub user_id_field: Option<String>,
+    /// Do not create users the project does not know yet (as for `add`).
+    #[arg(long, conflicts_with = "no_existing_users_only")]
+    pub existing_users_only: bool,
+    /// Create users the project does not know yet again (the default).
+    #[arg(long)]
+    pub no_existing_users_only: bool,
     /// `refresh`, `off` or a cron expression with seconds, as for `add`.
     #[arg(long)]
     pub schedule: Option<String>,
@@ -251,6 +271,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         connection: a.connection.clone(),
         segments: a.segments.clone(),
         email_field: a.email_field.clone(),
+        user_id_field: a.user_id_field.clone(),
         fields: a.fields.clone(),
         on_leave: a.on_leave,
         schedule: a.schedule.clone(),
@@ -344,11 +365,22 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         }
         None => export.schedule.clone(),
     };
-    let email_field = a.email_field.clone().unwrap_or_else(|| export.email_field.clone());
+    let given = |f: &Option<String>| f.as_deref().map(str::trim).map(str::to_string);
+    let email_field =
+        given(&a.email_field).map_or_else(|| export.email_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
+    let user_id_field =
+        given(&a.user_id_field).map_or_else(|| export.user_id_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
+    let existing_users_only = match (a.existing_users_only, a.no_existing_users_only) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => export.existing_users_only,
+    };
     let change = ExportChange {
         email_field: email_field.clone(),
+        user_id_field: user_id_field.clone(),
         on_leave: a.on_leave.unwrap_or(export.on_leave),
         null_fields: a.null_fields.unwrap_or(export.null_fields),
+        existing_users_only,
         schedule,
         fields: fields.clone(),
         attach_segment_ids: attach.iter().map(|s| s.id).collect(),
@@ -358,22 +390,54 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         && change.detach_segment_ids.is_empty()
         && change.fields == export.fields
         && change.email_field == export.email_field
+        && change.user_id_field == export.user_id_field
+        && change.existing_users_only == export.existing_users_only
         && change.on_leave == export.on_leave
         && change.null_fields == export.null_fields
         && change.schedule == export.schedule;
     if nothing {
         return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
     }
+    if email_field.is_some() && email_field == user_id_field {
+        return Err(fail("--email-field and --user-id-field name the same column; give each its own".into()));
+    }
+    // The identity settings must fit the connection's kind of project, and may not change who members are once
+    // some are on the lists.
+    if let Some(connection_id) = export.connection_id {
+        let conn = store.connection_by_id(connection_id).await?;
+        crate::sync::check_identity_settings(
+            conn.project_type,
+            &conn.name,
+            email_field.as_deref(),
+            user_id_field.as_deref(),
+            existing_users_only,
+        )
+        .map_err(fail)?;
+        ops::check_identity_change(
+            &store,
+            conn.project_type,
+            &export,
+            email_field.as_deref(),
+            user_id_field.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            OpError::Store(e) => anyhow::Error::from(e),
+            // It contradicts what is stored (members on the lists): a conflict, as `--json` tells.
+            e => Exit::with_kind(super::error::ErrorKind::Conflict, format!("export '{}' not changed: {e}", a.name)),
+        })?;
+    }
     if !a.skip_check {
         // New segments need every column; kept segments only the columns that are new to them.
-        let columns_changed = a.email_field.is_some() || !added.is_empty();
+        let columns_changed = a.email_field.is_some() || a.user_id_field.is_some() || !added.is_empty();
+        let identity = ops::identity_columns(email_field.as_deref(), user_id_field.as_deref());
         for seg in &attach {
-            check_columns(seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
+            check_columns(seg, &identity, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
         }
         if columns_changed {
             for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
                 let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &email_field, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
+                check_columns(&seg, &identity, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
             }
         }
     }
@@ -521,7 +585,8 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
         let rows = vec![
             vec!["name".into(), e.name.clone()],
             vec!["connection".into(), e.connection_name.clone().unwrap_or_else(|| "(detached: disabled)".into())],
-            vec!["email column".into(), e.email_field.clone()],
+            vec!["email column".into(), e.email_field.clone().unwrap_or_else(|| "(none)".into())],
+            vec!["user id column".into(), e.user_id_field.clone().unwrap_or_else(|| "(none)".into())],
             vec!["fields".into(), if fields.is_empty() { "-".into() } else { fields.join(", ") }],
             vec!["on leave".into(), e.on_leave.as_str().into()],
             vec!["null fields".into(), e.null_fields.as_str().into()],
