@@ -435,7 +435,7 @@
         ["Connection", x.connection_name || "– (no connection: an administrator removed it)"],
         ["Segments", (x.targets || []).map((t) => t.segment_name).join(", ")],
         ["Email field", x.email_field],
-        ["Extra fields", (x.fields || []).map((f) => (f.column === f.field ? f.column : `${f.column} → ${f.field}`)).join(", ") || "none"],
+        ["Extra fields", (x.fields || []).map((f) => (f.column === f.iterable_field ? f.column : `${f.column} → ${f.iterable_field}`)).join(", ") || "none"],
         ["Schedule", x.schedule],
         ["Next run", when(x.next_run)],
         ["Created", when(x.created_at)],
@@ -443,7 +443,7 @@
       $("#export-details").replaceChildren(...details.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
       const edit = $("#edit-export");
       edit.schedule.value = x.schedule;
-      edit.fields.value = (x.fields || []).map((f) => (f.column === f.field ? f.column : `${f.column}=${f.field}`)).join(", ");
+      edit.fields.value = (x.fields || []).map((f) => (f.column === f.iterable_field ? f.column : `${f.column}=${f.iterable_field}`)).join(", ");
       $("#export-users").replaceChildren(
         ...(x.users || []).map((u) => {
           const remove = el("button", { type: "button", class: "link" }, "Remove");
