@@ -17,6 +17,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub log: LogConfig,
     pub daemon: DaemonConfig,
+    pub sources: SourcesConfig,
 }
 
 /// Where connections, exports, member state and run history are kept.
@@ -221,6 +222,18 @@ impl DaemonConfig {
         let a = self.status_listen.trim();
         (!a.is_empty() && a != "off").then_some(a)
     }
+}
+
+/// Where segments may read from when they are added or changed through the HTTP API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Folders whose files (and the files of their subfolders) the HTTP API may name in a file source (`sqlite:`,
+    /// `csv:`, `jsonl:`). A path is resolved first (`..` and symbolic links followed), and must then lie inside
+    /// one of these folders, so that no request can read the master key, the store or any other file through a
+    /// segment. The CLI, run by the operator on the host, is not limited. Default: none (file sources come from
+    /// the CLI only; postgres sources are accepted from the API).
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 /// Log output.

@@ -12,6 +12,13 @@ use crate::sync::{check_field_name, user_id_project_unsupported};
 
 use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
 
+mod connection_edit;
+mod export_edit;
+pub mod segments;
+
+pub use connection_edit::{edit_connection, leave_connection_export_user, ConnectionEdit};
+pub use export_edit::{edit_export, ExportEdit};
+
 /// Why an operation was not done.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -34,6 +41,13 @@ pub enum OpError {
     Iterable { message: String, bad_key: bool },
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// A segment's source text is wrong, or names a source that cannot be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A source or its password could not be read while checking a segment (`secret`: the password, or the master
+    /// key to seal it); the message says what to do.
+    #[error("{message}")]
+    Unreadable { message: String, secret: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -377,19 +391,8 @@ pub async fn add_connection(
     }
     let base_url = base_url(r.region, r.base_url.as_deref())?;
     if r.verify {
-        if let Err(e) = check_key(config, &base_url, &r.key).await? {
-            let bad_key = e.is_bad_api_key();
-            let message = if bad_key {
-                format!("connection '{}' was not saved: {e}", r.name)
-            } else {
-                format!(
-                    "connection '{}' was not saved: the key could not be checked: {e}. Fix the base URL or network, \
-                     or save it unchecked (--skip-verify)",
-                    r.name
-                )
-            };
-            return Err(OpError::Iterable { message, bad_key });
-        }
+        let what = format!("connection '{}' was not saved", r.name);
+        connection_edit::verify_key(config, &base_url, &r.key, &what, "--skip-verify").await?;
     }
     let source = match r.key_source {
         KeySource::Stored { .. } => {

@@ -91,6 +91,9 @@ impl From<OpError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "iterable", message)
             }
             OpError::Secret(e) => ApiError::internal(e),
+            // Only administrators change segments, so the source may be named.
+            OpError::Source(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "source", e.to_string()),
+            OpError::Unreadable { message, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "source", message),
             OpError::Store(e) => e.into(),
         }
     }
