@@ -439,9 +439,9 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
     // Every operation the document describes was asked by each kind of caller.
     for (template, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
-            for who in 0..WHO.len() {
+            for (who, caller) in WHO.iter().enumerate() {
                 if !covered.contains(&(format!("{} {template}", method.to_uppercase()), who)) {
-                    wrong.push(format!("{} {template} was not asked by {}", method.to_uppercase(), WHO[who]));
+                    wrong.push(format!("{} {template} was not asked by {caller}", method.to_uppercase()));
                 }
             }
         }
@@ -702,6 +702,7 @@ async fn an_export_user_plans_a_run_then_repeats_one_the_mass_removal_guard_stop
     let (got, plan, _) = t.call(3, Method::POST, "/exports/guarded/runs", Some(json!({ "dry_run": true }))).await;
     assert_eq!(got, StatusCode::OK, "{plan}");
     assert_eq!(plan["lists"][0]["to_remove"], 35, "{plan}");
+    assert_eq!(plan["stopped_by_mass_removal_guard"], true, "the plan says the guard would stop the run: {plan}");
     let refused = run_to_end(&t, 3, "guarded", json!({})).await;
     assert_eq!(refused["status"], "refused", "{refused}");
     assert_eq!(refused["stopped_by_mass_removal_guard"], true, "{refused}");

@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
@@ -597,7 +596,7 @@ pub struct RunBody {
 #[utoipa::path(post, path = "/exports/{name}/runs", tag = "runs", params(("name" = String, Path)),
     request_body(content = Option<RunBody>, description = "Optional"),
     responses((status = 202, body = RunAccepted),
-        (status = 200, description = "With dry_run: the plan, per list (nothing changed)", body = Object),
+        (status = 200, description = "With dry_run: the plan, per list (nothing changed)", body = PlanView),
         (status = 401, body = ErrorBody),
         (status = 403, description = "The connection is no longer open to contributors", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -633,15 +632,20 @@ pub async fn run_export(
         };
         let progress = std::sync::Arc::new(crate::sync::Progress::default());
         let planned = engine.run_export(&name, &opts, progress, tokio_util::sync::CancellationToken::new()).await;
-        let mut report = match planned {
-            Ok(report) => serde_json::to_value(report).map_err(ApiError::internal)?,
-            Err(e) => json!({ "export": name, "status": "failed", "error": e.to_string() }),
+        let mut plan = match planned {
+            Ok(report) => PlanView::new(report),
+            Err(e) => PlanView {
+                export: name.clone(),
+                status: "failed".into(),
+                error: Some(e.to_string()),
+                stopped_by_mass_removal_guard: false,
+                lists: vec![],
+            },
         };
-        if let Some(error) = report["error"].as_str() {
-            let shown = shown_error(&s, &c, export.id, error).await?;
-            report["error"] = json!(shown);
+        if let Some(error) = &plan.error {
+            plan.error = Some(shown_error(&s, &c, export.id, error).await?);
         }
-        return ok(report);
+        return ok(plan);
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let command = Command::RunNow {

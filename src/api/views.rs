@@ -246,6 +246,79 @@ pub struct RunAccepted {
     pub run_id: Option<i64>,
 }
 
+/// A member a plan found invalid: its email value as the source gave it, and why it is refused.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidView {
+    pub member: Option<String>,
+    pub reason: String,
+}
+
+/// What a run would do to one list.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanListView {
+    pub list_name: String,
+    pub list_id: Option<i64>,
+    pub source_rows: u64,
+    pub members: u64,
+    pub to_add: u64,
+    pub to_remove: u64,
+    pub unchanged: u64,
+    pub invalid: u64,
+    pub duplicates: u64,
+    /// A few members of each kind.
+    pub examples_add: Vec<String>,
+    pub examples_remove: Vec<String>,
+    pub examples_invalid: Vec<InvalidView>,
+}
+
+/// A dry run's answer: the plan, nothing changed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanView {
+    pub export: String,
+    /// `succeeded`, `refused` (the mass-removal guard would stop the run) or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub stopped_by_mass_removal_guard: bool,
+    pub lists: Vec<PlanListView>,
+}
+
+impl PlanView {
+    pub fn new(report: crate::sync::RunReport) -> PlanView {
+        PlanView {
+            export: report.export,
+            status: report.status.to_string(),
+            stopped_by_mass_removal_guard: report.status == RunStatus::Refused
+                && crate::sync::stopped_by_mass_removal_guard(report.error.as_deref()),
+            error: report.error,
+            lists: report
+                .lists
+                .into_iter()
+                .map(|l| PlanListView {
+                    list_name: l.list_name,
+                    list_id: l.list_id,
+                    source_rows: l.source_rows,
+                    members: l.members,
+                    to_add: l.to_add,
+                    to_remove: l.to_remove,
+                    unchanged: l.unchanged,
+                    invalid: l.invalid,
+                    duplicates: l.duplicates,
+                    examples_add: l.examples_add,
+                    examples_remove: l.examples_remove,
+                    examples_invalid: l
+                        .examples_invalid
+                        .into_iter()
+                        .map(|e| InvalidView { member: e.member, reason: e.reason })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One list of a run: what it planned and what it did.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

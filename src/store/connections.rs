@@ -135,7 +135,7 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
 
 impl Store {
     pub async fn add_connection(&self, c: &NewConnection) -> Result<Connection> {
-        let (source, key_ref, ciphertext, nonce) = key_columns(&c.key);
+        let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(&c.key);
         let at = now();
         sqlx::query(
             "INSERT INTO connections (name, base_url, region, project_type, usable_by, key_source, key_ref, \
@@ -236,7 +236,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if let Some((key, last4)) = &u.key {
-            let (source, key_ref, ciphertext, nonce) = key_columns(key);
+            let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(key);
             sqlx::query(
                 "UPDATE connections SET key_source = ?, key_ref = ?, key_ciphertext = ?, key_nonce = ?, key_last4 = ? \
                  WHERE id = ?",
@@ -271,11 +271,13 @@ impl Store {
     }
 }
 
-/// `key_source`, `key_ref`, `key_ciphertext`, `key_nonce`.
-fn key_columns(key: &KeySource) -> (&'static str, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>) {
+/// The values of `key_source`, `key_ref`, `key_ciphertext` and `key_nonce`.
+struct KeyColumns<'a>(&'static str, Option<&'a str>, Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn key_columns(key: &KeySource) -> KeyColumns<'_> {
     match key {
-        KeySource::Env(v) => ("env", Some(v.clone()), None, None),
-        KeySource::File(p) => ("file", Some(p.clone()), None, None),
-        KeySource::Stored { ciphertext, nonce } => ("stored", None, Some(ciphertext.clone()), Some(nonce.clone())),
+        KeySource::Env(v) => KeyColumns("env", Some(v), None, None),
+        KeySource::File(p) => KeyColumns("file", Some(p), None, None),
+        KeySource::Stored { ciphertext, nonce } => KeyColumns("stored", None, Some(ciphertext), Some(nonce)),
     }
 }
