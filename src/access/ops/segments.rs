@@ -384,3 +384,48 @@ pub async fn remove_segment(store: &Store, config: &Config, caller: &Caller<'_>,
     audit(store, config, caller.actor, caller.origin, "segment.remove", Some(name), None).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(path: &Path) -> SourceSpec {
+        SourceSpec::Csv { path: path.to_path_buf() }
+    }
+
+    #[test]
+    fn a_file_is_accepted_only_inside_an_allowed_folder_once_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("segments");
+        let sibling = dir.path().join("segments2");
+        std::fs::create_dir_all(allowed.join("sub")).unwrap();
+        std::fs::create_dir(&sibling).unwrap();
+        for file in [allowed.join("sub/a.csv"), sibling.join("b.csv"), dir.path().join("secret.key")] {
+            std::fs::write(file, "email\n").unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path().join("secret.key"), allowed.join("link.csv")).unwrap();
+        let dirs = [allowed.clone()];
+        let under = FileSources::Under(&dirs);
+
+        let SourceSpec::Csv { path } = confine(csv(&allowed.join("sub/a.csv")), under, "s").unwrap() else {
+            panic!("a csv source stays one")
+        };
+        assert_eq!(path, std::fs::canonicalize(allowed.join("sub/a.csv")).unwrap());
+        for refused in [
+            sibling.join("b.csv"),                // a folder whose name merely starts like an allowed one
+            allowed.join("link.csv"),             // a link out of the folder
+            allowed.join("sub/../../secret.key"), // `..`
+            allowed.join("sub"),                  // a folder, not a file
+            allowed.join("missing.csv"),
+        ] {
+            let e =
+                confine(csv(&refused), under, "s").err().unwrap_or_else(|| panic!("{} accepted", refused.display()));
+            assert!(e.to_string().contains("segment 's' not saved"), "{e}");
+        }
+        assert!(confine(csv(&allowed.join("sub/a.csv")), FileSources::Under(&[]), "s").is_err(), "none by default");
+        assert!(
+            confine(csv(&dir.path().join("secret.key")), FileSources::Anywhere, "s").is_ok(),
+            "the CLI is not limited"
+        );
+    }
+}
