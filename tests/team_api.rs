@@ -865,6 +865,24 @@ async fn over_http_file_sources_must_lie_inside_the_allowed_folders_and_contribu
         .await;
     assert_eq!(got, StatusCode::CREATED, "{v}");
     assert_eq!(v["source"], format!("csv:{}", std::fs::canonicalize(&inside).unwrap().display()), "stored resolved");
+    // A database password given over HTTP is sealed, and shown nowhere.
+    let pg = json!({ "name": "pg-api", "source": "postgres://postgres@127.0.0.1:5432/test", "password": PG_PASSWORD,
+        "query": "SELECT 'a@example.com' AS email", "skip_check": true });
+    let (got, v, text) = t.call(4, Method::POST, "/segments", Some(pg)).await;
+    assert_eq!(got, StatusCode::CREATED, "{v}");
+    t.assert_no_secret(4, "POST /segments", &text);
+    assert_eq!(
+        (v["source"].as_str(), v["password"].as_str()),
+        (Some("postgres://postgres:***@127.0.0.1:5432/test"), Some("stored in the store, encrypted")),
+        "{v}"
+    );
+    let (_, audit, text) = t.call(4, Method::GET, "/audit?limit=1", None).await;
+    assert_eq!(audit[0]["action"], "segment.add");
+    t.assert_no_secret(4, "GET /audit", &text);
+    let (got, v, _) = t
+        .call(4, Method::POST, "/segments", Some(json!({ "name": "pw-file", "source": "csv:/x.csv", "password": "p" })))
+        .await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     // A segment made on the host from elsewhere cannot be changed over HTTP to read more than it did.
     let (got, v, _) =
         t.call(4, Method::PATCH, "/segments/vip", Some(json!({ "skip_check": true, "query": "x" }))).await;
