@@ -49,7 +49,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
+        // The type the OpenAPI document describes every error with.
+        let body = super::views::ErrorBody {
+            error: super::views::ErrorDetail { kind: self.kind.to_string(), message: self.message },
+        };
         (self.status, Json(body)).into_response()
     }
 }
