@@ -49,7 +49,9 @@ pub async fn me(c: Caller) -> ApiResult {
 async fn connection_view(s: &ApiState, c: &Caller, conn: &Connection) -> Result<ConnectionView, ApiError> {
     let (export_user, _) = s.store.connection_export_user(conn.id).await?;
     let admin = if access::see_connection_key(&c.actor) == Verdict::Allow {
-        Some(access::connection_export_user_problem(&s.store, conn).await?)
+        Some(ConnectionAdminFacts {
+            export_user_problem: access::connection_export_user_problem(&s.store, conn).await?,
+        })
     } else {
         None
     };

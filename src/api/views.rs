@@ -66,10 +66,16 @@ pub struct ConnectionView {
     pub export_user_problem: Option<String>,
 }
 
+/// What only administrators see of a connection.
+pub struct ConnectionAdminFacts {
+    /// Why its scheduled runs would be refused, if they would.
+    pub export_user_problem: Option<String>,
+}
+
 impl ConnectionView {
-    pub fn new(conn: &Connection, export_user: Option<String>, admin: Option<Option<String>>) -> ConnectionView {
-        let is_admin = admin.is_some();
-        ConnectionView {
+    /// The connection as `admin` (None for contributors) lets it be seen.
+    pub fn new(conn: &Connection, export_user: Option<String>, admin: Option<ConnectionAdminFacts>) -> ConnectionView {
+        let mut view = ConnectionView {
             name: conn.name.clone(),
             region: conn.region.clone(),
             project_type: conn.project_type.as_str().to_string(),
@@ -79,11 +85,18 @@ impl ConnectionView {
             verified_at: conn.verified_at,
             export_user,
             created_at: conn.created_at,
-            base_url: is_admin.then(|| conn.base_url.clone()),
-            api_key: is_admin.then(|| conn.key.describe()),
-            api_key_last4: if is_admin { conn.key_last4.clone() } else { None },
-            export_user_problem: admin.flatten(),
+            base_url: None,
+            api_key: None,
+            api_key_last4: None,
+            export_user_problem: None,
+        };
+        if let Some(facts) = admin {
+            view.base_url = Some(conn.base_url.clone());
+            view.api_key = Some(conn.key.describe());
+            view.api_key_last4 = conn.key_last4.clone();
+            view.export_user_problem = facts.export_user_problem;
         }
+        view
     }
 }
 
