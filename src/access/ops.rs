@@ -246,6 +246,17 @@ pub async fn change_export_users(
     Ok(store.export_users(export.id).await?)
 }
 
+/// The connection `name`, once the caller may change it (404 for a connection it may not see, 403 otherwise).
+async fn managed_connection(
+    store: &Store,
+    caller: &Caller<'_>,
+    name: &str,
+) -> Result<crate::store::Connection, OpError> {
+    let conn = store.connection(name).await?;
+    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    Ok(conn)
+}
+
 /// Makes the caller (an administrator) the connection's export user: its scheduled runs go on their behalf.
 pub async fn become_connection_export_user(
     store: &Store,
@@ -253,8 +264,7 @@ pub async fn become_connection_export_user(
     caller: &Caller<'_>,
     connection_name: &str,
 ) -> Result<(), OpError> {
-    let conn = store.connection(connection_name).await?;
-    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{connection_name}'"))?;
+    let conn = managed_connection(store, caller, connection_name).await?;
     store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
     audit(store, config, caller.actor, caller.origin, "connection.export_user", Some(connection_name), None).await?;
     Ok(())
@@ -442,8 +452,7 @@ pub async fn remove_connection(
     cancel_run: bool,
 ) -> Result<Vec<String>, OpError> {
     use crate::sync::{lock_for_change, ChangeRefused};
-    let conn = store.connection(name).await?;
-    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    let conn = managed_connection(store, caller, name).await?;
     // Exports that go on must not go on writing through it: hold each one's run lock (a run in flight refuses the
     // removal, or is cancelled first) until the removal is committed.
     let mut locks = Vec::new();

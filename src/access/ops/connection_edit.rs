@@ -10,8 +10,8 @@ use crate::secrets::{self, MasterKey};
 use crate::store::{Connection, ConnectionUpdate, KeySource, ProjectType, Store};
 use crate::sync::user_id_project_unsupported;
 
-use super::{base_url, check_key, Caller, OpError};
-use crate::access::{audit, manage_connection, USABLE_BY_CONTRIBUTORS};
+use super::{base_url, check_key, managed_connection, Caller, OpError};
+use crate::access::{audit, USABLE_BY_CONTRIBUTORS};
 
 /// A change to a connection; absent values stay as they are.
 #[derive(Default)]
@@ -57,8 +57,7 @@ pub async fn edit_connection(
     name: &str,
     e: ConnectionEdit,
 ) -> Result<Connection, OpError> {
-    let conn = store.connection(name).await?;
-    manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    let conn = managed_connection(store, caller, name).await?;
     let fail = |m: String| OpError::Invalid(format!("connection '{name}' not changed: {m}"));
     let nothing = e.usable_by.is_none()
         && e.key.is_none()
@@ -154,8 +153,7 @@ pub async fn leave_connection_export_user(
     caller: &Caller<'_>,
     connection_name: &str,
 ) -> Result<(), OpError> {
-    let conn = store.connection(connection_name).await?;
-    manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{connection_name}'"))?;
+    let conn = managed_connection(store, caller, connection_name).await?;
     let (current, _) = store.connection_export_user(conn.id).await?;
     if current.as_deref() != Some(caller.actor.name()) {
         return Err(OpError::Conflict(format!(
