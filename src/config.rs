@@ -186,8 +186,28 @@ pub struct DaemonConfig {
     /// stops the run anyway and exits. Default 30s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Address of the status listener (/healthz, /readyz, /metrics, /status), or "off". Default "127.0.0.1:9185".
+    /// Address of the HTTP listener (/healthz, /readyz, /metrics, /status and the API under /api/v1), or "off".
+    /// Off loopback it needs `tls_cert` and `tls_key`, or `allow_plain_http`. Default "127.0.0.1:9185".
     pub status_listen: String,
+    /// PEM certificate chain (the server's certificate first) to serve HTTPS with; set together with `tls_key`.
+    /// Read at start-up; relative paths are relative to the working directory. Default none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback, because something in front of the daemon does TLS (a
+    /// reverse proxy), or the port is only reachable from this host (a container whose port is published on the
+    /// host's loopback). Default false: off loopback, the daemon refuses to start without TLS.
+    pub allow_plain_http: bool,
+    /// File holding a token (its first line, at least 32 characters, e.g. from `openssl rand -hex 32`) that reads
+    /// `/metrics` and `/status` and nothing else: for a Prometheus scraper, which then holds no account's power.
+    /// Off loopback those two need it or an administrator's token. Read at start-up. Default none.
+    pub metrics_token_file: Option<PathBuf>,
+    /// A web console session unused for this long ends (the next request answers 401). Default 30m.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// A web console session ends this long after sign-in, however busy. Default 12h.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -202,6 +222,12 @@ impl Default for DaemonConfig {
             run_missed_on_start: true,
             shutdown_grace: Duration::from_secs(30),
             status_listen: "127.0.0.1:9185".into(),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
+            metrics_token_file: None,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_lifetime: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -375,9 +401,28 @@ impl Config {
             p.push("daemon.trigger_poll_interval and daemon.reload_interval must be above 0, e.g. \"1s\"".into());
         }
         if let Some(addr) = d.status_addr() {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                p.push(format!("daemon.status_listen '{addr}' is not an address like \"127.0.0.1:9185\" (or \"off\")"));
+            match addr.parse::<std::net::SocketAddr>() {
+                Err(_) => p.push(format!(
+                    "daemon.status_listen '{addr}' is not an address like \"127.0.0.1:9185\" (or \"off\")"
+                )),
+                Ok(a) => {
+                    if let Err(e) = crate::daemon::listener::mode(d, a) {
+                        p.push(e);
+                    }
+                }
             }
+        }
+        if d.tls_cert.is_some() != d.tls_key.is_some() {
+            p.push(
+                "daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither"
+                    .into(),
+            );
+        }
+        if d.session_idle_timeout.is_zero() || d.session_lifetime.is_zero() {
+            p.push(
+                "daemon.session_idle_timeout and daemon.session_lifetime must be above 0, e.g. \"30m\" and \"12h\""
+                    .into(),
+            );
         }
         if self.log.level.trim().is_empty() {
             p.push("log.level is empty; use e.g. \"info\"".into());
@@ -491,6 +536,20 @@ mod tests {
         assert!(problems[1].contains("'/' would let the HTTP API read any file"), "{problems:?}");
         let ok = Config::parse("[sources]\nallowed_dirs = [\"/srv/segments\"]\n", Path::new("x.toml")).unwrap();
         assert_eq!(ok.sources.allowed_dirs, vec![PathBuf::from("/srv/segments")]);
+    }
+
+    #[test]
+    fn a_listener_off_loopback_needs_tls_or_allow_plain_http_and_the_problem_says_so() {
+        let off = "[daemon]\nstatus_listen = \"0.0.0.0:9185\"\n";
+        let err = Config::parse(off, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("not a loopback address") && err.contains("daemon.allow_plain_http"), "{err}");
+        let allowed = format!("{off}allow_plain_http = true\n");
+        assert!(Config::parse(&allowed, Path::new("x.toml")).is_ok());
+        let tls = format!("{off}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+        assert!(Config::parse(&tls, Path::new("x.toml")).is_ok(), "the files are read at start, not here");
+        let half = "[daemon]\ntls_cert = \"c.pem\"\n";
+        let err = Config::parse(half, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

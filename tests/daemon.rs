@@ -2,102 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command as StdCommand, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::*;
 use segment_exporter::sandbox::{Faults, SandboxOptions};
 
 const DAEMON: &str = "\n[daemon]\nstatus_listen = \"127.0.0.1:0\"\ntrigger_dir = \"triggers\"\ntrigger_poll_interval = \"500ms\"\nreload_interval = \"1s\"\nshutdown_grace = \"15s\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n";
-
-struct Daemon {
-    child: Child,
-    logs: Arc<Mutex<String>>,
-    status: String,
-}
-
-impl Daemon {
-    fn start(env: &Env) -> Daemon {
-        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
-            .current_dir(env.dir.path())
-            .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
-            .env("ITERABLE_KEY", KEY)
-            .env_remove("RUST_LOG")
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            let text = logs.lock().unwrap().clone();
-            if let Some(pos) = text.find("Status endpoint listening. address=") {
-                let rest = &text[pos + "Status endpoint listening. address=".len()..];
-                break format!("http://{}", rest.split_whitespace().next().unwrap());
-            }
-            assert!(Instant::now() < deadline, "daemon did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let d = Daemon { child, logs, status };
-        d.wait_for_log("Daemon ready.", Duration::from_secs(30));
-        d
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    fn wait_for_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.logs().contains(needle) {
-            assert!(Instant::now() < deadline, "no `{needle}` in the daemon's log:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let r = reqwest::get(format!("{}{path}", self.status)).await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = StdCommand::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok);
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit in {within:?}:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn daemon_env(opts: SandboxOptions) -> Env {
     Env::with_config(opts, DAEMON)

@@ -25,7 +25,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid API token is required: send `Authorization: Bearer TOKEN` (an administrator makes one with \
-             `segment-exporter user add NAME --role ROLE`)",
+             `segment-exporter user add NAME --role ROLE`), or sign in with POST /api/v1/session",
         )
     }
 

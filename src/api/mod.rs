@@ -1,4 +1,5 @@
-//! The HTTP API under `/api/v1`, served on the daemon's listener: JSON in and out, `Authorization: Bearer TOKEN`.
+//! The HTTP API under `/api/v1`, served on the daemon's listener: JSON in and out, `Authorization: Bearer TOKEN`
+//! or the web console's session cookie (`session`: sign-in, CSRF).
 //!
 //! Handlers authenticate the caller (`Caller`), ask `crate::access` whether it may act, and call the same library
 //! code as the CLI (`crate::access::ops`, the store, the daemon's run queue). They hold no rules of their own.
@@ -11,6 +12,7 @@ mod error;
 mod handlers;
 pub mod openapi;
 mod segments;
+mod session;
 pub mod views;
 
 use std::sync::Arc;
@@ -25,8 +27,9 @@ use crate::config::Config;
 use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
-pub use auth::Throttle;
+pub use auth::{metrics_readers_only, Throttle};
 pub use error::ApiError;
+pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
 /// What every handler reaches.
 #[derive(Clone)]
@@ -38,6 +41,10 @@ pub struct ApiState {
     /// Live progress of the runs in flight.
     pub shared: Arc<Shared>,
     pub throttle: Arc<Throttle>,
+    /// Whether the listener serves HTTPS (the session cookie is then Secure).
+    pub tls: bool,
+    /// The hash of `daemon.metrics_token_file`'s token, which reads `/metrics` and `/status` only.
+    pub metrics_token: Option<String>,
 }
 
 /// The `/api/v1` routes.
@@ -52,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(handlers::me))
+        .routes(routes!(session::current, session::sign_in, session::sign_out))
         .routes(routes!(handlers::connections, handlers::create_connection))
         .routes(routes!(handlers::check_connection))
         .routes(routes!(handlers::connection, handlers::edit_connection, handlers::remove_connection))

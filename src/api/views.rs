@@ -35,6 +35,17 @@ pub struct Me {
     pub role: String,
 }
 
+/// A web console session: who, and the token its changes must carry in `X-CSRF-Token`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionView {
+    pub user: Me,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+    /// The session ends after this long unused.
+    pub idle_timeout_seconds: u64,
+}
+
 /// A connection to an Iterable project. Its key is never shown; administrators see where it comes from.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -112,7 +112,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
     Sandbox(sandbox::SandboxArgs),
-    /// Run as a service: scheduled refreshes, trigger files, status endpoints; stops cleanly on SIGTERM.
+    /// Run as a service: scheduled refreshes, trigger files, the HTTP API and status endpoints on
+    /// daemon.status_listen (HTTPS with daemon.tls_cert and daemon.tls_key); stops cleanly on SIGTERM.
     Daemon,
     /// Exit 0 when the daemon's /healthz answers (for container HEALTHCHECKs), 1 otherwise.
     Healthcheck {
@@ -120,7 +121,8 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         addr: Option<String>,
     },
-    /// Check the configuration file and the stored exports; exit 78 when the config is invalid.
+    /// Check the configuration file, the listener (HTTPS or plain HTTP, and whether that is allowed on its
+    /// address) and the stored exports; exit 78 when the config is invalid.
     Validate,
     /// Write a SQLite file of generated customer profiles (for the demo and the benchmark).
     SampleData(sample::SampleArgs),
@@ -249,8 +251,15 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
             return Err(Exit::error(exit::FAILED, "daemon.status_listen is off; give --addr or turn the listener on"))
         }
     };
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
-    match client.get(format!("http://{addr}/healthz")).send().await {
+    let scheme = if ctx.config.daemon.tls_cert.is_some() { "https" } else { "http" };
+    // The certificate names the service's public host, not the address asked here; and the check sends nothing
+    // secret and only reads "ok", so it does not verify the certificate.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .danger_accept_invalid_certs(scheme == "https")
+        .build()?;
+    let url = format!("{scheme}://{addr}/healthz");
+    match client.get(&url).send().await {
         Ok(r) if r.status().is_success() => {
             if ctx.out.json {
                 ctx.out.json(&serde_json::json!({ "healthy": true, "address": addr, "status": r.status().as_u16() }));
@@ -259,13 +268,14 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Ok(r) => Err(Exit::error(exit::FAILED, format!("http://{addr}/healthz answered {}", r.status()))),
-        Err(e) => Err(Exit::error(exit::FAILED, format!("http://{addr}/healthz did not answer: {e}"))),
+        Ok(r) => Err(Exit::error(exit::FAILED, format!("{url} answered {}", r.status()))),
+        Err(e) => Err(Exit::error(exit::FAILED, format!("{url} did not answer: {e}"))),
     }
 }
 
 async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
     crate::daemon::check_paths(&ctx.config, ctx.config_path.as_deref()).map_err(|e| Exit::error(exit::CONFIG, e))?;
+    let listener = listener_check(&ctx.config).map_err(|e| Exit::error(exit::CONFIG, e))?;
     let mut problems = Vec::new();
     let store = ctx.store().await?;
     for export in store.exports().await? {
@@ -284,12 +294,31 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
     }
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if ctx.out.json {
-        ctx.out.json(&serde_json::json!({ "config": source, "valid": true, "warnings": problems }));
+        ctx.out
+            .json(&serde_json::json!({ "config": source, "valid": true, "listener": listener, "warnings": problems }));
     } else {
         println!("Configuration OK ({source}); store {}.", ctx.config.store.path.display());
+        println!("Listener: {listener}.");
         for p in &problems {
             println!("warning: {p}");
         }
     }
     Ok(exit::OK)
+}
+
+/// What the listener will serve, as the daemon will decide it at start (its TLS files read, too), or why it will
+/// refuse to start.
+fn listener_check(config: &Config) -> Result<String, String> {
+    use crate::daemon::listener;
+    let d = &config.daemon;
+    let Some(addr) = d.status_addr() else { return Ok("off (daemon.status_listen = \"off\")".into()) };
+    let parsed = addr.parse().map_err(|_| format!("daemon.status_listen '{addr}' is not an address"))?;
+    let mode = listener::mode(d, parsed)?;
+    if let (Some(cert), Some(key)) = (&d.tls_cert, &d.tls_key) {
+        listener::tls_config(cert, key)?;
+    }
+    if let Some(file) = &d.metrics_token_file {
+        crate::access::credentials::read_metrics_token(file)?;
+    }
+    Ok(mode.describe(addr))
 }

@@ -41,7 +41,8 @@ pub enum UserCmd {
         #[arg(long, required = true)]
         rotate: bool,
     },
-    /// Set an account's password (for the web console's sign-in). Prompted twice without echo on a terminal.
+    /// Set an account's password (for the web console's sign-in); its signed-in sessions end. Prompted twice
+    /// without echo on a terminal.
     Password {
         name: String,
         /// Read the password from the first line of standard input instead of prompting.
@@ -109,8 +110,10 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
             let password = read_password(&name, password_stdin)?;
             credentials::check_password(&password)
                 .map_err(|e| Exit::invalid(format!("password of '{name}' not set: {e}")))?;
-            store.set_user_password(&name, &credentials::hash_password(&password)).await?;
-            ctx.audit(&store, "user.password", &name, None).await?;
+            let user = store.set_user_password(&name, &credentials::hash_password(&password)).await?;
+            // Whoever signed in with the old password is signed out.
+            let ended = store.remove_user_sessions(user.id).await?;
+            ctx.audit(&store, "user.password", &name, (ended > 0).then(|| format!("{ended} session(s) ended"))).await?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "user": name, "password_set": true }));
             } else {

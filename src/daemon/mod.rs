@@ -7,6 +7,7 @@
 //! records the end of a run whose task could not (a panic, the end of the shutdown grace), and how the process
 //! stops.
 
+pub mod listener;
 mod metrics;
 mod scheduler;
 mod status;
@@ -143,6 +144,11 @@ pub struct Daemon {
     tx: mpsc::Sender<Command>,
     rx: Option<mpsc::Receiver<Command>>,
     listener: Option<tokio::net::TcpListener>,
+    /// How the listener serves (decided at build, so a refusal stops the start) and, for HTTPS, its TLS config.
+    listener_mode: Option<listener::Mode>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The hash of `daemon.metrics_token_file`'s token.
+    metrics_token: Option<String>,
     root: CancellationToken,
     running: HashMap<String, InFlight>,
     follow_ups: HashMap<String, &'static str>,
@@ -218,6 +224,24 @@ impl Daemon {
             ),
             (None, None) => None,
         };
+        let (listener_mode, tls) = match &listener {
+            None => (None, None),
+            Some(l) => {
+                let addr = l.local_addr().map_err(|cause| DaemonError::Listen { addr: "?".into(), cause })?;
+                let mode = listener::mode(&config.daemon, addr).map_err(DaemonError::Config)?;
+                let tls = match (&config.daemon.tls_cert, &config.daemon.tls_key) {
+                    (Some(cert), Some(key)) if mode.is_tls() => {
+                        Some(listener::tls_config(cert, key).map_err(DaemonError::Config)?)
+                    }
+                    _ => None,
+                };
+                (Some(mode), tls)
+            }
+        };
+        let metrics_token = match &config.daemon.metrics_token_file {
+            Some(path) => Some(crate::access::credentials::read_metrics_token(path).map_err(DaemonError::Config)?),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(256);
         let scheduler = Scheduler::start(tz).await?;
         Ok(Daemon {
@@ -231,6 +255,9 @@ impl Daemon {
             tx,
             rx: Some(rx),
             listener,
+            listener_mode,
+            tls,
+            metrics_token,
             root: CancellationToken::new(),
             running: HashMap::new(),
             follow_ups: HashMap::new(),
@@ -269,20 +296,29 @@ impl Daemon {
         let stop_tasks = CancellationToken::new();
         let _stop_tasks = stop_tasks.clone().drop_guard();
         if let Some(listener) = self.listener.take() {
-            let local = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-            tracing::info!(address = %local, "Status endpoint listening.");
+            let local = listener.local_addr().ok();
+            let address = local.map_or_else(|| "?".to_string(), |a| a.to_string());
+            let mode = self.listener_mode.unwrap_or(listener::Mode::PlainLoopback);
+            tracing::info!(address = %address, https = mode.is_tls(), "Status endpoint listening.");
+            tracing::info!("Listener: {}.", mode.describe(&address));
             let api = crate::api::ApiState {
                 store: self.store.clone(),
                 config: self.config.clone(),
                 commands: self.tx.clone(),
                 shared: self.shared.clone(),
                 throttle: Default::default(),
+                tls: mode.is_tls(),
+                metrics_token: self.metrics_token.clone(),
             };
-            let app = status::router(self.shared.clone()).merge(crate::api::router(api));
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let stop = stop_tasks.clone();
+            let mut private = status::private_router(self.shared.clone());
+            if !local.is_some_and(|a| a.ip().is_loopback()) {
+                private = private
+                    .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::metrics_readers_only));
+            }
+            let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
+            let (tls, stop) = (self.tls.clone(), stop_tasks.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                if let Err(e) = listener::serve(listener, tls, app, stop).await {
                     tracing::error!(error = %e, "The status listener stopped.");
                 }
             });
@@ -639,12 +675,23 @@ impl Daemon {
                     || new.daemon.status_listen != self.config.daemon.status_listen
                     || new.daemon.trigger_dir != self.config.daemon.trigger_dir
                     || new.store != self.config.store
+                    || new.daemon.metrics_token_file != self.config.daemon.metrics_token_file
+                    || (&new.daemon.tls_cert, &new.daemon.tls_key, new.daemon.allow_plain_http)
+                        != (
+                            &self.config.daemon.tls_cert,
+                            &self.config.daemon.tls_key,
+                            self.config.daemon.allow_plain_http,
+                        )
                 {
-                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.trigger_dir and [store] take effect at the next restart.");
+                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.metrics_token_file, daemon.trigger_dir and [store] take effect at the next restart.");
                 }
                 let mut kept = new;
                 kept.daemon.time_zone = self.config.daemon.time_zone.clone();
                 kept.daemon.status_listen = self.config.daemon.status_listen.clone();
+                kept.daemon.tls_cert = self.config.daemon.tls_cert.clone();
+                kept.daemon.tls_key = self.config.daemon.tls_key.clone();
+                kept.daemon.allow_plain_http = self.config.daemon.allow_plain_http;
+                kept.daemon.metrics_token_file = self.config.daemon.metrics_token_file.clone();
                 kept.daemon.trigger_dir = self.config.daemon.trigger_dir.clone();
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);

@@ -61,13 +61,14 @@ impl Shared {
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .with_state(shared)
+/// `/healthz` and `/readyz`: open to anyone who reaches the listener (health checks carry no credentials).
+pub fn open_router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(shared)
+}
+
+/// `/metrics` and `/status`: they name every export; off loopback the caller guards them.
+pub fn private_router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(shared)
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

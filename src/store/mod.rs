@@ -9,6 +9,7 @@ mod members;
 pub mod names;
 mod runs;
 mod segments;
+mod sessions;
 mod users;
 mod warnings;
 
@@ -24,6 +25,7 @@ pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFiel
 pub use members::{AckedMember, MemberCounts, PlanSession, PlannedAdd, TargetPlan};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
+pub use sessions::Session;
 pub use users::{AuditEntry, AuditEvent, Role, User};
 
 /// A failure of the store itself (not of the data in it).

@@ -2,6 +2,8 @@
 //! real `segment-exporter` binary driven through `assert_cmd`.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;

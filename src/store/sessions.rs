@@ -1,0 +1,125 @@
+//! Web console sessions: the hash of each session id, whose account it is, when it was last used and when it ends.
+//! Session ids are made and hashed by `crate::access::credentials`; nothing here ever sees one in clear, and the
+//! timeouts are the caller's (the config's) to decide.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{now, Result, Store};
+
+/// A stored session, with the id of its account.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: i64,
+    pub user_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Records a new session of `user_id` ending at `expires_at` at the latest.
+    pub async fn add_session(
+        &self,
+        secret_hash: &str,
+        user_id: i64,
+        expires_at: DateTime<Utc>,
+        origin: &str,
+    ) -> Result<Session> {
+        let at = now();
+        let id = sqlx::query(
+            "INSERT INTO sessions (secret_hash, user_id, created_at, last_seen_at, expires_at, origin) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(secret_hash)
+        .bind(user_id)
+        .bind(at)
+        .bind(at)
+        .bind(expires_at)
+        .bind(origin)
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(Session { id, user_id, created_at: at, last_seen_at: at, expires_at })
+    }
+
+    /// The session whose id hashes to `secret_hash`, expired or not (the caller judges).
+    pub async fn session(&self, secret_hash: &str) -> Result<Option<Session>> {
+        let row =
+            sqlx::query("SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = ?")
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(Session {
+                id: r.try_get("id")?,
+                user_id: r.try_get("user_id")?,
+                created_at: r.try_get("created_at")?,
+                last_seen_at: r.try_get("last_seen_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Notes that a session was used now (its idle timeout starts again).
+    pub async fn touch_session(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends one session; false when there was none.
+    pub async fn remove_session(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Ends every session of an account (its password changed); how many there were.
+    pub async fn remove_user_sessions(&self, user_id: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(user_id).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Removes the sessions that ended (past `expires_at`, or unused since `idle_since`).
+    pub async fn prune_sessions(&self, idle_since: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?")
+            .bind(now())
+            .bind(idle_since)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use crate::store::Role;
+
+    #[tokio::test]
+    async fn a_session_is_found_by_its_hash_pruned_once_idle_and_ends_with_its_account() {
+        let (_dir, store) = temp_store().await;
+        let ann = store.add_user("ann", Role::Admin, "!").await.unwrap();
+        let later = now() + chrono::Duration::hours(1);
+        let first = store.add_session("aa", ann.id, later, "api 127.0.0.1").await.unwrap();
+        store.add_session("bb", ann.id, later, "api 127.0.0.1").await.unwrap();
+        assert_eq!(store.session("aa").await.unwrap().unwrap().id, first.id);
+        assert!(store.session("cc").await.unwrap().is_none());
+
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE secret_hash = 'bb'")
+            .bind(now() - chrono::Duration::hours(2))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.prune_sessions(now() - chrono::Duration::hours(1)).await.unwrap(), 1);
+        assert!(store.session("bb").await.unwrap().is_none(), "idle for two hours: pruned");
+
+        store.remove_user("ann").await.unwrap();
+        assert!(store.session("aa").await.unwrap().is_none(), "the account is gone, so is its session");
+    }
+}

@@ -1,0 +1,422 @@
+//! The web console's session and the listener's transport, through the real daemon binary: sign-in and sign-out
+//! with the cookie's attributes, CSRF refusals, wrong passwords audited and throttled, expiry, plain HTTP refused off
+//! loopback (and `validate` saying why), HTTPS with a certificate made here, and `/metrics` and `/status` kept for
+//! administrators off loopback. No password, token or session id shows in any log line or response body.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::*;
+use reqwest::header::{HeaderMap, COOKIE, ORIGIN, SET_COOKIE};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// An env whose daemon listens on `listen`, with `extra` lines in `[daemon]`; accounts ann (admin, with
+/// `PASSWORD`) and carl (contributor, no password). Returns their tokens.
+fn team(listen: &str, extra: &str) -> (Env, String, String) {
+    let daemon = format!(
+        "\n[daemon]\nstatus_listen = \"{listen}\"\ntrigger_dir = \"triggers\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n{extra}"
+    );
+    let env = Env::with_config(opts(), &daemon);
+    let ann = env.json(&["user", "add", "ann", "--role", "admin"])["token"].as_str().unwrap().to_string();
+    let carl = env.json(&["user", "add", "carl", "--role", "contributor"])["token"].as_str().unwrap().to_string();
+    set_password(&env);
+    (env, ann, carl)
+}
+
+fn set_password(env: &Env) {
+    env.cmd()
+        .args(["user", "password", "ann", "--password-stdin"])
+        .write_stdin(format!("{PASSWORD}\n"))
+        .assert()
+        .success();
+}
+
+/// A status, the headers and the body of an answer.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    fn set_cookie(&self) -> String {
+        self.headers.get(SET_COOKIE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    }
+}
+
+fn send(request: reqwest::RequestBuilder) -> Answer {
+    block_on(async {
+        let r = request.send().await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        Answer { status, headers, text: r.text().await.unwrap() }
+    })
+}
+
+/// A browser's view of the service: where it is, the page's origin, and the session it holds.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    origin: String,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Browser {
+    fn new(client: reqwest::Client, root: &str) -> Browser {
+        Browser { client, base: format!("{root}/api/v1"), origin: root.to_string(), cookie: None, csrf: None }
+    }
+
+    fn sign_in(&mut self, user: &str, password: &str) -> Answer {
+        let body = json!({ "user": user, "password": password });
+        let mut request = self.client.post(format!("{}/session", self.base)).header(ORIGIN, &self.origin);
+        if let Some(c) = &self.cookie {
+            request = request.header(COOKIE, c);
+        }
+        let answer = send(request.json(&body));
+        if answer.status == 200 {
+            self.cookie = Some(answer.set_cookie().split(';').next().unwrap().to_string());
+            self.csrf = answer.json()["csrf_token"].as_str().map(str::to_string);
+        }
+        answer
+    }
+
+    /// Another browser holding the same session.
+    fn clone_session(&self) -> Browser {
+        Browser {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            origin: self.origin.clone(),
+            cookie: self.cookie.clone(),
+            csrf: self.csrf.clone(),
+        }
+    }
+
+    /// The session id the cookie holds.
+    fn session_id(&self) -> String {
+        self.cookie.as_ref().unwrap().split_once('=').unwrap().1.to_string()
+    }
+
+    /// A request with the cookie, and with the given Origin and CSRF token headers.
+    fn request(&self, method: reqwest::Method, path: &str, origin: Option<&str>, csrf: Option<&str>) -> Answer {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            r = r.header(COOKIE, c);
+        }
+        if let Some(o) = origin {
+            r = r.header(ORIGIN, o);
+        }
+        if let Some(t) = csrf {
+            r = r.header("X-CSRF-Token", t);
+        }
+        send(r)
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        self.request(reqwest::Method::GET, path, None, None)
+    }
+
+    /// A change as the console makes it: the cookie, this page's Origin and the session's CSRF token.
+    fn change(&self, method: reqwest::Method, path: &str) -> Answer {
+        self.request(method, path, Some(&self.origin), self.csrf.as_deref())
+    }
+}
+
+fn assert_no_secret(what: &str, haystack: &str, secrets: &[&str]) {
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        assert!(!haystack.contains(s), "{what} holds a secret ({}…): {haystack}", &s[..6.min(s.len())]);
+    }
+}
+
+fn audit(env: &Env) -> Vec<Value> {
+    env.json(&["audit", "--limit", "200"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn a_person_signs_in_works_with_the_cookie_and_signs_out_and_every_change_needs_the_origin_and_the_csrf_token() {
+    let (env, ann, _) = team("127.0.0.1:0", "");
+    let daemon = Daemon::start(&env);
+    let mut browser = Browser::new(reqwest::Client::new(), &daemon.status);
+
+    let mut evil = Browser::new(reqwest::Client::new(), &daemon.status);
+    evil.origin = "http://evil.example".into();
+    assert_eq!(evil.sign_in("ann", PASSWORD).status, 403, "a sign-in posted by another site");
+
+    let signed_in = browser.sign_in("ann", PASSWORD);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text);
+    let body = signed_in.json();
+    assert_eq!(body["user"], json!({ "name": "ann", "role": "admin" }));
+    let csrf = browser.csrf.clone().expect("a CSRF token");
+    let cookie = signed_in.set_cookie();
+    let id = browser.session_id();
+    assert!(cookie.starts_with("segment_exporter_session="), "{cookie}");
+    assert_eq!(id.len(), 43, "256 random bits, base64url: {cookie}");
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).skip(1).collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&wanted), "{wanted} missing from {cookie}");
+    }
+    assert!(!attributes.contains(&"Secure"), "plain HTTP on loopback: a Secure cookie would not come back");
+    assert_eq!(signed_in.headers.get("cache-control").unwrap(), "no-store");
+    assert_no_secret("the sign-in answer", &signed_in.text, &[PASSWORD, &id]);
+
+    let me = browser.get("/me");
+    assert_eq!((me.status, me.json()["name"].clone()), (200, json!("ann")), "{}", me.text);
+    let session = browser.get("/session");
+    assert_eq!(session.status, 200);
+    assert_eq!(session.json()["csrf_token"], json!(csrf), "a reloaded page gets the same token");
+
+    // A change with the cookie: through only with this site's Origin and the token. The body is wrong on purpose:
+    // 422 means the request got past authentication and CSRF.
+    use reqwest::Method;
+    let post = |origin: Option<&str>, token: Option<&str>| {
+        let mut r =
+            browser.client.post(format!("{}/exports", browser.base)).header(COOKIE, browser.cookie.as_ref().unwrap());
+        if let Some(o) = origin {
+            r = r.header(ORIGIN, o);
+        }
+        if let Some(t) = token {
+            r = r.header("X-CSRF-Token", t);
+        }
+        send(r.json(&json!({ "name": 1 })))
+    };
+    let ours = browser.origin.clone();
+    assert_eq!(post(Some(&ours), Some(&csrf)).status, 422);
+    for (why, origin, token) in [
+        ("from another site", Some("http://evil.example"), Some(csrf.as_str())),
+        ("from another port of this host", Some("http://127.0.0.1:1"), Some(csrf.as_str())),
+        ("without the CSRF header", Some(ours.as_str()), None),
+        ("with another session's token", Some(ours.as_str()), Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")),
+        ("saying nowhere where it comes from", None, Some(csrf.as_str())),
+    ] {
+        let refused = post(origin, token);
+        assert_eq!(refused.status, 403, "a change {why}: {}", refused.text);
+        assert_eq!(refused.json()["error"]["kind"], "csrf", "{why}");
+    }
+    let referer = send(
+        browser
+            .client
+            .post(format!("{}/exports", browser.base))
+            .header(COOKIE, browser.cookie.as_ref().unwrap())
+            .header("Referer", format!("{ours}/exports"))
+            .header("X-CSRF-Token", &csrf)
+            .json(&json!({ "name": 1 })),
+    );
+    assert_eq!(referer.status, 422, "without an Origin, the Referer says where it comes from");
+    let bearer = send(
+        reqwest::Client::new().post(format!("{}/exports", browser.base)).bearer_auth(&ann).json(&json!({ "name": 1 })),
+    );
+    assert_eq!(bearer.status, 422, "a token needs no CSRF token: {}", bearer.text);
+
+    let before = browser.clone_session();
+    assert_eq!(browser.sign_in("ann", PASSWORD).status, 200);
+    assert_ne!(browser.session_id(), id, "a sign-in starts from a fresh session id");
+    assert_eq!(before.get("/me").status, 401, "the session the browser held before ended");
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM sessions"), 1);
+
+    assert_eq!(browser.request(Method::DELETE, "/session", Some(&ours), None).status, 403);
+    let out = browser.change(Method::DELETE, "/session");
+    assert_eq!(out.status, 204, "{}", out.text);
+    assert!(out.set_cookie().contains("Max-Age=0"), "the cookie is cleared: {}", out.set_cookie());
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM sessions"), 0, "signed out on the server too");
+    let after = browser.get("/me");
+    assert_eq!(after.status, 401, "the old cookie no longer works: {}", after.text);
+
+    let rows = audit(&env);
+    for action in ["session.sign_in", "session.sign_out"] {
+        let row = rows.iter().find(|r| r["action"] == action).unwrap_or_else(|| panic!("no {action}: {rows:?}"));
+        assert_eq!((row["actor"].as_str(), row["origin"].as_str()), (Some("ann"), Some("api 127.0.0.1")), "{row}");
+    }
+    let secrets = [PASSWORD, id.as_str(), csrf.as_str(), ann.splitn(3, '_').nth(2).unwrap()];
+    assert_no_secret("the audit", &serde_json::to_string(&rows).unwrap(), &secrets);
+    assert_no_secret("the daemon's log", &daemon.logs(), &secrets);
+    assert_no_secret("the stored sessions", &std::fs::read_to_string(env.path("store.db")).unwrap_or_default(), &[&id]);
+}
+
+#[test]
+fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttled_for_the_account() {
+    let (env, _, carl) = team("127.0.0.1:0", "");
+    let daemon = Daemon::start(&env);
+    let mut browser = Browser::new(reqwest::Client::new(), &daemon.status);
+    // People type their password into the name field: such a name must not be kept anywhere.
+    let typed_as_name = "Tr0ub4dor&3-typed-into-the-name-field";
+    let unknown = browser.sign_in(typed_as_name, "whatever it is");
+    let wrong = browser.sign_in("ann", "not the password at all");
+    let no_password = browser.sign_in("carl", "carl has none set");
+    for a in [&unknown, &wrong, &no_password] {
+        assert_eq!(a.status, 401, "{}", a.text);
+        assert_eq!(a.json(), wrong.json(), "every failure reads alike, revealing no account");
+        assert!(a.set_cookie().is_empty());
+    }
+
+    let mut refused = 1;
+    let throttled = loop {
+        let a = browser.sign_in("ann", "still not the password");
+        if a.status == 429 {
+            break a;
+        }
+        assert_eq!(a.status, 401, "{}", a.text);
+        refused += 1;
+        assert!(refused <= 30, "never throttled after {refused} wrong passwords");
+    };
+    assert!(refused >= 20, "throttled after only {refused} wrong passwords");
+    assert_eq!(throttled.json()["error"]["kind"], "too_many_attempts");
+    assert_eq!(browser.sign_in("ann", PASSWORD).status, 429, "while throttled, not even the right password is tried");
+    let me = send(reqwest::Client::new().get(format!("{}/me", browser.base)).bearer_auth(&carl));
+    assert_eq!(me.status, 200, "another account from the same address still gets in");
+
+    let rows = audit(&env);
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["action"] == "session.sign_in.failed").collect();
+    assert_eq!(failed.iter().filter(|r| r["actor"] == "ann").count(), refused, "each wrong password, not the 429s");
+    assert!(failed.iter().all(|r| r["origin"] == "api 127.0.0.1"), "{failed:?}");
+    assert!(failed.iter().any(|r| r["actor"] == "carl"), "an account without a password: {failed:?}");
+    let unknown_row = failed.iter().find(|r| r["actor"] == "unknown").expect("the unknown name's attempt");
+    assert_eq!(unknown_row["detail"], "no such account");
+    let everything = format!("{}\n{}", serde_json::to_string(&rows).unwrap(), daemon.logs());
+    assert_no_secret(
+        "the audit and the log",
+        &everything,
+        &[typed_as_name, PASSWORD, "not the password", "carl has none"],
+    );
+}
+
+#[test]
+fn a_session_ends_when_idle_at_its_lifetime_however_busy_and_when_the_password_changes() {
+    let (env, _, _) = team("127.0.0.1:0", "session_idle_timeout = \"2s\"\nsession_lifetime = \"5s\"\n");
+    let daemon = Daemon::start(&env);
+    let client = reqwest::Client::new();
+
+    let mut idle = Browser::new(client.clone(), &daemon.status);
+    assert_eq!(idle.sign_in("ann", PASSWORD).status, 200);
+    assert_eq!(idle.get("/me").status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let ended = idle.get("/me");
+    assert_eq!(ended.status, 401, "idle for longer than session_idle_timeout: {}", ended.text);
+    assert!(ended.text.contains("session has ended"), "{}", ended.text);
+
+    let mut busy = Browser::new(client.clone(), &daemon.status);
+    assert_eq!(busy.sign_in("ann", PASSWORD).status, 200);
+    // After the answer: the session's lifetime started before it.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4300) {
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(busy.get("/me").status, 200, "in use, so not idle, at {:?}", start.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(5600).saturating_sub(start.elapsed()));
+    assert_eq!(busy.get("/me").status, 401, "past session_lifetime, however busy");
+
+    let mut changed = Browser::new(client.clone(), &daemon.status);
+    assert_eq!(changed.sign_in("ann", PASSWORD).status, 200);
+    set_password(&env);
+    assert_eq!(changed.get("/me").status, 401, "a new password signs everyone out");
+
+    let mut forged = Browser::new(client, &daemon.status);
+    forged.cookie = Some(format!("segment_exporter_session={}", "A".repeat(43)));
+    assert_eq!(forged.get("/me").status, 401, "an invented session id");
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM sessions"), 0, "ended sessions are gone from the store");
+}
+
+#[test]
+fn off_loopback_plain_http_is_refused_unless_allowed_and_then_metrics_and_status_need_an_admins_or_the_metrics_token() {
+    let metrics_token = "4f1c0de5a11ce0ff1ce4f1c0de5a11ce0ff1ce00";
+    let (env, ann, carl) = team("0.0.0.0:0", "allow_plain_http = true\nmetrics_token_file = \"metrics.token\"\n");
+    std::fs::write(env.path("metrics.token"), format!("{metrics_token}\n")).unwrap();
+    let allowed = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(env.path("config.toml"), allowed.replace("allow_plain_http = true\n", "")).unwrap();
+    for command in ["validate", "daemon"] {
+        let out = env.cmd().arg(command).timeout(Duration::from_secs(30)).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{command}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        for says in ["'0.0.0.0:0' is not a loopback address", "daemon.tls_cert", "daemon.allow_plain_http = true"] {
+            assert!(err.contains(says), "{command} does not say {says:?}: {err}");
+        }
+    }
+
+    std::fs::write(env.path("config.toml"), allowed).unwrap();
+    let validated = text(&env.ok(&["validate"]).stdout);
+    assert!(
+        validated.contains("plain HTTP on 0.0.0.0:0, off loopback: allowed by daemon.allow_plain_http"),
+        "{validated}"
+    );
+
+    let daemon = Daemon::start(&env);
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{}{path}", daemon.status));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        send(r)
+    };
+    assert_eq!((get("/healthz", None).status, get("/readyz", None).status), (200, 200), "health stays open");
+    for path in ["/metrics", "/status"] {
+        assert_eq!(get(path, None).status, 401, "{path} without a token off loopback");
+        assert_eq!(get(path, Some(&carl)).status, 403, "{path} for a contributor");
+        let admin = get(path, Some(&ann));
+        assert_eq!(admin.status, 200, "{path} for an admin: {}", admin.text);
+        let scraper = get(path, Some(metrics_token));
+        assert_eq!(scraper.status, 200, "{path} with the metrics token: {}", scraper.text);
+    }
+    assert!(get("/metrics", Some(metrics_token)).text.contains("segment_exporter_"));
+    let api = get("/api/v1/me", Some(metrics_token));
+    assert_eq!(api.status, 401, "the metrics token reads metrics, and nothing of the API");
+    assert_no_secret("the daemon's log", &daemon.logs(), &[metrics_token, ann.splitn(3, '_').nth(2).unwrap()]);
+}
+
+#[test]
+fn with_a_certificate_the_daemon_serves_https_only_and_the_session_cookie_is_secure_and_host_only() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (made.cert.pem(), made.signing_key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    let tls = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let (env, ann, _) = team("0.0.0.0:0", &tls);
+    let validated = text(&env.ok(&["validate"]).stdout);
+    assert!(validated.contains("HTTPS on 0.0.0.0:0"), "{validated}");
+
+    let daemon = Daemon::start(&env);
+    assert!(daemon.https, "{}", daemon.logs());
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", local)
+        .build()
+        .unwrap();
+    let root = format!("https://localhost:{}", daemon.port);
+    let health = send(client.get(format!("{root}/healthz")));
+    assert_eq!((health.status, health.text.as_str()), (200, "ok\n"));
+
+    let stranger = reqwest::Client::builder().resolve("localhost", local).build().unwrap();
+    let untrusted = block_on(stranger.get(format!("{root}/healthz")).send());
+    assert!(untrusted.is_err(), "a client that does not trust the certificate gets no answer");
+    let plain = block_on(reqwest::Client::new().get(format!("http://{local}/healthz")).send());
+    assert!(plain.map(|r| r.status().as_u16()).unwrap_or(0) != 200, "plain HTTP is not served");
+
+    let mut browser = Browser::new(client.clone(), &root);
+    let signed_in = browser.sign_in("ann", PASSWORD);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text);
+    let cookie = signed_in.set_cookie();
+    assert!(cookie.starts_with("__Host-segment_exporter_session="), "{cookie}");
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).skip(1).collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(attributes.contains(&wanted), "{wanted} missing from {cookie}");
+    }
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    assert_eq!(browser.get("/me").status, 200);
+    assert_eq!(browser.change(reqwest::Method::DELETE, "/session").status, 204);
+
+    assert_eq!(send(client.get(format!("{root}/metrics"))).status, 401, "off loopback");
+    assert_eq!(send(client.get(format!("{root}/metrics")).bearer_auth(&ann)).status, 200);
+
+    let health = env.ok(&["healthcheck", "--addr", &local.to_string()]);
+    assert!(text(&health.stdout).contains("healthy"));
+    assert_no_secret("the daemon's log", &daemon.logs(), &[PASSWORD, &browser.session_id(), &key_pem[40..100]]);
+}
