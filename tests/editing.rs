@@ -342,7 +342,8 @@ fn new_export(name: &str, connection_id: i64, segment_id: i64) -> NewExport {
     NewExport {
         name: name.into(),
         connection_id,
-        email_field: "email".into(),
+        email_field: Some("email".into()),
+        user_id_field: None,
         on_leave: OnLeave::Remove,
         null_fields: NullFields::Clear,
         existing_users_only: false,
@@ -360,10 +361,10 @@ fn a_run_that_is_no_longer_running_records_no_acknowledgement() {
         let t = export.targets[0].id;
         let run = store.start_run(export.id, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
-        let m = segment_exporter::store::AckedMember { email: "a@x.com".into(), fields_hash: 1 };
+        let m = segment_exporter::store::AckedMember::new("a@x.com", 1);
         store.ack_subscribed(run, t, std::slice::from_ref(&m), &[], &[]).await.unwrap();
         store.finish_run(run, RunStatus::Cancelled, None).await.unwrap();
-        let late = segment_exporter::store::AckedMember { email: "b@x.com".into(), fields_hash: 1 };
+        let late = segment_exporter::store::AckedMember::new("b@x.com", 1);
         assert!(store.ack_subscribed(run, t, &[late], &[], &[]).await.is_err());
         assert!(store.ack_unsubscribed(run, t, &["a@x.com".to_string()]).await.is_err());
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 1, "nothing changed");

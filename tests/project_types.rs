@@ -1,6 +1,6 @@
-//! End-to-end: a connection knows the kind of Iterable project it reaches (email-based, userID-based or hybrid).
-//! Exports identify members by email, which serves email-based and hybrid projects; a userID-based project, where an
-//! email identifies nobody, is refused with the reason instead of being sent emails.
+//! End-to-end: a connection knows the kind of Iterable project it reaches (email-based, userID-based or hybrid), and
+//! an export whose identity columns cannot work in it (no user id column for a userID-based project, where an email
+//! identifies nobody) is refused with the reason instead of being sent emails. Identity itself: tests/identity.rs.
 
 mod common;
 
@@ -37,7 +37,7 @@ fn an_email_based_connection_in_the_eu_data_centre_is_warned_about() {
 }
 
 #[test]
-fn a_user_id_based_project_is_refused_by_export_add_and_by_a_run_saying_why() {
+fn an_export_without_a_user_id_column_is_refused_for_a_user_id_based_project_by_add_and_by_a_run() {
     let env = Env::new();
     let csv = env.write_csv("members.csv", &[("a@example.com", "gold")]);
     assert!(add_connection(&env, "iterable", &["--project-type", "userid"]).status.success());

@@ -953,5 +953,27 @@ async fn an_export_user_edits_an_export_over_http_with_the_checks_of_export_edit
     let (_, audit, _) = t.call(4, Method::GET, "/audit?user=carl&limit=1", None).await;
     assert_eq!(audit[0]["action"], "export.edit");
     assert_eq!(run_to_end(&t, 3, "team", json!({})).await["status"], "succeeded");
+    // Once members are on its lists, another identity column would make each a leaver and a joiner: refused.
+    let (got, v, _) = t.call(3, Method::PATCH, "/exports/team", Some(json!({ "email_field": "tier" }))).await;
+    assert_eq!(got, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("would change who the members"), "{v}");
+    let (got, v, _) = t.call(3, Method::PATCH, "/exports/team", Some(json!({ "existing_users_only": true }))).await;
+    assert_eq!((got, v["export"]["existing_users_only"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_made_through_the_api_takes_a_user_id_column_and_needs_an_identity_column() {
+    let t = team().await;
+    let with_ids = json!({ "name": "ids", "connection": "open", "segments": ["s-2"], "email_field": "email",
+                           "user_id_field": "tier", "schedule": "off" });
+    let (status, v, _) = t.call(4, Method::POST, "/exports", Some(with_ids)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!((v["email_field"].as_str(), v["user_id_field"].as_str()), (Some("email"), Some("tier")), "{v}");
+    // A hybrid project identifies a member by one of them at least: without either, nothing is saved.
+    let without = json!({ "name": "none", "connection": "open", "segments": ["s-3"], "schedule": "off" });
+    let (status, v, _) = t.call(4, Method::POST, "/exports", Some(without)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--user-id-field or both"), "{v}");
     t.stop().await;
 }

@@ -8,7 +8,7 @@ use crate::source::{self, SourceSpec};
 use crate::store::{
     Export, FieldMap, FieldType, NewExport, NullFields, OnLeave, ProjectType, Segment, Store, StoreError, User,
 };
-use crate::sync::{check_field_name, user_id_project_unsupported};
+use crate::sync::{check_field_name, check_identity_settings};
 
 use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
 
@@ -64,7 +64,10 @@ pub struct ExportRequest {
     pub name: String,
     pub connection: String,
     pub segments: Vec<String>,
-    pub email_field: String,
+    /// The email column; optional where a user id identifies members (see `check_identity_settings`).
+    pub email_field: Option<String>,
+    /// The user id column (userID-based and hybrid projects).
+    pub user_id_field: Option<String>,
     /// COLUMN or COLUMN=ITERABLE_FIELD.
     pub fields: Vec<String>,
     pub on_leave: OnLeave,
@@ -114,10 +117,15 @@ pub fn check_unique_fields(fields: &[FieldMap]) -> Result<(), String> {
     }
 }
 
-/// Reads a segment's first row to check that it has the email column and every field's column.
+/// The identity columns of an export (email, then user id, each when given).
+pub fn identity_columns<'a>(email_field: Option<&'a str>, user_id_field: Option<&'a str>) -> Vec<&'a str> {
+    email_field.into_iter().chain(user_id_field).collect()
+}
+
+/// Reads a segment's first row to check that it has the identity columns and every field's column.
 pub async fn check_columns(
     seg: &Segment,
-    email_field: &str,
+    identity: &[&str],
     fields: &[FieldMap],
     master_key: &std::path::Path,
 ) -> Result<(), String> {
@@ -128,7 +136,7 @@ pub async fn check_columns(
     let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
         .await
         .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
-    let wanted = std::iter::once(email_field).chain(fields.iter().map(|f| f.column.as_str()));
+    let wanted = identity.iter().copied().chain(fields.iter().map(|f| f.column.as_str()));
     for col in wanted {
         if !columns.iter().any(|c| c == col) {
             return Err(format!(
@@ -160,17 +168,17 @@ pub async fn create_export(
     Schedule::parse(&r.schedule).map_err(|e| fail(format!("--schedule {e}")))?;
     let conn = store.connection(&r.connection).await?;
     use_connection(caller.actor, &conn.usable_by).check(&format!("connection '{}'", r.connection))?;
-    if conn.project_type == ProjectType::UserId {
-        return Err(fail(user_id_project_unsupported(&conn.name)));
-    }
-    if r.existing_users_only && conn.project_type == ProjectType::Email {
+    let email_field = r.email_field.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    let user_id_field = r.user_id_field.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    check_identity_settings(conn.project_type, &conn.name, email_field, user_id_field, r.existing_users_only)
+        .map_err(fail)?;
+    if email_field.is_some() && email_field == user_id_field {
         return Err(fail(format!(
-            "--existing-users-only does nothing in connection '{}''s email-based project: Iterable honours \
-             updateExistingUsersOnly only in hybrid and userID-based projects, and would create every new member \
-             anyway. Leave the option out, or give the connection's real type (connection add --project-type).",
-            conn.name
+            "--email-field and --user-id-field name the same column '{}'; give each its own",
+            email_field.unwrap_or_default()
         )));
     }
+    let identity = identity_columns(email_field, user_id_field);
     let mut segment_ids = Vec::new();
     for name in &r.segments {
         let seg = store.segment(name).await?;
@@ -178,15 +186,15 @@ pub async fn create_export(
             return Err(fail(format!("segment '{name}' is given twice")));
         }
         if !r.skip_check {
-            check_columns(&seg, &r.email_field, &fields, &config.store.master_key_path()).await.map_err(|e| {
+            check_columns(&seg, &identity, &fields, &config.store.master_key_path()).await.map_err(|e| {
                 if caller.actor.is_admin() {
                     fail(e)
                 } else {
                     // The reader's error may name the source (a path, a URL): administrators only.
                     fail(format!(
-                        "segment '{name}' could not be read, or lacks the column '{}' or a field's column; ask an \
+                        "segment '{name}' could not be read, or lacks the column(s) {} or a field's column; ask an \
                          administrator to check the segment",
-                        r.email_field
+                        identity.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")
                     ))
                 }
             })?;
@@ -197,7 +205,8 @@ pub async fn create_export(
         .add_export(&NewExport {
             name: r.name.clone(),
             connection_id: conn.id,
-            email_field: r.email_field.clone(),
+            email_field: email_field.map(str::to_string),
+            user_id_field: user_id_field.map(str::to_string),
             on_leave: r.on_leave,
             null_fields: r.null_fields,
             existing_users_only: r.existing_users_only,
@@ -479,4 +488,49 @@ pub async fn remove_connection(
     };
     audit(store, config, caller.actor, caller.origin, "connection.remove", Some(name), detail).await?;
     Ok(affected)
+}
+
+/// Whether `export edit` may give an export these identity columns. A member is its identity: once the export has
+/// put members on its lists, a new identity column would make every member a leaver under its old identity and a
+/// joiner under its new one. So it is refused then, saying what to do, except where members keep their identity: the
+/// email column of a userID-based export (there only the user's address, sent as an update), and a user id column
+/// given to a hybrid export that had none (each member keeps its email, which matches it to its record).
+pub async fn check_identity_change(
+    store: &Store,
+    project_type: ProjectType,
+    export: &Export,
+    email_field: Option<&str>,
+    user_id_field: Option<&str>,
+) -> Result<(), OpError> {
+    let email_changed = export.email_field.as_deref() != email_field;
+    let user_id_changed = export.user_id_field.as_deref() != user_id_field;
+    let changes_identity = match project_type {
+        ProjectType::Email => email_changed,
+        ProjectType::UserId => user_id_changed,
+        ProjectType::Hybrid => email_changed || (user_id_changed && export.user_id_field.is_some()),
+    };
+    if !changes_identity || !store.export_remembers_members(export.id).await? {
+        return Ok(());
+    }
+    let email_flag = match project_type {
+        ProjectType::Email => true,
+        ProjectType::UserId => false,
+        ProjectType::Hybrid => email_changed,
+    };
+    let (flag, before, after) = if email_flag {
+        ("--email-field", export.email_field.as_deref(), email_field)
+    } else {
+        ("--user-id-field", export.user_id_field.as_deref(), user_id_field)
+    };
+    let name = |c: Option<&str>| c.map_or("none".to_string(), |c| format!("'{c}'"));
+    Err(OpError::Conflict(format!(
+        "{flag} would change who the members of export '{}' are (column {} instead of {}), and it has already put \
+         members on its lists: each would be unsubscribed as who it was and subscribed again as who it is now. To send \
+         the same segments identified by the new column, remove the export (`export remove {} --empty-lists` takes \
+         off its lists the members it put there) and add it again, or add a new export for new lists.",
+        export.name,
+        name(after),
+        name(before),
+        export.name
+    )))
 }

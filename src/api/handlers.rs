@@ -346,8 +346,13 @@ pub struct ExportBody {
     connection: String,
     /// Each segment goes to the Iterable list of its name.
     segments: Vec<String>,
-    /// The column holding the email address.
-    email_field: String,
+    /// The column holding the email address; optional in userID-based projects, where the user id identifies
+    /// members.
+    #[serde(default)]
+    email_field: Option<String>,
+    /// The user id column (userID-based and hybrid projects).
+    #[serde(default)]
+    user_id_field: Option<String>,
     /// COLUMN, COLUMN=ITERABLE_FIELD, either with :TYPE (string, long, double, boolean, date).
     #[serde(default)]
     fields: Vec<String>,
@@ -424,6 +429,7 @@ pub async fn create_export(
         connection: b.connection,
         segments: b.segments,
         email_field: b.email_field,
+        user_id_field: b.user_id_field,
         fields: b.fields,
         on_leave,
         schedule: b.schedule.unwrap_or_else(|| "refresh".into()),
@@ -453,8 +459,16 @@ pub struct ExportPatch {
     /// Columns to stop sending.
     #[serde(default)]
     remove_fields: Vec<String>,
+    /// The email column (\"\" for none, where a user id identifies members). Refused where it would change who
+    /// members are once some are on the lists (409).
     #[serde(default)]
     email_field: Option<String>,
+    /// The user id column (\"\" for none), with the same refusal.
+    #[serde(default)]
+    user_id_field: Option<String>,
+    /// Do not create users the project does not know yet (hybrid and userID-based projects).
+    #[serde(default)]
+    existing_users_only: Option<bool>,
     #[serde(default)]
     schedule: Option<String>,
     /// `remove` or `keep`.
@@ -492,6 +506,8 @@ pub async fn edit_export(
         add_fields: b.add_fields,
         remove_fields: b.remove_fields,
         email_field: b.email_field,
+        user_id_field: b.user_id_field,
+        existing_users_only: b.existing_users_only,
         schedule: b.schedule,
         on_leave: b.on_leave.as_deref().map(|t| on_leave(Some(t))).transpose()?,
         null_fields: optional_choice("null_fields", b.null_fields.as_deref())?,

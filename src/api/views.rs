@@ -179,7 +179,10 @@ pub struct ExportView {
     pub name: String,
     /// The connection's name; null once it was removed and the export detached.
     pub connection: Option<String>,
-    pub email_field: String,
+    /// The email column; null where a user id alone identifies members.
+    pub email_field: Option<String>,
+    /// The user id column (userID-based and hybrid projects).
+    pub user_id_field: Option<String>,
     /// `remove` or `keep`.
     pub on_leave: String,
     /// `clear` or `skip`.
@@ -203,6 +206,7 @@ impl ExportView {
             name: export.name.clone(),
             connection: export.connection_name.clone(),
             email_field: export.email_field.clone(),
+            user_id_field: export.user_id_field.clone(),
             on_leave: export.on_leave.as_str().to_string(),
             null_fields: export.null_fields.as_str().to_string(),
             existing_users_only: export.existing_users_only,

@@ -81,9 +81,17 @@ pub struct AddArgs {
     /// A segment to send (repeat for several); each goes to the Iterable list named like it.
     #[arg(long = "segment", value_name = "SEG", required = true)]
     pub segments: Vec<String>,
-    /// The column holding the email address.
+    /// The column holding the email address. Required for email-based projects; in a hybrid project it identifies
+    /// the rows without a user id; in a userID-based project it is optional and travels beside the user id as the
+    /// user's address.
     #[arg(long, value_name = "COLUMN")]
-    pub email_field: String,
+    pub email_field: Option<String>,
+    /// The column holding the user id: required for userID-based projects; in a hybrid project a row whose user id
+    /// is not NULL is identified by it (sent with preferUserId), the others by email. Refused for email-based
+    /// projects. User ids are checked as Iterable checks them (at most 52 characters, printable ASCII, no trailing
+    /// space); others count as invalid.
+    #[arg(long, value_name = "COLUMN")]
+    pub user_id_field: Option<String>,
     /// A column sent as an Iterable data field, optionally renamed and typed: COLUMN, COLUMN=ITERABLE_FIELD, and
     /// either with :TYPE (string, long, double, boolean, date; dates are sent as `yyyy-MM-dd HH:mm:ss +00:00`).
     /// Without a type, a column is sent as the JSON type of its first value, and every later value as that type
@@ -94,7 +102,8 @@ pub struct AddArgs {
     #[arg(long, value_enum, default_value = "clear")]
     pub null_fields: NullFields,
     /// Do not create users the project does not know yet (Iterable's `updateExistingUsersOnly`; honoured in hybrid
-    /// and userID-based projects only). Such members count as rejected (notFoundEmails) and are tried again later.
+    /// and userID-based projects only). Such members count as rejected (notFoundEmails or notFoundUserIds) and are
+    /// tried again later.
     #[arg(long)]
     pub existing_users_only: bool,
     /// What happens to members who leave a segment.
@@ -130,9 +139,20 @@ pub struct EditArgs {
     /// Stop sending a column (repeatable); Iterable keeps the values it has.
     #[arg(long = "remove-field", value_name = "COLUMN")]
     pub remove_fields: Vec<String>,
-    /// The column holding the email address.
+    /// The column holding the email address. Once the export has put members on its lists, refused where the email
+    /// identifies members (email-based and hybrid projects): remove the export and add it again instead.
     #[arg(long, value_name = "COLUMN")]
     pub email_field: Option<String>,
+    /// The column holding the user id. Once the export has put members on its lists, refused where that changes
+    /// who members are (a hybrid export without one may get one: its members keep their emails).
+    #[arg(long, value_name = "COLUMN")]
+    pub user_id_field: Option<String>,
+    /// Do not create users the project does not know yet (as for `add`).
+    #[arg(long, conflicts_with = "no_existing_users_only")]
+    pub existing_users_only: bool,
+    /// Create users the project does not know yet again (the default).
+    #[arg(long)]
+    pub no_existing_users_only: bool,
     /// `refresh`, `off` or a cron expression with seconds, as for `add`.
     #[arg(long)]
     pub schedule: Option<String>,
@@ -237,6 +257,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         connection: a.connection.clone(),
         segments: a.segments.clone(),
         email_field: a.email_field.clone(),
+        user_id_field: a.user_id_field.clone(),
         fields: a.fields.clone(),
         on_leave: a.on_leave,
         schedule: a.schedule.clone(),
@@ -275,6 +296,12 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         add_fields: a.add_fields,
         remove_fields: a.remove_fields,
         email_field: a.email_field,
+        user_id_field: a.user_id_field,
+        existing_users_only: match (a.existing_users_only, a.no_existing_users_only) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         schedule: a.schedule,
         on_leave: a.on_leave,
         null_fields: a.null_fields,
@@ -407,7 +434,8 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
         let rows = vec![
             vec!["name".into(), e.name.clone()],
             vec!["connection".into(), e.connection_name.clone().unwrap_or_else(|| "(detached: disabled)".into())],
-            vec!["email column".into(), e.email_field.clone()],
+            vec!["email column".into(), e.email_field.clone().unwrap_or_else(|| "(none)".into())],
+            vec!["user id column".into(), e.user_id_field.clone().unwrap_or_else(|| "(none)".into())],
             vec!["fields".into(), if fields.is_empty() { "-".into() } else { fields.join(", ") }],
             vec!["on leave".into(), e.on_leave.as_str().into()],
             vec!["null fields".into(), e.null_fields.as_str().into()],

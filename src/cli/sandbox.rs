@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{exit, Ctx, Exit};
-use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::sandbox::{Sandbox, SandboxOptions, SandboxProjectType};
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
@@ -38,6 +38,10 @@ pub struct SandboxArgs {
     /// How long after its creation a list answers invalidListId, like a new Iterable list may, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub list_propagation: u64,
+    /// The kind of Iterable project to imitate: `email` (users identified by email), `userid` (by user id only: an
+    /// email alone identifies nobody) or `hybrid` (by either; a user id sent with preferUserId is looked up first).
+    #[arg(long, value_enum, default_value = "email")]
+    pub project_type: SandboxProjectType,
 }
 
 pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
@@ -63,6 +67,7 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         fail_rate: a.fail_rate,
         list_propagation: Duration::from_millis(a.list_propagation),
         documented_limits: !a.no_documented_limits,
+        project_type: a.project_type,
         ..SandboxOptions::default()
     };
     // Listen for stop signals before the address is printed: whoever reads it may stop the sandbox at once.

@@ -177,6 +177,8 @@ pub(super) fn op_error(e: OpError) -> anyhow::Error {
         OpError::Busy(m) => Exit::error(exit::BUSY, m),
         OpError::Iterable { message, .. } => Exit::with_kind(super::error::ErrorKind::Iterable, message),
         OpError::Failed(m) => Exit::error(exit::FAILED, m),
+        // It contradicts what is stored: a conflict, as `--json` tells.
+        OpError::Conflict(m) => Exit::with_kind(super::error::ErrorKind::Conflict, m),
         e => Exit::invalid(e.to_string()),
     }
 }

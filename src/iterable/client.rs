@@ -198,29 +198,35 @@ impl IterableClient {
         .await
     }
 
-    /// `POST /api/lists/unsubscribe`, always with `channelUnsubscribe: false`.
-    pub async fn unsubscribe(&self, list_id: i64, emails: &[String]) -> Result<BulkResponse, IterableError> {
+    /// `POST /api/lists/unsubscribe` of members named by their keys (an email, or `userId:…`), always with
+    /// `channelUnsubscribe: false`.
+    pub async fn unsubscribe(&self, list_id: i64, keys: &[String]) -> Result<BulkResponse, IterableError> {
         let body = UnsubscribeBody {
             list_id,
-            subscribers: emails.iter().map(|e| Unsubscriber { email: e }).collect(),
+            subscribers: keys.iter().map(|k| Unsubscriber::of_key(k)).collect(),
             channel_unsubscribe: false,
         };
         let body = serde_json::to_vec(&body).expect("serialisable");
         self.call(Method::POST, "/api/lists/unsubscribe", Body::Json(body), |text| {
             let response = decode::<BulkResponse>(text)?;
-            // notFoundEmails are in failCount too: members already off the list.
-            response.accounts_for(emails.len(), |e| emails.iter().any(|sent| sent == e))?;
+            // notFound… are in failCount too: members already off the list.
+            response.accounts_for(keys.len(), |k| keys.iter().any(|sent| sent == k))?;
             Ok(response)
         })
         .await
     }
 
-    /// `GET /api/lists/getUsers?listId=`: every member's email, lowercased (Iterable allows 5 a minute per
+    /// `GET /api/lists/getUsers?listId=`: one line per member, trimmed, as Iterable names them: emails, or with
+    /// `prefer_user_id` (`preferUserId=true`) user ids where users have one (Iterable allows 5 a minute per
     /// project; a 429 is retried after the reset it names).
-    pub async fn list_users(&self, list_id: i64) -> Result<Vec<String>, IterableError> {
-        let path = format!("/api/lists/getUsers?listId={list_id}");
+    pub async fn list_users(&self, list_id: i64, prefer_user_id: bool) -> Result<Vec<String>, IterableError> {
+        let path = if prefer_user_id {
+            format!("/api/lists/getUsers?listId={list_id}&preferUserId=true")
+        } else {
+            format!("/api/lists/getUsers?listId={list_id}")
+        };
         self.call(Method::GET, &path, Body::None, |text| {
-            Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_lowercase).collect())
+            Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
         })
         .await
     }

@@ -16,4 +16,7 @@ mod types;
 pub use client::{ClientStats, IterableClient, RequestObserver, RetrySettings};
 pub use error::IterableError;
 pub use pacer::{Pacer, Ticket};
-pub use types::{encode_subscriber, BulkResponse, FailedUpdates, ListDetails, Region};
+pub use types::{
+    encode_subscriber, is_forgotten, user_id_key, BulkResponse, FailedUpdates, ListDetails, Region, UserRef,
+    USER_ID_KEY_PREFIX,
+};

@@ -62,7 +62,37 @@ pub(crate) struct Envelope {
     pub params: Option<serde_json::Value>,
 }
 
-/// Per-identity failures inside an HTTP 200 of subscribe or unsubscribe.
+/// The prefix of a member key that names a user by user id; any other key is a (normalised, lowercase) email.
+/// A lowercase email can never begin with it, so the two kinds of key never collide.
+pub const USER_ID_KEY_PREFIX: &str = "userId:";
+
+/// The member key of a user id.
+pub fn user_id_key(user_id: &str) -> String {
+    let mut key = String::with_capacity(USER_ID_KEY_PREFIX.len() + user_id.len());
+    key.push_str(USER_ID_KEY_PREFIX);
+    key.push_str(user_id);
+    key
+}
+
+/// How a request names a user: a member key read back as an email or a user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserRef<'a> {
+    Email(&'a str),
+    UserId(&'a str),
+}
+
+impl<'a> UserRef<'a> {
+    /// The user a member key names (`userId:…` or an email).
+    pub fn from_key(key: &'a str) -> UserRef<'a> {
+        match key.strip_prefix(USER_ID_KEY_PREFIX) {
+            Some(user_id) => UserRef::UserId(user_id),
+            None => UserRef::Email(key),
+        }
+    }
+}
+
+/// Per-identity failures inside an HTTP 200 of subscribe or unsubscribe: each `...Emails` array has a
+/// `...UserIds` twin.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FailedUpdates {
@@ -71,25 +101,71 @@ pub struct FailedUpdates {
     pub forgotten_emails: Vec<String>,
     pub conflict_emails: Vec<String>,
     pub invalid_data_emails: Vec<String>,
+    pub invalid_user_ids: Vec<String>,
+    pub not_found_user_ids: Vec<String>,
+    pub forgotten_user_ids: Vec<String>,
+    pub conflict_user_ids: Vec<String>,
+    pub invalid_data_user_ids: Vec<String>,
 }
 
 impl FailedUpdates {
-    /// Each failed email (lowercased) with Iterable's category. `notFoundEmails` is left out on unsubscribe, where
-    /// it means the member is already off the list.
+    /// Each failed identity as a member key (emails trimmed and lowercased, user ids as `userId:…`) with
+    /// Iterable's category. `notFound…` is left out on unsubscribe, where it means the member is already off the
+    /// list.
     pub fn categorised(&self, unsubscribe: bool) -> Vec<(String, &'static str)> {
         let mut out = Vec::new();
-        let mut push = |list: &Vec<String>, category: &'static str| {
+        let mut emails = |list: &Vec<String>, category: &'static str| {
             out.extend(list.iter().map(|e| (e.trim().to_lowercase(), category)));
         };
-        push(&self.invalid_emails, "invalidEmails");
+        emails(&self.invalid_emails, "invalidEmails");
         if !unsubscribe {
-            push(&self.not_found_emails, "notFoundEmails");
+            emails(&self.not_found_emails, "notFoundEmails");
         }
-        push(&self.forgotten_emails, "forgottenEmails");
-        push(&self.conflict_emails, "conflictEmails");
-        push(&self.invalid_data_emails, "invalidDataEmails");
+        emails(&self.forgotten_emails, "forgottenEmails");
+        emails(&self.conflict_emails, "conflictEmails");
+        emails(&self.invalid_data_emails, "invalidDataEmails");
+        let mut user_ids = |list: &Vec<String>, category: &'static str| {
+            out.extend(list.iter().map(|id| (user_id_key(id), category)));
+        };
+        user_ids(&self.invalid_user_ids, "invalidUserIds");
+        if !unsubscribe {
+            user_ids(&self.not_found_user_ids, "notFoundUserIds");
+        }
+        user_ids(&self.forgotten_user_ids, "forgottenUserIds");
+        user_ids(&self.conflict_user_ids, "conflictUserIds");
+        user_ids(&self.invalid_data_user_ids, "invalidDataUserIds");
         out
     }
+
+    /// Every identity named, as member keys (see `categorised`).
+    fn named(&self) -> impl Iterator<Item = String> + '_ {
+        let emails = [
+            &self.invalid_emails,
+            &self.not_found_emails,
+            &self.forgotten_emails,
+            &self.conflict_emails,
+            &self.invalid_data_emails,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|e| e.trim().to_lowercase());
+        let user_ids = [
+            &self.invalid_user_ids,
+            &self.not_found_user_ids,
+            &self.forgotten_user_ids,
+            &self.conflict_user_ids,
+            &self.invalid_data_user_ids,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|id| user_id_key(id));
+        emails.chain(user_ids)
+    }
+}
+
+/// Whether a failure category means a GDPR-forgotten user, never to be sent again.
+pub fn is_forgotten(category: &str) -> bool {
+    category.starts_with("forgotten")
 }
 
 /// `UserBulkUpdateListResponse`, the HTTP 200 answer of subscribe and unsubscribe.
@@ -101,14 +177,15 @@ pub struct BulkResponse {
     pub created_fields: Vec<String>,
     pub filtered_out_fields: Vec<String>,
     pub failed_updates: FailedUpdates,
-    /// Deprecated top-level copy, still returned.
+    /// Deprecated top-level copies, still returned.
     pub invalid_emails: Vec<String>,
+    pub invalid_user_ids: Vec<String>,
 }
 
 impl BulkResponse {
     /// Whether this answer accounts for a batch of `sent` members: `successCount + failCount` must equal `sent`,
-    /// and every email named in `failedUpdates` must be one of the batch (`in_batch` gets it trimmed and
-    /// lowercased). The deprecated top-level `invalidEmails` copy is not counted again. The error says what did not
+    /// and every identity named in `failedUpdates` must be one of the batch (`in_batch` gets it as a member key:
+    /// an email trimmed and lowercased, or `userId:…`). The deprecated top-level copies are not counted again. The error says what did not
     /// add up. Costs nothing per member unless some failed.
     pub fn accounts_for(&self, sent: usize, in_batch: impl Fn(&str) -> bool) -> Result<(), String> {
         let answered = self.success_count.saturating_add(self.fail_count);
@@ -118,13 +195,7 @@ impl BulkResponse {
                 self.success_count, self.fail_count
             ));
         }
-        let f = &self.failed_updates;
-        let strangers =
-            [&f.invalid_emails, &f.not_found_emails, &f.forgotten_emails, &f.conflict_emails, &f.invalid_data_emails]
-                .into_iter()
-                .flatten()
-                .filter(|e| !in_batch(&e.trim().to_lowercase()))
-                .count();
+        let strangers = self.failed_updates.named().filter(|key| !in_batch(key)).count();
         if strangers > 0 {
             return Err(format!(
                 "HTTP 200 naming {strangers} member(s) in failedUpdates that were not in the batch of {sent}"
@@ -134,13 +205,28 @@ impl BulkResponse {
     }
 }
 
-/// One subscriber as a JSON fragment: `{"email":"…","dataFields":{…}}`. `fields` is a JSON object text produced
-/// by `serde_json`; an empty object is left out. Fragments are joined by `IterableClient::subscribe`, so a batch's
-/// body size is known while the batch is built.
-pub fn encode_subscriber(email: &str, fields: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(email.len() + fields.len() + 32);
-    out.extend_from_slice(b"{\"email\":");
-    serde_json::to_writer(&mut out, email).expect("writing to a Vec cannot fail");
+/// One subscriber as a JSON fragment: `{"email":"…","dataFields":{…}}`, or for a member named by user id
+/// `{"userId":"…","email":"…","preferUserId":true,"dataFields":{…}}` (the email only when known: there it is the
+/// user's address, not what identifies them). `fields` is a JSON object text produced by `serde_json`; an empty
+/// object is left out. Fragments are joined by `IterableClient::subscribe`, so a batch's body size is known while
+/// the batch is built.
+pub fn encode_subscriber(key: &str, email_beside: Option<&str>, fields: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + fields.len() + 64);
+    match UserRef::from_key(key) {
+        UserRef::Email(email) => {
+            out.extend_from_slice(b"{\"email\":");
+            serde_json::to_writer(&mut out, email).expect("writing to a Vec cannot fail");
+        }
+        UserRef::UserId(user_id) => {
+            out.extend_from_slice(b"{\"userId\":");
+            serde_json::to_writer(&mut out, user_id).expect("writing to a Vec cannot fail");
+            if let Some(email) = email_beside {
+                out.extend_from_slice(b",\"email\":");
+                serde_json::to_writer(&mut out, email).expect("writing to a Vec cannot fail");
+            }
+            out.extend_from_slice(b",\"preferUserId\":true");
+        }
+    }
     if fields != "{}" && !fields.is_empty() {
         out.extend_from_slice(b",\"dataFields\":");
         out.extend_from_slice(fields.as_bytes());
@@ -179,9 +265,23 @@ pub(crate) struct UnsubscribeBody<'a> {
     pub channel_unsubscribe: bool,
 }
 
+/// `{"email": …}` or `{"userId": …}`.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Unsubscriber<'a> {
-    pub email: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+}
+
+impl<'a> Unsubscriber<'a> {
+    pub(crate) fn of_key(key: &'a str) -> Unsubscriber<'a> {
+        match UserRef::from_key(key) {
+            UserRef::Email(email) => Unsubscriber { email: Some(email), user_id: None },
+            UserRef::UserId(user_id) => Unsubscriber { email: None, user_id: Some(user_id) },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,7 +290,10 @@ mod tests {
 
     #[test]
     fn subscribe_body_is_valid_json_with_fields_only_when_present() {
-        let frags = vec![encode_subscriber("a@b.com", "{\"tier\":\"gold\"}"), encode_subscriber("q\"x@b.com", "{}")];
+        let frags = vec![
+            encode_subscriber("a@b.com", None, "{\"tier\":\"gold\"}"),
+            encode_subscriber("q\"x@b.com", None, "{}"),
+        ];
         let body = subscribe_body(7, &frags, false);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["listId"], 7);
@@ -198,6 +301,24 @@ mod tests {
         assert_eq!(v["subscribers"][1]["email"], "q\"x@b.com");
         assert!(v["subscribers"][1].get("dataFields").is_none());
         assert!(body.len() <= frags.iter().map(|f| f.len() + 1).sum::<usize>() + SUBSCRIBE_OVERHEAD);
+    }
+
+    #[test]
+    fn a_member_keyed_by_user_id_is_sent_by_user_id_with_its_email_beside_and_prefer_user_id() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_subscriber("userId:u 1", Some("a@b.com"), "{\"tier\":\"gold\"}")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"userId": "u 1", "email": "a@b.com", "preferUserId": true, "dataFields": {"tier": "gold"}})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&encode_subscriber("userId:u2", None, "{}")).unwrap();
+        assert_eq!(v, serde_json::json!({"userId": "u2", "preferUserId": true}));
+        let unsub = serde_json::to_value([Unsubscriber::of_key("userId:u2"), Unsubscriber::of_key("a@b.com")]).unwrap();
+        assert_eq!(unsub, serde_json::json!([{"userId": "u2"}, {"email": "a@b.com"}]));
+        // Failures named by user id come back as member keys.
+        let f = FailedUpdates { not_found_user_ids: vec!["u2".into()], ..Default::default() };
+        assert_eq!(f.categorised(false), vec![("userId:u2".to_string(), "notFoundUserIds")]);
+        assert!(f.categorised(true).is_empty());
     }
 
     #[test]
@@ -255,7 +376,7 @@ mod properties {
         fn subscribe_bodies_round_trip(members in proptest::collection::vec(("\\PC{0,30}", "\\PC{0,30}"), 0..20)) {
             let frags: Vec<Vec<u8>> = members
                 .iter()
-                .map(|(email, tier)| encode_subscriber(email, &serde_json::json!({ "tier": tier }).to_string()))
+                .map(|(email, tier)| encode_subscriber(email, None, &serde_json::json!({ "tier": tier }).to_string()))
                 .collect();
             let v: serde_json::Value = serde_json::from_slice(&subscribe_body(1, &frags, false)).unwrap();
             let subs = v["subscribers"].as_array().unwrap();

@@ -207,7 +207,7 @@ impl Sandbox {
             Endpoint::DeleteList => self.delete_list(list_id_from_path(path_param)?),
             Endpoint::Subscribe => self.subscribe(body),
             Endpoint::Unsubscribe => self.unsubscribe(body),
-            Endpoint::GetUsers => self.get_users(list_id_from_query(uri)?),
+            Endpoint::GetUsers => self.get_users(uri),
             Endpoint::ListSize => self.size(list_id_from_path(path_param)?),
             Endpoint::PreviewUsers => self.preview_users(uri),
         }
@@ -256,27 +256,24 @@ impl Sandbox {
         }
         let rejected = self.inner.rejected.lock();
         if !rejected.is_empty() {
-            updates.retain(|update| match &update.identity {
-                Identity::Email(email) if rejected.contains(email) => {
-                    outcome.invalid_data(update.identity.clone());
+            updates.retain(|update| match &update.email {
+                Some(email) if rejected.contains(email) => {
+                    let identity = match &update.user_id {
+                        Some(user_id) if self.inner.project_type != super::SandboxProjectType::Email => {
+                            Identity::UserId(user_id.clone())
+                        }
+                        _ => Identity::Email(email.clone()),
+                    };
+                    outcome.invalid_data(identity);
                     false
                 }
                 _ => true,
             });
         }
         drop(rejected);
-        let existing_only = request.update_existing_users_only == Some(true)
-            && self.inner.project_type == super::SandboxProjectType::Hybrid;
+        let existing_only = request.update_existing_users_only == Some(true);
         let mut project = self.inner.project.lock();
-        if existing_only {
-            updates.retain(|update| {
-                let known = project.is_user(&update.identity);
-                if !known {
-                    outcome.not_found(update.identity.clone());
-                }
-                known
-            });
-        }
+        project.admit(&mut updates, existing_only, &mut outcome);
         project.check_field_types(&updates).map_err(types_mismatched)?;
         project
             .subscribe(list_id, Instant::now(), updates, &mut outcome)
@@ -313,13 +310,20 @@ impl Sandbox {
         Ok(Json(outcome).into_response())
     }
 
-    /// One email per line, each followed by a newline, in ascending order.
-    fn get_users(&self, list_id: i64) -> Answer {
+    /// One member per line, each followed by a newline, in ascending order: emails, user ids in a userID-based
+    /// project, and in a hybrid one with `preferUserId=true` a user's id where it has one.
+    fn get_users(&self, uri: &Uri) -> Answer {
+        let list_id = list_id_from_query(uri)?;
+        let prefer_user_id = match query_param(uri, "preferUserId")?.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(bad_params(format!("preferUserId must be true or false, got {other:?}"))),
+        };
         let project = self.inner.project.lock();
-        let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
+        let members = project.members(list_id, prefer_user_id).ok_or_else(|| unknown_list(list_id))?;
         let mut text = String::with_capacity(members.len() * 32);
-        for email in members {
-            text.push_str(email);
+        for member in members {
+            text.push_str(member);
             text.push('\n');
         }
         drop(project);
@@ -328,7 +332,7 @@ impl Sandbox {
 
     fn size(&self, list_id: i64) -> Answer {
         let project = self.inner.project.lock();
-        let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
+        let members = project.members(list_id, false).ok_or_else(|| unknown_list(list_id))?;
         Ok(plain_text(members.len().to_string()))
     }
 
@@ -344,8 +348,8 @@ impl Sandbox {
         };
         let sample: Vec<String> = {
             let project = self.inner.project.lock();
-            let members = project.members(list_id).ok_or_else(|| unknown_list(list_id))?;
-            members.choose_multiple(&mut rand::thread_rng(), size).into_iter().map(str::to_owned).collect()
+            let members = project.members(list_id, false).ok_or_else(|| unknown_list(list_id))?;
+            members.into_iter().choose_multiple(&mut rand::thread_rng(), size).into_iter().map(str::to_owned).collect()
         };
         let mut text = String::with_capacity(sample.len() * 32);
         for email in sample {
@@ -362,22 +366,23 @@ fn check_subscriber(
     subscriber: Subscriber,
     outcome: &mut UserBulkUpdateListResponse,
 ) -> Result<Option<SubscriberUpdate>, Envelope> {
-    let Subscriber { email, user_id, data_fields, merge_nested_objects } = subscriber;
+    let Subscriber { email, user_id, prefer_user_id, data_fields, merge_nested_objects } = subscriber;
     if let Some(user_id) = user_id.as_ref().filter(|id| !is_valid_user_id(id)) {
         outcome.invalid_user_id(user_id.clone());
         return Ok(None);
     }
-    let (identity, user_id) = match (email, user_id) {
-        (Some(email), user_id) => match check_email(email, outcome) {
-            Some(email) => (Identity::Email(email), user_id),
+    let email = match (email, &user_id) {
+        (Some(email), _) => match check_email(email, outcome) {
+            Some(email) => Some(email),
             None => return Ok(None),
         },
-        (None, Some(user_id)) => (Identity::UserId(user_id), None),
+        (None, Some(_)) => None,
         (None, None) => return Err(missing_identity()),
     };
     Ok(Some(SubscriberUpdate {
-        identity,
+        email,
         user_id,
+        prefer_user_id: prefer_user_id.unwrap_or(false),
         data_fields,
         merge_nested_objects: merge_nested_objects.unwrap_or(false),
     }))
@@ -388,9 +393,9 @@ fn check_unsubscriber(
     outcome: &mut UserBulkUpdateListResponse,
 ) -> Result<Option<Identity>, Envelope> {
     match (unsubscriber.email, unsubscriber.user_id) {
-        (Some(email), _) => Ok(check_email(email, outcome).map(Identity::Email)),
-        (None, Some(user_id)) if is_valid_user_id(&user_id) => Ok(Some(Identity::UserId(user_id))),
-        (None, Some(user_id)) => {
+        (Some(email), None) => Ok(check_email(email, outcome).map(Identity::Email)),
+        (_, Some(user_id)) if is_valid_user_id(&user_id) => Ok(Some(Identity::UserId(user_id))),
+        (_, Some(user_id)) => {
             outcome.invalid_user_id(user_id);
             Ok(None)
         }

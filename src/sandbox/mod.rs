@@ -1,5 +1,6 @@
 //! A local, in-memory, Iterable-compatible HTTP server: the lists endpoints with Iterable's JSON shapes,
-//! error envelopes, status codes and limits, plus switchable faults (latency, rate limit, 500s, dropped
+//! error envelopes, status codes and limits, users identified as an email-based, userID-based or hybrid project
+//! identifies them, plus switchable faults (latency, rate limit, 500s, dropped
 //! connections, 200 answers that miscount or truncate, members refused as `invalidDataEmails`), whole requests
 //! refused for a field type that conflicts with the first value the project got (`RequestFieldsTypesMismatched`),
 //! fields dropped as in a project that does not accept new ones, and request counters. Tests, the demo and the
@@ -33,14 +34,19 @@ pub use stats::SandboxStats;
 use faults::FaultState;
 use project::Project;
 
-/// The kind of Iterable project the sandbox imitates. UserID-based projects (users identified by userId only) are
-/// not imitated yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The kind of Iterable project the sandbox imitates (docs/iterable-api.md, "Project types and identity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SandboxProjectType {
-    /// Users are identified by email; `updateExistingUsersOnly` is ignored, as Iterable ignores it there.
+    /// Users are identified by email (a userId sent beside it is remembered, not unique);
+    /// `updateExistingUsersOnly` is ignored, as Iterable ignores it there.
     #[default]
     Email,
-    /// Users are identified by email or userId; `updateExistingUsersOnly: true` refuses unknown users as not found.
+    /// Users are identified by userId only; the email is an ordinary, non-unique field, and a subscriber or
+    /// unsubscriber with an email alone identifies nobody (`notFoundEmails`). `getUsers` answers user ids.
+    #[value(name = "userid")]
+    UserId,
+    /// Users are identified by email or userId, both unique; with both given, `preferUserId` looks the user id up
+    /// first. `getUsers?preferUserId=true` answers a user's id where it has one, else its email.
     Hybrid,
 }
 
@@ -155,7 +161,7 @@ impl Sandbox {
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
             project_type: opts.project_type,
-            project: Mutex::new(Project::new(opts.accept_new_fields)),
+            project: Mutex::new(Project::new(opts.accept_new_fields, opts.project_type)),
             rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),
             stats: Mutex::new(SandboxStats::default()),
@@ -200,10 +206,26 @@ impl Sandbox {
         *self.inner.stats.lock() = SandboxStats::default();
     }
 
-    /// The list's members as sorted lowercase emails, or `None` when no such list exists.
+    /// The list's members as `getUsers` names them, sorted: emails (lowercase), in a userID-based project user
+    /// ids; `None` when no such list exists.
     pub fn list_members(&self, list_id: i64) -> Option<Vec<String>> {
         let project = self.inner.project.lock();
-        project.members(list_id).map(|members| members.map(str::to_owned).collect())
+        project.members(list_id, false).map(|members| members.into_iter().map(str::to_owned).collect())
+    }
+
+    /// The list's members as (userId, email) pairs, sorted; `None` when no such list exists.
+    pub fn list_identities(&self, list_id: i64) -> Option<Vec<(Option<String>, Option<String>)>> {
+        self.inner.project.lock().member_identities(list_id)
+    }
+
+    /// The email and profile fields of the user with this user id, or `None` when there is no such user.
+    #[allow(clippy::type_complexity)]
+    pub fn user_by_user_id(
+        &self,
+        user_id: &str,
+    ) -> Option<(Option<String>, serde_json::Map<String, serde_json::Value>)> {
+        let project = self.inner.project.lock();
+        project.user_by_user_id(user_id).map(|(email, fields)| (email.map(str::to_owned), fields.clone()))
     }
 
     /// The profile fields of the user with this (lowercase) email, or `None` when there is no such user.

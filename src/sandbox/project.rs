@@ -1,7 +1,7 @@
-//! The sandbox's one Iterable project held in memory: static lists with their members, user profiles
-//! (`dataFields`), the userId index and the project's field-type schema. Everything here is synchronous
-//! and runs under the caller's lock, so each operation is O(batch) and never copies the whole state;
-//! HTTP, parsing and validation happen before the lock is taken (see `api`).
+//! The sandbox's one Iterable project held in memory: static lists with their members, users (email, userId and
+//! profile `dataFields`) with the indexes its kind of project identifies them by, and the project's field-type
+//! schema. Everything here is synchronous and runs under the caller's lock, so each operation is O(batch) and never
+//! copies the whole state; HTTP, parsing and validation happen before the lock is taken (see `api`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::validation::FieldType;
 use super::wire::{Identity, ListDetails, UserBulkUpdateListResponse};
+use super::SandboxProjectType;
 
 /// The sandbox's project id, reported in `invalidListId` and rate-limit answers.
 pub(crate) const PROJECT_ID: i64 = 1;
@@ -18,12 +19,17 @@ pub(crate) const PROJECT_ID: i64 = 1;
 /// Ids of created lists start here, so they look like real ids and never collide with small test numbers.
 const FIRST_LIST_ID: i64 = 1000;
 
-/// A subscribe item that passed the syntax checks and is ready to apply.
+/// A user's place in `Project::users`.
+type UserNo = u32;
+
+/// A subscribe item that passed the syntax checks and is ready to apply: at least one of `email` (lowercased)
+/// and `user_id`.
 #[derive(Debug)]
 pub(crate) struct SubscriberUpdate {
-    pub identity: Identity,
-    /// A userId sent alongside an email; remembered so later userId-only requests find the user.
+    pub email: Option<String>,
     pub user_id: Option<String>,
+    /// Look the user id up before the email (hybrid projects).
+    pub prefer_user_id: bool,
     pub data_fields: Option<Map<String, Value>>,
     pub merge_nested_objects: bool,
 }
@@ -41,16 +47,38 @@ struct List {
     list_type: &'static str,
     /// Subscribe and unsubscribe answer `invalidListId` before this instant, imitating propagation delay.
     usable_from: Instant,
-    /// Emails share their allocation with the `users` key.
-    members: BTreeSet<Arc<str>>,
+    members: BTreeSet<UserNo>,
+}
+
+#[derive(Debug, Default)]
+struct User {
+    email: Option<Arc<str>>,
+    user_id: Option<Arc<str>>,
+    fields: Map<String, Value>,
+}
+
+/// Where an update's user is, or why it names nobody.
+enum Located {
+    Known(UserNo),
+    /// Nobody yet: subscribe creates the user (unless only existing users are updated).
+    Unknown,
+    /// The request's identifiers cannot find or make a user (an email alone in a userID-based project, a userId
+    /// alone that an email-based project does not know).
+    NotFound(Identity),
+    /// The identifiers name two different users, or would give one user another's unique identifier.
+    Conflict(Identity),
 }
 
 #[derive(Debug)]
 pub(crate) struct Project {
+    project_type: SandboxProjectType,
     next_list_id: i64,
     lists: BTreeMap<i64, List>,
-    users: HashMap<Arc<str>, Map<String, Value>>,
-    user_ids: HashMap<String, Arc<str>>,
+    users: Vec<User>,
+    /// Unique in email-based and hybrid projects; not kept in userID-based ones, where an email is an ordinary field.
+    by_email: HashMap<Arc<str>, UserNo>,
+    /// Unique in userID-based and hybrid projects; in email-based ones the last user given the id.
+    by_user_id: HashMap<Arc<str>, UserNo>,
     field_types: HashMap<String, FieldType>,
     /// Off: fields the project has never seen are dropped and reported in `filteredOutFields`.
     pub(crate) accept_new_fields: bool,
@@ -58,20 +86,22 @@ pub(crate) struct Project {
 
 impl Default for Project {
     fn default() -> Self {
-        Self {
-            next_list_id: FIRST_LIST_ID,
-            lists: BTreeMap::new(),
-            users: HashMap::new(),
-            user_ids: HashMap::new(),
-            field_types: HashMap::new(),
-            accept_new_fields: true,
-        }
+        Self::new(true, SandboxProjectType::Email)
     }
 }
 
 impl Project {
-    pub(crate) fn new(accept_new_fields: bool) -> Self {
-        Self { accept_new_fields, ..Self::default() }
+    pub(crate) fn new(accept_new_fields: bool, project_type: SandboxProjectType) -> Self {
+        Self {
+            project_type,
+            next_list_id: FIRST_LIST_ID,
+            lists: BTreeMap::new(),
+            users: Vec::new(),
+            by_email: HashMap::new(),
+            by_user_id: HashMap::new(),
+            field_types: HashMap::new(),
+            accept_new_fields,
+        }
     }
 
     /// Names are not unique: creating a list with an existing name makes a second list, which is what the
@@ -121,21 +151,134 @@ impl Project {
             .collect()
     }
 
-    /// Members in ascending order, or `None` when the list does not exist.
-    pub(crate) fn members(&self, list_id: i64) -> Option<impl ExactSizeIterator<Item = &str>> {
-        self.lists.get(&list_id).map(|list| list.members.iter().map(|email| &**email))
+    /// How each member is named in `getUsers` (sorted), or `None` when the list does not exist: by email in an
+    /// email-based project, by user id in a userID-based one; in a hybrid one by email, or with `prefer_user_id` by
+    /// user id where the user has one (either way by whichever the user has).
+    pub(crate) fn members(&self, list_id: i64, prefer_user_id: bool) -> Option<Vec<&str>> {
+        let list = self.lists.get(&list_id)?;
+        let mut named: Vec<&str> = list
+            .members
+            .iter()
+            .map(|&no| {
+                let user = &self.users[no as usize];
+                let by_id = match self.project_type {
+                    SandboxProjectType::Email => false,
+                    SandboxProjectType::UserId => true,
+                    SandboxProjectType::Hybrid => prefer_user_id,
+                };
+                let (first, second) = if by_id { (&user.user_id, &user.email) } else { (&user.email, &user.user_id) };
+                first.as_deref().or(second.as_deref()).unwrap_or_default()
+            })
+            .collect();
+        named.sort_unstable();
+        Some(named)
+    }
+
+    /// Members as (userId, email) pairs, sorted.
+    pub(crate) fn member_identities(&self, list_id: i64) -> Option<Vec<(Option<String>, Option<String>)>> {
+        let list = self.lists.get(&list_id)?;
+        let mut out: Vec<_> = list
+            .members
+            .iter()
+            .map(|&no| {
+                let user = &self.users[no as usize];
+                (user.user_id.as_deref().map(str::to_owned), user.email.as_deref().map(str::to_owned))
+            })
+            .collect();
+        out.sort();
+        Some(out)
     }
 
     pub(crate) fn user_data_fields(&self, email: &str) -> Option<&Map<String, Value>> {
-        self.users.get(email)
+        let no = match self.project_type {
+            // An email identifies nobody there; the first user with it is shown.
+            SandboxProjectType::UserId => self.users.iter().position(|u| u.email.as_deref() == Some(email))? as UserNo,
+            _ => *self.by_email.get(email)?,
+        };
+        Some(&self.users[no as usize].fields)
     }
 
-    /// Whether the project already has the user this identity names.
-    pub(crate) fn is_user(&self, identity: &Identity) -> bool {
-        match identity {
-            Identity::Email(email) => self.users.contains_key(email.as_str()),
-            Identity::UserId(user_id) => self.user_ids.contains_key(user_id),
+    /// The user with this user id: its email and profile fields.
+    pub(crate) fn user_by_user_id(&self, user_id: &str) -> Option<(Option<&str>, &Map<String, Value>)> {
+        let user = &self.users[*self.by_user_id.get(user_id)? as usize];
+        Some((user.email.as_deref(), &user.fields))
+    }
+
+    /// The identity a failure of this update is reported under: its user id where user ids identify users (or
+    /// where it is all the update has), else its email.
+    pub(crate) fn reported_identity(&self, update: &SubscriberUpdate) -> Identity {
+        match (&update.email, &update.user_id) {
+            (Some(email), Some(_)) if self.project_type == SandboxProjectType::Email => Identity::Email(email.clone()),
+            (_, Some(user_id)) => Identity::UserId(user_id.clone()),
+            (Some(email), None) => Identity::Email(email.clone()),
+            (None, None) => Identity::Email(String::new()),
         }
+    }
+
+    /// Finds the user an update names, as this kind of project identifies users.
+    fn locate(&self, email: Option<&str>, user_id: Option<&str>, prefer_user_id: bool) -> Located {
+        let by_email = |e: &str| self.by_email.get(e).copied();
+        let by_id = |u: &str| self.by_user_id.get(u).copied();
+        match self.project_type {
+            SandboxProjectType::Email => match (email, user_id) {
+                (Some(e), _) => by_email(e).map_or(Located::Unknown, Located::Known),
+                (None, Some(u)) => by_id(u).map_or(Located::NotFound(Identity::UserId(u.to_owned())), Located::Known),
+                (None, None) => Located::NotFound(Identity::Email(String::new())),
+            },
+            SandboxProjectType::UserId => match (email, user_id) {
+                (_, Some(u)) => by_id(u).map_or(Located::Unknown, Located::Known),
+                (Some(e), None) => Located::NotFound(Identity::Email(e.to_owned())),
+                (None, None) => Located::NotFound(Identity::Email(String::new())),
+            },
+            SandboxProjectType::Hybrid => {
+                let (found_by_email, found_by_id) = (email.and_then(by_email), user_id.and_then(by_id));
+                match (found_by_email, found_by_id) {
+                    (Some(a), Some(b)) if a != b => {
+                        // Two users: the one looked up first is updated, and cannot take the other's identifier.
+                        if prefer_user_id {
+                            Located::Conflict(Identity::Email(email.unwrap_or_default().to_owned()))
+                        } else {
+                            Located::Conflict(Identity::UserId(user_id.unwrap_or_default().to_owned()))
+                        }
+                    }
+                    (Some(no), None) if user_id.is_some() && self.users[no as usize].user_id.is_some() => {
+                        // The email's user has another user id.
+                        Located::Conflict(Identity::UserId(user_id.unwrap_or_default().to_owned()))
+                    }
+                    (Some(no), _) | (None, Some(no)) => Located::Known(no),
+                    (None, None) => Located::Unknown,
+                }
+            }
+        }
+    }
+
+    /// Drops the updates that name nobody (reported not found), that conflict (reported as conflicts) or, with
+    /// `existing_only` in a project that honours it, that name a user the project does not have yet (not found).
+    pub(crate) fn admit(
+        &self,
+        updates: &mut Vec<SubscriberUpdate>,
+        existing_only: bool,
+        outcome: &mut UserBulkUpdateListResponse,
+    ) {
+        let existing_only = existing_only && self.project_type != SandboxProjectType::Email;
+        updates.retain(|update| {
+            match self.locate(update.email.as_deref(), update.user_id.as_deref(), update.prefer_user_id) {
+                Located::Known(_) => true,
+                Located::Unknown if !existing_only => true,
+                Located::Unknown => {
+                    outcome.not_found(self.reported_identity(update));
+                    false
+                }
+                Located::NotFound(identity) => {
+                    outcome.not_found(identity);
+                    false
+                }
+                Located::Conflict(identity) => {
+                    outcome.conflict(identity);
+                    false
+                }
+            }
+        });
     }
 
     /// Checks every subscriber's `dataFields` against the project's field types, and against the types earlier
@@ -174,8 +317,8 @@ impl Project {
         }
     }
 
-    /// Adds each subscriber to the list, creating unknown users (as an email-based project does) and
-    /// merging their `dataFields`. Per-subscriber failures go into `outcome`.
+    /// Adds each subscriber to the list, creating unknown users and merging their `dataFields`; an email or user
+    /// id sent beside the identifier that found the user becomes theirs. Per-subscriber failures go into `outcome`.
     pub(crate) fn subscribe(
         &mut self,
         list_id: i64,
@@ -183,28 +326,30 @@ impl Project {
         updates: Vec<SubscriberUpdate>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project { lists, users, user_ids, field_types, accept_new_fields, .. } = self;
-        let list = usable_list(lists, list_id, now)?;
+        usable_list(&mut self.lists, list_id, now)?;
         for update in updates {
-            let email: Arc<str> = match &update.identity {
-                Identity::Email(email) => match users.get_key_value(email.as_str()) {
-                    Some((known, _)) => Arc::clone(known),
-                    None => Arc::from(email.as_str()),
-                },
-                // An email-based project cannot create a user from a userId alone.
-                Identity::UserId(user_id) => match user_ids.get(user_id) {
-                    Some(known) => Arc::clone(known),
-                    None => {
-                        outcome.not_found(update.identity);
-                        continue;
-                    }
-                },
+            let no = match self.locate(update.email.as_deref(), update.user_id.as_deref(), update.prefer_user_id) {
+                Located::Known(no) => no,
+                Located::Unknown => {
+                    self.users.push(User::default());
+                    (self.users.len() - 1) as UserNo
+                }
+                Located::NotFound(identity) => {
+                    outcome.not_found(identity);
+                    continue;
+                }
+                Located::Conflict(identity) => {
+                    outcome.conflict(identity);
+                    continue;
+                }
             };
-            let mut update = update;
-            if let Some(fields) = &mut update.data_fields {
-                if *accept_new_fields {
-                    register_new_fields(field_types, fields, &mut outcome.created_fields);
+            self.identify(no, update.email.as_deref(), update.user_id.as_deref());
+            let mut fields = update.data_fields;
+            if let Some(fields) = &mut fields {
+                if self.accept_new_fields {
+                    register_new_fields(&mut self.field_types, fields, &mut outcome.created_fields);
                 } else {
+                    let field_types = &self.field_types;
                     fields.retain(|name, _| {
                         let known = field_types.contains_key(name);
                         if !known && !outcome.filtered_out_fields.contains(name) {
@@ -214,20 +359,46 @@ impl Project {
                     });
                 }
             }
-            let profile = users.entry(Arc::clone(&email)).or_default();
-            if let Some(fields) = update.data_fields {
-                merge_data_fields(profile, fields, update.merge_nested_objects);
+            if let Some(fields) = fields {
+                merge_data_fields(&mut self.users[no as usize].fields, fields, update.merge_nested_objects);
             }
-            if let Some(user_id) = update.user_id {
-                user_ids.insert(user_id, Arc::clone(&email));
+            if let Some(list) = self.lists.get_mut(&list_id) {
+                list.members.insert(no);
             }
-            list.members.insert(email);
             outcome.succeeded();
         }
         Ok(())
     }
 
-    /// Removes each identity from the list; one that is not a member is reported as not found.
+    /// Gives user `no` the email and user id an update carried, keeping the indexes of the identifiers this kind of
+    /// project keeps (`locate` has ruled out taking another user's).
+    fn identify(&mut self, no: UserNo, email: Option<&str>, user_id: Option<&str>) {
+        let keeps_emails = self.project_type != SandboxProjectType::UserId;
+        let user = &mut self.users[no as usize];
+        if let Some(email) = email.filter(|e| user.email.as_deref() != Some(*e)) {
+            let email: Arc<str> = Arc::from(email);
+            if keeps_emails {
+                if let Some(old) = user.email.take() {
+                    self.by_email.remove(&old);
+                }
+                self.by_email.insert(Arc::clone(&email), no);
+            }
+            user.email = Some(email);
+        }
+        if let Some(user_id) = user_id.filter(|u| user.user_id.as_deref() != Some(*u)) {
+            let user_id: Arc<str> = Arc::from(user_id);
+            if let Some(old) = user.user_id.take() {
+                if self.by_user_id.get(&old) == Some(&no) {
+                    self.by_user_id.remove(&old);
+                }
+            }
+            self.by_user_id.insert(Arc::clone(&user_id), no);
+            user.user_id = Some(user_id);
+        }
+    }
+
+    /// Removes each identity from the list; one that names no member (or, in a userID-based project, an email,
+    /// which names nobody) is reported as not found.
     pub(crate) fn unsubscribe(
         &mut self,
         list_id: i64,
@@ -235,14 +406,15 @@ impl Project {
         identities: Vec<Identity>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project { lists, user_ids, .. } = self;
+        let Project { lists, by_email, by_user_id, project_type, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for identity in identities {
-            let removed = match &identity {
-                Identity::Email(email) => list.members.remove(email.as_str()),
-                Identity::UserId(user_id) => user_ids.get(user_id).is_some_and(|email| list.members.remove(&**email)),
+            let user = match &identity {
+                Identity::Email(_) if *project_type == SandboxProjectType::UserId => None,
+                Identity::Email(email) => by_email.get(email.as_str()),
+                Identity::UserId(user_id) => by_user_id.get(user_id.as_str()),
             };
-            if removed {
+            if user.is_some_and(|no| list.members.remove(no)) {
                 outcome.succeeded();
             } else {
                 outcome.not_found(identity);
@@ -300,9 +472,20 @@ mod tests {
 
     fn update(email: &str, fields: Value) -> SubscriberUpdate {
         SubscriberUpdate {
-            identity: Identity::Email(email.to_owned()),
+            email: Some(email.to_owned()),
             user_id: None,
+            prefer_user_id: false,
             data_fields: fields.as_object().cloned(),
+            merge_nested_objects: false,
+        }
+    }
+
+    fn by_id(user_id: &str, email: Option<&str>) -> SubscriberUpdate {
+        SubscriberUpdate {
+            email: email.map(str::to_owned),
+            user_id: Some(user_id.to_owned()),
+            prefer_user_id: true,
+            data_fields: None,
             merge_nested_objects: false,
         }
     }
@@ -361,7 +544,7 @@ mod tests {
         project.unsubscribe(id, Instant::now(), identities, &mut outcome).unwrap();
         assert_eq!(outcome.success_count, 1);
         assert_eq!(outcome.failed_updates.not_found_user_ids, vec!["nobody"]);
-        assert_eq!(project.members(id).unwrap().len(), 0);
+        assert_eq!(project.members(id, false).unwrap().len(), 0);
     }
 
     #[test]
@@ -373,5 +556,48 @@ mod tests {
         let result = project.subscribe(id, Instant::now(), Vec::new(), &mut outcome);
         assert_eq!(result, Err(ListUnavailable));
         assert!(project.subscribe(id, later, Vec::new(), &mut outcome).is_ok());
+    }
+
+    #[test]
+    fn a_user_id_project_identifies_by_user_id_only_and_keeps_the_email_as_a_field() {
+        let mut project = Project::new(true, SandboxProjectType::UserId);
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let mut updates = vec![by_id("u1", Some("a@b.co")), update("c@b.co", json!({}))];
+        project.admit(&mut updates, false, &mut outcome);
+        assert_eq!(outcome.failed_updates.not_found_emails, vec!["c@b.co"], "an email alone identifies nobody");
+        project.subscribe(id, Instant::now(), updates, &mut outcome).unwrap();
+        // A new email for the same user id is the same user, updated; emails are not unique.
+        project
+            .subscribe(
+                id,
+                Instant::now(),
+                vec![by_id("u1", Some("new@b.co")), by_id("u2", Some("new@b.co"))],
+                &mut outcome,
+            )
+            .unwrap();
+        assert_eq!(project.members(id, false).unwrap(), vec!["u1", "u2"]);
+        assert_eq!(project.user_by_user_id("u1").unwrap().0, Some("new@b.co"));
+    }
+
+    #[test]
+    fn a_hybrid_project_finds_a_user_by_either_identifier_and_answers_user_ids_when_preferred() {
+        let mut project = Project::new(true, SandboxProjectType::Hybrid);
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        project
+            .subscribe(id, Instant::now(), vec![update("a@b.co", json!({})), update("b@b.co", json!({}))], &mut outcome)
+            .unwrap();
+        // a gains a user id: the same user.
+        project.subscribe(id, Instant::now(), vec![by_id("u1", Some("a@b.co"))], &mut outcome).unwrap();
+        assert_eq!(project.members(id, true).unwrap(), vec!["b@b.co", "u1"]);
+        assert_eq!(project.members(id, false).unwrap(), vec!["a@b.co", "b@b.co"]);
+        // u1 changes its email; b's email cannot be taken.
+        let mut updates = vec![by_id("u1", Some("a2@b.co")), by_id("u1", Some("b@b.co"))];
+        project.admit(&mut updates, false, &mut outcome);
+        assert_eq!(outcome.failed_updates.conflict_emails, vec!["b@b.co"]);
+        project.subscribe(id, Instant::now(), updates, &mut outcome).unwrap();
+        assert_eq!(project.members(id, false).unwrap(), vec!["a2@b.co", "b@b.co"]);
+        assert_eq!(outcome.success_count, 4);
     }
 }

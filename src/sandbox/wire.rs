@@ -73,8 +73,8 @@ pub(crate) struct GetListsResponse {
     pub lists: Vec<ListDetails>,
 }
 
-/// `preferUserId` is accepted and ignored; `updateExistingUsersOnly` is honoured by a hybrid sandbox only, as
-/// Iterable honours it only in hybrid and userID-based projects.
+/// `updateExistingUsersOnly` is honoured by hybrid and userID-based sandboxes only, as Iterable honours it only
+/// there; a subscriber's `preferUserId` makes a hybrid sandbox look its userId up first.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SubscribeRequest {
@@ -88,6 +88,7 @@ pub(crate) struct SubscribeRequest {
 pub(crate) struct Subscriber {
     pub email: Option<String>,
     pub user_id: Option<String>,
+    pub prefer_user_id: Option<bool>,
     pub data_fields: Option<Map<String, Value>>,
     pub merge_nested_objects: Option<bool>,
 }
@@ -172,6 +173,14 @@ impl UserBulkUpdateListResponse {
         match identity {
             Identity::Email(email) => self.failed_updates.not_found_emails.push(email),
             Identity::UserId(id) => self.failed_updates.not_found_user_ids.push(id),
+        }
+    }
+
+    pub(crate) fn conflict(&mut self, identity: Identity) {
+        self.fail_count += 1;
+        match identity {
+            Identity::Email(email) => self.failed_updates.conflict_emails.push(email),
+            Identity::UserId(id) => self.failed_updates.conflict_user_ids.push(id),
         }
     }
 

@@ -119,7 +119,10 @@ pub struct Export {
     pub name: String,
     pub connection_id: Option<i64>,
     pub connection_name: Option<String>,
-    pub email_field: String,
+    /// The column holding the email; None when a userID-based export sends no email.
+    pub email_field: Option<String>,
+    /// The column holding the user id (userID-based and hybrid projects).
+    pub user_id_field: Option<String>,
     pub on_leave: OnLeave,
     pub null_fields: NullFields,
     /// Subscribes do not create users that the project does not know yet (`updateExistingUsersOnly`).
@@ -138,7 +141,8 @@ pub struct Export {
 pub struct NewExport {
     pub name: String,
     pub connection_id: i64,
-    pub email_field: String,
+    pub email_field: Option<String>,
+    pub user_id_field: Option<String>,
     pub on_leave: OnLeave,
     pub null_fields: NullFields,
     pub existing_users_only: bool,
@@ -150,9 +154,11 @@ pub struct NewExport {
 /// An export as it should be after `export edit`: the whole new settings, and which segments to attach or detach.
 #[derive(Debug, Clone)]
 pub struct ExportChange {
-    pub email_field: String,
+    pub email_field: Option<String>,
+    pub user_id_field: Option<String>,
     pub on_leave: OnLeave,
     pub null_fields: NullFields,
+    pub existing_users_only: bool,
     pub schedule: String,
     /// The complete new field list (a changed list changes every member's field hash, so all are sent again).
     pub fields: Vec<FieldMap>,
@@ -162,7 +168,7 @@ pub struct ExportChange {
 
 /// Every export reads its columns the same way; the only difference is which rows count.
 const SELECT_EXPORT: &str = "SELECT e.id, e.name, e.connection_id, c.name AS connection_name, e.email_field, \
-     e.on_leave, e.null_fields, e.existing_users_only, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
+     e.user_id_field, e.on_leave, e.null_fields, e.existing_users_only, e.schedule, e.enabled, e.created_at, e.updated_at, e.removed_at FROM exports e \
      LEFT JOIN connections c ON c.id = e.connection_id";
 
 impl Store {
@@ -175,12 +181,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let at = now();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO exports (name, connection_id, email_field, on_leave, null_fields, existing_users_only, \
-             schedule, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+            "INSERT INTO exports (name, connection_id, email_field, user_id_field, on_leave, null_fields, \
+             existing_users_only, schedule, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+             RETURNING id",
         )
         .bind(&e.name)
         .bind(e.connection_id)
-        .bind(&e.email_field)
+        .bind(e.email_field.as_deref().unwrap_or(""))
+        .bind(&e.user_id_field)
         .bind(e.on_leave.as_str())
         .bind(e.null_fields.as_str())
         .bind(e.existing_users_only)
@@ -317,7 +325,8 @@ impl Store {
             name: row.try_get("name")?,
             connection_id: row.try_get("connection_id")?,
             connection_name: row.try_get("connection_name")?,
-            email_field: row.try_get("email_field")?,
+            email_field: Some(row.try_get::<String, _>("email_field")?).filter(|f| !f.is_empty()),
+            user_id_field: row.try_get("user_id_field")?,
             on_leave: match on_leave.as_str() {
                 "remove" => OnLeave::Remove,
                 "keep" => OnLeave::Keep,
@@ -398,6 +407,18 @@ impl Store {
         )
         .bind(target_id)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether the export remembers any member on its lists (it has run and put or tried someone there): its
+    /// identity columns then can no longer change without turning every member into a leaver and a joiner.
+    pub async fn export_remembers_members(&self, export_id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE target_id IN \
+             (SELECT id FROM targets WHERE export_id = ? AND removed_at IS NULL))",
+        )
+        .bind(export_id)
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -512,12 +533,14 @@ async fn insert_fields(tx: &mut sqlx::SqliteConnection, export_id: i64, fields: 
 async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &ExportChange) -> Result<()> {
     let at = now();
     let changed = sqlx::query(
-        "UPDATE exports SET email_field = ?, on_leave = ?, null_fields = ?, schedule = ?, updated_at = ? \
-         WHERE id = ? AND removed_at IS NULL",
+        "UPDATE exports SET email_field = ?, user_id_field = ?, on_leave = ?, null_fields = ?, \
+         existing_users_only = ?, schedule = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL",
     )
-    .bind(&c.email_field)
+    .bind(c.email_field.as_deref().unwrap_or(""))
+    .bind(&c.user_id_field)
     .bind(c.on_leave.as_str())
     .bind(c.null_fields.as_str())
+    .bind(c.existing_users_only)
     .bind(&c.schedule)
     .bind(at)
     .bind(export_id)

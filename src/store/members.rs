@@ -5,26 +5,78 @@
 //! plan back in chunks, so memory does not grow with the segment. Acknowledged batches are written back to
 //! `members` together with the run's counters in one transaction: that record is what makes a killed run resume
 //! without losing or repeating work, because the next plan is computed against it.
+//!
+//! A member is its identity: the `email` column of `members`, `preexisting_members` and the staging tables holds a
+//! member key, the normalised email or `userId:` and the user id (`crate::sync::identity` decides which). In a
+//! hybrid project a member that keeps its email while its key changes (a row gains, loses or changes its user id)
+//! is paired with its old record: it is sent as an update and takes the old record over when acknowledged, never an
+//! unsubscribe and a subscribe.
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite};
 
 use super::{Result, Store, StoreError};
 
-/// A member that a run wants on a list: normalised email, hash of its data fields and the fields as JSON text.
+/// A member that a run wants on a list: its key, the email sent beside a user id, the hash it is remembered with
+/// and its data fields as JSON text; `replaces` is the key of the member's old record when a hybrid member changed
+/// key (see the module's note).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedAdd {
     pub seq: i64,
     pub email: String,
+    pub paired_email: Option<String>,
+    pub fields_hash: i64,
+    pub fields: String,
+    pub replaces: Option<String>,
+}
+
+/// A member whose subscription Iterable acknowledged, or rejected (`email` is its key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedMember {
+    pub email: String,
+    pub fields_hash: i64,
+    pub paired_email: Option<String>,
+    /// The key of the record this member takes over.
+    pub replaces: Option<String>,
+}
+
+impl AckedMember {
+    pub fn new(key: impl Into<String>, fields_hash: i64) -> AckedMember {
+        AckedMember { email: key.into(), fields_hash, ..AckedMember::default() }
+    }
+}
+
+impl From<PlannedAdd> for AckedMember {
+    fn from(add: PlannedAdd) -> AckedMember {
+        AckedMember {
+            email: add.email,
+            fields_hash: add.fields_hash,
+            paired_email: add.paired_email,
+            replaces: add.replaces,
+        }
+    }
+}
+
+/// A member read from a segment, staged for the diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedMember {
+    pub key: String,
+    pub paired_email: Option<String>,
     pub fields_hash: i64,
     pub fields: String,
 }
 
-/// A member whose subscription Iterable acknowledged, or rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckedMember {
-    pub email: String,
-    pub fields_hash: i64,
+/// How `PlanSession::compute` plans a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputeOptions {
+    /// Every current member is planned as an add.
+    pub full: bool,
+    /// Leavers are unsubscribed (else only forgotten).
+    pub remove_leavers: bool,
+    /// Members refused at or before this Unix time are sent again.
+    pub retry_rejected_until: i64,
+    /// A new member whose email a leaver had is that leaver under a new key (hybrid projects).
+    pub match_by_email: bool,
 }
 
 /// What one target's plan holds.
@@ -69,14 +121,18 @@ impl Store {
             // inserts and scans cheaper (measured: staging about an eighth faster than with 4 KiB pages).
             "PRAGMA temp.page_size = 16384",
             "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
-             fields TEXT NOT NULL, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
+             fields TEXT NOT NULL, paired_email TEXT, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
             "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
-             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL)",
+             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL, paired_email TEXT, \
+             replaces TEXT)",
             "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
              send INTEGER NOT NULL)",
             // Working tables of `compute`, in email order: members new or changed, and members who left.
             "CREATE TEMP TABLE changed (email TEXT NOT NULL, fields_hash INTEGER NOT NULL)",
             "CREATE TEMP TABLE gone (email TEXT NOT NULL)",
+            // Hybrid projects: leavers by their email, and new members paired with the leaver they are.
+            "CREATE TEMP TABLE gone_by_email (email TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TEMP TABLE paired (new_key TEXT PRIMARY KEY, old_key TEXT NOT NULL UNIQUE) WITHOUT ROWID",
         ] {
             sqlx::query(ddl).execute(&mut conn).await?;
         }
@@ -115,15 +171,36 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let counts = AckCounts { added: subscribed.len(), rejected: rejected.len() + forgotten.len(), removed: 0 };
         count_acks(&mut tx, run_id, target_id, counts).await?;
+        // A member that changed key takes its old record over first (whether "ours", whether on the list before it
+        // was adopted), so the upserts below update it. Such members are few: one statement each.
+        for m in subscribed.iter().chain(rejected).chain(forgotten) {
+            let Some(old) = &m.replaces else { continue };
+            for sql in [
+                "UPDATE OR IGNORE members SET email = ?3 WHERE target_id = ?1 AND email = ?2",
+                "DELETE FROM members WHERE target_id = ?1 AND email = ?2",
+                "UPDATE OR IGNORE preexisting_members SET email = ?3 WHERE target_id = ?1 AND email = ?2",
+            ] {
+                sqlx::query(sql).bind(target_id).bind(old).bind(&m.email).execute(&mut *tx).await?;
+            }
+        }
         for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO members (target_id, email, fields_hash, state, ours) ");
+            // As when staging: no NULL bound per member of an email-based export (excluded.paired_email is NULL).
+            let paired = chunk.iter().any(|m| m.paired_email.is_some());
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if paired {
+                "INSERT INTO members (target_id, email, fields_hash, state, ours, paired_email) "
+            } else {
+                "INSERT INTO members (target_id, email, fields_hash, state, ours) "
+            });
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind("subscribed").push("1");
+                if paired {
+                    b.push_bind(&m.paired_email);
+                }
             });
             q.push(
                 " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
-                 state = 'subscribed', ours = 1, rejected_at = NULL, retry_rejected = 1",
+                 state = 'subscribed', ours = 1, rejected_at = NULL, retry_rejected = 1, \
+                 paired_email = excluded.paired_email",
             );
             q.build().execute(&mut *tx).await?;
         }
@@ -131,7 +208,8 @@ impl Store {
         for (members, retry) in [(rejected, true), (forgotten, false)] {
             for chunk in members.chunks(ROWS_PER_STATEMENT) {
                 let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO members (target_id, email, fields_hash, state, ours, rejected_at, retry_rejected) ",
+                    "INSERT INTO members (target_id, email, fields_hash, state, ours, rejected_at, retry_rejected, \
+                     paired_email) ",
                 );
                 q.push_values(chunk, |mut b, m| {
                     b.push_bind(target_id)
@@ -140,11 +218,13 @@ impl Store {
                         .push_bind("rejected")
                         .push("0")
                         .push_bind(refused_at)
-                        .push_bind(retry);
+                        .push_bind(retry)
+                        .push_bind(&m.paired_email);
                 });
                 q.push(
                     " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
-                     state = 'rejected', rejected_at = excluded.rejected_at, retry_rejected = excluded.retry_rejected",
+                     state = 'rejected', rejected_at = excluded.rejected_at, retry_rejected = excluded.retry_rejected, \
+                     paired_email = excluded.paired_email",
                 );
                 q.build().execute(&mut *tx).await?;
             }
@@ -160,7 +240,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records the members a list held when this export adopted it: they are never unsubscribed by it.
+    /// Records the members (keys) a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
@@ -175,7 +255,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records an unsubscribe batch that Iterable acknowledged, and the run's counters, in one transaction.
+    /// Records an unsubscribe batch (member keys) that Iterable acknowledged, and the run's counters, in one
+    /// transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         count_acks(&mut tx, run_id, target_id, AckCounts { removed: emails.len(), ..AckCounts::default() }).await?;
@@ -223,17 +304,77 @@ async fn count_acks(tx: &mut sqlx::SqliteConnection, run_id: i64, target_id: i64
     Ok(())
 }
 
+/// The email of a member row, in SQL: the key itself, or beside a user id key the paired email.
+macro_rules! email_of {
+    ($t:literal) => {
+        concat!(
+            "(CASE WHEN substr(",
+            $t,
+            ".email, 1, 7) = 'userId:' THEN ",
+            $t,
+            ".paired_email ELSE ",
+            $t,
+            ".email END)"
+        )
+    };
+}
+
+/// Hybrid projects: pairs each new member (planned, `is_new`) with the leaver (in `temp.gone`) that had its email,
+/// one to one. A paired member is planned as an update replacing the leaver's record, and the leaver is no longer
+/// one. Run only when there are both new members and leavers, so an unchanged re-run never gets here.
+async fn pair_by_email(tx: &mut SqliteConnection, target_id: i64) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT OR IGNORE INTO temp.gone_by_email (email, key) SELECT ",
+        email_of!("m"),
+        ", m.email FROM temp.gone g CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email \
+         WHERE ",
+        email_of!("m"),
+        " IS NOT NULL ORDER BY g.rowid"
+    ))
+    .bind(target_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(concat!(
+        "INSERT OR IGNORE INTO temp.paired (new_key, old_key) SELECT p.email, ge.key FROM temp.plan_add p \
+         CROSS JOIN temp.gone_by_email ge ON ge.email = ",
+        email_of!("p"),
+        " WHERE p.target_id = ?1 AND p.is_new ORDER BY p.seq"
+    ))
+    .bind(target_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE temp.plan_add SET is_new = 0, \
+         replaces = (SELECT old_key FROM temp.paired WHERE new_key = plan_add.email) \
+         WHERE target_id = ?1 AND is_new AND email IN (SELECT new_key FROM temp.paired)",
+    )
+    .bind(target_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM temp.gone WHERE email IN (SELECT old_key FROM temp.paired)").execute(&mut *tx).await?;
+    Ok(())
+}
+
 impl PlanSession {
-    /// Adds rows to the staging table; duplicates (same target and email) keep the first row. Returns how many
-    /// rows were new.
-    pub async fn stage(&mut self, target_id: i64, rows: &[(String, i64, String)]) -> Result<u64> {
+    /// Adds members to the staging table; duplicates (same target and key) keep the first. Returns how many were
+    /// new.
+    pub async fn stage(&mut self, target_id: i64, rows: &[StagedMember]) -> Result<u64> {
         let mut inserted = 0;
         let mut tx = self.conn.begin().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields) ");
-            q.push_values(chunk, |mut b, (email, hash, fields)| {
-                b.push_bind(target_id).push_bind(email).push_bind(hash).push_bind(fields);
+            // Members of email-based exports have no paired email: the column is left to its default rather than
+            // bound a NULL per row, on the hot path of a large run.
+            let paired = chunk.iter().any(|m| m.paired_email.is_some());
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if paired {
+                "INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields, paired_email) "
+            } else {
+                "INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields) "
+            });
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(target_id).push_bind(&m.key).push_bind(m.fields_hash).push_bind(&m.fields);
+                if paired {
+                    b.push_bind(&m.paired_email);
+                }
             });
             inserted += q.build().execute(&mut *tx).await?.rows_affected();
         }
@@ -241,22 +382,21 @@ impl PlanSession {
         Ok(inserted)
     }
 
-    /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables.
-    /// `full` plans every current member as an add; `remove_leavers` decides whether leavers are unsubscribed or
-    /// only forgotten; members refused at or before `retry_rejected_until` (Unix seconds) are sent again.
-    /// Members refused as forgotten are never planned; leavers are unsubscribed only when this export put them on
-    /// the list and they were not there before it adopted the list.
-    pub async fn compute(
-        &mut self,
-        target_id: i64,
-        full: bool,
-        remove_leavers: bool,
-        retry_rejected_until: i64,
-    ) -> Result<TargetPlan> {
+    /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables (see
+    /// `ComputeOptions`). Members refused as forgotten are never planned; leavers are unsubscribed only when this
+    /// export put them on the list and they were not there before it adopted the list. With `match_by_email`, a new
+    /// member whose email a leaver had is that leaver under a new key: planned as an update that replaces it.
+    pub async fn compute(&mut self, target_id: i64, o: &ComputeOptions) -> Result<TargetPlan> {
+        let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email } = *o;
         let mut tx = self.conn.begin().await?;
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
-        for sql in ["DELETE FROM temp.changed", "DELETE FROM temp.gone"] {
+        for sql in [
+            "DELETE FROM temp.changed",
+            "DELETE FROM temp.gone",
+            "DELETE FROM temp.gone_by_email",
+            "DELETE FROM temp.paired",
+        ] {
             sqlx::query(sql).execute(&mut *tx).await?;
         }
         let (recorded, staged): (i64, i64) = sqlx::query_as(
@@ -269,9 +409,9 @@ impl PlanSession {
         let to_add = if full || recorded == 0 {
             // Everyone is sent: one pass over the staged members.
             sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.staged s \
-                 LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
+                 FROM temp.staged s LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
                  WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
                  AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email",
             )
@@ -307,8 +447,9 @@ impl PlanSession {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL FROM temp.changed c \
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
+                 FROM temp.changed c \
                  CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
                  LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
                  WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid",
@@ -333,6 +474,9 @@ impl PlanSession {
             .bind(target_id)
             .execute(&mut *tx)
             .await?;
+            if match_by_email && new > 0 {
+                pair_by_email(&mut tx, target_id).await?;
+            }
             sqlx::query(
                 "INSERT INTO temp.plan_remove (target_id, email, send) \
                  SELECT m.target_id, m.email, (?2 AND m.ours AND NOT EXISTS (SELECT 1 FROM main.preexisting_members p \
@@ -364,7 +508,8 @@ impl PlanSession {
     /// The next chunk of planned adds after `after_seq`.
     pub async fn adds(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<PlannedAdd>> {
         let rows = sqlx::query(
-            "SELECT seq, email, fields_hash, fields FROM temp.plan_add WHERE target_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, email, fields_hash, fields, paired_email, replaces FROM temp.plan_add \
+             WHERE target_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(target_id)
         .bind(after_seq)
@@ -378,6 +523,8 @@ impl PlanSession {
                     email: r.try_get(1)?,
                     fields_hash: r.try_get(2)?,
                     fields: r.try_get(3)?,
+                    paired_email: r.try_get(4)?,
+                    replaces: r.try_get(5)?,
                 })
             })
             .collect()
@@ -441,7 +588,8 @@ mod tests {
             .add_export(&NewExport {
                 name: "e".into(),
                 connection_id: conn.id,
-                email_field: "email".into(),
+                email_field: Some("email".into()),
+                user_id_field: None,
                 on_leave: OnLeave::Remove,
                 null_fields: crate::store::NullFields::Clear,
                 existing_users_only: false,
@@ -454,8 +602,12 @@ mod tests {
         e.targets[0].id
     }
 
-    fn row(email: &str, hash: i64) -> (String, i64, String) {
-        (email.to_string(), hash, "{}".to_string())
+    fn row(email: &str, hash: i64) -> StagedMember {
+        StagedMember { key: email.to_string(), paired_email: None, fields_hash: hash, fields: "{}".to_string() }
+    }
+
+    fn opts(full: bool, remove_leavers: bool) -> ComputeOptions {
+        ComputeOptions { full, remove_leavers, retry_rejected_until: 0, match_by_email: false }
     }
 
     #[tokio::test]
@@ -464,7 +616,7 @@ mod tests {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
-        let acked = |e: &str, h: i64| AckedMember { email: e.into(), fields_hash: h };
+        let acked = |e: &str, h: i64| AckedMember::new(e, h);
         store
             .ack_subscribed(
                 run,
@@ -481,7 +633,7 @@ mod tests {
         let new =
             s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
         assert_eq!(new, 3);
-        let plan = s.compute(t, false, true, 0).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
         assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
         let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
         assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
@@ -489,7 +641,7 @@ mod tests {
         assert_eq!(removes, vec!["a@x.com"], "rejected members are forgotten, not unsubscribed");
 
         // --full re-sends everyone; --on-leave keep only forgets leavers.
-        let full = s.compute(t, true, false, 0).await.unwrap();
+        let full = s.compute(t, &opts(true, false)).await.unwrap();
         assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
@@ -502,8 +654,7 @@ mod tests {
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         let plan = TargetPlan::default();
         store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
-        let many: Vec<AckedMember> =
-            (0..4500).map(|i| AckedMember { email: format!("u{i}@x.com"), fields_hash: 0 }).collect();
+        let many: Vec<AckedMember> = (0..4500).map(|i| AckedMember::new(format!("u{i}@x.com"), 0)).collect();
         store.ack_subscribed(run, t, &many, &[], &[]).await.unwrap();
         let gone: Vec<String> = (0..2500).map(|i| format!("u{i}@x.com")).collect();
         store.ack_unsubscribed(run, t, &gone).await.unwrap();
@@ -519,7 +670,7 @@ mod tests {
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
         store.record_issues(run, t, IssueKind::Invalid, &[(None, "bad".into())]).await.unwrap();
-        let acked = AckedMember { email: "a@x.com".into(), fields_hash: 1 };
+        let acked = AckedMember::new("a@x.com", 1);
         store.ack_subscribed(run, t, &[acked], &[], &[]).await.unwrap();
         // Values a newer version might write; the CHECK constraints of this version would refuse them.
         let mut conn = store.pool.acquire().await.unwrap();
@@ -594,7 +745,7 @@ mod tests {
         let t: i64 = sqlx::query_scalar("SELECT id FROM targets").fetch_one(&store.pool).await.unwrap();
         let mut s = store.plan_session().await.unwrap();
         s.stage(t, &[row("a@x.com", 1), row("r@x.com", 1)]).await.unwrap();
-        let plan = s.compute(t, false, true, 0).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
         assert_eq!((plan.to_add, plan.unchanged), (1, 1));
     }
 
@@ -604,7 +755,7 @@ mod tests {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
-        let acked = |e: &str| AckedMember { email: e.into(), fields_hash: 1 };
+        let acked = |e: &str| AckedMember::new(e, 1);
         store.record_preexisting(t, &["pre@x.com".to_string()]).await.unwrap();
         store
             .ack_subscribed(run, t, &[acked("ours@x.com"), acked("pre@x.com"), acked("later@x.com")], &[], &[])
@@ -614,10 +765,68 @@ mod tests {
         store.ack_subscribed(run, t, &[], &[acked("later@x.com")], &[]).await.unwrap();
         store.ack_subscribed(run, t, &[], &[acked("never@x.com")], &[]).await.unwrap();
         let mut s = store.plan_session().await.unwrap();
-        let plan = s.compute(t, false, true, 0).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
         assert_eq!((plan.to_remove, plan.to_forget), (2, 2), "{plan:?}");
         let mut removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
         removes.sort();
         assert_eq!(removes, vec!["later@x.com", "ours@x.com"]);
+    }
+
+    #[tokio::test]
+    async fn a_hybrid_member_that_keeps_its_email_under_a_new_key_is_an_update_taking_its_record_over() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
+        let by_id =
+            |key: &str, email: &str| AckedMember { paired_email: Some(email.into()), ..AckedMember::new(key, 1) };
+        let before = [
+            AckedMember::new("a@x.com", 1),
+            by_id("userId:u2", "b@x.com"),
+            by_id("userId:u3", "c@x.com"),
+            AckedMember::new("e@x.com", 1),
+        ];
+        store.ack_subscribed(run, t, &before, &[], &[]).await.unwrap();
+        store.record_preexisting(t, &["a@x.com".to_string()]).await.unwrap();
+        let staged_by_id = |key: &str, email: &str| StagedMember { paired_email: Some(email.into()), ..row(key, 1) };
+        let mut s = store.plan_session().await.unwrap();
+        // a gains a user id, u2 loses its user id, u3's user id changes; e leaves.
+        let now = [staged_by_id("userId:u1", "a@x.com"), row("b@x.com", 1), staged_by_id("userId:u9", "c@x.com")];
+        s.stage(t, &now).await.unwrap();
+
+        // Compared by key alone, each of the three would leave and join.
+        let by_key = s.compute(t, &opts(false, true)).await.unwrap();
+        assert_eq!((by_key.to_add, by_key.to_remove, by_key.to_forget), (3, 3, 1), "{by_key:?}");
+
+        let hybrid = ComputeOptions { match_by_email: true, ..opts(false, true) };
+        let plan = s.compute(t, &hybrid).await.unwrap();
+        assert_eq!((plan.to_add, plan.to_remove, plan.to_forget), (3, 1, 0), "{plan:?}");
+        let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(removes, vec!["e@x.com"]);
+        let adds = s.adds(t, 0, 10).await.unwrap();
+        let mut replaced: Vec<(String, Option<String>)> =
+            adds.iter().map(|a| (a.email.clone(), a.replaces.clone())).collect();
+        replaced.sort();
+        assert_eq!(
+            replaced,
+            vec![
+                ("b@x.com".into(), Some("userId:u2".into())),
+                ("userId:u1".into(), Some("a@x.com".into())),
+                ("userId:u9".into(), Some("userId:u3".into())),
+            ]
+        );
+
+        // Acknowledged, each takes its old record over: a's stays pre-existing (never unsubscribed by this export).
+        let acked: Vec<AckedMember> = adds.into_iter().map(AckedMember::from).collect();
+        store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
+        let mut keys: Vec<String> =
+            sqlx::query_scalar("SELECT email FROM members ORDER BY email").fetch_all(&store.pool).await.unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["b@x.com", "e@x.com", "userId:u1", "userId:u9"]);
+        let pre: Vec<String> =
+            sqlx::query_scalar("SELECT email FROM preexisting_members").fetch_all(&store.pool).await.unwrap();
+        assert_eq!(pre, vec!["userId:u1"]);
+        let again = s.compute(t, &hybrid).await.unwrap();
+        assert_eq!((again.to_add, again.to_remove, again.unchanged), (0, 1, 3), "{again:?}");
     }
 }

@@ -341,7 +341,8 @@ mod tests {
             .add_export(&crate::store::NewExport {
                 name: "e".into(),
                 connection_id: conn.id,
-                email_field: "email".into(),
+                email_field: Some("email".into()),
+                user_id_field: None,
                 on_leave: crate::store::OnLeave::Remove,
                 null_fields: crate::store::NullFields::Clear,
                 existing_users_only: false,

@@ -18,15 +18,6 @@ use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
 use crate::store::{Export, ProjectType, RunStatus, Store};
 
-/// Why an export cannot send through a connection to a userID-based project.
-pub fn user_id_project_unsupported(connection: &str) -> String {
-    format!(
-        "connection '{connection}' reaches a userID-based Iterable project, where an email identifies nobody, and \
-         this version identifies members by email only (it serves email-based and hybrid projects). Send through a \
-         connection to an email-based or hybrid project."
-    )
-}
-
 /// How a run was asked for.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -142,15 +133,14 @@ impl Engine {
             return Err(SyncError::NotRunnable { export: name.into(), why: "it has no segments".into() });
         }
         let connection = self.store.connection_by_id(connection_id).await?;
-        if connection.project_type == ProjectType::UserId {
-            return Err(SyncError::NotRunnable {
-                export: name.into(),
-                why: user_id_project_unsupported(&connection.name),
-            });
+        // Stored settings that a store edited by hand (or an older check) let through: refused before any request.
+        if let Err(why) = super::identity::check_export_identity(connection.project_type, &export) {
+            return Err(SyncError::NotRunnable { export: name.into(), why });
         }
+        let project_type = connection.project_type;
         if opts.dry_run {
             let mut session = self.store.plan_session().await?;
-            let planner = self.planner(&export, None, opts, &progress, &cancel);
+            let planner = self.planner(&export, project_type, None, opts, &progress, &cancel);
             let mut lists = Vec::new();
             planner.plan(&mut session, &mut lists).await?;
             for (report, target) in lists.iter_mut().zip(&export.targets) {
@@ -212,7 +202,8 @@ impl Engine {
 
         // A cancel asked for from another process (`--cancel-run`) stops this run's waits and batches too.
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
-        let mut state = RunState { run_id, connection_id, lists: Vec::new(), dropped_fields: Default::default() };
+        let mut state =
+            RunState { run_id, connection_id, project_type, lists: Vec::new(), dropped_fields: Default::default() };
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
         let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
@@ -278,12 +269,22 @@ impl Engine {
     fn planner<'a>(
         &'a self,
         export: &'a Export,
+        project_type: ProjectType,
         run_id: Option<i64>,
         opts: &RunOptions,
         progress: &'a Progress,
         cancel: &'a CancellationToken,
     ) -> Planner<'a> {
-        Planner { store: &self.store, config: &self.config, export, run_id, full: opts.full, progress, cancel }
+        Planner {
+            store: &self.store,
+            config: &self.config,
+            export,
+            project_type,
+            run_id,
+            full: opts.full,
+            progress,
+            cancel,
+        }
     }
 
     /// The whole of a recorded run after its row exists: plan, guard, resolve the lists, send. What was planned
@@ -299,7 +300,7 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let run_id = state.run_id;
         let mut session = self.store.plan_session().await?;
-        let planner = self.planner(export, Some(run_id), opts, progress, cancel);
+        let planner = self.planner(export, state.project_type, Some(run_id), opts, progress, cancel);
         planner.plan(&mut session, &mut state.lists).await?;
         if let Some(refusal) = planner.check_mass_removal(&state.lists, opts.allow_mass_removal).await? {
             return Err(refusal);
@@ -309,7 +310,8 @@ impl Engine {
         }
         let sender =
             Sender::new(self.store.clone(), client.clone(), self.config.clone(), progress.clone(), cancel.clone())
-                .reporting_dropped_fields(state.dropped_fields.clone());
+                .reporting_dropped_fields(state.dropped_fields.clone())
+                .for_project(state.project_type);
         if state.nothing_to_send() && self.lists_recently_seen(export) {
             // No request at all when nothing changed and every list was seen lately: a list deleted in Iterable
             // meanwhile is noticed (and recreated and refilled) by the next run that sends something or whose
@@ -328,7 +330,7 @@ impl Engine {
             list.list_id = Some(resolved.list_id);
             if resolved.recreated {
                 // The old list is gone: everything must be sent again, so re-plan this target as a full one.
-                let plan = session.compute(target.id, true, planner.remove_leavers(), planner.retry_until()).await?;
+                let plan = session.compute(target.id, &planner.compute_options(true)).await?;
                 progress.planned.fetch_add(plan.to_add.saturating_sub(list.to_add), Ordering::Relaxed);
                 list.to_add = plan.to_add;
                 list.unchanged = plan.unchanged;
@@ -382,6 +384,7 @@ impl Engine {
 struct RunState {
     run_id: i64,
     connection_id: i64,
+    project_type: ProjectType,
     lists: Vec<ListReport>,
     dropped_fields: super::send::DroppedFields,
 }

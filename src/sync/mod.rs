@@ -9,6 +9,7 @@ mod email;
 pub mod empty;
 mod engine;
 mod fields;
+mod identity;
 mod list_lock;
 mod lock;
 mod plan;
@@ -17,8 +18,9 @@ mod send;
 
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
-pub use engine::{user_id_project_unsupported, Engine, RunOptions, RunReport};
+pub use engine::{Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
+pub use identity::{check_export_identity, check_identity_settings};
 pub use lock::{LockError, RunLock};
 pub use plan::ListReport;
 pub use progress::{Phase, Progress};

@@ -11,14 +11,17 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::email::normalize_email;
 use super::fields::FieldEncoder;
+use super::identity::{identify, member_hash};
 use super::progress::{Phase, Progress};
 use super::SyncError;
 use crate::config::Config;
 use crate::secrets::resolve_source_password;
 use crate::source::{self, Columns, SourceSpec};
-use crate::store::{Export, IssueKind, OnLeave, PlanSession, RunTargetCounts, Store, Target, TargetPlan};
+use crate::store::{
+    ComputeOptions, Export, IssueKind, OnLeave, PlanSession, ProjectType, RunTargetCounts, StagedMember, Store, Target,
+    TargetPlan,
+};
 
 /// What a run did (or, for a dry run, would do) to one list.
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +47,8 @@ pub struct ListReport {
     pub examples_invalid: Vec<InvalidExample>,
 }
 
-/// A member a dry run found invalid: its email value as the source gave it (None for NULL, shown as JSON null like
-/// `runs show --rejected` does) and why it is refused.
+/// A member a dry run found invalid: its email (or user id) value as the source gave it (None for NULL, shown as
+/// JSON null like `runs show --rejected` does) and why it is refused.
 #[derive(Debug, Clone, Serialize)]
 pub struct InvalidExample {
     pub member: Option<String>,
@@ -65,6 +68,8 @@ pub(super) struct Planner<'a> {
     pub store: &'a Store,
     pub config: &'a Config,
     pub export: &'a Export,
+    /// How the connection's project identifies users.
+    pub project_type: ProjectType,
     /// None for dry runs, which record nothing.
     pub run_id: Option<i64>,
     pub full: bool,
@@ -97,9 +102,16 @@ impl Planner<'_> {
         self.config.sync.retry_rejected_until(crate::store::now())
     }
 
-    /// Whether leavers are unsubscribed (else only forgotten).
-    pub fn remove_leavers(&self) -> bool {
-        self.export.on_leave == OnLeave::Remove
+    /// How a target's plan is computed: `full` re-sends every member.
+    pub fn compute_options(&self, full: bool) -> ComputeOptions {
+        ComputeOptions {
+            full,
+            remove_leavers: self.export.on_leave == OnLeave::Remove,
+            retry_rejected_until: self.retry_until(),
+            // Only in a hybrid project do an email and a user id both name one user, so that a member keeping either
+            // is the same member.
+            match_by_email: self.project_type == ProjectType::Hybrid,
+        }
     }
 
     async fn plan_target(
@@ -118,8 +130,13 @@ impl Planner<'_> {
         let spec = spec.with_password(resolve_source_password(&segment, &self.config.store.master_key_path())?);
         let source_err =
             |error| SyncError::Source { segment: segment.name.clone(), source_name: spec.to_string(), error };
-        let mut columns = vec![export.email_field.clone()];
+        // The identity columns first (the email, then the user id, each when the export has it), then the fields.
+        let mut columns: Vec<String> = export.email_field.iter().chain(&export.user_id_field).cloned().collect();
+        let email_at = export.email_field.is_some().then_some(0);
+        let user_id_at = export.user_id_field.is_some().then_some(usize::from(email_at.is_some()));
+        let identity_columns = columns.len();
         columns.extend(export.fields.iter().map(|f| f.column.clone()));
+        let project_type = self.project_type;
         let stream = source::read(&spec, segment.query.as_deref(), Columns::Only(columns)).await.map_err(source_err)?;
         let max_issues = self.config.sync.max_recorded_issues;
         let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
@@ -129,8 +146,8 @@ impl Planner<'_> {
         let mut batches = stream.batches;
         // Two chunks take turns: while the store writes one into the staging table (on its own thread), the next
         // is read from the source and normalised here.
-        let mut filling: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
-        let mut writing: Vec<(String, i64, String)> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        let mut filling: Vec<StagedMember> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
+        let mut writing: Vec<StagedMember> = Vec::with_capacity(STAGE_CHUNK_ROWS + BATCH_SLACK);
         loop {
             let write = async {
                 if writing.is_empty() {
@@ -149,22 +166,26 @@ impl Planner<'_> {
                     source_rows += batch.len() as u64;
                     progress.rows_read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for row in batch {
-                        let checked = match normalize_email(&row[0]) {
-                            Ok(email) => match encoder.encode(&row[1..], &mut buf) {
-                                Ok(hash) => Ok((email, hash)),
-                                Err(reason) => Err((Some(email), reason)),
+                        let identity = identify(project_type, email_at.map(|i| &row[i]), user_id_at.map(|i| &row[i]));
+                        let checked = match identity {
+                            Ok(id) => match encoder.encode(&row[identity_columns..], &mut buf) {
+                                Ok(hash) => Ok(StagedMember {
+                                    fields_hash: member_hash(hash, id.paired_email.as_deref()),
+                                    key: id.key,
+                                    paired_email: id.paired_email,
+                                    fields: buf.clone(),
+                                }),
+                                Err(reason) => Err((Some(id.key), reason)),
                             },
-                            Err(reason) => Err((row[0].as_str().map(str::to_string), reason)),
+                            Err(refusal) => Err(refusal),
                         };
                         match checked {
-                            Ok((email, hash)) => filling.push((email, hash, buf.clone())),
+                            Ok(member) => filling.push(member),
                             Err((member, reason)) => {
                                 invalid += 1;
                                 if examples_invalid.len() < EXAMPLES {
-                                    // A number or a boolean is shown as its JSON text; only NULL has no value.
-                                    let shown =
-                                        member.clone().or_else(|| (!row[0].is_null()).then(|| row[0].to_string()));
-                                    examples_invalid.push(InvalidExample { member: shown, reason: reason.clone() });
+                                    examples_invalid
+                                        .push(InvalidExample { member: member.clone(), reason: reason.clone() });
                                 }
                                 if self.run_id.is_some() && invalid <= max_issues {
                                     issues.push((member, reason));
@@ -173,10 +194,10 @@ impl Planner<'_> {
                         }
                     }
                 }
-                // In email order, a chunk's inserts walk the staging tree forwards instead of jumping around it
+                // In key order, a chunk's inserts walk the staging tree forwards instead of jumping around it
                 // (measured in the sqlite3 shell: a million inserts about 40% faster). The sort is stable, so of two
-                // rows with one email the first is still staged first and kept.
-                filling.sort_by(|a, b| a.0.cmp(&b.0));
+                // rows with one key the first is still staged first and kept.
+                filling.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok::<bool, SyncError>(ended)
             };
             let (written, ended) = futures::join!(write, read);
@@ -194,7 +215,7 @@ impl Planner<'_> {
             }
         }
         let valid = source_rows - invalid;
-        let plan: TargetPlan = session.compute(target.id, self.full, self.remove_leavers(), self.retry_until()).await?;
+        let plan: TargetPlan = session.compute(target.id, &self.compute_options(self.full)).await?;
         if let Some(run_id) = self.run_id {
             let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
             self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;

@@ -19,8 +19,10 @@ use super::list_lock::{ListLock, ListLockError};
 use super::progress::Progress;
 use super::SyncError;
 use crate::config::Config;
-use crate::iterable::{encode_subscriber, BulkResponse, IterableClient, IterableError, ListDetails};
-use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, Store, Target};
+use crate::iterable::{
+    encode_subscriber, is_forgotten, user_id_key, BulkResponse, IterableClient, IterableError, ListDetails,
+};
+use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, ProjectType, Store, Target};
 
 /// Bytes of a subscribe body outside its subscribers.
 const BODY_OVERHEAD: usize = 128;
@@ -54,6 +56,7 @@ pub(crate) struct Sender {
     cancel: CancellationToken,
     caps: Arc<BatchCaps>,
     dropped_fields: DroppedFields,
+    project_type: ProjectType,
 }
 
 /// The fields Iterable dropped during a run (`filteredOutFields`: the project does not accept new fields).
@@ -124,7 +127,23 @@ impl Sender {
         cancel: CancellationToken,
     ) -> Sender {
         let caps = Arc::new(BatchCaps::new(config.iterable.batch_size, config.iterable.max_body_bytes));
-        Sender { store, client, config, progress, cancel, caps, dropped_fields: Default::default() }
+        Sender {
+            store,
+            client,
+            config,
+            progress,
+            cancel,
+            caps,
+            dropped_fields: Default::default(),
+            project_type: ProjectType::Email,
+        }
+    }
+
+    /// Members are named as the connection's kind of project names users (lists are read by user id where user
+    /// ids identify).
+    pub fn for_project(mut self, project_type: ProjectType) -> Sender {
+        self.project_type = project_type;
+        self
     }
 
     /// Collects the fields Iterable drops into `dropped`, for the run to report.
@@ -225,7 +244,14 @@ impl Sender {
     /// Reads the members of a list this export adopts and records them as pre-existing. Done before the list's id
     /// is stored, so a run that fails here reads them again next time.
     async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<(), SyncError> {
-        let members = self.client.list_users(list_id).await.map_err(|e| iterable_error(target.list_name.clone(), e))?;
+        let prefer_user_id = self.project_type != ProjectType::Email;
+        let lines = self
+            .client
+            .list_users(list_id, prefer_user_id)
+            .await
+            .map_err(|e| iterable_error(target.list_name.clone(), e))?;
+        let members: Vec<String> =
+            lines.iter().flat_map(|line| super::identity::keys_of_listed_user(self.project_type, line)).collect();
         if !members.is_empty() {
             tracing::info!(list = %target.list_name, list_id, members = members.len(),
                 "Adopted an existing list; its members stay on it whatever the segment does.");
@@ -266,9 +292,9 @@ impl Sender {
                 if self.cancel.is_cancelled() || window.failed() {
                     break 'read;
                 }
-                let fragment = encode_subscriber(&add.email, &add.fields);
+                let fragment = encode_subscriber(&add.email, add.paired_email.as_deref(), &add.fields);
                 if fragment.len() + BODY_OVERHEAD > cfg.max_body_bytes {
-                    oversize.push((AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment.len()));
+                    oversize.push((AckedMember::from(add), fragment.len()));
                     continue;
                 }
                 if batch.len() > 0
@@ -276,7 +302,7 @@ impl Sender {
                 {
                     window.push(self.subscribe_batch(t, std::mem::take(&mut batch))).await;
                 }
-                batch.push(AckedMember { email: add.email, fields_hash: add.fields_hash }, fragment);
+                batch.push(AckedMember::from(add), fragment);
             }
         }
         if batch.len() > 0 && !self.cancel.is_cancelled() && !window.failed() {
@@ -315,7 +341,7 @@ impl Sender {
         let cfg = &self.config.iterable;
         let mut window = Window::new(cfg.concurrency);
         let mut after = 0;
-        // An unsubscriber is `{"email":"…"}`: far below the body cap at any batch size we allow.
+        // An unsubscriber is `{"email":"…"}` or `{"userId":"…"}`: far below the body cap at any batch size we allow.
         loop {
             if self.cancel.is_cancelled() || window.failed() {
                 break;
@@ -427,7 +453,9 @@ impl BatchContext {
     async fn subscribe(&self, batch: &AddBatch) -> Result<BulkResponse, IterableError> {
         let mut wait = Duration::from_secs(2);
         let members = &batch.members;
-        let in_batch = |email: &str| members.iter().any(|m| m.email == email);
+        // Iterable names a failed member by its email or its user id; a member named by user id may be named by the
+        // email sent beside it.
+        let in_batch = |key: &str| members.iter().any(|m| m.email == key || m.paired_email.as_deref() == Some(key));
         loop {
             match self.client.subscribe(self.list_id, &batch.fragments, self.existing_users_only, in_batch).await {
                 Err(IterableError::InvalidListId { .. })
@@ -461,17 +489,22 @@ impl BatchContext {
         for e in &response.invalid_emails {
             failed.entry(e.trim().to_lowercase()).or_insert("invalidEmails");
         }
+        for id in &response.invalid_user_ids {
+            failed.entry(user_id_key(id)).or_insert("invalidUserIds");
+        }
+        let failure = |m: &AckedMember| {
+            failed.get(&m.email).or_else(|| m.paired_email.as_ref().and_then(|e| failed.get(e))).copied()
+        };
         let n = batch.members.len() as u64;
-        let (refused, subscribed): (Vec<_>, Vec<_>) =
-            batch.members.into_iter().partition(|m| failed.contains_key(&m.email));
+        let (refused, subscribed): (Vec<_>, Vec<_>) = batch.members.into_iter().partition(|m| failure(m).is_some());
         let (forgotten, rejected): (Vec<_>, Vec<_>) =
-            refused.into_iter().partition(|m| failed[&m.email] == "forgottenEmails");
+            refused.into_iter().partition(|m| failure(m).is_some_and(is_forgotten));
         self.store.ack_subscribed(run_id, target_id, &subscribed, &rejected, &forgotten).await?;
         if !rejected.is_empty() || !forgotten.is_empty() {
             let issues: Vec<_> = rejected
                 .iter()
                 .chain(&forgotten)
-                .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failed[&m.email])))
+                .map(|m| (Some(m.email.clone()), format!("Iterable rejected it: {}", failure(m).unwrap_or_default())))
                 .collect();
             self.store.record_issues(run_id, target_id, IssueKind::Rejected, &issues).await?;
             tracing::info!(list = %self.list, rejected = issues.len(), "Iterable rejected some members; see `runs show --rejected`.");

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::iterable::Region;
 use crate::secrets::{self, MasterKey};
 use crate::store::{Connection, ConnectionUpdate, KeySource, ProjectType, Store};
-use crate::sync::user_id_project_unsupported;
+use crate::sync::check_identity_settings;
 
 use super::{base_url, check_key, managed_connection, Caller, OpError};
 use crate::access::{audit, USABLE_BY_CONTRIBUTORS};
@@ -72,26 +72,19 @@ pub async fn edit_connection(
             return Err(fail(format!("usable_by '{u}' is neither 'admins' nor 'contributors'")));
         }
     }
-    let exports = store.exports_using_connection(conn.id).await?;
-    match e.project_type {
-        Some(ProjectType::UserId) if !exports.is_empty() => {
-            return Err(fail(format!(
-                "{} (used by export(s) {})",
-                user_id_project_unsupported(name),
-                exports.join(", ")
-            )))
+    // Every export on it must still fit the project's kind (its identity columns, existing_users_only).
+    if let Some(project_type) = e.project_type.filter(|t| *t != conn.project_type) {
+        for export_name in store.exports_using_connection(conn.id).await? {
+            let export = store.export(&export_name).await?;
+            check_identity_settings(
+                project_type,
+                name,
+                export.email_field.as_deref(),
+                export.user_id_field.as_deref(),
+                export.existing_users_only,
+            )
+            .map_err(|m| fail(format!("export '{export_name}' would not fit: {m}")))?;
         }
-        Some(ProjectType::Email) => {
-            for export_name in &exports {
-                if store.export(export_name).await?.existing_users_only {
-                    return Err(fail(format!(
-                        "export '{export_name}' sends with existing_users_only, which an email-based project ignores; \
-                         change that export first"
-                    )));
-                }
-            }
-        }
-        _ => {}
     }
     let (new_url, region) = match (&e.base_url, e.region) {
         (Some(url), _) => (base_url(Region::Us, Some(url))?, None),

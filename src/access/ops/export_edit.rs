@@ -9,7 +9,10 @@ use crate::store::{Export, ExportChange, NullFields, OnLeave, Segment, StoreErro
 use crate::sync::empty::{empty_lists, Emptied};
 use crate::sync::{lock_for_change, ChangeRefused, Engine};
 
-use super::{check_columns, check_unique_fields, parse_field, Caller, OpError, CANCEL_WAIT};
+use super::{
+    check_columns, check_identity_change, check_unique_fields, identity_columns, parse_field, Caller, OpError,
+    CANCEL_WAIT,
+};
 use crate::access::{change_export, ExportFacts};
 use crate::store::Store;
 
@@ -24,7 +27,12 @@ pub struct ExportEdit {
     pub add_fields: Vec<String>,
     /// Columns no longer sent.
     pub remove_fields: Vec<String>,
+    /// The email column; `Some("")` drops it (where a user id identifies members).
     pub email_field: Option<String>,
+    /// The user id column; `Some("")` drops it.
+    pub user_id_field: Option<String>,
+    /// Do not create users the project does not know yet (`Some(false)`: create them again).
+    pub existing_users_only: Option<bool>,
     pub schedule: Option<String>,
     pub on_leave: Option<OnLeave>,
     pub null_fields: Option<NullFields>,
@@ -108,11 +116,18 @@ pub async fn edit_export(
         }
         None => export.schedule.clone(),
     };
-    let email_field = a.email_field.clone().unwrap_or_else(|| export.email_field.clone());
+    let given = |f: &Option<String>| f.as_deref().map(str::trim).map(str::to_string);
+    let email_field =
+        given(&a.email_field).map_or_else(|| export.email_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
+    let user_id_field =
+        given(&a.user_id_field).map_or_else(|| export.user_id_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
+    let existing_users_only = a.existing_users_only.unwrap_or(export.existing_users_only);
     let change = ExportChange {
         email_field: email_field.clone(),
+        user_id_field: user_id_field.clone(),
         on_leave: a.on_leave.unwrap_or(export.on_leave),
         null_fields: a.null_fields.unwrap_or(export.null_fields),
+        existing_users_only,
         schedule,
         fields: fields.clone(),
         attach_segment_ids: attach.iter().map(|s| s.id).collect(),
@@ -122,34 +137,62 @@ pub async fn edit_export(
         && change.detach_segment_ids.is_empty()
         && change.fields == export.fields
         && change.email_field == export.email_field
+        && change.user_id_field == export.user_id_field
+        && change.existing_users_only == export.existing_users_only
         && change.on_leave == export.on_leave
         && change.null_fields == export.null_fields
         && change.schedule == export.schedule;
     if nothing {
         return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
     }
+    if email_field.is_some() && email_field == user_id_field {
+        return Err(fail("--email-field and --user-id-field name the same column; give each its own".into()));
+    }
+    // The identity settings must fit the connection's kind of project, and may not change who members are once
+    // some are on the lists.
+    if let Some(connection_id) = export.connection_id {
+        let conn = store.connection_by_id(connection_id).await?;
+        crate::sync::check_identity_settings(
+            conn.project_type,
+            &conn.name,
+            email_field.as_deref(),
+            user_id_field.as_deref(),
+            existing_users_only,
+        )
+        .map_err(fail)?;
+        check_identity_change(store, conn.project_type, &export, email_field.as_deref(), user_id_field.as_deref())
+            .await
+            .map_err(|e| match e {
+                // It contradicts what is stored (members on the lists): a conflict.
+                OpError::Conflict(m) => OpError::Conflict(format!("export '{name}' not changed: {m}")),
+                e => e,
+            })?;
+    }
     if !a.skip_check {
+        let identity = identity_columns(email_field.as_deref(), user_id_field.as_deref());
         // The reader's error may name the source (a path, a URL): administrators only.
         let unreadable = |segment: &str, e: String| {
             if caller.actor.is_admin() {
                 fail(e)
             } else {
+                let columns: Vec<String> = identity.iter().map(|c| format!("'{c}'")).collect();
                 fail(format!(
-                    "segment '{segment}' could not be read, or lacks the column '{email_field}' or a field's column; \
-                     ask an administrator to check the segment"
+                    "segment '{segment}' could not be read, or lacks the column(s) {} or a field's column; ask an \
+                     administrator to check the segment",
+                    columns.join(", ")
                 ))
             }
         };
         // New segments need every column; kept segments only the columns that are new to them.
-        let columns_changed = a.email_field.is_some() || !added.is_empty();
+        let columns_changed = a.email_field.is_some() || a.user_id_field.is_some() || !added.is_empty();
         let master_key = config.store.master_key_path();
         for seg in &attach {
-            check_columns(seg, &email_field, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
+            check_columns(seg, &identity, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
         }
         if columns_changed {
             for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
                 let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &email_field, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
+                check_columns(&seg, &identity, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
             }
         }
     }

@@ -356,7 +356,8 @@ pub async fn edit_segment(
             .map_err(|e| fail(format!("{e} (add --skip-check to save it anyway)")))?;
         for export_name in store.exports_using_segment(seg.id).await? {
             let export = store.export(&export_name).await?;
-            let wanted = std::iter::once(&export.email_field).chain(export.fields.iter().map(|f| &f.column));
+            let wanted =
+                export.email_field.iter().chain(&export.user_id_field).chain(export.fields.iter().map(|f| &f.column));
             for col in wanted {
                 if !columns.contains(col) {
                     return Err(fail(format!(
