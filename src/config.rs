@@ -17,6 +17,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub log: LogConfig,
     pub daemon: DaemonConfig,
+    pub sources: SourcesConfig,
 }
 
 /// Where connections, exports, member state and run history are kept.
@@ -249,6 +250,18 @@ impl DaemonConfig {
     }
 }
 
+/// Where segments may read from when they are added or changed through the HTTP API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Folders whose files (and the files of their subfolders) the HTTP API may name in a file source (`sqlite:`,
+    /// `csv:`, `jsonl:`). A path is resolved first (`..` and symbolic links followed), and must then lie inside
+    /// one of these folders, so that no request can read the master key, the store or any other file through a
+    /// segment. The CLI, run by the operator on the host, is not limited. Default: none (file sources come from
+    /// the CLI only; postgres sources are accepted from the API).
+    pub allowed_dirs: Vec<PathBuf>,
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -414,6 +427,22 @@ impl Config {
         if self.log.level.trim().is_empty() {
             p.push("log.level is empty; use e.g. \"info\"".into());
         }
+        for dir in &self.sources.allowed_dirs {
+            // A relative folder would mean another folder for each working directory the daemon is started from.
+            if !dir.is_absolute() {
+                p.push(format!(
+                    "sources.allowed_dirs: '{}' is not an absolute path; write the folder from the root, e.g. \
+                     \"/srv/segments\"",
+                    dir.display()
+                ));
+            } else if dir.parent().is_none() {
+                p.push(
+                    "sources.allowed_dirs: '/' would let the HTTP API read any file; name the folders of the \
+                        segments' files"
+                        .into(),
+                );
+            }
+        }
         p
     }
 }
@@ -495,6 +524,18 @@ mod tests {
             assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
         }
         assert_eq!(problems.len(), 7, "{joined}");
+    }
+
+    #[test]
+    fn allowed_dirs_must_be_absolute_folders_other_than_the_root() {
+        let text = "[sources]\nallowed_dirs = [\"segments\", \"/\", \"/srv/segments\"]\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("'segments' is not an absolute path"), "{problems:?}");
+        assert!(problems[1].contains("'/' would let the HTTP API read any file"), "{problems:?}");
+        let ok = Config::parse("[sources]\nallowed_dirs = [\"/srv/segments\"]\n", Path::new("x.toml")).unwrap();
+        assert_eq!(ok.sources.allowed_dirs, vec![PathBuf::from("/srv/segments")]);
     }
 
     #[test]

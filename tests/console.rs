@@ -294,6 +294,17 @@ mod browser {
         svc.close().await;
     }
 
+    /// `team_setup` with 30 members, and export `vip-x` of `vip` on `open`, run once.
+    fn with_a_run_export() -> Env {
+        let env = Env::new();
+        tokio::task::block_in_place(|| {
+            team_setup(&env, 30);
+            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
+            env.ok(&["export", "run", "vip-x"]);
+        });
+        env
+    }
+
     /// Connections `open` (contributors) and `closed` (admins); segment `vip` of `n` members; dora's export `dora-x`.
     fn team_setup(env: &Env, n: usize) -> Vec<String> {
         let key = env.path("iterable.key");
@@ -428,13 +439,7 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
     async fn every_screen_fits_a_phone_and_loads_nothing_from_elsewhere() {
-        let env = Env::new();
-        tokio::task::block_in_place(|| {
-            team_setup(&env, 30);
-            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
-            env.ok(&["export", "run", "vip-x"]);
-        });
-        let svc = service(env).await;
+        let svc = service(with_a_run_export()).await;
         let b = phone().await;
         b.sign_in(&svc.base, "ann").await;
         for (path, shows) in [
@@ -575,6 +580,56 @@ mod browser {
             sorted(members[..2].to_vec()),
             "the list is not the segment after running anyway"
         );
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_edits_an_export_opens_a_connection_and_removes_another_keeping_its_exports() {
+        let svc = service(with_a_run_export()).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.wait_text("Run history", Duration::from_secs(10)).await;
+        b.client.find(Locator::Css("#export-edit summary")).await.unwrap().click().await.unwrap();
+        b.fill("Schedule", "0 0 6 * * *").await;
+        b.fill("Add extra fields", "tier").await;
+        b.click("Save changes").await;
+        b.wait_text("Saved. The next run uses the new settings.", Duration::from_secs(10)).await;
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "0 0 6 * * *", "{shown}");
+        assert_eq!(shown["fields"][0]["column"], "tier", "{shown}");
+        // A change the API refuses is told on the page, and nothing is saved.
+        b.fill("Schedule", "every now and then").await;
+        b.click("Save changes").await;
+        b.wait_text("every now and then", Duration::from_secs(10)).await;
+        let error = b.client.find(Locator::Css("#edit-export .error")).await.unwrap().text().await.unwrap();
+        assert!(!error.is_empty(), "a refused schedule said nothing");
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "0 0 6 * * *", "a refused change was saved: {shown}");
+
+        b.goto(&format!("{}/connections/closed", svc.base)).await;
+        b.wait_text("Key last checked", Duration::from_secs(10)).await;
+        b.choose("Who can use this connection", "Administrators and contributors").await;
+        b.click("Save").await;
+        b.wait_text("Saved who can use this connection.", Duration::from_secs(10)).await;
+        let closed = tokio::task::block_in_place(|| svc.env.json(&["connection", "show", "closed"]));
+        assert_eq!(closed["usable_by"], "contributors", "{closed}");
+        b.screenshot("connection").await;
+
+        b.goto(&format!("{}/connections/open", svc.base)).await;
+        b.wait_text("Key last checked", Duration::from_secs(10)).await;
+        b.click("Remove").await;
+        b.wait_text("Remove this connection?", Duration::from_secs(5)).await;
+        b.screenshot("connection-remove").await;
+        b.click("Remove connection").await;
+        b.wait_path("/connections").await;
+        let connections = tokio::task::block_in_place(|| svc.env.json(&["connection", "list"]));
+        let names: Vec<&str> = connections.as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, vec!["closed"], "{connections}");
+        let kept = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert!(kept["connection_name"].is_null(), "the export was not detached: {kept}");
         svc.close().await;
     }
 }

@@ -139,3 +139,31 @@ fn a_connections_consent_is_recorded_as_the_local_operator() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(env.json(&["connection", "show", "other"])["privacy_accepted_by"], "local:operator", "never 'unknown'");
 }
+
+#[test]
+fn connection_edit_opens_a_connection_to_contributors_and_replaces_its_key_only_once_iterable_accepts_it() {
+    let env = Env::with_sandbox(segment_exporter::sandbox::SandboxOptions {
+        api_keys: vec![KEY.into(), "second-key-5555".into()],
+        ..opts()
+    });
+    env.add_connection();
+    let v = env.json(&["connection", "edit", "iterable", "--usable-by", "contributors"]);
+    assert_eq!(v["usable_by"], "contributors");
+    let refused = as_tess(&env, &["connection", "edit", "iterable", "--api-key-stdin"], Some("wrong-key-0000\n"));
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("was not changed"), "{}", text(&refused.stderr));
+    assert!(!text(&refused.stderr).contains("wrong-key-0000"), "{}", text(&refused.stderr));
+    let shown = ok_as_tess(&env, &["connection", "edit", "iterable", "--api-key-stdin"], Some("second-key-5555\n"));
+    assert!(shown.contains("Changed connection 'iterable'"), "{shown}");
+    let v = env.json(&["connection", "show", "iterable"]);
+    assert!(v["api_key"].as_str().unwrap().ends_with("(ends in …5555)"), "{v}");
+    let nothing = env.run(&["connection", "edit", "iterable"]);
+    assert!(text(&nothing.stderr).contains("nothing to change"), "{}", text(&nothing.stderr));
+
+    env.ok(&["connection", "export-user", "iterable", "--remove"]);
+    let v = env.json(&["connection", "show", "iterable"]);
+    assert!(v["export_user_problem"].as_str().unwrap().contains("has no export user"), "{v}");
+    let audit = env.json(&["audit", "--limit", "3"]);
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["connection.export_user.remove", "connection.edit", "connection.edit"]);
+}

@@ -12,6 +12,13 @@ use crate::sync::{check_field_name, check_identity_settings};
 
 use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
 
+mod connection_edit;
+mod export_edit;
+pub mod segments;
+
+pub use connection_edit::{edit_connection, leave_connection_export_user, ConnectionEdit};
+pub use export_edit::{edit_export, ExportEdit};
+
 /// Why an operation was not done.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -34,6 +41,13 @@ pub enum OpError {
     Iterable { message: String, bad_key: bool },
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// A segment's source text is wrong, or names a source that cannot be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A source or its password could not be read while checking a segment (`secret`: the password, or the master
+    /// key to seal it); the message says what to do.
+    #[error("{message}")]
+    Unreadable { message: String, secret: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -241,6 +255,17 @@ pub async fn change_export_users(
     Ok(store.export_users(export.id).await?)
 }
 
+/// The connection `name`, once the caller may change it (404 for a connection it may not see, 403 otherwise).
+async fn managed_connection(
+    store: &Store,
+    caller: &Caller<'_>,
+    name: &str,
+) -> Result<crate::store::Connection, OpError> {
+    let conn = store.connection(name).await?;
+    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    Ok(conn)
+}
+
 /// Makes the caller (an administrator) the connection's export user: its scheduled runs go on their behalf.
 pub async fn become_connection_export_user(
     store: &Store,
@@ -248,8 +273,7 @@ pub async fn become_connection_export_user(
     caller: &Caller<'_>,
     connection_name: &str,
 ) -> Result<(), OpError> {
-    let conn = store.connection(connection_name).await?;
-    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{connection_name}'"))?;
+    let conn = managed_connection(store, caller, connection_name).await?;
     store.set_connection_export_user(conn.id, caller.actor.name(), caller.actor.user_id()).await?;
     audit(store, config, caller.actor, caller.origin, "connection.export_user", Some(connection_name), None).await?;
     Ok(())
@@ -386,19 +410,8 @@ pub async fn add_connection(
     }
     let base_url = base_url(r.region, r.base_url.as_deref())?;
     if r.verify {
-        if let Err(e) = check_key(config, &base_url, &r.key).await? {
-            let bad_key = e.is_bad_api_key();
-            let message = if bad_key {
-                format!("connection '{}' was not saved: {e}", r.name)
-            } else {
-                format!(
-                    "connection '{}' was not saved: the key could not be checked: {e}. Fix the base URL or network, \
-                     or save it unchecked (--skip-verify)",
-                    r.name
-                )
-            };
-            return Err(OpError::Iterable { message, bad_key });
-        }
+        let what = format!("connection '{}' was not saved", r.name);
+        connection_edit::verify_key(config, &base_url, &r.key, &what, "--skip-verify").await?;
     }
     let source = match r.key_source {
         KeySource::Stored { .. } => {
@@ -448,8 +461,7 @@ pub async fn remove_connection(
     cancel_run: bool,
 ) -> Result<Vec<String>, OpError> {
     use crate::sync::{lock_for_change, ChangeRefused};
-    let conn = store.connection(name).await?;
-    super::manage_connection(caller.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    let conn = managed_connection(store, caller, name).await?;
     // Exports that go on must not go on writing through it: hold each one's run lock (a run in flight refuses the
     // removal, or is cancelled first) until the removal is committed.
     let mut locks = Vec::new();

@@ -49,7 +49,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
+        // The type the OpenAPI document describes every error with.
+        let body = super::views::ErrorBody {
+            error: super::views::ErrorDetail { kind: self.kind.to_string(), message: self.message },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -91,6 +94,9 @@ impl From<OpError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "iterable", message)
             }
             OpError::Secret(e) => ApiError::internal(e),
+            // Only administrators change segments, so the source may be named.
+            OpError::Source(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "source", e.to_string()),
+            OpError::Unreadable { message, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "source", message),
             OpError::Store(e) => e.into(),
         }
     }

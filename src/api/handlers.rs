@@ -1,4 +1,5 @@
-//! One handler per route: authenticate (`Caller`), ask `crate::access`, call the library, shape the JSON.
+//! One handler per route: authenticate (`Caller`), ask `crate::access`, call the library, answer one of the types
+//! of `views`. Each carries its `#[utoipa::path]`, from which the OpenAPI document is generated.
 
 use std::time::Duration;
 
@@ -7,20 +8,25 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
+use super::views::*;
 use super::{ApiError, ApiState};
 use crate::access::ops::{self, ExportRequest};
 use crate::access::{self, ExportFacts, Verdict};
 use crate::daemon::{Command, RunQueued};
 use crate::store::{Connection, Export, OnLeave};
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn ok(value: Value) -> ApiResult {
+pub(super) fn ok<T: Serialize>(value: T) -> ApiResult {
     Ok(Json(value).into_response())
+}
+
+pub(super) fn created<T: Serialize>(value: T) -> ApiResult {
+    Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
 pub(super) fn ops_caller(c: &Caller) -> ops::Caller<'_> {
@@ -28,36 +34,33 @@ pub(super) fn ops_caller(c: &Caller) -> ops::Caller<'_> {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README's \"Team use\" section")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README's \"The HTTP API\" section")
 }
 
-/// While no account exists no token is valid, so every route answers 401 until the first `user add`.
+/// The caller's name and role. While no account exists no token is valid, so every route answers 401 until the
+/// first `user add`.
+#[utoipa::path(get, path = "/me", tag = "account",
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
 pub async fn me(c: Caller) -> ApiResult {
     let role = if c.actor.is_admin() { "admin" } else { "contributor" };
-    ok(json!({ "name": c.actor.name(), "role": role }))
+    ok(Me { name: c.actor.name().to_string(), role: role.to_string() })
 }
 
-async fn connection_view(s: &ApiState, c: &Caller, conn: &Connection) -> Result<Value, ApiError> {
+async fn connection_view(s: &ApiState, c: &Caller, conn: &Connection) -> Result<ConnectionView, ApiError> {
     let (export_user, _) = s.store.connection_export_user(conn.id).await?;
-    let mut v = json!({
-        "name": conn.name,
-        "base_url": conn.base_url,
-        "region": conn.region,
-        "project_type": conn.project_type,
-        "usable_by": conn.usable_by,
-        "privacy_accepted_at": conn.privacy_accepted_at,
-        "privacy_accepted_by": conn.privacy_accepted_by,
-        "verified_at": conn.verified_at,
-        "export_user": export_user,
-        "created_at": conn.created_at,
-    });
-    if access::see_connection_key(&c.actor) == Verdict::Allow {
-        v["api_key"] = json!(conn.key.describe());
-        v["api_key_last4"] = json!(conn.key_last4);
-    }
-    Ok(v)
+    let admin = if access::see_connection_key(&c.actor) == Verdict::Allow {
+        Some(ConnectionAdminFacts {
+            export_user_problem: access::connection_export_user_problem(&s.store, conn).await?,
+        })
+    } else {
+        None
+    };
+    Ok(ConnectionView::new(conn, export_user, admin))
 }
 
+/// The connections the caller may see: all for administrators, those usable by contributors for contributors.
+#[utoipa::path(get, path = "/connections", tag = "connections",
+    responses((status = 200, body = Vec<ConnectionView>), (status = 401, body = ErrorBody)))]
 pub async fn connections(State(s): State<ApiState>, c: Caller) -> ApiResult {
     let mut out = Vec::new();
     for conn in s.store.connections().await? {
@@ -65,28 +68,39 @@ pub async fn connections(State(s): State<ApiState>, c: Caller) -> ApiResult {
             out.push(connection_view(&s, &c, &conn).await?);
         }
     }
-    ok(json!(out))
+    ok(out)
 }
 
+#[utoipa::path(get, path = "/connections/{name}", tag = "connections", params(("name" = String, Path)),
+    responses((status = 200, body = ConnectionView), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such connection, or one the caller may not see", body = ErrorBody)))]
 pub async fn connection(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let conn = s.store.connection(&name).await?;
     access::see_connection(&c.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
     ok(connection_view(&s, &c, &conn).await?)
 }
 
-#[derive(Deserialize)]
+/// A new connection (the "Connect" step, saved).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionBody {
     name: String,
+    /// Checked with Iterable, then stored encrypted; never shown again.
+    #[schema(value_type = String)]
     api_key: secrecy::SecretString,
+    /// `us` (default) or `eu`.
     #[serde(default)]
     region: Option<String>,
+    /// Overrides `region` (a proxy, the sandbox).
     #[serde(default)]
     base_url: Option<String>,
+    /// `admins` (default) or `contributors`.
     #[serde(default = "admins")]
     usable_by: String,
+    /// Must be true: consent that profiles leave this system for Iterable (recorded with your name and the time).
     #[serde(default)]
     accept_data_privacy: bool,
+    /// Become its export user (default true).
     #[serde(default = "yes")]
     add_me_as_export_user: bool,
     #[serde(default)]
@@ -104,6 +118,11 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(post, path = "/connections", tag = "connections", request_body = ConnectionBody,
+    responses((status = 201, body = ConnectionView), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 409, description = "A connection of that name exists", body = ErrorBody),
+        (status = 422, description = "Invalid input, or Iterable refused the key", body = ErrorBody)))]
 pub async fn create_connection(
     State(s): State<ApiState>,
     c: Caller,
@@ -125,12 +144,68 @@ pub async fn create_connection(
         project_type: choice("project_type", b.project_type.as_deref(), crate::store::ProjectType::Hybrid)?,
     };
     let conn = ops::add_connection(&s.store, &s.config, &ops_caller(&c), request).await?;
-    Ok((StatusCode::CREATED, Json(connection_view(&s, &c, &conn).await?)).into_response())
+    created(connection_view(&s, &c, &conn).await?)
 }
 
-#[derive(Deserialize)]
+/// A change to a connection; what is left out stays as it is.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    /// `admins` or `contributors`.
+    #[serde(default)]
+    usable_by: Option<String>,
+    /// A new key: checked with Iterable first (unless skip_verify), then stored encrypted in place of the old one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    api_key: Option<secrecy::SecretString>,
+    /// `us` or `eu`.
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    /// `email`, `userid` or `hybrid`.
+    #[serde(default)]
+    project_type: Option<String>,
+    #[serde(default)]
+    skip_verify: bool,
+}
+
+#[utoipa::path(patch, path = "/connections/{name}", tag = "connections", params(("name" = String, Path)),
+    request_body = ConnectionPatch,
+    responses((status = 200, body = ConnectionView), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Invalid input, or Iterable refused the key", body = ErrorBody)))]
+pub async fn edit_connection(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    b: Result<Json<ConnectionPatch>, JsonRejection>,
+) -> ApiResult {
+    // Refuse (404/403) before saying anything about the body.
+    let conn = s.store.connection(&name).await?;
+    access::manage_connection(&c.actor, &conn.usable_by).check(&format!("connection '{name}'"))?;
+    let b = body(b)?;
+    let change = ops::ConnectionEdit {
+        usable_by: b.usable_by,
+        key: b.api_key,
+        region: b.region.as_deref().map(|r| region(Some(r))).transpose()?,
+        base_url: b.base_url,
+        project_type: match b.project_type.as_deref() {
+            None => None,
+            Some(t) => Some(choice("project_type", Some(t), crate::store::ProjectType::Hybrid)?),
+        },
+        verify: !b.skip_verify,
+    };
+    let conn = ops::edit_connection(&s.store, &s.config, &ops_caller(&c), &name, change).await?;
+    ok(connection_view(&s, &c, &conn).await?)
+}
+
+/// Checks a key, saving nothing.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
+    #[schema(value_type = String)]
     api_key: secrecy::SecretString,
     #[serde(default)]
     region: Option<String>,
@@ -147,6 +222,9 @@ fn region(name: Option<&str>) -> Result<crate::iterable::Region, ApiError> {
 }
 
 /// The "Connect" step alone: what Iterable says of a key, saving nothing.
+#[utoipa::path(post, path = "/connections/check", tag = "connections", request_body = CheckBody,
+    responses((status = 200, body = KeyCheck), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn check_connection(
     State(s): State<ApiState>,
     c: Caller,
@@ -155,20 +233,30 @@ pub async fn check_connection(
     access::add_connection(&c.actor).check("connections")?;
     let b = body(b)?;
     let base_url = ops::base_url(region(b.region.as_deref())?, b.base_url.as_deref())?;
-    match ops::check_key(&s.config, &base_url, &b.api_key).await? {
-        Ok(lists) => ok(json!({ "ok": true, "base_url": base_url, "lists": lists })),
+    let check = match ops::check_key(&s.config, &base_url, &b.api_key).await? {
+        Ok(lists) => KeyCheck { ok: true, base_url, lists: Some(lists), bad_key: None, error: None },
         Err(e) => {
-            ok(json!({ "ok": false, "base_url": base_url, "bad_key": e.is_bad_api_key(), "error": e.to_string() }))
+            KeyCheck { ok: false, base_url, lists: None, bad_key: Some(e.is_bad_api_key()), error: Some(e.to_string()) }
         }
-    }
+    };
+    ok(check)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveConnectionQuery {
+    /// What becomes of the exports that use it: `detach` (kept, disabled) or `remove`. Without it, a connection
+    /// that exports use is not removed (409).
     exports: Option<String>,
 }
 
 /// An admin may remove a destination at any time: runs in flight on it are cancelled first.
+#[utoipa::path(delete, path = "/connections/{name}", tag = "connections",
+    params(("name" = String, Path), RemoveConnectionQuery),
+    responses((status = 200, body = ConnectionRemoved), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Exports use it: say ?exports=detach or ?exports=remove", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn remove_connection(
     State(s): State<ApiState>,
     c: Caller,
@@ -191,12 +279,27 @@ pub async fn remove_connection(
             ),
             e => e.into(),
         })?;
-    ok(json!({ "removed": name, "exports": affected, "exports_removed": remove }))
+    ok(ConnectionRemoved { removed: name, exports: affected, exports_removed: remove })
 }
 
+/// The caller (an administrator) becomes the connection's export user: its scheduled runs go on their behalf.
+#[utoipa::path(post, path = "/connections/{name}/export-user", tag = "connections", params(("name" = String, Path)),
+    responses((status = 200, body = ExportUserView), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn become_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     ops::become_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
-    ok(json!({ "connection": name, "export_user": c.actor.name() }))
+    ok(ExportUserView { connection: name, export_user: Some(c.actor.name().to_string()) })
+}
+
+/// The caller stops being the connection's export user; its scheduled runs refuse until an administrator adds
+/// themselves.
+#[utoipa::path(delete, path = "/connections/{name}/export-user", tag = "connections", params(("name" = String, Path)),
+    responses((status = 200, body = ExportUserView), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The caller is not its export user", body = ErrorBody)))]
+pub async fn leave_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    ops::leave_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    ok(ExportUserView { connection: name, export_user: None })
 }
 
 /// An export the caller may see, with its facts; 404 otherwise.
@@ -207,19 +310,18 @@ async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Result<(Export,
     Ok((export, facts))
 }
 
-async fn export_view(s: &ApiState, export: &Export) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(export).map_err(ApiError::internal)?;
+async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiError> {
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
-    v["users"] = json!(users);
-    // The last run whole (status, counts, times, error), the next scheduled one, and the run in flight, whose
-    // progress `GET /runs/{id}` follows.
-    v["last_run"] = json!(s.store.last_run(export.id).await?);
-    v["next_run"] = json!(s.shared.lock().exports.get(&export.name).and_then(|e| e.next_run));
-    let running = s.shared.in_flight.lock().expect("in-flight lock").get(&export.name).and_then(|p| p.run_id());
-    v["running_run_id"] = json!(running);
-    Ok(v)
+    let last = s.store.last_run(export.id).await?;
+    let mut view = ExportView::new(export, users, last.as_ref());
+    view.next_run = s.shared.lock().exports.get(&export.name).and_then(|e| e.next_run);
+    view.running_run_id = s.shared.in_flight.lock().expect("in-flight lock").get(&export.name).and_then(|p| p.run_id());
+    Ok(view)
 }
 
+/// The exports the caller may see: all for administrators, those it is an export user of for contributors.
+#[utoipa::path(get, path = "/exports", tag = "exports",
+    responses((status = 200, body = Vec<ExportView>), (status = 401, body = ErrorBody)))]
 pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
     let mut out = Vec::new();
     for export in s.store.exports().await? {
@@ -228,30 +330,39 @@ pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
             out.push(export_view(&s, &export).await?);
         }
     }
-    ok(json!(out))
+    ok(out)
 }
 
+#[utoipa::path(get, path = "/exports/{name}", tag = "exports", params(("name" = String, Path)),
+    responses((status = 200, body = ExportView), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such export, or one the caller is not an export user of", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let (export, _) = visible_export(&s, &c, &name).await?;
     ok(export_view(&s, &export).await?)
 }
 
-#[derive(Debug, Deserialize)]
+/// A new export. Saving it does not run it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
     name: String,
     connection: String,
+    /// Each segment goes to the Iterable list of its name.
     segments: Vec<String>,
-    /// Optional in userID-based projects, where the user id identifies members.
+    /// The column holding the email address; optional in userID-based projects, where the user id identifies
+    /// members.
     #[serde(default)]
     email_field: Option<String>,
     /// The user id column (userID-based and hybrid projects).
     #[serde(default)]
     user_id_field: Option<String>,
+    /// COLUMN, COLUMN=ITERABLE_FIELD, either with :TYPE (string, long, double, boolean, date).
     #[serde(default)]
     fields: Vec<String>,
+    /// `remove` (default) or `keep`.
     #[serde(default)]
     on_leave: Option<String>,
+    /// `refresh` (default), `off` or a cron expression with seconds.
     #[serde(default)]
     schedule: Option<String>,
     #[serde(default)]
@@ -278,22 +389,41 @@ fn choice<T: clap::ValueEnum>(field: &str, text: Option<&str>, default: T) -> Re
     }
 }
 
+fn optional_choice<T: clap::ValueEnum + Copy>(field: &str, text: Option<&str>) -> Result<Option<T>, ApiError> {
+    text.map(|t| {
+        let first = *T::value_variants().first().expect("a value enum has values");
+        choice(field, Some(t), first)
+    })
+    .transpose()
+}
+
 pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))
 }
 
+fn on_leave(text: Option<&str>) -> Result<OnLeave, ApiError> {
+    match text {
+        None | Some("remove") => Ok(OnLeave::Remove),
+        Some("keep") => Ok(OnLeave::Keep),
+        Some(other) => Err(ApiError::invalid(format!("on_leave '{other}' is not 'remove' or 'keep'"))),
+    }
+}
+
+#[utoipa::path(post, path = "/exports", tag = "exports", request_body = ExportBody,
+    responses((status = 201, body = ExportView), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such connection or segment, or a connection the caller may not use",
+            body = ErrorBody),
+        (status = 409, description = "An export of that name exists, or a list is another export's",
+            body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn create_export(
     State(s): State<ApiState>,
     c: Caller,
     b: Result<Json<ExportBody>, JsonRejection>,
 ) -> ApiResult {
     let b = body(b)?;
-    let on_leave = match b.on_leave.as_deref() {
-        None | Some("remove") => OnLeave::Remove,
-        Some("keep") => OnLeave::Keep,
-        Some(other) => return Err(ApiError::invalid(format!("on_leave '{other}' is not 'remove' or 'keep'"))),
-    };
+    let on_leave = on_leave(b.on_leave.as_deref())?;
     if b.segments.is_empty() {
         return Err(ApiError::invalid("segments is empty; name at least one segment to send"));
     }
@@ -311,17 +441,107 @@ pub async fn create_export(
         existing_users_only: b.existing_users_only,
     };
     let export = ops::create_export(&s.store, &s.config, &ops_caller(&c), &request).await?;
-    Ok((StatusCode::CREATED, Json(export_view(&s, &export).await?)).into_response())
+    created(export_view(&s, &export).await?)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RemoveQuery {
+/// A change to an export, as `export edit` makes it; what is left out stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPatch {
+    /// Segments to send too.
     #[serde(default)]
-    empty_lists: bool,
+    add_segments: Vec<String>,
+    /// Segments to stop sending; their lists stay in Iterable unless empty_removed_lists.
+    #[serde(default)]
+    remove_segments: Vec<String>,
+    #[serde(default)]
+    empty_removed_lists: bool,
+    /// COLUMN, COLUMN=ITERABLE_FIELD, either with :TYPE.
+    #[serde(default)]
+    add_fields: Vec<String>,
+    /// Columns to stop sending.
+    #[serde(default)]
+    remove_fields: Vec<String>,
+    /// The email column (\"\" for none, where a user id identifies members). Refused where it would change who
+    /// members are once some are on the lists (409).
+    #[serde(default)]
+    email_field: Option<String>,
+    /// The user id column (\"\" for none), with the same refusal.
+    #[serde(default)]
+    user_id_field: Option<String>,
+    /// Do not create users the project does not know yet (hybrid and userID-based projects).
+    #[serde(default)]
+    existing_users_only: Option<bool>,
+    #[serde(default)]
+    schedule: Option<String>,
+    /// `remove` or `keep`.
+    #[serde(default)]
+    on_leave: Option<String>,
+    /// `clear` or `skip`.
+    #[serde(default)]
+    null_fields: Option<String>,
+    #[serde(default)]
+    skip_check: bool,
+    /// Stop a run in flight first; without it a running export is not changed (409).
     #[serde(default)]
     cancel_run: bool,
 }
 
+#[utoipa::path(patch, path = "/exports/{name}", tag = "exports", params(("name" = String, Path)),
+    request_body = ExportPatch,
+    responses((status = 200, body = ExportEdited), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such export, or one the caller is not an export user of", body = ErrorBody),
+        (status = 409, description = "It is running (ask again with cancel_run)", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn edit_export(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    b: Result<Json<ExportPatch>, JsonRejection>,
+) -> ApiResult {
+    // Refuse (404) before saying anything about the body.
+    visible_export(&s, &c, &name).await?;
+    let b = body(b)?;
+    let change = ops::ExportEdit {
+        add_segments: b.add_segments,
+        remove_segments: b.remove_segments,
+        empty_removed_lists: b.empty_removed_lists,
+        add_fields: b.add_fields,
+        remove_fields: b.remove_fields,
+        email_field: b.email_field,
+        user_id_field: b.user_id_field,
+        existing_users_only: b.existing_users_only,
+        schedule: b.schedule,
+        on_leave: b.on_leave.as_deref().map(|t| on_leave(Some(t))).transpose()?,
+        null_fields: optional_choice("null_fields", b.null_fields.as_deref())?,
+        skip_check: b.skip_check,
+        cancel_run: b.cancel_run,
+    };
+    let (export, emptied) = ops::edit_export(&s.store, &s.config, &ops_caller(&c), &name, &change).await?;
+    ok(ExportEdited { export: export_view(&s, &export).await?, emptied: emptied_views(emptied) })
+}
+
+fn emptied_views(emptied: Vec<crate::sync::empty::Emptied>) -> Vec<EmptiedView> {
+    emptied
+        .into_iter()
+        .map(|e| EmptiedView { list_name: e.list_name, list_id: e.list_id, unsubscribed: e.unsubscribed })
+        .collect()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveQuery {
+    /// First unsubscribe from its lists the members it put there.
+    #[serde(default)]
+    empty_lists: bool,
+    /// Stop a run in flight first; without it a running export is not removed (409).
+    #[serde(default)]
+    cancel_run: bool,
+}
+
+#[utoipa::path(delete, path = "/exports/{name}", tag = "exports", params(("name" = String, Path), RemoveQuery),
+    responses((status = 200, body = ExportRemoved), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "It is running (ask again with cancel_run)", body = ErrorBody)))]
 pub async fn remove_export(
     State(s): State<ApiState>,
     c: Caller,
@@ -329,21 +549,29 @@ pub async fn remove_export(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult {
     let emptied = ops::remove_export(&s.store, &s.config, &ops_caller(&c), &name, q.empty_lists, q.cancel_run).await?;
-    ok(json!({ "removed": name, "emptied": emptied }))
+    ok(ExportRemoved { removed: name, emptied: emptied_views(emptied) })
 }
 
+/// Its export users.
+#[utoipa::path(get, path = "/exports/{name}/users", tag = "exports", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<String>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn export_users(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let (export, _) = visible_export(&s, &c, &name).await?;
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
-    ok(json!(users))
+    ok(users)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
+    /// The account to make an export user.
     user: String,
 }
 
+#[utoipa::path(post, path = "/exports/{name}/users", tag = "exports", params(("name" = String, Path)),
+    request_body = UserBody,
+    responses((status = 200, description = "Its export users now", body = Vec<String>),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn add_export_user(
     State(s): State<ApiState>,
     c: Caller,
@@ -352,22 +580,26 @@ pub async fn add_export_user(
 ) -> ApiResult {
     let b = body(b)?;
     let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[b.user], &[]).await?;
-    ok(json!(users.into_iter().map(|u| u.name).collect::<Vec<_>>()))
+    ok(users.into_iter().map(|u| u.name).collect::<Vec<_>>())
 }
 
+#[utoipa::path(delete, path = "/exports/{name}/users/{user}", tag = "exports",
+    params(("name" = String, Path), ("user" = String, Path)),
+    responses((status = 200, description = "Its export users now", body = Vec<String>),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn remove_export_user(
     State(s): State<ApiState>,
     c: Caller,
     Path((name, user)): Path<(String, String)>,
 ) -> ApiResult {
     let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[], &[user]).await?;
-    ok(json!(users.into_iter().map(|u| u.name).collect::<Vec<_>>()))
+    ok(users.into_iter().map(|u| u.name).collect::<Vec<_>>())
 }
 
 /// How long a run request waits for its run to get an id before answering with the queued state alone.
 const RUN_ID_WAIT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
     /// Compute the plan and answer it (200); change nothing.
@@ -381,6 +613,14 @@ pub struct RunBody {
     allow_mass_removal: bool,
 }
 
+/// Runs an export on demand through the daemon's queue (one run per export, one follow-up).
+#[utoipa::path(post, path = "/exports/{name}/runs", tag = "runs", params(("name" = String, Path)),
+    request_body(content = Option<RunBody>, description = "Optional"),
+    responses((status = 202, body = RunAccepted),
+        (status = 200, description = "With dry_run: the plan, per list (nothing changed)", body = PlanView),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The connection is no longer open to contributors", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn run_export(
     State(s): State<ApiState>,
     c: Caller,
@@ -404,15 +644,29 @@ pub async fn run_export(
     if b.dry_run {
         // A plan changes nothing and takes no lock: it runs here, not through the queue.
         let engine = crate::sync::Engine::new(s.store.clone(), s.config.clone());
-        let opts = crate::sync::RunOptions { trigger: "api".into(), dry_run: true, full: b.full, ..Default::default() };
+        let opts = crate::sync::RunOptions {
+            trigger: "api".into(),
+            dry_run: true,
+            full: b.full,
+            allow_mass_removal: b.allow_mass_removal,
+            ..Default::default()
+        };
         let progress = std::sync::Arc::new(crate::sync::Progress::default());
         let planned = engine.run_export(&name, &opts, progress, tokio_util::sync::CancellationToken::new()).await;
-        let mut report = match planned {
-            Ok(report) => serde_json::to_value(report).map_err(ApiError::internal)?,
-            Err(e) => json!({ "export": name, "status": "failed", "error": e.to_string() }),
+        let mut plan = match planned {
+            Ok(report) => PlanView::new(report),
+            Err(e) => PlanView {
+                export: name.clone(),
+                status: "failed".into(),
+                error: Some(e.to_string()),
+                stopped_by_mass_removal_guard: false,
+                lists: vec![],
+            },
         };
-        hide_sources(&s, &c, export.id, &mut report).await?;
-        return ok(report);
+        if let Some(error) = &plan.error {
+            plan.error = Some(shown_error(&s, &c, export.id, error).await?);
+        }
+        return ok(plan);
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let command = Command::RunNow {
@@ -443,19 +697,26 @@ pub async fn run_export(
             ))
         }
     };
-    Ok((StatusCode::ACCEPTED, Json(json!({ "export": name, "state": state, "run_id": run_id }))).into_response())
+    let accepted = RunAccepted { export: name, state: state.to_string(), run_id };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 fn stopping() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is stopping; ask again once it is back")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Only this export's runs.
     export: Option<String>,
+    /// At most this many (default 50, at most 500).
     limit: Option<u32>,
 }
 
+/// Runs, newest first, of the exports the caller may see.
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, body = Vec<RunView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn runs(State(s): State<ApiState>, c: Caller, Query(q): Query<RunsQuery>) -> ApiResult {
     let limit = q.limit.unwrap_or(50).min(500);
     if let Some(name) = &q.export {
@@ -464,47 +725,46 @@ pub async fn runs(State(s): State<ApiState>, c: Caller, Query(q): Query<RunsQuer
     let mut out = Vec::new();
     for run in s.store.runs(q.export.as_deref(), limit).await? {
         if c.actor.is_admin() || may_see_run(&s, &c, run.export_id).await? {
-            let mut v = serde_json::to_value(&run).map_err(ApiError::internal)?;
-            hide_sources(&s, &c, run.export_id, &mut v).await?;
-            out.push(v);
+            out.push(run_view(&s, &c, &run).await?);
         }
     }
-    ok(json!(out))
+    ok(out)
 }
 
-/// What names a segment's source in an error (its path or URL, the URL's host), for the export of `export_id`.
-async fn source_names(s: &ApiState, export_id: i64) -> Result<Vec<String>, ApiError> {
+async fn run_view(s: &ApiState, c: &Caller, run: &crate::store::Run) -> Result<RunView, ApiError> {
+    let mut v = RunView::new(run);
+    if let Some(error) = &run.error {
+        v.error = Some(shown_error(s, c, run.export_id, error).await?);
+    }
+    Ok(v)
+}
+
+/// What, in an error, names something contributors may not see, for the export of `export_id`: a segment's source
+/// (its path or URL, the URL's host) or the connection's Iterable address.
+async fn hidden_names(s: &ApiState, export_id: i64) -> Result<Vec<String>, ApiError> {
     let export = s.store.export_by_id(export_id).await?;
     let mut names = Vec::new();
     for t in &export.targets {
         let Ok(seg) = s.store.segment(&t.segment_name).await else { continue };
-        names.push(seg.source.clone());
-        if let Ok(spec) = seg.source.parse::<crate::source::SourceSpec>() {
-            names.push(spec.to_string());
-        }
-        if let Some((_, rest)) = seg.source.split_once(':') {
-            names.push(rest.trim_start_matches('/').to_string());
-        }
-        if let Some(host) = reqwest::Url::parse(&seg.source).ok().and_then(|u| u.host_str().map(str::to_string)) {
-            names.push(host);
-        }
+        names.extend(super::segments::source_names(&seg));
     }
-    names.retain(|n| n.len() >= 3);
+    if let Some(id) = export.connection_id {
+        let conn = s.store.connection_by_id(id).await?;
+        let host = reqwest::Url::parse(&conn.base_url).ok().and_then(|u| u.host_str().map(str::to_string));
+        names.extend([conn.base_url].into_iter().chain(host).filter(|n| n.len() >= 3));
+    }
     Ok(names)
 }
 
-/// Contributors never see a segment's source: a run error that names one is replaced by a pointer to an admin.
-async fn hide_sources(s: &ApiState, c: &Caller, export_id: i64, run: &mut Value) -> Result<(), ApiError> {
-    if c.actor.is_admin() {
-        return Ok(());
+/// Contributors never see a segment's source or the Iterable address: a run error that names one is replaced by a
+/// pointer to an admin.
+async fn shown_error(s: &ApiState, c: &Caller, export_id: i64, error: &str) -> Result<String, ApiError> {
+    if c.actor.is_admin() || !hidden_names(s, export_id).await?.iter().any(|n| error.contains(n.as_str())) {
+        return Ok(error.to_string());
     }
-    let Some(error) = run["error"].as_str().map(str::to_string) else { return Ok(()) };
-    if source_names(s, export_id).await?.iter().any(|n| error.contains(n.as_str())) {
-        run["error"] = json!(
-            "the run could not read a segment's source; an administrator can see why (`segment-exporter runs show`)"
-        );
-    }
-    Ok(())
+    Ok("the run failed on a segment's source or the connection's address, which only administrators see; an \
+        administrator can see why (`segment-exporter runs show`)"
+        .into())
 }
 
 async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, ApiError> {
@@ -513,14 +773,18 @@ async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, A
     Ok(access::see_export(&c.actor, &facts) == Verdict::Allow)
 }
 
+/// One run with its live progress while it runs, and the members it did not send or Iterable refused.
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = i64, Path)),
+    responses((status = 200, body = RunView), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such run, or one of an export the caller may not see", body = ErrorBody)))]
 pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> ApiResult {
     let what = format!("run #{id}");
     let run = s.store.run(id).await.map_err(|_| ApiError::not_found(&what))?;
+    // Seeing the run is seeing its export: export users and administrators only, so they alone get its members.
     if !c.actor.is_admin() && !may_see_run(&s, &c, run.export_id).await? {
         return Err(ApiError::not_found(&what));
     }
-    let mut v = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    hide_sources(&s, &c, run.export_id, &mut v).await?;
+    let mut v = run_view(&s, &c, &run).await?;
     let progress = {
         let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
         in_flight.get(&run.export_name).cloned().filter(|p| p.run_id() == Some(id))
@@ -528,43 +792,29 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
     if let Some(p) = progress {
         let (done, planned, per_second, seconds_left) = p.snapshot();
         let (phase, list) = p.phase();
-        v["progress"] = json!({ "phase": phase, "list": list, "done": done, "planned": planned,
-            "per_second": per_second, "seconds_left": seconds_left });
+        let phase = serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        v.progress = Some(ProgressView { phase, list, done, planned, per_second, seconds_left });
     }
     let issues = s.store.run_issues(id, 100).await?;
-    v["rejected_and_invalid"] = serde_json::to_value(&issues).map_err(ApiError::internal)?;
+    v.rejected_and_invalid = Some(issues.into_iter().map(IssueView::from).collect());
     ok(v)
 }
 
-/// Segments' names for everyone (to pick them for an export); their sources and queries for admins only.
-pub async fn segments(State(s): State<ApiState>, c: Caller) -> ApiResult {
-    access::see_segments(&c.actor).check("segments")?;
-    let sources = access::see_segment_source(&c.actor) == Verdict::Allow;
-    let out: Vec<Value> = s
-        .store
-        .segments()
-        .await?
-        .iter()
-        .map(|seg| {
-            let mut v = json!({ "name": seg.name, "created_at": seg.created_at });
-            if sources {
-                v["source"] = json!(seg.shown_source());
-                v["query"] = json!(seg.query);
-            }
-            v
-        })
-        .collect();
-    ok(json!(out))
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// At most this many rows, newest first (default 100, at most 1000).
     limit: Option<u32>,
+    /// Only this actor's rows.
     user: Option<String>,
 }
 
+/// The audit trail (administrators).
+#[utoipa::path(get, path = "/audit", tag = "account", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditView>), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody)))]
 pub async fn audit(State(s): State<ApiState>, c: Caller, Query(q): Query<AuditQuery>) -> ApiResult {
     access::read_audit(&c.actor).check("the audit trail")?;
     let rows = s.store.audit(q.user.as_deref(), q.limit.unwrap_or(100).min(1000)).await?;
-    ok(serde_json::to_value(rows).map_err(ApiError::internal)?)
+    ok(rows.into_iter().map(AuditView::from).collect::<Vec<_>>())
 }

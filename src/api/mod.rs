@@ -10,14 +10,19 @@
 mod auth;
 mod error;
 mod handlers;
+pub mod openapi;
+mod segments;
 mod session;
 mod users;
+pub mod views;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::mpsc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::daemon::{Command, Shared};
@@ -45,27 +50,34 @@ pub struct ApiState {
 
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
-        .route("/me", get(handlers::me))
-        .route("/session", get(session::current).post(session::sign_in).delete(session::sign_out))
-        .route("/connections", get(handlers::connections).post(handlers::create_connection))
-        .route("/connections/check", post(handlers::check_connection))
-        .route("/connections/{name}", get(handlers::connection).delete(handlers::remove_connection))
-        .route("/connections/{name}/export-user", post(handlers::become_export_user))
-        .route("/exports", get(handlers::exports).post(handlers::create_export))
-        .route("/exports/{name}", get(handlers::export).delete(handlers::remove_export))
-        .route("/exports/{name}/users", get(handlers::export_users).post(handlers::add_export_user))
-        .route("/exports/{name}/users/{user}", axum::routing::delete(handlers::remove_export_user))
-        .route("/exports/{name}/runs", post(handlers::run_export))
-        .route("/segments", get(handlers::segments))
-        .route("/runs", get(handlers::runs))
-        .route("/runs/{id}", get(handlers::run))
-        .route("/audit", get(handlers::audit))
-        .route("/users", get(users::users).post(users::add_user))
-        .route("/users/{name}", get(users::user).patch(users::change_user).delete(users::remove_user))
-        .route("/users/{name}/password", post(users::set_password))
-        .route("/users/{name}/token", post(users::rotate_token))
-        .fallback(handlers::not_found)
-        .with_state(state.clone());
+    let (api, _) = routes().split_for_parts();
+    let api = api.fallback(handlers::not_found).with_state(state.clone());
     Router::new().nest("/api/v1", api).merge(crate::console::router(state))
+}
+
+/// Every documented route, relative to `/api/v1`: each `routes!` registers handlers and their OpenAPI description
+/// together.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(handlers::me))
+        .routes(routes!(session::current, session::sign_in, session::sign_out))
+        .routes(routes!(handlers::connections, handlers::create_connection))
+        .routes(routes!(handlers::check_connection))
+        .routes(routes!(handlers::connection, handlers::edit_connection, handlers::remove_connection))
+        .routes(routes!(handlers::become_export_user, handlers::leave_export_user))
+        .routes(routes!(handlers::exports, handlers::create_export))
+        .routes(routes!(handlers::export, handlers::edit_export, handlers::remove_export))
+        .routes(routes!(handlers::export_users, handlers::add_export_user))
+        .routes(routes!(handlers::remove_export_user))
+        .routes(routes!(handlers::run_export))
+        .routes(routes!(segments::segments, segments::create_segment))
+        .routes(routes!(segments::segment, segments::edit_segment, segments::remove_segment))
+        .routes(routes!(handlers::runs))
+        .routes(routes!(handlers::run))
+        .routes(routes!(handlers::audit))
+        .routes(routes!(users::users, users::add_user))
+        .routes(routes!(users::user, users::change_user, users::remove_user))
+        .routes(routes!(users::set_password))
+        .routes(routes!(users::rotate_token))
+        .routes(routes!(openapi::serve))
 }

@@ -21,9 +21,10 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use cookie::{Cookie, SameSite};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::{origin_of, peer, too_many_attempts, Caller, Throttle};
+use super::views::{ErrorBody, Me, SessionView};
 use super::{ApiError, ApiState};
 use crate::access::{self, credentials, Actor};
 use crate::store::{StoreError, User};
@@ -160,24 +161,31 @@ fn set_cookie(state: &ApiState, value: &str, clear: bool) -> HeaderValue {
     HeaderValue::from_str(&c.to_string()).expect("a cookie header is ASCII")
 }
 
-fn session_view(user: &User, info: &SessionInfo, state: &ApiState) -> serde_json::Value {
-    json!({
-        "user": { "name": user.name, "role": user.role },
-        "csrf_token": info.csrf_token,
-        "expires_at": info.expires_at,
-        "idle_timeout_seconds": state.config.daemon.session_idle_timeout.as_secs(),
-    })
+fn session_view(user: &User, info: &SessionInfo, state: &ApiState) -> SessionView {
+    SessionView {
+        user: Me { name: user.name.clone(), role: user.role.as_str().to_string() },
+        csrf_token: info.csrf_token.clone(),
+        expires_at: info.expires_at,
+        idle_timeout_seconds: state.config.daemon.session_idle_timeout.as_secs(),
+    }
 }
 
-#[derive(Deserialize)]
+/// A sign-in.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     user: String,
+    #[schema(value_type = String)]
     password: SecretString,
 }
 
 /// `POST /api/v1/session`: a user name and password for a session cookie. Every answer but success is the same
 /// 401, whether the name exists or not, and takes as long.
+#[utoipa::path(post, path = "/session", tag = "account", request_body = SignIn, security(()),
+    responses((status = 200, description = "Signed in; the session cookie is set", body = SessionView),
+        (status = 401, description = "Wrong user name or password", body = ErrorBody),
+        (status = 403, description = "Posted from another site", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn sign_in(State(s): State<ApiState>, parts: Parts, b: Result<Json<SignIn>, JsonRejection>) -> Response {
     match sign_in_inner(&s, &parts, b).await {
         Ok(r) => r,
@@ -293,6 +301,9 @@ fn no_session() -> ApiError {
 }
 
 /// `GET /api/v1/session`: who is signed in, and the CSRF token again (after a page reload).
+#[utoipa::path(get, path = "/session", tag = "account",
+    responses((status = 200, body = SessionView),
+        (status = 401, description = "No session (a bearer token has none)", body = ErrorBody)))]
 pub async fn current(State(s): State<ApiState>, c: Caller) -> Result<Response, ApiError> {
     let (Some(info), Actor::User(user)) = (&c.session, &c.actor) else { return Err(no_session()) };
     let mut response = Json(session_view(user, info, &s)).into_response();
@@ -301,6 +312,10 @@ pub async fn current(State(s): State<ApiState>, c: Caller) -> Result<Response, A
 }
 
 /// `DELETE /api/v1/session`: signs out; the session ends on the server, and the cookie is cleared.
+#[utoipa::path(delete, path = "/session", tag = "account",
+    responses((status = 204, description = "Signed out"),
+        (status = 401, description = "No session (a bearer token has none)", body = ErrorBody),
+        (status = 403, description = "Without the CSRF token or the Origin", body = ErrorBody)))]
 pub async fn sign_out(State(s): State<ApiState>, c: Caller) -> Result<Response, ApiError> {
     let Some(info) = &c.session else { return Err(no_session()) };
     s.store.remove_session(info.id).await?;

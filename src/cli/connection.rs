@@ -1,4 +1,4 @@
-//! `connection add | list | show | test | lists | remove`.
+//! `connection add | edit | list | show | test | lists | export-user | remove`.
 
 use std::io::{IsTerminal, Read};
 use std::sync::Arc;
@@ -20,6 +20,9 @@ use crate::store::{Connection, KeySource, ProjectType};
 pub enum ConnectionCmd {
     /// Add a connection: checks the key against Iterable (GET /api/lists) before saving it.
     Add(AddArgs),
+    /// Change a connection: who may use it, its key (checked with Iterable before it replaces the old one), its
+    /// region or base URL (the key is checked there), its project type. Its exports keep what they sent.
+    Edit(EditArgs),
     /// List connections.
     List,
     /// Show one connection (the key is never shown: only where it comes from and at most its last 4 characters).
@@ -34,7 +37,13 @@ pub enum ConnectionCmd {
         sizes: bool,
     },
     /// Make the local operator (local:OSUSER) the connection's export user, on whose behalf its scheduled runs go.
-    ExportUser { name: String },
+    ExportUser {
+        name: String,
+        /// Stop being its export user instead (its scheduled runs then refuse until an administrator adds
+        /// themselves).
+        #[arg(long)]
+        remove: bool,
+    },
     /// Remove a connection.
     Remove {
         name: String,
@@ -87,14 +96,39 @@ pub struct AddArgs {
     pub skip_verify: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    pub name: String,
+    /// Who may use this connection in exports.
+    #[arg(long, value_parser = ["admins", "contributors"])]
+    pub usable_by: Option<String>,
+    /// Read a new API key from standard input (prompted without echo on a terminal) and store it encrypted, in place
+    /// of the old one (wherever that came from).
+    #[arg(long)]
+    pub api_key_stdin: bool,
+    /// Iterable data centre: us or eu.
+    #[arg(long, value_enum, conflicts_with = "base_url")]
+    pub region: Option<Region>,
+    /// Base URL overriding the region (a proxy, or the sandbox).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// The kind of Iterable project: email, userid or hybrid.
+    #[arg(long, value_enum)]
+    pub project_type: Option<ProjectType>,
+    /// Save without checking the key against Iterable.
+    #[arg(long)]
+    pub skip_verify: bool,
+}
+
 pub async fn run(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<u8> {
     match cmd {
         ConnectionCmd::Add(args) => add(ctx, args).await,
+        ConnectionCmd::Edit(args) => edit(ctx, args).await,
         ConnectionCmd::List => list(ctx).await,
         ConnectionCmd::Show { name } => show(ctx, &name).await,
         ConnectionCmd::Test { name } => test(ctx, &name).await,
         ConnectionCmd::Lists { name, sizes } => lists(ctx, &name, sizes).await,
-        ConnectionCmd::ExportUser { name } => super::user::connection_export_user(ctx, &name).await,
+        ConnectionCmd::ExportUser { name, remove } => super::user::connection_export_user(ctx, &name, remove).await,
         ConnectionCmd::Remove { name, detach_exports, remove_exports, cancel_run } => {
             let store = ctx.store().await?;
             let actor = ctx.actor();
@@ -151,19 +185,8 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         let key = secrets::read_key_file(&a.name, &abs)?;
         (KeySource::File(abs), key)
     } else {
-        let text = if std::io::stdin().is_terminal() {
-            // Typed or pasted by a person: do not echo it.
-            rpassword::prompt_password("Iterable API key (not shown): ")?
-        } else {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
-        };
-        let key = text.lines().next().unwrap_or("").trim().to_string();
-        if key.is_empty() {
-            return Err(Exit::invalid("no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
-        }
-        (KeySource::Stored { ciphertext: vec![], nonce: vec![] }, SecretString::from(key))
+        let key = read_key_stdin()?;
+        (KeySource::Stored { ciphertext: vec![], nonce: vec![] }, key)
     };
     let store = ctx.store().await?;
     let actor = ctx.actor();
@@ -187,6 +210,48 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     } else {
         let verified = if a.skip_verify { "not verified (--skip-verify)" } else { "key verified with Iterable" };
         println!("Added connection '{}' to {} ({verified}).", conn.name, conn.base_url);
+    }
+    Ok(exit::OK)
+}
+
+/// An API key from standard input: typed without echo on a terminal, else its first line.
+fn read_key_stdin() -> anyhow::Result<SecretString> {
+    let text = if std::io::stdin().is_terminal() {
+        // Typed or pasted by a person: do not echo it.
+        rpassword::prompt_password("Iterable API key (not shown): ")?
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    };
+    let key = text.lines().next().unwrap_or("").trim().to_string();
+    if key.is_empty() {
+        return Err(Exit::invalid("no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
+    }
+    Ok(SecretString::from(key))
+}
+
+async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    // Refuse a missing connection before asking for a key.
+    store.connection(&a.name).await?;
+    let key = if a.api_key_stdin { Some(read_key_stdin()?) } else { None };
+    let change = ops::ConnectionEdit {
+        usable_by: a.usable_by,
+        key,
+        region: a.region,
+        base_url: a.base_url,
+        project_type: a.project_type,
+        verify: !a.skip_verify,
+    };
+    let actor = ctx.actor();
+    let conn = ops::edit_connection(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, &a.name, change)
+        .await
+        .map_err(super::user::op_error)?;
+    if ctx.out.json {
+        ctx.out.json(&describe(&conn));
+    } else {
+        println!("Changed connection '{}' ({}, usable by {}).", conn.name, conn.base_url, conn.usable_by);
     }
     Ok(exit::OK)
 }

@@ -11,11 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
-use crate::access::ops::{self, check_columns, check_unique_fields, parse_field, Caller, ExportRequest, OpError};
+use crate::access::ops::{self, Caller, ExportRequest, OpError};
 use crate::schedule::Schedule;
-use crate::store::{Export, ExportChange, NullFields, OnLeave, RunStatus, Segment, Target};
-use crate::sync::empty::{empty_lists, Emptied};
-use crate::sync::{lock_for_change, ChangeRefused, Engine, Phase, Progress, RunOptions, RunReport, SyncError};
+use crate::store::{NullFields, OnLeave, RunStatus};
+use crate::sync::{Engine, Phase, Progress, RunOptions, RunReport, SyncError};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
@@ -172,9 +171,6 @@ pub struct EditArgs {
     pub cancel_run: bool,
 }
 
-/// How long `--cancel-run` waits for the run to stop (it stops within one batch; a batch may wait out retries).
-const CANCEL_WAIT: Duration = Duration::from_secs(120);
-
 #[derive(Debug, Args)]
 pub struct RunArgs {
     pub name: String,
@@ -254,16 +250,6 @@ async fn daemon_answers(config: &crate::config::Config) -> Option<bool> {
     Some(answer.is_ok_and(|r| r.status().is_success()))
 }
 
-/// The refusals of a change to a running export exit 75, like a run refused because one is in flight.
-fn change_refused(e: ChangeRefused) -> anyhow::Error {
-    match e {
-        e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
-            Exit::error(exit::BUSY, e.to_string())
-        }
-        e => e.into(),
-    }
-}
-
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let request = ExportRequest {
@@ -301,166 +287,39 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
 }
 
 async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::invalid(format!("export '{}' not changed: {m}", a.name));
     let store = ctx.store().await?;
-    let export = store.export(&a.name).await?;
-    let attached = |name: &str| export.targets.iter().find(|t| t.segment_name == name);
-
-    let mut detach: Vec<&Target> = Vec::new();
-    for name in &a.remove_segments {
-        let target = attached(name).ok_or_else(|| {
-            let names: Vec<&str> = export.targets.iter().map(|t| t.segment_name.as_str()).collect();
-            fail(format!("--remove-segment '{name}': the export does not send it; it sends {}", names.join(", ")))
-        })?;
-        if detach.iter().any(|t| t.id == target.id) {
-            return Err(fail(format!("--remove-segment '{name}' is given twice")));
-        }
-        detach.push(target);
-    }
-    let mut attach: Vec<Segment> = Vec::new();
-    for name in &a.add_segments {
-        let seg = store.segment(name).await?;
-        if attached(name).is_some() && !a.remove_segments.contains(name) {
-            return Err(fail(format!("--add-segment '{name}': the export already sends it")));
-        }
-        if a.remove_segments.contains(name) {
-            return Err(fail(format!("segment '{name}' is both added and removed")));
-        }
-        if attach.iter().any(|s| s.id == seg.id) {
-            return Err(fail(format!("--add-segment '{name}' is given twice")));
-        }
-        attach.push(seg);
-    }
-    if export.targets.len() - detach.len() + attach.len() == 0 {
-        return Err(fail("an export needs at least one segment; remove the export instead (`export remove`)".into()));
-    }
-
-    let mut fields = export.fields.clone();
-    for column in &a.remove_fields {
-        let before = fields.len();
-        fields.retain(|f| &f.column != column);
-        if fields.len() == before {
-            let sent: Vec<&str> = export.fields.iter().map(|f| f.column.as_str()).collect();
-            return Err(fail(format!(
-                "--remove-field '{column}': the export does not send that column; it sends {}",
-                if sent.is_empty() { "none".to_string() } else { sent.join(", ") }
-            )));
-        }
-    }
-    let added = a.add_fields.iter().map(|f| parse_field(f)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-    for f in &added {
-        if fields.iter().any(|g| g.column == f.column) {
-            return Err(fail(format!(
-                "--add-field '{}': the column is already sent; remove it first (--remove-field {})",
-                f.column, f.column
-            )));
-        }
-    }
-    fields.extend(added.iter().cloned());
-    check_unique_fields(&fields).map_err(fail)?;
-    let schedule = match &a.schedule {
-        Some(s) => {
-            Schedule::parse(s).map_err(|e| fail(format!("--schedule {e}")))?;
-            s.trim().to_string()
-        }
-        None => export.schedule.clone(),
+    let actor = ctx.actor();
+    let change = ops::ExportEdit {
+        add_segments: a.add_segments,
+        remove_segments: a.remove_segments,
+        empty_removed_lists: a.empty_removed_lists,
+        add_fields: a.add_fields,
+        remove_fields: a.remove_fields,
+        email_field: a.email_field,
+        user_id_field: a.user_id_field,
+        existing_users_only: match (a.existing_users_only, a.no_existing_users_only) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        schedule: a.schedule,
+        on_leave: a.on_leave,
+        null_fields: a.null_fields,
+        skip_check: a.skip_check,
+        cancel_run: a.cancel_run,
     };
-    let given = |f: &Option<String>| f.as_deref().map(str::trim).map(str::to_string);
-    let email_field =
-        given(&a.email_field).map_or_else(|| export.email_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
-    let user_id_field =
-        given(&a.user_id_field).map_or_else(|| export.user_id_field.clone(), |f| Some(f).filter(|f| !f.is_empty()));
-    let existing_users_only = match (a.existing_users_only, a.no_existing_users_only) {
-        (true, _) => true,
-        (_, true) => false,
-        _ => export.existing_users_only,
-    };
-    let change = ExportChange {
-        email_field: email_field.clone(),
-        user_id_field: user_id_field.clone(),
-        on_leave: a.on_leave.unwrap_or(export.on_leave),
-        null_fields: a.null_fields.unwrap_or(export.null_fields),
-        existing_users_only,
-        schedule,
-        fields: fields.clone(),
-        attach_segment_ids: attach.iter().map(|s| s.id).collect(),
-        detach_segment_ids: detach.iter().map(|t| t.segment_id).collect(),
-    };
-    let nothing = change.attach_segment_ids.is_empty()
-        && change.detach_segment_ids.is_empty()
-        && change.fields == export.fields
-        && change.email_field == export.email_field
-        && change.user_id_field == export.user_id_field
-        && change.existing_users_only == export.existing_users_only
-        && change.on_leave == export.on_leave
-        && change.null_fields == export.null_fields
-        && change.schedule == export.schedule;
-    if nothing {
-        return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
-    }
-    if email_field.is_some() && email_field == user_id_field {
-        return Err(fail("--email-field and --user-id-field name the same column; give each its own".into()));
-    }
-    // The identity settings must fit the connection's kind of project, and may not change who members are once
-    // some are on the lists.
-    if let Some(connection_id) = export.connection_id {
-        let conn = store.connection_by_id(connection_id).await?;
-        crate::sync::check_identity_settings(
-            conn.project_type,
-            &conn.name,
-            email_field.as_deref(),
-            user_id_field.as_deref(),
-            existing_users_only,
-        )
-        .map_err(fail)?;
-        ops::check_identity_change(
-            &store,
-            conn.project_type,
-            &export,
-            email_field.as_deref(),
-            user_id_field.as_deref(),
-        )
-        .await
-        .map_err(|e| match e {
-            OpError::Store(e) => anyhow::Error::from(e),
-            // It contradicts what is stored (members on the lists): a conflict, as `--json` tells.
-            e => Exit::with_kind(super::error::ErrorKind::Conflict, format!("export '{}' not changed: {e}", a.name)),
-        })?;
-    }
-    if !a.skip_check {
-        // New segments need every column; kept segments only the columns that are new to them.
-        let columns_changed = a.email_field.is_some() || a.user_id_field.is_some() || !added.is_empty();
-        let identity = ops::identity_columns(email_field.as_deref(), user_id_field.as_deref());
-        for seg in &attach {
-            check_columns(seg, &identity, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
-        }
-        if columns_changed {
-            for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
-                let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &identity, &fields, &ctx.config.store.master_key_path()).await.map_err(fail)?;
-            }
-        }
-    }
-    // Everything that can refuse the edit is checked before a list is emptied.
-    store.check_export_change(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
-    let lock_dir = ctx.config.store.lock_dir();
-    let _lock = lock_for_change(&store, &lock_dir, &export, a.cancel_run, CANCEL_WAIT).await.map_err(change_refused)?;
-    let emptied = if a.empty_removed_lists {
-        empty_for(ctx, &store, &export, &detach)
-            .await
-            .map_err(|e| fail(format!("{e}. The lists were partly emptied; run the same edit again to finish")))?
-    } else {
-        vec![]
-    };
-    let edited = store.edit_export(export.id, &change).await.map_err(|e| fail(e.to_string()))?;
-    ctx.audit(&store, "export.edit", &a.name, None).await?;
+    let caller = Caller { actor: &actor, origin: "cli" };
+    let before = store.export(&a.name).await?;
+    let (edited, emptied) =
+        ops::edit_export(&store, &ctx.config, &caller, &a.name, &change).await.map_err(super::user::op_error)?;
     if ctx.out.json {
         let mut v = serde_json::to_value(&edited)?;
         v["emptied"] = json!(emptied);
         ctx.out.json(&v);
     } else {
         println!("Changed export '{}'. Its next run sends only what differs from what it already sent.", edited.name);
-        for t in &detach {
+        let detached = before.targets.iter().filter(|t| change.remove_segments.contains(&t.segment_name));
+        for t in detached {
             match emptied.iter().find(|e| e.list_name == t.list_name) {
                 Some(e) => println!(
                     "List '{}': unsubscribed the {} member(s) this export put there; the export no longer manages it.",
@@ -473,16 +332,6 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
-}
-
-async fn empty_for(
-    ctx: &Ctx,
-    store: &crate::store::Store,
-    export: &Export,
-    targets: &[&Target],
-) -> anyhow::Result<Vec<Emptied>> {
-    let engine = Engine::new(store.clone(), ctx.config.clone());
-    Ok(empty_lists(&engine, store, ctx.config.iterable.batch_size, export, targets).await?)
 }
 
 async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow::Result<u8> {

@@ -1,16 +1,16 @@
 //! `segment add | edit | list | preview | remove`.
 
-use std::path::Path;
-
 use clap::{Args, Subcommand};
-use secrecy::SecretString;
 use serde_json::json;
 
 use super::error::ErrorKind;
+use super::user::op_error;
 use super::{exit, Ctx, Exit};
-use crate::secrets::{self, MasterKey};
+use crate::access::ops::segments::{FileSources, PasswordRef, SavedSegment, SegmentAdd, SegmentEdit};
+use crate::access::ops::{self, Caller};
+use crate::secrets;
 use crate::source::{self, SourceSpec};
-use crate::store::{Segment, SourcePassword, Store};
+use crate::store::Segment;
 
 /// The help of `--source`.
 const SOURCE_HELP: &str = "sqlite:PATH, a postgres://… URL, csv:PATH (with a header row) or jsonl:PATH. A password \
@@ -81,114 +81,14 @@ pub struct PasswordArgs {
 }
 
 impl PasswordArgs {
-    fn given(&self) -> bool {
-        self.password_env.is_some() || self.password_file.is_some()
-    }
-
     /// The reference asked for, if any.
-    fn reference(&self) -> anyhow::Result<Option<NewPassword>> {
-        if let Some(var) = &self.password_env {
-            if var.is_empty() || var.contains(['=', '\0']) {
-                return Err(Exit::invalid(format!("--password-env {var:?} is not an environment variable name")));
-            }
-            return Ok(Some(NewPassword::Env(var.clone())));
-        }
-        Ok(self.password_file.as_ref().map(|path| {
-            let path = if path.starts_with(secrets::CREDENTIALS_DIR) {
-                path.clone()
-            } else {
-                std::path::absolute(path).unwrap_or_else(|_| path.into()).display().to_string()
-            };
-            NewPassword::File(path)
-        }))
-    }
-}
-
-/// Where a segment's database password will come from once saved.
-enum NewPassword {
-    None,
-    /// Given in the URL (or kept from before under another source): sealed with the master key when saved.
-    Seal(SecretString),
-    Env(String),
-    File(String),
-    /// The segment's sealed password, unchanged with its unchanged source.
-    Keep(SourcePassword),
-}
-
-impl NewPassword {
-    /// The password, to check the source with now.
-    fn resolve(
-        &self,
-        segment: &str,
-        id: i64,
-        source: &str,
-        master_key_path: &Path,
-    ) -> anyhow::Result<Option<SecretString>> {
-        Ok(match self {
-            NewPassword::None => None,
-            NewPassword::Seal(password) => Some(password.clone()),
-            NewPassword::Env(var) => Some(secrets::read_password_env(segment, var)?),
-            NewPassword::File(path) => Some(secrets::read_password_file(segment, path)?),
-            NewPassword::Keep(kept) => secrets::resolve_password_of(segment, id, source, kept, master_key_path)?,
-        })
-    }
-
-    /// The master key to seal the password with, when it is to be sealed. Refused when it is missing or wrong
-    /// while other secrets are sealed with it (never replaced by a new one).
-    async fn master_key(&self, store: &Store, path: &Path) -> anyhow::Result<Option<MasterKey>> {
-        if !matches!(self, NewPassword::Seal(_)) {
-            return Ok(None);
-        }
-        let (connections, segments) = (store.connections().await?, store.segments().await?);
-        let sealed = secrets::sealed_secrets(&connections, &segments);
-        MasterKey::for_sealing(path, &sealed).map(Some).map_err(|e| {
-            Exit::with_kind(
-                ErrorKind::Secret,
-                format!("{e} To keep the password out of the store instead, use --password-env VAR or --password-file PATH."),
-            )
-        })
-    }
-
-    /// What to store for segment `id` whose stored source is `source`.
-    fn record(self, master: Option<&MasterKey>, id: i64, source: &str) -> SourcePassword {
-        match self {
-            NewPassword::None => SourcePassword::None,
-            NewPassword::Env(var) => SourcePassword::Env(var),
-            NewPassword::File(path) => SourcePassword::File(path),
-            NewPassword::Keep(kept) => kept,
-            NewPassword::Seal(password) => master
-                .expect("a master key is loaded for a password to seal")
-                .seal_source_password(id, source, &password),
+    fn reference(&self) -> Option<PasswordRef> {
+        match (&self.password_env, &self.password_file) {
+            (Some(var), _) => Some(PasswordRef::Env(var.clone())),
+            (None, Some(path)) => Some(PasswordRef::File(path.clone())),
+            (None, None) => None,
         }
     }
-}
-
-/// The password of a new source: the one in its URL, or a reference; never both, and only for postgres sources.
-fn new_password(spec: &SourceSpec, args: &PasswordArgs) -> anyhow::Result<NewPassword> {
-    if args.given() && !matches!(spec, SourceSpec::Postgres { .. }) {
-        return Err(Exit::invalid(format!(
-            "a {} source takes no password; --password-env and --password-file are for postgres sources",
-            spec.kind()
-        )));
-    }
-    match (spec.password(), args.reference()?) {
-        (Some(_), Some(_)) => Err(Exit::invalid(
-            "the URL already holds a password: give it either in the URL or with --password-env / --password-file, \
-             not both",
-        )),
-        (Some(password), None) => Ok(NewPassword::Seal(password.clone())),
-        (None, Some(reference)) => Ok(reference),
-        (None, None) => Ok(NewPassword::None),
-    }
-}
-
-/// How the source is shown, and a note on where its password comes from (human output).
-fn described(spec: &SourceSpec, password: &SourcePassword) -> (String, String) {
-    let note = match password {
-        SourcePassword::None => String::new(),
-        other => format!("; password: {}", other.describe()),
-    };
-    (spec.shown(*password != SourcePassword::None), note)
 }
 
 /// A stored segment's source, ready to read: its database password resolved from wherever the segment keeps it.
@@ -200,50 +100,26 @@ fn readable(ctx: &Ctx, seg: &Segment) -> anyhow::Result<SourceSpec> {
 pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
     match cmd {
         SegmentCmd::Add { name, source, password, query, skip_check } => {
-            // The name becomes the Iterable list's name; check it before reading the source.
-            crate::store::names::check_segment_name(&name).map_err(|problem| {
-                crate::store::StoreError::InvalidName { what: "segment", name: name.clone(), problem }
-            })?;
-            let spec = source.parse::<SourceSpec>()?.absolute();
-            let password = new_password(&spec, &password)?;
-            let query = query.filter(|q| !q.trim().is_empty());
-            check_source(&spec, &query)?;
-            let stored = spec.to_stored();
-            let master_key_path = ctx.config.store.master_key_path();
-            if !skip_check {
-                let not_saved = |kind: ErrorKind, e: String| {
-                    Exit::with_kind(
-                        kind,
-                        format!("segment '{name}' not saved: {e} (add --skip-check to save it anyway)"),
-                    )
-                };
-                let readable = spec.clone().with_password(
-                    password
-                        .resolve(&name, 0, &stored, &master_key_path)
-                        .map_err(|e| not_saved(ErrorKind::Secret, e.to_string()))?,
-                );
-                source::preview(&readable, query.as_deref(), 1)
-                    .await
-                    .map_err(|e| not_saved(ErrorKind::Source, e.to_string()))?;
-            }
             let store = ctx.store().await?;
-            let master = password.master_key(&store, &master_key_path).await?;
-            let seg = store
-                .add_segment_with_password(&name, &stored, query.as_deref(), |id| {
-                    password.record(master.as_ref(), id, &stored)
-                })
-                .await?;
-            let (shown, note) = described(&spec, &seg.password);
-            ctx.audit(&store, "segment.add", &name, None).await?;
-            if ctx.out.json {
-                ctx.out.json(&json!({ "name": seg.name, "source": shown, "query": seg.query }));
-            } else {
-                println!("Added segment '{}' ({shown}{note}).", seg.name);
-            }
+            let actor = ctx.actor();
+            let request = SegmentAdd { name, source, password_ref: password.reference(), query, skip_check };
+            let saved =
+                ops::segments::add_segment(&store, &ctx.config, &caller(&actor), request, FileSources::Anywhere)
+                    .await
+                    .map_err(op_error)?;
+            print_saved(ctx, &saved, "Added segment");
             Ok(exit::OK)
         }
         SegmentCmd::Edit { name, source, password, no_password, query, skip_check } => {
-            edit(ctx, &name, source, &password, no_password, query, skip_check).await
+            let store = ctx.store().await?;
+            let actor = ctx.actor();
+            let change = SegmentEdit { source, password_ref: password.reference(), no_password, query, skip_check };
+            let saved =
+                ops::segments::edit_segment(&store, &ctx.config, &caller(&actor), &name, change, FileSources::Anywhere)
+                    .await
+                    .map_err(op_error)?;
+            print_saved(ctx, &saved, "Changed segment");
+            Ok(exit::OK)
         }
         SegmentCmd::List => {
             let segments = ctx.store().await?.segments().await?;
@@ -290,8 +166,8 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
         }
         SegmentCmd::Remove { name } => {
             let store = ctx.store().await?;
-            store.remove_segment(&name).await?;
-            ctx.audit(&store, "segment.remove", &name, None).await?;
+            let actor = ctx.actor();
+            ops::segments::remove_segment(&store, &ctx.config, &caller(&actor), &name).await.map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": name }));
             } else {
@@ -302,116 +178,20 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
     }
 }
 
-/// A SQL source needs a query; a file source takes none.
-fn check_source(spec: &SourceSpec, query: &Option<String>) -> anyhow::Result<()> {
-    match (spec.takes_query(), query) {
-        (true, None) => Err(Exit::invalid(
-            format!("a {} source needs --query SQL selecting the members, e.g. --query \"SELECT email, tier FROM profiles WHERE tier = 'gold'\"", spec.kind()),
-        )),
-        (false, Some(_)) => Err(Exit::invalid(
-            format!("a {} source takes no --query: every row of the file is a member", spec.kind()),
-        )),
-        _ => Ok(()),
-    }
+fn caller(actor: &crate::access::Actor) -> Caller<'_> {
+    Caller { actor, origin: "cli" }
 }
 
-async fn edit(
-    ctx: &Ctx,
-    name: &str,
-    source: Option<String>,
-    password_args: &PasswordArgs,
-    no_password: bool,
-    query: Option<String>,
-    skip_check: bool,
-) -> anyhow::Result<u8> {
-    let fail = |m: String| Exit::invalid(format!("segment '{name}' not changed: {m}"));
-    if source.is_none() && query.is_none() && !password_args.given() && !no_password {
-        return Err(fail(
-            "nothing to change; give --source, --query, --password-env, --password-file or --no-password".into(),
-        ));
-    }
-    let store = ctx.store().await?;
-    let seg = store.segment(name).await?;
-    let master_key_path = ctx.config.store.master_key_path();
-    // Without --source, the stored one (in a store not yet upgraded it may still hold its password: it is then
-    // sealed now, like a password given in a new URL).
-    let spec = match &source {
-        Some(s) => s.parse::<SourceSpec>()?.absolute(),
-        None if password_args.given() || no_password => seg.source.parse::<SourceSpec>()?.to_stored().parse()?,
-        None => seg.source.parse::<SourceSpec>()?,
-    };
-    let stored = spec.to_stored();
-    let password = if no_password {
-        if !matches!(spec, SourceSpec::Postgres { .. }) {
-            return Err(fail(format!("a {} source has no password to drop", spec.kind())));
-        }
-        if source.is_some() && spec.password().is_some() {
-            return Err(fail("--no-password, but the new URL holds a password".into()));
-        }
-        NewPassword::None
-    } else {
-        match new_password(&spec, password_args).map_err(|e| fail(e.to_string()))? {
-            // A new URL without password, and no reference given: the segment keeps its password.
-            NewPassword::None if matches!(spec, SourceSpec::Postgres { .. }) => match &seg.password {
-                SourcePassword::None => NewPassword::None,
-                SourcePassword::Env(var) => NewPassword::Env(var.clone()),
-                SourcePassword::File(path) => NewPassword::File(path.clone()),
-                sealed @ SourcePassword::Sealed { .. } if stored == seg.source => NewPassword::Keep(sealed.clone()),
-                // Sealed with the old source: opened now to be sealed again with the new one.
-                SourcePassword::Sealed { .. } => match secrets::resolve_source_password(&seg, &master_key_path)? {
-                    Some(password) => NewPassword::Seal(password),
-                    None => NewPassword::None,
-                },
-            },
-            other => other,
-        }
-    };
-    // A new file source drops the old query; a new SQL source keeps it unless another is given.
-    let query = match query {
-        Some(q) => Some(q).filter(|q| !q.trim().is_empty()),
-        None if spec.takes_query() => seg.query.clone(),
-        None => None,
-    };
-    check_source(&spec, &query)?;
-    if !skip_check {
-        let resolved = password.resolve(name, seg.id, &seg.source, &master_key_path).map_err(|e| {
-            Exit::with_kind(
-                ErrorKind::Secret,
-                format!("segment '{name}' not changed: {e} (add --skip-check to save it anyway)"),
-            )
-        })?;
-        let readable = spec.clone().with_password(resolved);
-        let (columns, _) = source::preview(&readable, query.as_deref(), 1)
-            .await
-            .map_err(|e| fail(format!("{e} (add --skip-check to save it anyway)")))?;
-        // Every export that sends the segment must still find its columns.
-        for export_name in store.exports_using_segment(seg.id).await? {
-            let export = store.export(&export_name).await?;
-            let wanted =
-                export.email_field.iter().chain(&export.user_id_field).chain(export.fields.iter().map(|f| &f.column));
-            for col in wanted {
-                if !columns.contains(col) {
-                    return Err(fail(format!(
-                        "export '{export_name}' needs the column '{col}', which the new query does not have; its \
-                         columns are: {} (add --skip-check to save it anyway)",
-                        columns.join(", ")
-                    )));
-                }
-            }
-        }
-    }
-    let master = password.master_key(&store, &master_key_path).await?;
-    let record = password.record(master.as_ref(), seg.id, &stored);
-    let seg = store.edit_segment(name, &stored, query.as_deref(), &record).await?;
-    let (shown, note) = described(&spec, &seg.password);
-    ctx.audit(&store, "segment.edit", name, None).await?;
+fn print_saved(ctx: &Ctx, saved: &SavedSegment, done: &str) {
+    let seg = &saved.segment;
     if ctx.out.json {
-        ctx.out.json(&json!({ "name": seg.name, "source": shown, "query": seg.query }));
+        ctx.out.json(&json!({ "name": seg.name, "source": saved.shown_source, "query": seg.query }));
+    } else if done == "Added segment" {
+        println!("{done} '{}' ({}{}).", seg.name, saved.shown_source, saved.password_note);
     } else {
         println!(
-            "Changed segment '{}' ({shown}{note}). Exports that send it send only the difference on their next run.",
-            seg.name
+            "{done} '{}' ({}{}). Exports that send it send only the difference on their next run.",
+            seg.name, saved.shown_source, saved.password_note
         );
     }
-    Ok(exit::OK)
 }

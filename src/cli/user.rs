@@ -177,9 +177,14 @@ pub(super) fn op_error(e: OpError) -> anyhow::Error {
     match e {
         OpError::Store(e) => e.into(),
         OpError::Secret(e) => e.into(),
+        OpError::Source(e) => e.into(),
+        OpError::Unreadable { message, secret: true } => Exit::with_kind(super::error::ErrorKind::Secret, message),
+        OpError::Unreadable { message, secret: false } => Exit::with_kind(super::error::ErrorKind::Source, message),
         OpError::Busy(m) => Exit::error(exit::BUSY, m),
         OpError::Iterable { message, .. } => Exit::with_kind(super::error::ErrorKind::Iterable, message),
         OpError::Failed(m) => Exit::error(exit::FAILED, m),
+        // It contradicts what is stored: a conflict, as `--json` tells.
+        OpError::Conflict(m) => Exit::with_kind(super::error::ErrorKind::Conflict, m),
         e => Exit::invalid(e.to_string()),
     }
 }
@@ -201,11 +206,24 @@ pub async fn export_users(ctx: &Ctx, name: &str, add: &[String], remove: &[Strin
     Ok(exit::OK)
 }
 
-/// `connection export-user NAME`: the local operator becomes the connection's export user.
-pub async fn connection_export_user(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
+/// `connection export-user NAME [--remove]`: the local operator becomes (or stops being) the connection's export
+/// user.
+pub async fn connection_export_user(ctx: &Ctx, name: &str, remove: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let actor = ctx.actor();
     let caller = Caller { actor: &actor, origin: "cli" };
+    if remove {
+        ops::leave_connection_export_user(&store, &ctx.config, &caller, name).await.map_err(op_error)?;
+        if ctx.out.json {
+            ctx.out.json(&json!({ "connection": name, "export_user": null }));
+        } else {
+            println!(
+                "Connection '{name}' has no export user now: its scheduled runs refuse until an administrator adds \
+                 themselves."
+            );
+        }
+        return Ok(exit::OK);
+    }
     ops::become_connection_export_user(&store, &ctx.config, &caller, name).await.map_err(op_error)?;
     if ctx.out.json {
         ctx.out.json(&json!({ "connection": name, "export_user": actor.name() }));

@@ -252,7 +252,8 @@ fn export(name: &str) -> Markup {
             summary { "Edit" }
             form #edit-export {
                 label { "Schedule" input name="schedule"; }
-                label { "Extra fields" input name="fields"; }
+                label { "Add extra fields" input name="add_fields" placeholder="first_name=firstName, tier"; }
+                div #current-fields.choices {}
                 p.error role="alert" {}
                 button type="submit" { "Save changes" }
             }

@@ -83,6 +83,19 @@ pub struct NewConnection {
     pub verified: bool,
 }
 
+/// A connection as it should be after an edit: the whole new settings, and a new key when one replaces the old.
+#[derive(Debug, Clone)]
+pub struct ConnectionUpdate {
+    pub base_url: String,
+    pub region: Option<String>,
+    pub project_type: ProjectType,
+    pub usable_by: String,
+    /// The new key and its last characters.
+    pub key: Option<(KeySource, Option<String>)>,
+    /// The key was checked with Iterable just now.
+    pub verified: bool,
+}
+
 const SELECT: &str =
     "SELECT id, name, base_url, region, project_type, usable_by, key_source, key_ref, key_ciphertext, key_nonce, \
      key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at FROM connections";
@@ -122,11 +135,7 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
 
 impl Store {
     pub async fn add_connection(&self, c: &NewConnection) -> Result<Connection> {
-        let (source, key_ref, ciphertext, nonce) = match &c.key {
-            KeySource::Env(v) => ("env", Some(v.clone()), None, None),
-            KeySource::File(p) => ("file", Some(p.clone()), None, None),
-            KeySource::Stored { ciphertext, nonce } => ("stored", None, Some(ciphertext.clone()), Some(nonce.clone())),
-        };
+        let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(&c.key);
         let at = now();
         sqlx::query(
             "INSERT INTO connections (name, base_url, region, project_type, usable_by, key_source, key_ref, \
@@ -213,5 +222,62 @@ impl Store {
         sqlx::query("DELETE FROM connections WHERE id = ?").bind(conn.id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(users)
+    }
+
+    /// Changes a connection's settings (and key, when a new one is given); its exports keep what they sent.
+    pub async fn update_connection(&self, id: i64, u: &ConnectionUpdate) -> Result<Connection> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE connections SET base_url = ?, region = ?, project_type = ?, usable_by = ? WHERE id = ?")
+            .bind(&u.base_url)
+            .bind(&u.region)
+            .bind(u.project_type.as_str())
+            .bind(&u.usable_by)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some((key, last4)) = &u.key {
+            let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(key);
+            sqlx::query(
+                "UPDATE connections SET key_source = ?, key_ref = ?, key_ciphertext = ?, key_nonce = ?, key_last4 = ? \
+                 WHERE id = ?",
+            )
+            .bind(source)
+            .bind(key_ref)
+            .bind(ciphertext)
+            .bind(nonce)
+            .bind(last4)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if u.verified {
+            sqlx::query("UPDATE connections SET verified_at = ? WHERE id = ?")
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.connection_by_id(id).await
+    }
+
+    /// The connection has no export user any more: its scheduled runs refuse until an administrator adds themselves.
+    pub async fn clear_connection_export_user(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE connections SET export_user = NULL, export_user_id = NULL WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The values of `key_source`, `key_ref`, `key_ciphertext` and `key_nonce`.
+struct KeyColumns<'a>(&'static str, Option<&'a str>, Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn key_columns(key: &KeySource) -> KeyColumns<'_> {
+    match key {
+        KeySource::Env(v) => KeyColumns("env", Some(v), None, None),
+        KeySource::File(p) => KeyColumns("file", Some(p), None, None),
+        KeySource::Stored { ciphertext, nonce } => KeyColumns("stored", None, Some(ciphertext), Some(nonce)),
     }
 }

@@ -236,6 +236,24 @@ impl Store {
         Ok(replaced)
     }
 
+    /// Members counted by the latest run that read the whole segment (its rows less invalid and duplicate ones),
+    /// and when that run ended; None before any.
+    pub async fn segment_last_count(&self, segment_id: i64) -> Result<Option<(u64, DateTime<Utc>)>> {
+        let row = sqlx::query(
+            "SELECT rt.source_rows - rt.invalid - rt.duplicates AS members, r.finished_at FROM run_targets rt \
+             JOIN targets t ON t.id = rt.target_id JOIN runs r ON r.id = rt.run_id \
+             WHERE t.segment_id = ? AND r.status IN ('succeeded', 'refused') AND r.finished_at IS NOT NULL \
+             ORDER BY r.finished_at DESC, r.id DESC LIMIT 1",
+        )
+        .bind(segment_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some((r.try_get::<i64, _>("members")?.max(0) as u64, r.try_get("finished_at")?))),
+            None => Ok(None),
+        }
+    }
+
     /// Exports (not removed) that send this segment.
     pub async fn exports_using_segment(&self, segment_id: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(

@@ -30,6 +30,15 @@ use crate::secrets::SecretError;
 use crate::source::SourceError;
 use crate::store::StoreError;
 
+/// How the error of a run the mass-removal guard stopped begins, as recorded with the run.
+pub const MASS_REMOVAL_STOP: &str = "stopped before removing anyone";
+
+/// Whether a run's recorded error says the mass-removal guard stopped it (other refusals, such as a connection
+/// without an export user, are recorded `refused` too).
+pub fn stopped_by_mass_removal_guard(error: Option<&str>) -> bool {
+    error.is_some_and(|e| e.starts_with(MASS_REMOVAL_STOP))
+}
+
 /// Why an export could not run, or why its run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -39,7 +48,7 @@ pub enum SyncError {
     AlreadyRunning { export: String, run_id: Option<i64> },
     #[error("segment '{segment}' could not be read from {source_name}: {error}")]
     Source { segment: String, source_name: String, error: SourceError },
-    #[error("stopped before removing anyone: {}. If the segments really shrank, run again with --allow-mass-removal; otherwise check their queries with `segment-exporter segment preview NAME`.", .details.join("; "))]
+    #[error("{}: {}. If the segments really shrank, run again with --allow-mass-removal; otherwise check their queries with `segment-exporter segment preview NAME`.", MASS_REMOVAL_STOP, .details.join("; "))]
     MassRemoval { details: Vec<String> },
     #[error("list '{list}': {error}. What Iterable acknowledged is recorded: run the export again to resume.")]
     Iterable { list: String, error: IterableError },

@@ -171,10 +171,18 @@
     refused: "Stopped by the mass-removal guard",
     cancelled: "Cancelled",
   };
-  const badge = (status) => el("span", { class: `badge ${status}` }, statusWords[status] || status);
+  // A run's status in words; a refusal says whether it was the mass-removal guard's.
+  function badge(run) {
+    let text = statusWords[run.status] || run.status;
+    if (run.status === "refused" && !run.stopped_by_mass_removal_guard) text = "Refused";
+    return el("span", { class: `badge ${run.status}` }, text);
+  }
 
+  // Members added, removed and not sent: a run summary carries them, a whole run has them per list.
   function runCounts(run) {
-    const t = (run && run.targets) || [];
+    if (!run) return { added: 0, removed: 0, notSent: 0 };
+    if (run.added !== undefined) return { added: run.added, removed: run.removed, notSent: run.not_sent };
+    const t = run.lists || [];
     const sum = (k) => t.reduce((a, x) => a + (x[k] || 0), 0);
     return { added: sum("added"), removed: sum("removed"), notSent: sum("invalid") + sum("rejected") };
   }
@@ -215,7 +223,7 @@
 
   function runOutcome(run) {
     const c = runCounts(run);
-    const parts = [badge(run.status), ` Run #${run.id}: ${number(c.added)} added, ${number(c.removed)} removed`];
+    const parts = [badge(run), ` Run #${run.id}: ${number(c.added)} added, ${number(c.removed)} removed`];
     if (c.notSent) parts.push(`, ${number(c.notSent)} not sent`);
     const box = el("div", { class: `outcome ${run.status}` }, el("p", {}, parts));
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
@@ -234,7 +242,7 @@
     }
     if (answer.run_id) {
       await follow(answer.run_id, area, (run) => {
-        if (run.status === "refused") offerAnyway(name, area, then);
+        if (run.stopped_by_mass_removal_guard) offerAnyway(name, area, then);
         if (then) then(run);
       });
     } else {
@@ -275,7 +283,9 @@
       el("tr", {}, el("td", {}, l.list_name), el("td", {}, number(l.members)), el("td", {}, number(l.to_add)), el("td", {}, number(l.to_remove)), el("td", {}, number(l.unchanged)), el("td", {}, number(l.invalid))),
     );
     const box = el("div", { class: "preview" }, el("h2", {}, "Preview: what a run would change"));
-    if (report.error) box.append(el("p", { class: "run-error" }, report.error));
+    if (report.stopped_by_mass_removal_guard) {
+      box.append(el("p", { class: "warning" }, "A run would stop here: the mass-removal guard would keep it from unsubscribing this many members."));
+    } else if (report.error) box.append(el("p", { class: "run-error" }, report.error));
     box.append(table(["List", "Members", "To add", "To remove", "Unchanged", "Invalid"], rows, "No list to change."));
     box.append(el("p", { class: "hint" }, "Nothing was sent: this is a preview."));
     area.replaceChildren(box);
@@ -302,7 +312,7 @@
     const last = x.last_run;
     const c = runCounts(last);
     const lastCell = last
-      ? el("td", {}, badge(last.status), el("br"), `${number(c.added)} added, ${number(c.removed)} removed`, el("br"), el("small", {}, when(last.started_at)))
+      ? el("td", {}, badge(last), el("br"), `${number(c.added)} added, ${number(c.removed)} removed`, el("br"), el("small", {}, when(last.started_at)))
       : el("td", {}, "Never run");
     const area = el("div", { class: "run-area" });
     const run = el("button", { type: "button" }, "Run");
@@ -310,8 +320,8 @@
       "tr",
       { "data-export": x.name },
       el("td", {}, el("a", { href: `/exports/${encodeURIComponent(x.name)}` }, x.name)),
-      el("td", {}, x.connection_name || "– (no connection)"),
-      el("td", {}, (x.targets || []).map((t) => t.segment_name).join(", ")),
+      el("td", {}, x.connection || "– (no connection)"),
+      el("td", {}, (x.lists || []).map((t) => t.segment).join(", ")),
       el("td", {}, x.schedule),
       el("td", {}, when(x.next_run)),
       lastCell,
@@ -373,7 +383,7 @@
               "div",
               { class: "choices" },
               segments.map((s) => {
-                const size = s.members ?? s.member_count ?? null;
+                const size = s.members ?? null;
                 return el(
                   "label",
                   { class: "check" },
@@ -385,9 +395,25 @@
             )
           : el("p", { class: "empty" }, "No segments yet: an administrator defines them."),
       );
-      const columns = new Set();
-      for (const s of segments) for (const c of s.columns || []) columns.add(typeof c === "string" ? c : c.name);
-      $("#columns").replaceChildren(...[...columns].map((c) => el("option", { value: c })));
+      // The columns of the chosen segments, read now, to pick the email, user id and extra fields from.
+      const columnsOf = new Map();
+      const offer = () => {
+        const chosen = [...holder.querySelectorAll("input[name=segments]:checked")].map((i) => i.value);
+        const columns = new Set(chosen.flatMap((n) => columnsOf.get(n) || []));
+        $("#columns").replaceChildren(...[...columns].map((c) => el("option", { value: c })));
+      };
+      holder.addEventListener("change", async (ev) => {
+        const name = ev.target.value;
+        if (ev.target.checked && !columnsOf.has(name)) {
+          try {
+            const s = await api("GET", `/segments/${encodeURIComponent(name)}`);
+            columnsOf.set(name, s.columns || []);
+          } catch (e) {
+            columnsOf.set(name, []);
+          }
+        }
+        offer();
+      });
     } catch (e) {
       fail(e, form);
     }
@@ -432,9 +458,10 @@
         return;
       }
       const details = [
-        ["Connection", x.connection_name || "– (no connection: an administrator removed it)"],
-        ["Segments", (x.targets || []).map((t) => t.segment_name).join(", ")],
-        ["Email field", x.email_field],
+        ["Connection", x.connection || "– (no connection: an administrator removed it)"],
+        ["Segments", (x.lists || []).map((t) => t.segment).join(", ")],
+        ["Email field", x.email_field || "–"],
+        ["User ID field", x.user_id_field || "–"],
         ["Extra fields", (x.fields || []).map((f) => (f.column === f.iterable_field ? f.column : `${f.column} → ${f.iterable_field}`)).join(", ") || "none"],
         ["Schedule", x.schedule],
         ["Next run", when(x.next_run)],
@@ -443,7 +470,11 @@
       $("#export-details").replaceChildren(...details.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
       const edit = $("#edit-export");
       edit.schedule.value = x.schedule;
-      edit.fields.value = (x.fields || []).map((f) => (f.column === f.iterable_field ? f.column : `${f.column}=${f.iterable_field}`)).join(", ");
+      $("#current-fields").replaceChildren(
+        ...(x.fields || []).map((f) =>
+          el("label", { class: "check" }, el("input", { type: "checkbox", name: "remove_fields", value: f.column }), `Stop sending ${f.column}`),
+        ),
+      );
       $("#export-users").replaceChildren(
         ...(x.users || []).map((u) => {
           const remove = el("button", { type: "button", class: "link" }, "Remove");
@@ -476,7 +507,7 @@
               "tr",
               { "data-run": r.id },
               el("td", {}, `#${r.id}`),
-              el("td", {}, badge(r.status)),
+              el("td", {}, badge(r)),
               el("td", {}, when(r.started_at)),
               el("td", {}, r.trigger),
               el("td", {}, number(c.added)),
@@ -508,8 +539,14 @@
       const form = ev.target;
       $(".error", form).textContent = "";
       const d = formData(form);
+      const change = {
+        add_fields: (d.add_fields || "").split(",").map((f) => f.trim()).filter(Boolean),
+        remove_fields: [...form.querySelectorAll("input[name=remove_fields]:checked")].map((i) => i.value),
+      };
+      if (d.schedule && d.schedule !== x.schedule) change.schedule = d.schedule;
       try {
-        await api("PATCH", path, { schedule: d.schedule, fields: d.fields.split(",").map((f) => f.trim()).filter(Boolean) });
+        await api("PATCH", path, change);
+        form.add_fields.value = "";
         notice("Saved. The next run uses the new settings.");
         load();
       } catch (e) {
@@ -539,7 +576,7 @@
     }
     const box = el("div", {});
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
-    for (const t of run.targets || []) {
+    for (const t of run.lists || []) {
       box.append(
         el("p", {}, `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added, ${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ${number(t.rejected)} rejected by Iterable.`),
       );
@@ -670,6 +707,7 @@
           ["Key last checked", when(c.verified_at)],
           ["Data privacy terms", c.privacy_accepted_by ? `agreed by ${c.privacy_accepted_by}, ${when(c.privacy_accepted_at)}` : "–"],
         ];
+        if (c.export_user_problem) details.push(["Scheduled runs", c.export_user_problem]);
         $("#connection-details").replaceChildren(...details.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
         $("#usable-by").usable_by.value = c.usable_by;
       } catch (e) {
@@ -826,7 +864,7 @@
         list.replaceChildren(
           table(
             ["When", "Who", "From", "What", "On", "Detail"],
-            rows.map((r) => el("tr", {}, el("td", {}, when(r.at || r.created_at)), el("td", {}, r.actor), el("td", {}, r.origin), el("td", {}, r.action), el("td", {}, r.target || ""), el("td", {}, r.detail || ""))),
+            rows.map((r) => el("tr", {}, el("td", {}, when(r.at)), el("td", {}, r.actor), el("td", {}, r.origin), el("td", {}, r.action), el("td", {}, r.target || ""), el("td", {}, r.detail || ""))),
             "Nothing recorded yet.",
           ),
         );
