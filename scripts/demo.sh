@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A real export end to end, with no Iterable account: 100,000 sample profiles in SQLite, the built-in sandbox
 # (an Iterable-compatible API on localhost, 20 ms per request), two segments sent to two lists, then a second run
-# that finds nothing changed and sends nothing. Everything it writes stays in ./demo-state.
+# that finds nothing changed and sends nothing. Then, in a terminal, it keeps the daemon, the sandbox and the web
+# console running in the foreground, printing the console's address and two sign-ins, until Ctrl-C stops them all
+# (DEMO_CONSOLE=0 skips that part; so does a run whose output is not a terminal). Everything it writes stays in
+# ./demo-state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +42,8 @@ echo "sandbox at $url"
 
 step "Adding the connection (the key is read from DEMO_ITERABLE_KEY at each use)"
 export DEMO_ITERABLE_KEY=sandbox-key
-"$bin" connection add sandbox --api-key-env DEMO_ITERABLE_KEY --base-url "$url" --accept-data-privacy
+"$bin" connection add sandbox --api-key-env DEMO_ITERABLE_KEY --base-url "$url" --accept-data-privacy \
+  --usable-by contributors
 
 step "Defining two segments and an export"
 "$bin" segment add "VIP customers" --source "sqlite:$state/profiles.db" \
@@ -63,3 +67,41 @@ step "The lists in the (sandbox) Iterable project"
 
 step "Run history"
 "$bin" runs
+
+if [ "${DEMO_CONSOLE:-1}" = 0 ] || ! [ -t 1 ]; then
+  exit 0
+fi
+
+step "The web console: the daemon, the sandbox and the console keep running until Ctrl-C"
+port=${DEMO_CONSOLE_PORT:-9185}
+cat >> "$state/config.toml" <<TOML
+
+[daemon]
+status_listen = "127.0.0.1:$port"
+trigger_dir = "$state/triggers"
+TOML
+admin_password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=' | head -c 16)
+marketer_password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=' | head -c 16)
+"$bin" user add admin --role admin >/dev/null
+printf '%s\n' "$admin_password" | "$bin" user password admin --password-stdin
+"$bin" user add marketer --role contributor >/dev/null
+printf '%s\n' "$marketer_password" | "$bin" user password marketer --password-stdin
+"$bin" export users marketing --add marketer >/dev/null
+"$bin" daemon 2>"$state/daemon.log" &
+daemon_pid=$!
+trap 'kill $daemon_pid $sandbox_pid 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+trap 'exit 0' INT TERM
+for _ in $(seq 1 100); do
+  "$bin" healthcheck >/dev/null 2>&1 && break
+  kill -0 $daemon_pid 2>/dev/null || { echo "the daemon stopped; see $state/daemon.log" >&2; exit 1; }
+  sleep 0.1
+done
+cat <<TEXT
+
+  Open http://127.0.0.1:$port in a browser and sign in:
+    administrator:  admin     $admin_password    (connections, users, audit, every export)
+    marketer:       marketer  $marketer_password    (the exports open to contributors; try Run on "marketing")
+
+  The daemon's log: $state/daemon.log. Press Ctrl-C to stop the daemon, the sandbox and the console.
+TEXT
+wait $daemon_pid

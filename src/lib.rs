@@ -5,6 +5,7 @@ pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod iterable;
 pub mod logging;

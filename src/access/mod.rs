@@ -4,6 +4,7 @@
 //!
 //! This module decides; it does not run exports or change the store beyond the audit rows.
 
+pub mod accounts;
 pub mod credentials;
 pub mod ops;
 

@@ -313,7 +313,10 @@ async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Result<(Export,
 async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiError> {
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
     let last = s.store.last_run(export.id).await?;
-    Ok(ExportView::new(export, users, last.as_ref()))
+    let mut view = ExportView::new(export, users, last.as_ref());
+    view.next_run = s.shared.lock().exports.get(&export.name).and_then(|e| e.next_run);
+    view.running_run_id = s.shared.in_flight.lock().expect("in-flight lock").get(&export.name).and_then(|p| p.run_id());
+    Ok(view)
 }
 
 /// The exports the caller may see: all for administrators, those it is an export user of for contributors.

@@ -13,6 +13,7 @@ mod handlers;
 pub mod openapi;
 mod segments;
 mod session;
+mod users;
 pub mod views;
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::config::Config;
 use crate::daemon::{Command, Shared};
 use crate::store::Store;
 
-pub use auth::{metrics_readers_only, Throttle};
+pub use auth::{metrics_readers_only, Caller, Throttle};
 pub use error::ApiError;
 pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
@@ -50,8 +51,8 @@ pub struct ApiState {
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     let (api, _) = routes().split_for_parts();
-    let api = api.fallback(handlers::not_found).with_state(state);
-    Router::new().nest("/api/v1", api)
+    let api = api.fallback(handlers::not_found).with_state(state.clone());
+    Router::new().nest("/api/v1", api).merge(crate::console::router(state))
 }
 
 /// Every documented route, relative to `/api/v1`: each `routes!` registers handlers and their OpenAPI description
@@ -74,5 +75,9 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::runs))
         .routes(routes!(handlers::run))
         .routes(routes!(handlers::audit))
+        .routes(routes!(users::users, users::add_user))
+        .routes(routes!(users::user, users::change_user, users::remove_user))
+        .routes(routes!(users::set_password))
+        .routes(routes!(users::rotate_token))
         .routes(routes!(openapi::serve))
 }

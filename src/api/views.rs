@@ -171,6 +171,27 @@ pub struct RunSummary {
     pub id: i64,
     pub status: String,
     pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Members subscribed and unsubscribed over all lists.
+    pub added: u64,
+    pub removed: u64,
+    /// Members not sent (invalid) or refused by Iterable (rejected).
+    pub not_sent: u64,
+}
+
+impl RunSummary {
+    fn new(r: &Run) -> RunSummary {
+        let sum = |f: fn(&crate::store::RunTargetCounts) -> u64| r.targets.iter().map(|t| f(&t.counts)).sum();
+        RunSummary {
+            id: r.id,
+            status: r.status.to_string(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            added: sum(|c| c.added),
+            removed: sum(|c| c.removed),
+            not_sent: sum(|c| c.invalid + c.rejected),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,6 +217,10 @@ pub struct ExportView {
     /// Its export users: the accounts that may see, edit, run and remove it.
     pub users: Vec<String>,
     pub last_run: Option<RunSummary>,
+    /// When the daemon's schedule runs it next; null when it is not scheduled (or the daemon has not planned it).
+    pub next_run: Option<DateTime<Utc>>,
+    /// The run in flight in this service, whose progress `GET /runs/{id}` answers.
+    pub running_run_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -231,7 +256,9 @@ impl ExportView {
                 })
                 .collect(),
             users,
-            last_run: last_run.map(|r| RunSummary { id: r.id, status: r.status.to_string(), started_at: r.started_at }),
+            last_run: last_run.map(RunSummary::new),
+            next_run: None,
+            running_run_id: None,
             created_at: export.created_at,
             updated_at: export.updated_at,
         }
@@ -524,4 +551,50 @@ impl From<AuditEntry> for AuditView {
             origin: a.origin,
         }
     }
+}
+
+/// An account. Its token and password are never shown; a new token is answered once, in `NewToken`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserView {
+    pub name: String,
+    /// `admin` or `contributor`.
+    pub role: String,
+    /// Whether it has a password to sign in to the web console with.
+    pub has_password: bool,
+    pub token_created_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserView {
+    pub fn new(u: &crate::store::User) -> UserView {
+        UserView {
+            name: u.name.clone(),
+            role: u.role.to_string(),
+            has_password: u.has_password,
+            token_created_at: u.token_created_at,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// An account with its new API token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub user: UserView,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRemoved {
+    pub removed: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordSet {
+    pub user: String,
+    pub password_set: bool,
 }

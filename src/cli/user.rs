@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::output::when;
 use super::{exit, Ctx, Exit};
+use crate::access::accounts;
 use crate::access::ops::{self, Caller, OpError};
-use crate::access::{self, credentials};
 use crate::store::{Role, User};
 
 #[derive(Debug, Subcommand)]
@@ -55,8 +55,9 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     match cmd {
         UserCmd::Add { name, role } => {
-            let (user, token) = access::create_user(&store, &name, role).await?;
-            ctx.audit(&store, "user.add", &name, Some(format!("role {role}"))).await?;
+            let actor = ctx.actor();
+            let (user, token) =
+                accounts::add_user(&store, &ctx.config, &cli_caller(&actor), &name, role).await.map_err(op_error)?;
             print_token(ctx, &user, &token, "Added");
         }
         UserCmd::List => {
@@ -82,8 +83,9 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
             }
         }
         UserCmd::Remove { name } => {
-            let user = store.remove_user(&name).await?;
-            ctx.audit(&store, "user.remove", &name, None).await?;
+            let actor = ctx.actor();
+            let user =
+                accounts::remove_user(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "removed": user.name }));
             } else {
@@ -91,9 +93,9 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
             }
         }
         UserCmd::Role { name, role } => {
-            let before = store.user(&name).await?;
-            let user = store.set_user_role(&name, role).await?;
-            ctx.audit(&store, "user.role", &name, Some(format!("{} -> {role}", before.role))).await?;
+            let actor = ctx.actor();
+            let (before, user) =
+                accounts::set_role(&store, &ctx.config, &cli_caller(&actor), &name, role).await.map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&user);
             } else {
@@ -101,19 +103,18 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
             }
         }
         UserCmd::Token { name, rotate: _ } => {
-            let (user, token) = access::rotate_token(&store, &name).await?;
-            ctx.audit(&store, "user.token.rotate", &name, None).await?;
+            let actor = ctx.actor();
+            let (user, token) =
+                accounts::rotate_token(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
             print_token(ctx, &user, &token, "Rotated the token of");
         }
         UserCmd::Password { name, password_stdin } => {
             store.user(&name).await?;
             let password = read_password(&name, password_stdin)?;
-            credentials::check_password(&password)
-                .map_err(|e| Exit::invalid(format!("password of '{name}' not set: {e}")))?;
-            let user = store.set_user_password(&name, &credentials::hash_password(&password)).await?;
-            // Whoever signed in with the old password is signed out.
-            let ended = store.remove_user_sessions(user.id).await?;
-            ctx.audit(&store, "user.password", &name, (ended > 0).then(|| format!("{ended} session(s) ended"))).await?;
+            let actor = ctx.actor();
+            accounts::set_password(&store, &ctx.config, &cli_caller(&actor), &name, password)
+                .await
+                .map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&json!({ "user": name, "password_set": true }));
             } else {
@@ -164,6 +165,11 @@ fn read_password(name: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
         return Err(Exit::error(exit::FAILED, format!("password of '{name}' not set: the two entries differ")));
     }
     Ok(SecretString::from(first))
+}
+
+/// The local operator as the caller of an operation.
+fn cli_caller(actor: &crate::access::Actor) -> Caller<'_> {
+    Caller { actor, origin: "cli" }
 }
 
 /// Turns a refused or invalid operation into the CLI's error, keeping store errors as they are.

@@ -1,0 +1,906 @@
+// The web console's script: fills the page frames the daemon renders from /api/v1 and sends every change through
+// it, with the session cookie and the session's CSRF token. It holds no rule of its own; what the API refuses is
+// shown in words, never worked around. No library, nothing loaded from elsewhere.
+"use strict";
+
+(() => {
+  const page = document.body.dataset.page;
+  const subject = document.body.dataset.subject;
+  let csrf = null;
+
+  class Failure extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  // What a marketer reads when the API says no: its own message (written for people), with what to do where the
+  // status alone tells it.
+  function words(status, message) {
+    switch (status) {
+      case 0:
+        return "The service could not be reached. Check your network and try again in a moment.";
+      case 403:
+        return `You may not do this: ${message}`;
+      case 429:
+        return "Too many attempts. Wait a minute, then try again.";
+      default:
+        if (status >= 500) return `Something went wrong on the service's side: ${message}`;
+        return message;
+    }
+  }
+
+  async function loadSession() {
+    const s = await api("GET", "/session");
+    csrf = s.csrf_token;
+    return s;
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    // Every change but signing in carries the session's CSRF token.
+    if (method !== "GET" && !(method === "POST" && path === "/session")) {
+      if (!csrf) await loadSession();
+      headers["X-CSRF-Token"] = csrf;
+    }
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let r;
+    try {
+      r = await fetch(`/api/v1${path}`, {
+        method,
+        headers,
+        credentials: "same-origin",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      throw new Failure(0, "");
+    }
+    const text = await r.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (e) {
+      data = null;
+    }
+    if (r.status === 401 && page !== "sign-in") {
+      location.href = `/sign-in?next=${encodeURIComponent(location.pathname)}`;
+      throw new Failure(401, "Your session has ended; sign in again.");
+    }
+    if (!r.ok) {
+      const message = data && data.error ? data.error.message : `the service answered ${r.status}`;
+      throw new Failure(r.status, words(r.status, message));
+    }
+    return data;
+  }
+
+  // el("tr", {class: "x"}, "text", child...): text is always text, never HTML.
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else if (v === true) e.setAttribute(k, "");
+      else e.setAttribute(k, v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined) continue;
+      e.append(c instanceof Node ? c : String(c));
+    }
+    return e;
+  }
+
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const number = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+  function when(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    const s = Math.round(seconds);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+
+  function notice(text, kind = "info") {
+    const n = $("#notice");
+    if (!n) return;
+    n.replaceChildren(text ? el("p", { class: kind }, text) : "");
+  }
+
+  // Shows a failure next to the form or in the page's notice area.
+  function fail(e, where) {
+    const text = e instanceof Failure ? e.message : `Something went wrong: ${e.message}`;
+    const target = where ? $(".error", where) : null;
+    if (target) target.textContent = text;
+    else notice(text, "error");
+  }
+
+  function formData(form) {
+    const out = {};
+    for (const [k, v] of new FormData(form).entries()) out[k] = typeof v === "string" ? v.trim() : v;
+    return out;
+  }
+
+  // A button that asks to be pressed twice before it acts.
+  function confirmTwice(button, question, action) {
+    const label = button.textContent;
+    let armed = false;
+    button.addEventListener("click", async () => {
+      if (!armed) {
+        armed = true;
+        button.textContent = question;
+        button.classList.add("armed");
+        setTimeout(() => {
+          armed = false;
+          button.textContent = label;
+          button.classList.remove("armed");
+        }, 6000);
+        return;
+      }
+      armed = false;
+      button.textContent = label;
+      button.classList.remove("armed");
+      await action();
+    });
+  }
+
+  function table(headers, rows, empty) {
+    if (!rows.length) return el("p", { class: "empty" }, empty);
+    // Each cell knows its column's name, which a phone's narrow layout shows beside it instead of the header row.
+    for (const row of rows.flat()) {
+      [...row.children].forEach((cell, i) => {
+        if (headers[i] && !cell.hasAttribute("colspan")) cell.dataset.label = headers[i];
+      });
+    }
+    return el(
+      "div",
+      { class: "table" },
+      el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, rows)),
+    );
+  }
+
+  const statusWords = {
+    running: "Running",
+    succeeded: "Succeeded",
+    failed: "Failed",
+    interrupted: "Interrupted",
+    refused: "Stopped by the mass-removal guard",
+    cancelled: "Cancelled",
+  };
+  // A run's status in words; a refusal says whether it was the mass-removal guard's.
+  function badge(run) {
+    let text = statusWords[run.status] || run.status;
+    if (run.status === "refused" && !run.stopped_by_mass_removal_guard) text = "Refused";
+    return el("span", { class: `badge ${run.status}` }, text);
+  }
+
+  // Members added, removed and not sent: a run summary carries them, a whole run has them per list.
+  function runCounts(run) {
+    if (!run) return { added: 0, removed: 0, notSent: 0 };
+    if (run.added !== undefined) return { added: run.added, removed: run.removed, notSent: run.not_sent };
+    const t = run.lists || [];
+    const sum = (k) => t.reduce((a, x) => a + (x[k] || 0), 0);
+    return { added: sum("added"), removed: sum("removed"), notSent: sum("invalid") + sum("rejected") };
+  }
+
+  // ---- progress of a run, polled until it ends --------------------------------------------------------------
+
+  async function follow(runId, area, done) {
+    const bar = el("progress", { max: 1, value: 0 });
+    const text = el("span", { class: "progress-text" }, "Starting…");
+    area.replaceChildren(el("div", { class: "progress", "data-run": runId }, bar, text));
+    for (;;) {
+      let run;
+      try {
+        run = await api("GET", `/runs/${runId}`);
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      if (run.status !== "running") {
+        area.replaceChildren(runOutcome(run));
+        if (done) done(run);
+        return;
+      }
+      const p = run.progress;
+      if (p) {
+        bar.max = Math.max(p.planned, 1);
+        bar.value = Math.min(p.done, bar.max);
+        const rate = p.per_second ? `${number(Math.round(p.per_second))} members/s` : null;
+        const left = p.seconds_left !== null && p.seconds_left !== undefined ? `${duration(p.seconds_left)} left` : null;
+        const phase = p.phase && p.phase !== "sending" ? `${p.phase}${p.list ? ` ${p.list}` : ""}` : null;
+        text.textContent = [`${number(p.done)} of ${number(p.planned)} members`, rate, left, phase]
+          .filter(Boolean)
+          .join(" · ");
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  function runOutcome(run) {
+    const c = runCounts(run);
+    const parts = [badge(run), ` Run #${run.id}: ${number(c.added)} added, ${number(c.removed)} removed`];
+    if (c.notSent) parts.push(`, ${number(c.notSent)} not sent`);
+    const box = el("div", { class: `outcome ${run.status}` }, el("p", {}, parts));
+    if (run.error) box.append(el("p", { class: "run-error" }, run.error));
+    return box;
+  }
+
+  // Runs an export on demand and follows it in `area`; `then` is called with the finished run.
+  async function runNow(name, area, then, extra = {}) {
+    notice("");
+    let answer;
+    try {
+      answer = await api("POST", `/exports/${encodeURIComponent(name)}/runs`, extra);
+    } catch (e) {
+      fail(e);
+      return;
+    }
+    if (answer.run_id) {
+      await follow(answer.run_id, area, (run) => {
+        if (run.stopped_by_mass_removal_guard) offerAnyway(name, area, then);
+        if (then) then(run);
+      });
+    } else {
+      const states = {
+        queued_after_current_run: "It runs again as soon as the run in progress ends.",
+        waiting_for_a_free_slot: "It waits for another export's run to end, then starts.",
+        queued_after_another_process: "Another process is running it; it runs again after that.",
+      };
+      area.replaceChildren(el("p", { class: "info" }, states[answer.state] || `Queued (${answer.state}).`));
+    }
+  }
+
+  function offerAnyway(name, area, then) {
+    const button = el("button", { type: "button", class: "danger" }, "Run anyway");
+    area.append(
+      el(
+        "p",
+        { class: "warning" },
+        "The run would have unsubscribed an unusually large share of a list, so nothing was changed. If the segment " +
+          "really shrank, run it anyway. ",
+        button,
+      ),
+    );
+    confirmTwice(button, "Yes, unsubscribe them", () => runNow(name, area, then, { allow_mass_removal: true }));
+  }
+
+  async function preview(name, area) {
+    area.replaceChildren(el("p", { class: "loading" }, "Working out what a run would change…"));
+    let report;
+    try {
+      report = await api("POST", `/exports/${encodeURIComponent(name)}/runs`, { dry_run: true });
+    } catch (e) {
+      area.replaceChildren();
+      fail(e);
+      return;
+    }
+    const rows = (report.lists || []).map((l) =>
+      el("tr", {}, el("td", {}, l.list_name), el("td", {}, number(l.members)), el("td", {}, number(l.to_add)), el("td", {}, number(l.to_remove)), el("td", {}, number(l.unchanged)), el("td", {}, number(l.invalid))),
+    );
+    const box = el("div", { class: "preview" }, el("h2", {}, "Preview: what a run would change"));
+    if (report.stopped_by_mass_removal_guard) {
+      box.append(el("p", { class: "warning" }, "A run would stop here: the mass-removal guard would keep it from unsubscribing this many members."));
+    } else if (report.error) box.append(el("p", { class: "run-error" }, report.error));
+    box.append(table(["List", "Members", "To add", "To remove", "Unchanged", "Invalid"], rows, "No list to change."));
+    box.append(el("p", { class: "hint" }, "Nothing was sent: this is a preview."));
+    area.replaceChildren(box);
+  }
+
+  // ---- pages -------------------------------------------------------------------------------------------------
+
+  async function signIn() {
+    const form = $("#sign-in");
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      try {
+        await api("POST", "/session", { user: d.user, password: new FormData(form).get("password") });
+        location.href = form.dataset.next || "/exports";
+      } catch (e) {
+        fail(e.status === 401 ? new Failure(401, "The user name or password is wrong.") : e, form);
+      }
+    });
+  }
+
+  function exportRow(x) {
+    const last = x.last_run;
+    const c = runCounts(last);
+    const lastCell = last
+      ? el("td", {}, badge(last), el("br"), `${number(c.added)} added, ${number(c.removed)} removed`, el("br"), el("small", {}, when(last.started_at)))
+      : el("td", {}, "Never run");
+    const area = el("div", { class: "run-area" });
+    const run = el("button", { type: "button" }, "Run");
+    const row = el(
+      "tr",
+      { "data-export": x.name },
+      el("td", {}, el("a", { href: `/exports/${encodeURIComponent(x.name)}` }, x.name)),
+      el("td", {}, x.connection || "– (no connection)"),
+      el("td", {}, (x.lists || []).map((t) => t.segment).join(", ")),
+      el("td", {}, x.schedule),
+      el("td", {}, when(x.next_run)),
+      lastCell,
+      el("td", {}, run, area),
+    );
+    run.addEventListener("click", () => runNow(x.name, area, () => setTimeout(exportsPage, 1500)));
+    if (x.running_run_id) follow(x.running_run_id, area, () => setTimeout(exportsPage, 1500));
+    return row;
+  }
+
+  async function exportsPage() {
+    const list = $("#exports-list");
+    try {
+      const exports = await api("GET", "/exports");
+      list.replaceChildren(
+        table(
+          ["Export", "Connection", "Segments", "Schedule", "Next run", "Last run", ""],
+          exports.map(exportRow),
+          "No exports yet. Add a destination to send a segment to an Iterable list.",
+        ),
+      );
+    } catch (e) {
+      fail(e);
+    }
+  }
+
+  async function newExportPage() {
+    const form = $("#new-export");
+    const select = $("#connection");
+    let connections = [];
+    try {
+      connections = await api("GET", "/connections");
+    } catch (e) {
+      fail(e, form);
+    }
+    if (!connections.length) {
+      $("#no-connection").hidden = false;
+      form.querySelector("button[type=submit]").disabled = true;
+    } else {
+      select.append(el("optgroup", { label: "Iterable" }, connections.map((c) => el("option", { value: c.name }, c.name))));
+    }
+    const userId = $("#user-id-field");
+    const matching = () => {
+      const c = connections.find((x) => x.name === select.value);
+      const type = c ? c.project_type : "email";
+      userId.hidden = type === "email";
+      $("input", userId).required = type === "userid";
+      $("input", $("#email-field")).required = type !== "userid";
+    };
+    select.addEventListener("change", matching);
+    matching();
+
+    const holder = $("#segments");
+    try {
+      const segments = await api("GET", "/segments");
+      holder.replaceChildren(
+        segments.length
+          ? el(
+              "div",
+              { class: "choices" },
+              segments.map((s) => {
+                const size = s.members ?? null;
+                return el(
+                  "label",
+                  { class: "check" },
+                  el("input", { type: "checkbox", name: "segments", value: s.name }),
+                  s.name,
+                  size !== null ? el("small", {}, ` ${number(size)} members`) : null,
+                );
+              }),
+            )
+          : el("p", { class: "empty" }, "No segments yet: an administrator defines them."),
+      );
+      // The columns of the chosen segments, read now, to pick the email, user id and extra fields from.
+      const columnsOf = new Map();
+      const offer = () => {
+        const chosen = [...holder.querySelectorAll("input[name=segments]:checked")].map((i) => i.value);
+        const columns = new Set(chosen.flatMap((n) => columnsOf.get(n) || []));
+        $("#columns").replaceChildren(...[...columns].map((c) => el("option", { value: c })));
+      };
+      holder.addEventListener("change", async (ev) => {
+        const name = ev.target.value;
+        if (ev.target.checked && !columnsOf.has(name)) {
+          try {
+            const s = await api("GET", `/segments/${encodeURIComponent(name)}`);
+            columnsOf.set(name, s.columns || []);
+          } catch (e) {
+            columnsOf.set(name, []);
+          }
+        }
+        offer();
+      });
+    } catch (e) {
+      fail(e, form);
+    }
+
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      const segments = [...form.querySelectorAll("input[name=segments]:checked")].map((i) => i.value);
+      if (!segments.length) {
+        $(".error", form).textContent = "Choose at least one segment to export.";
+        return;
+      }
+      const body = {
+        name: d.name,
+        connection: d.connection,
+        segments,
+        email_field: d.email_field,
+        fields: (d.fields || "").split(",").map((f) => f.trim()).filter(Boolean),
+        schedule: d.schedule || "refresh",
+      };
+      if (d.user_id_field) body.user_id_field = d.user_id_field;
+      try {
+        await api("POST", "/exports", body);
+        location.href = `/exports/${encodeURIComponent(d.name)}`;
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+  }
+
+  async function exportPage() {
+    const name = subject;
+    const path = `/exports/${encodeURIComponent(name)}`;
+    const area = $("#run-area");
+    let x;
+    const load = async () => {
+      try {
+        x = await api("GET", path);
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      const details = [
+        ["Connection", x.connection || "– (no connection: an administrator removed it)"],
+        ["Segments", (x.lists || []).map((t) => t.segment).join(", ")],
+        ["Email field", x.email_field || "–"],
+        ["User ID field", x.user_id_field || "–"],
+        ["Extra fields", (x.fields || []).map((f) => (f.column === f.iterable_field ? f.column : `${f.column} → ${f.iterable_field}`)).join(", ") || "none"],
+        ["Schedule", x.schedule],
+        ["Next run", when(x.next_run)],
+        ["Created", when(x.created_at)],
+      ];
+      $("#export-details").replaceChildren(...details.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+      const edit = $("#edit-export");
+      edit.schedule.value = x.schedule;
+      $("#current-fields").replaceChildren(
+        ...(x.fields || []).map((f) =>
+          el("label", { class: "check" }, el("input", { type: "checkbox", name: "remove_fields", value: f.column }), `Stop sending ${f.column}`),
+        ),
+      );
+      $("#export-users").replaceChildren(
+        ...(x.users || []).map((u) => {
+          const remove = el("button", { type: "button", class: "link" }, "Remove");
+          remove.addEventListener("click", async () => {
+            try {
+              await api("DELETE", `${path}/users/${encodeURIComponent(u)}`);
+              load();
+            } catch (e) {
+              fail(e);
+            }
+          });
+          return el("li", {}, u, " ", remove);
+        }),
+      );
+      if (x.running_run_id && !area.querySelector(".progress")) follow(x.running_run_id, area, () => history());
+    };
+    const history = async () => {
+      try {
+        const runs = await api("GET", `/runs?export=${encodeURIComponent(name)}&limit=20`);
+        const rows = runs.map((r) => {
+          const c = runCounts(r);
+          const more = el("button", { type: "button", class: "link" }, "Details");
+          const detailRow = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 7 }));
+          more.addEventListener("click", async () => {
+            detailRow.hidden = !detailRow.hidden;
+            if (!detailRow.hidden) detailRow.firstChild.replaceChildren(await runDetails(r.id));
+          });
+          return [
+            el(
+              "tr",
+              { "data-run": r.id },
+              el("td", {}, `#${r.id}`),
+              el("td", {}, badge(r)),
+              el("td", {}, when(r.started_at)),
+              el("td", {}, r.trigger),
+              el("td", {}, number(c.added)),
+              el("td", {}, number(c.removed)),
+              el("td", {}, number(c.notSent), " ", more),
+            ),
+            detailRow,
+          ];
+        });
+        $("#run-history").replaceChildren(
+          table(["Run", "Status", "Started", "Asked by", "Added", "Removed", "Not sent"], rows.flat(), "No run yet."),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    $("#run").addEventListener("click", () => runNow(name, area, () => { history(); load(); }));
+    $("#preview").addEventListener("click", () => preview(name, area));
+    confirmTwice($("#remove-export"), "Yes, remove it", async () => {
+      try {
+        await api("DELETE", path);
+        location.href = "/exports";
+      } catch (e) {
+        fail(e);
+      }
+    });
+    $("#edit-export").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      const change = {
+        add_fields: (d.add_fields || "").split(",").map((f) => f.trim()).filter(Boolean),
+        remove_fields: [...form.querySelectorAll("input[name=remove_fields]:checked")].map((i) => i.value),
+      };
+      if (d.schedule && d.schedule !== x.schedule) change.schedule = d.schedule;
+      try {
+        await api("PATCH", path, change);
+        form.add_fields.value = "";
+        notice("Saved. The next run uses the new settings.");
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+    $("#add-export-user").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        await api("POST", `${path}/users`, { user: formData(ev.target).user });
+        ev.target.reset();
+        load();
+      } catch (e) {
+        fail(e);
+      }
+    });
+    await load();
+    await history();
+  }
+
+  async function runDetails(id) {
+    let run;
+    try {
+      run = await api("GET", `/runs/${id}`);
+    } catch (e) {
+      return el("p", { class: "error" }, e.message);
+    }
+    const box = el("div", {});
+    if (run.error) box.append(el("p", { class: "run-error" }, run.error));
+    for (const t of run.lists || []) {
+      box.append(
+        el("p", {}, `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added, ${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ${number(t.rejected)} rejected by Iterable.`),
+      );
+    }
+    const issues = run.rejected_and_invalid || [];
+    if (issues.length) {
+      box.append(el("h3", {}, "Members that were not sent, and why"));
+      box.append(
+        table(["Member", "Not sent because"], issues.map((i) => el("tr", {}, el("td", {}, i.member ?? "(empty)"), el("td", {}, i.reason || i.kind))), ""),
+      );
+    }
+    return box;
+  }
+
+  async function connectionsPage() {
+    const list = $("#connections-list");
+    try {
+      const cs = await api("GET", "/connections");
+      const who = { admins: "Administrators", contributors: "Administrators and contributors" };
+      list.replaceChildren(
+        table(
+          ["Connection", "Region", "Project type", "Who can use it", "Export user", "Key last checked"],
+          cs.map((c) =>
+            el(
+              "tr",
+              { "data-connection": c.name },
+              el("td", {}, el("a", { href: `/connections/${encodeURIComponent(c.name)}` }, c.name)),
+              el("td", {}, c.region ? c.region.toUpperCase() : "own base URL"),
+              el("td", {}, c.project_type || "–"),
+              el("td", {}, who[c.usable_by] || c.usable_by),
+              el("td", {}, c.export_user || "– (none: scheduled runs wait for one)"),
+              el("td", {}, when(c.verified_at)),
+            ),
+          ),
+          "No connections yet. Add one to send segments to Iterable.",
+        ),
+      );
+    } catch (e) {
+      fail(e);
+    }
+  }
+
+  function newConnectionPage() {
+    const form = $("#new-connection");
+    $("#choose-iterable").addEventListener("click", () => {
+      $("#destinations").hidden = true;
+      form.hidden = false;
+      form.name.focus();
+    });
+    const save = $("#save-connection");
+    const result = $("#connect-result");
+    let checked = false;
+    const update = () => {
+      save.disabled = !(checked && form.accept_data_privacy.checked);
+    };
+    for (const f of ["api_key", "base_url", "region"]) {
+      form[f].addEventListener("input", () => {
+        checked = false;
+        result.textContent = "";
+        update();
+      });
+    }
+    form.accept_data_privacy.addEventListener("change", update);
+    const target = () => {
+      const d = formData(form);
+      const t = { api_key: new FormData(form).get("api_key"), region: d.region };
+      if (d.base_url) t.base_url = d.base_url;
+      return t;
+    };
+    $("#connect").addEventListener("click", async () => {
+      $(".error", form).textContent = "";
+      result.className = "";
+      result.textContent = "Asking Iterable…";
+      try {
+        const r = await api("POST", "/connections/check", target());
+        checked = r.ok;
+        if (r.ok) {
+          result.className = "ok";
+          const n = Array.isArray(r.lists) ? r.lists.length : r.lists;
+          result.textContent = `Connected: Iterable accepted the key${n !== undefined ? ` (the project has ${number(n)} lists)` : ""}.`;
+        } else {
+          result.className = "error";
+          result.textContent = r.bad_key
+            ? `Iterable refused the key: ${r.error}. Check that you copied a server-side key of this project.`
+            : `Iterable could not be asked: ${r.error}`;
+        }
+      } catch (e) {
+        checked = false;
+        result.className = "error";
+        result.textContent = e.message;
+      }
+      update();
+    });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      const body = Object.assign(target(), {
+        name: d.name,
+        usable_by: d.usable_by,
+        project_type: d.project_type,
+        accept_data_privacy: form.accept_data_privacy.checked,
+        add_me_as_export_user: form.add_me_as_export_user.checked,
+      });
+      try {
+        await api("POST", "/connections", body);
+        location.href = `/connections/${encodeURIComponent(d.name)}`;
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+  }
+
+  async function connectionPage() {
+    const path = `/connections/${encodeURIComponent(subject)}`;
+    const who = { admins: "Administrators", contributors: "Administrators and contributors" };
+    const load = async () => {
+      try {
+        const c = await api("GET", path);
+        const details = [
+          ["Destination", "Iterable"],
+          ["Region", c.region ? c.region.toUpperCase() : "– (its own base URL)"],
+          ["Project type", c.project_type || "–"],
+          ["Base URL", c.base_url],
+          ["Who can use it", who[c.usable_by] || c.usable_by],
+          ["Export user", c.export_user || "– (none: scheduled runs wait for an administrator to become it)"],
+          ["Key", "stored; never shown again"],
+          ["Key last checked", when(c.verified_at)],
+          ["Data privacy terms", c.privacy_accepted_by ? `agreed by ${c.privacy_accepted_by}, ${when(c.privacy_accepted_at)}` : "–"],
+        ];
+        if (c.export_user_problem) details.push(["Scheduled runs", c.export_user_problem]);
+        $("#connection-details").replaceChildren(...details.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+        $("#usable-by").usable_by.value = c.usable_by;
+      } catch (e) {
+        fail(e);
+      }
+    };
+    const change = async (body, done) => {
+      notice("");
+      try {
+        await api("PATCH", path, body);
+        notice(done);
+        load();
+      } catch (e) {
+        fail(e);
+      }
+    };
+    $("#usable-by").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      change({ usable_by: ev.target.usable_by.value }, "Saved who can use this connection.");
+    });
+    $("#rotate-key").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const key = new FormData(ev.target).get("api_key");
+      await change({ api_key: key }, "Iterable accepted the new key; it replaces the old one.");
+      ev.target.reset();
+    });
+    $("#become-export-user").addEventListener("click", async () => {
+      try {
+        await api("POST", `${path}/export-user`);
+        notice("You are now this connection's export user.");
+        load();
+      } catch (e) {
+        fail(e);
+      }
+    });
+    const dialog = $("#remove-dialog");
+    $("#remove-connection").addEventListener("click", () => dialog.showModal());
+    dialog.addEventListener("close", async () => {
+      if (dialog.returnValue !== "remove") return;
+      const exports = $("input[name=exports]:checked", dialog).value;
+      try {
+        await api("DELETE", `${path}?exports=${exports}`);
+        location.href = "/connections";
+      } catch (e) {
+        fail(e);
+      }
+    });
+    await load();
+  }
+
+  function showToken(holder, user, token) {
+    holder.replaceChildren(
+      el(
+        "div",
+        { class: "token" },
+        el("p", {}, `The API token of ${user}, shown this once. Copy it now:`),
+        el("code", {}, token),
+      ),
+    );
+  }
+
+  async function usersPage() {
+    const list = $("#users-list");
+    const load = async () => {
+      try {
+        const users = await api("GET", "/users");
+        list.replaceChildren(
+          table(
+            ["User", "Role", "Password", "Added", ""],
+            users.map((u) => {
+              const role = el("select", { "aria-label": `Role of ${u.name}` }, el("option", { value: "contributor" }, "Contributor"), el("option", { value: "admin" }, "Administrator"));
+              role.value = u.role;
+              role.addEventListener("change", async () => {
+                try {
+                  await api("PATCH", `/users/${encodeURIComponent(u.name)}`, { role: role.value });
+                  notice(`${u.name} is now ${role.value === "admin" ? "an administrator" : "a contributor"}.`);
+                } catch (e) {
+                  fail(e);
+                  role.value = u.role;
+                }
+              });
+              const password = el("input", { type: "password", placeholder: "new password", "aria-label": `New password for ${u.name}`, autocomplete: "new-password" });
+              const setPassword = el("button", { type: "button" }, "Reset password");
+              setPassword.addEventListener("click", async () => {
+                try {
+                  await api("POST", `/users/${encodeURIComponent(u.name)}/password`, { password: password.value });
+                  password.value = "";
+                  notice(`Set the password of ${u.name}.`);
+                  load();
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              const rotate = el("button", { type: "button" }, "Rotate token");
+              confirmTwice(rotate, "Yes, the old one stops", async () => {
+                try {
+                  const r = await api("POST", `/users/${encodeURIComponent(u.name)}/token`);
+                  showToken($("#new-token"), u.name, r.token);
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              const remove = el("button", { type: "button", class: "danger" }, "Remove");
+              confirmTwice(remove, "Yes, remove", async () => {
+                try {
+                  await api("DELETE", `/users/${encodeURIComponent(u.name)}`);
+                  load();
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              return el(
+                "tr",
+                { "data-user": u.name },
+                el("td", {}, u.name),
+                el("td", {}, role),
+                el("td", {}, u.has_password ? "set" : "not set"),
+                el("td", {}, when(u.created_at)),
+                el("td", { class: "actions" }, password, setPassword, rotate, remove),
+              );
+            }),
+            "No accounts.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    $("#add-user").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      try {
+        const r = await api("POST", "/users", { name: d.name, role: d.role });
+        showToken($("#new-token"), d.name, r.token);
+        form.reset();
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+    await load();
+  }
+
+  async function auditPage() {
+    const list = $("#audit-list");
+    const form = $("#audit-filter");
+    const load = async () => {
+      const user = formData(form).user;
+      const q = user ? `?limit=200&user=${encodeURIComponent(user)}` : "?limit=200";
+      try {
+        const rows = await api("GET", `/audit${q}`);
+        list.replaceChildren(
+          table(
+            ["When", "Who", "From", "What", "On", "Detail"],
+            rows.map((r) => el("tr", {}, el("td", {}, when(r.at)), el("td", {}, r.actor), el("td", {}, r.origin), el("td", {}, r.action), el("td", {}, r.target || ""), el("td", {}, r.detail || ""))),
+            "Nothing recorded yet.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      load();
+    });
+    await load();
+  }
+
+  const signOut = $("#sign-out");
+  if (signOut) {
+    signOut.addEventListener("click", async () => {
+      try {
+        await api("DELETE", "/session");
+      } catch (e) {
+        // Signed out already, or the service is gone: the sign-in page is the right place either way.
+      }
+      location.href = "/sign-in";
+    });
+  }
+
+  const pages = {
+    "sign-in": signIn,
+    exports: exportsPage,
+    "new-export": newExportPage,
+    export: exportPage,
+    connections: connectionsPage,
+    "new-connection": newConnectionPage,
+    connection: connectionPage,
+    users: usersPage,
+    audit: auditPage,
+  };
+  if (pages[page]) pages[page]();
+})();

@@ -1,0 +1,185 @@
+//! The web console: the product's screens in a browser, served by the daemon at `/` beside the API.
+//!
+//! Pages are rendered here as frames (`pages`): the navigation, the forms with their labels, the places the data
+//! goes; a small script of our own (`assets/app.js`, in the binary) fills them from `/api/v1` and sends every
+//! change through it, with the session cookie and its CSRF token. So the console holds no rule of its own: what a
+//! user may see or do is what the API, through `crate::access`, lets them. The server checks only what decides
+//! which frame to send: signed in or not (else the sign-in page), an administrator's page (else "not found", as
+//! the API answers), an export the user may see. Nothing is loaded from anywhere but this service, which the
+//! Content-Security-Policy of every page says to the browser too.
+
+mod pages;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::access::{self, ExportFacts, Verdict};
+use crate::api::{ApiError, ApiState, Caller};
+
+pub use pages::Page;
+
+/// The console's routes (pages and their assets), merged into the listener's router by `crate::api::router`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/exports") }))
+        .route("/sign-in", get(sign_in))
+        .route("/exports", get(exports))
+        .route("/exports/new", get(new_export))
+        .route("/exports/{name}", get(export))
+        .route("/connections", get(connections))
+        .route("/connections/new", get(new_connection))
+        .route("/connections/{name}", get(connection))
+        .route("/users", get(users))
+        .route("/audit", get(audit))
+        .route("/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))))
+        .route("/assets/app.css", get(|| asset("text/css; charset=utf-8", include_str!("assets/app.css"))))
+        .with_state(state)
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The assets change with the binary only; a day's cache spares the browser a request on every page.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400"));
+    r
+}
+
+/// What every page is sent with: nothing outside this service may be loaded or framed, and no page is cached
+/// (they show what the signed-in user may see).
+fn secured(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The signed-in caller, or the answer to send instead: the sign-in page (back here afterwards) when there is
+/// no valid session, the error page for anything else (too many attempts, say).
+fn signed_in(caller: Result<Caller, ApiError>, uri: &Uri) -> Result<Caller, Box<Response>> {
+    caller.map_err(|e| {
+        Box::new(if e.status == StatusCode::UNAUTHORIZED {
+            let next = uri.path_and_query().map_or("/exports", |p| p.as_str());
+            let to =
+                format!("/sign-in?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>());
+            Redirect::to(&to).into_response()
+        } else {
+            secured((e.status, pages::message(None, "Something went wrong", &e.message)).into_response())
+        })
+    })
+}
+
+/// The page for what the caller may not see, worded as the API's 404: it does not say whether it exists.
+fn not_found(c: &Caller, what: &str) -> Response {
+    let text = format!("There is no {what} here, or it is not open to you. Ask an administrator if you need it.");
+    secured((StatusCode::NOT_FOUND, pages::message(Some(c), "Not found", &text)).into_response())
+}
+
+fn page(c: &Caller, p: Page) -> Response {
+    secured(pages::frame(c, p).into_response())
+}
+
+/// A page for administrators only; others get the not-found page.
+fn admin_page(caller: Result<Caller, ApiError>, uri: Uri, p: Page, what: &str) -> Response {
+    match signed_in(caller, &uri) {
+        Err(r) => *r,
+        Ok(c) if access::manage_users(&c.actor) == Verdict::Allow => page(&c, p),
+        Ok(c) => not_found(&c, what),
+    }
+}
+
+#[derive(Deserialize)]
+struct Next {
+    next: Option<String>,
+}
+
+async fn sign_in(caller: Result<Caller, ApiError>, Query(q): Query<Next>) -> Response {
+    // Only a path of this service is followed after signing in, never another site.
+    let next = q.next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'));
+    if caller.is_ok() {
+        return Redirect::to(next.as_deref().unwrap_or("/exports")).into_response();
+    }
+    secured(pages::sign_in(next.as_deref().unwrap_or("/exports")).into_response())
+}
+
+async fn exports(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    signed_in(caller, &uri).map_or_else(|r| *r, |c| page(&c, Page::Exports))
+}
+
+async fn new_export(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    signed_in(caller, &uri).map_or_else(|r| *r, |c| page(&c, Page::NewExport))
+}
+
+async fn export(
+    State(s): State<ApiState>,
+    caller: Result<Caller, ApiError>,
+    uri: Uri,
+    Path(name): Path<String>,
+) -> Response {
+    let c = match signed_in(caller, &uri) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let visible = match s.store.export(&name).await {
+        Ok(export) => match ExportFacts::load(&s.store, &export).await {
+            Ok(facts) => access::see_export(&c.actor, &facts) == Verdict::Allow,
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
+    if visible {
+        page(&c, Page::Export(name))
+    } else {
+        not_found(&c, "such export")
+    }
+}
+
+async fn connections(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    admin_page(caller, uri, Page::Connections, "such page")
+}
+
+async fn new_connection(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    admin_page(caller, uri, Page::NewConnection, "such page")
+}
+
+async fn connection(
+    State(s): State<ApiState>,
+    caller: Result<Caller, ApiError>,
+    uri: Uri,
+    Path(name): Path<String>,
+) -> Response {
+    let c = match signed_in(caller, &uri) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let exists = s.store.connection(&name).await.is_ok();
+    if exists && access::see_connection_key(&c.actor) == Verdict::Allow {
+        page(&c, Page::Connection(name))
+    } else {
+        not_found(&c, "such connection")
+    }
+}
+
+async fn users(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    admin_page(caller, uri, Page::Users, "such page")
+}
+
+async fn audit(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    match signed_in(caller, &uri) {
+        Err(r) => *r,
+        Ok(c) if access::read_audit(&c.actor) == Verdict::Allow => page(&c, Page::Audit),
+        Ok(c) => not_found(&c, "such page"),
+    }
+}

@@ -1,0 +1,635 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven through Debian's chromedriver with
+//! fantoccini, against the daemon built in this process (its listener on a free port) and the sandbox. Each test
+//! saves a screenshot of the screens it passes under `target/screenshots/` (the README shows two of them, copied
+//! to `docs/screenshots/`).
+//!
+//! Ignored unless asked for, as they need `chromium` and `chromium-driver` (Debian packages), which `.ci/run`
+//! installs and then runs them with the other ignored tests.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use segment_exporter::config::Config;
+use segment_exporter::daemon::Daemon;
+use segment_exporter::sandbox::SandboxOptions;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// The daemon with its listener, the sandbox, and accounts ann (admin), carl and dora (contributors), each with
+/// `PASSWORD`.
+struct Service {
+    env: Env,
+    base: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn service(env: Env) -> Service {
+    let env = tokio::task::spawn_blocking(move || {
+        for (name, role) in [("ann", "admin"), ("carl", "contributor"), ("dora", "contributor")] {
+            env.ok(&["user", "add", name, "--role", role]);
+            env.cmd().args(["user", "password", name, "--password-stdin"]).write_stdin(PASSWORD).assert().success();
+        }
+        env
+    })
+    .await
+    .unwrap();
+    let mut config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[daemon]\nstatus_listen = \"off\"\ntrigger_dir = \"{}\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n",
+        env.path("triggers").display()
+    ));
+    std::fs::write(env.path("config.toml"), config).unwrap();
+    let config = Config::load(Some(&env.path("config.toml"))).unwrap().0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daemon = Daemon::build(config, Some(env.path("config.toml")), Some(listener)).await.unwrap();
+    let base = format!("http://{}", daemon.status_address().unwrap());
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move { daemon.run_until(shutdown).await.unwrap() });
+    Service { env, base, stop, task }
+}
+
+impl Service {
+    async fn close(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// Chromium driven by its chromedriver, on a free port; both end when it drops.
+struct Browser {
+    client: Client,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A laptop's window.
+async fn browser(width: u32, height: u32) -> Browser {
+    let args = json!([format!("--window-size={width},{height}")]);
+    browser_with(args, None).await
+}
+
+/// A phone's screen, as Chromium's device emulation makes it (a window cannot be made that narrow).
+async fn phone() -> Browser {
+    let metrics = json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0, "mobile": true } });
+    browser_with(json!(["--window-size=390,844"]), Some(metrics)).await
+}
+
+async fn browser_with(extra_args: Value, mobile: Option<Value>) -> Browser {
+    let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromedriver is not installed: apt-get install chromium chromium-driver");
+    let port = free_port();
+    let driver = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen on port {port} within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut args =
+        json!(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--lang=en-US"]);
+    args.as_array_mut().unwrap().extend(extra_args.as_array().unwrap().iter().cloned());
+    let mut options = json!({ "binary": "/usr/bin/chromium", "args": args });
+    if let Some(m) = mobile {
+        options["mobileEmulation"] = m;
+    }
+    let caps = json!({ "goog:chromeOptions": options });
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(caps).unwrap();
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("chromedriver session");
+    Browser { client, driver }
+}
+
+/// An XPath string literal for `text` (which holds no double quote here).
+fn lit(text: &str) -> String {
+    format!("\"{text}\"")
+}
+
+impl Browser {
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_string()
+    }
+
+    /// Waits until the page's path is `path`.
+    async fn wait_path(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = self.path().await;
+            if now == path {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the browser stayed on {now}, expected {path}: {}", self.text().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self) -> String {
+        match self.client.find(Locator::Css("body")).await {
+            Ok(b) => b.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The control labelled `label` (an input, select or textarea inside the label element).
+    async fn field(&self, label: &str) -> fantoccini::elements::Element {
+        let xpath = format!(
+            "//label[normalize-space(text())={l} or normalize-space(.)={l}]//*[self::input or self::select or self::textarea]",
+            l = lit(label)
+        );
+        self.client
+            .wait()
+            .for_element(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no field '{label}': {e}"))
+    }
+
+    async fn fill(&self, label: &str, value: &str) {
+        let f = self.field(label).await;
+        f.clear().await.unwrap();
+        f.send_keys(value).await.unwrap();
+    }
+
+    async fn choose(&self, label: &str, option_text: &str) {
+        self.field(label).await.select_by_label(option_text).await.unwrap();
+    }
+
+    async fn button(&self, text: &str) -> fantoccini::elements::Element {
+        let xpath = format!("//*[self::button or self::a][normalize-space(.)={}]", lit(text));
+        self.client
+            .wait()
+            .for_element(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no button '{text}': {e}"))
+    }
+
+    async fn click(&self, text: &str) {
+        self.button(text).await.click().await.unwrap();
+    }
+
+    /// Waits until the page shows `text`.
+    async fn wait_text(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let body = self.text().await;
+            if body.contains(text) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the page never showed '{text}': {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn sign_in(&self, base: &str, user: &str) {
+        self.goto(&format!("{base}/exports")).await;
+        self.wait_path("/sign-in").await;
+        self.fill("User name", user).await;
+        self.fill("Password", PASSWORD).await;
+        self.click("Sign in").await;
+        self.wait_path("/exports").await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+}
+
+/// The tests proper, under one path (`browser::`) so that `.ci/run` can leave them out where no browser can be
+/// installed.
+mod browser {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_signs_in_and_adds_a_connection_through_the_products_steps() {
+        let svc = service(Env::new()).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.screenshot("sign-in-done-exports").await;
+
+        b.click("Connections").await;
+        b.wait_path("/connections").await;
+        b.click("Add connection").await;
+        b.wait_path("/connections/new").await;
+        b.click("Iterable").await;
+        b.fill("Display name", "Iterable marketing").await;
+        b.choose("Who can use this connection", "Administrators and contributors").await;
+        b.choose("Project type", "Email-based").await;
+        b.client.find(Locator::Css("details summary")).await.unwrap().click().await.unwrap();
+        b.fill("Base URL", &svc.env.base_url).await;
+        b.fill("API key", "wrong-key").await;
+        b.field("I agree").await.click().await.unwrap();
+        let save = b.button("Save").await;
+        assert!(save.attr("disabled").await.unwrap().is_some(), "Save is enabled before the key checked out");
+
+        // A key Iterable refuses keeps Save disabled and says so.
+        b.click("Connect").await;
+        b.wait_text("Iterable refused the key", Duration::from_secs(15)).await;
+        assert!(save.attr("disabled").await.unwrap().is_some(), "Save is enabled after a refused key");
+        b.screenshot("add-connection-refused-key").await;
+
+        b.fill("API key", KEY).await;
+        b.click("Connect").await;
+        b.wait_text("Connected: Iterable accepted the key", Duration::from_secs(15)).await;
+        assert!(save.attr("disabled").await.unwrap().is_none(), "Save stays disabled after the key checked out");
+        b.screenshot("add-connection").await;
+        b.click("Save").await;
+        b.wait_path("/connections/Iterable%20marketing").await;
+        b.wait_text("Administrators and contributors", Duration::from_secs(10)).await;
+        let page = b.text().await;
+        assert!(page.contains("ann"), "the admin is the export user: {page}");
+        assert!(!page.contains(KEY), "the connection page shows the key: {page}");
+
+        b.click("Connections").await;
+        b.wait_path("/connections").await;
+        b.wait_text("Iterable marketing", Duration::from_secs(10)).await;
+        b.screenshot("connections").await;
+
+        // What the browser saved is what the store holds: usable by contributors, consent by ann, ann export user.
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["connection", "show", "Iterable marketing"]));
+        assert_eq!(shown["usable_by"], "contributors", "{shown}");
+        assert_eq!(shown["project_type"], "email", "{shown}");
+        assert_eq!(shown["privacy_accepted_by"], "ann", "{shown}");
+        let audit = tokio::task::block_in_place(|| svc.env.json(&["audit", "--user", "ann"]));
+        let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|r| r["action"].as_str()).collect();
+        assert!(actions.contains(&"connection.add"), "{actions:?}");
+        assert!(actions.contains(&"session.sign_in"), "{actions:?}");
+        svc.close().await;
+    }
+
+    /// `team_setup` with 30 members, and export `vip-x` of `vip` on `open`, run once.
+    fn with_a_run_export() -> Env {
+        let env = Env::new();
+        tokio::task::block_in_place(|| {
+            team_setup(&env, 30);
+            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
+            env.ok(&["export", "run", "vip-x"]);
+        });
+        env
+    }
+
+    /// Connections `open` (contributors) and `closed` (admins); segment `vip` of `n` members; dora's export `dora-x`.
+    fn team_setup(env: &Env, n: usize) -> Vec<String> {
+        let key = env.path("iterable.key");
+        std::fs::write(&key, KEY).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let key = key.display().to_string();
+        for (name, usable_by) in [("open", "contributors"), ("closed", "admins")] {
+            let base = ["connection", "add", name, "--api-key-file", &key, "--base-url", &env.base_url];
+            env.ok(&[&base[..], &["--accept-data-privacy", "--usable-by", usable_by]].concat());
+        }
+        let members = emails(0, n);
+        let rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+        let csv = env.write_csv("vip.csv", &rows).display().to_string();
+        env.ok(&["segment", "add", "vip", "--source", &format!("csv:{csv}")]);
+        env.ok(&["segment", "add", "dora-seg", "--source", &format!("csv:{csv}")]);
+        members
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn a_contributor_adds_a_destination_runs_it_watches_it_progress_and_the_list_equals_the_segment() {
+        // Slow enough that a run lasts a few seconds: 600 members, 20 per request, one request at a time, 150 ms each.
+        let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
+        let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+        let config = config.replace("batch_size = 50", "batch_size = 20").replace("concurrency = 3", "concurrency = 1");
+        std::fs::write(env.path("config.toml"), config).unwrap();
+        let members = tokio::task::block_in_place(|| team_setup(&env, 600));
+        let svc = service(env).await;
+        // dora's export, which carl must not reach.
+        tokio::task::block_in_place(|| {
+            svc.env.ok(&[
+                "export",
+                "add",
+                "dora-x",
+                "--connection",
+                "open",
+                "--segment",
+                "dora-seg",
+                "--email-field",
+                "email",
+            ]);
+            svc.env.ok(&["export", "users", "dora-x", "--add", "dora"]);
+        });
+
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "carl").await;
+        let nav = b.client.find(Locator::Css("header nav")).await.unwrap().text().await.unwrap();
+        assert!(!nav.contains("Connections") && !nav.contains("Users"), "a contributor sees admin entries: {nav}");
+        assert!(!b.text().await.contains("dora-x"), "carl sees dora's export in the list");
+
+        b.click("Add destination").await;
+        b.wait_path("/exports/new").await;
+        let select = b.field("Connection for export").await;
+        let options = select.find_all(Locator::Css("option")).await.unwrap();
+        let mut names = Vec::new();
+        for o in options {
+            names.push(o.text().await.unwrap());
+        }
+        assert_eq!(
+            names,
+            vec!["open".to_string()],
+            "a contributor is offered only the connections open to contributors"
+        );
+        let group = select.find(Locator::Css("optgroup")).await.unwrap().attr("label").await.unwrap();
+        assert_eq!(group.as_deref(), Some("Iterable"));
+        b.fill("Export name", "vip-to-iterable").await;
+        b.fill("Email", "email").await;
+        b.wait_text("vip", Duration::from_secs(10)).await;
+        b.client.find(Locator::Css("input[name=segments][value=vip]")).await.unwrap().click().await.unwrap();
+        assert!(b.text().await.contains("Saving does not run the export"));
+        b.screenshot("add-destination").await;
+        b.click("Save").await;
+        b.wait_path("/exports/vip-to-iterable").await;
+        b.wait_text("No run yet", Duration::from_secs(10)).await;
+        assert!(tokio::task::block_in_place(|| svc.env.list_id("vip")).is_none(), "saving ran the export");
+
+        b.click("Run").await;
+        // The bar moves: at least two different values strictly between 0 and the planned count.
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = b
+                .js("const p = document.querySelector('#run-area progress'); return p ? [p.value, p.max] : null;")
+                .await;
+            if let Some([value, max]) =
+                v.as_array().map(|a| [a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0)])
+            {
+                if value > 0.0 && value < max {
+                    if seen.is_empty() {
+                        b.screenshot("export-running").await;
+                    }
+                    seen.insert(value as u64);
+                }
+            }
+            if b.text().await.contains("Succeeded") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the run did not succeed within a minute: {}", b.text().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen.len() >= 2, "the progress bar did not move: {seen:?}");
+        b.wait_text("600 added", Duration::from_secs(10)).await;
+        b.screenshot("export-run").await;
+        assert_eq!(sorted(tokio::task::block_in_place(|| svc.env.members("vip"))), sorted(members.clone()));
+
+        // Admin pages and dora's export are not there for carl, by URL too.
+        for path in ["/connections", "/connections/open", "/users", "/audit", "/exports/dora-x", "/connections/new"] {
+            b.goto(&format!("{}{path}", svc.base)).await;
+            b.wait_text("Not found", Duration::from_secs(10)).await;
+            let body = b.text().await;
+            assert!(!body.contains("dora-seg") && !body.contains(KEY), "{path} showed: {body}");
+        }
+        b.screenshot("not-found").await;
+
+        // Signing out ends the session: the pages send the browser to sign in again, and the old cookie is dead.
+        b.goto(&format!("{}/exports", svc.base)).await;
+        let cookie = b.client.get_named_cookie("segment_exporter_session").await.unwrap().value().to_string();
+        b.click("Sign out").await;
+        b.wait_path("/sign-in").await;
+        b.goto(&format!("{}/exports", svc.base)).await;
+        b.wait_path("/sign-in").await;
+        let after = reqwest::Client::new()
+            .get(format!("{}/api/v1/exports", svc.base))
+            .header("Cookie", format!("segment_exporter_session={cookie}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(after.status(), 401, "the signed-out session still works");
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn every_screen_fits_a_phone_and_loads_nothing_from_elsewhere() {
+        let svc = service(with_a_run_export()).await;
+        let b = phone().await;
+        b.sign_in(&svc.base, "ann").await;
+        for (path, shows) in [
+            ("/exports", "vip-x"),
+            ("/exports/vip-x", "Run history"),
+            ("/exports/new", "Data matching"),
+            ("/connections", "open"),
+            ("/connections/new", "Iterable"),
+            ("/connections/open", "Who can use this connection"),
+            ("/users", "carl"),
+            ("/audit", "user.add"),
+        ] {
+            b.goto(&format!("{}{path}", svc.base)).await;
+            b.wait_text(shows, Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let fits = b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;").await;
+            let name = format!("phone{}", path.replace('/', "-"));
+            b.screenshot(&name).await;
+            assert_eq!(fits, json!(true), "{path} is wider than a phone's screen (see target/screenshots/{name}.png)");
+            let foreign = b
+            .js("return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith(location.origin));")
+            .await;
+            assert_eq!(foreign, json!([]), "{path} loaded something from elsewhere");
+        }
+        // The browser is told so too.
+        let page = reqwest::get(format!("{}/sign-in", svc.base)).await.unwrap();
+        let csp = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_adds_an_account_whose_token_and_password_work_and_finds_it_in_the_audit() {
+        let svc = service(Env::new()).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.click("Users").await;
+        b.wait_path("/users").await;
+        b.fill("User name", "erin").await;
+        b.choose("Role", "Administrator").await;
+        b.click("Add user").await;
+        b.wait_text("shown this once", Duration::from_secs(10)).await;
+        let token = b.client.find(Locator::Css("#new-token code")).await.unwrap().text().await.unwrap();
+        let me =
+            reqwest::Client::new().get(format!("{}/api/v1/me", svc.base)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(me.status(), 200, "the token the Users screen showed does not work");
+        let me: Value = me.json().await.unwrap();
+        assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("erin"), Some("admin")));
+        b.screenshot("users").await;
+
+        // A password set on the screen signs erin in.
+        let row = b.client.wait().for_element(Locator::Css("tr[data-user=erin]")).await.unwrap();
+        let field = row.find(Locator::Css("input[type=password]")).await.unwrap();
+        field.send_keys("erin's long passphrase").await.unwrap();
+        row.find(Locator::XPath(".//button[normalize-space(.)='Reset password']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.wait_text("Set the password of erin", Duration::from_secs(15)).await;
+        let other = browser(1280, 900).await;
+        other.goto(&format!("{}/sign-in", svc.base)).await;
+        other.fill("User name", "erin").await;
+        other.fill("Password", "erin's long passphrase").await;
+        other.click("Sign in").await;
+        other.wait_path("/exports").await;
+        drop(other);
+
+        // A wrong password is told in words, and nothing else happens.
+        let third = browser(1280, 900).await;
+        third.goto(&format!("{}/sign-in", svc.base)).await;
+        third.fill("User name", "erin").await;
+        third.fill("Password", "not the password at all").await;
+        third.click("Sign in").await;
+        third.wait_text("The user name or password is wrong.", Duration::from_secs(10)).await;
+        assert_eq!(third.path().await, "/sign-in");
+        drop(third);
+
+        b.click("Audit").await;
+        b.wait_path("/audit").await;
+        b.fill("User", "ann").await;
+        b.click("Filter").await;
+        b.wait_text("user.password", Duration::from_secs(10)).await;
+        let rows = b.client.find_all(Locator::Css("#audit-list tbody tr")).await.unwrap();
+        let mut texts = Vec::new();
+        for r in rows {
+            texts.push(r.text().await.unwrap());
+        }
+        assert!(texts.iter().any(|t| t.contains("user.add") && t.contains("erin")), "{texts:?}");
+        assert!(texts.iter().all(|t| t.contains("ann")), "the filter let other users' rows through: {texts:?}");
+        assert!(
+            !texts.iter().any(|t| t.contains("session.sign_in.failed")),
+            "erin's failed sign-in is ann's: {texts:?}"
+        );
+        b.screenshot("audit").await;
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn a_preview_changes_nothing_and_a_run_the_guard_stopped_runs_anyway_after_a_confirmation() {
+        let env = Env::new();
+        let members = tokio::task::block_in_place(|| {
+            let members = team_setup(&env, 30);
+            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
+            env.ok(&["export", "run", "vip-x"]);
+            // The segment shrinks to 2 of its 30 members: more than half of the list would go.
+            let rows: Vec<(&str, &str)> = members[..2].iter().map(|e| (e.as_str(), "gold")).collect();
+            env.write_csv("vip.csv", &rows);
+            members
+        });
+        let svc = service(env).await;
+        tokio::task::block_in_place(|| svc.env.ok(&["export", "users", "vip-x", "--add", "carl"]));
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "carl").await;
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.click("Preview").await;
+        b.wait_text("Nothing was sent: this is a preview.", Duration::from_secs(15)).await;
+        let preview = b.client.find(Locator::Css(".preview tbody tr")).await.unwrap().text().await.unwrap();
+        assert!(preview.contains("28"), "the preview does not say 28 would be removed: {preview}");
+        b.screenshot("export-preview").await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "the preview changed the list");
+
+        b.click("Run").await;
+        b.wait_text("Stopped by the mass-removal guard", Duration::from_secs(30)).await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "the guard let the run through");
+        let anyway = b.button("Run anyway").await;
+        anyway.click().await.unwrap();
+        b.wait_text("Yes, unsubscribe them", Duration::from_secs(5)).await;
+        assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "one click ran it");
+        b.screenshot("export-guard").await;
+        b.click("Yes, unsubscribe them").await;
+        b.wait_text("Succeeded", Duration::from_secs(30)).await;
+        assert_eq!(
+            sorted(tokio::task::block_in_place(|| svc.env.members("vip"))),
+            sorted(members[..2].to_vec()),
+            "the list is not the segment after running anyway"
+        );
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_edits_an_export_opens_a_connection_and_removes_another_keeping_its_exports() {
+        let svc = service(with_a_run_export()).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.wait_text("Run history", Duration::from_secs(10)).await;
+        b.client.find(Locator::Css("#export-edit summary")).await.unwrap().click().await.unwrap();
+        b.fill("Schedule", "0 0 6 * * *").await;
+        b.fill("Add extra fields", "tier").await;
+        b.click("Save changes").await;
+        b.wait_text("Saved. The next run uses the new settings.", Duration::from_secs(10)).await;
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "0 0 6 * * *", "{shown}");
+        assert_eq!(shown["fields"][0]["column"], "tier", "{shown}");
+        // A change the API refuses is told on the page, and nothing is saved.
+        b.fill("Schedule", "every now and then").await;
+        b.click("Save changes").await;
+        b.wait_text("every now and then", Duration::from_secs(10)).await;
+        let error = b.client.find(Locator::Css("#edit-export .error")).await.unwrap().text().await.unwrap();
+        assert!(!error.is_empty(), "a refused schedule said nothing");
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "0 0 6 * * *", "a refused change was saved: {shown}");
+
+        b.goto(&format!("{}/connections/closed", svc.base)).await;
+        b.wait_text("Key last checked", Duration::from_secs(10)).await;
+        b.choose("Who can use this connection", "Administrators and contributors").await;
+        b.click("Save").await;
+        b.wait_text("Saved who can use this connection.", Duration::from_secs(10)).await;
+        let closed = tokio::task::block_in_place(|| svc.env.json(&["connection", "show", "closed"]));
+        assert_eq!(closed["usable_by"], "contributors", "{closed}");
+        b.screenshot("connection").await;
+
+        b.goto(&format!("{}/connections/open", svc.base)).await;
+        b.wait_text("Key last checked", Duration::from_secs(10)).await;
+        b.click("Remove").await;
+        b.wait_text("Remove this connection?", Duration::from_secs(5)).await;
+        b.screenshot("connection-remove").await;
+        b.click("Remove connection").await;
+        b.wait_path("/connections").await;
+        let connections = tokio::task::block_in_place(|| svc.env.json(&["connection", "list"]));
+        let names: Vec<&str> = connections.as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, vec!["closed"], "{connections}");
+        let kept = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert!(kept["connection_name"].is_null(), "the export was not detached: {kept}");
+        svc.close().await;
+    }
+}
