@@ -316,7 +316,9 @@ mod browser {
             env.ok(&[&base[..], &["--accept-data-privacy", "--usable-by", usable_by]].concat());
         }
         let members = emails(0, n);
-        let rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+        let mut rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+        // One row no run may send, so that runs have a member "not sent, and why" to show.
+        rows.push(("not-an-email", "gold"));
         let csv = env.write_csv("vip.csv", &rows).display().to_string();
         env.ok(&["segment", "add", "vip", "--source", &format!("csv:{csv}")]);
         env.ok(&["segment", "add", "dora-seg", "--source", &format!("csv:{csv}")]);
@@ -592,6 +594,12 @@ mod browser {
 
         b.goto(&format!("{}/exports/vip-x", svc.base)).await;
         b.wait_text("Run history", Duration::from_secs(10)).await;
+        // The run's details name the member that was not sent, and why.
+        b.click("Details").await;
+        b.wait_text("Members that were not sent, and why", Duration::from_secs(10)).await;
+        let details = b.client.find(Locator::Css("tr.run-details")).await.unwrap().text().await.unwrap();
+        assert!(details.contains("not-an-email") && details.contains("email has no @"), "{details}");
+        b.screenshot("export-run-details").await;
         b.client.find(Locator::Css("#export-edit summary")).await.unwrap().click().await.unwrap();
         b.fill("Schedule", "0 0 6 * * *").await;
         b.fill("Add extra fields", "tier").await;
@@ -616,6 +624,15 @@ mod browser {
         b.wait_text("Saved who can use this connection.", Duration::from_secs(10)).await;
         let closed = tokio::task::block_in_place(|| svc.env.json(&["connection", "show", "closed"]));
         assert_eq!(closed["usable_by"], "contributors", "{closed}");
+        // A key Iterable refuses is not stored, and the page says so; the right one is.
+        b.fill("New API key", "not-the-key").await;
+        b.click("Rotate key").await;
+        b.wait_text("Iterable rejected the API key", Duration::from_secs(15)).await;
+        assert!(!b.text().await.contains("Iterable accepted the new key"));
+        b.fill("New API key", KEY).await;
+        b.click("Rotate key").await;
+        b.wait_text("Iterable accepted the new key", Duration::from_secs(15)).await;
+        tokio::task::block_in_place(|| svc.env.ok(&["connection", "test", "closed"]));
         b.screenshot("connection").await;
 
         b.goto(&format!("{}/connections/open", svc.base)).await;

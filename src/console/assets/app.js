@@ -518,7 +518,7 @@
           ];
         });
         $("#run-history").replaceChildren(
-          table(["Run", "Status", "Started", "Asked by", "Added", "Removed", "Not sent"], rows.flat(), "No run yet."),
+          table(["Run", "Status", "Started", "Started by", "Added", "Removed", "Not sent"], rows.flat(), "No run yet."),
         );
       } catch (e) {
         fail(e);
