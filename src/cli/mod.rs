@@ -112,8 +112,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
     Sandbox(sandbox::SandboxArgs),
-    /// Run as a service: scheduled refreshes, trigger files, the HTTP API and status endpoints on
-    /// daemon.status_listen (HTTPS with daemon.tls_cert and daemon.tls_key); stops cleanly on SIGTERM.
+    /// Run as a service: scheduled refreshes, trigger files, the web console (at /), the HTTP API and status
+    /// endpoints on daemon.status_listen (HTTPS with daemon.tls_cert and daemon.tls_key); stops cleanly on SIGTERM.
     Daemon,
     /// Exit 0 when the daemon's /healthz answers (for container HEALTHCHECKs), 1 otherwise.
     Healthcheck {
