@@ -171,6 +171,15 @@
     refused: "Stopped by the mass-removal guard",
     cancelled: "Cancelled",
   };
+  // What started a run, in words (the run's trigger as recorded).
+  const triggerWords = {
+    api: "on demand",
+    manual: "command line",
+    schedule: "schedule",
+    "trigger-file": "trigger file",
+    "missed-schedule": "schedule (missed while stopped)",
+  };
+
   // A run's status in words; a refusal says whether it was the mass-removal guard's.
   function badge(run) {
     let text = statusWords[run.status] || run.status;
@@ -509,7 +518,7 @@
               el("td", {}, `#${r.id}`),
               el("td", {}, badge(r)),
               el("td", {}, when(r.started_at)),
-              el("td", {}, r.trigger),
+              el("td", {}, triggerWords[r.trigger] || r.trigger),
               el("td", {}, number(c.added)),
               el("td", {}, number(c.removed)),
               el("td", {}, number(c.notSent), " ", more),
