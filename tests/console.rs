@@ -11,13 +11,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::in_process::{serve, Served};
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use segment_exporter::config::Config;
-use segment_exporter::daemon::Daemon;
 use segment_exporter::sandbox::SandboxOptions;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -26,8 +24,7 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Service {
     env: Env,
     base: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
 async fn service(env: Env) -> Service {
@@ -40,26 +37,13 @@ async fn service(env: Env) -> Service {
     })
     .await
     .unwrap();
-    let mut config = std::fs::read_to_string(env.path("config.toml")).unwrap();
-    config.push_str(&format!(
-        "\n[daemon]\nstatus_listen = \"off\"\ntrigger_dir = \"{}\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n",
-        env.path("triggers").display()
-    ));
-    std::fs::write(env.path("config.toml"), config).unwrap();
-    let config = Config::load(Some(&env.path("config.toml"))).unwrap().0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daemon = Daemon::build(config, Some(env.path("config.toml")), Some(listener)).await.unwrap();
-    let base = format!("http://{}", daemon.status_address().unwrap());
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    let task = tokio::spawn(async move { daemon.run_until(shutdown).await.unwrap() });
-    Service { env, base, stop, task }
+    let served = serve(&env, "").await;
+    Service { base: served.base.clone(), env, served }
 }
 
 impl Service {
     async fn close(self) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        self.served.stop().await;
     }
 }
 

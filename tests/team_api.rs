@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::in_process::{serve, Served};
 use common::*;
 use reqwest::{Method, StatusCode};
 use segment_exporter::config::Config;
@@ -28,8 +29,7 @@ struct Team {
     csv: String,
     /// `[sources] allowed_dirs`: the one folder file sources may come from over HTTP.
     allowed: std::path::PathBuf,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
 fn token_of(v: &Value) -> String {
@@ -80,23 +80,10 @@ async fn team_with(sandbox: segment_exporter::sandbox::SandboxOptions) -> Team {
     })
     .await
     .unwrap();
-    let mut config = std::fs::read_to_string(env.path("config.toml")).unwrap();
     let allowed = env.path("allowed");
-    config.push_str(&format!(
-        "\n[daemon]\nstatus_listen = \"off\"\ntrigger_dir = \"{}\"\nrefresh_schedule = \"0 0 0 1 1 *\"\n\
-         \n[sources]\nallowed_dirs = [\"{}\"]\n",
-        env.path("triggers").display(),
-        allowed.display()
-    ));
-    std::fs::write(env.path("config.toml"), config).unwrap();
-    let config = Config::load(Some(&env.path("config.toml"))).unwrap().0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daemon = Daemon::build(config, Some(env.path("config.toml")), Some(listener)).await.unwrap();
-    let base = format!("http://{}/api/v1", daemon.status_address().unwrap());
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    let task = tokio::spawn(async move { daemon.run_until(shutdown).await.unwrap() });
-    Team { env, base, tokens, csv, allowed, revoked, revoked_next: Default::default(), stop, task }
+    let served = serve(&env, &format!("\n[sources]\nallowed_dirs = [\"{}\"]\n", allowed.display())).await;
+    let base = format!("{}/api/v1", served.base);
+    Team { env, base, tokens, csv, allowed, revoked, revoked_next: Default::default(), served }
 }
 
 impl Team {
@@ -172,8 +159,7 @@ impl Team {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
+        self.served.stop().await;
     }
 }
 
@@ -760,9 +746,8 @@ async fn an_export_user_plans_a_run_then_repeats_one_the_mass_removal_guard_stop
     assert_eq!(audit[0]["detail"], "allow mass removal", "{audit}");
     assert_eq!(audit[2]["action"], "export.run.dry", "{audit}");
 
-    let Team { env, stop, task, .. } = t;
-    stop.cancel();
-    task.await.unwrap();
+    let Team { env, served, .. } = t;
+    served.stop().await;
     let members = tokio::task::spawn_blocking(move || env.members("vip")).await.unwrap();
     assert_eq!(members, sorted(emails(0, 5)));
 }
@@ -814,9 +799,8 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
         (Some("connection.edit"), Some("key replaced"))
     );
     assert_eq!(audit[1]["detail"], "usable by contributors", "{audit}");
-    let Team { env, stop, task, .. } = t;
-    stop.cancel();
-    task.await.unwrap();
+    let Team { env, served, .. } = t;
+    served.stop().await;
     let members = tokio::task::spawn_blocking(move || env.members("vip")).await.unwrap();
     assert_eq!(members, sorted(emails(0, 40)));
 }

@@ -303,7 +303,7 @@ pub async fn leave_export_user(State(s): State<ApiState>, c: Caller, Path(name):
 }
 
 /// An export the caller may see, with its facts; 404 otherwise.
-async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Result<(Export, ExportFacts), ApiError> {
+pub(crate) async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Result<(Export, ExportFacts), ApiError> {
     let export = s.store.export(name).await?;
     let facts = ExportFacts::load(&s.store, &export).await?;
     access::see_export(&c.actor, &facts).check(&format!("export '{name}'"))?;

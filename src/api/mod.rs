@@ -30,6 +30,7 @@ use crate::store::Store;
 
 pub use auth::{metrics_readers_only, Caller, Throttle};
 pub use error::ApiError;
+pub(crate) use handlers::visible_export;
 pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
 
 /// What every handler reaches.

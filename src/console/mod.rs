@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::access::{self, ExportFacts, Verdict};
+use crate::access::{self, Actor, Verdict};
 use crate::api::{ApiError, ApiState, Caller};
 
 pub use pages::Page;
@@ -91,12 +91,12 @@ fn page(c: &Caller, p: Page) -> Response {
     secured(pages::frame(c, p).into_response())
 }
 
-/// A page for administrators only; others get the not-found page.
-fn admin_page(caller: Result<Caller, ApiError>, uri: Uri, p: Page, what: &str) -> Response {
+/// A page for those `allowed` lets in (administrators); others get the not-found page.
+fn admin_page(caller: Result<Caller, ApiError>, uri: Uri, p: Page, allowed: fn(&Actor) -> Verdict) -> Response {
     match signed_in(caller, &uri) {
         Err(r) => *r,
-        Ok(c) if access::manage_users(&c.actor) == Verdict::Allow => page(&c, p),
-        Ok(c) => not_found(&c, what),
+        Ok(c) if allowed(&c.actor) == Verdict::Allow => page(&c, p),
+        Ok(c) => not_found(&c, "such page"),
     }
 }
 
@@ -132,14 +132,7 @@ async fn export(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let visible = match s.store.export(&name).await {
-        Ok(export) => match ExportFacts::load(&s.store, &export).await {
-            Ok(facts) => access::see_export(&c.actor, &facts) == Verdict::Allow,
-            Err(_) => false,
-        },
-        Err(_) => false,
-    };
-    if visible {
+    if crate::api::visible_export(&s, &c, &name).await.is_ok() {
         page(&c, Page::Export(name))
     } else {
         not_found(&c, "such export")
@@ -147,11 +140,11 @@ async fn export(
 }
 
 async fn connections(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    admin_page(caller, uri, Page::Connections, "such page")
+    admin_page(caller, uri, Page::Connections, access::add_connection)
 }
 
 async fn new_connection(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    admin_page(caller, uri, Page::NewConnection, "such page")
+    admin_page(caller, uri, Page::NewConnection, access::add_connection)
 }
 
 async fn connection(
@@ -173,13 +166,9 @@ async fn connection(
 }
 
 async fn users(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    admin_page(caller, uri, Page::Users, "such page")
+    admin_page(caller, uri, Page::Users, access::manage_users)
 }
 
 async fn audit(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
-    match signed_in(caller, &uri) {
-        Err(r) => *r,
-        Ok(c) if access::read_audit(&c.actor) == Verdict::Allow => page(&c, Page::Audit),
-        Ok(c) => not_found(&c, "such page"),
-    }
+    admin_page(caller, uri, Page::Audit, access::read_audit)
 }

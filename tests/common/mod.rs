@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod in_process;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
