@@ -779,17 +779,19 @@ async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, A
         (status = 404, description = "No such run, or one of an export the caller may not see", body = ErrorBody)))]
 pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> ApiResult {
     let what = format!("run #{id}");
+    // The live progress is taken before the row is read: a run that ends in between then shows its end (the engine
+    // records it before it leaves the in-flight map), never "running" without progress.
+    let progress = {
+        let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
+        in_flight.values().find(|p| p.run_id() == Some(id)).cloned()
+    };
     let run = s.store.run(id).await.map_err(|_| ApiError::not_found(&what))?;
     // Seeing the run is seeing its export: export users and administrators only, so they alone get its members.
     if !c.actor.is_admin() && !may_see_run(&s, &c, run.export_id).await? {
         return Err(ApiError::not_found(&what));
     }
     let mut v = run_view(&s, &c, &run).await?;
-    let progress = {
-        let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
-        in_flight.get(&run.export_name).cloned().filter(|p| p.run_id() == Some(id))
-    };
-    if let Some(p) = progress {
+    if let Some(p) = progress.filter(|_| run.status == crate::store::RunStatus::Running) {
         let (done, planned, per_second, seconds_left) = p.snapshot();
         let (phase, list) = p.phase();
         let phase = serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
