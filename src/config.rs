@@ -202,6 +202,11 @@ pub struct DaemonConfig {
     /// `/metrics` and `/status` and nothing else: for a Prometheus scraper, which then holds no account's power.
     /// Off loopback those two need it or an administrator's token. Read at start-up. Default none.
     pub metrics_token_file: Option<PathBuf>,
+    /// Reverse proxies (IP addresses, or networks such as "10.0.0.0/8") whose X-Forwarded-For, X-Forwarded-Proto
+    /// and X-Forwarded-Host headers are believed: the client's address behind them is what the audit records and
+    /// failed sign-ins are throttled by, and a browser that reached the proxy over HTTPS gets a Secure session
+    /// cookie. Headers from any other peer are ignored. Default none.
+    pub trusted_proxies: Vec<String>,
     /// A web console session unused for this long ends (the next request answers 401). Default 30m.
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
@@ -226,6 +231,7 @@ impl Default for DaemonConfig {
             tls_key: None,
             allow_plain_http: false,
             metrics_token_file: None,
+            trusted_proxies: Vec::new(),
             session_idle_timeout: Duration::from_secs(30 * 60),
             session_lifetime: Duration::from_secs(12 * 3600),
         }
@@ -241,6 +247,32 @@ impl DaemonConfig {
                 self.time_zone
             )
         })
+    }
+
+    /// `trusted_proxies`, parsed; the error names every entry that is neither an address nor a network.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        let mut bad = Vec::new();
+        let nets = self
+            .trusted_proxies
+            .iter()
+            .filter_map(|entry| {
+                let text = entry.trim();
+                let net =
+                    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(Into::into));
+                if net.is_none() {
+                    bad.push(format!("'{entry}'"));
+                }
+                net
+            })
+            .collect();
+        if bad.is_empty() {
+            Ok(nets)
+        } else {
+            Err(format!(
+                "daemon.trusted_proxies: {} not an IP address or network; use e.g. \"127.0.0.1\" or \"172.16.0.0/12\"",
+                if bad.len() == 1 { format!("{} is", bad[0]) } else { format!("{} are", bad.join(", ")) }
+            ))
+        }
     }
 
     /// The status listener address, or None when it is off.
@@ -412,6 +444,9 @@ impl Config {
                 }
             }
         }
+        if let Err(e) = d.trusted_proxies() {
+            p.push(e);
+        }
         if d.tls_cert.is_some() != d.tls_key.is_some() {
             p.push(
                 "daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither"
@@ -550,6 +585,17 @@ mod tests {
         let half = "[daemon]\ntls_cert = \"c.pem\"\n";
         let err = Config::parse(half, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_every_bad_one_is_named() {
+        let good = "[daemon]\ntrusted_proxies = [\"127.0.0.1\", \"::1\", \"172.16.0.0/12\"]\n";
+        let nets = Config::parse(good, Path::new("x.toml")).unwrap().daemon.trusted_proxies().unwrap();
+        assert!(nets[0].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[2].contains(&"172.17.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let bad = "[daemon]\ntrusted_proxies = [\"nginx\", \"10.0.0.0/33\", \"10.0.0.1\"]\n";
+        let err = Config::parse(bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("'nginx', '10.0.0.0/33' are not an IP address or network"), "{err}");
     }
 
     #[test]

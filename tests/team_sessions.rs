@@ -420,3 +420,60 @@ fn with_a_certificate_the_daemon_serves_https_only_and_the_session_cookie_is_sec
     assert!(text(&health.stdout).contains("healthy"));
     assert_no_secret("the daemon's log", &daemon.logs(), &[PASSWORD, &browser.session_id(), &key_pem[40..100]]);
 }
+
+/// A client that goes through a reverse proxy on this host: every request carries what the proxy adds.
+fn behind_proxy(client_address: &str) -> reqwest::Client {
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", client_address.parse().unwrap());
+    h.insert("x-forwarded-proto", "https".parse().unwrap());
+    h.insert("x-forwarded-host", "exports.example.com".parse().unwrap());
+    reqwest::Client::builder().default_headers(h).build().unwrap()
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_client_its_https_and_its_host_come_from_the_proxys_headers() {
+    let (env, ann, _) = team("127.0.0.1:0", "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n");
+    let daemon = Daemon::start(&env);
+    // A browser on https://exports.example.com, which nginx on this host passes to the daemon over plain HTTP.
+    let mut browser = Browser::new(behind_proxy("203.0.113.9"), &daemon.status);
+    browser.origin = "https://exports.example.com".into();
+    let signed_in = browser.sign_in("ann", PASSWORD);
+    assert_eq!(signed_in.status, 200, "the Origin matches the host the proxy reports: {}", signed_in.text);
+    let cookie = signed_in.set_cookie();
+    assert!(cookie.starts_with("__Host-segment_exporter_session="), "the browser is on HTTPS: {cookie}");
+    assert!(cookie.split(';').map(str::trim).any(|a| a == "Secure"), "{cookie}");
+    assert_eq!(browser.get("/me").status, 200, "the __Host- cookie is read back");
+    assert_eq!(browser.change(reqwest::Method::DELETE, "/session").status, 204, "signed out through the proxy");
+    let rows = audit(&env);
+    let origins: Vec<&Value> =
+        rows.iter().filter(|r| r["action"].as_str().unwrap().starts_with("session.")).map(|r| &r["origin"]).collect();
+    assert_eq!(origins, [&json!("api 203.0.113.9"), &json!("api 203.0.113.9")], "the client, not the proxy");
+
+    // Wrong tokens from one client behind the proxy block that client, not everyone the proxy serves.
+    let api = format!("{}/api/v1/me", daemon.status);
+    let attacker = behind_proxy("198.51.100.66");
+    let mut tries = 0;
+    while send(attacker.get(&api).bearer_auth(format!("guess-{tries}"))).status != 429 {
+        tries += 1;
+        assert!(tries <= 60, "never throttled");
+    }
+    assert_eq!(send(attacker.get(&api).bearer_auth(&ann)).status, 429, "the attacker's address is blocked");
+    assert_eq!(send(behind_proxy("203.0.113.9").get(&api).bearer_auth(&ann)).status, 200, "its neighbours are not");
+}
+
+#[test]
+fn forwarded_headers_from_a_peer_that_is_not_a_trusted_proxy_change_nothing() {
+    let (env, _, _) = team("127.0.0.1:0", "");
+    let daemon = Daemon::start(&env);
+    let mut browser = Browser::new(behind_proxy("203.0.113.9"), &daemon.status);
+    browser.origin = "https://exports.example.com".into();
+    assert_eq!(browser.sign_in("ann", PASSWORD).status, 403, "a forged X-Forwarded-Host is no excuse for the Origin");
+    browser.origin = daemon.status.clone();
+    let signed_in = browser.sign_in("ann", PASSWORD);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text);
+    let cookie = signed_in.set_cookie();
+    assert!(cookie.starts_with("segment_exporter_session=") && !cookie.contains("Secure"), "{cookie}");
+    let rows = audit(&env);
+    let sign_in = rows.iter().find(|r| r["action"] == "session.sign_in").unwrap();
+    assert_eq!(sign_in["origin"], "api 127.0.0.1", "the peer, not what it claims: {sign_in}");
+}

@@ -4,17 +4,18 @@
 //! password is checked). Also the guard that keeps `/metrics` and `/status` for administrators off loopback.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
+use super::client::Client;
 use super::{ApiError, ApiState};
 use crate::access::{credentials, Actor};
 
@@ -53,8 +54,8 @@ impl Default for Throttle {
 
 impl Throttle {
     /// The keys a failed authentication counts against: the address, and the account when one is named.
-    pub(super) fn keys(address: Option<SocketAddr>, account: Option<i64>) -> Vec<Key> {
-        address.map(|a| Key::Address(a.ip())).into_iter().chain(account.map(Key::Account)).collect()
+    pub(super) fn keys(address: Option<IpAddr>, account: Option<i64>) -> Vec<Key> {
+        address.map(Key::Address).into_iter().chain(account.map(Key::Account)).collect()
     }
 
     pub(super) fn is_blocked(&self, keys: &[Key]) -> bool {
@@ -88,13 +89,13 @@ pub struct Caller {
 }
 
 /// The audit's "from where" of a request from `address`.
-pub(super) fn origin_of(address: Option<SocketAddr>) -> String {
-    address.map_or_else(|| "api".to_string(), |a| format!("api {}", a.ip()))
+pub(super) fn origin_of(address: Option<IpAddr>) -> String {
+    address.map_or_else(|| "api".to_string(), |a| format!("api {a}"))
 }
 
-/// The peer's address, when the listener recorded it.
-pub(super) fn peer(parts: &Parts) -> Option<SocketAddr> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+/// Who sent the request, behind the trusted proxies.
+pub(super) fn client(parts: &Parts, state: &ApiState) -> Client {
+    Client::of(parts, &state.trusted_proxies, state.tls)
 }
 
 /// The answer to a key whose failed authentications ran out.
@@ -115,7 +116,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
         let state = ApiState::from_ref(state);
-        let address = peer(parts);
+        let client = client(parts, &state);
+        let address = client.address;
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -125,7 +127,7 @@ where
             .filter(|t| !t.is_empty());
         // A token wins over a cookie: it is not sent by a browser on its own, so it needs no CSRF check.
         let Some(token) = token else {
-            return match super::session::caller(parts, &state, address).await? {
+            return match super::session::caller(parts, &state, &client).await? {
                 Some(caller) => Ok(caller),
                 None => Err(ApiError::unauthorized()),
             };
@@ -137,7 +139,7 @@ where
         match credentials::authenticate(&state.store, token).await.map_err(ApiError::internal)? {
             Some(user) => Ok(Caller { actor: Actor::User(user), origin: origin_of(address), session: None }),
             None => {
-                tracing::info!(address = ?address.map(|a| a.ip()), "API authentication failed.");
+                tracing::info!(address = ?address, "API authentication failed.");
                 state.throttle.failed(&keys);
                 Err(ApiError::unauthorized())
             }

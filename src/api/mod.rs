@@ -8,6 +8,7 @@
 //! authentication; errors are `{"error": {"kind", "message"}}` and never name what the caller may not see.
 
 mod auth;
+mod client;
 mod error;
 mod handlers;
 pub mod openapi;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub throttle: Arc<Throttle>,
     /// Whether the listener serves HTTPS (the session cookie is then Secure).
     pub tls: bool,
+    /// `daemon.trusted_proxies`: peers whose X-Forwarded-* headers say who the client is.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The hash of `daemon.metrics_token_file`'s token, which reads `/metrics` and `/status` only.
     pub metrics_token: Option<String>,
 }

@@ -9,8 +9,6 @@
 //! browser never adds one by itself. Passwords are checked by `crate::access::credentials`, in a blocking thread
 //! (argon2id is slow on purpose); the store keeps only hashes of session ids.
 
-use std::net::SocketAddr;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::request::Parts;
@@ -23,7 +21,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{origin_of, peer, too_many_attempts, Caller, Throttle};
+use super::auth::{client, origin_of, too_many_attempts, Caller, Throttle};
+use super::client::Client;
 use super::views::{ErrorBody, Me, SessionView};
 use super::{ApiError, ApiState};
 use crate::access::{self, credentials, Actor};
@@ -45,10 +44,13 @@ pub struct SessionInfo {
     pub id: i64,
     pub csrf_token: String,
     pub expires_at: DateTime<Utc>,
+    /// Whether it came over HTTPS (its cookie then has the `__Host-` name).
+    pub https: bool,
 }
 
-fn cookie_name(state: &ApiState) -> &'static str {
-    if state.tls {
+/// The cookie's name for a browser that reached us over HTTPS (`https`) or not.
+fn cookie_name(https: bool) -> &'static str {
+    if https {
         TLS_COOKIE
     } else {
         COOKIE
@@ -83,12 +85,8 @@ fn csrf_refused(message: &str) -> ApiError {
 
 /// The caller of a request that came with the session cookie; None when it has none. Session ids are 256 random
 /// bits, so unlike tokens and passwords a wrong one is not throttled: nobody guesses one.
-pub(super) async fn caller(
-    parts: &Parts,
-    state: &ApiState,
-    address: Option<SocketAddr>,
-) -> Result<Option<Caller>, ApiError> {
-    let Some(id) = session_cookie(&parts.headers, cookie_name(state)) else { return Ok(None) };
+pub(super) async fn caller(parts: &Parts, state: &ApiState, client: &Client) -> Result<Option<Caller>, ApiError> {
+    let Some(id) = session_cookie(&parts.headers, cookie_name(client.https)) else { return Ok(None) };
     let Some(session) = state.store.session(&credentials::session_hash(&id)).await? else {
         return Err(session_ended());
     };
@@ -100,7 +98,7 @@ pub(super) async fn caller(
     }
     let Some(user) = state.store.user_by_id(session.user_id).await? else { return Err(session_ended()) };
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        check_origin(&parts.headers, parts.uri.authority().map(|a| a.as_str()), true)?;
+        check_origin(&parts.headers, client.host.as_deref(), true)?;
         let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !credentials::csrf_matches(&id, presented) {
             return Err(csrf_refused(
@@ -112,8 +110,13 @@ pub(super) async fn caller(
     if now - session.last_seen_at >= TOUCH_EVERY.min(idle / 4) {
         state.store.touch_session(session.id).await?;
     }
-    let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(&id), expires_at: session.expires_at };
-    Ok(Some(Caller { actor: Actor::User(user), origin: origin_of(address), session: Some(info) }))
+    let info = SessionInfo {
+        id: session.id,
+        csrf_token: credentials::csrf_token(&id),
+        expires_at: session.expires_at,
+        https: client.https,
+    };
+    Ok(Some(Caller { actor: Actor::User(user), origin: origin_of(client.address), session: Some(info) }))
 }
 
 /// A URL's host and port, the default ports (80, 443) left out so that a TLS proxy in front (browser on 443,
@@ -122,10 +125,10 @@ fn authority(url: &url::Url) -> Option<(String, Option<u16>)> {
     Some((url.host_str()?.to_ascii_lowercase(), url.port_or_known_default().filter(|p| *p != 80 && *p != 443)))
 }
 
-/// Refuses a request whose Origin (or, without one, Referer) names another host than the one it was sent to.
-/// `required`: whether a request naming neither is refused too (changes with the cookie); a sign-in without them
+/// Refuses a request whose Origin (or, without one, Referer) names another host than `host`, the one it was sent
+/// to. `required`: whether a request naming neither is refused too (changes with the cookie); a sign-in without them
 /// is let through, as curl sends neither.
-fn check_origin(headers: &HeaderMap, uri_authority: Option<&str>, required: bool) -> Result<(), ApiError> {
+fn check_origin(headers: &HeaderMap, host: Option<&str>, required: bool) -> Result<(), ApiError> {
     let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
     let claimed = text(header::ORIGIN).or_else(|| text(header::REFERER));
     let Some(claimed) = claimed else {
@@ -137,8 +140,6 @@ fn check_origin(headers: &HeaderMap, uri_authority: Option<&str>, required: bool
             Ok(())
         };
     };
-    // HTTP/2 carries the host in the URI's authority instead of a Host header.
-    let host = text(header::HOST).or_else(|| uri_authority.map(str::to_string));
     let ours = host.and_then(|h| url::Url::parse(&format!("http://{h}")).ok()).and_then(|u| authority(&u));
     let theirs = url::Url::parse(&claimed).ok().and_then(|u| authority(&u));
     match (ours, theirs) {
@@ -147,12 +148,13 @@ fn check_origin(headers: &HeaderMap, uri_authority: Option<&str>, required: bool
     }
 }
 
-fn set_cookie(state: &ApiState, value: &str, clear: bool) -> HeaderValue {
-    let mut c = Cookie::build((cookie_name(state), value.to_string()))
+/// The Set-Cookie header for a browser that reached us over HTTPS (`https`) or not.
+fn set_cookie(https: bool, value: &str, clear: bool) -> HeaderValue {
+    let mut c = Cookie::build((cookie_name(https), value.to_string()))
         .http_only(true)
         .same_site(SameSite::Strict)
         .path("/")
-        .secure(state.tls)
+        .secure(https)
         .build();
     if clear {
         c.make_removal();
@@ -199,14 +201,15 @@ async fn sign_in_inner(
     b: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     // A sign-in posted by another site would sign the browser into that site's choice of account.
-    check_origin(&parts.headers, parts.uri.authority().map(|a| a.as_str()), false)?;
+    let client = client(parts, s);
+    check_origin(&parts.headers, client.host.as_deref(), false)?;
     // serde's message may quote a value, and a value here may be a password: say what is expected instead.
     let Ok(Json(b)) = b else {
         return Err(ApiError::invalid(
             "the body must be JSON {\"user\": NAME, \"password\": PASSWORD}, with Content-Type: application/json",
         ));
     };
-    let address = peer(parts);
+    let address = client.address;
     let origin = origin_of(address);
     let user = match s.store.user(b.user.trim()).await {
         Ok(u) => Some(u),
@@ -215,7 +218,7 @@ async fn sign_in_inner(
     };
     let keys = Throttle::keys(address, user.as_ref().map(|u| u.id));
     if s.throttle.is_blocked(&keys) {
-        tracing::info!(address = ?address.map(|a| a.ip()), "Sign-in refused: too many failed attempts.");
+        tracing::info!(address = ?address, "Sign-in refused: too many failed attempts.");
         return Err(too_many_attempts());
     }
     let stored = match &user {
@@ -248,17 +251,17 @@ async fn sign_in_inner(
     let actor = Actor::User(user.clone());
     access::audit(&s.store, &s.config, &actor, &origin, "session.sign_in", None, None).await?;
     // A session this browser held before ends: each sign-in starts from a fresh id.
-    if let Some(old) = session_cookie(&parts.headers, cookie_name(s)) {
+    if let Some(old) = session_cookie(&parts.headers, cookie_name(client.https)) {
         if let Some(previous) = s.store.session(&credentials::session_hash(&old)).await? {
             s.store.remove_session(previous.id).await?;
         }
     }
     // The account's id, not its name: a name may be an email address, which stays out of logs above debug.
-    tracing::info!(account = user.id, address = ?address.map(|a| a.ip()), "Signed in.");
+    tracing::info!(account = user.id, address = ?address, "Signed in.");
     let id = new.id.expose_secret();
-    let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(id), expires_at };
+    let info = SessionInfo { id: session.id, csrf_token: credentials::csrf_token(id), expires_at, https: client.https };
     let mut response = Json(session_view(&user, &info, s)).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, set_cookie(s, id, false));
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie(client.https, id, false));
     no_store(&mut response);
     Ok(response)
 }
@@ -269,7 +272,7 @@ async fn failed_sign_in(
     s: &ApiState,
     account: Option<String>,
     origin: &str,
-    address: Option<SocketAddr>,
+    address: Option<std::net::IpAddr>,
 ) -> Result<ApiError, ApiError> {
     let (actor, detail) = match &account {
         Some(name) => (name.as_str(), "wrong password, or none set"),
@@ -283,7 +286,7 @@ async fn failed_sign_in(
         detail: Some(detail.to_string()),
     };
     s.store.record_audit(&event, s.config.store.audit_retention).await?;
-    tracing::info!(address = ?address.map(|a| a.ip()), "Sign-in failed.");
+    tracing::info!(address = ?address, "Sign-in failed.");
     Ok(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the user name or password is wrong"))
 }
 
@@ -321,7 +324,7 @@ pub async fn sign_out(State(s): State<ApiState>, c: Caller) -> Result<Response, 
     s.store.remove_session(info.id).await?;
     access::audit(&s.store, &s.config, &c.actor, &c.origin, "session.sign_out", None, None).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(header::SET_COOKIE, set_cookie(&s, "", true));
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie(info.https, "", true));
     Ok(response)
 }
 
@@ -339,25 +342,26 @@ mod tests {
 
     #[test]
     fn the_origin_must_name_the_host_the_request_was_sent_to() {
-        let same = headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "http://127.0.0.1:9185")]);
-        assert!(check_origin(&same, None, true).is_ok());
-        let proxied =
-            headers(&[(header::HOST, "exports.example.com"), (header::ORIGIN, "https://exports.example.com")]);
-        assert!(check_origin(&proxied, None, true).is_ok(), "a TLS proxy on 443 in front of plain HTTP");
-        let referer =
-            headers(&[(header::HOST, "127.0.0.1:9185"), (header::REFERER, "http://127.0.0.1:9185/exports/a")]);
-        assert!(check_origin(&referer, None, true).is_ok());
+        let ours = Some("127.0.0.1:9185");
+        let same = headers(&[(header::ORIGIN, "http://127.0.0.1:9185")]);
+        assert!(check_origin(&same, ours, true).is_ok());
+        let proxied = headers(&[(header::ORIGIN, "https://exports.example.com")]);
+        assert!(check_origin(&proxied, Some("exports.example.com"), true).is_ok(), "a TLS proxy on 443 in front");
+        let referer = headers(&[(header::REFERER, "http://127.0.0.1:9185/exports/a")]);
+        assert!(check_origin(&referer, ours, true).is_ok());
         for bad in [
-            headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "http://evil.example")]),
-            headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "http://127.0.0.1:9186")]),
-            headers(&[(header::HOST, "127.0.0.1:9185"), (header::ORIGIN, "null")]),
-            headers(&[(header::HOST, "127.0.0.1:9185"), (header::REFERER, "http://evil.example/127.0.0.1:9185")]),
+            headers(&[(header::ORIGIN, "http://evil.example")]),
+            headers(&[(header::ORIGIN, "http://127.0.0.1:9186")]),
+            headers(&[(header::ORIGIN, "null")]),
+            headers(&[(header::REFERER, "http://evil.example/127.0.0.1:9185")]),
         ] {
-            assert_eq!(check_origin(&bad, None, false).unwrap_err().status, StatusCode::FORBIDDEN, "{bad:?}");
+            assert_eq!(check_origin(&bad, ours, false).unwrap_err().status, StatusCode::FORBIDDEN, "{bad:?}");
         }
-        let neither = headers(&[(header::HOST, "127.0.0.1:9185")]);
-        assert!(check_origin(&neither, None, true).is_err(), "a change with the cookie must say where it is from");
-        assert!(check_origin(&neither, None, false).is_ok(), "a sign-in from curl says nothing");
+        let unknown_host = headers(&[(header::ORIGIN, "http://127.0.0.1:9185")]);
+        assert!(check_origin(&unknown_host, None, true).is_err(), "without a host nothing matches");
+        let neither = HeaderMap::new();
+        assert!(check_origin(&neither, ours, true).is_err(), "a change with the cookie must say where it is from");
+        assert!(check_origin(&neither, ours, false).is_ok(), "a sign-in from curl says nothing");
     }
 
     #[test]

@@ -308,6 +308,8 @@ impl Daemon {
                 shared: self.shared.clone(),
                 throttle: Default::default(),
                 tls: mode.is_tls(),
+                // Checked by `validate` and at start-up; a bad entry cannot get here.
+                trusted_proxies: self.config.daemon.trusted_proxies().unwrap_or_default().into(),
                 metrics_token: self.metrics_token.clone(),
             };
             let mut private = status::private_router(self.shared.clone());
