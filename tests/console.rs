@@ -494,7 +494,6 @@ mod browser {
         other.fill("Password", "erin's long passphrase").await;
         other.click("Sign in").await;
         other.wait_path("/exports").await;
-        drop(other);
 
         // A wrong password is told in words, and nothing else happens.
         let third = browser(1280, 900).await;
@@ -505,6 +504,16 @@ mod browser {
         third.wait_text("The user name or password is wrong.", Duration::from_secs(10)).await;
         assert_eq!(third.path().await, "/sign-in");
         drop(third);
+
+        // erin's browser is signed out from ann's screen; it is sent to the sign-in page on its next request.
+        let row = b.client.wait().for_element(Locator::Css("tr[data-user=erin]")).await.unwrap();
+        let sign_out = Locator::XPath(".//button[normalize-space(.)='Sign out everywhere']");
+        row.find(sign_out).await.unwrap().click().await.unwrap();
+        row.find(Locator::XPath(".//button[normalize-space(.)='Yes, sign out']")).await.unwrap().click().await.unwrap();
+        b.wait_text("Ended 1 session of erin", Duration::from_secs(10)).await;
+        other.goto(&format!("{}/exports", svc.base)).await;
+        other.wait_path("/sign-in").await;
+        drop(other);
 
         b.click("Audit").await;
         b.wait_path("/audit").await;

@@ -345,6 +345,11 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
             [u, u, fb, fb, S::OK],
         ),
         (Method::POST, "/users/u-4/token".into(), None, [u, u, fb, fb, S::OK]),
+        // Sessions: administrators see and end anyone's, an account its own; another's do not exist.
+        (Method::GET, "/users/carl/sessions".into(), None, [u, u, nf, S::OK, S::OK]),
+        (Method::GET, "/users/nobody/sessions".into(), None, [u, u, nf, nf, nf]),
+        (Method::DELETE, "/users/carl/sessions/999999".into(), None, [u, u, nf, nf, nf]),
+        (Method::DELETE, "/users/carl/sessions".into(), None, [u, u, nf, S::OK, S::OK]),
         (Method::DELETE, "/users/u-4".into(), None, [u, u, fb, fb, S::OK]),
         (Method::GET, "/users/u-4".into(), None, [u, u, fb, fb, nf]),
         (Method::GET, "/segments".into(), None, [u, u, S::OK, S::OK, S::OK]),

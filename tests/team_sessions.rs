@@ -477,3 +477,69 @@ fn forwarded_headers_from_a_peer_that_is_not_a_trusted_proxy_change_nothing() {
     let sign_in = rows.iter().find(|r| r["action"] == "session.sign_in").unwrap();
     assert_eq!(sign_in["origin"], "api 127.0.0.1", "the peer, not what it claims: {sign_in}");
 }
+
+#[test]
+fn a_person_sees_their_sessions_and_ends_one_and_an_admin_signs_anyone_out_everywhere() {
+    let (env, _, carl_token) = team("127.0.0.1:0", "");
+    env.cmd()
+        .args(["user", "password", "carl", "--password-stdin"])
+        .write_stdin(format!("{PASSWORD}\n"))
+        .assert()
+        .success();
+    let daemon = Daemon::start(&env);
+    let browser = |user: &str| {
+        let mut b = Browser::new(reqwest::Client::new(), &daemon.status);
+        assert_eq!(b.sign_in(user, PASSWORD).status, 200);
+        b
+    };
+    // ann signs in at her desk and on her phone; carl on his laptop.
+    let (desk, phone, laptop) = (browser("ann"), browser("ann"), browser("carl"));
+    let listed = desk.get("/users/ann/sessions").json();
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.iter().filter(|s| s["current"] == true).count(), 1, "the desk's own session is marked");
+    assert!(listed.iter().all(|s| s["origin"] == "api 127.0.0.1" && s["expires_at"].is_string()), "{listed:?}");
+    let phone_id = listed.iter().find(|s| s["current"] == false).unwrap()["id"].as_i64().unwrap();
+    assert_no_secret("the session list", &serde_json::to_string(listed).unwrap(), &[&phone.session_id()]);
+
+    // Her phone is lost: she ends that session from her desk; the desk stays signed in.
+    let ended = desk.change(reqwest::Method::DELETE, &format!("/users/ann/sessions/{phone_id}"));
+    assert_eq!((ended.status, ended.json()["ended"].clone()), (200, json!(1)), "{}", ended.text);
+    assert_eq!(phone.get("/me").status, 401, "the phone is signed out");
+    assert_eq!(desk.get("/me").status, 200);
+
+    // carl sees his own sessions, not ann's (they do not exist to him), and cannot end hers.
+    assert_eq!(laptop.get("/users/carl/sessions").json().as_array().map(Vec::len), Some(1));
+    let hers = laptop.get("/users/ann/sessions");
+    assert_eq!(hers.status, 404, "{}", hers.text);
+    assert_eq!(laptop.change(reqwest::Method::DELETE, "/users/ann/sessions").status, 404);
+    assert_eq!(desk.get("/me").status, 200, "nothing of ann's ended");
+
+    // An administrator signs carl out everywhere, from the CLI too; his token keeps working.
+    let cli = env.json(&["user", "sessions", "carl"]);
+    assert_eq!(cli.as_array().map(Vec::len), Some(1), "{cli}");
+    let out = env.json(&["user", "sign-out", "carl"]);
+    assert_eq!(out["ended"], 1, "{out}");
+    assert_eq!(laptop.get("/me").status, 401, "carl's browser must sign in again");
+    let me = send(reqwest::Client::new().get(format!("{}/me", desk.base)).bearer_auth(&carl_token));
+    assert_eq!(me.status, 200, "the API token is not a session");
+    let none = env.cmd().args(["user", "sessions", "carl"]).assert().success();
+    assert!(String::from_utf8_lossy(&none.get_output().stdout).contains("not signed in"));
+    let missing = env.run(&["--json", "user", "sign-out", "carl", "--session", &phone_id.to_string()]);
+    assert_eq!(missing.status.code(), Some(1), "ann's phone session is not carl's");
+    let missing: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(missing["error"]["kind"], "not_found", "{missing}");
+    assert!(missing["error"]["message"].as_str().unwrap().contains(&format!("session {phone_id}")), "{missing}");
+
+    let rows = audit(&env);
+    let ends: Vec<(&Value, &Value, &Value)> = rows
+        .iter()
+        .filter(|r| r["action"] == "session.end")
+        .map(|r| (&r["actor"], &r["target"], &r["detail"]))
+        .collect();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert!(ends.iter().any(|(a, t, _)| **a == "ann" && **t == "ann"), "{ends:?}");
+    assert!(ends
+        .iter()
+        .any(|(a, t, d)| a.as_str().unwrap().starts_with("local:") && **t == "carl" && **d == "all 1 session(s)"));
+}

@@ -1,13 +1,14 @@
 //! Account management as one set of operations for the CLI's `user` commands and the API's `/users` (the web
 //! console's Users screen): each checks `manage_users`, keeps at least one administrator account once there is
-//! one, and writes its audit row. Tokens are returned once, to be shown once; passwords only pass through.
+//! one, and writes its audit row; sessions are the exception, as every account may see and end its own. Tokens are
+//! returned once, to be shown once; passwords only pass through.
 
 use secrecy::SecretString;
 
 use super::ops::{Caller, OpError};
-use super::{audit, credentials, manage_users, Actor};
+use super::{audit, credentials, manage_sessions, manage_users, Actor};
 use crate::config::Config;
-use crate::store::{Role, Store, User};
+use crate::store::{Role, SessionListing, Store, User};
 
 /// Adds an account with its first API token.
 pub async fn add_user(
@@ -104,4 +105,60 @@ pub async fn set_password(
     let detail = (ended > 0).then(|| format!("{ended} session(s) ended"));
     audit(store, config, c.actor, c.origin, "user.password", Some(name), detail).await?;
     Ok(user)
+}
+
+/// The account `name` as whose sessions `c` may see and end, or "does not exist" when it may not (so a contributor
+/// learns nothing of other accounts).
+async fn session_owner(store: &Store, c: &Caller<'_>, name: &str) -> Result<User, OpError> {
+    let what = format!("account '{name}'");
+    let user = match store.user(name).await {
+        Ok(u) => u,
+        Err(crate::store::StoreError::NotFound { .. }) if !c.actor.is_admin() => {
+            return Err(super::Denied::NotFound(what).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    manage_sessions(c.actor, user.id).check(&what)?;
+    Ok(user)
+}
+
+/// The web console sessions of `name` that have not ended, newest first.
+pub async fn sessions(
+    store: &Store,
+    config: &Config,
+    c: &Caller<'_>,
+    name: &str,
+) -> Result<(User, Vec<SessionListing>), OpError> {
+    let user = session_owner(store, c, name).await?;
+    let idle = chrono::Duration::from_std(config.daemon.session_idle_timeout).unwrap_or(chrono::Duration::MAX);
+    let since = chrono::Utc::now().checked_sub_signed(idle).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let listed = store.user_sessions(user.id, since).await?;
+    Ok((user, listed))
+}
+
+/// Ends one session of `name` (`only`) or all of them: the browsers holding them are signed out at their next
+/// request. Answers how many ended; asking to end a session that is not there is "does not exist".
+pub async fn end_sessions(
+    store: &Store,
+    config: &Config,
+    c: &Caller<'_>,
+    name: &str,
+    only: Option<i64>,
+) -> Result<u64, OpError> {
+    let user = session_owner(store, c, name).await?;
+    let ended = match only {
+        Some(id) => {
+            if !store.remove_session_of(user.id, id).await? {
+                return Err(super::Denied::NotFound(format!("session {id} of account '{name}'")).into());
+            }
+            1
+        }
+        None => store.remove_user_sessions(user.id).await?,
+    };
+    let detail = match only {
+        Some(id) => format!("session {id}"),
+        None => format!("all {ended} session(s)"),
+    };
+    audit(store, config, c.actor, c.origin, "session.end", Some(name), Some(detail)).await?;
+    Ok(ended)
 }

@@ -220,6 +220,16 @@ pub fn manage_users(actor: &Actor) -> Verdict {
     admin_or(actor, Verdict::Forbidden)
 }
 
+/// See and end the web console sessions of account `owner`: administrators anyone's, every account its own. To
+/// anyone else another account's sessions do not exist.
+pub fn manage_sessions(actor: &Actor, owner: i64) -> Verdict {
+    if actor.user_id() == Some(owner) {
+        Verdict::Allow
+    } else {
+        admin_or(actor, Verdict::NotFound)
+    }
+}
+
 /// Read the audit trail.
 pub fn read_audit(actor: &Actor) -> Verdict {
     admin_or(actor, Verdict::Forbidden)

@@ -52,6 +52,8 @@ fn every_action_gets_the_expected_verdict_for_every_kind_of_actor() {
         ("see segment source", |a, _, _| see_segment_source(a), [A, A, F, F, F]),
         ("add/edit/remove segment", |a, _, _| manage_segments(a), [A, A, F, F, F]),
         ("manage users", |a, _, _| manage_users(a), [A, A, F, F, F]),
+        // Account 2 is the "contributor export user" of the cases.
+        ("see and end account 2's sessions", |a, _, _| manage_sessions(a, 2), [A, A, A, N, N]),
         ("read audit", |a, _, _| read_audit(a), [A, A, F, F, F]),
     ];
     let mut wrong = Vec::new();

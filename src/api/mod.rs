@@ -83,5 +83,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(users::user, users::change_user, users::remove_user))
         .routes(routes!(users::set_password))
         .routes(routes!(users::rotate_token))
+        .routes(routes!(users::sessions, users::end_sessions))
+        .routes(routes!(users::end_session))
         .routes(routes!(openapi::serve))
 }

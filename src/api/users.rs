@@ -1,5 +1,6 @@
 //! `/api/v1/users`: the accounts, for administrators (the web console's Users screen). Every change goes through
-//! `crate::access::accounts`, as the CLI's `user` commands do; a new or rotated token is in the answer once.
+//! `crate::access::accounts`, as the CLI's `user` commands do; a new or rotated token is in the answer once. An
+//! account's web console sessions (`/users/{name}/sessions`) are also its own to see and end.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -11,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::handlers::{body, created, ok, ops_caller};
-use super::views::{ErrorBody, NewToken, PasswordSet, UserRemoved, UserView};
+use super::views::{ErrorBody, NewToken, PasswordSet, SessionListingView, SessionsEnded, UserRemoved, UserView};
 use super::{ApiError, ApiState};
 use crate::access::{self, accounts};
 use crate::store::Role;
@@ -132,4 +133,43 @@ pub async fn set_password(
     };
     let user = accounts::set_password(&s.store, &s.config, &ops_caller(&c), &name, b.password).await?;
     ok(PasswordSet { user: user.name, password_set: true })
+}
+
+/// The account's web console sessions that have not ended, newest first: administrators see anyone's, every account
+/// its own ("does not exist" for another's).
+#[utoipa::path(get, path = "/users/{name}/sessions", tag = "accounts", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<SessionListingView>), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let (_, listed) = accounts::sessions(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    let current = c.session.as_ref().map(|info| info.id);
+    let views: Vec<SessionListingView> = listed
+        .into_iter()
+        .map(|l| SessionListingView {
+            current: current == Some(l.id),
+            id: l.id,
+            signed_in_at: l.created_at,
+            last_seen_at: l.last_seen_at,
+            expires_at: l.expires_at,
+            origin: l.origin,
+        })
+        .collect();
+    ok(views)
+}
+
+/// Signs the account out everywhere: every one of its sessions ends (its API token is not touched).
+#[utoipa::path(delete, path = "/users/{name}/sessions", tag = "accounts", params(("name" = String, Path)),
+    responses((status = 200, body = SessionsEnded), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn end_sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
+    let ended = accounts::end_sessions(&s.store, &s.config, &ops_caller(&c), &name, None).await?;
+    ok(SessionsEnded { user: name, ended })
+}
+
+/// Ends one session of the account (a browser left signed in elsewhere).
+#[utoipa::path(delete, path = "/users/{name}/sessions/{id}", tag = "accounts",
+    params(("name" = String, Path), ("id" = i64, Path)),
+    responses((status = 200, body = SessionsEnded), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn end_session(State(s): State<ApiState>, c: Caller, Path((name, id)): Path<(String, i64)>) -> ApiResult {
+    let ended = accounts::end_sessions(&s.store, &s.config, &ops_caller(&c), &name, Some(id)).await?;
+    ok(SessionsEnded { user: name, ended })
 }

@@ -598,3 +598,25 @@ pub struct PasswordSet {
     pub user: String,
     pub password_set: bool,
 }
+
+/// A web console session that has not ended. Its secret id is never shown: only this number, to end it by.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionListingView {
+    pub id: i64,
+    pub signed_in_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Where the sign-in came from, e.g. "api 203.0.113.9".
+    pub origin: String,
+    /// Whether it is the session this request came with.
+    pub current: bool,
+}
+
+/// How many sessions a sign-out ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsEnded {
+    pub user: String,
+    pub ended: u64,
+}

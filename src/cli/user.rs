@@ -1,5 +1,5 @@
-//! `user add | list | show | remove | role | token | password`: accounts for the HTTP API. The CLI acts as the local
-//! administrator; every change is audited.
+//! `user add | list | show | remove | role | token | password | sessions | sign-out`: accounts for the HTTP API and
+//! the web console. The CLI acts as the local administrator; every change is audited.
 
 use std::io::{IsTerminal, Read};
 
@@ -48,6 +48,17 @@ pub enum UserCmd {
         /// Read the password from the first line of standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// List an account's web console sessions that have not ended: when and where each signed in, when it was
+    /// last used and when it ends.
+    Sessions { name: String },
+    /// Sign an account out of the web console: every session, or one (`--session ID`, from `user sessions`). Its
+    /// API token keeps working (rotate it with `user token NAME --rotate`).
+    SignOut {
+        name: String,
+        /// Only this session.
+        #[arg(long, value_name = "ID")]
+        session: Option<i64>,
     },
 }
 
@@ -121,6 +132,39 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
                 println!("Set the password of '{name}'.");
             }
         }
+        UserCmd::Sessions { name } => {
+            let actor = ctx.actor();
+            let (_, listed) =
+                accounts::sessions(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
+            if ctx.out.json {
+                ctx.out.json(&listed);
+            } else if listed.is_empty() {
+                println!("Account '{name}' is not signed in to the web console.");
+            } else {
+                let rows = listed
+                    .iter()
+                    .map(|l| {
+                        let from = l.origin.strip_prefix("api ").unwrap_or(&l.origin).to_string();
+                        vec![l.id.to_string(), when(&l.created_at), when(&l.last_seen_at), when(&l.expires_at), from]
+                    })
+                    .collect();
+                ctx.out.table(&["session", "signed in", "last used", "ends", "from"], rows);
+            }
+        }
+        UserCmd::SignOut { name, session } => {
+            let actor = ctx.actor();
+            let ended = accounts::end_sessions(&store, &ctx.config, &cli_caller(&actor), &name, session)
+                .await
+                .map_err(op_error)?;
+            if ctx.out.json {
+                ctx.out.json(&json!({ "user": name, "ended": ended }));
+            } else {
+                println!(
+                    "Ended {ended} web console session(s) of '{name}'; its browsers must sign in again. Its API \
+                     token still works."
+                );
+            }
+        }
     }
     Ok(exit::OK)
 }
@@ -185,6 +229,7 @@ pub(super) fn op_error(e: OpError) -> anyhow::Error {
         OpError::Failed(m) => Exit::error(exit::FAILED, m),
         // It contradicts what is stored: a conflict, as `--json` tells.
         OpError::Conflict(m) => Exit::with_kind(super::error::ErrorKind::Conflict, m),
+        OpError::Denied(crate::access::Denied::NotFound(m)) => Exit::with_kind(super::error::ErrorKind::NotFound, m),
         e => Exit::invalid(e.to_string()),
     }
 }

@@ -25,7 +25,7 @@ pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFiel
 pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
-pub use sessions::Session;
+pub use sessions::{Session, SessionListing};
 pub use users::{AuditEntry, AuditEvent, Role, User};
 
 /// A failure of the store itself (not of the data in it).

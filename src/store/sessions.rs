@@ -17,7 +17,53 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A live session as its account's owner and administrators see it: never its id or hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionListing {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Where its sign-in came from, e.g. "api 203.0.113.9".
+    pub origin: String,
+}
+
 impl Store {
+    /// The sessions of `user_id` that have not ended (not past `expires_at`, used since `idle_since`), newest
+    /// first.
+    pub async fn user_sessions(&self, user_id: i64, idle_since: DateTime<Utc>) -> Result<Vec<SessionListing>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, last_seen_at, expires_at, origin FROM sessions \
+             WHERE user_id = ? AND expires_at > ? AND last_seen_at > ? ORDER BY id DESC",
+        )
+        .bind(user_id)
+        .bind(now())
+        .bind(idle_since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionListing {
+                    id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    origin: r.try_get("origin")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends session `id` if it is one of `user_id`'s; false when it is not (or no longer) there.
+    pub async fn remove_session_of(&self, user_id: i64, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id = ? AND user_id = ?")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Records a new session of `user_id` ending at `expires_at` at the latest.
     pub async fn add_session(
         &self,
@@ -118,6 +164,13 @@ mod tests {
             .unwrap();
         assert_eq!(store.prune_sessions(now() - chrono::Duration::hours(1)).await.unwrap(), 1);
         assert!(store.session("bb").await.unwrap().is_none(), "idle for two hours: pruned");
+        let listed = store.user_sessions(ann.id, now() - chrono::Duration::hours(1)).await.unwrap();
+        assert_eq!(listed.iter().map(|l| l.id).collect::<Vec<_>>(), [first.id]);
+        assert_eq!(listed[0].origin, "api 127.0.0.1");
+        let ben = store.add_user("ben", Role::Admin, "!").await.unwrap();
+        assert!(!store.remove_session_of(ben.id, first.id).await.unwrap(), "not ben's session to end");
+        assert!(store.remove_session_of(ann.id, first.id).await.unwrap());
+        assert!(store.user_sessions(ann.id, now() - chrono::Duration::hours(1)).await.unwrap().is_empty());
 
         store.remove_user("ann").await.unwrap();
         assert!(store.session("aa").await.unwrap().is_none(), "the account is gone, so is its session");

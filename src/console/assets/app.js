@@ -819,6 +819,15 @@
                   fail(e);
                 }
               });
+              const signOut = el("button", { type: "button" }, "Sign out everywhere");
+              confirmTwice(signOut, "Yes, sign out", async () => {
+                try {
+                  const r = await api("DELETE", `/users/${encodeURIComponent(u.name)}/sessions`);
+                  notice(`Ended ${r.ended} session${r.ended === 1 ? "" : "s"} of ${u.name}; their browsers must sign in again. Their API token still works.`);
+                } catch (e) {
+                  fail(e);
+                }
+              });
               const remove = el("button", { type: "button", class: "danger" }, "Remove");
               confirmTwice(remove, "Yes, remove", async () => {
                 try {
@@ -835,7 +844,7 @@
                 el("td", {}, role),
                 el("td", {}, u.has_password ? "set" : "not set"),
                 el("td", {}, when(u.created_at)),
-                el("td", { class: "actions" }, password, setPassword, rotate, remove),
+                el("td", { class: "actions" }, password, setPassword, rotate, signOut, remove),
               );
             }),
             "No accounts.",
