@@ -73,7 +73,9 @@ impl Throttle {
                 Key::Address(_) => &self.addresses,
             };
             if let Err(not_until) = limiter.check_key(key) {
-                let wait = not_until.wait_time_from(clock.now());
+                // At least one refill period: a key that ran out stays out for a while, whatever the clock's
+                // rounding says.
+                let wait = not_until.wait_time_from(clock.now()).max(FAILURE_REFILL);
                 self.blocked.lock().insert(key.clone(), Instant::now() + wait);
             }
         }

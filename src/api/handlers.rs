@@ -596,8 +596,9 @@ pub async fn remove_export_user(
     ok(users.into_iter().map(|u| u.name).collect::<Vec<_>>())
 }
 
-/// How long a run request waits for its run to get an id before answering with the queued state alone.
-const RUN_ID_WAIT: Duration = Duration::from_secs(3);
+/// How long a run request waits at most for its run to get an id (its row, written before anything is read or
+/// sent) before answering with the state alone. A run that ends without one (it could not start) ends the wait.
+const RUN_ID_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -681,7 +682,11 @@ pub async fn run_export(
     let (state, run_id) = match queued {
         RunQueued::Started(progress) => {
             let deadline = tokio::time::Instant::now() + RUN_ID_WAIT;
-            while progress.run_id().is_none() && tokio::time::Instant::now() < deadline {
+            let in_flight = || {
+                let map = s.shared.in_flight.lock().expect("in-flight lock");
+                map.get(&name).is_some_and(|p| std::sync::Arc::ptr_eq(p, &progress))
+            };
+            while progress.run_id().is_none() && in_flight() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             ("started", progress.run_id())

@@ -39,6 +39,15 @@ pub enum RunsCmd {
     },
 }
 
+/// Reads a run again when its row said running but its lock is free: it either ended between the two looks (the
+/// row now says how) or its process died (the row still says running, and `live_status` says interrupted).
+async fn settle(ctx: &Ctx, store: &crate::store::Store, run: &mut Run) -> anyhow::Result<()> {
+    if run.status == RunStatus::Running && !RunLock::is_held(&ctx.config.store.lock_dir(), run.export_id) {
+        *run = store.run(run.id).await?;
+    }
+    Ok(())
+}
+
 /// A `running` run whose process is gone is shown as interrupted: the next run of its export resumes it.
 fn live_status(ctx: &Ctx, run: &Run) -> RunStatus {
     if run.status == RunStatus::Running && !RunLock::is_held(&ctx.config.store.lock_dir(), run.export_id) {
@@ -77,7 +86,11 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                     store.export(name).await?;
                 }
             }
-            let runs = store.runs_including_removed(args.export.as_deref(), args.limit, args.include_removed).await?;
+            let mut runs =
+                store.runs_including_removed(args.export.as_deref(), args.limit, args.include_removed).await?;
+            for run in &mut runs {
+                settle(ctx, &store, run).await?;
+            }
             if ctx.out.json {
                 let v: Vec<_> = runs
                     .iter()
@@ -145,7 +158,8 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
             }
         }
         Some(RunsCmd::Show { run_id, rejected, limit }) => {
-            let run = store.run(run_id).await?;
+            let mut run = store.run(run_id).await?;
+            settle(ctx, &store, &mut run).await?;
             let issues = if rejected { store.run_issues(run_id, limit).await? } else { vec![] };
             let warnings = store.run_warnings(run_id).await?;
             let status = live_status(ctx, &run);

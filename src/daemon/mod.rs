@@ -203,9 +203,10 @@ impl Daemon {
 
         let lock_dir = config.store.lock_dir();
         for e in store.exports().await? {
-            // Ask first (never taking the lock of a run in flight), then sweep only while holding the lock, so a
-            // run that starts meanwhile is never marked.
-            if RunLock::is_held(&lock_dir, e.id) {
+            // Ask first (never taking the lock of a run in flight, nor any lock when no run is left running), then
+            // sweep only while holding the lock, so a run that starts meanwhile is never marked. The lock is then
+            // held for one SQL statement, which a concurrent `export run` waits out.
+            if RunLock::is_held(&lock_dir, e.id) || store.running_run(e.id).await?.is_none() {
                 continue;
             }
             let Ok(_lock) = RunLock::try_acquire(&lock_dir, e.id) else { continue };
@@ -601,7 +602,6 @@ impl Daemon {
 
     async fn finished(&mut self, export: String, outcome: Outcome) {
         let Some(run) = self.running.remove(&export) else { return };
-        self.shared.in_flight.lock().expect("in-flight lock").remove(&export);
         run.cancel.cancel();
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
@@ -630,6 +630,8 @@ impl Daemon {
                 self.record_end(&run, RunStatus::Interrupted, &error).await;
             }
         }
+        // Only once its end is recorded: GET /runs/{id} never shows a run "running" without its live progress.
+        self.shared.in_flight.lock().expect("in-flight lock").remove(&export);
         self.refresh_status(&export).await;
         if let Some(trigger) = self.follow_ups.remove(&export) {
             let note = Some(format!("follow-up: requested ({trigger}) while the previous run was in progress"));
