@@ -565,7 +565,7 @@ mod browser {
         assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "the guard let the run through");
         let anyway = b.button("Run anyway").await;
         anyway.click().await.unwrap();
-        b.wait_text("Yes, unsubscribe them", Duration::from_secs(5)).await;
+        b.wait_text("Yes, unsubscribe them", Duration::from_secs(15)).await;
         assert_eq!(tokio::task::block_in_place(|| svc.env.members("vip")).len(), 30, "one click ran it");
         b.screenshot("export-guard").await;
         b.click("Yes, unsubscribe them").await;
@@ -637,7 +637,7 @@ mod browser {
         b.goto(&format!("{}/connections/open", svc.base)).await;
         b.wait_text("Key last checked", Duration::from_secs(10)).await;
         b.click("Remove").await;
-        b.wait_text("Remove this connection?", Duration::from_secs(5)).await;
+        b.wait_text("Remove this connection?", Duration::from_secs(15)).await;
         b.screenshot("connection-remove").await;
         b.click("Remove connection").await;
         b.wait_path("/connections").await;

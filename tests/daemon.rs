@@ -168,11 +168,18 @@ fn the_status_endpoints_answer() {
     assert_eq!(daemon.get("/readyz").0, 200);
     env.ok(&["export", "trigger", "nightly"]);
     wait_for_runs(&env, Duration::from_secs(20), |r| r.first().is_some_and(|r| r["status"] == "succeeded"));
-    // The loop records the finish just after the store does.
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, metrics) = daemon.get("/metrics");
-    assert_eq!(code, 200);
-    assert!(metrics.contains("segment_exporter_runs_total{export=\"nightly\",status=\"succeeded\"} 1"), "{metrics}");
+    // The loop counts the finish just after the store records it.
+    let finished = "segment_exporter_runs_total{export=\"nightly\",status=\"succeeded\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (code, metrics) = daemon.get("/metrics");
+        assert_eq!(code, 200);
+        if metrics.contains(finished) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "the finished run is never counted: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(metrics.contains("segment_exporter_members_total{export=\"nightly\",change=\"added\"} 10"), "{metrics}");
     assert!(
         metrics.contains("segment_exporter_iterable_requests_total{endpoint=\"/api/lists/subscribe\",status=\"200\"}"),
@@ -196,10 +203,13 @@ fn triggers_during_a_run_queue_exactly_one_follow_up_run_and_the_history_says_so
     let daemon = Daemon::start(&env);
     env.ok(&["export", "trigger", "nightly"]);
     daemon.wait_for_log("Run started.", Duration::from_secs(20));
+    // Iterable frozen, the run stays in flight through both triggers however slow the machine.
+    env.hold();
     env.ok(&["export", "trigger", "nightly"]);
-    daemon.wait_for_log("queued one follow-up run", Duration::from_secs(10));
+    daemon.wait_for_log("queued one follow-up run", Duration::from_secs(30));
     env.ok(&["export", "trigger", "nightly"]);
-    daemon.wait_for_log("merged into it", Duration::from_secs(10));
+    daemon.wait_for_log("merged into it", Duration::from_secs(30));
+    env.release();
     let r =
         wait_for_runs(&env, Duration::from_secs(60), |r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"));
     assert!(r[0]["note"].as_str().unwrap_or("").contains("follow-up"), "{r:?}");
@@ -332,10 +342,13 @@ fn a_trigger_while_a_cli_run_goes_is_queued_and_runs_when_it_ends() {
     let env = env_with_export(opts, &members, "off");
     let mut cli = spawn_cli_run(&env);
     env.wait_for_subscribers(100, Duration::from_secs(30));
+    // Iterable frozen, the CLI run stays in flight while the daemon starts and the trigger arrives.
+    env.hold();
     let daemon = Daemon::start(&env);
     env.ok(&["export", "trigger", "nightly"]);
-    daemon.wait_for_log("running in another process; queued one follow-up", Duration::from_secs(10));
+    daemon.wait_for_log("running in another process; queued one follow-up", Duration::from_secs(30));
     assert_eq!(runs(&env).len(), 1, "the daemon waits for the CLI run");
+    env.release();
     assert_eq!(wait_child(&mut cli, Duration::from_secs(60)), Some(0));
     let r =
         wait_for_runs(&env, Duration::from_secs(30), |r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"));
@@ -352,8 +365,12 @@ fn a_daemon_starting_during_a_cli_run_leaves_it_running_and_it_finishes_succeede
     let env = env_with_export(opts, &members, "off");
     let mut cli = spawn_cli_run(&env);
     env.wait_for_subscribers(100, Duration::from_secs(30));
+    // Iterable frozen, the CLI run stays in flight while the daemon starts and sweeps.
+    env.hold();
     let daemon = Daemon::start(&env);
-    assert_eq!(runs(&env)[0]["status"], "running", "{}", daemon.logs());
+    let during = runs(&env);
+    env.release();
+    assert_eq!(during[0]["status"], "running", "{}", daemon.logs());
     assert!(!daemon.logs().contains("marked interrupted"), "{}", daemon.logs());
     assert_eq!(wait_child(&mut cli, Duration::from_secs(60)), Some(0));
     let r = runs(&env);
@@ -394,17 +411,20 @@ fn reading_the_history_many_times_during_cli_runs_never_makes_a_run_find_its_exp
     eprintln!("measured: {reads} history reads during 8 runs");
 }
 
-/// An export whose CLI run is in flight with a batch stuck for 8 s at the sandbox (grace 1 s).
-fn cli_run_with_a_stuck_batch(members: &[String]) -> (Env, Child) {
-    let env = env_with_export(opts(), members, "off");
+/// An export whose CLI run is in flight with its batches held at the sandbox until `env.release()`, and the given
+/// shutdown grace.
+fn cli_run_with_a_stuck_batch(members: &[String], grace: &str) -> (Env, Child) {
+    // Slow enough (20 batches at 100 ms, 3 at a time) that the run is still sending when the hold starts.
+    let env = env_with_export(SandboxOptions { latency: Duration::from_millis(100), ..opts() }, members, "off");
     let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
-    std::fs::write(env.path("config.toml"), config.replace("shutdown_grace = \"15s\"", "shutdown_grace = \"1s\""))
-        .unwrap();
+    let config = config.replace("shutdown_grace = \"15s\"", &format!("shutdown_grace = \"{grace}\""));
+    std::fs::write(env.path("config.toml"), config).unwrap();
     let cli = spawn_cli_run(&env);
     env.wait_for_subscribers(100, Duration::from_secs(30));
-    env.sandbox.set_faults(Faults { latency_ms: Some(8000), ..Faults::default() });
-    let before = requests(&env.stats(), "lists.subscribe");
-    while requests(&env.stats(), "lists.subscribe") == before {
+    env.hold();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.stats().held == 0 {
+        assert!(Instant::now() < deadline, "no batch was in flight to hold: {:?}", env.stats());
         std::thread::sleep(Duration::from_millis(10));
     }
     (env, cli)
@@ -417,7 +437,7 @@ fn signal(child: &Child, sig: &str) {
 #[test]
 fn ctrl_c_stops_a_cli_run_within_the_shutdown_grace_records_it_interrupted_and_the_next_run_is_exact() {
     let members = emails(0, 1000);
-    let (env, mut cli) = cli_run_with_a_stuck_batch(&members);
+    let (env, mut cli) = cli_run_with_a_stuck_batch(&members, "1s");
     let asked = Instant::now();
     signal(&cli, "-INT");
     let code = wait_child(&mut cli, Duration::from_secs(15));
@@ -430,6 +450,7 @@ fn ctrl_c_stops_a_cli_run_within_the_shutdown_grace_records_it_interrupted_and_t
     assert!(stderr.contains("shutdown_grace"), "{stderr}");
     let r = runs(&env);
     assert_eq!(r[0]["status"], "interrupted", "{r:?}");
+    env.release();
     env.sandbox.set_faults(Faults { latency_ms: Some(0), ..Faults::default() });
     let report = env.json(&["export", "run", "nightly"]);
     assert_eq!(report["status"], "succeeded", "{report}");
@@ -438,12 +459,13 @@ fn ctrl_c_stops_a_cli_run_within_the_shutdown_grace_records_it_interrupted_and_t
 
 #[test]
 fn a_second_ctrl_c_ends_a_cli_run_at_once_with_130() {
-    let (env, mut cli) = cli_run_with_a_stuck_batch(&emails(0, 1000));
+    // A grace far longer than the test may take: only the second signal can end the run in time.
+    let (env, mut cli) = cli_run_with_a_stuck_batch(&emails(0, 1000), "60s");
     signal(&cli, "-INT");
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
     signal(&cli, "-INT");
-    assert_eq!(wait_child(&mut cli, Duration::from_secs(5)), Some(130));
-    assert!(asked.elapsed() < Duration::from_millis(900), "before the 1 s grace was over");
-    env.sandbox.set_faults(Faults { latency_ms: Some(0), ..Faults::default() });
+    assert_eq!(wait_child(&mut cli, Duration::from_secs(30)), Some(130));
+    assert!(asked.elapsed() < Duration::from_secs(30), "long before the 60 s grace was over");
+    env.release();
 }

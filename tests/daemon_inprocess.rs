@@ -101,8 +101,11 @@ fn spawn(daemon: Daemon) -> (tokio::task::JoinHandle<()>, CancellationToken) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_still_going_when_the_shutdown_grace_ends_is_stopped_and_recorded_interrupted_then_resumed_exact() {
-    let env =
-        tokio::task::spawn_blocking(|| setup(opts(), &["slow"], 600, "off", "shutdown_grace = \"1s\"")).await.unwrap();
+    // Slow enough (12 batches at 100 ms, 3 at a time) that the run is still sending when the hold starts.
+    let sandbox = SandboxOptions { latency: Duration::from_millis(100), ..opts() };
+    let env = tokio::task::spawn_blocking(move || setup(sandbox, &["slow"], 600, "off", "shutdown_grace = \"1s\""))
+        .await
+        .unwrap();
     let daemon = build(&env).await;
     let handle = daemon.handle();
     let (task, stop) = spawn(daemon);
@@ -112,10 +115,10 @@ async fn a_run_still_going_when_the_shutdown_grace_ends_is_stopped_and_recorded_
         assert!(Instant::now() < deadline, "the run never got going: {:?}", env.stats());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // From now on every request takes far longer than the grace period.
-    env.sandbox.set_faults(Faults { latency_ms: Some(8000), ..Faults::default() });
-    let before = requests(&env.stats(), "lists.subscribe");
-    while requests(&env.stats(), "lists.subscribe") == before {
+    // From now on every request is held, far longer than the grace period.
+    env.hold();
+    while env.stats().held == 0 {
+        assert!(Instant::now() < deadline, "no batch was in flight to hold: {:?}", env.stats());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let asked = Instant::now();
@@ -129,6 +132,7 @@ async fn a_run_still_going_when_the_shutdown_grace_ends_is_stopped_and_recorded_
     assert_eq!(r[0].status, RunStatus::Interrupted, "{r:#?}");
     assert!(r[0].error.as_deref().unwrap_or("").contains("shutdown_grace"), "{r:#?}");
 
+    env.release();
     env.sandbox.set_faults(Faults { latency_ms: Some(0), ..Faults::default() });
     let daemon = build(&env).await;
     let handle = daemon.handle();
@@ -232,6 +236,8 @@ struct PanicOnce {
     store: Store,
     engine: Engine,
     panicked: AtomicBool,
+    /// Fired by the test once a second request is queued behind the run that will panic.
+    go: Arc<tokio::sync::Notify>,
 }
 
 impl Runner for PanicOnce {
@@ -249,8 +255,8 @@ impl Runner for PanicOnce {
             let e = self.store.export(export).await?;
             let run_id = self.store.start_run(e.id, &opts.trigger, false, None).await?;
             progress.set_run_id(run_id);
-            // Long enough for a second request to queue behind this run.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Until the test has queued a second request behind this run.
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.go.notified()).await;
             panic!("injected failure in the run of {export}");
         })
     }
@@ -263,14 +269,16 @@ async fn a_run_that_panics_is_recorded_failed_frees_its_export_and_its_follow_up
         .unwrap();
     let config = Arc::new(config(&env));
     let store = Store::open(&config.store.path).await.unwrap();
-    let runner =
-        PanicOnce { store: store.clone(), engine: Engine::new(store, config), panicked: AtomicBool::new(false) };
+    let go = Arc::new(tokio::sync::Notify::new());
+    let engine = Engine::new(store.clone(), config);
+    let runner = PanicOnce { store, engine, panicked: AtomicBool::new(false), go: go.clone() };
     let daemon = build(&env).await.with_runner(Arc::new(runner));
     let handle = daemon.handle();
     let (task, stop) = spawn(daemon);
+    // The daemon takes its commands in order: the second request meets the first run in flight.
     handle.run("fragile").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
     handle.run("fragile").await;
+    go.notify_one();
     let r = wait_for_runs(&env, Duration::from_secs(30), |r| {
         r.len() == 2 && r.iter().all(|r| r.status != RunStatus::Running)
     })

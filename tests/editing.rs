@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use segment_exporter::sandbox::SandboxOptions;
@@ -251,13 +251,19 @@ fn removing_or_editing_an_export_whose_run_is_in_flight_is_refused_and_changes_n
     env.setup_csv_export("Busy", &members);
     let mut child = env.spawn_run();
     env.wait_for_subscribers(100, Duration::from_secs(60));
+    // Iterable frozen, the run stays in flight through the three commands however slow they are to start.
+    env.hold();
     let run_id = env.json(&["runs", "--export", "exp"])[0]["id"].clone();
-    for args in [
+    let refusals: Vec<_> = [
         vec!["export", "remove", "exp"],
         vec!["export", "edit", "exp", "--on-leave", "keep"],
         vec!["connection", "remove", "iterable", "--remove-exports"],
-    ] {
-        let (code, err) = stderr_of(&env, &args);
+    ]
+    .into_iter()
+    .map(|args| (stderr_of(&env, &args), args))
+    .collect();
+    env.release();
+    for ((code, err), args) in refusals {
         assert_eq!(code, Some(75), "{args:?}: {err}");
         assert!(err.contains(&format!("#{run_id}")) && err.contains("--cancel-run"), "{err}");
     }
@@ -276,14 +282,24 @@ fn cancel_run_stops_the_run_within_a_batch_and_a_new_export_of_the_same_name_end
     let mut child = env.spawn_run();
     env.wait_for_subscribers(200, Duration::from_secs(60));
     let run_id = env.json(&["runs", "--export", "exp"])[0]["id"].clone();
+    // Iterable frozen while the removing command starts and asks the run to stop, so that what is measured is the
+    // run's answer to the request, not how fast a process starts on this machine.
+    env.hold();
     let at_request = env.stats().subscribers_received;
-    env.ok(&["export", "remove", "exp", "--cancel-run"]);
+    let mut removal = env.spawn(&["export", "remove", "exp", "--cancel-run"]);
+    let asked = Instant::now();
+    while !cancel_requested(&env.path("store.db")) {
+        assert!(asked.elapsed() < Duration::from_secs(60), "the removal never asked the run to stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.release();
+    assert!(removal.wait().unwrap().success(), "the removal succeeds once the run stopped");
     let at_removal = env.stats().subscribers_received;
     assert!(!child.wait().unwrap().success(), "a cancelled run does not succeed");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.stats().subscribers_received, at_removal, "nothing is sent after the removal");
-    // Measured from before the removing command starts: its start-up, the run's next poll of the flag (100 ms,
-    // about 2 batches at this pace) and the 3 batches in flight, which finish and are recorded.
+    // The 3 batches held in flight, which finish and are recorded, and what started before the run's next poll
+    // of the flag (every 100 ms; it polls while held too).
     let after = at_removal - at_request;
     eprintln!("subscribers sent after the cancel request: {after}");
     assert!(after <= 8 * 50, "{after} subscribers sent after the cancel request");
@@ -309,11 +325,32 @@ fn removing_a_connection_with_cancel_run_stops_its_exports_runs_and_removes_them
     env.setup_csv_export("Conn", &emails(0, 2000));
     let mut child = env.spawn_run();
     env.wait_for_subscribers(100, Duration::from_secs(60));
-    env.ok(&["connection", "remove", "iterable", "--remove-exports", "--cancel-run"]);
+    // Iterable frozen until the removal has asked the run to stop: the run cannot end before it is cancelled.
+    env.hold();
+    let mut removal = env.spawn(&["connection", "remove", "iterable", "--remove-exports", "--cancel-run"]);
+    let asked = Instant::now();
+    while !cancel_requested(&env.path("store.db")) {
+        assert!(asked.elapsed() < Duration::from_secs(60), "the removal never asked the run to stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.release();
+    assert!(removal.wait().unwrap().success());
     assert!(!child.wait().unwrap().success());
     let runs = env.json(&["runs", "--include-removed"]);
     assert_eq!((runs[0]["status"].as_str(), runs[0]["export_removed"].as_bool()), (Some("cancelled"), Some(true)));
     assert_eq!(env.json(&["export", "list"]).as_array().unwrap().len(), 0);
+}
+
+/// Whether some run of the store at `path` was asked to stop.
+fn cancel_requested(path: &Path) -> bool {
+    block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(path).connect().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE cancel_requested_at IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        n > 0
+    })
 }
 
 /// A store in `dir` with connection `c`, segment `s` and export `e` sending it.

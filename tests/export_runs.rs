@@ -79,7 +79,10 @@ fn a_run_through_429s_500s_and_dropped_connections_still_ends_exact() {
     // Enough requests (about 60 batches of 50) that every kind of fault shows up.
     let members = emails(0, 3000);
     env.setup_csv_export("Flaky", &members);
-    env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
+    // A bucket of one request: the 3 requests in flight meet 429s whatever the machine's speed.
+    let flaky =
+        Faults { rate_limit: Some(Some(40.0)), rate_limit_burst: Some(1.0), fail_rate: Some(0.3), ..Faults::default() };
+    env.sandbox.set_faults(flaky.clone());
     let report = env.json(&["export", "run", "exp"]);
     assert_eq!(report["status"], "succeeded", "{report}");
     let stats = env.stats();
@@ -90,7 +93,7 @@ fn a_run_through_429s_500s_and_dropped_connections_still_ends_exact() {
     env.sandbox.set_faults(calm.clone());
     assert_eq!(env.sandbox_lists().len(), 1, "a lost answer to the create call must not create a second list");
     assert_eq!(env.members("Flaky"), sorted(members.clone()));
-    env.sandbox.set_faults(Faults { rate_limit: Some(Some(40.0)), fail_rate: Some(0.3), ..Faults::default() });
+    env.sandbox.set_faults(flaky);
     // Leavers too, through the same faults.
     let csv_rows: Vec<(&str, &str)> = members[1000..].iter().map(|e| (e.as_str(), "gold")).collect();
     env.write_csv("members.csv", &csv_rows);
@@ -283,7 +286,10 @@ fn a_second_run_of_the_same_export_is_refused_while_one_is_running() {
     env.setup_csv_export("Busy", &emails(0, 600));
     let mut first = env.spawn_run();
     env.wait_for_subscribers(1, Duration::from_secs(30));
+    // Iterable frozen, the first run stays in flight however long the second takes to start.
+    env.hold();
     let out = env.run(&["export", "run", "exp"]);
+    env.release();
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("already running"));
     assert!(first.wait().unwrap().success());
@@ -318,13 +324,15 @@ fn runs_shows_a_run_in_flight_with_its_progress_rate_and_time_left() {
     let mut child = env.spawn_run();
     env.wait_for_subscribers(150, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
+    env.hold();
     let runs = env.json(&["runs"]);
+    let table = text(&env.ok(&["runs"]).stdout);
+    env.release();
     assert_eq!(runs[0]["status"], "running", "{runs}");
     let p = &runs[0]["progress"];
     assert_eq!(p["planned"], 1500);
     assert!(p["done"].as_u64().unwrap() > 0 && p["done"].as_u64().unwrap() < 1500, "{p}");
     assert!(p["per_second"].as_f64().unwrap() > 0.0 && p["seconds_left"].as_f64().unwrap() > 0.0, "{p}");
-    let table = text(&env.ok(&["runs"]).stdout);
     assert!(table.contains("running") && table.contains("left"), "{table}");
     assert!(child.wait().unwrap().success());
 }

@@ -26,13 +26,18 @@ fn members_with_invalid(valid: usize, invalid: usize) -> Vec<String> {
 
 #[test]
 fn invalid_members_are_kept_for_the_last_runs_only_and_old_runs_are_pruned() {
-    let env = env_with("history_retention = \"1s\"", "keep_issue_runs = 3");
+    // Six runs within the hour's retention, however slow the machine; then the retention is cut to 1 s.
+    let env = env_with("history_retention = \"1h\"", "keep_issue_runs = 3");
     env.setup_csv_export("Kept", &members_with_invalid(40, 10));
     for _ in 0..6 {
         let report = env.json(&["export", "run", "exp"]);
         assert_eq!(report["status"], "succeeded", "{report}");
         assert_eq!(report["lists"][0]["invalid"], 10);
     }
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM runs"), 6, "all six are younger than an hour");
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(env.path("config.toml"), config.replace("history_retention = \"1h\"", "history_retention = \"1s\""))
+        .unwrap();
     assert_eq!(env.store_i64("SELECT COUNT(*) FROM run_issues"), 30, "10 invalid rows for each of the last 3 runs");
     let newest = env.json(&["runs", "--limit", "1"])[0]["id"].as_i64().unwrap();
     let shown = env.json(&["runs", "show", &newest.to_string(), "--rejected"]);

@@ -470,8 +470,8 @@ fn healthcheck_daemon_and_sandbox_print_one_document_each() {
 fn a_run_stopped_at_once_by_a_second_signal_prints_an_aborted_document_and_exits_130() {
     let env = Env::new();
     env.setup_csv_export("Seg", &emails(0, 100));
-    // Every request hangs, so the run is still in flight when the signals come.
-    env.sandbox.set_faults(segment_exporter::sandbox::Faults { latency_ms: Some(8000), ..Default::default() });
+    // Every request is held, so the run is still in flight when the signals come.
+    env.hold();
     env.sandbox.reset_stats();
     let run = spawn_json(&env, &["export", "run", "exp"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -482,7 +482,7 @@ fn a_run_stopped_at_once_by_a_second_signal_prints_an_aborted_document_and_exits
     assert!(StdCommand::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap().success());
     std::thread::sleep(Duration::from_millis(200));
     let (code, stdout) = stop(run, Vec::new());
-    env.sandbox.set_faults(segment_exporter::sandbox::Faults { latency_ms: Some(0), ..Default::default() });
+    env.release();
     assert_eq!(code, 130, "{}", text(&stdout));
     let doc = one_document(&stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&stdout)));
     assert_eq!(doc["error"]["kind"], "aborted", "{doc}");

@@ -256,6 +256,7 @@ fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttle
     }
 
     let mut refused = 1;
+    let started = Instant::now();
     let throttled = loop {
         let a = browser.sign_in("ann", "still not the password");
         if a.status == 429 {
@@ -263,7 +264,9 @@ fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttle
         }
         assert_eq!(a.status, 401, "{}", a.text);
         refused += 1;
-        assert!(refused <= 30, "never throttled after {refused} wrong passwords");
+        // 20 at once, then one more for each 3 s that passed (a slow machine's attempts take a while).
+        let allowance = 20 + started.elapsed().as_secs() as usize / 3 + 2;
+        assert!(refused <= allowance, "never throttled after {refused} wrong passwords");
     };
     assert!(refused >= 20, "throttled after only {refused} wrong passwords");
     assert_eq!(throttled.json()["error"]["kind"], "too_many_attempts");
@@ -288,7 +291,7 @@ fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttle
 
 #[test]
 fn a_session_ends_when_idle_at_its_lifetime_however_busy_and_when_the_password_changes() {
-    let (env, _, _) = team("127.0.0.1:0", "session_idle_timeout = \"2s\"\nsession_lifetime = \"5s\"\n");
+    let (env, _, _) = team("127.0.0.1:0", "session_idle_timeout = \"2s\"\nsession_lifetime = \"8s\"\n");
     let daemon = Daemon::start(&env);
     let client = reqwest::Client::new();
 
@@ -304,11 +307,12 @@ fn a_session_ends_when_idle_at_its_lifetime_however_busy_and_when_the_password_c
     assert_eq!(busy.sign_in("ann", PASSWORD).status, 200);
     // After the answer: the session's lifetime started before it.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(4300) {
+    // Past the idle timeout twice over, well within the lifetime (8 s, however slow a request is here).
+    while start.elapsed() < Duration::from_millis(4500) {
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(busy.get("/me").status, 200, "in use, so not idle, at {:?}", start.elapsed());
     }
-    std::thread::sleep(Duration::from_millis(5600).saturating_sub(start.elapsed()));
+    std::thread::sleep(Duration::from_millis(8600).saturating_sub(start.elapsed()));
     assert_eq!(busy.get("/me").status, 401, "past session_lifetime, however busy");
 
     let mut changed = Browser::new(client.clone(), &daemon.status);

@@ -122,6 +122,13 @@ impl Sandbox {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        let hold = self.inner.faults.lock().hold_wait();
+        if let Some(lifted) = hold {
+            self.inner.stats.lock().held += 1;
+            lifted.await;
+            let mut stats = self.inner.stats.lock();
+            stats.held = stats.held.saturating_sub(1);
+        }
         let (mut parts, body) = request.into_parts();
         match self.gate_then_handle(endpoint, &mut parts, body, injected).await {
             Outcome::Answered(response) => {

@@ -38,6 +38,10 @@ pub struct Faults {
     /// Requests the rate limit lets through at once (the bucket's size). Default: the rate (at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
+    /// `true` holds every `/api` request before it is handled, until `false` lets them all go on: Iterable frozen
+    /// mid-run, for a test (or a demo) to look at a run in flight for as long as it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<bool>,
 }
 
 /// Distinguishes a field given as `null` (`Some(None)`) from one left out (`None`, via `default`).
@@ -86,6 +90,9 @@ pub struct FaultSettings {
     pub truncate_next: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
+    /// Whether `/api` requests are held.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
 }
 
 /// What a request was picked to suffer.
@@ -130,6 +137,8 @@ pub(crate) struct FaultState {
     burst: Option<f64>,
     /// Iterable's documented per-endpoint limits, by endpoint label.
     documented: Vec<(&'static str, TokenBucket)>,
+    /// Whether `/api` requests are held (`Faults::hold`); held requests wait for it to turn false.
+    hold: tokio::sync::watch::Sender<bool>,
 }
 
 /// Iterable's documented per-project limits of the list endpoints: (label, requests, per seconds).
@@ -170,7 +179,18 @@ impl FaultState {
             bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, None, Instant::now())),
             burst: None,
             documented: Vec::new(),
+            hold: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// While requests are held, what waits for the hold to be lifted; None when they are not.
+    pub(crate) fn hold_wait(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let mut held = self.hold.subscribe();
+        let on = *held.borrow_and_update();
+        // An error means the sender is gone with the sandbox: nothing to wait for.
+        on.then_some(async move {
+            let _ = held.wait_for(|on| !on).await;
+        })
     }
 
     pub(crate) fn apply(&mut self, change: &Faults) {
@@ -200,6 +220,9 @@ impl FaultState {
         if let Some(n) = change.truncate_next {
             self.truncate_next = n;
         }
+        if let Some(on) = change.hold {
+            self.hold.send_replace(on);
+        }
     }
 
     pub(crate) fn settings(&self) -> FaultSettings {
@@ -212,6 +235,7 @@ impl FaultState {
             miscount_rate: self.miscount_rate,
             miscount_next: self.miscount_next,
             truncate_next: self.truncate_next,
+            hold: *self.hold.borrow(),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct SandboxStats {
     /// HTTP 200 answers to subscribe/unsubscribe that were miscounted or truncated on purpose.
     #[serde(default)]
     pub bad_answers: u64,
+    /// Requests waiting right now for a hold (`Faults::hold`) to be lifted.
+    #[serde(default)]
+    pub held: u64,
 }
 
 impl SandboxStats {

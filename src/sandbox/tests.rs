@@ -552,3 +552,23 @@ async fn chosen_members_are_refused_as_invalid_data_until_the_choice_is_cleared(
     let body: Value = fx.subscribe(list_id, &["b@example.com"]).await.json().await.unwrap();
     assert_eq!(body["successCount"], 1);
 }
+
+#[tokio::test]
+async fn held_requests_wait_until_the_hold_is_lifted_then_all_go_on() {
+    let fx = Fixture::default().await;
+    fx.sandbox.set_faults(Faults { hold: Some(true), ..Faults::default() });
+    assert!(fx.sandbox.faults().hold);
+    let waiting = tokio::spawn({
+        let (client, url) = (fx.client.clone(), fx.url("/api/lists"));
+        async move { client.get(url).header("Api-Key", KEY).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a held request was answered");
+    assert_eq!(fx.sandbox.stats().held, 1);
+    // The control endpoints are not held: that is how the hold is lifted over HTTP.
+    let lifted = fx.client.post(fx.url("/_sandbox/faults")).json(&json!({"hold": false})).send().await.unwrap();
+    assert_eq!(lifted.status(), StatusCode::OK);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("answered once lifted").unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fx.sandbox.stats().held, 0);
+}

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use segment_exporter::sandbox::{Sandbox, SandboxOptions, SandboxStats};
+use segment_exporter::sandbox::{Faults, Sandbox, SandboxOptions, SandboxStats};
 
 pub const KEY: &str = "test-key-0123456789";
 
@@ -153,15 +153,31 @@ impl Env {
 
     /// Starts `export run exp` in the background, output discarded (for kill and overlap tests).
     pub fn spawn_run(&self) -> std::process::Child {
+        self.spawn(&["export", "run", "exp"])
+    }
+
+    /// Starts the binary with `args` in the background, output discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
             .current_dir(self.dir.path())
             .env("SEGMENT_EXPORTER_CONFIG", self.path("config.toml"))
             .env("ITERABLE_KEY", KEY)
-            .args(["export", "run", "exp"])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
+    }
+
+    /// Freezes the sandbox: every `/api` request waits until `release`, so a run in flight stays in flight for as
+    /// long as a test looks at it, however slow the machine.
+    pub fn hold(&self) {
+        self.sandbox.set_faults(Faults { hold: Some(true), ..Faults::default() });
+    }
+
+    /// Lets the requests `hold` held go on.
+    pub fn release(&self) {
+        self.sandbox.set_faults(Faults { hold: Some(false), ..Faults::default() });
     }
 
     /// Waits until the sandbox has received at least `n` subscribers.
