@@ -348,6 +348,7 @@ fn off_loopback_plain_http_is_refused_unless_allowed_and_then_metrics_and_status
         validated.contains("plain HTTP on 0.0.0.0:0, off loopback: allowed by daemon.allow_plain_http"),
         "{validated}"
     );
+    assert!(validated.contains("no daemon.trusted_proxies: behind a proxy"), "{validated}");
 
     let daemon = Daemon::start(&env);
     let client = reqwest::Client::new();
@@ -437,6 +438,8 @@ fn behind_proxy(client_address: &str) -> reqwest::Client {
 #[test]
 fn behind_a_trusted_proxy_the_client_its_https_and_its_host_come_from_the_proxys_headers() {
     let (env, ann, _) = team("127.0.0.1:0", "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n");
+    let validated = text(&env.ok(&["validate"]).stdout);
+    assert!(validated.contains("believed from daemon.trusted_proxies (127.0.0.1, 10.0.0.0/8)"), "{validated}");
     let daemon = Daemon::start(&env);
     // A browser on https://exports.example.com, which nginx on this host passes to the daemon over plain HTTP.
     let mut browser = Browser::new(behind_proxy("203.0.113.9"), &daemon.status);

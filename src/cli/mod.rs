@@ -320,5 +320,8 @@ fn listener_check(config: &Config) -> Result<String, String> {
     if let Some(file) = &d.metrics_token_file {
         crate::access::credentials::read_metrics_token(file)?;
     }
-    Ok(mode.describe(addr))
+    Ok(match listener::proxies_note(d, mode) {
+        Some(note) => format!("{}; {note}", mode.describe(addr)),
+        None => mode.describe(addr),
+    })
 }

@@ -44,6 +44,23 @@ impl Mode {
     }
 }
 
+/// What `validate` and the start-up log add about reverse proxies: whose X-Forwarded-* headers are believed, or,
+/// for plain HTTP off loopback (a proxy in front, most likely) without any, what the daemon then cannot tell.
+pub fn proxies_note(daemon: &DaemonConfig, mode: Mode) -> Option<String> {
+    match (daemon.trusted_proxies.is_empty(), mode) {
+        (false, _) => Some(format!(
+            "X-Forwarded-For, -Proto and -Host believed from daemon.trusted_proxies ({})",
+            daemon.trusted_proxies.join(", ")
+        )),
+        (true, Mode::PlainAllowed) => Some(
+            "no daemon.trusted_proxies: behind a proxy, every request seems to come from it (the audit records its \
+             address, and failed sign-ins are throttled for everyone behind it); name the proxy there"
+                .into(),
+        ),
+        (true, _) => None,
+    }
+}
+
 /// The mode for serving on `addr`, or why serving there is refused.
 pub fn mode(daemon: &DaemonConfig, addr: SocketAddr) -> Result<Mode, String> {
     if daemon.tls_cert.is_some() && daemon.tls_key.is_some() {

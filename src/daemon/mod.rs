@@ -302,6 +302,9 @@ impl Daemon {
             let mode = self.listener_mode.unwrap_or(listener::Mode::PlainLoopback);
             tracing::info!(address = %address, https = mode.is_tls(), "Status endpoint listening.");
             tracing::info!("Listener: {}.", mode.describe(&address));
+            if let Some(note) = listener::proxies_note(&self.config.daemon, mode) {
+                tracing::info!("Listener: {note}.");
+            }
             let api = crate::api::ApiState {
                 store: self.store.clone(),
                 config: self.config.clone(),
