@@ -550,3 +550,39 @@ fn a_person_sees_their_sessions_and_ends_one_and_an_admin_signs_anyone_out_every
         .iter()
         .any(|(a, t, d)| a.as_str().unwrap().starts_with("local:") && **t == "carl" && **d == "all 1 session(s)"));
 }
+
+#[test]
+fn a_configuration_reloaded_with_sighup_governs_the_api_at_once() {
+    let (env, ann, _) = team("127.0.0.1:0", "");
+    let allowed = env.path("segments");
+    std::fs::create_dir(&allowed).unwrap();
+    std::fs::write(allowed.join("people.csv"), "email\nann@example.com\n").unwrap();
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let with_dir = format!("{config}\n[sources]\nallowed_dirs = [\"{}\"]\n", allowed.display());
+    std::fs::write(env.path("config.toml"), &with_dir).unwrap();
+    let daemon = Daemon::start(&env);
+    let api = format!("{}/api/v1", daemon.status);
+    let add = |name: &str| {
+        let body = json!({ "name": name, "source": format!("csv:{}", allowed.join("people.csv").display()) });
+        send(reqwest::Client::new().post(format!("{api}/segments")).bearer_auth(&ann).json(&body))
+    };
+    assert_eq!(add("first").status, 201, "inside daemon.allowed_dirs");
+
+    // The folder is taken off the list and the daemon told: the API refuses it from then on, and a proxy named
+    // meanwhile is believed.
+    let narrowed = with_dir.replace(&format!("allowed_dirs = [\"{}\"]", allowed.display()), "allowed_dirs = []");
+    let narrowed = narrowed.replace("[daemon]\n", "[daemon]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    std::fs::write(env.path("config.toml"), narrowed).unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_for_log("Configuration reloaded.", Duration::from_secs(30));
+    let refused = add("second");
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(refused.text.contains("allowed_dirs"), "{}", refused.text);
+    let mut browser = Browser::new(behind_proxy("203.0.113.9"), &daemon.status);
+    browser.origin = "https://exports.example.com".into();
+    assert_eq!(browser.sign_in("ann", PASSWORD).status, 200);
+    let rows = audit(&env);
+    let sign_in = rows.iter().find(|r| r["action"] == "session.sign_in").unwrap();
+    assert_eq!(sign_in["origin"], "api 203.0.113.9", "{sign_in}");
+    assert!(!daemon.logs().contains("take effect at the next restart"), "{}", daemon.logs());
+}

@@ -95,9 +95,11 @@ pub(super) fn origin_of(address: Option<IpAddr>) -> String {
     address.map_or_else(|| "api".to_string(), |a| format!("api {a}"))
 }
 
-/// Who sent the request, behind the trusted proxies.
+/// Who sent the request, behind the trusted proxies of the configuration in force.
 pub(super) fn client(parts: &Parts, state: &ApiState) -> Client {
-    Client::of(parts, &state.trusted_proxies, state.tls)
+    // Checked when the configuration was loaded: a bad entry cannot get here.
+    let proxies = state.config().daemon.trusted_proxies().unwrap_or_default();
+    Client::of(parts, &proxies, state.tls)
 }
 
 /// The answer to a key whose failed authentications ran out.

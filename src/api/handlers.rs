@@ -143,7 +143,7 @@ pub async fn create_connection(
         verify: !b.skip_verify,
         project_type: choice("project_type", b.project_type.as_deref(), crate::store::ProjectType::Hybrid)?,
     };
-    let conn = ops::add_connection(&s.store, &s.config, &ops_caller(&c), request).await?;
+    let conn = ops::add_connection(&s.store, &s.config(), &ops_caller(&c), request).await?;
     created(connection_view(&s, &c, &conn).await?)
 }
 
@@ -197,7 +197,7 @@ pub async fn edit_connection(
         },
         verify: !b.skip_verify,
     };
-    let conn = ops::edit_connection(&s.store, &s.config, &ops_caller(&c), &name, change).await?;
+    let conn = ops::edit_connection(&s.store, &s.config(), &ops_caller(&c), &name, change).await?;
     ok(connection_view(&s, &c, &conn).await?)
 }
 
@@ -233,7 +233,7 @@ pub async fn check_connection(
     access::add_connection(&c.actor).check("connections")?;
     let b = body(b)?;
     let base_url = ops::base_url(region(b.region.as_deref())?, b.base_url.as_deref())?;
-    let check = match ops::check_key(&s.config, &base_url, &b.api_key).await? {
+    let check = match ops::check_key(&s.config(), &base_url, &b.api_key).await? {
         Ok(lists) => KeyCheck { ok: true, base_url, lists: Some(lists), bad_key: None, error: None },
         Err(e) => {
             KeyCheck { ok: false, base_url, lists: None, bad_key: Some(e.is_bad_api_key()), error: Some(e.to_string()) }
@@ -269,7 +269,7 @@ pub async fn remove_connection(
         Some("remove") => (false, true),
         Some(other) => return Err(ApiError::invalid(format!("exports '{other}' is neither 'detach' nor 'remove'"))),
     };
-    let affected = ops::remove_connection(&s.store, &s.config, &ops_caller(&c), &name, detach, remove, true)
+    let affected = ops::remove_connection(&s.store, &s.config(), &ops_caller(&c), &name, detach, remove, true)
         .await
         .map_err(|e| match e {
             ops::OpError::Store(crate::store::StoreError::Conflict(_)) => ApiError::new(
@@ -287,7 +287,7 @@ pub async fn remove_connection(
     responses((status = 200, body = ExportUserView), (status = 401, body = ErrorBody),
         (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn become_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    ops::become_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    ops::become_connection_export_user(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     ok(ExportUserView { connection: name, export_user: Some(c.actor.name().to_string()) })
 }
 
@@ -298,7 +298,7 @@ pub async fn become_export_user(State(s): State<ApiState>, c: Caller, Path(name)
         (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The caller is not its export user", body = ErrorBody)))]
 pub async fn leave_export_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    ops::leave_connection_export_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    ops::leave_connection_export_user(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     ok(ExportUserView { connection: name, export_user: None })
 }
 
@@ -440,7 +440,7 @@ pub async fn create_export(
         null_fields: choice("null_fields", b.null_fields.as_deref(), crate::store::NullFields::Clear)?,
         existing_users_only: b.existing_users_only,
     };
-    let export = ops::create_export(&s.store, &s.config, &ops_caller(&c), &request).await?;
+    let export = ops::create_export(&s.store, &s.config(), &ops_caller(&c), &request).await?;
     created(export_view(&s, &export).await?)
 }
 
@@ -517,7 +517,7 @@ pub async fn edit_export(
         skip_check: b.skip_check,
         cancel_run: b.cancel_run,
     };
-    let (export, emptied) = ops::edit_export(&s.store, &s.config, &ops_caller(&c), &name, &change).await?;
+    let (export, emptied) = ops::edit_export(&s.store, &s.config(), &ops_caller(&c), &name, &change).await?;
     ok(ExportEdited { export: export_view(&s, &export).await?, emptied: emptied_views(emptied) })
 }
 
@@ -548,7 +548,8 @@ pub async fn remove_export(
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult {
-    let emptied = ops::remove_export(&s.store, &s.config, &ops_caller(&c), &name, q.empty_lists, q.cancel_run).await?;
+    let emptied =
+        ops::remove_export(&s.store, &s.config(), &ops_caller(&c), &name, q.empty_lists, q.cancel_run).await?;
     ok(ExportRemoved { removed: name, emptied: emptied_views(emptied) })
 }
 
@@ -579,7 +580,7 @@ pub async fn add_export_user(
     b: Result<Json<UserBody>, JsonRejection>,
 ) -> ApiResult {
     let b = body(b)?;
-    let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[b.user], &[]).await?;
+    let users = ops::change_export_users(&s.store, &s.config(), &ops_caller(&c), &name, &[b.user], &[]).await?;
     ok(users.into_iter().map(|u| u.name).collect::<Vec<_>>())
 }
 
@@ -592,7 +593,7 @@ pub async fn remove_export_user(
     c: Caller,
     Path((name, user)): Path<(String, String)>,
 ) -> ApiResult {
-    let users = ops::change_export_users(&s.store, &s.config, &ops_caller(&c), &name, &[], &[user]).await?;
+    let users = ops::change_export_users(&s.store, &s.config(), &ops_caller(&c), &name, &[], &[user]).await?;
     ok(users.into_iter().map(|u| u.name).collect::<Vec<_>>())
 }
 
@@ -641,10 +642,10 @@ pub async fn run_export(
         .collect();
     let detail = (!flags.is_empty()).then(|| flags.join(", "));
     let action = if b.dry_run { "export.run.dry" } else { "export.run" };
-    access::audit(&s.store, &s.config, &c.actor, &c.origin, action, Some(&name), detail).await?;
+    access::audit(&s.store, &s.config(), &c.actor, &c.origin, action, Some(&name), detail).await?;
     if b.dry_run {
         // A plan changes nothing and takes no lock: it runs here, not through the queue.
-        let engine = crate::sync::Engine::new(s.store.clone(), s.config.clone());
+        let engine = crate::sync::Engine::new(s.store.clone(), s.config().clone());
         let opts = crate::sync::RunOptions {
             trigger: "api".into(),
             dry_run: true,

@@ -38,7 +38,8 @@ pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSI
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    pub config: Arc<Config>,
+    /// The configuration in force: the daemon sends each one it reloads (SIGHUP), so requests follow it.
+    pub config: tokio::sync::watch::Receiver<Arc<Config>>,
     /// The daemon's command channel: on-demand runs go through its queue.
     pub commands: mpsc::Sender<Command>,
     /// Live progress of the runs in flight.
@@ -46,10 +47,15 @@ pub struct ApiState {
     pub throttle: Arc<Throttle>,
     /// Whether the listener serves HTTPS (the session cookie is then Secure).
     pub tls: bool,
-    /// `daemon.trusted_proxies`: peers whose X-Forwarded-* headers say who the client is.
-    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The hash of `daemon.metrics_token_file`'s token, which reads `/metrics` and `/status` only.
     pub metrics_token: Option<String>,
+}
+
+impl ApiState {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
 }
 
 /// The `/api/v1` routes.

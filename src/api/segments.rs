@@ -56,7 +56,7 @@ impl CountQuery {
 fn readable(s: &ApiState, seg: &Segment) -> Result<SourceSpec, String> {
     let spec: SourceSpec = seg.source.parse().map_err(|e: source::SourceError| e.to_string())?;
     let password =
-        crate::secrets::resolve_source_password(seg, &s.config.store.master_key_path()).map_err(|e| e.to_string())?;
+        crate::secrets::resolve_source_password(seg, &s.config().store.master_key_path()).map_err(|e| e.to_string())?;
     Ok(spec.with_password(password))
 }
 
@@ -173,8 +173,9 @@ pub struct SegmentBody {
     skip_check: bool,
 }
 
-fn file_sources(s: &ApiState) -> FileSources<'_> {
-    FileSources::Under(&s.config.sources.allowed_dirs)
+/// The file sources the API may name under `config`'s `[sources] allowed_dirs`.
+fn file_sources(config: &crate::config::Config) -> FileSources<'_> {
+    FileSources::Under(&config.sources.allowed_dirs)
 }
 
 #[utoipa::path(post, path = "/segments", tag = "segments", request_body = SegmentBody,
@@ -197,7 +198,8 @@ pub async fn create_segment(
         query: b.query,
         skip_check: b.skip_check,
     };
-    let saved = ops::add_segment(&s.store, &s.config, &ops_caller(&c), request, file_sources(&s)).await?;
+    let config = s.config();
+    let saved = ops::add_segment(&s.store, &config, &ops_caller(&c), request, file_sources(&config)).await?;
     created(segment_view(&s, &c, &saved.segment, false, false).await?)
 }
 
@@ -240,7 +242,8 @@ pub async fn edit_segment(
         query: b.query,
         skip_check: b.skip_check,
     };
-    let saved = ops::edit_segment(&s.store, &s.config, &ops_caller(&c), &name, change, file_sources(&s)).await?;
+    let config = s.config();
+    let saved = ops::edit_segment(&s.store, &config, &ops_caller(&c), &name, change, file_sources(&config)).await?;
     ok(segment_view(&s, &c, &saved.segment, false, false).await?)
 }
 
@@ -250,6 +253,6 @@ pub async fn edit_segment(
         (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "An export sends it", body = ErrorBody)))]
 pub async fn remove_segment(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    ops::remove_segment(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    ops::remove_segment(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     ok(SegmentRemoved { removed: name })
 }

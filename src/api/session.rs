@@ -91,7 +91,7 @@ pub(super) async fn caller(parts: &Parts, state: &ApiState, client: &Client) -> 
         return Err(session_ended());
     };
     let now = Utc::now();
-    let idle = ChronoDuration::from_std(state.config.daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
+    let idle = ChronoDuration::from_std(state.config().daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
     if now >= session.expires_at || now >= session.last_seen_at + idle {
         state.store.remove_session(session.id).await?;
         return Err(session_ended());
@@ -168,7 +168,7 @@ fn session_view(user: &User, info: &SessionInfo, state: &ApiState) -> SessionVie
         user: Me { name: user.name.clone(), role: user.role.as_str().to_string() },
         csrf_token: info.csrf_token.clone(),
         expires_at: info.expires_at,
-        idle_timeout_seconds: state.config.daemon.session_idle_timeout.as_secs(),
+        idle_timeout_seconds: state.config().daemon.session_idle_timeout.as_secs(),
     }
 }
 
@@ -242,14 +242,14 @@ async fn sign_in_inner(
             return Err(failed_sign_in(s, other.map(|u| u.name), &origin, address).await?);
         }
     };
-    let idle = ChronoDuration::from_std(s.config.daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
+    let idle = ChronoDuration::from_std(s.config().daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
     s.store.prune_sessions(Utc::now() - idle).await?;
-    let lifetime = ChronoDuration::from_std(s.config.daemon.session_lifetime).unwrap_or(ChronoDuration::MAX);
+    let lifetime = ChronoDuration::from_std(s.config().daemon.session_lifetime).unwrap_or(ChronoDuration::MAX);
     let expires_at = Utc::now().checked_add_signed(lifetime).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let new = credentials::new_session();
     let session = s.store.add_session(&new.hash, user.id, expires_at, &origin).await?;
     let actor = Actor::User(user.clone());
-    access::audit(&s.store, &s.config, &actor, &origin, "session.sign_in", None, None).await?;
+    access::audit(&s.store, &s.config(), &actor, &origin, "session.sign_in", None, None).await?;
     // A session this browser held before ends: each sign-in starts from a fresh id.
     if let Some(old) = session_cookie(&parts.headers, cookie_name(client.https)) {
         if let Some(previous) = s.store.session(&credentials::session_hash(&old)).await? {
@@ -285,7 +285,7 @@ async fn failed_sign_in(
         target: None,
         detail: Some(detail.to_string()),
     };
-    s.store.record_audit(&event, s.config.store.audit_retention).await?;
+    s.store.record_audit(&event, s.config().store.audit_retention).await?;
     tracing::info!(address = ?address, "Sign-in failed.");
     Ok(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the user name or password is wrong"))
 }
@@ -322,7 +322,7 @@ pub async fn current(State(s): State<ApiState>, c: Caller) -> Result<Response, A
 pub async fn sign_out(State(s): State<ApiState>, c: Caller) -> Result<Response, ApiError> {
     let Some(info) = &c.session else { return Err(no_session()) };
     s.store.remove_session(info.id).await?;
-    access::audit(&s.store, &s.config, &c.actor, &c.origin, "session.sign_out", None, None).await?;
+    access::audit(&s.store, &s.config(), &c.actor, &c.origin, "session.sign_out", None, None).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(info.https, "", true));
     Ok(response)

@@ -61,7 +61,7 @@ pub async fn add_user(State(s): State<ApiState>, c: Caller, b: Result<Json<NewUs
     access::manage_users(&c.actor).check("accounts")?;
     let b = body(b)?;
     let role = role(&b.role)?;
-    let (user, token) = accounts::add_user(&s.store, &s.config, &ops_caller(&c), b.name.trim(), role).await?;
+    let (user, token) = accounts::add_user(&s.store, &s.config(), &ops_caller(&c), b.name.trim(), role).await?;
     created(NewToken { user: UserView::new(&user), token: token.expose_secret().to_string() })
 }
 
@@ -85,7 +85,7 @@ pub async fn change_user(
 ) -> ApiResult {
     access::manage_users(&c.actor).check("accounts")?;
     let b = body(b)?;
-    let (_, user) = accounts::set_role(&s.store, &s.config, &ops_caller(&c), &name, role(&b.role)?).await?;
+    let (_, user) = accounts::set_role(&s.store, &s.config(), &ops_caller(&c), &name, role(&b.role)?).await?;
     ok(UserView::new(&user))
 }
 
@@ -94,7 +94,7 @@ pub async fn change_user(
     responses((status = 200, body = UserRemoved), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove_user(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let user = accounts::remove_user(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    let user = accounts::remove_user(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     ok(UserRemoved { removed: user.name })
 }
 
@@ -103,7 +103,7 @@ pub async fn remove_user(State(s): State<ApiState>, c: Caller, Path(name): Path<
     responses((status = 200, body = NewToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn rotate_token(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let (user, token) = accounts::rotate_token(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    let (user, token) = accounts::rotate_token(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     ok(NewToken { user: UserView::new(&user), token: token.expose_secret().to_string() })
 }
 
@@ -131,7 +131,7 @@ pub async fn set_password(
     let Ok(Json(b)) = b else {
         return Err(ApiError::invalid("the body must be JSON {\"password\": PASSWORD}"));
     };
-    let user = accounts::set_password(&s.store, &s.config, &ops_caller(&c), &name, b.password).await?;
+    let user = accounts::set_password(&s.store, &s.config(), &ops_caller(&c), &name, b.password).await?;
     ok(PasswordSet { user: user.name, password_set: true })
 }
 
@@ -141,7 +141,7 @@ pub async fn set_password(
     responses((status = 200, body = Vec<SessionListingView>), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let (_, listed) = accounts::sessions(&s.store, &s.config, &ops_caller(&c), &name).await?;
+    let (_, listed) = accounts::sessions(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     let current = c.session.as_ref().map(|info| info.id);
     let views: Vec<SessionListingView> = listed
         .into_iter()
@@ -161,7 +161,7 @@ pub async fn sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<Str
 #[utoipa::path(delete, path = "/users/{name}/sessions", tag = "accounts", params(("name" = String, Path)),
     responses((status = 200, body = SessionsEnded), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn end_sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let ended = accounts::end_sessions(&s.store, &s.config, &ops_caller(&c), &name, None).await?;
+    let ended = accounts::end_sessions(&s.store, &s.config(), &ops_caller(&c), &name, None).await?;
     ok(SessionsEnded { user: name, ended })
 }
 
@@ -170,6 +170,6 @@ pub async fn end_sessions(State(s): State<ApiState>, c: Caller, Path(name): Path
     params(("name" = String, Path), ("id" = i64, Path)),
     responses((status = 200, body = SessionsEnded), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn end_session(State(s): State<ApiState>, c: Caller, Path((name, id)): Path<(String, i64)>) -> ApiResult {
-    let ended = accounts::end_sessions(&s.store, &s.config, &ops_caller(&c), &name, Some(id)).await?;
+    let ended = accounts::end_sessions(&s.store, &s.config(), &ops_caller(&c), &name, Some(id)).await?;
     ok(SessionsEnded { user: name, ended })
 }

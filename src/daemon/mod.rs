@@ -134,6 +134,8 @@ struct InFlight {
 /// The service, built and ready to run: `Daemon::build`, then `run_until` a shutdown future.
 pub struct Daemon {
     config: Arc<Config>,
+    /// Sends each configuration reloaded to the HTTP API, which reads it per request.
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
     config_path: Option<PathBuf>,
     store: Store,
     engine: Engine,
@@ -246,6 +248,7 @@ impl Daemon {
         let (tx, rx) = mpsc::channel(256);
         let scheduler = Scheduler::start(tz).await?;
         Ok(Daemon {
+            config_tx: tokio::sync::watch::Sender::new(config.clone()),
             config,
             config_path,
             store,
@@ -307,13 +310,11 @@ impl Daemon {
             }
             let api = crate::api::ApiState {
                 store: self.store.clone(),
-                config: self.config.clone(),
+                config: self.config_tx.subscribe(),
                 commands: self.tx.clone(),
                 shared: self.shared.clone(),
                 throttle: Default::default(),
                 tls: mode.is_tls(),
-                // Checked by `validate` and at start-up; a bad entry cannot get here.
-                trusted_proxies: self.config.daemon.trusted_proxies().unwrap_or_default().into(),
                 metrics_token: self.metrics_token.clone(),
             };
             let mut private = status::private_router(self.shared.clone());
@@ -703,6 +704,7 @@ impl Daemon {
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);
                 self.engine = self.engine.with_config(self.config.clone());
+                self.config_tx.send_replace(self.config.clone());
                 tracing::info!("Configuration reloaded.");
             }
         }
