@@ -175,7 +175,8 @@ pub struct DaemonConfig {
     /// How often the trigger directory is also scanned, for file systems that miss events. Default 1s.
     #[serde(with = "humantime_serde")]
     pub trigger_poll_interval: Duration,
-    /// How often the store is checked for exports added, changed or removed with the CLI. Default 3s.
+    /// How often the store is checked for exports added, changed or removed with the CLI, and the TLS files for a
+    /// renewal. Default 3s.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// Exports running side by side at most. Default 2.
@@ -190,7 +191,8 @@ pub struct DaemonConfig {
     /// Off loopback it needs `tls_cert` and `tls_key`, or `allow_plain_http`. Default "127.0.0.1:9185".
     pub status_listen: String,
     /// PEM certificate chain (the server's certificate first) to serve HTTPS with; set together with `tls_key`.
-    /// Read at start-up; relative paths are relative to the working directory. Default none (plain HTTP).
+    /// Read at start-up and again when the files change (a renewal); relative paths are relative to the working
+    /// directory. Default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`. Default none.
     pub tls_key: Option<PathBuf>,

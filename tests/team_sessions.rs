@@ -586,3 +586,47 @@ fn a_configuration_reloaded_with_sighup_governs_the_api_at_once() {
     assert_eq!(sign_in["origin"], "api 203.0.113.9", "{sign_in}");
     assert!(!daemon.logs().contains("take effect at the next restart"), "{}", daemon.logs());
 }
+
+/// A client that trusts only `cert_pem` and finds `localhost` at `local`.
+fn trusting(cert_pem: &str, local: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", local)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_certificate_renewed_on_disk_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let made = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), name.to_string()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    };
+    let (old_cert, old_key) = made("old.example");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &old_cert).unwrap();
+    std::fs::write(&key, &old_key).unwrap();
+    let tls =
+        format!("tls_cert = \"{}\"\ntls_key = \"{}\"\nreload_interval = \"200ms\"\n", cert.display(), key.display());
+    let (env, _, _) = team("127.0.0.1:0", &tls);
+    let daemon = Daemon::start(&env);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let health =
+        |client: &reqwest::Client| block_on(client.get(format!("https://localhost:{}/healthz", daemon.port)).send());
+    assert!(health(&trusting(&old_cert, local)).is_ok_and(|r| r.status() == 200));
+
+    // A renewal that went wrong (the key of another certificate): the old one goes on being served.
+    let (new_cert, new_key) = made("new.example");
+    std::fs::write(&cert, &new_cert).unwrap();
+    daemon.wait_for_log("TLS certificate not reloaded", Duration::from_secs(30));
+    assert!(health(&trusting(&old_cert, local)).is_ok_and(|r| r.status() == 200), "the old one still serves");
+
+    // The key follows: the new pair is served to new connections, and the old one no longer is.
+    std::fs::write(&key, &new_key).unwrap();
+    daemon.wait_for_log("TLS certificate reloaded", Duration::from_secs(30));
+    assert!(health(&trusting(&new_cert, local)).is_ok_and(|r| r.status() == 200), "{}", daemon.logs());
+    assert!(health(&trusting(&old_cert, local)).is_err(), "the replaced certificate is still served");
+    assert_no_secret("the daemon's log", &daemon.logs(), &[&old_key[40..100], &new_key[40..100]]);
+}

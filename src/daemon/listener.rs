@@ -1,14 +1,16 @@
 //! The daemon's HTTP listener: which transport it serves on its address (HTTPS with rustls, or plain HTTP), whether
 //! that is allowed there, and the serving itself. Plain HTTP is served on loopback, and off it only when
 //! `daemon.allow_plain_http` says something in front does TLS; passwords, tokens and session cookies never cross a
-//! network in clear by default. The routes are the caller's; this module does not look at requests.
+//! network in clear by default. A certificate renewed on disk is served from the next connection on. The routes are
+//! the caller's; this module does not look at requests.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +118,53 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// The certificate the listener serves: its files, when they were last changed as far as the daemon read them,
+/// and the live configuration the listener takes each new connection's from. A certificate renewed on disk
+/// (certbot, cert-manager) replaces it for new connections, without a restart.
+pub struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    stamp: Option<(SystemTime, SystemTime)>,
+    live: RustlsConfig,
+}
+
+/// When the two files were last modified, if both can be told.
+fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert)?, modified(key)?))
+}
+
+impl Certificate {
+    /// Reads `daemon.tls_cert` and `daemon.tls_key`; the error names the file and what to do.
+    pub fn load(cert: &Path, key: &Path) -> Result<Certificate, String> {
+        let stamp = stamp(cert, key);
+        let config = tls_config(cert, key)?;
+        Ok(Certificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            stamp,
+            live: RustlsConfig::from_config(config),
+        })
+    }
+
+    /// The configuration to serve: each new connection takes the certificate in it then.
+    pub fn live(&self) -> RustlsConfig {
+        self.live.clone()
+    }
+
+    /// Reads the files again if they changed since they were last read: None when they did not, else whether the
+    /// new pair now serves (an error keeps the previous one serving, and is not repeated until the files change
+    /// again).
+    pub fn refresh(&mut self) -> Option<Result<(), String>> {
+        let now = stamp(&self.cert, &self.key);
+        if now.is_none() || now == self.stamp {
+            return None;
+        }
+        self.stamp = now;
+        Some(tls_config(&self.cert, &self.key).map(|config| self.live.reload_from_config(config)))
+    }
+}
+
 /// How long connections may finish their requests once the daemon stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -123,7 +172,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// the peer's address (`ConnectInfo<SocketAddr>`) either way.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<RustlsConfig>,
     app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -137,8 +186,7 @@ pub async fn serve(
         stop.cancelled().await;
         on_stop.graceful_shutdown(Some(DRAIN));
     });
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?.handle(handle).serve(app).await
+    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(app).await
 }
 
 #[cfg(test)]

@@ -148,7 +148,8 @@ pub struct Daemon {
     listener: Option<tokio::net::TcpListener>,
     /// How the listener serves (decided at build, so a refusal stops the start) and, for HTTPS, its TLS config.
     listener_mode: Option<listener::Mode>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The served certificate, re-read when its files change.
+    tls: Option<listener::Certificate>,
     /// The hash of `daemon.metrics_token_file`'s token.
     metrics_token: Option<String>,
     root: CancellationToken,
@@ -234,7 +235,7 @@ impl Daemon {
                 let mode = listener::mode(&config.daemon, addr).map_err(DaemonError::Config)?;
                 let tls = match (&config.daemon.tls_cert, &config.daemon.tls_key) {
                     (Some(cert), Some(key)) if mode.is_tls() => {
-                        Some(listener::tls_config(cert, key).map_err(DaemonError::Config)?)
+                        Some(listener::Certificate::load(cert, key).map_err(DaemonError::Config)?)
                     }
                     _ => None,
                 };
@@ -323,7 +324,7 @@ impl Daemon {
                     .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::metrics_readers_only));
             }
             let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
-            let (tls, stop) = (self.tls.clone(), stop_tasks.clone());
+            let (tls, stop) = (self.tls.as_ref().map(listener::Certificate::live), stop_tasks.clone());
             tokio::spawn(async move {
                 if let Err(e) = listener::serve(listener, tls, app, stop).await {
                     tracing::error!(error = %e, "The status listener stopped.");
@@ -443,6 +444,7 @@ impl Daemon {
                 if reread_config {
                     self.reload_config();
                 }
+                self.refresh_certificate();
                 let dst_changed = self.scheduler.offset_changed();
                 if dst_changed {
                     tracing::info!("The time zone's UTC offset changed (daylight saving time); rescheduling.");
@@ -674,6 +676,17 @@ impl Daemon {
     }
 
     /// SIGHUP: re-read the config; a config with errors is rejected with every error, and the old one stays.
+    /// Serves the certificate's files anew once they changed on disk (a renewal): new connections get it.
+    fn refresh_certificate(&mut self) {
+        match self.tls.as_mut().and_then(listener::Certificate::refresh) {
+            None => {}
+            Some(Ok(())) => tracing::info!("TLS certificate reloaded: new connections get the one now on disk."),
+            Some(Err(e)) => tracing::error!(
+                "TLS certificate not reloaded; the previous one is still served until the files are fixed. {e}"
+            ),
+        }
+    }
+
     fn reload_config(&mut self) {
         let loaded = Config::load(self.config_path.as_deref());
         match loaded {
