@@ -53,6 +53,8 @@ fn hop_address(hop: &str) -> Option<IpAddr> {
 
 fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, authority: Option<&str>, proxies: &[IpNet], tls: bool) -> Client {
     let trusted = |ip: IpAddr| proxies.iter().any(|net| net.contains(&ip));
+    // A dual-stack listener ("[::]:9185") sees IPv4 peers as ::ffff:a.b.c.d: they are IPv4 addresses.
+    let peer = peer.map(|p| p.to_canonical());
     // HTTP/2 carries the host in the URI's authority instead of a Host header.
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(authority).map(str::to_string);
     let direct = Client { address: peer, https: tls, host };
@@ -65,7 +67,7 @@ fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, authority: Option<&str>, p
             break;
         }
         match hop_address(hop) {
-            Some(ip) => address = ip,
+            Some(ip) => address = ip.to_canonical(),
             None => break,
         }
     }
@@ -135,6 +137,9 @@ mod tests {
         // A garbled hop stops the walk at the last proxy that vouched for it.
         let garbled = headers(&[("x-forwarded-for", "203.0.113.9, not-an-ip")]);
         assert_eq!(resolve(Some(ip("127.0.0.1")), &garbled, None, &proxies, false).address, Some(ip("127.0.0.1")));
+        let mapped = headers(&[("x-forwarded-for", "::ffff:203.0.113.9")]);
+        let dual_stack_peer = Some(ip("::ffff:127.0.0.1"));
+        assert_eq!(resolve(dual_stack_peer, &mapped, None, &proxies, false).address, Some(ip("203.0.113.9")));
         let v6 = headers(&[("x-forwarded-for", "[2001:db8::7]:443")]);
         assert_eq!(resolve(Some(ip("127.0.0.1")), &v6, None, &proxies, false).address, Some(ip("2001:db8::7")));
     }
