@@ -992,3 +992,36 @@ async fn an_export_made_through_the_api_takes_a_user_id_column_and_needs_an_iden
     assert!(v["error"]["message"].as_str().unwrap().contains("--user-id-field or both"), "{v}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_router_turns_away_are_answered_in_the_apis_error_shape_too() {
+    let t = team().await;
+    let admin = t.tokens[4].clone();
+    // A path that does not parse, a query that does not, a method a path does not take: 422, 422, 405.
+    let cases = [
+        (Method::GET, "/runs/abc", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        (Method::GET, "/runs?limit=-1", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        (Method::PUT, "/segments", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ];
+    for (method, path, status, kind) in cases {
+        let (got, v, text) = t.call_with(admin.as_deref(), method.clone(), path, None).await;
+        assert_eq!((got, v["error"]["kind"].as_str()), (status, Some(kind)), "{method} {path}: {text}");
+        assert!(v["error"]["message"].is_string(), "{text}");
+    }
+    // A body over the limit: 413, before anything is read or saved.
+    let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(3_000_000));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/segments", t.base))
+        .bearer_auth(admin.as_deref().unwrap())
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["kind"], "too_large", "{v}");
+    let (_, segments, _) = t.call(4, Method::GET, "/segments", None).await;
+    assert!(segments.as_array().unwrap().iter().all(|s| s["name"].as_str().unwrap().len() < 100), "nothing saved");
+    t.stop().await;
+}

@@ -101,3 +101,42 @@ impl From<OpError> for ApiError {
         }
     }
 }
+
+/// The largest error text of axum's own that `json_errors` wraps (its rejections are a line or two).
+const PLAIN_ERROR_LIMIT: usize = 16 * 1024;
+
+/// Gives the answers that axum makes itself, before any handler of ours (a path or query that does not parse, a
+/// method a path does not take, a body over the size limit), the API's error shape: a script reading
+/// `{"error": ...}` never meets plain text. A path or query that does not parse is invalid input (422), as a
+/// body that does not is.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = match status {
+        StatusCode::BAD_REQUEST => ApiError::invalid(format!("the request is not what was expected: {text}")),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "method_not_allowed",
+            "this path does not take that method; see /api/v1/openapi.json for what each path takes",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "too_large", "the request body is too large"),
+        _ if text.is_empty() => ApiError::new(status, "error", status.canonical_reason().unwrap_or("error")),
+        _ => ApiError::new(status, "error", text),
+    };
+    let mut answer = error.into_response();
+    // What the method-not-allowed answer says the path takes.
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        answer.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
+}

@@ -398,8 +398,14 @@ fn optional_choice<T: clap::ValueEnum + Copy>(field: &str, text: Option<&str>) -
 }
 
 pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))
+    b.map(|Json(v)| v).map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is larger than the API takes (2 MB)",
+        ),
+        _ => ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())),
+    })
 }
 
 fn on_leave(text: Option<&str>) -> Result<OnLeave, ApiError> {

@@ -61,7 +61,10 @@ impl ApiState {
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     let (api, _) = routes().split_for_parts();
-    let api = api.fallback(handlers::not_found).with_state(state.clone());
+    let api = api
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::map_response(error::json_errors))
+        .with_state(state.clone());
     Router::new().nest("/api/v1", api).merge(crate::console::router(state))
 }
 
