@@ -405,6 +405,24 @@ mod browser {
         }
         b.screenshot("not-found").await;
 
+        // carl left a browser signed in elsewhere: his account page lists both, and he ends the other one.
+        let elsewhere = browser(1280, 900).await;
+        elsewhere.sign_in(&svc.base, "carl").await;
+        b.goto(&format!("{}/exports", svc.base)).await;
+        b.client.find(Locator::Css("#who-name")).await.unwrap().click().await.unwrap();
+        b.wait_path("/account").await;
+        b.wait_text("This browser", Duration::from_secs(10)).await;
+        let rows = b.client.find_all(Locator::Css("#sessions-list tbody tr")).await.unwrap();
+        assert_eq!(rows.len(), 2, "{}", b.text().await);
+        b.screenshot("account").await;
+        b.click("End").await;
+        b.click("Yes, end it").await;
+        b.wait_text("That session has ended", Duration::from_secs(10)).await;
+        assert_eq!(b.client.find_all(Locator::Css("#sessions-list tbody tr")).await.unwrap().len(), 1);
+        elsewhere.goto(&format!("{}/exports", svc.base)).await;
+        elsewhere.wait_path("/sign-in").await;
+        drop(elsewhere);
+
         // Signing out ends the session: the pages send the browser to sign in again, and the old cookie is dead.
         b.goto(&format!("{}/exports", svc.base)).await;
         let cookie = b.client.get_named_cookie("segment_exporter_session").await.unwrap().value().to_string();
@@ -437,6 +455,7 @@ mod browser {
             ("/connections/open", "Who can use this connection"),
             ("/users", "carl"),
             ("/audit", "user.add"),
+            ("/account", "This browser"),
         ] {
             b.goto(&format!("{}{path}", svc.base)).await;
             b.wait_text(shows, Duration::from_secs(10)).await;

@@ -35,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/connections/{name}", get(connection))
         .route("/users", get(users))
         .route("/audit", get(audit))
+        .route("/account", get(account))
         .route("/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))))
         .route("/assets/app.css", get(|| asset("text/css; charset=utf-8", include_str!("assets/app.css"))))
         .with_state(state)
@@ -112,6 +113,10 @@ async fn sign_in(caller: Result<Caller, ApiError>, Query(q): Query<Next>) -> Res
         return Redirect::to(next.as_deref().unwrap_or("/exports")).into_response();
     }
     secured(pages::sign_in(next.as_deref().unwrap_or("/exports")).into_response())
+}
+
+async fn account(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    signed_in(caller, &uri).map_or_else(|r| *r, |c| page(&c, Page::Account))
 }
 
 async fn exports(caller: Result<Caller, ApiError>, uri: Uri) -> Response {

@@ -17,6 +17,7 @@ pub enum Page {
     Connection(String),
     Users,
     Audit,
+    Account,
 }
 
 impl Page {
@@ -30,6 +31,7 @@ impl Page {
             Page::Connection(_) => "connection",
             Page::Users => "users",
             Page::Audit => "audit",
+            Page::Account => "account",
         }
     }
 
@@ -43,6 +45,7 @@ impl Page {
             Page::Connection(name) => format!("Connection {name}"),
             Page::Users => "Users".into(),
             Page::Audit => "Audit".into(),
+            Page::Account => "Your account".into(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Page {
             Page::Connections | Page::NewConnection | Page::Connection(_) => "connections",
             Page::Users => "users",
             Page::Audit => "audit",
+            Page::Account => "account",
         }
     }
 
@@ -101,7 +105,7 @@ fn nav(c: &Caller, section: &str) -> Markup {
                 }
             }
             div.who {
-                span #who-name { (c.actor.name()) }
+                a #who-name href="/account" title="Your account and where you are signed in" { (c.actor.name()) }
                 " "
                 span.role { (if admin { "administrator" } else { "contributor" }) }
                 button #sign-out type="button" { "Sign out" }
@@ -178,6 +182,20 @@ fn body(page: &Page) -> Markup {
         Page::Connection(name) => connection(name),
         Page::Users => users(),
         Page::Audit => audit(),
+        Page::Account => account(),
+    }
+}
+
+fn account() -> Markup {
+    html! {
+        h1 { "Your account" }
+        section {
+            h2 { "Where you are signed in" }
+            p.hint { "Each browser you signed in with. End any you do not recognise, or have left signed in elsewhere." }
+            div #sessions-list { p.loading { "Loading…" } }
+            p.error role="alert" {}
+            button #sign-out-everywhere.danger type="button" { "Sign out everywhere" }
+        }
     }
 }
 

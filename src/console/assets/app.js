@@ -897,6 +897,58 @@
     await load();
   }
 
+  async function accountPage() {
+    const me = $("#who-name").textContent;
+    const path = `/users/${encodeURIComponent(me)}/sessions`;
+    const list = $("#sessions-list");
+    const load = async () => {
+      try {
+        const sessions = await api("GET", path);
+        list.replaceChildren(
+          table(
+            ["Signed in", "Last used", "Ends", "From", ""],
+            sessions.map((x) => {
+              let action = el("span", { class: "hint" }, "This browser");
+              if (!x.current) {
+                action = el("button", { type: "button" }, "End");
+                confirmTwice(action, "Yes, end it", async () => {
+                  try {
+                    await api("DELETE", `${path}/${x.id}`);
+                    notice("That session has ended; its browser must sign in again.");
+                    load();
+                  } catch (e) {
+                    fail(e);
+                  }
+                });
+              }
+              return el(
+                "tr",
+                { "data-session": x.id },
+                el("td", {}, when(x.signed_in_at)),
+                el("td", {}, when(x.last_seen_at)),
+                el("td", {}, when(x.expires_at)),
+                el("td", {}, x.origin.replace(/^api /, "")),
+                el("td", { class: "actions" }, action),
+              );
+            }),
+            "No sessions.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    confirmTwice($("#sign-out-everywhere"), "Yes, everywhere", async () => {
+      try {
+        await api("DELETE", path);
+      } catch (e) {
+        return fail(e);
+      }
+      location.href = "/sign-in";
+    });
+    await load();
+  }
+
   const signOut = $("#sign-out");
   if (signOut) {
     signOut.addEventListener("click", async () => {
@@ -919,6 +971,7 @@
     connection: connectionPage,
     users: usersPage,
     audit: auditPage,
+    account: accountPage,
   };
   if (pages[page]) pages[page]();
 })();
