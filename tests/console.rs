@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,10 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver's process group holds the Chromium it started: killing the driver alone left Chromium
+        // running (and using CPU) after every test.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -84,6 +89,8 @@ async fn browser_with(extra_args: Value, mobile: Option<Value>) -> Browser {
     let port = free_port();
     let driver = Command::new(chromedriver)
         .arg(format!("--port={port}"))
+        // Its own process group, with the Chromium it starts, so that the drop ends them together.
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -93,8 +100,16 @@ async fn browser_with(extra_args: Value, mobile: Option<Value>) -> Browser {
         assert!(Instant::now() < deadline, "chromedriver did not listen on port {port} within 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut args =
-        json!(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--lang=en-US"]);
+    // No crash reporter: it would leave its own process group behind.
+    let mut args = json!([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-crash-reporter",
+        "--disable-breakpad",
+        "--lang=en-US"
+    ]);
     args.as_array_mut().unwrap().extend(extra_args.as_array().unwrap().iter().cloned());
     let mut options = json!({ "binary": "/usr/bin/chromium", "args": args });
     if let Some(m) = mobile {
