@@ -124,14 +124,15 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 pub struct Certificate {
     cert: PathBuf,
     key: PathBuf,
-    stamp: Option<(SystemTime, SystemTime)>,
+    stamp: Option<[(SystemTime, u64); 2]>,
     live: RustlsConfig,
 }
 
-/// When the two files were last modified, if both can be told.
-fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some((modified(cert)?, modified(key)?))
+/// When the two files were last modified and how long they are, if both can be told. The length catches a file
+/// rewritten within the file system's timestamp granularity (a few milliseconds), as a truncate and a write are.
+fn stamp(cert: &Path, key: &Path) -> Option<[(SystemTime, u64); 2]> {
+    let of = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    Some([of(cert)?, of(key)?])
 }
 
 impl Certificate {
