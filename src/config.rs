@@ -277,6 +277,11 @@ impl DaemonConfig {
         }
     }
 
+    /// `session_idle_timeout` as a span of calendar time (the longest one for a timeout beyond it).
+    pub fn session_idle(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.session_idle_timeout).unwrap_or(chrono::Duration::MAX)
+    }
+
     /// The status listener address, or None when it is off.
     pub fn status_addr(&self) -> Option<&str> {
         let a = self.status_listen.trim();

@@ -128,12 +128,11 @@ pub async fn sessions(
     config: &Config,
     c: &Caller<'_>,
     name: &str,
-) -> Result<(User, Vec<SessionListing>), OpError> {
+) -> Result<Vec<SessionListing>, OpError> {
     let user = session_owner(store, c, name).await?;
-    let idle = chrono::Duration::from_std(config.daemon.session_idle_timeout).unwrap_or(chrono::Duration::MAX);
+    let idle = config.daemon.session_idle();
     let since = chrono::Utc::now().checked_sub_signed(idle).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let listed = store.user_sessions(user.id, since).await?;
-    Ok((user, listed))
+    Ok(store.user_sessions(user.id, since).await?)
 }
 
 /// Ends one session of `name` (`only`) or all of them: the browsers holding them are signed out at their next
@@ -146,18 +145,13 @@ pub async fn end_sessions(
     only: Option<i64>,
 ) -> Result<u64, OpError> {
     let user = session_owner(store, c, name).await?;
-    let ended = match only {
-        Some(id) => {
-            if !store.remove_session_of(user.id, id).await? {
-                return Err(super::Denied::NotFound(format!("session {id} of account '{name}'")).into());
-            }
-            1
+    let (ended, detail) = match only {
+        Some(id) if store.remove_session_of(user.id, id).await? => (1, format!("session {id}")),
+        Some(id) => return Err(super::Denied::NotFound(format!("session {id} of account '{name}'")).into()),
+        None => {
+            let ended = store.remove_user_sessions(user.id).await?;
+            (ended, format!("all {ended} session(s)"))
         }
-        None => store.remove_user_sessions(user.id).await?,
-    };
-    let detail = match only {
-        Some(id) => format!("session {id}"),
-        None => format!("all {ended} session(s)"),
     };
     audit(store, config, c.actor, c.origin, "session.end", Some(name), Some(detail)).await?;
     Ok(ended)

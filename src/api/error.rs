@@ -33,6 +33,15 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
     }
 
+    /// A body over axum's limit, which every JSON body of the API has.
+    pub fn too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is larger than the API takes (2 MB)",
+        )
+    }
+
     pub fn not_found(what: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} does not exist"))
     }
@@ -129,7 +138,7 @@ pub async fn json_errors(response: Response) -> Response {
             "method_not_allowed",
             "this path does not take that method; see /api/v1/openapi.json for what each path takes",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "too_large", "the request body is too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
         _ if text.is_empty() => ApiError::new(status, "error", status.canonical_reason().unwrap_or("error")),
         _ => ApiError::new(status, "error", text),
     };

@@ -399,11 +399,7 @@ fn optional_choice<T: clap::ValueEnum + Copy>(field: &str, text: Option<&str>) -
 
 pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the request body is larger than the API takes (2 MB)",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
         _ => ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())),
     })
 }
@@ -651,7 +647,7 @@ pub async fn run_export(
     access::audit(&s.store, &s.config(), &c.actor, &c.origin, action, Some(&name), detail).await?;
     if b.dry_run {
         // A plan changes nothing and takes no lock: it runs here, not through the queue.
-        let engine = crate::sync::Engine::new(s.store.clone(), s.config().clone());
+        let engine = crate::sync::Engine::new(s.store.clone(), s.config());
         let opts = crate::sync::RunOptions {
             trigger: "api".into(),
             dry_run: true,

@@ -91,7 +91,7 @@ pub(super) async fn caller(parts: &Parts, state: &ApiState, client: &Client) -> 
         return Err(session_ended());
     };
     let now = Utc::now();
-    let idle = ChronoDuration::from_std(state.config().daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
+    let idle = state.config().daemon.session_idle();
     if now >= session.expires_at || now >= session.last_seen_at + idle {
         state.store.remove_session(session.id).await?;
         return Err(session_ended());
@@ -242,7 +242,7 @@ async fn sign_in_inner(
             return Err(failed_sign_in(s, other.map(|u| u.name), &origin, address).await?);
         }
     };
-    let idle = ChronoDuration::from_std(s.config().daemon.session_idle_timeout).unwrap_or(ChronoDuration::MAX);
+    let idle = s.config().daemon.session_idle();
     s.store.prune_sessions(Utc::now() - idle).await?;
     let lifetime = ChronoDuration::from_std(s.config().daemon.session_lifetime).unwrap_or(ChronoDuration::MAX);
     let expires_at = Utc::now().checked_add_signed(lifetime).unwrap_or(DateTime::<Utc>::MAX_UTC);

@@ -141,7 +141,7 @@ pub async fn set_password(
     responses((status = 200, body = Vec<SessionListingView>), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn sessions(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
-    let (_, listed) = accounts::sessions(&s.store, &s.config(), &ops_caller(&c), &name).await?;
+    let listed = accounts::sessions(&s.store, &s.config(), &ops_caller(&c), &name).await?;
     let current = c.session.as_ref().map(|info| info.id);
     let views: Vec<SessionListingView> = listed
         .into_iter()

@@ -134,8 +134,7 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<u8> {
         }
         UserCmd::Sessions { name } => {
             let actor = ctx.actor();
-            let (_, listed) =
-                accounts::sessions(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
+            let listed = accounts::sessions(&store, &ctx.config, &cli_caller(&actor), &name).await.map_err(op_error)?;
             if ctx.out.json {
                 ctx.out.json(&listed);
             } else if listed.is_empty() {
