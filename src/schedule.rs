@@ -45,6 +45,24 @@ impl Schedule {
     }
 }
 
+/// When an export runs next on its schedule, by the daemon's settings (refresh schedule, time zone); None when it
+/// is off, disabled, or its schedule does not parse.
+pub fn next_run(export: &crate::store::Export, daemon: &crate::config::DaemonConfig) -> Option<DateTime<Utc>> {
+    if !export.enabled || export.connection_id.is_none() {
+        return None;
+    }
+    let tz = daemon.tz().unwrap_or(chrono_tz::UTC);
+    Schedule::parse(&export.schedule).ok()?.next_after(Some(&daemon.refresh_schedule), &Utc::now().with_timezone(&tz))
+}
+
+/// The scheduled time a cron tick firing now belongs to: the expression's latest time at or before now (give or
+/// take a second of lateness), so that every process sharing a store names the same tick the same way.
+pub fn due_time(expr: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    let cron = parse_cron(expr).ok()?;
+    let now = Utc::now().with_timezone(&tz) + chrono::TimeDelta::seconds(1);
+    cron.find_previous_occurrence(&now, true).ok().map(|t| t.with_timezone(&Utc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

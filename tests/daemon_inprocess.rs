@@ -14,7 +14,7 @@ use segment_exporter::config::Config;
 use segment_exporter::daemon::{Daemon, Runner};
 use segment_exporter::sandbox::{Faults, SandboxOptions};
 use segment_exporter::store::{Run, RunStatus, Store};
-use segment_exporter::sync::{Engine, Progress, RunOptions, RunReport, SyncError};
+use segment_exporter::sync::{Engine, Progress, RunLock, RunOptions, RunReport, SyncError};
 use tokio_util::sync::CancellationToken;
 
 /// An env whose exports `names` each send their own CSV segment of `members` (with a `-NAME` suffix), with the
@@ -241,23 +241,23 @@ struct PanicOnce {
 }
 
 impl Runner for PanicOnce {
-    fn run_export<'a>(
+    fn run_taken<'a>(
         &'a self,
-        export: &'a str,
+        export_id: i64,
+        lock: RunLock,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
         Box::pin(async move {
             if self.panicked.swap(true, Ordering::SeqCst) {
-                return self.engine.run_export(export, opts, progress, cancel).await;
+                return self.engine.run_taken(export_id, lock, opts, progress, cancel).await;
             }
-            let e = self.store.export(export).await?;
-            let run_id = self.store.start_run(e.id, &opts.trigger, false, None).await?;
+            let run_id = self.store.start_run(export_id, &opts.trigger, false, None).await?;
             progress.set_run_id(run_id);
             // Until the test has queued a second request behind this run.
             let _ = tokio::time::timeout(Duration::from_secs(30), self.go.notified()).await;
-            panic!("injected failure in the run of {export}");
+            panic!("injected failure in the run of export #{export_id}");
         })
     }
 }
@@ -284,7 +284,7 @@ async fn a_run_that_panics_is_recorded_failed_frees_its_export_and_its_follow_up
     })
     .await;
     assert_eq!(r[0].status, RunStatus::Failed, "{r:#?}");
-    assert!(r[0].error.as_deref().unwrap_or("").contains("injected failure in the run of fragile"), "{r:#?}");
+    assert!(r[0].error.as_deref().unwrap_or("").contains("injected failure in the run of export #"), "{r:#?}");
     assert_eq!(r[1].status, RunStatus::Succeeded, "the queued follow-up runs: {r:#?}");
     assert!(r[1].note.as_deref().unwrap_or("").contains("follow-up"), "{r:#?}");
     // Nothing is left running, so the stop does not wait out the 30 s grace.

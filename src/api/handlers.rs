@@ -16,7 +16,8 @@ use super::views::*;
 use super::{ApiError, ApiState};
 use crate::access::ops::{self, ExportRequest};
 use crate::access::{self, ExportFacts, Verdict};
-use crate::daemon::{Command, RunQueued};
+use crate::queue::Answer;
+use crate::store::WaitingFor;
 use crate::store::{Connection, Export, OnLeave};
 
 pub(super) type ApiResult = Result<Response, ApiError>;
@@ -314,8 +315,8 @@ async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiErr
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
     let last = s.store.last_run(export.id).await?;
     let mut view = ExportView::new(export, users, last.as_ref());
-    view.next_run = s.shared.lock().exports.get(&export.name).and_then(|e| e.next_run);
-    view.running_run_id = s.shared.in_flight.lock().expect("in-flight lock").get(&export.name).and_then(|p| p.run_id());
+    view.next_run = crate::schedule::next_run(export, &s.config().daemon);
+    view.running_run_id = s.queue.live().of_export(export.id).and_then(|p| p.run_id());
     Ok(view)
 }
 
@@ -602,6 +603,8 @@ pub async fn remove_export_user(
 /// How long a run request waits at most for its run to get an id (its row, written before anything is read or
 /// sent) before answering with the state alone. A run that ends without one (it could not start) ends the wait.
 const RUN_ID_WAIT: Duration = Duration::from_secs(30);
+/// How long a run request waits at most for a daemon to take it or say why it waits.
+const DECIDE_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -672,45 +675,30 @@ pub async fn run_export(
         }
         return ok(plan);
     }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = Command::RunNow {
-        export: name.clone(),
-        by: c.actor.name().to_string(),
+    let ask = crate::queue::Ask {
+        export_id: export.id,
+        trigger: crate::queue::Trigger::Api,
+        requested_by: Some(c.actor.name()),
         full: b.full,
         allow_mass_removal: b.allow_mass_removal,
-        reply,
     };
-    s.commands.send(command).await.map_err(|_| stopping())?;
-    let queued = answer.await.map_err(|_| stopping())?;
-    let (state, run_id) = match queued {
-        RunQueued::Started(progress) => {
-            let deadline = tokio::time::Instant::now() + RUN_ID_WAIT;
-            let in_flight = || {
-                let map = s.shared.in_flight.lock().expect("in-flight lock");
-                map.get(&name).is_some_and(|p| std::sync::Arc::ptr_eq(p, &progress))
-            };
-            while progress.run_id().is_none() && in_flight() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            ("started", progress.run_id())
-        }
-        RunQueued::FollowUp => ("queued_after_current_run", None),
-        RunQueued::Waiting => ("waiting_for_a_free_slot", None),
-        RunQueued::Elsewhere => ("queued_after_another_process", None),
-        RunQueued::NotStarted => {
+    let request_id = s.queue.ask(&ask).await?;
+    let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
+        Answer::Started { run_id } => (RunRequestState::Started, run_id),
+        Answer::Waiting(WaitingFor::CurrentRun) => (RunRequestState::QueuedAfterCurrentRun, None),
+        Answer::Waiting(WaitingFor::FreeSlot) => (RunRequestState::WaitingForAFreeSlot, None),
+        Answer::Waiting(WaitingFor::AnotherProcess) => (RunRequestState::QueuedAfterAnotherProcess, None),
+        Answer::Queued => (RunRequestState::Queued, None),
+        Answer::NotStarted(why) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
-                format!("export '{name}' cannot run now: it has no connection (disabled), or the service is stopping"),
+                format!("export '{name}' cannot run now: {}", shown_error(&s, &c, export.id, &why).await?),
             ))
         }
     };
-    let accepted = RunAccepted { export: name, state: state.to_string(), run_id };
+    let accepted = RunAccepted { export: name, state, request_id, run_id };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
-}
-
-fn stopping() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is stopping; ask again once it is back")
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -789,10 +777,7 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
     let what = format!("run #{id}");
     // The live progress is taken before the row is read: a run that ends in between then shows its end (the engine
     // records it before it leaves the in-flight map), never "running" without progress.
-    let progress = {
-        let in_flight = s.shared.in_flight.lock().expect("in-flight lock");
-        in_flight.values().find(|p| p.run_id() == Some(id)).cloned()
-    };
+    let progress = s.queue.live().of_run(id);
     let run = s.store.run(id).await.map_err(|_| ApiError::not_found(&what))?;
     // Seeing the run is seeing its export: export users and administrators only, so they alone get its members.
     if !c.actor.is_admin() && !may_see_run(&s, &c, run.export_id).await? {

@@ -2,7 +2,7 @@
 //! or the web console's session cookie (`session`: sign-in, CSRF).
 //!
 //! Handlers authenticate the caller (`Caller`), ask `crate::access` whether it may act, and call the same library
-//! code as the CLI (`crate::access::ops`, the store, the daemon's run queue). They hold no rules of their own.
+//! code as the CLI (`crate::access::ops`, the store, the run queue `crate::queue`). They hold no rules of their own.
 //! Statuses: 401 without valid credentials (for everyone while no account exists), 404 for what the caller may not
 //! see, 403 for what it may see but not do, 409 for conflicts, 422 for invalid input, 429 after repeated failed
 //! authentication; errors are `{"error": {"kind", "message"}}` and never name what the caller may not see.
@@ -20,13 +20,12 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::Router;
-use tokio::sync::mpsc;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::daemon::{Command, Shared};
+use crate::queue::RunQueue;
 use crate::store::Store;
 
 pub use auth::{metrics_readers_only, Caller, Throttle};
@@ -40,10 +39,8 @@ pub struct ApiState {
     pub store: Store,
     /// The configuration in force: the daemon sends each one it reloads (SIGHUP), so requests follow it.
     pub config: tokio::sync::watch::Receiver<Arc<Config>>,
-    /// The daemon's command channel: on-demand runs go through its queue.
-    pub commands: mpsc::Sender<Command>,
-    /// Live progress of the runs in flight.
-    pub shared: Arc<Shared>,
+    /// On-demand runs are asked for here; the live progress of runs in flight is read here.
+    pub queue: RunQueue,
     pub throttle: Arc<Throttle>,
     /// Whether the listener serves HTTPS (the session cookie is then Secure).
     pub tls: bool,
@@ -61,11 +58,9 @@ impl ApiState {
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     let (api, _) = routes().split_for_parts();
-    let api = api
-        .fallback(handlers::not_found)
-        .layer(axum::middleware::map_response(error::json_errors))
-        .with_state(state.clone());
-    Router::new().nest("/api/v1", api).merge(crate::console::router(state))
+    let api =
+        api.fallback(handlers::not_found).layer(axum::middleware::map_response(error::json_errors)).with_state(state);
+    Router::new().nest("/api/v1", api)
 }
 
 /// Every documented route, relative to `/api/v1`: each `routes!` registers handlers and their OpenAPI description

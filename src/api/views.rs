@@ -290,13 +290,30 @@ pub struct ExportEdited {
     pub emptied: Vec<EmptiedView>,
 }
 
+/// What became of a run request, when the API answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunRequestState {
+    /// A run took it (`run_id` names it once its row exists).
+    Started,
+    /// The export is running: this is its one follow-up run (later requests merge into it).
+    QueuedAfterCurrentRun,
+    /// Every slot (`daemon.max_concurrent_runs`) is busy.
+    WaitingForAFreeSlot,
+    /// A process that is not a daemon (an `export run`) runs the export.
+    QueuedAfterAnotherProcess,
+    /// Queued, and no daemon has taken it yet (none is running, or it is stopping): it runs when one does.
+    Queued,
+}
+
 /// A run asked for: started, or queued.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunAccepted {
     pub export: String,
-    /// `started`, `queued_after_current_run`, `waiting_for_a_free_slot` or `queued_after_another_process`.
-    pub state: String,
+    pub state: RunRequestState,
+    /// The request, which later requests for the same export may merge into.
+    pub request_id: i64,
     /// The run's id once it started (follow it at /api/v1/runs/{id}).
     pub run_id: Option<i64>,
 }

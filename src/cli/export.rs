@@ -570,7 +570,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         full: a.full,
         allow_mass_removal: a.allow_mass_removal,
-        note: None,
+        ..RunOptions::default()
     };
     let result = run_with_grace(ctx, &engine, &a.name, &opts, progress.clone(), cancel).await;
     finished.cancel();

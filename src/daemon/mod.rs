@@ -1,24 +1,27 @@
 //! The long-running service. Cron ticks, trigger files, store changes and reloads (SIGHUP, through a
-//! `DaemonHandle`) all become one `Command` on one channel, consumed by one loop that owns which runs are in flight,
-//! which are queued, and the schedule. `Daemon::build` makes it from a config (and, in tests, an already bound
-//! listener); `run_until` runs it until a shutdown future completes. It installs no signal handler and never exits
-//! the process: `main.rs` turns signals into that future and decides exit codes. Runs themselves are the export
-//! engine's (`sync`), each in its own task behind the `Runner` trait; this module only decides when they start,
-//! records the end of a run whose task could not (a panic, the end of the shutdown grace), and how the process
-//! stops.
+//! `DaemonHandle`) all become one `Command` on one channel, consumed by one loop that owns which runs this process
+//! has in flight and the schedule. Runs are asked for through the run queue (`crate::queue`), by this loop and by
+//! the HTTP API alike; the loop takes from the queue what it has slots for. `Daemon::build` makes it from a config
+//! (and, in tests, an already bound listener) and composes the HTTP app (status, API, console); `run_until` runs it
+//! until a shutdown future completes. It installs no signal handler and never exits the process: `main.rs` turns
+//! signals into that future and decides exit codes. Runs themselves are the export engine's (`sync`), each in its
+//! own task behind the `Runner` trait; this module only decides when they start, records the end of a run whose
+//! task could not (a panic, the end of the shutdown grace), and how the process stops.
 
+mod app;
 pub mod listener;
 mod metrics;
 mod scheduler;
 mod status;
 mod triggers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,47 +31,24 @@ pub use status::{ExportStatus, Shared};
 pub use triggers::{check_paths, valid_trigger_name, write_trigger, ALL as TRIGGER_ALL};
 
 use crate::config::Config;
+use crate::queue::{Ask, RunQueue, Taken, Trigger};
 use crate::schedule::Schedule;
-use crate::store::{RunStatus, Store};
+use crate::store::{RunStatus, Store, WaitingFor};
 use crate::sync::{Engine, Progress, RunLock, RunOptions, RunReport, SyncError};
 use scheduler::Scheduler;
 use status::LastRun;
 
-/// Everything that can ask the daemon to do something.
+/// Everything that can ask the daemon's loop to do something.
 #[derive(Debug)]
 pub enum Command {
-    /// Run one export (queued as a follow-up when it is running).
-    Run { export: String, trigger: &'static str, note: Option<String> },
-    /// Run every enabled export, or only those on the refresh schedule.
-    RunAll { trigger: &'static str, refresh_only: bool },
+    /// Ask for a run of one export (a trigger file; with `due_at`, one scheduled time of its schedule).
+    Run { export: String, trigger: Trigger, due_at: Option<DateTime<Utc>> },
+    /// Ask for a run of every enabled export, or only of those on the refresh schedule.
+    RunAll { trigger: Trigger, refresh_only: bool, due_at: Option<DateTime<Utc>> },
     /// Look for export changes in the store; with `reread_config` (SIGHUP) also re-read the config file.
     Reload { reread_config: bool },
     /// A run task ended, one way or another.
-    Finished { export: String, outcome: Outcome },
-    /// A person asked for a run through the API; `reply` says what became of the request. `full` and
-    /// `allow_mass_removal` apply to the export's next run that starts (this one, or the follow-up it becomes).
-    RunNow {
-        export: String,
-        by: String,
-        full: bool,
-        allow_mass_removal: bool,
-        reply: tokio::sync::oneshot::Sender<RunQueued>,
-    },
-}
-
-/// What became of a run asked for through the API.
-#[derive(Debug)]
-pub enum RunQueued {
-    /// It started; its progress (and, soon, its run id).
-    Started(Arc<Progress>),
-    /// The export is running: one follow-up run is queued.
-    FollowUp,
-    /// At `daemon.max_concurrent_runs`: it waits for a free slot.
-    Waiting,
-    /// Another process runs the export: it runs when that run ends.
-    Elsewhere,
-    /// It cannot run (no connection, or the daemon is stopping).
-    NotStarted,
+    Finished { export_id: i64, outcome: Outcome },
 }
 
 /// How a run task ended.
@@ -86,11 +66,12 @@ pub enum Outcome {
     Aborted,
 }
 
-/// Runs one export: the engine, or in tests anything that behaves like it.
+/// Runs one export whose run lock the run queue took: the engine, or in tests anything that behaves like it.
 pub trait Runner: Send + Sync {
-    fn run_export<'a>(
+    fn run_taken<'a>(
         &'a self,
-        export: &'a str,
+        export_id: i64,
+        lock: RunLock,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
@@ -98,14 +79,15 @@ pub trait Runner: Send + Sync {
 }
 
 impl Runner for Engine {
-    fn run_export<'a>(
+    fn run_taken<'a>(
         &'a self,
-        export: &'a str,
+        export_id: i64,
+        lock: RunLock,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
-        Box::pin(Engine::run_export(self, export, opts, progress, cancel))
+        Box::pin(Engine::run_taken(self, export_id, lock, opts, progress, cancel))
     }
 }
 
@@ -125,10 +107,11 @@ pub enum DaemonError {
 
 /// A run this daemon has in flight.
 struct InFlight {
+    export: String,
+    request_id: i64,
     cancel: CancellationToken,
     abort: tokio::task::AbortHandle,
     progress: Arc<Progress>,
-    trigger: &'static str,
 }
 
 /// The service, built and ready to run: `Daemon::build`, then `run_until` a shutdown future.
@@ -138,6 +121,7 @@ pub struct Daemon {
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
     config_path: Option<PathBuf>,
     store: Store,
+    queue: RunQueue,
     engine: Engine,
     /// Runs exports instead of `engine` (tests).
     runner: Option<Arc<dyn Runner>>,
@@ -153,15 +137,12 @@ pub struct Daemon {
     /// The hash of `daemon.metrics_token_file`'s token.
     metrics_token: Option<String>,
     root: CancellationToken,
-    running: HashMap<String, InFlight>,
-    follow_ups: HashMap<String, &'static str>,
-    waiting: VecDeque<(String, &'static str, Option<String>)>,
-    /// Exports asked for while another process runs them: started once that process's lock frees.
-    elsewhere: HashMap<String, (&'static str, Option<String>)>,
+    /// This process's runs in flight, by export id.
+    running: HashMap<i64, InFlight>,
+    /// Whether a queued request waits for another process's run to end (its lock is looked at again).
+    waits_for_another_process: bool,
     fingerprint: Option<String>,
     stopping: Option<Instant>,
-    /// (full, allow_mass_removal) asked for through the API, for the export's next run that starts.
-    run_options: HashMap<String, (bool, bool)>,
 }
 
 /// Asks a running daemon to do things, from outside its loop (SIGHUP, tests).
@@ -176,14 +157,11 @@ impl DaemonHandle {
 
     /// Run an export as a trigger file would.
     pub async fn run(&self, export: &str) {
-        let _ = self.0.send(Command::Run { export: export.into(), trigger: "trigger-file", note: None }).await;
+        let _ = self.0.send(Command::Run { export: export.into(), trigger: Trigger::TriggerFile, due_at: None }).await;
     }
 }
 
-/// The triggers of runs nobody asked for at that moment: they go on behalf of the connection's export user.
-const SCHEDULED: [&str; 2] = ["schedule", "missed-schedule"];
-
-/// How often an export queued behind another process's run checks whether that run ended.
+/// How often a request queued behind another process's run looks at whether that run ended.
 const ELSEWHERE_CHECK: Duration = Duration::from_millis(500);
 /// After the grace period, how long the loop waits for the stopped run tasks to hand back their runs.
 const ABORT_WAIT: Duration = Duration::from_secs(3);
@@ -248,11 +226,16 @@ impl Daemon {
         };
         let (tx, rx) = mpsc::channel(256);
         let scheduler = Scheduler::start(tz).await?;
+        let queue = RunQueue::new(store.clone(), &config);
+        if let Err(error) = queue.tidy().await {
+            tracing::warn!(%error, "Could not tidy the run queue; it is tried again at the next start.");
+        }
         Ok(Daemon {
             config_tx: tokio::sync::watch::Sender::new(config.clone()),
             config,
             config_path,
             store,
+            queue,
             engine,
             runner: None,
             shared,
@@ -265,12 +248,9 @@ impl Daemon {
             metrics_token,
             root: CancellationToken::new(),
             running: HashMap::new(),
-            follow_ups: HashMap::new(),
-            waiting: VecDeque::new(),
-            elsewhere: HashMap::new(),
+            waits_for_another_process: false,
             fingerprint: None,
             stopping: None,
-            run_options: HashMap::new(),
         })
     }
 
@@ -312,18 +292,12 @@ impl Daemon {
             let api = crate::api::ApiState {
                 store: self.store.clone(),
                 config: self.config_tx.subscribe(),
-                commands: self.tx.clone(),
-                shared: self.shared.clone(),
+                queue: self.queue.clone(),
                 throttle: Default::default(),
                 tls: mode.is_tls(),
                 metrics_token: self.metrics_token.clone(),
             };
-            let mut private = status::private_router(self.shared.clone());
-            if !local.is_some_and(|a| a.ip().is_loopback()) {
-                private = private
-                    .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::metrics_readers_only));
-            }
-            let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
+            let app = app::compose(api, self.shared.clone(), local);
             let (tls, stop) = (self.tls.as_ref().map(listener::Certificate::live), stop_tasks.clone());
             tokio::spawn(async move {
                 if let Err(e) = listener::serve(listener, tls, app, stop).await {
@@ -343,6 +317,7 @@ impl Daemon {
         if config.daemon.run_missed_on_start {
             self.run_missed().await;
         }
+        self.dispatch().await;
         self.shared.lock().ready = true;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(
@@ -371,8 +346,12 @@ impl Daemon {
                     continue;
                 }
                 _ = reload.tick(), if self.stopping.is_none() => Some(Command::Reload { reread_config: false }),
-                _ = elsewhere.tick(), if !self.elsewhere.is_empty() => {
-                    self.start_freed().await;
+                _ = self.queue.woken(), if self.stopping.is_none() => {
+                    self.dispatch().await;
+                    continue;
+                }
+                _ = elsewhere.tick(), if self.waits_for_another_process && self.stopping.is_none() => {
+                    self.dispatch().await;
                     continue;
                 }
                 _ = sleep_until(deadline) => {
@@ -428,17 +407,27 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 impl Daemon {
     async fn handle_command(&mut self, command: Command) {
         match command {
-            Command::Run { export, trigger, note } => self.request_run(export, trigger, note).await,
-            Command::RunAll { trigger, refresh_only } => {
+            Command::Run { export, trigger, due_at } => {
+                match self.store.export(&export).await {
+                    Ok(e) => self.ask(&e, trigger, due_at).await,
+                    Err(_) => {
+                        tracing::warn!(export = %export, trigger = trigger.as_str(), "No export has this name; check the trigger file name or schedule.")
+                    }
+                }
+                // At once, so that requests taken in order meet each other as they would one by one.
+                self.dispatch().await;
+            }
+            Command::RunAll { trigger, refresh_only, due_at } => {
                 let exports = match self.store.exports().await {
                     Ok(e) => e,
                     Err(e) => return tracing::error!(error = %e, "Cannot read exports from the store."),
                 };
-                for e in exports.into_iter().filter(|e| e.enabled && e.connection_id.is_some()) {
+                for e in exports {
                     if !refresh_only || Schedule::parse(&e.schedule) == Ok(Schedule::Refresh) {
-                        self.request_run(e.name, trigger, None).await;
+                        self.ask(&e, trigger, due_at).await;
                     }
                 }
+                self.dispatch().await;
             }
             Command::Reload { reread_config } => {
                 if reread_config {
@@ -451,145 +440,153 @@ impl Daemon {
                 }
                 self.reload_exports(reread_config || dst_changed).await;
             }
-            Command::Finished { export, outcome } => self.finished(export, outcome).await,
-            Command::RunNow { export, by, full, allow_mass_removal, reply } => {
-                let was_running = self.running.contains_key(&export);
-                if full || allow_mass_removal {
-                    let asked = self.run_options.entry(export.clone()).or_default();
-                    asked.0 |= full;
-                    asked.1 |= allow_mass_removal;
-                }
-                self.request_run(export.clone(), "api", Some(format!("asked for by {by}"))).await;
-                let queued = match self.running.get(&export) {
-                    Some(run) if !was_running => RunQueued::Started(run.progress.clone()),
-                    Some(_) if self.follow_ups.contains_key(&export) => RunQueued::FollowUp,
-                    _ if self.waiting.iter().any(|(e, _, _)| *e == export) => RunQueued::Waiting,
-                    _ if self.elsewhere.contains_key(&export) => RunQueued::Elsewhere,
-                    _ => RunQueued::NotStarted,
-                };
-                let _ = reply.send(queued);
-            }
+            Command::Finished { export_id, outcome } => self.finished(export_id, outcome).await,
         }
     }
 
-    async fn request_run(&mut self, export: String, trigger: &'static str, note: Option<String>) {
-        if self.stopping.is_some() {
-            return tracing::info!(export = %export, trigger, "Stopping; not starting new runs.");
+    /// Puts a request for a run of `export` in the queue (with `due_at`, the run of that scheduled time, once).
+    async fn ask(&self, export: &crate::store::Export, trigger: Trigger, due_at: Option<DateTime<Utc>>) {
+        if !export.enabled || export.connection_id.is_none() {
+            return tracing::warn!(export = %export.name, trigger = trigger.as_str(), "Export is disabled (no connection); not running it.");
         }
-        match self.store.export(&export).await {
-            Ok(e) if e.enabled && e.connection_id.is_some() => {
-                if SCHEDULED.contains(&trigger) && self.refuse_without_export_user(&e, trigger).await {
-                    return;
+        let ask = Ask { export_id: export.id, trigger, requested_by: None, full: false, allow_mass_removal: false };
+        let asked = match due_at {
+            Some(due_at) => self.queue.ask_scheduled(&ask, due_at).await.map(|id| id.is_some()),
+            None => self.queue.ask(&ask).await.map(|_| true),
+        };
+        match asked {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(export = %export.name, due_at = ?due_at, "This scheduled time was queued already.")
+            }
+            Err(e) => tracing::error!(export = %export.name, error = %e, "Cannot queue the run request."),
+        }
+    }
+
+    /// Starts what the queue has for this process's free slots.
+    async fn dispatch(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let running = self.running.keys().copied().collect();
+        let free = self.config.daemon.max_concurrent_runs.saturating_sub(self.running.len());
+        match self.queue.take(&running, free).await {
+            Ok(taken) => {
+                for t in taken {
+                    self.start_taken(t).await;
                 }
             }
-            Ok(_) => {
-                return tracing::warn!(export = %export, trigger, "Export is disabled (no connection); not running it.")
+            Err(e) => tracing::error!(error = %e, "Cannot read the run queue; trying again shortly."),
+        }
+        self.waits_for_another_process = self.queue.waits_for_another_process().await.unwrap_or(true);
+    }
+
+    /// Starts the run of a request taken from the queue, or refuses it (recorded with the request).
+    async fn start_taken(&mut self, taken: Taken) {
+        let Taken { request, lock } = taken;
+        let trigger = Trigger::parse(&request.trigger).unwrap_or(Trigger::TriggerFile);
+        let export = match self.store.export_by_id(request.export_id).await {
+            Ok(e) if e.removed_at.is_none() && e.enabled && e.connection_id.is_some() => e,
+            Ok(e) => {
+                tracing::warn!(export = %e.name, trigger = trigger.as_str(), "Export is disabled or removed; not running it.");
+                return self
+                    .refuse(request.id, "the export is disabled (it has no connection) or was removed", None)
+                    .await;
             }
-            Err(_) => {
-                return tracing::warn!(export = %export, trigger, "No export has this name; check the trigger file name or schedule.")
+            Err(e) => {
+                return tracing::error!(request = request.id, error = %e, "Cannot read the export of a run request.")
+            }
+        };
+        if trigger.is_scheduled() {
+            if let Some((why, run_id)) = self.refuse_without_export_user(&export, trigger).await {
+                return self.refuse(request.id, &why, run_id).await;
             }
         }
-        if self.running.contains_key(&export) {
-            if self.follow_ups.contains_key(&export) {
-                tracing::info!(export = %export, trigger, "A follow-up run is already queued; this request is merged into it.");
-            } else {
-                tracing::info!(export = %export, trigger, "Export is running; queued one follow-up run.");
-                self.follow_ups.insert(export.clone(), trigger);
-                self.set_status(&export, |s| s.follow_up_queued = true);
-            }
-            return;
+        let follow_up = match request.waiting_for {
+            Some(WaitingFor::CurrentRun) => Some("while the previous run was in progress"),
+            Some(WaitingFor::AnotherProcess) => Some("while a run in another process was in progress"),
+            _ => None,
+        };
+        let note =
+            [request.note.clone(), follow_up.map(|when| format!("follow-up: requested ({}) {when}", trigger.as_str()))]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+        if follow_up.is_some() {
+            tracing::info!(export = %export.name, trigger = trigger.as_str(), "Starting the follow-up run queued while the export was running.");
         }
-        if self.waiting.iter().any(|(e, _, _)| *e == export) {
-            return tracing::info!(export = %export, trigger, "Export is already waiting for a free slot.");
+        let opts = RunOptions {
+            trigger: trigger.as_str().to_string(),
+            note: (!note.is_empty()).then_some(note),
+            full: request.full,
+            allow_mass_removal: request.allow_mass_removal,
+            request_id: Some(request.id),
+            ..RunOptions::default()
+        };
+        self.start_run(export, request.id, lock, opts);
+    }
+
+    async fn refuse(&self, request_id: i64, why: &str, run_id: Option<i64>) {
+        if let Err(e) = self.queue.refuse(request_id, why, run_id).await {
+            tracing::error!(request = request_id, error = %e, "Cannot record why a run request did not start.");
         }
-        if self.elsewhere.contains_key(&export) {
-            return tracing::info!(export = %export, trigger, "A run is already queued behind the other process's run; this request is merged into it.");
-        }
-        if self.running_elsewhere(&export).await {
-            return self.queue_elsewhere(export, trigger);
-        }
-        if self.running.len() >= self.config.daemon.max_concurrent_runs {
-            tracing::info!(export = %export, trigger, running = self.running.len(), "At daemon.max_concurrent_runs; the run waits for a free slot.");
-            self.waiting.push_back((export, trigger, note));
-            return;
-        }
-        self.start_run(export, trigger, note);
     }
 
     /// Scheduled runs go on behalf of their connection's export user; when that account is gone or no longer an
     /// administrator, the run is recorded `refused` with the reason (naming what an administrator must do) instead.
-    async fn refuse_without_export_user(&self, export: &crate::store::Export, trigger: &'static str) -> bool {
-        let Some(connection_id) = export.connection_id else { return false };
+    /// Returns why, and the run that records it.
+    async fn refuse_without_export_user(
+        &self,
+        export: &crate::store::Export,
+        trigger: Trigger,
+    ) -> Option<(String, Option<i64>)> {
+        let connection_id = export.connection_id?;
         let problem = match self.store.connection_by_id(connection_id).await {
             Ok(conn) => crate::access::connection_export_user_problem(&self.store, &conn).await,
             Err(e) => Err(e),
         };
         let why = match problem {
             Ok(Some(why)) => why,
-            Ok(None) => return false,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!(export = %export.name, error = %e, "Cannot read the connection's export user.");
-                return false;
+                return None;
             }
         };
-        tracing::warn!(export = %export.name, trigger, reason = %why, "Scheduled run refused.");
-        let recorded = match self.store.start_run(export.id, trigger, false, None).await {
-            Ok(run_id) => self.store.finish_run(run_id, RunStatus::Refused, Some(&why)).await.map(|_| ()),
+        tracing::warn!(export = %export.name, trigger = trigger.as_str(), reason = %why, "Scheduled run refused.");
+        let recorded = match self.store.start_run(export.id, trigger.as_str(), false, None).await {
+            Ok(run_id) => self.store.finish_run(run_id, RunStatus::Refused, Some(&why)).await.map(|_| run_id),
             Err(e) => Err(e),
         };
-        if let Err(e) = recorded {
-            tracing::error!(export = %export.name, error = %e, "Cannot record the refused run.");
-        }
-        true
-    }
-
-    /// Whether another process (a CLI run, a second daemon) holds the export's run lock. Asks without taking it.
-    async fn running_elsewhere(&self, export: &str) -> bool {
-        let Ok(e) = self.store.export(export).await else { return false };
-        !self.running.contains_key(export) && RunLock::is_held(&self.config.store.lock_dir(), e.id)
-    }
-
-    /// Queues one run of `export` for when the other process's run ends, as a follow-up of that run.
-    fn queue_elsewhere(&mut self, export: String, trigger: &'static str) {
-        tracing::info!(export = %export, trigger, "Export is running in another process; queued one follow-up run for when it ends.");
-        let note = Some(format!("follow-up: requested ({trigger}) while a run in another process was in progress"));
-        self.set_status(&export, |s| s.follow_up_queued = true);
-        self.elsewhere.insert(export, (trigger, note));
-    }
-
-    /// Starts the runs queued behind other processes' runs that have ended.
-    async fn start_freed(&mut self) {
-        let names: Vec<String> = self.elsewhere.keys().cloned().collect();
-        for name in names {
-            if !self.running_elsewhere(&name).await {
-                if let Some((trigger, note)) = self.elsewhere.remove(&name) {
-                    self.request_run(name, trigger, note).await;
-                }
+        match recorded {
+            Ok(run_id) => Some((why, Some(run_id))),
+            Err(e) => {
+                tracing::error!(export = %export.name, error = %e, "Cannot record the refused run.");
+                Some((why, None))
             }
         }
     }
 
-    fn start_run(&mut self, export: String, trigger: &'static str, note: Option<String>) {
+    fn start_run(&mut self, export: crate::store::Export, request_id: i64, lock: RunLock, opts: RunOptions) {
         let cancel = self.root.child_token();
         let progress = Arc::new(Progress::default());
         self.shared.metrics.run_started();
-        self.set_status(&export, |s| {
+        self.set_status(&export.name, |s| {
             s.running = true;
             s.progress = Some(progress.clone());
         });
-        let (runner, tx) = (self.runner(), self.tx.clone());
-        let (full, allow_mass_removal) = self.run_options.remove(&export).unwrap_or_default();
-        let opts = RunOptions { trigger: trigger.to_string(), note, full, allow_mass_removal, ..RunOptions::default() };
+        let (runner, tx, export_id) = (self.runner(), self.tx.clone(), export.id);
         let task = tokio::spawn({
-            let (export, progress, cancel) = (export.clone(), progress.clone(), cancel.clone());
-            async move { runner.run_export(&export, &opts, progress, cancel).await }
+            let (progress, cancel) = (progress.clone(), cancel.clone());
+            async move { runner.run_taken(export_id, lock, &opts, progress, cancel).await }
         });
         let abort = task.abort_handle();
         tokio::spawn({
-            let (export, progress) = (export.clone(), progress.clone());
+            let (name, progress) = (export.name.clone(), progress.clone());
             async move {
                 let done = CancellationToken::new();
-                tokio::spawn(log_progress(export.clone(), progress, done.clone()));
+                tokio::spawn(log_progress(name, progress, done.clone()));
                 // The run is its own task, so a panic in it ends here as an error instead of never.
                 let outcome = match task.await {
                     Ok(Ok(report)) => Outcome::Ran(report),
@@ -599,27 +596,29 @@ impl Daemon {
                     Err(_) => Outcome::Aborted,
                 };
                 done.cancel();
-                let _ = tx.send(Command::Finished { export, outcome }).await;
+                let _ = tx.send(Command::Finished { export_id, outcome }).await;
             }
         });
-        self.shared.in_flight.lock().expect("in-flight lock").insert(export.clone(), progress.clone());
-        self.running.insert(export, InFlight { cancel, abort, progress, trigger });
+        self.queue.live().insert(export.id, progress.clone());
+        self.running.insert(export.id, InFlight { export: export.name, request_id, cancel, abort, progress });
     }
 
-    async fn finished(&mut self, export: String, outcome: Outcome) {
-        let Some(run) = self.running.remove(&export) else { return };
+    async fn finished(&mut self, export_id: i64, outcome: Outcome) {
+        let Some(run) = self.running.remove(&export_id) else { return };
         run.cancel.cancel();
+        let export = run.export.clone();
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
             Outcome::Busy => {
                 self.shared.metrics.run_not_started();
-                if self.stopping.is_none() {
-                    self.queue_elsewhere(export.clone(), run.trigger);
+                if let Err(e) = self.queue.put_back(run.request_id).await {
+                    tracing::error!(export = %export, error = %e, "Cannot put the run request back in the queue.");
                 }
             }
             Outcome::NotStarted(e) => {
                 self.shared.metrics.run_finished(&export, None);
                 tracing::warn!(export = %export, error = %e, "Run could not start.");
+                self.refuse(run.request_id, e, None).await;
             }
             Outcome::Panicked(message) => {
                 self.shared.metrics.run_finished(&export, None);
@@ -637,16 +636,9 @@ impl Daemon {
             }
         }
         // Only once its end is recorded: GET /runs/{id} never shows a run "running" without its live progress.
-        self.shared.in_flight.lock().expect("in-flight lock").remove(&export);
+        self.queue.live().remove(export_id);
         self.refresh_status(&export).await;
-        if let Some(trigger) = self.follow_ups.remove(&export) {
-            let note = Some(format!("follow-up: requested ({trigger}) while the previous run was in progress"));
-            self.request_run(export, trigger, note).await;
-        }
-        while self.running.len() < self.config.daemon.max_concurrent_runs && self.stopping.is_none() {
-            let Some((export, trigger, note)) = self.waiting.pop_front() else { break };
-            self.start_run(export, trigger, note);
-        }
+        self.dispatch().await;
     }
 
     /// Records the end of a run whose task could not (it panicked or was stopped), when its row exists.
@@ -668,9 +660,6 @@ impl Daemon {
             runs = self.running.len(), grace = %humantime::format_duration(self.config.daemon.shutdown_grace),
             "Stopping: no new runs; letting batches in flight finish."
         );
-        self.waiting.clear();
-        self.follow_ups.clear();
-        self.elsewhere.clear();
         self.scheduler.shutdown().await;
         self.root.cancel();
     }
@@ -771,7 +760,7 @@ impl Daemon {
             if let Some(due) = schedule.next_after(Some(&self.config.daemon.refresh_schedule), &since) {
                 if due <= now {
                     tracing::info!(export = %e.name, due = %due, "A scheduled run was missed while the daemon was down; running it now.");
-                    self.request_run(e.name, "missed-schedule", None).await;
+                    self.ask(&e, Trigger::MissedSchedule, Some(due)).await;
                 }
             }
         }
@@ -787,11 +776,9 @@ impl Daemon {
         let Ok(e) = self.store.export(name).await else { return };
         let last = self.store.runs(Some(name), 1).await.ok().and_then(|r| r.into_iter().next());
         let last_success = self.store.last_success(e.id).await.ok().flatten();
-        let tz = self.config.daemon.tz().unwrap_or(chrono_tz::UTC);
-        let next_run = Schedule::parse(&e.schedule).ok().filter(|_| e.enabled).and_then(|s| {
-            s.next_after(Some(&self.config.daemon.refresh_schedule), &chrono::Utc::now().with_timezone(&tz))
-        });
-        let running = self.running.contains_key(name);
+        let next_run = crate::schedule::next_run(&e, &self.config.daemon);
+        let running = self.running.contains_key(&e.id);
+        let follow_up_queued = running && matches!(self.queue.waiting_request(e.id).await, Ok(Some(_)));
         let mut s = self.shared.lock();
         let progress = if running { s.exports.get(name).and_then(|x| x.progress.clone()) } else { None };
         s.exports.insert(
@@ -813,7 +800,7 @@ impl Daemon {
                 }),
                 last_success,
                 running,
-                follow_up_queued: self.follow_ups.contains_key(name) || self.elsewhere.contains_key(name),
+                follow_up_queued,
                 progress,
             },
         );

@@ -1,12 +1,15 @@
-//! Schedules: cron jobs in tokio-cron-scheduler whose only work is to put a command on the daemon's channel.
-//! Only cron jobs are used (its repeated-interval jobs have an open bug that stops them under load).
+//! Schedules: cron jobs in tokio-cron-scheduler whose only work is to put a command on the daemon's channel, naming
+//! the scheduled time the tick belongs to (so that the run queue queues each scheduled time once, whichever
+//! process's clock fired it). Only cron jobs are used (its repeated-interval jobs have an open bug that stops them
+//! under load).
 
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use uuid::Uuid;
 
 use super::Command;
-use crate::schedule::Schedule;
+use crate::queue::Trigger;
+use crate::schedule::{due_time, Schedule};
 use crate::store::Export;
 
 pub struct Scheduler {
@@ -68,19 +71,21 @@ impl Scheduler {
             self.inner.remove(&id).await.map_err(err)?;
         }
         if exports.iter().any(|e| e.enabled && Schedule::parse(&e.schedule) == Ok(Schedule::Refresh)) {
-            let job = command_job(refresh, self.tz, tx.clone(), || Command::RunAll {
-                trigger: "schedule",
+            let (expr, tz) = (refresh.to_string(), self.tz);
+            let job = command_job(refresh, self.tz, tx.clone(), move || Command::RunAll {
+                trigger: Trigger::Schedule,
                 refresh_only: true,
+                due_at: due_time(&expr, tz),
             })?;
             self.jobs.push(self.inner.add(job).await.map_err(err)?);
         }
         for e in exports.iter().filter(|e| e.enabled) {
             if let Ok(Schedule::Cron(expr)) = Schedule::parse(&e.schedule) {
-                let name = e.name.clone();
+                let (name, tz, cron) = (e.name.clone(), self.tz, expr.clone());
                 let job = command_job(&expr, self.tz, tx.clone(), move || Command::Run {
                     export: name.clone(),
-                    trigger: "schedule",
-                    note: None,
+                    trigger: Trigger::Schedule,
+                    due_at: due_time(&cron, tz),
                 })?;
                 self.jobs.push(self.inner.add(job).await.map_err(err)?);
             }

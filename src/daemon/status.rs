@@ -50,9 +50,6 @@ pub struct StatusState {
 pub struct Shared {
     pub metrics: Metrics,
     pub state: Mutex<StatusState>,
-    /// The progress of each export's run in flight, even before the export's status entry exists (an export
-    /// added since the last reload), for the API's live progress.
-    pub in_flight: Mutex<std::collections::HashMap<String, Arc<Progress>>>,
 }
 
 impl Shared {

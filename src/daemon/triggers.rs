@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Command;
 use crate::config::Config;
+use crate::queue::Trigger;
 use crate::store::Store;
 
 /// The name that runs every export.
@@ -114,9 +115,9 @@ fn take_triggers(dir: &Path, exports: &HashSet<String>, warned: &mut HashSet<Str
             Ok(()) => {
                 tracing::info!(trigger = %name, "Took trigger file.");
                 out.push(if name == ALL {
-                    Command::RunAll { trigger: "trigger-file", refresh_only: false }
+                    Command::RunAll { trigger: Trigger::TriggerFile, refresh_only: false, due_at: None }
                 } else {
-                    Command::Run { export: name, trigger: "trigger-file", note: None }
+                    Command::Run { export: name, trigger: Trigger::TriggerFile, due_at: None }
                 });
             }
             // Another scan took it first.

@@ -560,46 +560,10 @@ impl PlanSession {
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
-    use crate::store::{IssueKind, KeySource, NewConnection, NewExport, OnLeave};
+    use crate::store::IssueKind;
 
     async fn target(store: &Store) -> i64 {
-        let conn = store
-            .add_connection(&NewConnection {
-                name: "c".into(),
-                base_url: "http://x".into(),
-                region: None,
-                project_type: crate::store::ProjectType::Email,
-                usable_by: "admins".into(),
-                key: KeySource::Env("K".into()),
-                key_last4: None,
-                privacy_accepted_by: "t".into(),
-                verified: false,
-            })
-            .await
-            .unwrap();
-        // Plain SQL: this also runs against stores of older schemas, whose segments lack later columns.
-        let segment_id: i64 = sqlx::query_scalar(
-            "INSERT INTO segments (name, source, created_at) VALUES ('s', 'csv:x.csv', '2026-01-01T00:00:00Z') RETURNING id",
-        )
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-        let e = store
-            .add_export(&NewExport {
-                name: "e".into(),
-                connection_id: conn.id,
-                email_field: Some("email".into()),
-                user_id_field: None,
-                on_leave: OnLeave::Remove,
-                null_fields: crate::store::NullFields::Clear,
-                existing_users_only: false,
-                schedule: "off".into(),
-                segment_ids: vec![segment_id],
-                fields: vec![],
-            })
-            .await
-            .unwrap();
-        e.targets[0].id
+        crate::store::test_support::an_export(store).await.targets[0].id
     }
 
     fn row(email: &str, hash: i64) -> StagedMember {

@@ -7,6 +7,7 @@ mod connections;
 mod exports;
 mod members;
 pub mod names;
+mod requests;
 mod runs;
 mod segments;
 mod sessions;
@@ -23,6 +24,7 @@ use sqlx::SqlitePool;
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
+pub use requests::{NewRunRequest, RequestState, RunRequest, WaitingFor};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
 pub use sessions::{Session, SessionListing};
@@ -306,5 +308,46 @@ pub(crate) mod test_support {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.db")).await.unwrap();
         (dir, store)
+    }
+
+    /// A connection, a segment and an export `e` sending it (export id 1 in a new store).
+    pub async fn an_export(store: &Store) -> crate::store::Export {
+        let conn = store
+            .add_connection(&super::NewConnection {
+                name: "c".into(),
+                base_url: "http://x".into(),
+                region: None,
+                project_type: super::ProjectType::Email,
+                usable_by: "admins".into(),
+                key: super::KeySource::Env("K".into()),
+                key_last4: None,
+                privacy_accepted_by: "t".into(),
+                verified: false,
+            })
+            .await
+            .unwrap();
+        // Plain SQL: this also runs against stores of older schemas, whose segments lack later columns.
+        let segment_id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (name, source, created_at) VALUES ('s', 'csv:x.csv', '2026-01-01T00:00:00Z') RETURNING id",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        let e = store
+            .add_export(&super::NewExport {
+                name: "e".into(),
+                connection_id: conn.id,
+                email_field: Some("email".into()),
+                user_id_field: None,
+                on_leave: super::OnLeave::Remove,
+                null_fields: super::NullFields::Clear,
+                existing_users_only: false,
+                schedule: "off".into(),
+                segment_ids: vec![segment_id],
+                fields: vec![],
+            })
+            .await
+            .unwrap();
+        e
     }
 }

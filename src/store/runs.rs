@@ -160,9 +160,23 @@ const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.tri
 
 impl Store {
     pub async fn start_run(&self, export_id: i64, trigger: &str, full: bool, note: Option<&str>) -> Result<i64> {
-        Ok(sqlx::query_scalar(
+        self.start_requested_run(export_id, trigger, full, note, None).await
+    }
+
+    /// Records the start of a run; the request it answers (`request_id`), if any, points at it from then on, in
+    /// the same transaction.
+    pub async fn start_requested_run(
+        &self,
+        export_id: i64,
+        trigger: &str,
+        full: bool,
+        note: Option<&str>,
+        request_id: Option<i64>,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let run_id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note, owner) \
-             VALUES (?, ?, 'running', ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(export_id)
         .bind(trigger)
@@ -171,8 +185,17 @@ impl Store {
         .bind(std::process::id() as i64)
         .bind(note)
         .bind(process_owner())
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(request_id) = request_id {
+            sqlx::query("UPDATE run_requests SET run_id = $1 WHERE id = $2")
+                .bind(run_id)
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(run_id)
     }
 
     /// Marks runs of an export that are still `running` as interrupted. Called by whoever holds the export's run

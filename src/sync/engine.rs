@@ -31,11 +31,20 @@ pub struct RunOptions {
     pub allow_mass_removal: bool,
     /// Recorded with the run, e.g. that it is a follow-up queued while the previous run was in progress.
     pub note: Option<String>,
+    /// The run request (`crate::queue`) this run answers, if it answers one.
+    pub request_id: Option<i64>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { trigger: "manual".into(), dry_run: false, full: false, allow_mass_removal: false, note: None }
+        RunOptions {
+            trigger: "manual".into(),
+            dry_run: false,
+            full: false,
+            allow_mass_removal: false,
+            note: None,
+            request_id: None,
+        }
     }
 }
 
@@ -122,62 +131,107 @@ impl Engine {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunReport, SyncError> {
-        let started = Instant::now();
         let export = self.store.export(name).await?;
-        let connection_id = export.connection_id.ok_or_else(|| SyncError::NotRunnable {
-            export: name.into(),
-            why: "it has no connection (its connection was removed). Remove it and add it again with --connection."
-                .into(),
-        })?;
-        if export.targets.is_empty() {
-            return Err(SyncError::NotRunnable { export: name.into(), why: "it has no segments".into() });
-        }
-        let connection = self.store.connection_by_id(connection_id).await?;
-        // Stored settings that a store edited by hand (or an older check) let through: refused before any request.
-        if let Err(why) = super::identity::check_export_identity(connection.project_type, &export) {
-            return Err(SyncError::NotRunnable { export: name.into(), why });
-        }
-        let project_type = connection.project_type;
         if opts.dry_run {
-            let mut session = self.store.plan_session().await?;
-            let planner = self.planner(&export, project_type, None, opts, &progress, &cancel);
-            let mut lists = Vec::new();
-            planner.plan(&mut session, &mut lists).await?;
-            for (report, target) in lists.iter_mut().zip(&export.targets) {
-                report.examples_add =
-                    session.adds(target.id, 0, EXAMPLES).await?.into_iter().map(|a| a.email).collect();
-                report.examples_remove =
-                    session.removes(target.id, 0, EXAMPLES).await?.into_iter().map(|(_, e)| e).collect();
-            }
-            let (status, error) = match planner.check_mass_removal(&lists, opts.allow_mass_removal).await? {
-                Some(e) => (RunStatus::Refused, Some(e.to_string())),
-                None => (RunStatus::Succeeded, None),
-            };
-            progress.set_phase(Phase::Done, "");
-            return Ok(RunReport {
-                export: export.name,
-                run_id: None,
-                dry_run: true,
-                status,
-                error,
-                seconds: started.elapsed().as_secs_f64(),
-                requests: 0,
-                rate_limited: 0,
-                lists,
-                resumed_runs: vec![],
-                warnings: vec![],
-            });
+            return self.dry_run(export, opts, progress, cancel).await;
         }
-
-        let _lock = match RunLock::try_acquire(&self.config.store.lock_dir(), export.id) {
+        let lock = match RunLock::try_acquire(&self.config.store.lock_dir(), export.id) {
             Ok(lock) => lock,
             Err(LockError::Busy { .. }) => {
-                let running = self.store.runs(Some(name), 20).await?;
-                let run_id = running.iter().find(|r| r.status == RunStatus::Running).map(|r| r.id);
+                let run_id = self.store.running_run(export.id).await?;
                 return Err(SyncError::AlreadyRunning { export: name.into(), run_id });
             }
             Err(e) => return Err(e.into()),
         };
+        self.run_locked(export, lock, opts, progress, cancel).await
+    }
+
+    /// Runs export `export_id` under its run lock, taken already (by the run queue). As `run_export` otherwise.
+    pub async fn run_taken(
+        &self,
+        export_id: i64,
+        lock: RunLock,
+        opts: &RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, SyncError> {
+        let export = self.store.export_by_id(export_id).await?;
+        if export.removed_at.is_some() {
+            return Err(SyncError::NotRunnable { export: export.name, why: "it was removed".into() });
+        }
+        self.run_locked(export, lock, opts, progress, cancel).await
+    }
+
+    /// The connection of an export that can run, and its project type; why not otherwise.
+    async fn runnable(&self, export: &Export) -> Result<(i64, ProjectType), SyncError> {
+        let name = &export.name;
+        let connection_id = export.connection_id.ok_or_else(|| SyncError::NotRunnable {
+            export: name.clone(),
+            why: "it has no connection (its connection was removed). Remove it and add it again with --connection."
+                .into(),
+        })?;
+        if export.targets.is_empty() {
+            return Err(SyncError::NotRunnable { export: name.clone(), why: "it has no segments".into() });
+        }
+        let connection = self.store.connection_by_id(connection_id).await?;
+        // Stored settings that a store edited by hand (or an older check) let through: refused before any request.
+        if let Err(why) = super::identity::check_export_identity(connection.project_type, export) {
+            return Err(SyncError::NotRunnable { export: name.clone(), why });
+        }
+        Ok((connection_id, connection.project_type))
+    }
+
+    /// A plan, shown and never recorded: no lock, no request.
+    async fn dry_run(
+        &self,
+        export: Export,
+        opts: &RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, SyncError> {
+        let started = Instant::now();
+        let (_, project_type) = self.runnable(&export).await?;
+        let mut session = self.store.plan_session().await?;
+        let planner = self.planner(&export, project_type, None, opts, &progress, &cancel);
+        let mut lists = Vec::new();
+        planner.plan(&mut session, &mut lists).await?;
+        for (report, target) in lists.iter_mut().zip(&export.targets) {
+            report.examples_add = session.adds(target.id, 0, EXAMPLES).await?.into_iter().map(|a| a.email).collect();
+            report.examples_remove =
+                session.removes(target.id, 0, EXAMPLES).await?.into_iter().map(|(_, e)| e).collect();
+        }
+        let (status, error) = match planner.check_mass_removal(&lists, opts.allow_mass_removal).await? {
+            Some(e) => (RunStatus::Refused, Some(e.to_string())),
+            None => (RunStatus::Succeeded, None),
+        };
+        progress.set_phase(Phase::Done, "");
+        Ok(RunReport {
+            export: export.name,
+            run_id: None,
+            dry_run: true,
+            status,
+            error,
+            seconds: started.elapsed().as_secs_f64(),
+            requests: 0,
+            rate_limited: 0,
+            lists,
+            resumed_runs: vec![],
+            warnings: vec![],
+        })
+    }
+
+    /// A recorded run of `export`, whose run lock `_lock` this holds until the run's end is recorded.
+    async fn run_locked(
+        &self,
+        export: Export,
+        _lock: RunLock,
+        opts: &RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, SyncError> {
+        let started = Instant::now();
+        let (connection_id, project_type) = self.runnable(&export).await?;
+        let name = export.name.as_str();
         let mut resumed_runs = self.store.interrupt_orphaned_runs(export.id).await?;
         if let Some(last) = self.store.runs(Some(name), 1).await?.first() {
             if last.status == RunStatus::Interrupted && !resumed_runs.contains(&last.id) {
@@ -196,7 +250,10 @@ impl Engine {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
             (a, b) => a.or(b),
         };
-        let run_id = self.store.start_run(export.id, &opts.trigger, opts.full, note.as_deref()).await?;
+        let run_id = self
+            .store
+            .start_requested_run(export.id, &opts.trigger, opts.full, note.as_deref(), opts.request_id)
+            .await?;
         progress.set_run_id(run_id);
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 

@@ -259,6 +259,7 @@
         queued_after_current_run: "It runs again as soon as the run in progress ends.",
         waiting_for_a_free_slot: "It waits for another export's run to end, then starts.",
         queued_after_another_process: "Another process is running it; it runs again after that.",
+        queued: "No service has taken it yet; it runs as soon as one does.",
       };
       area.replaceChildren(el("p", { class: "info" }, states[answer.state] || `Queued (${answer.state}).`));
     }
