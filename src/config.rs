@@ -25,12 +25,31 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Path of the SQLite store, created on first use. Relative paths are relative to the working directory.
-    /// Default: `segment-exporter.db`.
+    /// Default: `segment-exporter.db`. Not used when `url` (or `SEGMENT_EXPORTER_STORE_URL`) names a PostgreSQL
+    /// store.
     pub path: PathBuf,
+    /// A PostgreSQL store instead of the SQLite file, shared by any number of daemons:
+    /// `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=verify-full]`. Its password never goes here (`password_env`
+    /// or `password_file`); `SEGMENT_EXPORTER_STORE_URL` (which may carry one) takes precedence. Default: none.
+    pub url: Option<String>,
+    /// Environment variable holding the PostgreSQL store's password.
+    pub password_env: Option<String>,
+    /// File holding the PostgreSQL store's password (its first line).
+    pub password_file: Option<PathBuf>,
+    /// Connections each process keeps open to a PostgreSQL store, at most. Default 10.
+    pub max_connections: u32,
+    /// How often a daemon on a PostgreSQL store renews the lease of each run it holds (and publishes its
+    /// progress). Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub lease_renew: Duration,
+    /// A lease not renewed for this long is lost, and another daemon takes the run over. At least
+    /// `iterable.timeout` plus twice `lease_renew`. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// File holding the 32-byte master key that encrypts API keys given with `--api-key-stdin` and database
     /// passwords given in a postgres source URL. Created with mode 0600 when missing (never while secrets sealed
-    /// with another key are stored). `SEGMENT_EXPORTER_MASTER_KEY` (64 hex characters) overrides it. Default:
-    /// `<store>.key`.
+    /// with another key are stored, and never for a PostgreSQL store). `SEGMENT_EXPORTER_MASTER_KEY` (64 hex
+    /// characters) overrides it. Default: `<store>.key`.
     pub master_key_file: Option<PathBuf>,
     /// Runs that finished longer ago than this are pruned with their per-list counts and invalid/rejected members
     /// (each export's latest run is always kept). Default 90d.
@@ -46,12 +65,21 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("segment-exporter.db"),
+            url: None,
+            password_env: None,
+            password_file: None,
+            max_connections: 10,
+            lease_renew: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(60),
             master_key_file: None,
             history_retention: Duration::from_secs(90 * 24 * 3600),
             audit_retention: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }
+
+/// The environment variable that names a PostgreSQL store (password included, if need be), over `store.url`.
+pub const STORE_URL_ENV: &str = "SEGMENT_EXPORTER_STORE_URL";
 
 impl StoreConfig {
     /// The master key file, beside the store unless configured.
@@ -62,6 +90,33 @@ impl StoreConfig {
     /// Directory of the per-export run locks, beside the store.
     pub fn lock_dir(&self) -> PathBuf {
         with_suffix(&self.path, ".locks")
+    }
+
+    /// The PostgreSQL store's URL as configured (`SEGMENT_EXPORTER_STORE_URL`, else `url`), or None for SQLite.
+    /// It may carry a password: never show it whole (`redacted_url`).
+    pub fn postgres_url(&self) -> Option<String> {
+        std::env::var(STORE_URL_ENV).ok().filter(|u| !u.trim().is_empty()).or_else(|| self.url.clone())
+    }
+
+    /// Which store this is, for people: the SQLite file, or the PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match self.postgres_url() {
+            Some(url) => format!("PostgreSQL {}", redacted_url(&url)),
+            None => format!("SQLite {}", self.path.display()),
+        }
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(a URL that does not parse)".into(),
     }
 }
 
@@ -391,6 +446,51 @@ impl Config {
         }
     }
 
+    /// What is wrong with `[store]`: a PostgreSQL URL that does not parse or carries its password in the file, and
+    /// leases too short for the Iterable timeout (a run taken over while a request of the old holder may still
+    /// land would leave members no memory records).
+    fn store_problems(&self) -> Vec<String> {
+        let (s, mut p) = (&self.store, Vec::new());
+        if let Some(url) = &s.url {
+            match url::Url::parse(url) {
+                Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql") => p.push(format!(
+                    "store.url must be a postgres:// URL (e.g. \"postgres://segment_exporter@db.internal/exports\"), not {}",
+                    redacted_url(url)
+                )),
+                Ok(u) if u.password().is_some() => p.push(
+                    "store.url carries a password: take it out of the file and give it with store.password_env or \
+                     store.password_file (or set the whole URL in SEGMENT_EXPORTER_STORE_URL)"
+                        .into(),
+                ),
+                Ok(_) => {}
+                Err(e) => p.push(format!("store.url is not a URL ({e}); write e.g. \"postgres://USER@HOST/DATABASE\"")),
+            }
+        }
+        if s.password_env.is_some() && s.password_file.is_some() {
+            p.push("store.password_env and store.password_file both set: keep one".into());
+        }
+        if s.max_connections < 2 {
+            p.push(format!("store.max_connections is {}; use at least 2 (10 is the default)", s.max_connections));
+        }
+        if s.lease_renew.is_zero() {
+            p.push("store.lease_renew is 0; use a duration such as \"5s\" (the default)".into());
+        }
+        let needed = self.iterable.timeout + 2 * s.lease_renew;
+        // Leases are taken on a PostgreSQL store only (SQLite has its file locks).
+        if s.postgres_url().is_some() && s.lease_ttl < needed {
+            p.push(format!(
+                "store.lease_ttl ({}) is shorter than iterable.timeout plus twice store.lease_renew ({}): a daemon \
+                 holding a run sends a request only while its lease has at least iterable.timeout plus \
+                 store.lease_renew left, so a shorter lease could never send, and a run taken over could meet a \
+                 request of its old holder landing late. Set store.lease_ttl to at least {}",
+                humantime::format_duration(s.lease_ttl),
+                humantime::format_duration(needed),
+                humantime::format_duration(needed)
+            ));
+        }
+        p
+    }
+
     /// Every rule the values break, so an operator can fix them all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -398,6 +498,7 @@ impl Config {
         if self.store.history_retention.is_zero() {
             p.push("store.history_retention is 0; use a duration such as \"90d\" (the default)".into());
         }
+        p.extend(self.store_problems());
         if it.batch_size == 0 || it.batch_size > 10_000 {
             p.push(format!("iterable.batch_size is {}; use 1 to 10000 (1000 is the usual size)", it.batch_size));
         }

@@ -116,9 +116,14 @@ fn of_store(e: &StoreError) -> ErrorKind {
         StoreError::Conflict(_) | StoreError::ListManaged { .. } | StoreError::RunNotRunning { .. } => {
             ErrorKind::Conflict
         }
-        StoreError::Open { .. } | StoreError::Migrate { .. } | StoreError::UnknownValue { .. } | StoreError::Sql(_) => {
-            ErrorKind::Store
-        }
+        StoreError::SchemaBehind { .. } | StoreError::SchemaAhead { .. } => ErrorKind::Config,
+        StoreError::Open { .. }
+        | StoreError::Migrate { .. }
+        | StoreError::UnknownValue { .. }
+        | StoreError::Sql(_)
+        | StoreError::PostgresUrl { .. }
+        | StoreError::PostgresOpen { .. }
+        | StoreError::NotAStore { .. } => ErrorKind::Store,
     }
 }
 

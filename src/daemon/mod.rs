@@ -608,26 +608,22 @@ impl Daemon {
         run.cancel.cancel();
         let export = run.export.clone();
         match &outcome {
-            Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
+            Outcome::Ran(_) => {}
             Outcome::Busy => {
-                self.shared.metrics.run_not_started();
                 if let Err(e) = self.queue.put_back(run.request_id).await {
                     tracing::error!(export = %export, error = %e, "Cannot put the run request back in the queue.");
                 }
             }
             Outcome::NotStarted(e) => {
-                self.shared.metrics.run_finished(&export, None);
                 tracing::warn!(export = %export, error = %e, "Run could not start.");
                 self.refuse(run.request_id, e, None).await;
             }
             Outcome::Panicked(message) => {
-                self.shared.metrics.run_finished(&export, None);
                 tracing::error!(export = %export, run_id = run.progress.run_id(), panic = %message, "The run crashed (a bug: please report it); it is recorded failed. What Iterable acknowledged is recorded, and the next run resumes from there.");
                 let error = format!("the run crashed: {message}. What Iterable acknowledged is recorded; the next run resumes from there");
                 self.record_end(&run, RunStatus::Failed, &error).await;
             }
             Outcome::Aborted => {
-                self.shared.metrics.run_finished(&export, None);
                 let error = format!(
                     "stopped when daemon.shutdown_grace ({}) ran out during a shutdown; what Iterable acknowledged is recorded and the next run resumes from there",
                     humantime::format_duration(self.config.daemon.shutdown_grace)
@@ -638,6 +634,12 @@ impl Daemon {
         // Only once its end is recorded: GET /runs/{id} never shows a run "running" without its live progress.
         self.queue.live().remove(export_id);
         self.refresh_status(&export).await;
+        // Counted last, so whoever sees the count in /metrics finds the run's end in /status too.
+        match &outcome {
+            Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
+            Outcome::Busy => self.shared.metrics.run_not_started(),
+            _ => self.shared.metrics.run_finished(&export, None),
+        }
         self.dispatch().await;
     }
 

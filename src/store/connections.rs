@@ -1,7 +1,7 @@
 //! Iterable connections: where to reach Iterable, where the API key comes from, and the privacy consent.
 
+use super::db::{sql, Row};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
@@ -100,7 +100,7 @@ const SELECT: &str =
     "SELECT id, name, base_url, region, project_type, usable_by, key_source, key_ref, key_ciphertext, key_nonce, \
      key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at FROM connections";
 
-fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Connection> {
+fn from_row(row: Row) -> Result<Connection> {
     let source: String = row.try_get("key_source")?;
     let key_ref: Option<String> = row.try_get("key_ref")?;
     let key = match source.as_str() {
@@ -137,11 +137,9 @@ impl Store {
     pub async fn add_connection(&self, c: &NewConnection) -> Result<Connection> {
         let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(&c.key);
         let at = now();
-        sqlx::query(
-            "INSERT INTO connections (name, base_url, region, project_type, usable_by, key_source, key_ref, \
+        sql("INSERT INTO connections (name, base_url, region, project_type, usable_by, key_source, key_ref, \
              key_ciphertext, key_nonce, key_last4, privacy_accepted_at, privacy_accepted_by, verified_at, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
         .bind(&c.name)
         .bind(&c.base_url)
         .bind(&c.region)
@@ -156,43 +154,39 @@ impl Store {
         .bind(&c.privacy_accepted_by)
         .bind(c.verified.then_some(at))
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(|e| StoreError::on_insert(e, "connection", &c.name))?;
         self.connection(&c.name).await
     }
 
     pub async fn connections(&self) -> Result<Vec<Connection>> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
+        let rows = sql(format!("{SELECT} ORDER BY name")).fetch_all(&self.db).await?;
         rows.into_iter().map(from_row).collect()
     }
 
     pub async fn connection(&self, name: &str) -> Result<Connection> {
-        let row = sqlx::query(&format!("{SELECT} WHERE name = ?")).bind(name).fetch_optional(&self.pool).await?;
+        let row = sql(format!("{SELECT} WHERE name = $1")).bind(name).fetch_optional(&self.db).await?;
         row.map(from_row).transpose()?.ok_or_else(|| StoreError::not_found("connection", name, "connection list"))
     }
 
     pub async fn connection_by_id(&self, id: i64) -> Result<Connection> {
-        let row = sqlx::query(&format!("{SELECT} WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sql(format!("{SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.db).await?;
         row.map(from_row)
             .transpose()?
             .ok_or_else(|| StoreError::not_found("connection", &id.to_string(), "connection list"))
     }
 
     pub async fn mark_connection_verified(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE connections SET verified_at = ? WHERE id = ?")
-            .bind(now())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sql("UPDATE connections SET verified_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.db).await?;
         Ok(())
     }
 
     /// Names of the exports that use a connection.
     pub async fn exports_using_connection(&self, id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE connection_id = ? AND removed_at IS NULL ORDER BY name")
+        Ok(sql("SELECT name FROM exports WHERE connection_id = $1 AND removed_at IS NULL ORDER BY name")
             .bind(id)
-            .fetch_all(&self.pool)
+            .scalars(&self.db)
             .await?)
     }
 
@@ -209,37 +203,37 @@ impl Store {
                 users.join(", ")
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if remove_exports {
-            super::exports::soft_delete_exports(&mut tx, "connection_id = ?", conn.id).await?;
+            super::exports::soft_delete_exports(&mut tx, "connection_id = $2", conn.id).await?;
         } else {
-            sqlx::query("UPDATE exports SET connection_id = NULL, enabled = 0, updated_at = ? WHERE connection_id = ? AND removed_at IS NULL")
+            sql("UPDATE exports SET connection_id = NULL, enabled = FALSE, updated_at = $1 WHERE connection_id = $2 AND removed_at IS NULL")
                 .bind(now())
                 .bind(conn.id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM connections WHERE id = ?").bind(conn.id).execute(&mut *tx).await?;
+        sql("DELETE FROM connections WHERE id = $1").bind(conn.id).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(users)
     }
 
     /// Changes a connection's settings (and key, when a new one is given); its exports keep what they sent.
     pub async fn update_connection(&self, id: i64, u: &ConnectionUpdate) -> Result<Connection> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE connections SET base_url = ?, region = ?, project_type = ?, usable_by = ? WHERE id = ?")
+        let mut tx = self.db.begin().await?;
+        sql("UPDATE connections SET base_url = $1, region = $2, project_type = $3, usable_by = $4 WHERE id = $5")
             .bind(&u.base_url)
             .bind(&u.region)
             .bind(u.project_type.as_str())
             .bind(&u.usable_by)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if let Some((key, last4)) = &u.key {
             let KeyColumns(source, key_ref, ciphertext, nonce) = key_columns(key);
-            sqlx::query(
-                "UPDATE connections SET key_source = ?, key_ref = ?, key_ciphertext = ?, key_nonce = ?, key_last4 = ? \
-                 WHERE id = ?",
+            sql(
+                "UPDATE connections SET key_source = $1, key_ref = $2, key_ciphertext = $3, key_nonce = $4, key_last4 = $5 \
+                 WHERE id = $6",
             )
             .bind(source)
             .bind(key_ref)
@@ -247,15 +241,11 @@ impl Store {
             .bind(nonce)
             .bind(last4)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         if u.verified {
-            sqlx::query("UPDATE connections SET verified_at = ? WHERE id = ?")
-                .bind(now())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sql("UPDATE connections SET verified_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&mut tx).await?;
         }
         tx.commit().await?;
         self.connection_by_id(id).await
@@ -263,9 +253,9 @@ impl Store {
 
     /// The connection has no export user any more: its scheduled runs refuse until an administrator adds themselves.
     pub async fn clear_connection_export_user(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE connections SET export_user = NULL, export_user_id = NULL WHERE id = ?")
+        sql("UPDATE connections SET export_user = NULL, export_user_id = NULL WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! Exports: which connection, which email column and fields, which segments, and each segment's target list.
 
+use super::db::{sql, Tx};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
@@ -178,11 +178,11 @@ impl Store {
             name: e.name.clone(),
             problem,
         })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let at = now();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = sql(
             "INSERT INTO exports (name, connection_id, email_field, user_id_field, on_leave, null_fields, \
-             existing_users_only, schedule, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+             existing_users_only, schedule, enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $9) \
              RETURNING id",
         )
         .bind(&e.name)
@@ -194,20 +194,17 @@ impl Store {
         .bind(e.existing_users_only)
         .bind(&e.schedule)
         .bind(at)
-        .bind(at)
-        .fetch_one(&mut *tx)
+        .scalar(&mut tx)
         .await
         .map_err(|err| StoreError::on_insert(err, "export", &e.name))?;
         insert_fields(&mut tx, id, &e.fields).await?;
         for (position, segment_id) in e.segment_ids.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO targets (export_id, segment_id, position, list_name) \
-                 SELECT ?, id, ?, name FROM segments WHERE id = ?",
-            )
+            sql("INSERT INTO targets (export_id, segment_id, position, list_name) \
+                 SELECT $1, id, $2, name FROM segments WHERE id = $3")
             .bind(id)
             .bind(position as i64)
             .bind(segment_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         check_lists_unshared(&mut tx, id).await?;
@@ -217,9 +214,7 @@ impl Store {
 
     /// Names of the exports not removed.
     pub async fn export_names(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM exports WHERE removed_at IS NULL ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sql("SELECT name FROM exports WHERE removed_at IS NULL ORDER BY name").scalars(&self.db).await?)
     }
 
     /// Exports not removed, by name.
@@ -233,11 +228,10 @@ impl Store {
     }
 
     async fn exports_where(&self, include_removed: bool) -> Result<Vec<Export>> {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM exports WHERE (?1 OR removed_at IS NULL) ORDER BY name, id")
-                .bind(include_removed)
-                .fetch_all(&self.pool)
-                .await?;
+        let ids: Vec<i64> = sql("SELECT id FROM exports WHERE ($1 OR removed_at IS NULL) ORDER BY name, id")
+            .bind(include_removed)
+            .scalars(&self.db)
+            .await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.push(self.export_by_id(id).await?);
@@ -247,9 +241,9 @@ impl Store {
 
     /// The export of this name that is not removed.
     pub async fn export(&self, name: &str) -> Result<Export> {
-        let id: i64 = sqlx::query_scalar("SELECT id FROM exports WHERE name = ? AND removed_at IS NULL")
+        let id: i64 = sql("SELECT id FROM exports WHERE name = $1 AND removed_at IS NULL")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .scalar_optional(&self.db)
             .await?
             .ok_or_else(|| StoreError::not_found("export", name, "export list"))?;
         self.export_by_id(id).await
@@ -257,11 +251,11 @@ impl Store {
 
     /// The export of this name, or when none is left, the one of that name removed last.
     pub async fn export_including_removed(&self, name: &str) -> Result<Export> {
-        let id: i64 = sqlx::query_scalar(
-            "SELECT id FROM exports WHERE name = ? ORDER BY removed_at IS NULL DESC, removed_at DESC, id DESC LIMIT 1",
+        let id: i64 = sql(
+            "SELECT id FROM exports WHERE name = $1 ORDER BY removed_at IS NULL DESC, removed_at DESC, id DESC LIMIT 1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .scalar_optional(&self.db)
         .await?
         .ok_or_else(|| StoreError::not_found("export", name, "export list --include-removed"))?;
         self.export_by_id(id).await
@@ -269,9 +263,9 @@ impl Store {
 
     /// An export by id, removed or not. Of a removed export, the targets it had when it was removed.
     pub async fn export_by_id(&self, id: i64) -> Result<Export> {
-        let row = sqlx::query(&format!("{SELECT_EXPORT} WHERE e.id = ?"))
+        let row = sql(format!("{SELECT_EXPORT} WHERE e.id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?
             .ok_or_else(|| StoreError::not_found("export", &format!("#{id}"), "export list"))?;
         let field_type = |column: &'static str, text: Option<String>| match text {
@@ -280,44 +274,42 @@ impl Store {
                 FieldType::parse(&t).map(Some).ok_or_else(|| StoreError::unknown_value("export_fields", column, &t))
             }
         };
-        let fields = sqlx::query(
-            "SELECT source_column, iterable_field, field_type, sent_type FROM export_fields WHERE export_id = ? \
-             ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(FieldMap {
-                column: r.try_get(0)?,
-                iterable_field: r.try_get(1)?,
-                field_type: field_type("field_type", r.try_get(2)?)?,
-                sent_type: field_type("sent_type", r.try_get(3)?)?,
+        let fields =
+            sql("SELECT source_column, iterable_field, field_type, sent_type FROM export_fields WHERE export_id = $1 \
+             ORDER BY position")
+            .bind(id)
+            .fetch_all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(FieldMap {
+                    column: r.try_get(0)?,
+                    iterable_field: r.try_get(1)?,
+                    field_type: field_type("field_type", r.try_get(2)?)?,
+                    sent_type: field_type("sent_type", r.try_get(3)?)?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         // A target's segment may have been removed after the target was detached or its export removed.
-        let targets = sqlx::query(
-            "SELECT t.id, COALESCE(t.segment_id, 0), COALESCE(s.name, t.list_name), t.list_name, t.list_id, \
+        let targets =
+            sql("SELECT t.id, COALESCE(t.segment_id, 0), COALESCE(s.name, t.list_name), t.list_name, t.list_id, \
              t.list_checked_at FROM targets t LEFT JOIN segments s ON s.id = t.segment_id \
-             WHERE t.export_id = ? AND t.removed_at IS NULL ORDER BY t.position, t.id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Target {
-                id: r.try_get(0)?,
-                segment_id: r.try_get(1)?,
-                segment_name: r.try_get(2)?,
-                list_name: r.try_get(3)?,
-                list_id: r.try_get(4)?,
-                list_checked_at: r.try_get(5)?,
+             WHERE t.export_id = $1 AND t.removed_at IS NULL ORDER BY t.position, t.id")
+            .bind(id)
+            .fetch_all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(Target {
+                    id: r.try_get(0)?,
+                    segment_id: r.try_get(1)?,
+                    segment_name: r.try_get(2)?,
+                    list_name: r.try_get(3)?,
+                    list_id: r.try_get(4)?,
+                    list_checked_at: r.try_get(5)?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let on_leave: String = row.try_get("on_leave")?;
         let null_fields: String = row.try_get("null_fields")?;
         Ok(Export {
@@ -351,16 +343,14 @@ impl Store {
     /// Remembers the type each of these fields (by Iterable field name) was first sent as. A type already
     /// remembered is kept.
     pub async fn remember_sent_types(&self, export_id: i64, types: &[(String, FieldType)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         for (field, t) in types {
-            sqlx::query(
-                "UPDATE export_fields SET sent_type = ? WHERE export_id = ? AND iterable_field = ? \
-                 AND sent_type IS NULL",
-            )
+            sql("UPDATE export_fields SET sent_type = $1 WHERE export_id = $2 AND iterable_field = $3 \
+                 AND sent_type IS NULL")
             .bind(t.as_str())
             .bind(export_id)
             .bind(field)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         tx.commit().await?;
@@ -371,8 +361,8 @@ impl Store {
     /// runs stay, marked removed, so its history can still be read; its name is free for a new export.
     pub async fn remove_export(&self, name: &str) -> Result<Export> {
         let export = self.export(name).await?;
-        let mut tx = self.pool.begin().await?;
-        soft_delete_exports(&mut tx, "id = ?", export.id).await?;
+        let mut tx = self.db.begin().await?;
+        soft_delete_exports(&mut tx, "id = $2", export.id).await?;
         tx.commit().await?;
         Ok(export)
     }
@@ -381,7 +371,7 @@ impl Store {
     /// lists is forgotten; attached segments get new targets, whose lists are found (or created) by name on the next
     /// run. Refused, changing nothing, when a list of the result is managed by another export.
     pub async fn edit_export(&self, export_id: i64, c: &ExportChange) -> Result<Export> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         apply_change(&mut tx, export_id, c).await?;
         tx.commit().await?;
         self.export_by_id(export_id).await
@@ -390,7 +380,7 @@ impl Store {
     /// Whether `edit_export` would accept this change now, changing nothing (checked before lists are emptied, so
     /// an edit that would be refused changes no list either).
     pub async fn check_export_change(&self, export_id: i64, c: &ExportChange) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         apply_change(&mut tx, export_id, c).await?;
         tx.rollback().await?;
         Ok(())
@@ -401,35 +391,31 @@ impl Store {
     pub async fn members_put_there(&self, target_id: i64) -> Result<Vec<String>> {
         // Ours whatever became of later updates (a refused update leaves the member on the list), and never one
         // that was on the list before the export adopted it.
-        Ok(sqlx::query_scalar(
-            "SELECT email FROM members WHERE target_id = ?1 AND ours = 1 \
-             AND email NOT IN (SELECT email FROM preexisting_members WHERE target_id = ?1) ORDER BY email",
-        )
+        Ok(sql("SELECT email FROM members WHERE target_id = $1 AND ours \
+             AND email NOT IN (SELECT email FROM preexisting_members WHERE target_id = $1) ORDER BY email")
         .bind(target_id)
-        .fetch_all(&self.pool)
+        .scalars(&self.db)
         .await?)
     }
 
     /// Whether the export remembers any member on its lists (it has run and put or tried someone there): its
     /// identity columns then can no longer change without turning every member into a leaver and a joiner.
     pub async fn export_remembers_members(&self, export_id: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM members WHERE target_id IN \
-             (SELECT id FROM targets WHERE export_id = ? AND removed_at IS NULL))",
-        )
+        Ok(sql("SELECT EXISTS (SELECT 1 FROM members WHERE target_id IN \
+             (SELECT id FROM targets WHERE export_id = $1 AND removed_at IS NULL))")
         .bind(export_id)
-        .fetch_one(&self.pool)
+        .scalar(&self.db)
         .await?)
     }
 
     /// Forgets members that were unsubscribed outside a run (by emptying a list).
     pub async fn forget_members(&self, target_id: i64, emails: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         for email in emails {
-            sqlx::query("DELETE FROM members WHERE target_id = ? AND email = ?")
+            sql("DELETE FROM members WHERE target_id = $1 AND email = $2")
                 .bind(target_id)
                 .bind(email)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -439,15 +425,15 @@ impl Store {
     /// Lists of this export that another export (not removed) also manages on the same connection, with the other
     /// export's name. Stores from before one list had one export may hold such pairs; they keep running.
     pub async fn shared_lists(&self, export_id: i64) -> Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as(SHARED_LISTS).bind(export_id).fetch_all(&self.pool).await?)
+        Ok(sql(SHARED_LISTS).bind(export_id).pairs(&self.db).await?)
     }
 
     /// Records that a run saw the target's list in Iterable just now.
     pub async fn mark_list_seen(&self, target_id: i64) -> Result<()> {
-        sqlx::query("UPDATE targets SET list_checked_at = ? WHERE id = ?")
+        sql("UPDATE targets SET list_checked_at = $1 WHERE id = $2")
             .bind(now())
             .bind(target_id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -455,55 +441,50 @@ impl Store {
     /// Records the Iterable list a target writes to. With `forget_members`, what was known about the old list's
     /// members is dropped (the list was recreated, so all members must be sent again).
     pub async fn set_target_list(&self, target_id: i64, list_id: i64, forget_members: bool) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE targets SET list_id = ?, list_checked_at = ? WHERE id = ?")
+        let mut tx = self.db.begin().await?;
+        sql("UPDATE targets SET list_id = $1, list_checked_at = $2 WHERE id = $3")
             .bind(list_id)
             .bind(now())
             .bind(target_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if forget_members {
-            sqlx::query("DELETE FROM members WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
+            sql("DELETE FROM members WHERE target_id = $1").bind(target_id).execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 }
 
-/// (list name, other export) for each list of export ?1 that another export not removed manages on its connection.
+/// (list name, other export) for each list of export $1 that another export not removed manages on its connection.
 const SHARED_LISTS: &str = "SELECT DISTINCT t.list_name, oe.name FROM exports e \
      JOIN targets t ON t.export_id = e.id AND t.removed_at IS NULL \
      JOIN exports oe ON oe.connection_id = e.connection_id AND oe.id != e.id AND oe.removed_at IS NULL \
      JOIN targets ot ON ot.export_id = oe.id AND ot.removed_at IS NULL AND ot.list_name = t.list_name \
-     WHERE e.id = ?1 ORDER BY t.list_name, oe.name";
+     WHERE e.id = $1 ORDER BY t.list_name, oe.name";
 
 /// One list is managed by one export: refuses (so the caller's transaction rolls back) when a list of `export_id`
 /// is managed by another export on the same connection.
-async fn check_lists_unshared(tx: &mut sqlx::SqliteConnection, export_id: i64) -> Result<()> {
-    let shared: Vec<(String, String)> = sqlx::query_as(SHARED_LISTS).bind(export_id).fetch_all(&mut *tx).await?;
+async fn check_lists_unshared(tx: &mut Tx, export_id: i64) -> Result<()> {
+    let shared: Vec<(String, String)> = sql(SHARED_LISTS).bind(export_id).pairs(&mut *tx).await?;
     match shared.into_iter().next() {
         Some((list, other)) => Err(StoreError::ListManaged { list, other }),
         None => Ok(()),
     }
 }
 
-/// Marks the exports matching `filter` (bound to `value`) removed and forgets their members, inside `tx`.
-pub(super) async fn soft_delete_exports(
-    tx: &mut sqlx::SqliteConnection,
-    filter: &'static str,
-    value: i64,
-) -> Result<Vec<i64>> {
-    let ids: Vec<i64> = sqlx::query_scalar(&format!(
-        "UPDATE exports SET removed_at = ?, enabled = 0, updated_at = ? WHERE {filter} AND removed_at IS NULL \
+/// Marks the exports matching `filter` (its `$2` bound to `value`) removed and forgets their members, inside `tx`.
+pub(super) async fn soft_delete_exports(tx: &mut Tx, filter: &'static str, value: i64) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = sql(format!(
+        "UPDATE exports SET removed_at = $1, enabled = FALSE, updated_at = $1 WHERE {filter} AND removed_at IS NULL \
          RETURNING id"
     ))
     .bind(now())
-    .bind(now())
     .bind(value)
-    .fetch_all(&mut *tx)
+    .scalars(&mut *tx)
     .await?;
     for id in &ids {
-        sqlx::query("DELETE FROM members WHERE target_id IN (SELECT id FROM targets WHERE export_id = ?)")
+        sql("DELETE FROM members WHERE target_id IN (SELECT id FROM targets WHERE export_id = $1)")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -511,12 +492,10 @@ pub(super) async fn soft_delete_exports(
     Ok(ids)
 }
 
-async fn insert_fields(tx: &mut sqlx::SqliteConnection, export_id: i64, fields: &[FieldMap]) -> Result<()> {
+async fn insert_fields(tx: &mut Tx, export_id: i64, fields: &[FieldMap]) -> Result<()> {
     for (position, f) in fields.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO export_fields (export_id, position, source_column, iterable_field, field_type, sent_type) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        sql("INSERT INTO export_fields (export_id, position, source_column, iterable_field, field_type, sent_type) \
+             VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(export_id)
         .bind(position as i64)
         .bind(&f.column)
@@ -530,12 +509,10 @@ async fn insert_fields(tx: &mut sqlx::SqliteConnection, export_id: i64, fields: 
 }
 
 /// The statements of an edit, inside the caller's transaction.
-async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &ExportChange) -> Result<()> {
+async fn apply_change(tx: &mut Tx, export_id: i64, c: &ExportChange) -> Result<()> {
     let at = now();
-    let changed = sqlx::query(
-        "UPDATE exports SET email_field = ?, user_id_field = ?, on_leave = ?, null_fields = ?, \
-         existing_users_only = ?, schedule = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL",
-    )
+    let changed = sql("UPDATE exports SET email_field = $1, user_id_field = $2, on_leave = $3, null_fields = $4, \
+         existing_users_only = $5, schedule = $6, updated_at = $7 WHERE id = $8 AND removed_at IS NULL")
     .bind(c.email_field.as_deref().unwrap_or(""))
     .bind(&c.user_id_field)
     .bind(c.on_leave.as_str())
@@ -545,23 +522,20 @@ async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &Expor
     .bind(at)
     .bind(export_id)
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .await?;
     if changed == 0 {
         return Err(StoreError::Conflict(format!("export #{export_id} was removed meanwhile; nothing was changed")));
     }
-    sqlx::query("DELETE FROM export_fields WHERE export_id = ?").bind(export_id).execute(&mut *tx).await?;
+    sql("DELETE FROM export_fields WHERE export_id = $1").bind(export_id).execute(&mut *tx).await?;
     insert_fields(&mut *tx, export_id, &c.fields).await?;
     for segment_id in &c.detach_segment_ids {
-        sqlx::query(
-            "DELETE FROM members WHERE target_id IN \
-             (SELECT id FROM targets WHERE export_id = ? AND segment_id = ? AND removed_at IS NULL)",
-        )
+        sql("DELETE FROM members WHERE target_id IN \
+             (SELECT id FROM targets WHERE export_id = $1 AND segment_id = $2 AND removed_at IS NULL)")
         .bind(export_id)
         .bind(segment_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE targets SET removed_at = ? WHERE export_id = ? AND segment_id = ? AND removed_at IS NULL")
+        sql("UPDATE targets SET removed_at = $1 WHERE export_id = $2 AND segment_id = $3 AND removed_at IS NULL")
             .bind(at)
             .bind(export_id)
             .bind(segment_id)
@@ -569,11 +543,9 @@ async fn apply_change(tx: &mut sqlx::SqliteConnection, export_id: i64, c: &Expor
             .await?;
     }
     for segment_id in &c.attach_segment_ids {
-        sqlx::query(
-            "INSERT INTO targets (export_id, segment_id, position, list_name) \
-             SELECT ?1, id, (SELECT COALESCE(MAX(position), -1) + 1 FROM targets WHERE export_id = ?1), name \
-             FROM segments WHERE id = ?2",
-        )
+        sql("INSERT INTO targets (export_id, segment_id, position, list_name) \
+             SELECT $1, id, (SELECT COALESCE(MAX(position), -1) + 1 FROM targets WHERE export_id = $1), name \
+             FROM segments WHERE id = $2")
         .bind(export_id)
         .bind(segment_id)
         .execute(&mut *tx)

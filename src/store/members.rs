@@ -147,7 +147,7 @@ impl Store {
              MIN(CASE WHEN state NOT IN ('subscribed', 'rejected') THEN state END) FROM members WHERE target_id = ?",
         )
         .bind(target_id)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         if let Some(unknown) = row.try_get::<Option<String>, _>(2)? {
             return Err(super::StoreError::unknown_value("members", "state", &unknown));
@@ -168,7 +168,7 @@ impl Store {
         rejected: &[AckedMember],
         forgotten: &[AckedMember],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let counts = AckCounts { added: subscribed.len(), rejected: rejected.len() + forgotten.len(), removed: 0 };
         count_acks(&mut tx, run_id, target_id, counts).await?;
         // A member that changed key takes its old record over first (whether "ours", whether on the list before it
@@ -236,13 +236,13 @@ impl Store {
     /// Forgets which members were on a target's list before the export adopted it: the list was recreated, and
     /// the new one holds only what this export puts there.
     pub async fn forget_preexisting(&self, target_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM preexisting_members WHERE target_id = ?").bind(target_id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM preexisting_members WHERE target_id = ?").bind(target_id).execute(self.pool()).await?;
         Ok(())
     }
 
     /// Records the members (keys) a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT OR IGNORE INTO preexisting_members (target_id, email) ");
@@ -258,7 +258,7 @@ impl Store {
     /// Records an unsubscribe batch (member keys) that Iterable acknowledged, and the run's counters, in one
     /// transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         count_acks(&mut tx, run_id, target_id, AckCounts { removed: emails.len(), ..AckCounts::default() }).await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM members WHERE target_id = ");
@@ -637,7 +637,7 @@ mod tests {
         let acked = AckedMember::new("a@x.com", 1);
         store.ack_subscribed(run, t, &[acked], &[], &[]).await.unwrap();
         // Values a newer version might write; the CHECK constraints of this version would refuse them.
-        let mut conn = store.pool.acquire().await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
         sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await.unwrap();
         for sql in [
             "UPDATE runs SET status = 'paused'",
@@ -665,7 +665,7 @@ mod tests {
         let path = dir.path().join("store.db");
         {
             // The store as the previous release left it: migrations up to 20261130000199 only.
-            let mut old = sqlx::migrate!("./migrations");
+            let mut old = sqlx::migrate!("./migrations/sqlite");
             // Later migrations that `target` below needs (it adds the export with today's code) are applied too.
             old.migrations = old
                 .migrations
@@ -686,7 +686,7 @@ mod tests {
                     .bind(t)
                     .bind(email)
                     .bind(state)
-                    .execute(&store.pool)
+                    .execute(store.pool())
                     .await
                     .unwrap();
             }
@@ -695,7 +695,7 @@ mod tests {
         let store = Store::open(&path).await.unwrap();
         let rows: Vec<(String, String, bool, Option<i64>, bool)> =
             sqlx::query_as("SELECT email, state, ours, rejected_at, retry_rejected FROM members ORDER BY email")
-                .fetch_all(&store.pool)
+                .fetch_all(store.pool())
                 .await
                 .unwrap();
         assert_eq!(
@@ -706,7 +706,7 @@ mod tests {
             ]
         );
         // The old rejected member is due for a retry at once; the subscribed one is unchanged.
-        let t: i64 = sqlx::query_scalar("SELECT id FROM targets").fetch_one(&store.pool).await.unwrap();
+        let t: i64 = sqlx::query_scalar("SELECT id FROM targets").fetch_one(store.pool()).await.unwrap();
         let mut s = store.plan_session().await.unwrap();
         s.stage(t, &[row("a@x.com", 1), row("r@x.com", 1)]).await.unwrap();
         let plan = s.compute(t, &opts(false, true)).await.unwrap();
@@ -784,11 +784,11 @@ mod tests {
         let acked: Vec<AckedMember> = adds.into_iter().map(AckedMember::from).collect();
         store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
         let mut keys: Vec<String> =
-            sqlx::query_scalar("SELECT email FROM members ORDER BY email").fetch_all(&store.pool).await.unwrap();
+            sqlx::query_scalar("SELECT email FROM members ORDER BY email").fetch_all(store.pool()).await.unwrap();
         keys.sort();
         assert_eq!(keys, vec!["b@x.com", "e@x.com", "userId:u1", "userId:u9"]);
         let pre: Vec<String> =
-            sqlx::query_scalar("SELECT email FROM preexisting_members").fetch_all(&store.pool).await.unwrap();
+            sqlx::query_scalar("SELECT email FROM preexisting_members").fetch_all(store.pool()).await.unwrap();
         assert_eq!(pre, vec!["userId:u1"]);
         let again = s.compute(t, &hybrid).await.unwrap();
         assert_eq!((again.to_add, again.to_remove, again.unchanged), (0, 1, 3), "{again:?}");

@@ -1,12 +1,16 @@
-//! The SQLite store: pool setup, migrations and every SQL statement the program runs against its own state.
+//! The store: connections, segments, exports and what each has put on its lists, run history, accounts, sessions
+//! and the audit; on SQLite (one file, embedded: the default) or PostgreSQL (shared by several daemons). Pool
+//! setup, migrations and every SQL statement the program runs against its own state live here.
 //!
-//! One file per table group. Queries are runtime-checked (`sqlx::query`) with static SQL; every one of them is
-//! exercised by the tests. Nothing outside this module writes SQL against the store.
+//! One file per table group. Queries are runtime-checked with static SQL written once for both engines (`db`);
+//! every one of them is exercised by the tests, on both. Nothing outside this module writes SQL against the store.
 
 mod connections;
+pub(crate) mod db;
 mod exports;
 mod members;
 pub mod names;
+mod postgres;
 mod requests;
 mod runs;
 mod segments;
@@ -20,6 +24,10 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+
+pub use db::Kind;
+use db::{sql, Db};
+pub use postgres::{migrate as migrate_postgres, SchemaStatus};
 
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
@@ -61,6 +69,16 @@ pub enum StoreError {
         "run #{run_id} is no longer running (it was cancelled, or its export was removed); nothing more is recorded for it"
     )]
     RunNotRunning { run_id: i64 },
+    #[error("the store URL {url} cannot be used: {problem}")]
+    PostgresUrl { url: String, problem: String },
+    #[error("cannot open the PostgreSQL store {url}: {source}. Check that the server answers, the database exists and the user may connect (store.url, store.password_env or store.password_file, or SEGMENT_EXPORTER_STORE_URL).")]
+    PostgresOpen { url: String, source: sqlx::Error },
+    #[error("the database {url} holds {tables} table(s) but no segment-exporter store. Give the store a database of its own (an empty one is set up at first use).")]
+    NotAStore { url: String, tables: i64 },
+    #[error("the store's schema is version {have}, older than this segment-exporter needs ({need}). Run `segment-exporter store migrate` with this version (the migrations keep the previous release working, so the other daemons may go on meanwhile), then start it again.")]
+    SchemaBehind { have: i64, need: i64 },
+    #[error("the store's schema is version {have}, newer than this segment-exporter knows ({know}): a newer release migrated it. Upgrade this one to the release that ran `store migrate`.")]
+    SchemaAhead { have: i64, know: i64 },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
@@ -102,12 +120,16 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Handle on the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
+    /// The SQLite file (empty for a PostgreSQL store).
     path: PathBuf,
 }
 
+/// The SQLite migrations, applied whenever a SQLite store is opened.
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 impl Store {
-    /// Opens (creating if needed) the store at `path` and applies pending migrations.
+    /// Opens (creating if needed) the SQLite store at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.into(), source: e.into() })?;
@@ -119,11 +141,21 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open { path: path.into(), source })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate { path: path.into(), source })?;
-        Ok(Store { pool, path: path.to_path_buf() })
+        SQLITE_MIGRATIONS.run(&pool).await.map_err(|source| StoreError::Migrate { path: path.into(), source })?;
+        Ok(Store { db: Db::Sqlite(pool), path: path.to_path_buf() })
+    }
+
+    /// Which engine this store runs on.
+    pub fn kind(&self) -> Kind {
+        self.db.kind()
+    }
+
+    /// The SQLite pool, for code that only SQLite stores run (and tests).
+    pub fn pool(&self) -> &SqlitePool {
+        match &self.db {
+            Db::Sqlite(pool) => pool,
+            Db::Postgres(_) => panic!("a SQLite-only path was taken on a PostgreSQL store"),
+        }
     }
 
     /// Opens the store as the program uses it: [`Store::open`], then the upgrade steps SQL cannot do. Database
@@ -132,6 +164,10 @@ impl Store {
     /// while other secrets are sealed with it, or is not theirs), nothing is changed or lost: those segments keep
     /// working as before, a warning says what to do, and the next open tries again.
     pub async fn open_configured(config: &crate::config::StoreConfig) -> Result<Store> {
+        if let Some(url) = config.postgres_url() {
+            let db = postgres::open(config, &url).await?;
+            return Ok(Store { db, path: PathBuf::new() });
+        }
         let store = Store::open(&config.path).await?;
         if let Err(error) = store.seal_passwords_in_sources(&config.master_key_path()).await {
             tracing::warn!(%error, "Could not finish upgrading the store (sealing source passwords an older version stored in clear); the next open tries again.");
@@ -173,11 +209,7 @@ impl Store {
                 return Ok(());
             }
         }
-        if sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM upkeep WHERE task = 'vacuum'")
-            .fetch_one(&self.pool)
-            .await?
-            > 0
-        {
+        if sql("SELECT COUNT(*) FROM upkeep WHERE task = 'vacuum'").scalar::<i64>(&self.db).await? > 0 {
             self.rewrite_file(sealed_some).await?;
         }
         Ok(())
@@ -189,7 +221,7 @@ impl Store {
     /// just sealed or when it took a while (otherwise it is the instant rewrite of a new or small store: debug).
     async fn rewrite_file(&self, sealed_some: bool) -> Result<()> {
         let started = std::time::Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool().acquire().await?;
         if let Err(error) = sqlx::query("VACUUM").execute(&mut *conn).await {
             tracing::warn!(%error, "Could not rewrite the store file yet (old pages may keep passwords an older version stored in clear); the next open tries again.");
             return Ok(());
@@ -227,19 +259,11 @@ impl Store {
     #[cfg(test)]
     pub(crate) async fn open_without_migrating(path: &Path) -> Store {
         let pool = SqlitePoolOptions::new().connect_with(Self::connect_options(path)).await.expect("test store opens");
-        Store { pool, path: path.to_path_buf() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        Store { db: Db::Sqlite(pool), path: path.to_path_buf() }
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 }
 
@@ -310,6 +334,77 @@ pub(crate) mod test_support {
         (dir, store)
     }
 
+    /// A database of its own on the PostgreSQL server at `TEST_POSTGRES_URL`, dropped with this value.
+    pub struct TempDatabase {
+        pub url: String,
+        server: String,
+        name: String,
+    }
+
+    impl TempDatabase {
+        pub async fn new() -> TempDatabase {
+            let server = std::env::var("TEST_POSTGRES_URL")
+                .expect("TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it");
+            let name = format!("se_test_{:016x}", rand::random::<u64>());
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+            let mut url = url::Url::parse(&server).unwrap();
+            url.set_path(&name);
+            TempDatabase { url: url.to_string(), server, name }
+        }
+    }
+
+    impl Drop for TempDatabase {
+        fn drop(&mut self) {
+            let (server, name) = (self.server.clone(), self.name.clone());
+            // A runtime of its own: the test's may be gone or busy.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await {
+                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(&drop).execute(&mut admin).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    /// A new PostgreSQL store in a database of its own.
+    pub async fn temp_postgres_store() -> (TempDatabase, Store) {
+        let db = TempDatabase::new().await;
+        let config = crate::config::StoreConfig { url: Some(db.url.clone()), ..Default::default() };
+        let store = Store::open_configured(&config).await.unwrap();
+        (db, store)
+    }
+
+    /// A store test, run once on SQLite and once on PostgreSQL (that one marked ignored, like every test that
+    /// needs the server: `.ci/run` runs it).
+    macro_rules! on_both {
+        ($(#[$meta:meta])* async fn $name:ident($store:ident: Store) $body:block) => {
+            mod $name {
+                use super::*;
+
+                async fn body($store: Store) $body
+
+                #[tokio::test]
+                async fn on_sqlite() {
+                    let (_dir, store) = $crate::store::test_support::temp_store().await;
+                    body(store).await;
+                }
+
+                #[tokio::test]
+                #[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+                async fn on_postgres() {
+                    let (_db, store) = $crate::store::test_support::temp_postgres_store().await;
+                    body(store).await;
+                }
+            }
+        };
+    }
+    pub(crate) use on_both;
+
     /// A connection, a segment and an export `e` sending it (export id 1 in a new store).
     pub async fn an_export(store: &Store) -> crate::store::Export {
         let conn = store
@@ -330,7 +425,7 @@ pub(crate) mod test_support {
         let segment_id: i64 = sqlx::query_scalar(
             "INSERT INTO segments (name, source, created_at) VALUES ('s', 'csv:x.csv', '2026-01-01T00:00:00Z') RETURNING id",
         )
-        .fetch_one(&store.pool)
+        .fetch_one(store.pool())
         .await
         .unwrap();
         let e = store

@@ -1,8 +1,8 @@
 //! Run requests and scheduled ticks: the rows of the run queue (`crate::queue` owns the rules; this file only
 //! stores them). At most one request per export is `queued`; a new one merges into it.
 
+use super::db::{sql, Row, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
@@ -95,7 +95,7 @@ const SELECT_REQUEST: &str = "SELECT q.id, q.export_id, e.name AS export_name, q
      q.full_resync, q.allow_mass_removal, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason \
      FROM run_requests q JOIN exports e ON e.id = q.export_id";
 
-fn request_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRequest> {
+fn request_from(row: &Row) -> Result<RunRequest> {
     Ok(RunRequest {
         id: row.try_get("id")?,
         export_id: row.try_get("export_id")?,
@@ -122,7 +122,7 @@ impl Store {
     /// Queues a request, or merges it into the export's queued one (options OR-ed). Returns the request's id and
     /// whether it merged.
     pub async fn enqueue_run(&self, request: &NewRunRequest<'_>) -> Result<(i64, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let queued = enqueue(&mut tx, request).await?;
         tx.commit().await?;
         Ok(queued)
@@ -135,15 +135,13 @@ impl Store {
         request: &NewRunRequest<'_>,
         due_at: DateTime<Utc>,
     ) -> Result<Option<(i64, bool)>> {
-        let mut tx = self.pool.begin().await?;
-        let fresh =
-            sqlx::query("INSERT INTO schedule_ticks (export_id, due_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(request.export_id)
-                .bind(due_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+        let mut tx = self.db.begin().await?;
+        let fresh = sql("INSERT INTO schedule_ticks (export_id, due_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(request.export_id)
+            .bind(due_at)
+            .execute(&mut tx)
+            .await?
+            == 1;
         if !fresh {
             return Ok(None);
         }
@@ -154,13 +152,13 @@ impl Store {
 
     /// The queued requests, oldest first.
     pub async fn queued_requests(&self) -> Result<Vec<RunRequest>> {
-        let sql = format!("{SELECT_REQUEST} WHERE q.state = 'queued' ORDER BY q.id");
-        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(request_from).collect()
+        let text = format!("{SELECT_REQUEST} WHERE q.state = 'queued' ORDER BY q.id");
+        sql(&text).fetch_all(&self.db).await?.iter().map(request_from).collect()
     }
 
     pub async fn run_request(&self, id: i64) -> Result<RunRequest> {
-        let sql = format!("{SELECT_REQUEST} WHERE q.id = $1");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? {
+        let text = format!("{SELECT_REQUEST} WHERE q.id = $1");
+        match sql(&text).bind(id).fetch_optional(&self.db).await? {
             Some(row) => request_from(&row),
             None => Err(StoreError::not_found("run request", &id.to_string(), "runs")),
         }
@@ -168,46 +166,41 @@ impl Store {
 
     /// Whether a request of this export waits.
     pub async fn queued_request_of(&self, export_id: i64) -> Result<Option<RunRequest>> {
-        let sql = format!("{SELECT_REQUEST} WHERE q.state = 'queued' AND q.export_id = $1");
-        sqlx::query(&sql).bind(export_id).fetch_optional(&self.pool).await?.as_ref().map(request_from).transpose()
+        let text = format!("{SELECT_REQUEST} WHERE q.state = 'queued' AND q.export_id = $1");
+        sql(&text).bind(export_id).fetch_optional(&self.db).await?.as_ref().map(request_from).transpose()
     }
 
     /// Records why a queued request has not started yet.
     pub async fn set_request_waiting(&self, id: i64, waiting_for: WaitingFor) -> Result<()> {
-        sqlx::query("UPDATE run_requests SET waiting_for = $1 WHERE id = $2 AND state = 'queued'")
+        sql("UPDATE run_requests SET waiting_for = $1 WHERE id = $2 AND state = 'queued'")
             .bind(waiting_for.as_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(())
     }
 
     /// Takes a queued request for process `claimer`; false when another took it (or it merged away) first.
     pub async fn claim_request(&self, id: i64, claimer: &str) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE run_requests SET state = 'started', waiting_for = NULL, decided_at = $1, claimed_by = $2 \
-             WHERE id = $3 AND state = 'queued'",
-        )
+        Ok(sql("UPDATE run_requests SET state = 'started', waiting_for = NULL, decided_at = $1, claimed_by = $2 \
+             WHERE id = $3 AND state = 'queued'")
         .bind(now())
         .bind(claimer)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?
-        .rows_affected()
             == 1)
     }
 
     /// A request that cannot start, and why (with the run that recorded the refusal, if one did).
     pub async fn refuse_request(&self, id: i64, reason: &str, run_id: Option<i64>) -> Result<()> {
-        sqlx::query(
-            "UPDATE run_requests SET state = 'not_started', waiting_for = NULL, decided_at = $1, reason = $2, \
-             run_id = $3 WHERE id = $4 AND state != 'started'",
-        )
+        sql("UPDATE run_requests SET state = 'not_started', waiting_for = NULL, decided_at = $1, reason = $2, \
+             run_id = $3 WHERE id = $4 AND state != 'started'")
         .bind(now())
         .bind(reason)
         .bind(run_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -216,41 +209,38 @@ impl Store {
     /// process is stopping): queued again, unless another request of the export is queued meanwhile, which it
     /// then merges into.
     pub async fn requeue_request(&self, id: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let Some(row) = sql(
             "SELECT export_id, full_resync, allow_mass_removal FROM run_requests WHERE id = $1 AND state = 'started' \
              AND run_id IS NULL",
         )
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?
         else {
             return Ok(());
         };
         let (export_id, full, allow): (i64, bool, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let merged = sqlx::query(
+        let merged = sql(
             "UPDATE run_requests SET full_resync = full_resync OR $1, allow_mass_removal = allow_mass_removal OR $2, \
              merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
         )
         .bind(full)
         .bind(allow)
         .bind(export_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut tx)
+        .await?;
         if merged == 1 {
-            sqlx::query(
-                "UPDATE run_requests SET state = 'not_started', reason = 'merged into a later request', \
-                 decided_at = $1 WHERE id = $2",
-            )
+            sql("UPDATE run_requests SET state = 'not_started', reason = 'merged into a later request', \
+                 decided_at = $1 WHERE id = $2")
             .bind(now())
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         } else {
-            sqlx::query("UPDATE run_requests SET state = 'queued', claimed_by = NULL, decided_at = NULL WHERE id = $1")
+            sql("UPDATE run_requests SET state = 'queued', claimed_by = NULL, decided_at = NULL WHERE id = $1")
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -260,12 +250,11 @@ impl Store {
     /// Requests taken more than a minute ago whose run never started (the process that took them stopped in
     /// between): queued again.
     pub async fn requeue_abandoned_requests(&self) -> Result<()> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM run_requests WHERE state = 'started' AND run_id IS NULL AND decided_at < $1",
-        )
-        .bind(now() - chrono::TimeDelta::minutes(1))
-        .fetch_all(&self.pool)
-        .await?;
+        let ids: Vec<i64> =
+            sql("SELECT id FROM run_requests WHERE state = 'started' AND run_id IS NULL AND decided_at < $1")
+                .bind(now() - chrono::TimeDelta::minutes(1))
+                .scalars(&self.db)
+                .await?;
         for id in ids {
             self.requeue_request(id).await?;
         }
@@ -275,17 +264,17 @@ impl Store {
     /// Drops requests decided, and scheduled ticks due, more than two days ago.
     pub async fn prune_requests(&self) -> Result<()> {
         let cutoff = now() - KEEP_DECIDED;
-        sqlx::query("DELETE FROM run_requests WHERE state != 'queued' AND decided_at < $1")
+        sql("DELETE FROM run_requests WHERE state != 'queued' AND decided_at < $1")
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
-        sqlx::query("DELETE FROM schedule_ticks WHERE due_at < $1").bind(cutoff).execute(&self.pool).await?;
+        sql("DELETE FROM schedule_ticks WHERE due_at < $1").bind(cutoff).execute(&self.db).await?;
         Ok(())
     }
 }
 
-async fn enqueue(tx: &mut sqlx::SqliteConnection, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
-    let row = sqlx::query(
+async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
+    let row = sql(
         "INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, state, \
          requested_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) \
          ON CONFLICT (export_id) WHERE state = 'queued' DO UPDATE SET \
@@ -309,15 +298,14 @@ async fn enqueue(tx: &mut sqlx::SqliteConnection, r: &NewRunRequest<'_>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{an_export, temp_store};
+    use crate::store::test_support::{an_export, on_both};
 
     fn ask(export_id: i64, trigger: &str, full: bool) -> NewRunRequest<'_> {
         NewRunRequest { export_id, trigger, full, ..NewRunRequest::default() }
     }
 
-    #[tokio::test]
-    async fn a_request_made_while_one_waits_merges_into_it_and_a_taken_one_does_not() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_request_made_while_one_waits_merges_into_it_and_a_taken_one_does_not(store: Store) {
         let e = an_export(&store).await;
         let (first, merged) = store.enqueue_run(&ask(e.id, "api", false)).await.unwrap();
         assert!(!merged);
@@ -338,10 +326,10 @@ mod tests {
         assert_eq!(waiting.len(), 1);
         assert!(waiting[0].full && waiting[0].id == next);
     }
+    }
 
-    #[tokio::test]
-    async fn a_scheduled_time_is_queued_once_whoever_asks() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_scheduled_time_is_queued_once_whoever_asks(store: Store) {
         let e = an_export(&store).await;
         let due = chrono::DateTime::parse_from_rfc3339("2026-12-06T02:30:00Z").unwrap().to_utc();
         let first = store.enqueue_scheduled_run(&ask(e.id, "schedule", false), due).await.unwrap();
@@ -354,10 +342,10 @@ mod tests {
         let later = due + chrono::TimeDelta::hours(24);
         assert!(store.enqueue_scheduled_run(&ask(e.id, "schedule", false), later).await.unwrap().is_some());
     }
+    }
 
-    #[tokio::test]
-    async fn a_run_started_for_a_request_is_linked_to_it() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_run_started_for_a_request_is_linked_to_it(store: Store) {
         let e = an_export(&store).await;
         let (id, _) = store.enqueue_run(&ask(e.id, "api", false)).await.unwrap();
         assert!(store.claim_request(id, "me").await.unwrap());
@@ -367,5 +355,6 @@ mod tests {
         // A started request with its run is never put back.
         store.requeue_request(id).await.unwrap();
         assert_eq!(store.run_request(id).await.unwrap().state, RequestState::Started);
+    }
     }
 }

@@ -173,7 +173,7 @@ impl Store {
         note: Option<&str>,
         request_id: Option<i64>,
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let run_id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note, owner) \
              VALUES ($1, $2, 'running', $3, $4, $5, $6, $7) RETURNING id",
@@ -208,7 +208,7 @@ impl Store {
         )
         .bind(now())
         .bind(export_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?)
     }
 
@@ -223,7 +223,7 @@ impl Store {
         .bind(error)
         .bind(run_id)
         .bind(process_owner())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .rows_affected()
             > 0;
@@ -255,7 +255,7 @@ impl Store {
         .bind(plan.unchanged as i64)
         .bind(counts.invalid as i64)
         .bind(counts.duplicates as i64)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -267,7 +267,7 @@ impl Store {
             .bind(unchanged as i64)
             .bind(run_id)
             .bind(target_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
@@ -277,7 +277,7 @@ impl Store {
             .bind(list_id)
             .bind(run_id)
             .bind(target_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
@@ -304,7 +304,7 @@ impl Store {
                     .push_bind(member.as_deref().map(|m| clip(m, MAX_STORED_MEMBER_BYTES)))
                     .push_bind(clip(reason, MAX_STORED_REASON_BYTES));
             });
-            q.build().execute(&self.pool).await?;
+            q.build().execute(self.pool()).await?;
         }
         Ok(())
     }
@@ -318,7 +318,7 @@ impl Store {
         cutoff: DateTime<Utc>,
         keep_issue_runs: u32,
     ) -> Result<(u64, u64)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let runs = sqlx::query(
             "DELETE FROM runs WHERE status != 'running' AND finished_at IS NOT NULL AND finished_at < ? \
              AND id NOT IN (SELECT MAX(id) FROM runs GROUP BY export_id)",
@@ -358,7 +358,7 @@ impl Store {
         .bind(export)
         .bind(limit as i64)
         .bind(include_removed)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -370,7 +370,7 @@ impl Store {
     pub async fn run(&self, id: i64) -> Result<Run> {
         let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.id = ?"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?
             .ok_or_else(|| StoreError::not_found("run", &id.to_string(), "runs"))?;
         self.run_from_row(row).await
@@ -380,7 +380,7 @@ impl Store {
     pub async fn last_run(&self, export_id: i64) -> Result<Option<Run>> {
         let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.export_id = ? ORDER BY r.id DESC LIMIT 1"))
             .bind(export_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
         match row {
             Some(row) => Ok(Some(self.run_from_row(row).await?)),
@@ -392,7 +392,7 @@ impl Store {
     pub async fn last_success(&self, export_id: i64) -> Result<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar("SELECT MAX(finished_at) FROM runs WHERE export_id = ? AND status = 'succeeded'")
             .bind(export_id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?)
     }
 
@@ -403,7 +403,7 @@ impl Store {
              duplicates, added, removed, rejected FROM run_targets WHERE run_id = ? ORDER BY rowid",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?
         .into_iter()
         .map(|r| {
@@ -448,7 +448,7 @@ impl Store {
     pub async fn running_run(&self, export_id: i64) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar("SELECT MAX(id) FROM runs WHERE export_id = ? AND status = 'running'")
             .bind(export_id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?)
     }
 
@@ -460,7 +460,7 @@ impl Store {
         )
         .bind(now())
         .bind(run_id)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .rows_affected()
             == 1)
@@ -470,7 +470,7 @@ impl Store {
     pub async fn cancel_requested(&self, run_id: i64) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, bool>("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = ?")
             .bind(run_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?
             .unwrap_or(false))
     }
@@ -482,7 +482,7 @@ impl Store {
         )
         .bind(run_id)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.into_iter()
             .map(|r| {

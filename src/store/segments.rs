@@ -139,7 +139,7 @@ impl Store {
             name: name.into(),
             problem,
         })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -156,14 +156,14 @@ impl Store {
     }
 
     pub async fn segments(&self) -> Result<Vec<Segment>> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(self.pool()).await?;
         rows.into_iter().map(from_row).collect()
     }
 
     pub async fn segment(&self, name: &str) -> Result<Segment> {
         sqlx::query(&format!("{SELECT} WHERE name = ?"))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?
             .map(from_row)
             .transpose()?
@@ -180,7 +180,7 @@ impl Store {
         password: &SourcePassword,
     ) -> Result<Segment> {
         let segment = self.segment(name).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query("UPDATE segments SET source = ?, query = ? WHERE id = ?")
             .bind(source)
             .bind(query)
@@ -197,7 +197,7 @@ impl Store {
     pub(crate) async fn segments_with_password_in_source(&self) -> Result<Vec<Segment>> {
         let rows =
             sqlx::query(&format!("{SELECT} WHERE password_source IS NULL AND source LIKE 'postgres%' ORDER BY id"))
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?;
         let segments: Vec<Segment> = rows.into_iter().map(from_row).collect::<Result<_>>()?;
         Ok(segments
@@ -213,7 +213,7 @@ impl Store {
         &self,
         sealed: &[(i64, String, String, SourcePassword)],
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let mut replaced = 0;
         for (id, old_source, new_source, password) in sealed {
             let columns = password.columns();
@@ -246,7 +246,7 @@ impl Store {
              ORDER BY r.finished_at DESC, r.id DESC LIMIT 1",
         )
         .bind(segment_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?;
         match row {
             Some(r) => Ok(Some((r.try_get::<i64, _>("members")?.max(0) as u64, r.try_get("finished_at")?))),
@@ -261,7 +261,7 @@ impl Store {
              WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
         )
         .bind(segment_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?)
     }
 
@@ -274,7 +274,7 @@ impl Store {
              WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
         )
         .bind(segment.id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         if !users.is_empty() {
             return Err(StoreError::Conflict(format!(
@@ -282,7 +282,7 @@ impl Store {
                 users.join(", ")
             )));
         }
-        sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(self.pool()).await?;
         Ok(())
     }
 }

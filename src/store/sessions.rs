@@ -39,7 +39,7 @@ impl Store {
         .bind(user_id)
         .bind(now())
         .bind(idle_since)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| {
@@ -59,7 +59,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM sessions WHERE id = ? AND user_id = ?")
             .bind(id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -83,7 +83,7 @@ impl Store {
         .bind(at)
         .bind(expires_at)
         .bind(origin)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?
         .last_insert_rowid();
         Ok(Session { id, user_id, created_at: at, last_seen_at: at, expires_at })
@@ -94,7 +94,7 @@ impl Store {
         let row =
             sqlx::query("SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = ?")
                 .bind(secret_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool())
                 .await?;
         row.map(|r| {
             Ok(Session {
@@ -113,20 +113,20 @@ impl Store {
         sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
             .bind(now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
 
     /// Ends one session; false when there was none.
     pub async fn remove_session(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(self.pool()).await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Ends every session of an account (its password changed); how many there were.
     pub async fn remove_user_sessions(&self, user_id: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(user_id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(user_id).execute(self.pool()).await?;
         Ok(done.rows_affected())
     }
 
@@ -135,7 +135,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?")
             .bind(now())
             .bind(idle_since)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(done.rows_affected())
     }

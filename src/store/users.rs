@@ -103,42 +103,42 @@ impl Store {
             .bind(token_hash)
             .bind(at)
             .bind(at)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(|e| StoreError::on_insert(e, "user", name))?;
         self.user(name).await
     }
 
     pub async fn users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("{SELECT_USER} ORDER BY name")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("{SELECT_USER} ORDER BY name")).fetch_all(self.pool()).await?;
         rows.into_iter().map(user_from_row).collect()
     }
 
     /// Whether any account exists (the API answers 401 to everyone until one does).
     pub async fn has_users(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await? > 0)
+        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(self.pool()).await? > 0)
     }
 
     pub async fn user(&self, name: &str) -> Result<User> {
-        let row = sqlx::query(&format!("{SELECT_USER} WHERE name = ?")).bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{SELECT_USER} WHERE name = ?")).bind(name).fetch_optional(self.pool()).await?;
         row.map(user_from_row).transpose()?.ok_or_else(|| StoreError::not_found("user", name, "user list"))
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
-        let row = sqlx::query(&format!("{SELECT_USER} WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{SELECT_USER} WHERE id = ?")).bind(id).fetch_optional(self.pool()).await?;
         row.map(user_from_row).transpose()
     }
 
     /// The stored token hash of an account, for `crate::access` to compare in constant time.
     pub async fn user_token_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT token_hash FROM users WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT token_hash FROM users WHERE id = ?").bind(id).fetch_optional(self.pool()).await?)
     }
 
     /// The stored argon2id hash of an account's password, if it has one.
     pub async fn user_password_hash(&self, id: i64) -> Result<Option<String>> {
         Ok(sqlx::query_scalar::<_, Option<String>>("SELECT password_hash FROM users WHERE id = ?")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?
             .flatten())
     }
@@ -157,7 +157,7 @@ impl Store {
             .bind(token_hash)
             .bind(now())
             .bind(name)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         self.updated_user(name, done.rows_affected()).await
     }
@@ -166,7 +166,7 @@ impl Store {
         let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
             .bind(password_hash)
             .bind(name)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         self.updated_user(name, done.rows_affected()).await
     }
@@ -175,7 +175,7 @@ impl Store {
         let done = sqlx::query("UPDATE users SET role = ? WHERE name = ?")
             .bind(role.as_str())
             .bind(name)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         self.updated_user(name, done.rows_affected()).await
     }
@@ -183,7 +183,7 @@ impl Store {
     /// Removes an account: its token stops working, and it is no longer an export user of anything.
     pub async fn remove_user(&self, name: &str) -> Result<User> {
         let user = self.user(name).await?;
-        sqlx::query("DELETE FROM users WHERE id = ?").bind(user.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM users WHERE id = ?").bind(user.id).execute(self.pool()).await?;
         Ok(user)
     }
 
@@ -194,7 +194,7 @@ impl Store {
              u.created_at FROM users u JOIN export_users x ON x.user_id = u.id WHERE x.export_id = ? ORDER BY u.name",
         )
         .bind(export_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.into_iter().map(user_from_row).collect()
     }
@@ -209,7 +209,7 @@ impl Store {
         .bind(user_id)
         .bind(added_by)
         .bind(now())
-        .execute(&self.pool)
+        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -219,7 +219,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM export_users WHERE export_id = ? AND user_id = ?")
             .bind(export_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -231,7 +231,7 @@ impl Store {
             .bind(name)
             .bind(user_id)
             .bind(connection_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
@@ -240,7 +240,7 @@ impl Store {
     pub async fn connection_export_user(&self, connection_id: i64) -> Result<(Option<String>, Option<i64>)> {
         let row = sqlx::query("SELECT export_user, export_user_id FROM connections WHERE id = ?")
             .bind(connection_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
         match row {
             Some(r) => Ok((r.try_get("export_user")?, r.try_get("export_user_id")?)),
@@ -252,7 +252,7 @@ impl Store {
     pub async fn record_audit(&self, event: &AuditEvent<'_>, retention: std::time::Duration) -> Result<()> {
         let at = now();
         let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query("INSERT INTO audit (at, actor, action, target, detail, origin) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(at)
             .bind(event.actor)
@@ -275,7 +275,7 @@ impl Store {
         )
         .bind(actor)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.into_iter()
             .map(|r| {

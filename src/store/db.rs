@@ -1,0 +1,337 @@
+//! The two database engines the store runs on, behind one small query interface: SQLite (embedded, the default)
+//! and PostgreSQL (shared by several daemons). Store code writes one SQL text with `$1`, `$2`, ... placeholders
+//! (both engines read them) and binds values of the few types the store uses; `Row::try_get` reads them back from
+//! either engine. Where the two dialects differ, the caller picks the text with `Db::kind`.
+//!
+//! It owns only execution: pools, transactions and value conversion. Every SQL statement stays in the store's own
+//! files.
+
+#![allow(dead_code)] // Until the rest of the store is ported (this commit series).
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Decode, Postgres, Sqlite, Type};
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A pool of connections to the store's database.
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Db::Sqlite(_) => Kind::Sqlite,
+            Db::Postgres(_) => Kind::Postgres,
+        }
+    }
+
+    /// Starts a transaction.
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    pub(crate) async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// A transaction on either engine; dropped without `commit`, it rolls back.
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await,
+            Tx::Postgres(t) => t.rollback().await,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Tx::Sqlite(_) => Kind::Sqlite,
+            Tx::Postgres(_) => Kind::Postgres,
+        }
+    }
+}
+
+/// Where a statement runs: on the pool, or inside a transaction.
+pub(crate) enum On<'a> {
+    Db(&'a Db),
+    Tx(&'a mut Tx),
+}
+
+impl<'a> From<&'a Db> for On<'a> {
+    fn from(db: &'a Db) -> Self {
+        On::Db(db)
+    }
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> Self {
+        On::Tx(tx)
+    }
+}
+
+impl<'a, 'b: 'a> From<&'a mut &'b mut Tx> for On<'a> {
+    fn from(tx: &'a mut &'b mut Tx) -> Self {
+        On::Tx(tx)
+    }
+}
+
+/// A value bound to a statement: the types the store's columns hold.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    I64(Option<i64>),
+    F64(Option<f64>),
+    Bool(Option<bool>),
+    Text(Option<String>),
+    Bytes(Option<Vec<u8>>),
+    Time(Option<DateTime<Utc>>),
+}
+
+macro_rules! arg_from {
+    ($variant:ident, $t:ty, $conv:expr) => {
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Arg {
+                #[allow(clippy::redundant_closure_call)]
+                Arg::$variant(Some(($conv)(v)))
+            }
+        }
+        impl From<Option<$t>> for Arg {
+            fn from(v: Option<$t>) -> Arg {
+                #[allow(clippy::redundant_closure_call)]
+                Arg::$variant(v.map($conv))
+            }
+        }
+    };
+}
+
+arg_from!(I64, i64, |v| v);
+arg_from!(I64, &i64, |v: &i64| *v);
+arg_from!(I64, i32, i64::from);
+arg_from!(I64, u32, i64::from);
+arg_from!(F64, f64, |v| v);
+arg_from!(Bool, bool, |v| v);
+arg_from!(Bool, &bool, |v: &bool| *v);
+arg_from!(Text, String, |v| v);
+arg_from!(Text, &str, str::to_string);
+arg_from!(Text, &String, String::clone);
+arg_from!(Bytes, Vec<u8>, |v| v);
+arg_from!(Bytes, &[u8], <[u8]>::to_vec);
+arg_from!(Bytes, &Vec<u8>, Vec::clone);
+arg_from!(Time, DateTime<Utc>, |v| v);
+arg_from!(Time, &DateTime<Utc>, |v: &DateTime<Utc>| *v);
+
+impl From<Option<&Option<String>>> for Arg {
+    fn from(v: Option<&Option<String>>) -> Arg {
+        Arg::Text(v.cloned().flatten())
+    }
+}
+
+impl From<&Option<String>> for Arg {
+    fn from(v: &Option<String>) -> Arg {
+        Arg::Text(v.clone())
+    }
+}
+
+/// A value read from a row of either engine.
+pub(crate) trait Value:
+    Send + Unpin + for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+impl<T> Value for T where
+    T: Send + Unpin + for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+/// A column, by name or position.
+pub(crate) trait Column: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> {}
+
+impl<I: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow>> Column for I {}
+
+/// A row of either engine.
+pub(crate) enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl Row {
+    pub(crate) fn try_get<T: Value, I: Column>(&self, column: I) -> Result<T, sqlx::Error> {
+        use sqlx::Row as _;
+        match self {
+            Row::Sqlite(r) => r.try_get(column),
+            Row::Postgres(r) => r.try_get(column),
+        }
+    }
+}
+
+/// A statement with its values, to run on either engine.
+#[must_use = "a statement does nothing until it is executed or fetched"]
+pub(crate) struct Statement<'s> {
+    sql: Cow<'s, str>,
+    args: Vec<Arg>,
+}
+
+/// A statement: `$1`, `$2`, ... are bound in the order of `bind` calls.
+pub(crate) fn sql<'s>(text: impl Into<Cow<'s, str>>) -> Statement<'s> {
+    Statement { sql: text.into(), args: Vec::new() }
+}
+
+impl<'s> Statement<'s> {
+    pub(crate) fn bind(mut self, value: impl Into<Arg>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+
+    fn sqlite(&self) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
+        let mut q = sqlx::query(&self.sql);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::F64(v) => q.bind(*v),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_deref()),
+                Arg::Bytes(v) => q.bind(v.as_deref()),
+                Arg::Time(v) => q.bind(*v),
+            };
+        }
+        q
+    }
+
+    fn postgres(&self) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+        let mut q = sqlx::query(&self.sql);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::F64(v) => q.bind(*v),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_deref()),
+                Arg::Bytes(v) => q.bind(v.as_deref()),
+                Arg::Time(v) => q.bind(*v),
+            };
+        }
+        q
+    }
+
+    /// Runs it; the rows it changed.
+    pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, sqlx::Error> {
+        Ok(match on.into() {
+            On::Db(Db::Sqlite(p)) => self.sqlite().execute(p).await?.rows_affected(),
+            On::Db(Db::Postgres(p)) => self.postgres().execute(p).await?.rows_affected(),
+            On::Tx(Tx::Sqlite(t)) => self.sqlite().execute(&mut **t).await?.rows_affected(),
+            On::Tx(Tx::Postgres(t)) => self.postgres().execute(&mut **t).await?.rows_affected(),
+        })
+    }
+
+    pub(crate) async fn fetch_all<'a>(self, on: impl Into<On<'a>>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match on.into() {
+            On::Db(Db::Sqlite(p)) => self.sqlite().fetch_all(p).await?.into_iter().map(Row::Sqlite).collect(),
+            On::Db(Db::Postgres(p)) => self.postgres().fetch_all(p).await?.into_iter().map(Row::Postgres).collect(),
+            On::Tx(Tx::Sqlite(t)) => self.sqlite().fetch_all(&mut **t).await?.into_iter().map(Row::Sqlite).collect(),
+            On::Tx(Tx::Postgres(t)) => {
+                self.postgres().fetch_all(&mut **t).await?.into_iter().map(Row::Postgres).collect()
+            }
+        })
+    }
+
+    pub(crate) async fn fetch_optional<'a>(self, on: impl Into<On<'a>>) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match on.into() {
+            On::Db(Db::Sqlite(p)) => self.sqlite().fetch_optional(p).await?.map(Row::Sqlite),
+            On::Db(Db::Postgres(p)) => self.postgres().fetch_optional(p).await?.map(Row::Postgres),
+            On::Tx(Tx::Sqlite(t)) => self.sqlite().fetch_optional(&mut **t).await?.map(Row::Sqlite),
+            On::Tx(Tx::Postgres(t)) => self.postgres().fetch_optional(&mut **t).await?.map(Row::Postgres),
+        })
+    }
+
+    pub(crate) async fn fetch_one<'a>(self, on: impl Into<On<'a>>) -> Result<Row, sqlx::Error> {
+        self.fetch_optional(on).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// The first column of the first row.
+    pub(crate) async fn scalar<'a, T: Value>(self, on: impl Into<On<'a>>) -> Result<T, sqlx::Error> {
+        self.fetch_one(on).await?.try_get(0)
+    }
+
+    /// The first column of the first row, if there is a row.
+    pub(crate) async fn scalar_optional<'a, T: Value>(self, on: impl Into<On<'a>>) -> Result<Option<T>, sqlx::Error> {
+        self.fetch_optional(on).await?.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// The first two columns of the first row.
+    pub(crate) async fn pair<'a, A: Value, B: Value>(self, on: impl Into<On<'a>>) -> Result<(A, B), sqlx::Error> {
+        let row = self.fetch_one(on).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// The first two columns of every row.
+    pub(crate) async fn pairs<'a, A: Value, B: Value>(self, on: impl Into<On<'a>>) -> Result<Vec<(A, B)>, sqlx::Error> {
+        self.fetch_all(on).await?.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The first column of every row.
+    pub(crate) async fn scalars<'a, T: Value>(self, on: impl Into<On<'a>>) -> Result<Vec<T>, sqlx::Error> {
+        self.fetch_all(on).await?.iter().map(|r| r.try_get(0)).collect()
+    }
+}
+
+/// `VALUES ($n, ...), (...)` for `rows` rows of `columns` values each, numbered from `$first`: the multi-row
+/// insert both engines take (bind the values row by row, in order).
+pub(crate) fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 6 + 8);
+    out.push_str("VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * columns + c).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_placeholders_number_every_value_in_row_order() {
+        assert_eq!(values_placeholders(2, 3, 1), "VALUES ($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(1, 2, 4), "VALUES ($4, $5)");
+    }
+}
