@@ -422,10 +422,10 @@ pub(crate) mod test_support {
             .await
             .unwrap();
         // Plain SQL: this also runs against stores of older schemas, whose segments lack later columns.
-        let segment_id: i64 = sqlx::query_scalar(
+        let segment_id: i64 = sql(
             "INSERT INTO segments (name, source, created_at) VALUES ('s', 'csv:x.csv', '2026-01-01T00:00:00Z') RETURNING id",
         )
-        .fetch_one(store.pool())
+        .scalar(&store.db)
         .await
         .unwrap();
         let e = store

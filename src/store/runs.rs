@@ -1,9 +1,9 @@
 //! Run history: one row per run, one per (run, target) with plan and progress counters, and the members a run
 //! could not send (invalid) or that Iterable refused (rejected).
 
+use super::db::{sql, values_placeholders, Row};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{now, Result, Store, StoreError, TargetPlan};
 
@@ -173,25 +173,24 @@ impl Store {
         note: Option<&str>,
         request_id: Option<i64>,
     ) -> Result<i64> {
-        let mut tx = self.pool().begin().await?;
-        let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note, owner) \
-             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(export_id)
-        .bind(trigger)
-        .bind(full)
-        .bind(now())
-        .bind(std::process::id() as i64)
-        .bind(note)
-        .bind(process_owner())
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut tx = self.db.begin().await?;
+        let run_id: i64 =
+            sql("INSERT INTO runs (export_id, trigger, status, full_resync, started_at, pid, note, owner) \
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7) RETURNING id")
+            .bind(export_id)
+            .bind(trigger)
+            .bind(full)
+            .bind(now())
+            .bind(std::process::id() as i64)
+            .bind(note)
+            .bind(process_owner())
+            .scalar(&mut tx)
+            .await?;
         if let Some(request_id) = request_id {
-            sqlx::query("UPDATE run_requests SET run_id = $1 WHERE id = $2")
+            sql("UPDATE run_requests SET run_id = $1 WHERE id = $2")
                 .bind(run_id)
                 .bind(request_id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -201,31 +200,28 @@ impl Store {
     /// Marks runs of an export that are still `running` as interrupted. Called by whoever holds the export's run
     /// lock, so such runs belong to a process that is gone.
     pub async fn interrupt_orphaned_runs(&self, export_id: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE runs SET status = 'interrupted', finished_at = ?, \
+        Ok(sql("UPDATE runs SET status = 'interrupted', finished_at = $1, \
              error = COALESCE(error, 'the process running it stopped before it finished') \
-             WHERE export_id = ? AND status = 'running' RETURNING id",
-        )
+             WHERE export_id = $2 AND status = 'running' RETURNING id")
         .bind(now())
         .bind(export_id)
-        .fetch_all(self.pool())
+        .scalars(&self.db)
         .await?)
     }
 
     /// Finishes a run this process started and that is still `running`. Returns false, and says so, when that
     /// changed nothing (another process marked the run, or it was never this process's).
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND owner = ? AND status = 'running'",
+        let done = sql(
+            "UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4 AND owner = $5 AND status = 'running'",
         )
         .bind(status.as_str())
         .bind(now())
         .bind(error)
         .bind(run_id)
         .bind(process_owner())
-        .execute(self.pool())
+        .execute(&self.db)
         .await?
-        .rows_affected()
             > 0;
         if !done {
             tracing::warn!(run_id, status = %status, "Run not recorded as finished: it is no longer running under this process (another process marked it). Check `segment-exporter runs show {run_id}`.");
@@ -242,10 +238,8 @@ impl Store {
         plan: &TargetPlan,
         counts: &RunTargetCounts,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO run_targets (run_id, target_id, list_name, source_rows, planned_add, planned_remove, \
-             unchanged, invalid, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+        sql("INSERT INTO run_targets (run_id, target_id, list_name, source_rows, planned_add, planned_remove, \
+             unchanged, invalid, duplicates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .bind(run_id)
         .bind(target_id)
         .bind(list_name)
@@ -255,29 +249,29 @@ impl Store {
         .bind(plan.unchanged as i64)
         .bind(counts.invalid as i64)
         .bind(counts.duplicates as i64)
-        .execute(self.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
 
     /// Updates a target's planned adds after its list had to be recreated (everyone is sent again).
     pub async fn replan_adds(&self, run_id: i64, target_id: i64, planned_add: u64, unchanged: u64) -> Result<()> {
-        sqlx::query("UPDATE run_targets SET planned_add = ?, unchanged = ? WHERE run_id = ? AND target_id = ?")
+        sql("UPDATE run_targets SET planned_add = $1, unchanged = $2 WHERE run_id = $3 AND target_id = $4")
             .bind(planned_add as i64)
             .bind(unchanged as i64)
             .bind(run_id)
             .bind(target_id)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
 
     pub async fn record_run_list(&self, run_id: i64, target_id: i64, list_id: i64) -> Result<()> {
-        sqlx::query("UPDATE run_targets SET list_id = ? WHERE run_id = ? AND target_id = ?")
+        sql("UPDATE run_targets SET list_id = $1 WHERE run_id = $2 AND target_id = $3")
             .bind(list_id)
             .bind(run_id)
             .bind(target_id)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -295,16 +289,20 @@ impl Store {
             IssueKind::Rejected => "rejected",
         };
         for chunk in issues.chunks(2000) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO run_issues (run_id, target_id, kind, member, reason) ");
-            q.push_values(chunk, |mut b, (member, reason)| {
-                b.push_bind(run_id)
-                    .push_bind(target_id)
-                    .push_bind(kind)
-                    .push_bind(member.as_deref().map(|m| clip(m, MAX_STORED_MEMBER_BYTES)))
-                    .push_bind(clip(reason, MAX_STORED_REASON_BYTES));
-            });
-            q.build().execute(self.pool()).await?;
+            let text = format!(
+                "INSERT INTO run_issues (run_id, target_id, kind, member, reason) {}",
+                values_placeholders(chunk.len(), 5, 1)
+            );
+            let mut q = sql(text);
+            for (member, reason) in chunk {
+                q = q
+                    .bind(run_id)
+                    .bind(target_id)
+                    .bind(kind)
+                    .bind(member.as_deref().map(|m| clip(m, MAX_STORED_MEMBER_BYTES)))
+                    .bind(clip(reason, MAX_STORED_REASON_BYTES));
+            }
+            q.execute(&self.db).await?;
         }
         Ok(())
     }
@@ -318,24 +316,19 @@ impl Store {
         cutoff: DateTime<Utc>,
         keep_issue_runs: u32,
     ) -> Result<(u64, u64)> {
-        let mut tx = self.pool().begin().await?;
-        let runs = sqlx::query(
-            "DELETE FROM runs WHERE status != 'running' AND finished_at IS NOT NULL AND finished_at < ? \
-             AND id NOT IN (SELECT MAX(id) FROM runs GROUP BY export_id)",
-        )
+        let mut tx = self.db.begin().await?;
+        let runs = sql("DELETE FROM runs WHERE status != 'running' AND finished_at IS NOT NULL AND finished_at < $1 \
+             AND id NOT IN (SELECT MAX(id) FROM runs GROUP BY export_id)")
         .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let issues = sqlx::query(
-            "DELETE FROM run_issues WHERE run_id IN \
-             (SELECT id FROM runs WHERE export_id = ? ORDER BY id DESC LIMIT -1 OFFSET ?)",
-        )
+        .execute(&mut tx)
+        .await?;
+        let issues = sql("DELETE FROM run_issues WHERE run_id IN \
+             (SELECT id FROM runs WHERE export_id = $1 ORDER BY id DESC LIMIT $3 OFFSET $2)")
         .bind(export_id)
         .bind(keep_issue_runs as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(i64::MAX)
+        .execute(&mut tx)
+        .await?;
         tx.commit().await?;
         Ok((runs, issues))
     }
@@ -352,13 +345,13 @@ impl Store {
         limit: u32,
         include_removed: bool,
     ) -> Result<Vec<Run>> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_RUN} WHERE (?1 IS NULL OR e.name = ?1) AND (?3 OR e.removed_at IS NULL) ORDER BY r.id DESC LIMIT ?2"
+        let rows = sql(format!(
+            "{SELECT_RUN} WHERE ($1 IS NULL OR e.name = $1) AND ($3 OR e.removed_at IS NULL) ORDER BY r.id DESC LIMIT $2"
         ))
         .bind(export)
         .bind(limit as i64)
         .bind(include_removed)
-        .fetch_all(self.pool())
+        .fetch_all(&self.db)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -368,9 +361,9 @@ impl Store {
     }
 
     pub async fn run(&self, id: i64) -> Result<Run> {
-        let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.id = ?"))
+        let row = sql(format!("{SELECT_RUN} WHERE r.id = $1"))
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.db)
             .await?
             .ok_or_else(|| StoreError::not_found("run", &id.to_string(), "runs"))?;
         self.run_from_row(row).await
@@ -378,9 +371,9 @@ impl Store {
 
     /// The latest run of one export (by id, so a removed export's runs are not mixed with a new one's).
     pub async fn last_run(&self, export_id: i64) -> Result<Option<Run>> {
-        let row = sqlx::query(&format!("{SELECT_RUN} WHERE r.export_id = ? ORDER BY r.id DESC LIMIT 1"))
+        let row = sql(format!("{SELECT_RUN} WHERE r.export_id = $1 ORDER BY r.id DESC LIMIT 1"))
             .bind(export_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.db)
             .await?;
         match row {
             Some(row) => Ok(Some(self.run_from_row(row).await?)),
@@ -390,42 +383,41 @@ impl Store {
 
     /// The most recent successful run of an export.
     pub async fn last_success(&self, export_id: i64) -> Result<Option<DateTime<Utc>>> {
-        Ok(sqlx::query_scalar("SELECT MAX(finished_at) FROM runs WHERE export_id = ? AND status = 'succeeded'")
+        Ok(sql("SELECT MAX(finished_at) FROM runs WHERE export_id = $1 AND status = 'succeeded'")
             .bind(export_id)
-            .fetch_one(self.pool())
+            .scalar(&self.db)
             .await?)
     }
 
-    async fn run_from_row(&self, row: sqlx::sqlite::SqliteRow) -> Result<Run> {
+    async fn run_from_row(&self, row: Row) -> Result<Run> {
         let id: i64 = row.try_get("id")?;
-        let targets = sqlx::query(
-            "SELECT target_id, list_name, list_id, source_rows, planned_add, planned_remove, unchanged, invalid, \
-             duplicates, added, removed, rejected FROM run_targets WHERE run_id = ? ORDER BY rowid",
-        )
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?
-        .into_iter()
-        .map(|r| {
-            let n = |i: usize| r.try_get::<i64, _>(i).map(|v| v as u64);
-            Ok(RunTarget {
-                target_id: r.try_get(0)?,
-                list_name: r.try_get(1)?,
-                list_id: r.try_get(2)?,
-                counts: RunTargetCounts {
-                    source_rows: n(3)?,
-                    planned_add: n(4)?,
-                    planned_remove: n(5)?,
-                    unchanged: n(6)?,
-                    invalid: n(7)?,
-                    duplicates: n(8)?,
-                    added: n(9)?,
-                    removed: n(10)?,
-                    rejected: n(11)?,
-                },
+        let targets =
+            sql("SELECT target_id, list_name, list_id, source_rows, planned_add, planned_remove, unchanged, invalid, \
+             duplicates, added, removed, rejected FROM run_targets WHERE run_id = $1 ORDER BY rowid")
+            .bind(id)
+            .fetch_all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let n = |i: usize| r.try_get::<i64, _>(i).map(|v| v as u64);
+                Ok(RunTarget {
+                    target_id: r.try_get(0)?,
+                    list_name: r.try_get(1)?,
+                    list_id: r.try_get(2)?,
+                    counts: RunTargetCounts {
+                        source_rows: n(3)?,
+                        planned_add: n(4)?,
+                        planned_remove: n(5)?,
+                        unchanged: n(6)?,
+                        invalid: n(7)?,
+                        duplicates: n(8)?,
+                        added: n(9)?,
+                        removed: n(10)?,
+                        rejected: n(11)?,
+                    },
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let status: String = row.try_get("status")?;
         Ok(Run {
             id,
@@ -446,43 +438,42 @@ impl Store {
 
     /// The run of an export still recorded `running`, if any (it may belong to a process that is gone).
     pub async fn running_run(&self, export_id: i64) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MAX(id) FROM runs WHERE export_id = ? AND status = 'running'")
+        Ok(sql("SELECT MAX(id) FROM runs WHERE export_id = $1 AND status = 'running'")
             .bind(export_id)
-            .fetch_one(self.pool())
+            .scalar(&self.db)
             .await?)
     }
 
     /// Asks a running run to stop, whichever process runs it (it polls `cancel_requested`). False when the run is
     /// not running.
     pub async fn request_cancel(&self, run_id: i64) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?) WHERE id = ? AND status = 'running'",
+        Ok(sql(
+            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $1) WHERE id = $2 AND status = 'running'",
         )
         .bind(now())
         .bind(run_id)
-        .execute(self.pool())
+        .execute(&self.db)
         .await?
-        .rows_affected()
             == 1)
     }
 
     /// Whether someone asked this run to stop.
     pub async fn cancel_requested(&self, run_id: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar::<_, bool>("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = ?")
+        Ok(sql("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = $1")
             .bind(run_id)
-            .fetch_optional(self.pool())
+            .scalar_optional(&self.db)
             .await?
             .unwrap_or(false))
     }
 
     pub async fn run_issues(&self, run_id: i64, limit: u32) -> Result<Vec<Issue>> {
-        let rows = sqlx::query(
+        let rows = sql(
             "SELECT t.list_name, i.kind, i.member, i.reason FROM run_issues i JOIN targets t ON t.id = i.target_id \
-             WHERE i.run_id = ? ORDER BY i.rowid LIMIT ?",
+             WHERE i.run_id = $1 ORDER BY i.rowid LIMIT $2",
         )
         .bind(run_id)
         .bind(limit as i64)
-        .fetch_all(self.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.into_iter()
             .map(|r| {

@@ -2,8 +2,8 @@
 //! The password itself is never stored in clear: `source` holds the URL without it, and `password_*` a reference
 //! or the password sealed by `crate::secrets`.
 
+use super::db::{sql, Row, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
@@ -96,7 +96,7 @@ impl std::fmt::Debug for Segment {
 const SELECT: &str = "SELECT id, name, source, query, password_source, password_ref, password_ciphertext, \
      password_nonce, created_at FROM segments";
 
-fn from_row(row: sqlx::sqlite::SqliteRow) -> Result<Segment> {
+fn from_row(row: Row) -> Result<Segment> {
     let kind: Option<String> = row.try_get("password_source")?;
     let reference = || -> Result<String> { Ok(row.try_get::<Option<String>, _>("password_ref")?.unwrap_or_default()) };
     let password = match kind.as_deref() {
@@ -139,31 +139,30 @@ impl Store {
             name: name.into(),
             problem,
         })?;
-        let mut tx = self.pool().begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO segments (name, source, query, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(name)
-        .bind(source)
-        .bind(query)
-        .bind(now())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| StoreError::on_insert(e, "segment", name))?;
+        let mut tx = self.db.begin().await?;
+        let id: i64 =
+            sql("INSERT INTO segments (name, source, query, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
+                .bind(name)
+                .bind(source)
+                .bind(query)
+                .bind(now())
+                .scalar(&mut tx)
+                .await
+                .map_err(|e| StoreError::on_insert(e, "segment", name))?;
         set_password(&mut tx, id, &password(id)).await?;
         tx.commit().await?;
         self.segment(name).await
     }
 
     pub async fn segments(&self) -> Result<Vec<Segment>> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY name")).fetch_all(self.pool()).await?;
+        let rows = sql(format!("{SELECT} ORDER BY name")).fetch_all(&self.db).await?;
         rows.into_iter().map(from_row).collect()
     }
 
     pub async fn segment(&self, name: &str) -> Result<Segment> {
-        sqlx::query(&format!("{SELECT} WHERE name = ?"))
+        sql(format!("{SELECT} WHERE name = $1"))
             .bind(name)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.db)
             .await?
             .map(from_row)
             .transpose()?
@@ -180,12 +179,12 @@ impl Store {
         password: &SourcePassword,
     ) -> Result<Segment> {
         let segment = self.segment(name).await?;
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE segments SET source = ?, query = ? WHERE id = ?")
+        let mut tx = self.db.begin().await?;
+        sql("UPDATE segments SET source = $1, query = $2 WHERE id = $3")
             .bind(source)
             .bind(query)
             .bind(segment.id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         set_password(&mut tx, segment.id, password).await?;
         tx.commit().await?;
@@ -195,10 +194,9 @@ impl Store {
     /// Segments that may still hold a database password inside their source, as versions before source passwords
     /// were kept apart stored it: PostgreSQL sources with no password kept apart.
     pub(crate) async fn segments_with_password_in_source(&self) -> Result<Vec<Segment>> {
-        let rows =
-            sqlx::query(&format!("{SELECT} WHERE password_source IS NULL AND source LIKE 'postgres%' ORDER BY id"))
-                .fetch_all(self.pool())
-                .await?;
+        let rows = sql(format!("{SELECT} WHERE password_source IS NULL AND source LIKE 'postgres%' ORDER BY id"))
+            .fetch_all(&self.db)
+            .await?;
         let segments: Vec<Segment> = rows.into_iter().map(from_row).collect::<Result<_>>()?;
         Ok(segments
             .into_iter()
@@ -213,13 +211,13 @@ impl Store {
         &self,
         sealed: &[(i64, String, String, SourcePassword)],
     ) -> Result<u64> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut replaced = 0;
         for (id, old_source, new_source, password) in sealed {
             let columns = password.columns();
-            replaced += sqlx::query(
-                "UPDATE segments SET source = ?, password_source = ?, password_ref = ?, password_ciphertext = ?, \
-                 password_nonce = ? WHERE id = ? AND source = ? AND password_source IS NULL",
+            replaced += sql(
+                "UPDATE segments SET source = $1, password_source = $2, password_ref = $3, password_ciphertext = $4, \
+                 password_nonce = $5 WHERE id = $6 AND source = $7 AND password_source IS NULL",
             )
             .bind(new_source)
             .bind(columns.kind)
@@ -228,9 +226,8 @@ impl Store {
             .bind(columns.nonce)
             .bind(id)
             .bind(old_source)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(&mut tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(replaced)
@@ -239,15 +236,14 @@ impl Store {
     /// Members counted by the latest run that read the whole segment (its rows less invalid and duplicate ones),
     /// and when that run ended; None before any.
     pub async fn segment_last_count(&self, segment_id: i64) -> Result<Option<(u64, DateTime<Utc>)>> {
-        let row = sqlx::query(
-            "SELECT rt.source_rows - rt.invalid - rt.duplicates AS members, r.finished_at FROM run_targets rt \
+        let row =
+            sql("SELECT rt.source_rows - rt.invalid - rt.duplicates AS members, r.finished_at FROM run_targets rt \
              JOIN targets t ON t.id = rt.target_id JOIN runs r ON r.id = rt.run_id \
-             WHERE t.segment_id = ? AND r.status IN ('succeeded', 'refused') AND r.finished_at IS NOT NULL \
-             ORDER BY r.finished_at DESC, r.id DESC LIMIT 1",
-        )
-        .bind(segment_id)
-        .fetch_optional(self.pool())
-        .await?;
+             WHERE t.segment_id = $1 AND r.status IN ('succeeded', 'refused') AND r.finished_at IS NOT NULL \
+             ORDER BY r.finished_at DESC, r.id DESC LIMIT 1")
+            .bind(segment_id)
+            .fetch_optional(&self.db)
+            .await?;
         match row {
             Some(r) => Ok(Some((r.try_get::<i64, _>("members")?.max(0) as u64, r.try_get("finished_at")?))),
             None => Ok(None),
@@ -256,12 +252,10 @@ impl Store {
 
     /// Exports (not removed) that send this segment.
     pub async fn exports_using_segment(&self, segment_id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
-             WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
-        )
+        Ok(sql("SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
+             WHERE t.segment_id = $1 AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name")
         .bind(segment_id)
-        .fetch_all(self.pool())
+        .scalars(&self.db)
         .await?)
     }
 
@@ -269,12 +263,10 @@ impl Store {
     /// without it).
     pub async fn remove_segment(&self, name: &str) -> Result<()> {
         let segment = self.segment(name).await?;
-        let users: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
-             WHERE t.segment_id = ? AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name",
-        )
+        let users: Vec<String> = sql("SELECT DISTINCT e.name FROM targets t JOIN exports e ON e.id = t.export_id \
+             WHERE t.segment_id = $1 AND t.removed_at IS NULL AND e.removed_at IS NULL ORDER BY e.name")
         .bind(segment.id)
-        .fetch_all(self.pool())
+        .scalars(&self.db)
         .await?;
         if !users.is_empty() {
             return Err(StoreError::Conflict(format!(
@@ -282,17 +274,15 @@ impl Store {
                 users.join(", ")
             )));
         }
-        sqlx::query("DELETE FROM segments WHERE id = ?").bind(segment.id).execute(self.pool()).await?;
+        sql("DELETE FROM segments WHERE id = $1").bind(segment.id).execute(&self.db).await?;
         Ok(())
     }
 }
 
-async fn set_password(tx: &mut sqlx::SqliteConnection, id: i64, password: &SourcePassword) -> Result<()> {
+async fn set_password(tx: &mut Tx, id: i64, password: &SourcePassword) -> Result<()> {
     let columns = password.columns();
-    sqlx::query(
-        "UPDATE segments SET password_source = ?, password_ref = ?, password_ciphertext = ?, password_nonce = ? \
-         WHERE id = ?",
-    )
+    sql("UPDATE segments SET password_source = $1, password_ref = $2, password_ciphertext = $3, password_nonce = $4 \
+         WHERE id = $5")
     .bind(columns.kind)
     .bind(columns.reference)
     .bind(columns.ciphertext)

@@ -2,8 +2,8 @@
 //! Session ids are made and hashed by `crate::access::credentials`; nothing here ever sees one in clear, and the
 //! timeouts are the caller's (the config's) to decide.
 
+use super::db::sql;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{now, Result, Store};
 
@@ -32,14 +32,12 @@ impl Store {
     /// The sessions of `user_id` that have not ended (not past `expires_at`, used since `idle_since`), newest
     /// first.
     pub async fn user_sessions(&self, user_id: i64, idle_since: DateTime<Utc>) -> Result<Vec<SessionListing>> {
-        let rows = sqlx::query(
-            "SELECT id, created_at, last_seen_at, expires_at, origin FROM sessions \
-             WHERE user_id = ? AND expires_at > ? AND last_seen_at > ? ORDER BY id DESC",
-        )
+        let rows = sql("SELECT id, created_at, last_seen_at, expires_at, origin FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND last_seen_at > $3 ORDER BY id DESC")
         .bind(user_id)
         .bind(now())
         .bind(idle_since)
-        .fetch_all(self.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter()
             .map(|r| {
@@ -56,12 +54,9 @@ impl Store {
 
     /// Ends session `id` if it is one of `user_id`'s; false when it is not (or no longer) there.
     pub async fn remove_session_of(&self, user_id: i64, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM sessions WHERE id = ? AND user_id = ?")
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done =
+            sql("DELETE FROM sessions WHERE id = $1 AND user_id = $2").bind(id).bind(user_id).execute(&self.db).await?;
+        Ok(done > 0)
     }
 
     /// Records a new session of `user_id` ending at `expires_at` at the latest.
@@ -73,29 +68,24 @@ impl Store {
         origin: &str,
     ) -> Result<Session> {
         let at = now();
-        let id = sqlx::query(
-            "INSERT INTO sessions (secret_hash, user_id, created_at, last_seen_at, expires_at, origin) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        let id = sql("INSERT INTO sessions (secret_hash, user_id, created_at, last_seen_at, expires_at, origin) \
+             VALUES ($1, $2, $3, $3, $4, $5) RETURNING id")
         .bind(secret_hash)
         .bind(user_id)
         .bind(at)
-        .bind(at)
         .bind(expires_at)
         .bind(origin)
-        .execute(self.pool())
-        .await?
-        .last_insert_rowid();
+        .scalar(&self.db)
+        .await?;
         Ok(Session { id, user_id, created_at: at, last_seen_at: at, expires_at })
     }
 
     /// The session whose id hashes to `secret_hash`, expired or not (the caller judges).
     pub async fn session(&self, secret_hash: &str) -> Result<Option<Session>> {
-        let row =
-            sqlx::query("SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = ?")
-                .bind(secret_hash)
-                .fetch_optional(self.pool())
-                .await?;
+        let row = sql("SELECT id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(&self.db)
+            .await?;
         row.map(|r| {
             Ok(Session {
                 id: r.try_get("id")?,
@@ -110,34 +100,30 @@ impl Store {
 
     /// Notes that a session was used now (its idle timeout starts again).
     pub async fn touch_session(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id = ?")
-            .bind(now())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        sql("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.db).await?;
         Ok(())
     }
 
     /// Ends one session; false when there was none.
     pub async fn remove_session(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(self.pool()).await?;
-        Ok(done.rows_affected() > 0)
+        let done = sql("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.db).await?;
+        Ok(done > 0)
     }
 
     /// Ends every session of an account (its password changed); how many there were.
     pub async fn remove_user_sessions(&self, user_id: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(user_id).execute(self.pool()).await?;
-        Ok(done.rows_affected())
+        let done = sql("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(&self.db).await?;
+        Ok(done)
     }
 
     /// Removes the sessions that ended (past `expires_at`, or unused since `idle_since`).
     pub async fn prune_sessions(&self, idle_since: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?")
+        let done = sql("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2")
             .bind(now())
             .bind(idle_since)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 }
 
@@ -157,9 +143,9 @@ mod tests {
         assert_eq!(store.session("aa").await.unwrap().unwrap().id, first.id);
         assert!(store.session("cc").await.unwrap().is_none());
 
-        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE secret_hash = 'bb'")
+        sql("UPDATE sessions SET last_seen_at = $1 WHERE secret_hash = 'bb'")
             .bind(now() - chrono::Duration::hours(2))
-            .execute(store.pool())
+            .execute(&store.db)
             .await
             .unwrap();
         assert_eq!(store.prune_sessions(now() - chrono::Duration::hours(1)).await.unwrap(), 1);

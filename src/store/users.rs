@@ -2,9 +2,9 @@
 //! export, a connection's export user, and the audit trail. Tokens and passwords are hashed by `crate::access`
 //! before they get here; nothing in this file ever sees one in clear.
 
+use super::db::{sql, Row};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
 use super::{now, Result, Store, StoreError};
 
@@ -77,7 +77,7 @@ pub struct AuditEvent<'a> {
 const SELECT_USER: &str =
     "SELECT id, name, role, password_hash IS NOT NULL AS has_password, token_created_at, created_at FROM users";
 
-fn user_from_row(row: sqlx::sqlite::SqliteRow) -> Result<User> {
+fn user_from_row(row: Row) -> Result<User> {
     Ok(User {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -97,48 +97,48 @@ impl Store {
             problem,
         })?;
         let at = now();
-        sqlx::query("INSERT INTO users (name, role, token_hash, token_created_at, created_at) VALUES (?, ?, ?, ?, ?)")
+        sql("INSERT INTO users (name, role, token_hash, token_created_at, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(name)
             .bind(role.as_str())
             .bind(token_hash)
             .bind(at)
             .bind(at)
-            .execute(self.pool())
+            .execute(&self.db)
             .await
             .map_err(|e| StoreError::on_insert(e, "user", name))?;
         self.user(name).await
     }
 
     pub async fn users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("{SELECT_USER} ORDER BY name")).fetch_all(self.pool()).await?;
+        let rows = sql(format!("{SELECT_USER} ORDER BY name")).fetch_all(&self.db).await?;
         rows.into_iter().map(user_from_row).collect()
     }
 
     /// Whether any account exists (the API answers 401 to everyone until one does).
     pub async fn has_users(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(self.pool()).await? > 0)
+        Ok(sql("SELECT COUNT(*) FROM users").scalar::<i64>(&self.db).await? > 0)
     }
 
     pub async fn user(&self, name: &str) -> Result<User> {
-        let row = sqlx::query(&format!("{SELECT_USER} WHERE name = ?")).bind(name).fetch_optional(self.pool()).await?;
+        let row = sql(format!("{SELECT_USER} WHERE name = $1")).bind(name).fetch_optional(&self.db).await?;
         row.map(user_from_row).transpose()?.ok_or_else(|| StoreError::not_found("user", name, "user list"))
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
-        let row = sqlx::query(&format!("{SELECT_USER} WHERE id = ?")).bind(id).fetch_optional(self.pool()).await?;
+        let row = sql(format!("{SELECT_USER} WHERE id = $1")).bind(id).fetch_optional(&self.db).await?;
         row.map(user_from_row).transpose()
     }
 
     /// The stored token hash of an account, for `crate::access` to compare in constant time.
     pub async fn user_token_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT token_hash FROM users WHERE id = ?").bind(id).fetch_optional(self.pool()).await?)
+        Ok(sql("SELECT token_hash FROM users WHERE id = $1").bind(id).scalar_optional(&self.db).await?)
     }
 
     /// The stored argon2id hash of an account's password, if it has one.
     pub async fn user_password_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar::<_, Option<String>>("SELECT password_hash FROM users WHERE id = ?")
+        Ok(sql("SELECT password_hash FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
+            .scalar_optional::<Option<String>>(&self.db)
             .await?
             .flatten())
     }
@@ -153,94 +153,88 @@ impl Store {
 
     /// Replaces an account's token hash: the old token stops working with this statement.
     pub async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<User> {
-        let done = sqlx::query("UPDATE users SET token_hash = ?, token_created_at = ? WHERE name = ?")
+        let done = sql("UPDATE users SET token_hash = $1, token_created_at = $2 WHERE name = $3")
             .bind(token_hash)
             .bind(now())
             .bind(name)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
-        self.updated_user(name, done.rows_affected()).await
+        self.updated_user(name, done).await
     }
 
     pub async fn set_user_password(&self, name: &str, password_hash: &str) -> Result<User> {
-        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+        let done = sql("UPDATE users SET password_hash = $1 WHERE name = $2")
             .bind(password_hash)
             .bind(name)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
-        self.updated_user(name, done.rows_affected()).await
+        self.updated_user(name, done).await
     }
 
     pub async fn set_user_role(&self, name: &str, role: Role) -> Result<User> {
-        let done = sqlx::query("UPDATE users SET role = ? WHERE name = ?")
-            .bind(role.as_str())
-            .bind(name)
-            .execute(self.pool())
-            .await?;
-        self.updated_user(name, done.rows_affected()).await
+        let done =
+            sql("UPDATE users SET role = $1 WHERE name = $2").bind(role.as_str()).bind(name).execute(&self.db).await?;
+        self.updated_user(name, done).await
     }
 
     /// Removes an account: its token stops working, and it is no longer an export user of anything.
     pub async fn remove_user(&self, name: &str) -> Result<User> {
         let user = self.user(name).await?;
-        sqlx::query("DELETE FROM users WHERE id = ?").bind(user.id).execute(self.pool()).await?;
+        sql("DELETE FROM users WHERE id = $1").bind(user.id).execute(&self.db).await?;
         Ok(user)
     }
 
     /// The accounts that are export users of an export, by name.
     pub async fn export_users(&self, export_id: i64) -> Result<Vec<User>> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.name, u.role, u.password_hash IS NOT NULL AS has_password, u.token_created_at, \
-             u.created_at FROM users u JOIN export_users x ON x.user_id = u.id WHERE x.export_id = ? ORDER BY u.name",
-        )
-        .bind(export_id)
-        .fetch_all(self.pool())
-        .await?;
+        let rows =
+            sql("SELECT u.id, u.name, u.role, u.password_hash IS NOT NULL AS has_password, u.token_created_at, \
+             u.created_at FROM users u JOIN export_users x ON x.user_id = u.id WHERE x.export_id = $1 ORDER BY u.name")
+            .bind(export_id)
+            .fetch_all(&self.db)
+            .await?;
         rows.into_iter().map(user_from_row).collect()
     }
 
     /// Makes an account an export user of an export; adding one twice changes nothing.
     pub async fn add_export_user(&self, export_id: i64, user_id: i64, added_by: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO export_users (export_id, user_id, added_by, added_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (export_id, user_id) DO NOTHING",
-        )
+        sql("INSERT INTO export_users (export_id, user_id, added_by, added_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (export_id, user_id) DO NOTHING")
         .bind(export_id)
         .bind(user_id)
         .bind(added_by)
         .bind(now())
-        .execute(self.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
 
     /// Whether the account was an export user (and no longer is).
     pub async fn remove_export_user(&self, export_id: i64, user_id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM export_users WHERE export_id = ? AND user_id = ?")
+        let done = sql("DELETE FROM export_users WHERE export_id = $1 AND user_id = $2")
             .bind(export_id)
             .bind(user_id)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     /// Sets the account on whose behalf a connection's scheduled runs go: a user, or the local operator
     /// (`user_id` None, `name` `local:OSUSER`).
     pub async fn set_connection_export_user(&self, connection_id: i64, name: &str, user_id: Option<i64>) -> Result<()> {
-        sqlx::query("UPDATE connections SET export_user = ?, export_user_id = ? WHERE id = ?")
+        sql("UPDATE connections SET export_user = $1, export_user_id = $2 WHERE id = $3")
             .bind(name)
             .bind(user_id)
             .bind(connection_id)
-            .execute(self.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
 
     /// A connection's export user: its name and, unless it is the local operator, its account id.
     pub async fn connection_export_user(&self, connection_id: i64) -> Result<(Option<String>, Option<i64>)> {
-        let row = sqlx::query("SELECT export_user, export_user_id FROM connections WHERE id = ?")
+        let row = sql("SELECT export_user, export_user_id FROM connections WHERE id = $1")
             .bind(connection_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.db)
             .await?;
         match row {
             Some(r) => Ok((r.try_get("export_user")?, r.try_get("export_user_id")?)),
@@ -252,31 +246,30 @@ impl Store {
     pub async fn record_audit(&self, event: &AuditEvent<'_>, retention: std::time::Duration) -> Result<()> {
         let at = now();
         let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("INSERT INTO audit (at, actor, action, target, detail, origin) VALUES (?, ?, ?, ?, ?, ?)")
+        let mut tx = self.db.begin().await?;
+        sql("INSERT INTO audit (at, actor, action, target, detail, origin) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(at)
             .bind(event.actor)
             .bind(event.action)
             .bind(event.target)
             .bind(&event.detail)
             .bind(event.origin)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query("DELETE FROM audit WHERE at < ?").bind(cutoff).execute(&mut *tx).await?;
+        sql("DELETE FROM audit WHERE at < $1").bind(cutoff).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Audit rows, newest first; only `actor`'s when given.
     pub async fn audit(&self, actor: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail, origin FROM audit WHERE (?1 IS NULL OR actor = ?1) \
-             ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(actor)
-        .bind(limit as i64)
-        .fetch_all(self.pool())
-        .await?;
+        let rows =
+            sql("SELECT id, at, actor, action, target, detail, origin FROM audit WHERE ($1 IS NULL OR actor = $1) \
+             ORDER BY id DESC LIMIT $2")
+            .bind(actor)
+            .bind(limit as i64)
+            .fetch_all(&self.db)
+            .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(AuditEntry {
@@ -307,11 +300,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let year = std::time::Duration::from_secs(365 * 24 * 3600);
         store.record_audit(&event("old"), year).await.unwrap();
-        sqlx::query("UPDATE audit SET at = ?")
-            .bind(now() - ChronoDuration::days(30))
-            .execute(store.pool())
-            .await
-            .unwrap();
+        sql("UPDATE audit SET at = $1").bind(now() - ChronoDuration::days(30)).execute(&store.db).await.unwrap();
         store.record_audit(&event("recent"), year).await.unwrap();
         assert_eq!(store.audit(None, 10).await.unwrap().len(), 2, "30 days is within a year");
         store.record_audit(&event("newest"), std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap();
