@@ -1025,3 +1025,30 @@ async fn requests_the_router_turns_away_are_answered_in_the_apis_error_shape_too
     assert!(segments.as_array().unwrap().iter().all(|s| s["name"].as_str().unwrap().len() < 100), "nothing saved");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contributors_run_list_is_filtered_to_their_exports_before_the_limit_is_applied() {
+    let t = team().await;
+    let (admin, carl, dora) = (4, 3, 2);
+    let (got, _, _) = t.call(carl, Method::POST, "/exports", Some(export_body("carls", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    let carls_first = run_to_end(&t, carl, "carls", json!({})).await;
+    let carls_second = run_to_end(&t, carl, "carls", json!({})).await;
+    // The administrator's export then runs more often than the limit asked for: all newer than carl's runs.
+    let (got, _, _) = t.call(admin, Method::POST, "/exports", Some(export_of("anns", "closed", "s-2"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    for _ in 0..5 {
+        assert_eq!(run_to_end(&t, admin, "anns", json!({})).await["status"], "succeeded");
+    }
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let (got, listed, _) = t.call(carl, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(got, StatusCode::OK, "{listed}");
+    assert_eq!(ids(&listed), [carls_second["id"].as_i64().unwrap(), carls_first["id"].as_i64().unwrap()], "{listed}");
+    let (_, listed, _) = t.call(carl, Method::GET, "/runs?limit=1", None).await;
+    assert_eq!(ids(&listed), [carls_second["id"].as_i64().unwrap()], "the limit counts carl's runs: {listed}");
+    let (_, listed, _) = t.call(dora, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(listed, json!([]), "dora is an export user of nothing");
+    let (_, listed, _) = t.call(admin, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 5, "an administrator sees everyone's: {listed}");
+    t.stop().await;
+}
