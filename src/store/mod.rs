@@ -10,6 +10,7 @@ pub mod names;
 mod runs;
 mod segments;
 mod sessions;
+mod sign_ins;
 mod users;
 mod warnings;
 
@@ -26,6 +27,7 @@ pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, Planne
 pub use runs::{process_owner, Issue, IssueKind, Run, RunFilter, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
 pub use sessions::{Session, SessionListing};
+pub use sign_ins::{Admission, Pace, SignInPaces};
 pub use users::{AuditEntry, AuditEvent, Role, User};
 
 /// A failure of the store itself (not of the data in it).

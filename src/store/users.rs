@@ -62,6 +62,8 @@ pub struct AuditEntry {
     pub target: Option<String>,
     pub detail: Option<String>,
     pub origin: String,
+    /// How many times it happened: 1, but for failed sign-ins, counted into one row a minute per name and client.
+    pub count: i64,
 }
 
 /// What an audit row says, before it is recorded.
@@ -86,6 +88,29 @@ fn user_from_row(row: sqlx::sqlite::SqliteRow) -> Result<User> {
         token_created_at: row.try_get("token_created_at")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// Inserts an audit row and prunes the rows older than `retention`; the new row's id.
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &AuditEvent<'_>,
+    retention: std::time::Duration,
+) -> Result<i64> {
+    let at = now();
+    let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
+    let id = sqlx::query_scalar(
+        "INSERT INTO audit (at, actor, action, target, detail, origin) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(at)
+    .bind(event.actor)
+    .bind(event.action)
+    .bind(event.target)
+    .bind(&event.detail)
+    .bind(event.origin)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM audit WHERE at < ?").bind(cutoff).execute(&mut **tx).await?;
+    Ok(id)
 }
 
 impl Store {
@@ -250,19 +275,50 @@ impl Store {
 
     /// Records an audit row, and prunes rows older than `retention` in the same transaction.
     pub async fn record_audit(&self, event: &AuditEvent<'_>, retention: std::time::Duration) -> Result<()> {
-        let at = now();
-        let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO audit (at, actor, action, target, detail, origin) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(at)
-            .bind(event.actor)
-            .bind(event.action)
-            .bind(event.target)
-            .bind(&event.detail)
-            .bind(event.origin)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM audit WHERE at < ?").bind(cutoff).execute(&mut *tx).await?;
+        insert_audit(&mut tx, event, retention).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records an event that may come in floods (a failed sign-in) at most once per `window` per `key`: the first
+    /// makes an audit row, the others within the window add one to its count. `key` must hold no secret.
+    pub async fn record_audit_counted(
+        &self,
+        key: &str,
+        event: &AuditEvent<'_>,
+        window: std::time::Duration,
+        retention: std::time::Duration,
+    ) -> Result<()> {
+        let at = now().timestamp_millis();
+        let window_start = at - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        // A write first (SQLite then takes the write lock at once): a window that ended starts again, without its row.
+        sqlx::query(
+            "INSERT INTO audit_windows (key, audit_id, since) VALUES (?1, NULL, ?2) \
+             ON CONFLICT (key) DO UPDATE SET audit_id = NULL, since = ?2 WHERE audit_windows.since <= ?3",
+        )
+        .bind(key)
+        .bind(at)
+        .bind(window_start)
+        .execute(&mut *tx)
+        .await?;
+        let counted = sqlx::query(
+            "UPDATE audit SET count = count + 1 WHERE id = (SELECT audit_id FROM audit_windows WHERE key = ?)",
+        )
+        .bind(key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if counted == 0 {
+            let id = insert_audit(&mut tx, event, retention).await?;
+            sqlx::query("UPDATE audit_windows SET audit_id = ? WHERE key = ?")
+                .bind(id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM audit_windows WHERE since <= ?").bind(window_start).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -270,8 +326,8 @@ impl Store {
     /// Audit rows, newest first; only `actor`'s when given.
     pub async fn audit(&self, actor: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail, origin FROM audit WHERE (?1 IS NULL OR actor = ?1) \
-             ORDER BY id DESC LIMIT ?2",
+            "SELECT id, at, actor, action, target, detail, origin, count FROM audit \
+             WHERE (?1 IS NULL OR actor = ?1) ORDER BY id DESC LIMIT ?2",
         )
         .bind(actor)
         .bind(limit as i64)
@@ -287,6 +343,7 @@ impl Store {
                     target: r.try_get("target")?,
                     detail: r.try_get("detail")?,
                     origin: r.try_get("origin")?,
+                    count: r.try_get("count")?,
                 })
             })
             .collect()
@@ -317,6 +374,27 @@ mod tests {
         store.record_audit(&event("newest"), std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap();
         let left: Vec<String> = store.audit(None, 10).await.unwrap().into_iter().map(|r| r.action).collect();
         assert_eq!(left, vec!["newest", "recent"]);
+    }
+
+    #[tokio::test]
+    async fn a_counted_event_makes_one_row_per_key_and_window_and_counts_the_rest_on_it() {
+        let (_dir, store) = temp_store().await;
+        let (minute, year) = (std::time::Duration::from_secs(60), std::time::Duration::from_secs(365 * 24 * 3600));
+        for key in ["ann c1", "ann c1", "ann c2", "ann c1"] {
+            store.record_audit_counted(key, &event("session.sign_in.failed"), minute, year).await.unwrap();
+        }
+        let rows = store.audit(None, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [1, 3], "newest first: c2's, then c1's");
+        // Once its minute is over, a key starts a new row.
+        sqlx::query("UPDATE audit_windows SET since = since - 61000").execute(store.pool()).await.unwrap();
+        store.record_audit_counted("ann c1", &event("session.sign_in.failed"), minute, year).await.unwrap();
+        let rows = store.audit(None, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [1, 1, 3]);
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_windows").fetch_one(store.pool()).await.unwrap(),
+            1,
+            "the ended windows are gone"
+        );
     }
 
     #[tokio::test]
