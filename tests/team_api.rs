@@ -1,6 +1,6 @@
 //! The HTTP API under /api/v1, served by the daemon built in this process against the sandbox: the permission
-//! matrix of every endpoint (each answer checked against the OpenAPI document's schema), throttled
-//! authentication, and the seed's team flow end to end.
+//! matrix of every endpoint (each answer checked against the OpenAPI document's schema), wrong tokens throttled per
+//! client, and the seed's team flow end to end.
 
 mod common;
 
@@ -23,7 +23,7 @@ struct Team {
     /// Tokens in `WHO` order (None: no token).
     tokens: Vec<Option<String>>,
     /// Rotated-away tokens of five accounts, used in turn as "revoked token" (each from another loopback
-    /// address), so that the matrix stays within the allowance of failed authentications per account and address.
+    /// address), so that the matrix stays within the allowance of wrong tokens per client.
     revoked: Vec<String>,
     revoked_next: std::sync::atomic::AtomicUsize,
     csv: String,
@@ -476,22 +476,27 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_authentication_is_throttled_per_account_while_other_accounts_still_get_in() {
+async fn wrong_tokens_are_throttled_per_client_while_other_clients_still_get_in() {
     let t = team().await;
+    let guesser = || reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 30])).build().unwrap();
     let mut statuses = Vec::new();
     let started = Instant::now();
-    while statuses.last() != Some(&StatusCode::TOO_MANY_REQUESTS) && statuses.len() < 60 {
-        statuses.push(t.call_with(Some(&t.revoked[0]), Method::GET, "/me", None).await.0);
+    while statuses.last() != Some(&StatusCode::TOO_MANY_REQUESTS) && statuses.len() < 80 {
+        statuses.push(t.send(guesser(), Some(&t.revoked[0]), Method::GET, "/me", None).await.0);
     }
-    // 20 failures are allowed in a burst, and one more for each 3 s that passed; the 21st uses up the account's
+    // 50 failures are allowed in a burst, and one more for each 3 s that passed; the 51st uses up the client's
     // allowance, and then it waits.
     let refused = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
-    let allowance = 21 + started.elapsed().as_secs() as usize / 3 + 1;
-    assert!((21..=allowance).contains(&refused), "{refused} refused before the 429: {statuses:?}");
+    let allowance = 51 + started.elapsed().as_secs() as usize / 3 + 1;
+    assert!((51..=allowance).contains(&refused), "{refused} refused before the 429: {statuses:?}");
     assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
-    let again = t.call_with(Some(&t.revoked[0]), Method::GET, "/me", None).await.0;
-    assert_eq!(again, StatusCode::TOO_MANY_REQUESTS, "a blocked account stays blocked for a while");
-    assert_eq!(t.call(4, Method::GET, "/me", None).await.0, StatusCode::OK, "another account is not locked out");
+    let again = guesser().get(format!("{}/me", t.base)).bearer_auth(&t.revoked[1]).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS, "a blocked client stays blocked for a while");
+    let retry_after: u64 = again.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry_after), "it says when to come back: {retry_after}");
+    let ann = t.tokens[4].as_deref();
+    assert_eq!(t.send(guesser(), ann, Method::GET, "/me", None).await.0, StatusCode::TOO_MANY_REQUESTS, "any token");
+    assert_eq!(t.call(4, Method::GET, "/me", None).await.0, StatusCode::OK, "another client is not held up");
     t.stop().await;
 }
 
