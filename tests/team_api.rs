@@ -1,6 +1,6 @@
 //! The HTTP API under /api/v1, served by the daemon built in this process against the sandbox: the permission
-//! matrix of every endpoint (each answer checked against the OpenAPI document's schema), throttled
-//! authentication, and the seed's team flow end to end.
+//! matrix of every endpoint (each answer checked against the OpenAPI document's schema), wrong tokens throttled per
+//! client, and the seed's team flow end to end.
 
 mod common;
 
@@ -23,7 +23,7 @@ struct Team {
     /// Tokens in `WHO` order (None: no token).
     tokens: Vec<Option<String>>,
     /// Rotated-away tokens of five accounts, used in turn as "revoked token" (each from another loopback
-    /// address), so that the matrix stays within the allowance of failed authentications per account and address.
+    /// address), so that the matrix stays within the allowance of wrong tokens per client.
     revoked: Vec<String>,
     revoked_next: std::sync::atomic::AtomicUsize,
     csv: String,
@@ -476,22 +476,27 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_authentication_is_throttled_per_account_while_other_accounts_still_get_in() {
+async fn wrong_tokens_are_throttled_per_client_while_other_clients_still_get_in() {
     let t = team().await;
+    let guesser = || reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 30])).build().unwrap();
     let mut statuses = Vec::new();
     let started = Instant::now();
-    while statuses.last() != Some(&StatusCode::TOO_MANY_REQUESTS) && statuses.len() < 60 {
-        statuses.push(t.call_with(Some(&t.revoked[0]), Method::GET, "/me", None).await.0);
+    while statuses.last() != Some(&StatusCode::TOO_MANY_REQUESTS) && statuses.len() < 80 {
+        statuses.push(t.send(guesser(), Some(&t.revoked[0]), Method::GET, "/me", None).await.0);
     }
-    // 20 failures are allowed in a burst, and one more for each 3 s that passed; the 21st uses up the account's
+    // 50 failures are allowed in a burst, and one more for each 3 s that passed; the 51st uses up the client's
     // allowance, and then it waits.
     let refused = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
-    let allowance = 21 + started.elapsed().as_secs() as usize / 3 + 1;
-    assert!((21..=allowance).contains(&refused), "{refused} refused before the 429: {statuses:?}");
+    let allowance = 51 + started.elapsed().as_secs() as usize / 3 + 1;
+    assert!((51..=allowance).contains(&refused), "{refused} refused before the 429: {statuses:?}");
     assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
-    let again = t.call_with(Some(&t.revoked[0]), Method::GET, "/me", None).await.0;
-    assert_eq!(again, StatusCode::TOO_MANY_REQUESTS, "a blocked account stays blocked for a while");
-    assert_eq!(t.call(4, Method::GET, "/me", None).await.0, StatusCode::OK, "another account is not locked out");
+    let again = guesser().get(format!("{}/me", t.base)).bearer_auth(&t.revoked[1]).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS, "a blocked client stays blocked for a while");
+    let retry_after: u64 = again.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry_after), "it says when to come back: {retry_after}");
+    let ann = t.tokens[4].as_deref();
+    assert_eq!(t.send(guesser(), ann, Method::GET, "/me", None).await.0, StatusCode::TOO_MANY_REQUESTS, "any token");
+    assert_eq!(t.call(4, Method::GET, "/me", None).await.0, StatusCode::OK, "another client is not held up");
     t.stop().await;
 }
 
@@ -1023,5 +1028,32 @@ async fn requests_the_router_turns_away_are_answered_in_the_apis_error_shape_too
     assert_eq!(v["error"]["kind"], "too_large", "{v}");
     let (_, segments, _) = t.call(4, Method::GET, "/segments", None).await;
     assert!(segments.as_array().unwrap().iter().all(|s| s["name"].as_str().unwrap().len() < 100), "nothing saved");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contributors_run_list_is_filtered_to_their_exports_before_the_limit_is_applied() {
+    let t = team().await;
+    let (admin, carl, dora) = (4, 3, 2);
+    let (got, _, _) = t.call(carl, Method::POST, "/exports", Some(export_body("carls", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    let carls_first = run_to_end(&t, carl, "carls", json!({})).await;
+    let carls_second = run_to_end(&t, carl, "carls", json!({})).await;
+    // The administrator's export then runs more often than the limit asked for: all newer than carl's runs.
+    let (got, _, _) = t.call(admin, Method::POST, "/exports", Some(export_of("anns", "closed", "s-2"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    for _ in 0..5 {
+        assert_eq!(run_to_end(&t, admin, "anns", json!({})).await["status"], "succeeded");
+    }
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let (got, listed, _) = t.call(carl, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(got, StatusCode::OK, "{listed}");
+    assert_eq!(ids(&listed), [carls_second["id"].as_i64().unwrap(), carls_first["id"].as_i64().unwrap()], "{listed}");
+    let (_, listed, _) = t.call(carl, Method::GET, "/runs?limit=1", None).await;
+    assert_eq!(ids(&listed), [carls_second["id"].as_i64().unwrap()], "the limit counts carl's runs: {listed}");
+    let (_, listed, _) = t.call(dora, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(listed, json!([]), "dora is an export user of nothing");
+    let (_, listed, _) = t.call(admin, Method::GET, "/runs?limit=5", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 5, "an administrator sees everyone's: {listed}");
     t.stop().await;
 }

@@ -240,7 +240,7 @@ fn a_person_signs_in_works_with_the_cookie_and_signs_out_and_every_change_needs_
 }
 
 #[test]
-fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttled_for_the_account() {
+fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttled_for_the_account_and_client() {
     let (env, _, carl) = team("127.0.0.1:0", "");
     let daemon = Daemon::start(&env);
     let mut browser = Browser::new(reqwest::Client::new(), &daemon.status);
@@ -271,12 +271,16 @@ fn wrong_passwords_are_refused_alike_audited_without_the_typed_name_and_throttle
     assert!(refused >= 20, "throttled after only {refused} wrong passwords");
     assert_eq!(throttled.json()["error"]["kind"], "too_many_attempts");
     assert_eq!(browser.sign_in("ann", PASSWORD).status, 429, "while throttled, not even the right password is tried");
+    let mut elsewhere = Browser::new(client_from([127, 0, 0, 2]), &daemon.status);
+    assert_eq!(elsewhere.sign_in("ann", PASSWORD).status, 200, "from another client, ann signs in");
     let me = send(reqwest::Client::new().get(format!("{}/me", browser.base)).bearer_auth(&carl));
     assert_eq!(me.status, 200, "another account from the same address still gets in");
 
     let rows = audit(&env);
     let failed: Vec<&Value> = rows.iter().filter(|r| r["action"] == "session.sign_in.failed").collect();
-    assert_eq!(failed.iter().filter(|r| r["actor"] == "ann").count(), refused, "each wrong password, not the 429s");
+    let anns: Vec<&&Value> = failed.iter().filter(|r| r["actor"] == "ann").collect();
+    assert_eq!(anns.len(), 1, "one row a minute for ann from this client: {anns:?}");
+    assert_eq!(anns[0]["count"], refused, "counting each wrong password, not the 429s");
     assert!(failed.iter().all(|r| r["origin"] == "api 127.0.0.1"), "{failed:?}");
     assert!(failed.iter().any(|r| r["actor"] == "carl"), "an account without a password: {failed:?}");
     let unknown_row = failed.iter().find(|r| r["actor"] == "unknown").expect("the unknown name's attempt");
@@ -427,6 +431,11 @@ fn with_a_certificate_the_daemon_serves_https_only_and_the_session_cookie_is_sec
 }
 
 /// A client that goes through a reverse proxy on this host: every request carries what the proxy adds.
+/// A client whose connections come from `address` (a loopback address other than 127.0.0.1: another client).
+fn client_from(address: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder().local_address(std::net::IpAddr::from(address)).build().unwrap()
+}
+
 fn behind_proxy(client_address: &str) -> reqwest::Client {
     let mut h = HeaderMap::new();
     h.insert("x-forwarded-for", client_address.parse().unwrap());

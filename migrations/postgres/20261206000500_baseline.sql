@@ -169,9 +169,27 @@ CREATE TABLE audit (
     action   TEXT NOT NULL,
     target   TEXT,
     detail   TEXT,
-    origin   TEXT NOT NULL
+    origin   TEXT NOT NULL,
+    count    BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX audit_by_time ON audit (at);
+
+-- Sign-in throttling and the failed sign-ins' audit windows (times in unix milliseconds); see the SQLite migration
+-- 20261206000200_sign_in_throttle.sql.
+CREATE TABLE sign_in_limits (
+    key         TEXT PRIMARY KEY,
+    due_at      BIGINT NOT NULL,
+    failed_at   BIGINT,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX sign_in_limits_by_expiry ON sign_in_limits (expires_at);
+
+CREATE TABLE audit_windows (
+    key       TEXT PRIMARY KEY,
+    audit_id  BIGINT,
+    since     BIGINT NOT NULL
+);
+CREATE INDEX audit_windows_by_start ON audit_windows (since);
 
 CREATE TABLE export_users (
     export_id  BIGINT NOT NULL REFERENCES exports (id) ON DELETE CASCADE,

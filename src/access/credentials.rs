@@ -1,7 +1,7 @@
 //! API tokens and passwords. A token is `se_<account id>_<43 characters of base64url>` (256 random bits): the id
-//! says whose it is, so the stored hash is fetched by id and compared in constant time, and failed attempts can be
-//! throttled per account. Only the SHA-256 of the random part is stored (the part is high-entropy, so a plain hash
-//! is enough); the token is shown once. Passwords are hashed with argon2id and a random salt.
+//! says whose it is, so the stored hash is fetched by id and compared in constant time. Only the SHA-256 of the
+//! random part is stored (the part is high-entropy, so a plain hash is enough); the token is shown once. Passwords
+//! are hashed with argon2id and a random salt.
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -37,13 +37,6 @@ fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// The account id a token claims to be for, when it has the shape of a token. Says nothing of its validity.
-pub fn token_account(token: &str) -> Option<i64> {
-    let rest = token.strip_prefix(PREFIX)?;
-    let (id, _) = rest.split_once('_')?;
-    id.parse().ok()
-}
-
 /// The account a token belongs to, or None when it is not a valid token now (malformed, revoked, rotated, or of an
 /// account that is gone).
 pub async fn authenticate(store: &Store, token: &str) -> Result<Option<User>, StoreError> {
@@ -61,6 +54,15 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<Option<User>, St
         return Ok(None);
     }
     store.user_by_id(id).await
+}
+
+/// What sign-in attempts with the user name `name` are throttled and audited by: a hash, so that the store never
+/// holds what was typed (people type their password into the name field), the same whether an account has the name
+/// or not (the throttle tells nothing of which names exist).
+pub fn sign_in_name_key(name: &str) -> String {
+    let digest =
+        Sha256::new().chain_update(b"segment-exporter sign-in name\0").chain_update(name.as_bytes()).finalize();
+    hex::encode(digest)
 }
 
 /// A freshly made web console session id: the text that goes into the cookie, and the hash that is stored.

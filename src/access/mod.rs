@@ -137,9 +137,30 @@ impl ExportFacts {
         let export_user_ids = store.export_users(export.id).await?.into_iter().map(|u| u.id).collect();
         Ok(ExportFacts { connection_usable_by, export_user_ids })
     }
+}
 
-    fn has_user(&self, actor: &Actor) -> bool {
-        actor.user_id().is_some_and(|id| self.export_user_ids.contains(&id))
+/// Whose exports (and runs) an actor sees: every one, or those of which it is an export user. `see_export` decides
+/// one export by it, and listings filter by it in their query (so that a limit counts only what the caller sees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportScope {
+    All,
+    ExportUserOf(i64),
+}
+
+impl ExportScope {
+    /// The account whose exports alone are seen; None when all are.
+    pub fn export_user(self) -> Option<i64> {
+        match self {
+            ExportScope::All => None,
+            ExportScope::ExportUserOf(id) => Some(id),
+        }
+    }
+}
+
+pub fn export_scope(actor: &Actor) -> ExportScope {
+    match actor.user_id() {
+        Some(id) if !actor.is_admin() => ExportScope::ExportUserOf(id),
+        _ => ExportScope::All,
     }
 }
 
@@ -181,7 +202,11 @@ pub fn manage_connection(actor: &Actor, usable_by: &str) -> Verdict {
 
 /// See an export, its lists, its runs and their rejected members.
 pub fn see_export(actor: &Actor, facts: &ExportFacts) -> Verdict {
-    admin_or(actor, if facts.has_user(actor) { Verdict::Allow } else { Verdict::NotFound })
+    match export_scope(actor) {
+        ExportScope::All => Verdict::Allow,
+        ExportScope::ExportUserOf(id) if facts.export_user_ids.contains(&id) => Verdict::Allow,
+        ExportScope::ExportUserOf(_) => Verdict::NotFound,
+    }
 }
 
 /// Edit an export, change its export users, or remove it.

@@ -13,11 +13,18 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
+    /// Seconds after which to ask again, sent as `Retry-After` (with 429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into() }
+        ApiError { status, kind, message: message.into(), retry_after: None }
+    }
+
+    /// The same error, saying when to ask again.
+    pub fn retry_after(self, seconds: u64) -> ApiError {
+        ApiError { retry_after: Some(seconds), ..self }
     }
 
     pub fn unauthorized() -> ApiError {
@@ -62,7 +69,11 @@ impl IntoResponse for ApiError {
         let body = super::views::ErrorBody {
             error: super::views::ErrorDetail { kind: self.kind.to_string(), message: self.message },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

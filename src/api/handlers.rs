@@ -718,11 +718,14 @@ pub async fn runs(State(s): State<ApiState>, c: Caller, Query(q): Query<RunsQuer
     if let Some(name) = &q.export {
         visible_export(&s, &c, name).await?;
     }
+    let filter = crate::store::RunFilter {
+        export: q.export.as_deref(),
+        export_user: access::export_scope(&c.actor).export_user(),
+        include_removed: false,
+    };
     let mut out = Vec::new();
-    for run in s.store.runs(q.export.as_deref(), limit).await? {
-        if c.actor.is_admin() || may_see_run(&s, &c, run.export_id).await? {
-            out.push(run_view(&s, &c, &run).await?);
-        }
+    for run in s.store.runs_matching(filter, limit).await? {
+        out.push(run_view(&s, &c, &run).await?);
     }
     ok(out)
 }

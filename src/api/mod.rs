@@ -14,6 +14,7 @@ mod handlers;
 pub mod openapi;
 mod segments;
 mod session;
+mod throttle;
 mod users;
 pub mod views;
 
@@ -28,10 +29,11 @@ use crate::config::Config;
 use crate::queue::RunQueue;
 use crate::store::Store;
 
-pub use auth::{metrics_readers_only, Caller, Throttle};
+pub use auth::{metrics_readers_only, Caller};
 pub use error::ApiError;
 pub(crate) use handlers::visible_export;
 pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
+pub use throttle::Throttle;
 
 /// What every handler reaches.
 #[derive(Clone)]

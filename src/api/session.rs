@@ -7,7 +7,8 @@
 //! may change something and comes with the cookie must also name this host in its Origin (or, without one, its
 //! Referer) and carry the session's CSRF token in `X-CSRF-Token`; a request with a bearer token needs neither, as a
 //! browser never adds one by itself. Passwords are checked by `crate::access::credentials`, in a blocking thread
-//! (argon2id is slow on purpose); the store keeps only hashes of session ids.
+//! (argon2id is slow on purpose), once `super::throttle` has counted the attempt and admitted it; the store keeps
+//! only hashes of session ids.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -21,8 +22,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{client, origin_of, too_many_attempts, Caller, Throttle};
+use super::auth::{client, origin_of, Caller};
 use super::client::Client;
+use super::throttle::{client_key, FAILED_SIGN_IN_AUDIT_WINDOW, SIGN_IN_PACES};
 use super::views::{ErrorBody, Me, SessionView};
 use super::{ApiError, ApiState};
 use crate::access::{self, credentials, Actor};
@@ -211,26 +213,27 @@ async fn sign_in_inner(
     };
     let address = client.address;
     let origin = origin_of(address);
-    let user = match s.store.user(b.user.trim()).await {
+    let name = b.user.trim();
+    let (from, name_key) = (client_key(address), credentials::sign_in_name_key(name));
+    let permit = s.throttle.admit_sign_in(&s.store, &name_key, &from).await?;
+    let user = match s.store.user(name).await {
         Ok(u) => Some(u),
         Err(StoreError::NotFound { .. } | StoreError::InvalidName { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let keys = Throttle::keys(address, user.as_ref().map(|u| u.id));
-    if s.throttle.is_blocked(&keys) {
-        tracing::info!(address = ?address, "Sign-in refused: too many failed attempts.");
-        return Err(too_many_attempts());
-    }
     let stored = match &user {
         Some(u) => s.store.user_password_hash(u.id).await?,
         None => None,
     };
     let password = b.password;
-    let verified = tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => credentials::verify_password(&password, &hash),
-        None => {
-            credentials::verify_no_password(&password);
-            false
+    let verified = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match stored {
+            Some(hash) => credentials::verify_password(&password, &hash),
+            None => {
+                credentials::verify_no_password(&password);
+                false
+            }
         }
     })
     .await
@@ -238,10 +241,12 @@ async fn sign_in_inner(
     let user = match user {
         Some(u) if verified => u,
         other => {
-            s.throttle.failed(&keys);
-            return Err(failed_sign_in(s, other.map(|u| u.name), &origin, address).await?);
+            s.store.sign_in_failed(&from).await?;
+            let audit_key = format!("session.sign_in.failed {name_key} {from}");
+            return Err(failed_sign_in(s, other.map(|u| u.name), &audit_key, &origin, address).await?);
         }
     };
+    s.store.sign_in_succeeded(&name_key, &from, &SIGN_IN_PACES).await?;
     let idle = s.config().daemon.session_idle();
     s.store.prune_sessions(Utc::now() - idle).await?;
     let lifetime = ChronoDuration::from_std(s.config().daemon.session_lifetime).unwrap_or(ChronoDuration::MAX);
@@ -267,10 +272,12 @@ async fn sign_in_inner(
 }
 
 /// Audits a failed sign-in and answers it. The audit names the account when it exists; a name that matches no
-/// account is not kept, since people type their password into the name field.
+/// account is not kept, since people type their password into the name field. One row a minute per `key` (the name
+/// typed, hashed, and the client) counts them.
 async fn failed_sign_in(
     s: &ApiState,
     account: Option<String>,
+    key: &str,
     origin: &str,
     address: Option<std::net::IpAddr>,
 ) -> Result<ApiError, ApiError> {
@@ -285,7 +292,8 @@ async fn failed_sign_in(
         target: None,
         detail: Some(detail.to_string()),
     };
-    s.store.record_audit(&event, s.config().store.audit_retention).await?;
+    let retention = s.config().store.audit_retention;
+    s.store.record_audit_counted(key, &event, FAILED_SIGN_IN_AUDIT_WINDOW, retention).await?;
     tracing::info!(address = ?address, "Sign-in failed.");
     Ok(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the user name or password is wrong"))
 }

@@ -554,6 +554,8 @@ pub struct AuditView {
     pub detail: Option<String>,
     /// `cli`, or `api` and the caller's address.
     pub origin: String,
+    /// How many times it happened: 1, but for failed sign-ins, recorded once a minute per name and client.
+    pub count: i64,
 }
 
 impl From<AuditEntry> for AuditView {
@@ -566,6 +568,7 @@ impl From<AuditEntry> for AuditView {
             target: a.target,
             detail: a.detail,
             origin: a.origin,
+            count: a.count,
         }
     }
 }

@@ -30,7 +30,11 @@ pub async fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<u8> {
                     r.actor.clone(),
                     r.action.clone(),
                     r.target.clone().unwrap_or_default(),
-                    r.detail.clone().unwrap_or_default(),
+                    match (&r.detail, r.count) {
+                        (detail, 1) => detail.clone().unwrap_or_default(),
+                        (Some(detail), n) => format!("{detail} ({n} times)"),
+                        (None, n) => format!("({n} times)"),
+                    },
                     r.origin.clone(),
                 ]
             })

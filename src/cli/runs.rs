@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::output::{opt_when, seconds, when};
 use super::{exit, Ctx};
-use crate::store::{Run, RunStatus};
+use crate::store::{Run, RunFilter, RunStatus};
 use crate::sync::RunLock;
 
 #[derive(Debug, Args)]
@@ -86,8 +86,12 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                     store.export(name).await?;
                 }
             }
-            let mut runs =
-                store.runs_including_removed(args.export.as_deref(), args.limit, args.include_removed).await?;
+            let filter = RunFilter {
+                export: args.export.as_deref(),
+                include_removed: args.include_removed,
+                ..RunFilter::default()
+            };
+            let mut runs = store.runs_matching(filter, args.limit).await?;
             for run in &mut runs {
                 settle(ctx, &store, run).await?;
             }

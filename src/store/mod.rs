@@ -15,6 +15,7 @@ mod requests;
 mod runs;
 mod segments;
 mod sessions;
+mod sign_ins;
 mod users;
 mod warnings;
 
@@ -33,9 +34,10 @@ pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, Pr
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
 pub use requests::{NewRunRequest, RequestState, RunRequest, WaitingFor};
-pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
+pub use runs::{process_owner, Issue, IssueKind, Run, RunFilter, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
 pub use sessions::{Session, SessionListing};
+pub use sign_ins::{Admission, Pace, SignInPaces};
 pub use users::{AuditEntry, AuditEvent, Role, User};
 
 /// A failure of the store itself (not of the data in it).

@@ -158,6 +158,17 @@ const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.tri
      r.started_at, r.finished_at, r.error, r.pid, r.note, e.removed_at IS NOT NULL AS export_removed \
      FROM runs r JOIN exports e ON e.id = r.export_id";
 
+/// Which runs a listing wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFilter<'a> {
+    /// Only the runs of the export of this name (with `include_removed`, of every export that had the name).
+    pub export: Option<&'a str>,
+    /// Only the runs of the exports this account is an export user of.
+    pub export_user: Option<i64>,
+    /// Runs of removed exports too.
+    pub include_removed: bool,
+}
+
 impl Store {
     pub async fn start_run(&self, export_id: i64, trigger: &str, full: bool, note: Option<&str>) -> Result<i64> {
         self.start_requested_run(export_id, trigger, full, note, None).await
@@ -335,22 +346,21 @@ impl Store {
 
     /// Runs of exports not removed (of the one named `export`, if given), newest first.
     pub async fn runs(&self, export: Option<&str>, limit: u32) -> Result<Vec<Run>> {
-        self.runs_including_removed(export, limit, false).await
+        self.runs_matching(RunFilter { export, ..RunFilter::default() }, limit).await
     }
 
-    /// Runs, newest first; with `include_removed`, runs of removed exports too (of every export that had the name).
-    pub async fn runs_including_removed(
-        &self,
-        export: Option<&str>,
-        limit: u32,
-        include_removed: bool,
-    ) -> Result<Vec<Run>> {
+    /// The newest `limit` runs that match `filter`, newest first. The filter is part of the query, so the limit
+    /// counts only matching runs.
+    pub async fn runs_matching(&self, filter: RunFilter<'_>, limit: u32) -> Result<Vec<Run>> {
         let rows = sql(format!(
-            "{SELECT_RUN} WHERE ($1 IS NULL OR e.name = $1) AND ($3 OR e.removed_at IS NULL) ORDER BY r.id DESC LIMIT $2"
+            "{SELECT_RUN} WHERE ($1 IS NULL OR e.name = $1) AND ($3 OR e.removed_at IS NULL) \
+             AND ($4 IS NULL OR r.export_id IN (SELECT export_id FROM export_users WHERE user_id = $4)) \
+             ORDER BY r.id DESC LIMIT $2"
         ))
-        .bind(export)
+        .bind(filter.export)
         .bind(limit as i64)
-        .bind(include_removed)
+        .bind(filter.include_removed)
+        .bind(filter.export_user)
         .fetch_all(&self.db)
         .await?;
         let mut out = Vec::with_capacity(rows.len());

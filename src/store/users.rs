@@ -2,7 +2,7 @@
 //! export, a connection's export user, and the audit trail. Tokens and passwords are hashed by `crate::access`
 //! before they get here; nothing in this file ever sees one in clear.
 
-use super::db::{sql, Row};
+use super::db::{sql, Row, Tx};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
@@ -62,6 +62,8 @@ pub struct AuditEntry {
     pub target: Option<String>,
     pub detail: Option<String>,
     pub origin: String,
+    /// How many times it happened: 1, but for failed sign-ins, counted into one row a minute per name and client.
+    pub count: i64,
 }
 
 /// What an audit row says, before it is recorded.
@@ -86,6 +88,25 @@ fn user_from_row(row: Row) -> Result<User> {
         token_created_at: row.try_get("token_created_at")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// Inserts an audit row and prunes the rows older than `retention`; the new row's id.
+async fn insert_audit(tx: &mut Tx, event: &AuditEvent<'_>, retention: std::time::Duration) -> Result<i64> {
+    let at = now();
+    let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
+    let id = sql(
+        "INSERT INTO audit (at, actor, action, target, detail, origin) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(at)
+    .bind(event.actor)
+    .bind(event.action)
+    .bind(event.target)
+    .bind(&event.detail)
+    .bind(event.origin)
+    .scalar(&mut *tx)
+    .await?;
+    sql("DELETE FROM audit WHERE at < $1").bind(cutoff).execute(&mut *tx).await?;
+    Ok(id)
 }
 
 impl Store {
@@ -244,32 +265,54 @@ impl Store {
 
     /// Records an audit row, and prunes rows older than `retention` in the same transaction.
     pub async fn record_audit(&self, event: &AuditEvent<'_>, retention: std::time::Duration) -> Result<()> {
-        let at = now();
-        let cutoff = at - ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::MAX);
         let mut tx = self.db.begin().await?;
-        sql("INSERT INTO audit (at, actor, action, target, detail, origin) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(at)
-            .bind(event.actor)
-            .bind(event.action)
-            .bind(event.target)
-            .bind(&event.detail)
-            .bind(event.origin)
-            .execute(&mut tx)
-            .await?;
-        sql("DELETE FROM audit WHERE at < $1").bind(cutoff).execute(&mut tx).await?;
+        insert_audit(&mut tx, event, retention).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records an event that may come in floods (a failed sign-in) at most once per `window` per `key`: the first
+    /// makes an audit row, the others within the window add one to its count. `key` must hold no secret.
+    pub async fn record_audit_counted(
+        &self,
+        key: &str,
+        event: &AuditEvent<'_>,
+        window: std::time::Duration,
+        retention: std::time::Duration,
+    ) -> Result<()> {
+        let at = now().timestamp_millis();
+        let window_start = at - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.db.begin().await?;
+        // A write first (SQLite then takes the write lock at once): a window that ended starts again, without its row.
+        sql("INSERT INTO audit_windows (key, audit_id, since) VALUES ($1, NULL, $2) \
+             ON CONFLICT (key) DO UPDATE SET audit_id = NULL, since = $2 WHERE audit_windows.since <= $3")
+        .bind(key)
+        .bind(at)
+        .bind(window_start)
+        .execute(&mut tx)
+        .await?;
+        let counted =
+            sql("UPDATE audit SET count = count + 1 WHERE id = (SELECT audit_id FROM audit_windows WHERE key = $1)")
+                .bind(key)
+                .execute(&mut tx)
+                .await?;
+        if counted == 0 {
+            let id = insert_audit(&mut tx, event, retention).await?;
+            sql("UPDATE audit_windows SET audit_id = $1 WHERE key = $2").bind(id).bind(key).execute(&mut tx).await?;
+            sql("DELETE FROM audit_windows WHERE since <= $1").bind(window_start).execute(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Audit rows, newest first; only `actor`'s when given.
     pub async fn audit(&self, actor: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows =
-            sql("SELECT id, at, actor, action, target, detail, origin FROM audit WHERE ($1 IS NULL OR actor = $1) \
-             ORDER BY id DESC LIMIT $2")
-            .bind(actor)
-            .bind(limit as i64)
-            .fetch_all(&self.db)
-            .await?;
+        let rows = sql("SELECT id, at, actor, action, target, detail, origin, count FROM audit \
+             WHERE ($1 IS NULL OR actor = $1) ORDER BY id DESC LIMIT $2")
+        .bind(actor)
+        .bind(limit as i64)
+        .fetch_all(&self.db)
+        .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(AuditEntry {
@@ -280,6 +323,7 @@ impl Store {
                     target: r.try_get("target")?,
                     detail: r.try_get("detail")?,
                     origin: r.try_get("origin")?,
+                    count: r.try_get("count")?,
                 })
             })
             .collect()
@@ -306,6 +350,27 @@ mod tests {
         store.record_audit(&event("newest"), std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap();
         let left: Vec<String> = store.audit(None, 10).await.unwrap().into_iter().map(|r| r.action).collect();
         assert_eq!(left, vec!["newest", "recent"]);
+    }
+
+    #[tokio::test]
+    async fn a_counted_event_makes_one_row_per_key_and_window_and_counts_the_rest_on_it() {
+        let (_dir, store) = temp_store().await;
+        let (minute, year) = (std::time::Duration::from_secs(60), std::time::Duration::from_secs(365 * 24 * 3600));
+        for key in ["ann c1", "ann c1", "ann c2", "ann c1"] {
+            store.record_audit_counted(key, &event("session.sign_in.failed"), minute, year).await.unwrap();
+        }
+        let rows = store.audit(None, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [1, 3], "newest first: c2's, then c1's");
+        // Once its minute is over, a key starts a new row.
+        sql("UPDATE audit_windows SET since = since - 61000").execute(&store.db).await.unwrap();
+        store.record_audit_counted("ann c1", &event("session.sign_in.failed"), minute, year).await.unwrap();
+        let rows = store.audit(None, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [1, 1, 3]);
+        assert_eq!(
+            sql("SELECT COUNT(*) FROM audit_windows").scalar::<i64>(&store.db).await.unwrap(),
+            1,
+            "the ended windows are gone"
+        );
     }
 
     #[tokio::test]

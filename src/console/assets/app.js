@@ -872,6 +872,9 @@
     await load();
   }
 
+  // An audit row's detail, with how many times it happened when it counts several (failed sign-ins).
+  const detail = (r) => (r.count > 1 ? `${r.detail || ""} (${r.count} times)`.trim() : r.detail || "");
+
   async function auditPage() {
     const list = $("#audit-list");
     const form = $("#audit-filter");
@@ -883,7 +886,7 @@
         list.replaceChildren(
           table(
             ["When", "Who", "From", "What", "On", "Detail"],
-            rows.map((r) => el("tr", {}, el("td", {}, when(r.at)), el("td", {}, r.actor), el("td", {}, r.origin), el("td", {}, r.action), el("td", {}, r.target || ""), el("td", {}, r.detail || ""))),
+            rows.map((r) => el("tr", {}, el("td", {}, when(r.at)), el("td", {}, r.actor), el("td", {}, r.origin), el("td", {}, r.action), el("td", {}, r.target || ""), el("td", {}, detail(r)))),
             "Nothing recorded yet.",
           ),
         );
