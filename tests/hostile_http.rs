@@ -1,5 +1,6 @@
 //! The listener against hostile clients, through the real daemon binary: a sign-in link whose `next` leads off
-//! this origin (an open redirect).
+//! this origin (an open redirect), and requests addressed to a host name the service is not known by (DNS
+//! rebinding).
 
 mod common;
 
@@ -7,8 +8,8 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::*;
-use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
-use serde_json::json;
+use reqwest::header::{COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
+use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -126,4 +127,104 @@ fn a_sign_in_link_never_leads_the_browser_off_this_origin_signed_in_or_not_and_n
         assert_eq!(redirect.headers[LOCATION], kept, "next={next:?}");
         assert_eq!(data_next(&send(http.get(&page_url)).text), kept, "next={next:?}");
     }
+}
+
+/// A GET of `path` that names `host` in its Host header (and, through a trusted proxy, `forwarded`).
+fn addressed(daemon: &Daemon, path: &str, host: &str, forwarded: Option<&str>, token: &str) -> Answer {
+    let mut r = client().get(format!("{}{path}", daemon.status)).header(HOST, host).bearer_auth(token);
+    if let Some(f) = forwarded {
+        r = r.header("x-forwarded-host", f);
+    }
+    send(r)
+}
+
+#[test]
+fn a_request_for_a_host_name_the_service_is_not_known_by_is_refused_before_any_handler_except_health() {
+    let (env, ann) = team("public_hosts = [\"exports.example.com\"]\n");
+    let daemon = Daemon::start(&env);
+    let port = daemon.port;
+    let evil = format!("evil.example:{port}");
+    for path in ["/status", "/metrics", "/", "/exports", "/sign-in", "/nowhere"] {
+        let refused = addressed(&daemon, path, &evil, None, &ann);
+        assert_eq!(refused.status, 421, "{path}: {}", refused.text);
+        assert!(
+            refused.text.contains("evil.example") && refused.text.contains("daemon.public_hosts"),
+            "{path}: {}",
+            refused.text
+        );
+        assert!(!refused.text.contains("exports.example.com"), "the refusal names no public host: {}", refused.text);
+    }
+    for path in ["/api/v1/me", "/api/v1/exports", "/api/v1/nowhere"] {
+        let refused = addressed(&daemon, path, &evil, None, &ann);
+        assert_eq!(refused.status, 421, "{path}: {}", refused.text);
+        let body: Value = serde_json::from_str(&refused.text).unwrap_or_else(|_| panic!("{path}: {}", refused.text));
+        assert_eq!(body["error"]["kind"], "misdirected", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("'evil.example'") && message.contains("daemon.public_hosts"), "{message}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "LOCALHOST".into()]
+    {
+        let status = addressed(&daemon, "/status", &host, None, &ann);
+        assert_eq!(status.status, 200, "{host}: {}", status.text);
+    }
+    for host in ["exports.example.com", "Exports.Example.com:443", "exports.example.com."] {
+        assert_eq!(addressed(&daemon, "/api/v1/me", host, None, &ann).status, 200, "{host}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(addressed(&daemon, path, &evil, None, &ann).status, 200, "{path} answers whatever the host");
+    }
+    // Not a trusted proxy: what it claims is not the host.
+    assert_eq!(addressed(&daemon, "/status", &evil, Some("exports.example.com"), &ann).status, 421);
+    assert_eq!(addressed(&daemon, "/status", "localhost", Some("evil.example"), &ann).status, 200);
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_host_is_the_one_checked() {
+    let (env, ann) = team("trusted_proxies = [\"127.0.0.1\"]\npublic_hosts = [\"exports.example.com\"]\n");
+    let daemon = Daemon::start(&env);
+    let inner = format!("127.0.0.1:{}", daemon.port);
+    assert_eq!(addressed(&daemon, "/status", &inner, Some("exports.example.com"), &ann).status, 200);
+    let refused = addressed(&daemon, "/status", &inner, Some("evil.example"), &ann);
+    assert_eq!(refused.status, 421, "{}", refused.text);
+    assert!(refused.text.contains("evil.example"), "{}", refused.text);
+    assert_eq!(addressed(&daemon, "/healthz", &inner, Some("evil.example"), &ann).status, 200);
+}
+
+#[test]
+fn validate_warns_about_a_listener_others_reach_without_public_hosts_and_names_bad_entries() {
+    let (env, _) = team("");
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let with = |extra: &str| std::fs::write(env.path("config.toml"), format!("{config}{extra}")).unwrap();
+    let warning = "daemon.public_hosts is empty";
+
+    let quiet = text(&env.ok(&["validate"]).stdout);
+    assert!(!quiet.contains("warning:"), "loopback, no proxy: nothing to warn about: {quiet}");
+    assert!(quiet.contains("name it by an IP address or localhost (daemon.public_hosts names no other)"), "{quiet}");
+    with("trusted_proxies = [\"127.0.0.1\"]\n");
+    let proxied = text(&env.ok(&["validate"]).stdout);
+    assert!(
+        proxied.contains("warning: the listener is behind daemon.trusted_proxies") && proxied.contains(warning),
+        "{proxied}"
+    );
+    with("public_hosts = [\"exports.example.com\"]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let named = text(&env.ok(&["validate"]).stdout);
+    assert!(!named.contains("warning:"), "{named}");
+    assert!(named.contains("IP address or localhost, exports.example.com (daemon.public_hosts)"), "{named}");
+
+    let off = config.replace("status_listen = \"127.0.0.1:0\"", "status_listen = \"0.0.0.0:0\"");
+    std::fs::write(env.path("config.toml"), format!("{off}allow_plain_http = true\n")).unwrap();
+    let json = env.json(&["validate"]);
+    let warnings = json["warnings"].to_string();
+    assert!(warnings.contains(warning) && warnings.contains("0.0.0.0:0"), "{json}");
+
+    std::fs::write(
+        env.path("config.toml"),
+        format!("{config}public_hosts = [\"https://exports.example.com\", \"a.example:443\", \"b.example\"]\n"),
+    )
+    .unwrap();
+    let refused = env.run(&["validate"]);
+    assert_eq!(refused.status.code(), Some(78));
+    let err = text(&refused.stderr);
+    assert!(err.contains("'https://exports.example.com'") && err.contains("'a.example:443'"), "{err}");
+    assert!(!err.contains("'b.example'"), "{err}");
 }

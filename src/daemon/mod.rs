@@ -7,6 +7,7 @@
 //! records the end of a run whose task could not (a panic, the end of the shutdown grace), and how the process
 //! stops.
 
+pub mod host_check;
 pub mod listener;
 mod metrics;
 mod scheduler;
@@ -309,6 +310,9 @@ impl Daemon {
             if let Some(note) = listener::proxies_note(&self.config.daemon, mode) {
                 tracing::info!("Listener: {note}.");
             }
+            if let Some(warning) = host_check::missing_public_hosts(&self.config.daemon) {
+                tracing::warn!("Listener: {warning}.");
+            }
             let api = crate::api::ApiState {
                 store: self.store.clone(),
                 config: self.config_tx.subscribe(),
@@ -323,7 +327,11 @@ impl Daemon {
                 private = private
                     .route_layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::metrics_readers_only));
             }
-            let app = status::open_router(self.shared.clone()).merge(private).merge(crate::api::router(api));
+            // Health checks answer whatever the host; everything else only to the names the service is known by.
+            let named = private
+                .merge(crate::api::router(api.clone()))
+                .layer(axum::middleware::from_fn_with_state(api, host_check::known_hosts_only));
+            let app = status::open_router(self.shared.clone()).merge(named);
             let (tls, stop) = (self.tls.as_ref().map(listener::Certificate::live), stop_tasks.clone());
             tokio::spawn(async move {
                 if let Err(e) = listener::serve(listener, tls, app, stop).await {
