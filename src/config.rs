@@ -215,6 +215,16 @@ pub struct DaemonConfig {
     /// rebinding; IP addresses are always accepted, and `/healthz` and `/readyz` answer whatever the host.
     /// Names only: no scheme, port or path. Default none.
     pub public_hosts: Vec<String>,
+    /// Client connections the listener keeps open at once. A new client beyond it takes the place of the
+    /// connection idle longest, or waits until one is free when none is idle. Never more than the descriptor limit
+    /// (raised at start to its hard limit) less 128 kept for the store, the trigger watcher, sources and
+    /// Iterable. Default 512.
+    pub max_connections: usize,
+    /// A client connection is closed when a request's header has not fully arrived this long after the
+    /// connection opened (the TLS handshake included) or after its previous answer: it bounds a silent or slow
+    /// client and an idle kept-alive connection alike. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// A web console session unused for this long ends (the next request answers 401). Default 30m.
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
@@ -241,6 +251,8 @@ impl Default for DaemonConfig {
             metrics_token_file: None,
             trusted_proxies: Vec::new(),
             public_hosts: Vec::new(),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(30),
             session_idle_timeout: Duration::from_secs(30 * 60),
             session_lifetime: Duration::from_secs(12 * 3600),
         }
@@ -503,6 +515,12 @@ impl Config {
                 are(&unusable)
             ));
         }
+        if d.max_connections == 0 {
+            p.push("daemon.max_connections is 0; use at least 1 (512 is the default)".into());
+        }
+        if d.idle_timeout.is_zero() {
+            p.push("daemon.idle_timeout is 0; use a duration such as \"30s\" (the default)".into());
+        }
         if d.tls_cert.is_some() != d.tls_key.is_some() {
             p.push(
                 "daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither"
@@ -664,6 +682,9 @@ mod tests {
         let bad = "[daemon]\npublic_hosts = [\"https://a.example\", \"b.example:443\", \"*.c.example\", \"\", \"d.example\"]\n";
         let err = Config::parse(bad, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("'https://a.example', 'b.example:443', '*.c.example', '' are not a host name"), "{err}");
+        let zero = "[daemon]\nmax_connections = 0\nidle_timeout = \"0s\"\n";
+        let err = Config::parse(zero, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("daemon.max_connections is 0") && err.contains("daemon.idle_timeout is 0"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The listener against hostile clients, through the real daemon binary: a sign-in link whose `next` leads off
-//! this origin (an open redirect), and requests addressed to a host name the service is not known by (DNS
-//! rebinding).
+//! this origin (an open redirect), idle sockets beyond the descriptor limit (the daemon must neither stall nor
+//! keep them), and requests addressed to a host name the service is not known by (DNS rebinding).
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::*;
@@ -129,6 +131,130 @@ fn a_sign_in_link_never_leads_the_browser_off_this_origin_signed_in_or_not_and_n
     }
 }
 
+/// How long idle sockets may stay open in the next test: `daemon.idle_timeout` there.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[test]
+fn idle_sockets_beyond_the_descriptor_limit_neither_stall_the_daemon_nor_stay_open() {
+    let (env, ann) = team(&format!("idle_timeout = \"{}s\"\n", IDLE_TIMEOUT.as_secs()));
+    let members = emails(0, 120);
+    env.setup_csv_export("idle", &members);
+    // The soft limit of a systemd service unless raised; the daemon raises its soft limit to the hard one, which
+    // the shell set too.
+    let daemon = Daemon::start_with_descriptor_limit(&env, 256);
+    daemon.wait_for_log("client connections at most", Duration::from_secs(10));
+    let address: SocketAddr = daemon.status.trim_start_matches("http://").parse().unwrap();
+
+    // More idle sockets than the daemon has descriptors: each connects, and sends nothing. A daemon that stopped
+    // accepting leaves them to the kernel's backlog (128 here), and connecting then times out.
+    let opened = Instant::now();
+    let mut idle: Vec<TcpStream> =
+        (0..400).map_while(|_| TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()).collect();
+    eprintln!("measured: {} idle sockets opened in {} ms", idle.len(), opened.elapsed().as_millis());
+    assert!(idle.len() > 256, "only {} sockets could connect", idle.len());
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let asked = Instant::now();
+    let health = send(http.get(format!("{}/healthz", daemon.status)));
+    assert_eq!(health.status, 200, "{}", health.text);
+    eprintln!(
+        "measured: /healthz answered in {} ms with {} idle sockets open",
+        asked.elapsed().as_millis(),
+        idle.len()
+    );
+    let asked = Instant::now();
+    let exports = send(http.get(format!("{}/api/v1/exports", daemon.status)).bearer_auth(&ann));
+    assert_eq!(exports.status, 200, "{}", exports.text);
+    eprintln!("measured: the API answered in {} ms", asked.elapsed().as_millis());
+
+    // The daemon's own work (the trigger watcher, the store, the source file, Iterable) has its descriptors.
+    let asked = Instant::now();
+    env.ok(&["export", "trigger", "exp"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = env.json(&["runs", "--limit", "5"]);
+        if runs.as_array().unwrap().iter().any(|r| r["status"] == "succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the triggered run never succeeded: {runs}\n{}", daemon.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("measured: trigger file to a finished run in {} ms", asked.elapsed().as_millis());
+    assert_eq!(env.members("idle"), sorted(members));
+
+    // Every idle socket is closed by the daemon: none is left open for long after the idle timeout.
+    let deadline = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(30);
+    for socket in &mut idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(closes_within(socket, left), "an idle socket is still open after {:?}", opened.elapsed());
+    }
+    eprintln!(
+        "measured: all {} idle sockets closed {} ms after they were opened",
+        idle.len(),
+        opened.elapsed().as_millis()
+    );
+    let logs = daemon.logs();
+    assert!(!logs.contains("ERROR") && !logs.contains("Cannot accept"), "it never ran out of descriptors: {logs}");
+}
+
+/// Reads from `socket` until the daemon closes it, or `within` passes: whether it closed.
+fn closes_within(socket: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buffer = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        socket.set_read_timeout(Some(left)).unwrap();
+        match socket.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn at_the_connection_cap_a_new_client_takes_the_place_of_the_connection_idle_longest() {
+    let (env, _) = team("max_connections = 8\nidle_timeout = \"2m\"\n");
+    let daemon = Daemon::start(&env);
+    daemon.wait_for_log("client connections at most 8", Duration::from_secs(10));
+    let address: SocketAddr = daemon.status.trim_start_matches("http://").parse().unwrap();
+    // Eight kept-alive connections, each answered once, and idle since, the first longest.
+    let mut kept: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut socket = TcpStream::connect(address).unwrap();
+            socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let mut buffer = [0u8; 512];
+            while !String::from_utf8_lossy(&answer).ends_with("ok\n") {
+                let n = socket.read(&mut buffer).unwrap();
+                assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buffer[..n]);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            socket
+        })
+        .collect();
+    let asked = Instant::now();
+    assert_eq!(send(client().get(format!("{}/healthz", daemon.status))).status, 200);
+    eprintln!("measured: a ninth client answered in {} ms", asked.elapsed().as_millis());
+    assert!(closes_within(&mut kept[0], Duration::from_secs(30)), "the connection idle longest gave way");
+    assert!(!closes_within(&mut kept[1], Duration::from_millis(300)), "only one gave way");
+
+    // A client that starts a request and stalls is closed when the idle timeout passes, like a silent one.
+    let (env, _) = team("idle_timeout = \"1s\"\n");
+    let daemon = Daemon::start(&env);
+    let address: SocketAddr = daemon.status.trim_start_matches("http://").parse().unwrap();
+    let mut slow = TcpStream::connect(address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc").unwrap();
+    let started = Instant::now();
+    assert!(closes_within(&mut slow, Duration::from_secs(30)), "a stalled header keeps its connection");
+    eprintln!("measured: a stalled header's connection closed after {} ms", started.elapsed().as_millis());
+}
+
 /// A GET of `path` that names `host` in its Host header (and, through a trusted proxy, `forwarded`).
 fn addressed(daemon: &Daemon, path: &str, host: &str, forwarded: Option<&str>, token: &str) -> Answer {
     let mut r = client().get(format!("{}{path}", daemon.status)).header(HOST, host).bearer_auth(token);
@@ -200,6 +326,7 @@ fn validate_warns_about_a_listener_others_reach_without_public_hosts_and_names_b
     let quiet = text(&env.ok(&["validate"]).stdout);
     assert!(!quiet.contains("warning:"), "loopback, no proxy: nothing to warn about: {quiet}");
     assert!(quiet.contains("name it by an IP address or localhost (daemon.public_hosts names no other)"), "{quiet}");
+    assert!(quiet.contains("at most 512 client connections at once"), "{quiet}");
     with("trusted_proxies = [\"127.0.0.1\"]\n");
     let proxied = text(&env.ok(&["validate"]).stdout);
     assert!(

@@ -323,6 +323,7 @@ fn listener_check(config: &Config) -> Result<String, String> {
     }
     let mut notes = vec![mode.describe(addr)];
     notes.extend(listener::proxies_note(d, mode));
+    notes.push(listener::connections_note(d));
     notes.push(crate::daemon::host_check::names_note(d));
     Ok(notes.join("; "))
 }
