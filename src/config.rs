@@ -264,6 +264,22 @@ pub struct DaemonConfig {
     /// failed sign-ins are throttled by, and a browser that reached the proxy over HTTPS gets a Secure session
     /// cookie. Headers from any other peer are ignored. Default none.
     pub trusted_proxies: Vec<String>,
+    /// The host names people and proxies reach the listener by, besides `localhost` (e.g. "exports.example.com";
+    /// behind a trusted proxy, the host it forwards). A request naming any other host name is refused with 421
+    /// before it reaches anything, so that a web page on another name cannot read the service through DNS
+    /// rebinding; IP addresses are always accepted, and `/healthz` and `/readyz` answer whatever the host.
+    /// Names only: no scheme, port or path. Default none.
+    pub public_hosts: Vec<String>,
+    /// Client connections the listener keeps open at once. A new client beyond it takes the place of the
+    /// connection idle longest, or waits until one is free when none is idle. Never more than the descriptor limit
+    /// (raised at start to its hard limit) less 128 kept for the store, the trigger watcher, sources and
+    /// Iterable. Default 512.
+    pub max_connections: usize,
+    /// A client connection is closed when a request's header has not fully arrived this long after the
+    /// connection opened (the TLS handshake included) or after its previous answer: it bounds a silent or slow
+    /// client and an idle kept-alive connection alike. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// A web console session unused for this long ends (the next request answers 401). Default 30m.
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
@@ -289,6 +305,9 @@ impl Default for DaemonConfig {
             allow_plain_http: false,
             metrics_token_file: None,
             trusted_proxies: Vec::new(),
+            public_hosts: Vec::new(),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(30),
             session_idle_timeout: Duration::from_secs(30 * 60),
             session_lifetime: Duration::from_secs(12 * 3600),
         }
@@ -327,9 +346,27 @@ impl DaemonConfig {
         } else {
             Err(format!(
                 "daemon.trusted_proxies: {} not an IP address or network; use e.g. \"127.0.0.1\" or \"172.16.0.0/12\"",
-                if bad.len() == 1 { format!("{} is", bad[0]) } else { format!("{} are", bad.join(", ")) }
+                are(&bad)
             ))
         }
+    }
+
+    /// The host names a request may name in its `Host` (IP addresses aside): `localhost` and `public_hosts`,
+    /// lower case and without a final dot.
+    pub fn known_host_names(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once("localhost").chain(self.public_hosts.iter().map(String::as_str)).map(host_name)
+    }
+
+    /// `public_hosts` entries that are not host names, quoted, for the problem that names them.
+    fn unusable_public_hosts(&self) -> Vec<String> {
+        let usable = |entry: &str| match url::Host::parse(entry.trim()) {
+            Ok(url::Host::Domain(name)) => {
+                name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        self.public_hosts.iter().filter(|e| !usable(e)).map(|e| format!("'{e}'")).collect()
     }
 
     /// `session_idle_timeout` as a span of calendar time (the longest one for a timeout beyond it).
@@ -342,6 +379,22 @@ impl DaemonConfig {
         let a = self.status_listen.trim();
         (!a.is_empty() && a != "off").then_some(a)
     }
+}
+
+/// Quoted entries as the subject of a problem: "'a' is", "'a', 'b' are".
+fn are(entries: &[String]) -> String {
+    match entries {
+        [one] => format!("{one} is"),
+        many => format!("{} are", many.join(", ")),
+    }
+}
+
+/// A host name as `known_host_names` holds it, and as a request's host is compared with them: as a browser sends
+/// it (lower case, international names in their `xn--` form), without a final dot (`Exports.Example.com.` is
+/// `exports.example.com`).
+pub fn host_name(name: &str) -> String {
+    let name = name.trim().trim_end_matches('.');
+    url::Host::parse(name).map_or_else(|_| name.to_ascii_lowercase(), |host| host.to_string())
 }
 
 /// Where segments may read from when they are added or changed through the HTTP API.
@@ -555,6 +608,20 @@ impl Config {
         if let Err(e) = d.trusted_proxies() {
             p.push(e);
         }
+        let unusable = d.unusable_public_hosts();
+        if !unusable.is_empty() {
+            p.push(format!(
+                "daemon.public_hosts: {} not a host name; write each name alone, without scheme, port or path, e.g. \
+                 \"exports.example.com\"",
+                are(&unusable)
+            ));
+        }
+        if d.max_connections == 0 {
+            p.push("daemon.max_connections is 0; use at least 1 (512 is the default)".into());
+        }
+        if d.idle_timeout.is_zero() {
+            p.push("daemon.idle_timeout is 0; use a duration such as \"30s\" (the default)".into());
+        }
         if d.tls_cert.is_some() != d.tls_key.is_some() {
             p.push(
                 "daemon.tls_cert and daemon.tls_key go together: set both (PEM files) to serve HTTPS, or neither"
@@ -704,6 +771,21 @@ mod tests {
         let bad = "[daemon]\ntrusted_proxies = [\"nginx\", \"10.0.0.0/33\", \"10.0.0.1\"]\n";
         let err = Config::parse(bad, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("'nginx', '10.0.0.0/33' are not an IP address or network"), "{err}");
+    }
+
+    #[test]
+    fn public_hosts_are_names_alone_and_are_known_in_lower_case_beside_localhost() {
+        let good =
+            "[daemon]\npublic_hosts = [\"Exports.Example.com.\", \"intranet\", \"10.0.0.5\", \"Bücher.example\"]\n";
+        let d = Config::parse(good, Path::new("x.toml")).unwrap().daemon;
+        let known: Vec<String> = d.known_host_names().collect();
+        assert_eq!(known, ["localhost", "exports.example.com", "intranet", "10.0.0.5", "xn--bcher-kva.example"]);
+        let bad = "[daemon]\npublic_hosts = [\"https://a.example\", \"b.example:443\", \"*.c.example\", \"\", \"d.example\"]\n";
+        let err = Config::parse(bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("'https://a.example', 'b.example:443', '*.c.example', '' are not a host name"), "{err}");
+        let zero = "[daemon]\nmax_connections = 0\nidle_timeout = \"0s\"\n";
+        let err = Config::parse(zero, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("daemon.max_connections is 0") && err.contains("daemon.idle_timeout is 0"), "{err}");
     }
 
     #[test]

@@ -457,6 +457,32 @@ mod browser {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn a_sign_in_link_that_leads_elsewhere_lands_on_this_service_and_one_that_leads_here_is_followed() {
+        let svc = service(Env::new()).await;
+        let origin = url::Url::parse(&svc.base).unwrap().origin();
+        let b = browser(1280, 900).await;
+        // A phishing link: the browser drops the tab, which would leave `//evil.example/phish`, another host.
+        let phishing = format!("{}/sign-in?next=/%09/evil.example/phish", svc.base);
+        b.goto(&phishing).await;
+        b.fill("User name", "ann").await;
+        b.fill("Password", PASSWORD).await;
+        b.click("Sign in").await;
+        b.wait_path("/exports").await;
+        assert_eq!(b.client.current_url().await.unwrap().origin(), origin, "the script followed the link away");
+        b.screenshot("sign-in-next-elsewhere").await;
+        // Signed in, the link is answered with a redirect, which stays here too.
+        b.goto(&format!("{}/account", svc.base)).await;
+        b.wait_path("/account").await;
+        b.goto(&phishing).await;
+        b.wait_path("/exports").await;
+        assert_eq!(b.client.current_url().await.unwrap().origin(), origin, "the redirect led away");
+        b.goto(&format!("{}/sign-in?next=/account", svc.base)).await;
+        b.wait_path("/account").await;
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
     async fn every_screen_fits_a_phone_and_loads_nothing_from_elsewhere() {
         let svc = service(with_a_run_export()).await;
         let b = phone().await;

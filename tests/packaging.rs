@@ -27,6 +27,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
         "LoadCredential=",
         "ProtectSystem=strict",
         "UMask=077",
+        "LimitNOFILE=",
     ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }

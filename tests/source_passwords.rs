@@ -103,7 +103,7 @@ fn stored_segment(env: &Env, name: &str) -> (segment_exporter::store::Segment, O
 /// `source` as that release stored it, and whatever `more` inserts.
 fn old_store(path: &Path, name: &str, source: &str, more: &[(String, Vec<Vec<u8>>)]) {
     let migrations = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir("migrations").unwrap() {
+    for entry in std::fs::read_dir("migrations/sqlite").unwrap() {
         let entry = entry.unwrap();
         let file = entry.file_name().into_string().unwrap();
         let version: i64 = file.split('_').next().unwrap().parse().unwrap();

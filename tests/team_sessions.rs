@@ -446,7 +446,8 @@ fn behind_proxy(client_address: &str) -> reqwest::Client {
 
 #[test]
 fn behind_a_trusted_proxy_the_client_its_https_and_its_host_come_from_the_proxys_headers() {
-    let (env, ann, _) = team("127.0.0.1:0", "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n");
+    let proxy = "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\npublic_hosts = [\"exports.example.com\"]\n";
+    let (env, ann, _) = team("127.0.0.1:0", proxy);
     let validated = text(&env.ok(&["validate"]).stdout);
     assert!(validated.contains("believed from daemon.trusted_proxies (127.0.0.1, 10.0.0.0/8)"), "{validated}");
     let daemon = Daemon::start(&env);
@@ -578,9 +579,12 @@ fn a_configuration_reloaded_with_sighup_governs_the_api_at_once() {
     assert_eq!(add("first").status, 201, "inside daemon.allowed_dirs");
 
     // The folder is taken off the list and the daemon told: the API refuses it from then on, and a proxy named
-    // meanwhile is believed.
+    // meanwhile is believed, for the public host named with it.
     let narrowed = with_dir.replace(&format!("allowed_dirs = [\"{}\"]", allowed.display()), "allowed_dirs = []");
-    let narrowed = narrowed.replace("[daemon]\n", "[daemon]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let narrowed = narrowed.replace(
+        "[daemon]\n",
+        "[daemon]\ntrusted_proxies = [\"127.0.0.1\"]\npublic_hosts = [\"exports.example.com\"]\n",
+    );
     std::fs::write(env.path("config.toml"), narrowed).unwrap();
     daemon.signal("-HUP");
     daemon.wait_for_log("Configuration reloaded.", Duration::from_secs(30));

@@ -30,6 +30,7 @@ use crate::queue::RunQueue;
 use crate::store::Store;
 
 pub use auth::{metrics_readers_only, Caller};
+pub use client::Client;
 pub use error::ApiError;
 pub(crate) use handlers::visible_export;
 pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER, TLS_COOKIE as TLS_SESSION_COOKIE};
@@ -54,6 +55,11 @@ impl ApiState {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
+    }
+
+    /// Who sent the request and the host it addressed, behind the trusted proxies of the configuration in force.
+    pub fn client(&self, parts: &axum::http::request::Parts) -> Client {
+        auth::client(parts, self)
     }
 }
 

@@ -276,7 +276,8 @@ async fn healthcheck(ctx: &Ctx, addr: Option<String>) -> anyhow::Result<u8> {
 async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
     crate::daemon::check_paths(&ctx.config, ctx.config_path.as_deref()).map_err(|e| Exit::error(exit::CONFIG, e))?;
     let listener = listener_check(&ctx.config).map_err(|e| Exit::error(exit::CONFIG, e))?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> =
+        crate::daemon::host_check::missing_public_hosts(&ctx.config.daemon).into_iter().collect();
     let store = ctx.store().await?;
     for export in store.exports().await? {
         if let Err(e) = crate::schedule::Schedule::parse(&export.schedule) {
@@ -320,8 +321,9 @@ fn listener_check(config: &Config) -> Result<String, String> {
     if let Some(file) = &d.metrics_token_file {
         crate::access::credentials::read_metrics_token(file)?;
     }
-    Ok(match listener::proxies_note(d, mode) {
-        Some(note) => format!("{}; {note}", mode.describe(addr)),
-        None => mode.describe(addr),
-    })
+    let mut notes = vec![mode.describe(addr)];
+    notes.extend(listener::proxies_note(d, mode));
+    notes.push(listener::connections_note(d));
+    notes.push(crate::daemon::host_check::names_note(d));
+    Ok(notes.join("; "))
 }

@@ -11,6 +11,7 @@
 mod pages;
 
 use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -106,13 +107,34 @@ struct Next {
     next: Option<String>,
 }
 
-async fn sign_in(caller: Result<Caller, ApiError>, Query(q): Query<Next>) -> Response {
-    // Only a path of this service is followed after signing in, never another site.
-    let next = q.next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'));
+async fn sign_in(
+    State(s): State<ApiState>,
+    caller: Result<Caller, ApiError>,
+    Query(q): Query<Next>,
+    parts: Parts,
+) -> Response {
+    let client = s.client(&parts);
+    let origin = format!("{}://{}/", if client.https { "https" } else { "http" }, client.host.as_deref().unwrap_or(""));
+    let next = q.next.and_then(|next| path_on_origin(&next, &origin)).unwrap_or_else(|| "/exports".into());
     if caller.is_ok() {
-        return Redirect::to(next.as_deref().unwrap_or("/exports")).into_response();
+        return Redirect::to(&next).into_response();
     }
-    secured(pages::sign_in(next.as_deref().unwrap_or("/exports")).into_response())
+    secured(pages::sign_in(&next).into_response())
+}
+
+/// Where the browser goes after signing in: `next` as a path of this service (`/exports/x?y`), when a browser on
+/// `origin` would read it as a place on that origin; None for anywhere else. It is read as browsers read a URL
+/// (the WHATWG URL standard: tabs and newlines dropped, `\` as `/`, `.` and `..` resolved), not by its spelling,
+/// and what is answered is that reading, so the browser cannot read it otherwise.
+fn path_on_origin(next: &str, origin: &str) -> Option<String> {
+    // A host that does not parse leaves no origin to compare with: only a path is then accepted.
+    let base = url::Url::parse(origin).or_else(|_| url::Url::parse("http://host.invalid/")).ok()?;
+    let target = base.join(next).ok()?;
+    // A path that begins with `//` would be read as another host once it stands alone.
+    if target.origin() != base.origin() || target.path().starts_with("//") {
+        return None;
+    }
+    Some(target[url::Position::BeforePath..].to_string())
 }
 
 async fn account(caller: Result<Caller, ApiError>, uri: Uri) -> Response {

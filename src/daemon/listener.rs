@@ -1,20 +1,28 @@
 //! The daemon's HTTP listener: which transport it serves on its address (HTTPS with rustls, or plain HTTP), whether
 //! that is allowed there, and the serving itself. Plain HTTP is served on loopback, and off it only when
 //! `daemon.allow_plain_http` says something in front does TLS; passwords, tokens and session cookies never cross a
-//! network in clear by default. A certificate renewed on disk is served from the next connection on. The routes are
-//! the caller's; this module does not look at requests.
+//! network in clear by default. A certificate renewed on disk is served from the next connection on. Each
+//! connection is served here (HTTP/1.1, over TLS or not) with the same bounds: a request's header must arrive
+//! within `daemon.idle_timeout`, and at most `daemon.max_connections` are open (`super::connections` keeps that
+//! table). The routes are the caller's; this module does not look at requests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::ConnectInfo;
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use super::connections::{Busy, Connections, Slot};
 use crate::config::DaemonConfig;
 
 /// How the listener serves, as decided from the config and its address.
@@ -60,6 +68,24 @@ pub fn proxies_note(daemon: &DaemonConfig, mode: Mode) -> Option<String> {
                 .into(),
         ),
         (true, _) => None,
+    }
+}
+
+/// What `validate` says about client connections: the cap the daemon will keep under this process's hard
+/// descriptor limit (the one it raises its soft limit to), and the idle timeout.
+pub fn connections_note(daemon: &DaemonConfig) -> String {
+    let idle = humantime::format_duration(daemon.idle_timeout);
+    match super::connections::hard_descriptor_limit() {
+        Some(limit) => format!(
+            "at most {} client connections at once (daemon.max_connections {}, descriptor limit {limit}), each \
+             closed when no request arrives within {idle}",
+            super::connections::cap(daemon.max_connections, limit),
+            daemon.max_connections
+        ),
+        None => format!(
+            "at most {} client connections at once, each closed when no request arrives within {idle}",
+            daemon.max_connections
+        ),
     }
 }
 
@@ -169,25 +195,149 @@ impl Certificate {
 /// How long connections may finish their requests once the daemon stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `stop` is cancelled: HTTPS when `tls` is given, else plain HTTP. Handlers see
-/// the peer's address (`ConnectInfo<SocketAddr>`) either way.
+/// How the listener treats its clients' connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Client connections open at once (see `connections::cap`).
+    pub max_connections: usize,
+    /// `daemon.idle_timeout`: how long a request's header (or the TLS handshake) may take to arrive.
+    pub idle_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled: HTTPS when `tls` is given, else plain HTTP, HTTP/1.1
+/// either way. Handlers see the peer's address (`ConnectInfo<SocketAddr>`). At most `limits.max_connections` are
+/// open at once (see `super::connections`), and a connection whose next request's header does not arrive within
+/// `limits.idle_timeout` is closed. Once stopped, requests in progress get `DRAIN` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<RustlsConfig>,
     app: Router,
+    limits: Limits,
     stop: CancellationToken,
-) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let Some(tls) = tls else {
-        return axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-    };
-    let handle = axum_server::Handle::new();
-    let on_stop = handle.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        on_stop.graceful_shutdown(Some(DRAIN));
-    });
-    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(app).await
+) {
+    let connections = Connections::new(limits.max_connections);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = async {
+                connections.room().await;
+                listener.accept().await
+            } => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        // None only when every connection turned busy since `room`: the new one is dropped, as if refused.
+        let Some(slot) = connections.admit() else { continue };
+        let connection = Connection { peer, app: app.clone(), slot: Arc::new(slot), limits, stop: stop.clone() };
+        tokio::spawn(connection.serve(stream, tls.clone()));
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, connections.drained()).await.is_err() {
+        tracing::info!(connections = connections.open(), "Stopped serving; connections still open are dropped.");
+    }
+}
+
+/// Waits out a failed accept. Out of descriptors (the daemon's own work holds more than its reserve), new clients
+/// wait in the backlog while the daemon's work goes on.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused) {
+        return;
+    }
+    tracing::warn!(error = %e, "Cannot accept a client connection; trying again in a second.");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// One client connection being served.
+struct Connection {
+    peer: SocketAddr,
+    app: Router,
+    slot: Arc<Slot>,
+    limits: Limits,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    /// Serves the connection until the client or the idle timeout ends it, it gives way to a new client, or the
+    /// daemon stops.
+    async fn serve(self, stream: tokio::net::TcpStream, tls: Option<RustlsConfig>) {
+        let slot = self.slot.clone();
+        let served = async {
+            match tls {
+                None => self.http(stream).await,
+                Some(tls) => {
+                    let handshake = RustlsAcceptor::new(tls).handshake_timeout(self.limits.idle_timeout);
+                    if let Ok((stream, _)) = handshake.accept(stream, ()).await {
+                        self.http(stream).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = slot.evicted() => {}
+        }
+    }
+
+    /// HTTP/1.1 on `io`: the idle timeout is hyper's header read timeout, which runs from the connection's start
+    /// and from the end of each answer until the next request's header is in.
+    async fn http<I>(&self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, app, slot) = (self.peer, self.app.clone(), self.slot.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let busy = slot.busy();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(BusyBody { body, _busy: busy })))
+            }
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(self.limits.idle_timeout);
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = self.stop.cancelled() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+/// An answer's body, which keeps its connection busy (not to be closed for a new client) until it is sent.
+struct BusyBody {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for BusyBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

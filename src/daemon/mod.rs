@@ -9,6 +9,8 @@
 //! task could not (a panic, the end of the shutdown grace), and how the process stops.
 
 mod app;
+mod connections;
+pub mod host_check;
 pub mod listener;
 mod metrics;
 mod scheduler;
@@ -134,6 +136,8 @@ pub struct Daemon {
     listener_mode: Option<listener::Mode>,
     /// The served certificate, re-read when its files change.
     tls: Option<listener::Certificate>,
+    /// How many client connections the listener keeps, and for how long idle (decided at build, with the listener).
+    limits: Option<listener::Limits>,
     /// The hash of `daemon.metrics_token_file`'s token.
     metrics_token: Option<String>,
     root: CancellationToken,
@@ -206,8 +210,8 @@ impl Daemon {
             ),
             (None, None) => None,
         };
-        let (listener_mode, tls) = match &listener {
-            None => (None, None),
+        let (listener_mode, tls, limits) = match &listener {
+            None => (None, None, None),
             Some(l) => {
                 let addr = l.local_addr().map_err(|cause| DaemonError::Listen { addr: "?".into(), cause })?;
                 let mode = listener::mode(&config.daemon, addr).map_err(DaemonError::Config)?;
@@ -217,7 +221,7 @@ impl Daemon {
                     }
                     _ => None,
                 };
-                (Some(mode), tls)
+                (Some(mode), tls, Some(connection_limits(&config.daemon)))
             }
         };
         let metrics_token = match &config.daemon.metrics_token_file {
@@ -245,6 +249,7 @@ impl Daemon {
             listener,
             listener_mode,
             tls,
+            limits,
             metrics_token,
             root: CancellationToken::new(),
             running: HashMap::new(),
@@ -289,6 +294,9 @@ impl Daemon {
             if let Some(note) = listener::proxies_note(&self.config.daemon, mode) {
                 tracing::info!("Listener: {note}.");
             }
+            if let Some(warning) = host_check::missing_public_hosts(&self.config.daemon) {
+                tracing::warn!("Listener: {warning}.");
+            }
             let api = crate::api::ApiState {
                 store: self.store.clone(),
                 config: self.config_tx.subscribe(),
@@ -299,11 +307,8 @@ impl Daemon {
             };
             let app = app::compose(api, self.shared.clone(), local);
             let (tls, stop) = (self.tls.as_ref().map(listener::Certificate::live), stop_tasks.clone());
-            tokio::spawn(async move {
-                if let Err(e) = listener::serve(listener, tls, app, stop).await {
-                    tracing::error!(error = %e, "The status listener stopped.");
-                }
-            });
+            let limits = self.limits.unwrap_or_else(|| connection_limits(&self.config.daemon));
+            tokio::spawn(listener::serve(listener, tls, app, limits, stop));
         }
         let config = self.config.clone();
         tokio::spawn(triggers::watch(
@@ -688,6 +693,8 @@ impl Daemon {
                     || new.daemon.trigger_dir != self.config.daemon.trigger_dir
                     || new.store != self.config.store
                     || new.daemon.metrics_token_file != self.config.daemon.metrics_token_file
+                    || (new.daemon.max_connections, new.daemon.idle_timeout)
+                        != (self.config.daemon.max_connections, self.config.daemon.idle_timeout)
                     || (&new.daemon.tls_cert, &new.daemon.tls_key, new.daemon.allow_plain_http)
                         != (
                             &self.config.daemon.tls_cert,
@@ -695,7 +702,7 @@ impl Daemon {
                             self.config.daemon.allow_plain_http,
                         )
                 {
-                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.metrics_token_file, daemon.trigger_dir and [store] take effect at the next restart.");
+                    tracing::warn!("daemon.time_zone, daemon.status_listen, daemon.tls_cert, daemon.tls_key, daemon.allow_plain_http, daemon.metrics_token_file, daemon.max_connections, daemon.idle_timeout, daemon.trigger_dir and [store] take effect at the next restart.");
                 }
                 let mut kept = new;
                 kept.daemon.time_zone = self.config.daemon.time_zone.clone();
@@ -704,6 +711,8 @@ impl Daemon {
                 kept.daemon.tls_key = self.config.daemon.tls_key.clone();
                 kept.daemon.allow_plain_http = self.config.daemon.allow_plain_http;
                 kept.daemon.metrics_token_file = self.config.daemon.metrics_token_file.clone();
+                kept.daemon.max_connections = self.config.daemon.max_connections;
+                kept.daemon.idle_timeout = self.config.daemon.idle_timeout;
                 kept.daemon.trigger_dir = self.config.daemon.trigger_dir.clone();
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);
@@ -807,6 +816,33 @@ impl Daemon {
             },
         );
     }
+}
+
+/// Raises the descriptor limit and decides the listener's connection cap under it, saying so in the log.
+fn connection_limits(daemon: &crate::config::DaemonConfig) -> listener::Limits {
+    let configured = daemon.max_connections;
+    let max_connections = match connections::raise_descriptor_limit() {
+        Ok(limit) => {
+            let cap = connections::cap(configured, limit);
+            if cap < configured {
+                tracing::warn!(
+                    descriptors = limit,
+                    reserved = connections::RESERVED_DESCRIPTORS,
+                    "daemon.max_connections ({configured}) is more than the descriptor limit leaves: client \
+                     connections at most {cap}. Raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) to \
+                     serve more."
+                );
+            } else {
+                tracing::info!(descriptors = limit, "Listener: client connections at most {cap}.");
+            }
+            cap
+        }
+        Err(e) => {
+            tracing::warn!("{e}; client connections at most {configured} (daemon.max_connections).");
+            configured
+        }
+    };
+    listener::Limits { max_connections, idle_timeout: daemon.idle_timeout }
 }
 
 /// Logs a run's progress every few seconds while it goes.

@@ -23,7 +23,20 @@ const LISTENING: &str = "Status endpoint listening. address=";
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
-        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("segment-exporter"))
+        Daemon::start_command(env, StdCommand::new(assert_cmd::cargo::cargo_bin("segment-exporter")))
+    }
+
+    /// The daemon started by a shell that first sets its descriptor limit (soft and hard) to `limit`, as a
+    /// service manager would.
+    pub fn start_with_descriptor_limit(env: &Env, limit: u32) -> Daemon {
+        let mut shell = StdCommand::new("sh");
+        shell.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")]);
+        shell.arg(assert_cmd::cargo::cargo_bin("segment-exporter"));
+        Daemon::start_command(env, shell)
+    }
+
+    fn start_command(env: &Env, mut command: StdCommand) -> Daemon {
+        let mut child = command
             .current_dir(env.dir.path())
             .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
             .env("ITERABLE_KEY", KEY)
