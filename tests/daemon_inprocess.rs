@@ -14,7 +14,7 @@ use segment_exporter::config::Config;
 use segment_exporter::daemon::{Daemon, Runner};
 use segment_exporter::sandbox::{Faults, SandboxOptions};
 use segment_exporter::store::{Run, RunStatus, Store};
-use segment_exporter::sync::{Engine, Progress, RunLock, RunOptions, RunReport, SyncError};
+use segment_exporter::sync::{Engine, Progress, RunGuard, RunOptions, RunReport, SyncError};
 use tokio_util::sync::CancellationToken;
 
 /// An env whose exports `names` each send their own CSV segment of `members` (with a `-NAME` suffix), with the
@@ -243,16 +243,16 @@ struct PanicOnce {
 impl Runner for PanicOnce {
     fn run_taken<'a>(
         &'a self,
-        export_id: i64,
-        lock: RunLock,
+        guard: RunGuard,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
         Box::pin(async move {
             if self.panicked.swap(true, Ordering::SeqCst) {
-                return self.engine.run_taken(export_id, lock, opts, progress, cancel).await;
+                return self.engine.run_taken(guard, opts, progress, cancel).await;
             }
+            let export_id = guard.export_id();
             let run_id = self.store.start_run(export_id, &opts.trigger, false, None).await?;
             progress.set_run_id(run_id);
             // Until the test has queued a second request behind this run.

@@ -450,7 +450,8 @@ fn a_list_managed_by_one_export_is_refused_to_another_on_the_same_connection() {
 fn old_store(path: &Path) {
     let old = tempfile::tempdir().unwrap();
     for f in ["20261129000001_initial.sql", "20261129000002_list_checked.sql"] {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite").join(f), old.path().join(f)).unwrap();
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite").join(f), old.path().join(f))
+            .unwrap();
     }
     block_on(async {
         let mut conn =

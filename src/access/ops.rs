@@ -296,13 +296,11 @@ pub async fn remove_export(
     let export = store.export(name).await?;
     let facts = ExportFacts::load(store, &export).await?;
     change_export(caller.actor, &facts).check(&format!("export '{name}'"))?;
-    let _lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT).await.map_err(
-        |e| match e {
-            e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
-            ChangeRefused::Store(e) => OpError::Store(e),
-            e => OpError::Failed(e.to_string()),
-        },
-    )?;
+    let _lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await.map_err(|e| match e {
+        e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
+        ChangeRefused::Store(e) => OpError::Store(e),
+        e => OpError::Failed(e.to_string()),
+    })?;
     let emptied = if empty_lists {
         let engine = crate::sync::Engine::new(store.clone(), config.clone());
         let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
@@ -468,15 +466,13 @@ pub async fn remove_connection(
     if remove_exports || (detach_exports && cancel_run) {
         for export_name in store.exports_using_connection(conn.id).await? {
             let export = store.export(&export_name).await?;
-            let lock = lock_for_change(store, &config.store.lock_dir(), &export, cancel_run, CANCEL_WAIT)
-                .await
-                .map_err(|e| match e {
-                    e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
-                        OpError::Busy(format!("connection '{name}' not removed: {e}"))
-                    }
-                    ChangeRefused::Store(e) => OpError::Store(e),
-                    e => OpError::Failed(e.to_string()),
-                })?;
+            let lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await.map_err(|e| match e {
+                e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
+                    OpError::Busy(format!("connection '{name}' not removed: {e}"))
+                }
+                ChangeRefused::Store(e) => OpError::Store(e),
+                e => OpError::Failed(e.to_string()),
+            })?;
             locks.push(lock);
         }
     }

@@ -155,6 +155,7 @@ fn of_lock(e: &LockError) -> ErrorKind {
     match e {
         LockError::Busy { .. } => ErrorKind::Busy,
         LockError::Io { .. } => ErrorKind::Failed,
+        LockError::Store { .. } => ErrorKind::Store,
     }
 }
 

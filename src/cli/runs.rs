@@ -6,7 +6,7 @@ use serde_json::json;
 use super::output::{opt_when, seconds, when};
 use super::{exit, Ctx};
 use crate::store::{Run, RunFilter, RunStatus};
-use crate::sync::RunLock;
+use crate::sync::RunGuard;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -39,22 +39,17 @@ pub enum RunsCmd {
     },
 }
 
-/// Reads a run again when its row said running but its lock is free: it either ended between the two looks (the
-/// row now says how) or its process died (the row still says running, and `live_status` says interrupted).
+/// Reads a run again when its row said running but nobody holds its export: it either ended between the two looks
+/// (the row now says how) or its process died, and it is shown as interrupted (the next run of its export resumes
+/// it).
 async fn settle(ctx: &Ctx, store: &crate::store::Store, run: &mut Run) -> anyhow::Result<()> {
-    if run.status == RunStatus::Running && !RunLock::is_held(&ctx.config.store.lock_dir(), run.export_id) {
+    if run.status == RunStatus::Running && !RunGuard::is_held(store, &ctx.config, run.export_id).await {
         *run = store.run(run.id).await?;
+        if run.status == RunStatus::Running && !RunGuard::is_held(store, &ctx.config, run.export_id).await {
+            run.status = RunStatus::Interrupted;
+        }
     }
     Ok(())
-}
-
-/// A `running` run whose process is gone is shown as interrupted: the next run of its export resumes it.
-fn live_status(ctx: &Ctx, run: &Run) -> RunStatus {
-    if run.status == RunStatus::Running && !RunLock::is_held(&ctx.config.store.lock_dir(), run.export_id) {
-        RunStatus::Interrupted
-    } else {
-        run.status
-    }
 }
 
 /// The export's name, marked when the export was removed (a new export may have its name).
@@ -102,7 +97,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                         let (_, rate, left) = progress_text(r);
                         let (planned, done) = r.progress();
                         let mut v = serde_json::to_value(r).expect("serialisable");
-                        v["status"] = json!(live_status(ctx, r));
+                        v["status"] = json!(r.status);
                         v["progress"] =
                             json!({ "planned": planned, "done": done, "per_second": rate, "seconds_left": left });
                         v
@@ -115,7 +110,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                 let rows = runs
                     .iter()
                     .map(|r| {
-                        let status = live_status(ctx, r);
+                        let status = r.status;
                         let (done, rate, left) = progress_text(r);
                         let sum = |f: fn(&crate::store::RunTargetCounts) -> u64| {
                             r.targets.iter().map(|t| f(&t.counts)).sum::<u64>().to_string()
@@ -166,7 +161,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
             settle(ctx, &store, &mut run).await?;
             let issues = if rejected { store.run_issues(run_id, limit).await? } else { vec![] };
             let warnings = store.run_warnings(run_id).await?;
-            let status = live_status(ctx, &run);
+            let status = run.status;
             if ctx.out.json {
                 let mut v = serde_json::to_value(&run)?;
                 v["status"] = json!(status);

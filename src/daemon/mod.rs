@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::queue::{Ask, RunQueue, Taken, Trigger};
 use crate::schedule::Schedule;
 use crate::store::{RunStatus, Store, WaitingFor};
-use crate::sync::{Engine, Progress, RunLock, RunOptions, RunReport, SyncError};
+use crate::sync::{Engine, Progress, RunGuard, RunLock, RunOptions, RunReport, SyncError};
 use scheduler::Scheduler;
 use status::LastRun;
 
@@ -72,8 +72,7 @@ pub enum Outcome {
 pub trait Runner: Send + Sync {
     fn run_taken<'a>(
         &'a self,
-        export_id: i64,
-        lock: RunLock,
+        guard: RunGuard,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
@@ -83,13 +82,12 @@ pub trait Runner: Send + Sync {
 impl Runner for Engine {
     fn run_taken<'a>(
         &'a self,
-        export_id: i64,
-        lock: RunLock,
+        guard: RunGuard,
         opts: &'a RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
-        Box::pin(Engine::run_taken(self, export_id, lock, opts, progress, cancel))
+        Box::pin(Engine::run_taken(self, guard, opts, progress, cancel))
     }
 }
 
@@ -186,8 +184,10 @@ impl Daemon {
         let shared = Arc::new(Shared::default());
         let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
 
+        // On PostgreSQL, runs left by a daemon that stopped are taken over through their leases.
         let lock_dir = config.store.lock_dir();
-        for e in store.exports().await? {
+        let exports = if store.kind() == crate::store::Kind::Sqlite { store.exports().await? } else { vec![] };
+        for e in exports {
             // Ask first (never taking the lock of a run in flight, nor any lock when no run is left running), then
             // sweep only while holding the lock, so a run that starts meanwhile is never marked. The lock is then
             // held for one SQL statement, which a concurrent `export run` waits out.
@@ -230,7 +230,7 @@ impl Daemon {
         };
         let (tx, rx) = mpsc::channel(256);
         let scheduler = Scheduler::start(tz).await?;
-        let queue = RunQueue::new(store.clone(), &config);
+        let queue = RunQueue::new(store.clone(), config.clone());
         if let Err(error) = queue.tidy().await {
             tracing::warn!(%error, "Could not tidy the run queue; it is tried again at the next start.");
         }
@@ -488,7 +488,7 @@ impl Daemon {
 
     /// Starts the run of a request taken from the queue, or refuses it (recorded with the request).
     async fn start_taken(&mut self, taken: Taken) {
-        let Taken { request, lock } = taken;
+        let Taken { request, guard } = taken;
         let trigger = Trigger::parse(&request.trigger).unwrap_or(Trigger::TriggerFile);
         let export = match self.store.export_by_id(request.export_id).await {
             Ok(e) if e.removed_at.is_none() && e.enabled && e.connection_id.is_some() => e,
@@ -529,7 +529,7 @@ impl Daemon {
             request_id: Some(request.id),
             ..RunOptions::default()
         };
-        self.start_run(export, request.id, lock, opts);
+        self.start_run(export, request.id, guard, opts);
     }
 
     async fn refuse(&self, request_id: i64, why: &str, run_id: Option<i64>) {
@@ -573,7 +573,7 @@ impl Daemon {
         }
     }
 
-    fn start_run(&mut self, export: crate::store::Export, request_id: i64, lock: RunLock, opts: RunOptions) {
+    fn start_run(&mut self, export: crate::store::Export, request_id: i64, guard: RunGuard, opts: RunOptions) {
         let cancel = self.root.child_token();
         let progress = Arc::new(Progress::default());
         self.shared.metrics.run_started();
@@ -584,7 +584,7 @@ impl Daemon {
         let (runner, tx, export_id) = (self.runner(), self.tx.clone(), export.id);
         let task = tokio::spawn({
             let (progress, cancel) = (progress.clone(), cancel.clone());
-            async move { runner.run_taken(export_id, lock, &opts, progress, cancel).await }
+            async move { runner.run_taken(guard, &opts, progress, cancel).await }
         });
         let abort = task.abort_handle();
         tokio::spawn({

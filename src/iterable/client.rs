@@ -45,6 +45,12 @@ pub trait RequestObserver: Send + Sync {
     fn observe(&self, endpoint: &str, status: Option<u16>, elapsed: Duration);
 }
 
+/// What every request must pass before it is sent: a run that holds its export by a lease sends only while the
+/// lease is safely its own. An error stops the call (as a cancel does), with why.
+pub trait SendGate: Send + Sync {
+    fn admit(&self) -> futures::future::BoxFuture<'_, Result<(), String>>;
+}
+
 #[derive(Clone)]
 pub struct IterableClient {
     http: reqwest::Client,
@@ -55,6 +61,7 @@ pub struct IterableClient {
     observer: Option<Arc<dyn RequestObserver>>,
     /// Cuts every wait short (pace, retry backoff, list creation): a stopped run must not sit out a backoff.
     cancel: CancellationToken,
+    gate: Option<Arc<dyn SendGate>>,
 }
 
 impl std::fmt::Debug for IterableClient {
@@ -102,7 +109,14 @@ impl IterableClient {
             stats: Default::default(),
             observer: None,
             cancel: CancellationToken::new(),
+            gate: None,
         })
+    }
+
+    /// Every request first passes `gate`.
+    pub fn with_gate(mut self, gate: Option<Arc<dyn SendGate>>) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Reports every attempt to `observer`.
@@ -307,6 +321,13 @@ impl IterableClient {
             }
             ticket = self.pacer.ready() => ticket,
         };
+        if let Some(gate) = &self.gate {
+            if let Err(why) = gate.admit().await {
+                tracing::warn!(endpoint, "Not sending: {why}.");
+                self.cancel.cancel();
+                return Err(AttemptError::Final(IterableError::Cancelled { endpoint: endpoint.to_string() }));
+            }
+        }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base_url));
         if let Body::Json(bytes) = body {

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 pub use live::Live;
 
 use crate::store::{NewRunRequest, RequestState, RunRequest, Store, StoreError, WaitingFor};
-use crate::sync::{LockError, RunLock};
+use crate::sync::{LockError, RunGuard};
 
 /// What asked for a run; recorded with the run as its trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,11 +83,10 @@ pub enum Answer {
     NotStarted(String),
 }
 
-/// A request taken for a run, with the export's run lock held: the run must start with this lock.
-#[derive(Debug)]
+/// A request taken for a run, with the export held for it: the run must start with this guard.
 pub struct Taken {
     pub request: RunRequest,
-    pub lock: RunLock,
+    pub guard: RunGuard,
 }
 
 /// How often a request's asker looks at what became of it.
@@ -97,14 +96,14 @@ const ANSWER_POLL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct RunQueue {
     store: Store,
-    lock_dir: std::path::PathBuf,
+    config: Arc<crate::config::Config>,
     wake: Arc<Notify>,
     live: Arc<Live>,
 }
 
 impl RunQueue {
-    pub fn new(store: Store, config: &crate::config::Config) -> RunQueue {
-        RunQueue { store, lock_dir: config.store.lock_dir(), wake: Arc::default(), live: Arc::default() }
+    pub fn new(store: Store, config: Arc<crate::config::Config>) -> RunQueue {
+        RunQueue { store, config, wake: Arc::default(), live: Arc::default() }
     }
 
     /// The runs this process has in flight, with their live progress.
@@ -181,10 +180,12 @@ impl RunQueue {
             } else if taken.len() >= free_slots {
                 WaitingFor::FreeSlot
             } else {
-                match RunLock::try_acquire(&self.lock_dir, request.export_id) {
-                    Ok(lock) => {
+                match RunGuard::take(&self.store, &self.config, request.export_id).await {
+                    Ok(guard) => {
                         if self.store.claim_request(request.id, crate::store::process_owner()).await? {
-                            taken.push(Taken { request, lock });
+                            taken.push(Taken { request, guard });
+                        } else {
+                            guard.release(true).await;
                         }
                         continue;
                     }

@@ -3,12 +3,17 @@
 //! (both engines read them) and binds values of the few types the store uses; `Row::try_get` reads them back from
 //! either engine. Where the two dialects differ, the caller picks the text with `Db::kind`.
 //!
-//! It owns only execution: pools, transactions and value conversion. Every SQL statement stays in the store's own
-//! files.
+//! A PostgreSQL handle may be fenced (`Fence`): then every transaction it begins, and every statement that is not
+//! a plain `SELECT`, first checks that the run's lease is still the one it was given, inside the same transaction,
+//! so a daemon that lost its lease (a long pause, a partition) writes nothing more.
+//!
+//! It owns only execution: pools, transactions, fencing and value conversion. Every SQL statement stays in the
+//! store's own files.
 
 #![allow(dead_code)] // Until the rest of the store is ported (this commit series).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
@@ -26,31 +31,101 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub(crate) enum Db {
     Sqlite(SqlitePool),
-    Postgres(PgPool),
+    /// With the fence of the run whose writes go through it, if any.
+    Postgres(PgPool, Option<Arc<Fence>>),
 }
+
+/// The lease a run's writes must still hold: export, holder and fencing number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub export_id: i64,
+    pub holder: String,
+    pub number: i64,
+}
+
+/// Fails a transaction whose fence is gone; the error is recognised by `is_fenced`.
+const FENCE_CHECK: &str = "SELECT 1 FROM run_leases WHERE export_id = $1 AND holder = $2 AND fence = $3 \
+     AND expires_at > clock_timestamp() FOR SHARE";
+
+/// The message of the error a fenced write fails with.
+pub(crate) const FENCED: &str = "the run's lease moved on: another daemon holds the export now";
 
 impl Db {
     pub(crate) fn kind(&self) -> Kind {
         match self {
             Db::Sqlite(_) => Kind::Sqlite,
-            Db::Postgres(_) => Kind::Postgres,
+            Db::Postgres(..) => Kind::Postgres,
         }
     }
 
-    /// Starts a transaction.
+    /// The same pool, its writes fenced by `fence`.
+    pub(crate) fn fenced(&self, fence: Fence) -> Db {
+        match self {
+            Db::Sqlite(p) => Db::Sqlite(p.clone()),
+            Db::Postgres(p, _) => Db::Postgres(p.clone(), Some(Arc::new(fence))),
+        }
+    }
+
+    /// The PostgreSQL pool, for what only PostgreSQL stores do (leases, locks, notifications).
+    pub(crate) fn postgres(&self) -> Option<&PgPool> {
+        match self {
+            Db::Postgres(p, _) => Some(p),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// Starts a transaction (on a fenced pool, one that holds the fence until it ends).
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Postgres(p, fence) => {
+                let mut tx = p.begin().await?;
+                if let Some(f) = fence {
+                    let held = sqlx::query(FENCE_CHECK)
+                        .bind(f.export_id)
+                        .bind(&f.holder)
+                        .bind(f.number)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if held.is_none() {
+                        return Err(sqlx::Error::Protocol(FENCED.into()));
+                    }
+                }
+                Tx::Postgres(tx)
+            }
         })
+    }
+
+    /// Starts a transaction that holds no fence, even on a fenced pool (for locks held while a run waits on
+    /// Iterable: a fence held that long would keep the lease from being renewed).
+    pub(crate) async fn begin_unfenced(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::Postgres(p, _) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Whether statements on this pool must go through a fenced transaction.
+    fn is_fenced(&self) -> bool {
+        matches!(self, Db::Postgres(_, Some(_)))
     }
 
     pub(crate) async fn close(&self) {
         match self {
             Db::Sqlite(p) => p.close().await,
-            Db::Postgres(p) => p.close().await,
+            Db::Postgres(p, _) => p.close().await,
         }
     }
+}
+
+/// Whether `error` is a write refused because its lease moved on.
+pub(crate) fn is_fenced(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Protocol(m) if m == FENCED)
+}
+
+/// Whether a statement may change something (anything but a plain `SELECT`).
+fn writes(sql: &str) -> bool {
+    !sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("SELECT"))
 }
 
 /// A transaction on either engine; dropped without `commit`, it rolls back.
@@ -244,18 +319,44 @@ impl<'s> Statement<'s> {
 
     /// Runs it; the rows it changed.
     pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, sqlx::Error> {
-        Ok(match on.into() {
+        let on = on.into();
+        if let On::Db(db) = &on {
+            if db.is_fenced() && writes(&self.sql) {
+                let mut tx = db.begin().await?;
+                let n = self.execute_on(On::Tx(&mut tx)).await?;
+                tx.commit().await?;
+                return Ok(n);
+            }
+        }
+        self.execute_on(on).await
+    }
+
+    async fn execute_on(self, on: On<'_>) -> Result<u64, sqlx::Error> {
+        Ok(match on {
             On::Db(Db::Sqlite(p)) => self.sqlite().execute(p).await?.rows_affected(),
-            On::Db(Db::Postgres(p)) => self.postgres().execute(p).await?.rows_affected(),
+            On::Db(Db::Postgres(p, _)) => self.postgres().execute(p).await?.rows_affected(),
             On::Tx(Tx::Sqlite(t)) => self.sqlite().execute(&mut **t).await?.rows_affected(),
             On::Tx(Tx::Postgres(t)) => self.postgres().execute(&mut **t).await?.rows_affected(),
         })
     }
 
     pub(crate) async fn fetch_all<'a>(self, on: impl Into<On<'a>>) -> Result<Vec<Row>, sqlx::Error> {
-        Ok(match on.into() {
+        let on = on.into();
+        if let On::Db(db) = &on {
+            if db.is_fenced() && writes(&self.sql) {
+                let mut tx = db.begin().await?;
+                let rows = self.fetch_all_on(On::Tx(&mut tx)).await?;
+                tx.commit().await?;
+                return Ok(rows);
+            }
+        }
+        self.fetch_all_on(on).await
+    }
+
+    async fn fetch_all_on(self, on: On<'_>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match on {
             On::Db(Db::Sqlite(p)) => self.sqlite().fetch_all(p).await?.into_iter().map(Row::Sqlite).collect(),
-            On::Db(Db::Postgres(p)) => self.postgres().fetch_all(p).await?.into_iter().map(Row::Postgres).collect(),
+            On::Db(Db::Postgres(p, _)) => self.postgres().fetch_all(p).await?.into_iter().map(Row::Postgres).collect(),
             On::Tx(Tx::Sqlite(t)) => self.sqlite().fetch_all(&mut **t).await?.into_iter().map(Row::Sqlite).collect(),
             On::Tx(Tx::Postgres(t)) => {
                 self.postgres().fetch_all(&mut **t).await?.into_iter().map(Row::Postgres).collect()
@@ -264,9 +365,22 @@ impl<'s> Statement<'s> {
     }
 
     pub(crate) async fn fetch_optional<'a>(self, on: impl Into<On<'a>>) -> Result<Option<Row>, sqlx::Error> {
-        Ok(match on.into() {
+        let on = on.into();
+        if let On::Db(db) = &on {
+            if db.is_fenced() && writes(&self.sql) {
+                let mut tx = db.begin().await?;
+                let row = self.fetch_optional_on(On::Tx(&mut tx)).await?;
+                tx.commit().await?;
+                return Ok(row);
+            }
+        }
+        self.fetch_optional_on(on).await
+    }
+
+    async fn fetch_optional_on(self, on: On<'_>) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match on {
             On::Db(Db::Sqlite(p)) => self.sqlite().fetch_optional(p).await?.map(Row::Sqlite),
-            On::Db(Db::Postgres(p)) => self.postgres().fetch_optional(p).await?.map(Row::Postgres),
+            On::Db(Db::Postgres(p, _)) => self.postgres().fetch_optional(p).await?.map(Row::Postgres),
             On::Tx(Tx::Sqlite(t)) => self.sqlite().fetch_optional(&mut **t).await?.map(Row::Sqlite),
             On::Tx(Tx::Postgres(t)) => self.postgres().fetch_optional(&mut **t).await?.map(Row::Postgres),
         })
@@ -328,6 +442,16 @@ pub(crate) fn values_placeholders(rows: usize, columns: usize, first: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_selects_go_unfenced() {
+        assert!(!writes("SELECT 1"));
+        assert!(!writes("  select id FROM runs"));
+        assert!(writes("UPDATE runs SET status = 'x'"));
+        assert!(writes("INSERT INTO runs (id) VALUES (1) RETURNING id"));
+        assert!(writes("WITH x AS (SELECT 1) DELETE FROM runs"));
+        assert!(writes("DELETE FROM runs"));
+    }
 
     #[test]
     fn multi_row_placeholders_number_every_value_in_row_order() {

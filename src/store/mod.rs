@@ -8,6 +8,7 @@
 mod connections;
 pub(crate) mod db;
 mod exports;
+mod leases;
 mod members;
 pub mod names;
 mod postgres;
@@ -26,8 +27,9 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use db::Kind;
 use db::{sql, Db};
+pub use db::{Fence, Kind};
+pub use leases::{LeaseGrant, LeaseHolder, ListsLock, Replica};
 pub use postgres::{migrate as migrate_postgres, SchemaStatus};
 
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
@@ -156,7 +158,7 @@ impl Store {
     pub fn pool(&self) -> &SqlitePool {
         match &self.db {
             Db::Sqlite(pool) => pool,
-            Db::Postgres(_) => panic!("a SQLite-only path was taken on a PostgreSQL store"),
+            Db::Postgres(..) => panic!("a SQLite-only path was taken on a PostgreSQL store"),
         }
     }
 

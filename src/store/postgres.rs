@@ -101,7 +101,7 @@ pub(crate) async fn open(config: &StoreConfig, url: &str) -> Result<Db> {
     if status.ahead() {
         return Err(StoreError::SchemaAhead { have: status.store, know: status.known });
     }
-    Ok(Db::Postgres(pool))
+    Ok(Db::Postgres(pool, None))
 }
 
 /// Under the setup lock: an empty database gets the whole schema; otherwise says how the schema stands.

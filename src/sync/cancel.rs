@@ -93,20 +93,20 @@ fn run_text(run_id: &Option<i64>) -> String {
     run_id.map(|id| format!(" (run #{id})")).unwrap_or_default()
 }
 
-/// Takes the run lock of an export that is about to be changed or removed, so no run starts meanwhile. A run in
-/// flight (in any process) refuses the change, unless `cancel_run`: then the run is asked to stop and this waits up
-/// to `wait` for its lock.
+/// Takes an export that is about to be changed or removed, so no run starts meanwhile. A run in flight (in any
+/// process, on any host sharing the store) refuses the change, unless `cancel_run`: then the run is asked to stop
+/// and this waits up to `wait` for the export.
 pub async fn lock_for_change(
     store: &Store,
-    lock_dir: &std::path::Path,
+    config: &crate::config::Config,
     export: &crate::store::Export,
     cancel_run: bool,
     wait: Duration,
-) -> Result<super::RunLock, ChangeRefused> {
-    use super::{LockError, RunLock};
-    if !RunLock::is_held(lock_dir, export.id) {
-        match RunLock::try_acquire(lock_dir, export.id) {
-            Ok(lock) => return Ok(lock),
+) -> Result<super::RunGuard, ChangeRefused> {
+    use super::{LockError, RunGuard};
+    if !RunGuard::is_held(store, config, export.id).await {
+        match RunGuard::take(store, config, export.id).await {
+            Ok(guard) => return Ok(guard),
             Err(LockError::Busy { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -118,7 +118,7 @@ pub async fn lock_for_change(
     let deadline = tokio::time::Instant::now() + wait;
     let mut asked = false;
     loop {
-        // A run that holds the lock may not have recorded its row yet: ask as soon as it has.
+        // A run that holds the export may not have recorded its row yet: ask as soon as it has.
         if !asked {
             run_id = store.running_run(export.id).await?;
             if let Some(id) = run_id {
@@ -126,8 +126,8 @@ pub async fn lock_for_change(
                 tracing::info!(export = %export.name, run_id = id, "Asked the run to stop.");
             }
         }
-        match RunLock::try_acquire(lock_dir, export.id) {
-            Ok(lock) => return Ok(lock),
+        match RunGuard::take(store, config, export.id).await {
+            Ok(guard) => return Ok(guard),
             Err(LockError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -8,7 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::lock::{LockError, RunLock};
+use super::guard::RunGuard;
+use super::lock::LockError;
 use super::plan::{ListReport, Planner, EXAMPLES};
 use super::progress::{Phase, Progress};
 use super::send::{Sender, TargetRun};
@@ -135,31 +136,59 @@ impl Engine {
         if opts.dry_run {
             return self.dry_run(export, opts, progress, cancel).await;
         }
-        let lock = match RunLock::try_acquire(&self.config.store.lock_dir(), export.id) {
-            Ok(lock) => lock,
+        let guard = match RunGuard::take(&self.store, &self.config, export.id).await {
+            Ok(guard) => guard,
             Err(LockError::Busy { .. }) => {
                 let run_id = self.store.running_run(export.id).await?;
                 return Err(SyncError::AlreadyRunning { export: name.into(), run_id });
             }
             Err(e) => return Err(e.into()),
         };
-        self.run_locked(export, lock, opts, progress, cancel).await
+        self.run_guarded(export, guard, opts, progress, cancel).await
     }
 
-    /// Runs export `export_id` under its run lock, taken already (by the run queue). As `run_export` otherwise.
+    /// Runs the export `guard` holds, taken already (by the run queue). As `run_export` otherwise.
     pub async fn run_taken(
         &self,
-        export_id: i64,
-        lock: RunLock,
+        guard: RunGuard,
         opts: &RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunReport, SyncError> {
-        let export = self.store.export_by_id(export_id).await?;
+        let export = self.store.export_by_id(guard.export_id()).await?;
         if export.removed_at.is_some() {
+            guard.release(true).await;
             return Err(SyncError::NotRunnable { export: export.name, why: "it was removed".into() });
         }
-        self.run_locked(export, lock, opts, progress, cancel).await
+        self.run_guarded(export, guard, opts, progress, cancel).await
+    }
+
+    /// A recorded run under `guard`: its writes go through the guard's store (fenced by the lease on PostgreSQL),
+    /// its requests through the guard's gate, and it stops when the lease is lost. The guard is let go when the run
+    /// ends (dropped unreleased, should this future be dropped: a lease then expires by itself).
+    async fn run_guarded(
+        &self,
+        export: Export,
+        guard: RunGuard,
+        opts: &RunOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, SyncError> {
+        let engine = Engine { store: guard.store_for_run(&self.store), ..self.clone() };
+        let cancel = cancel.child_token();
+        let lost = guard.lost();
+        let stop_on_loss = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                lost.cancelled().await;
+                cancel.cancel();
+            }
+        });
+        guard.publish(progress.clone());
+        let result = engine.run_locked(export, &guard, opts, progress, cancel).await;
+        stop_on_loss.abort();
+        guard.release(true).await;
+        result
     }
 
     /// The connection of an export that can run, and its project type; why not otherwise.
@@ -224,7 +253,7 @@ impl Engine {
     async fn run_locked(
         &self,
         export: Export,
-        _lock: RunLock,
+        guard: &RunGuard,
         opts: &RunOptions,
         progress: Arc<Progress>,
         cancel: CancellationToken,
@@ -242,7 +271,7 @@ impl Engine {
             tracing::warn!(export = %name, runs = ?resumed_runs, "Earlier run(s) of this export stopped unfinished; this run completes their work.");
         }
         let run_cancel = cancel.child_token();
-        let client = self.client_for(connection_id).await?.with_cancel(run_cancel.clone());
+        let client = self.client_for(connection_id).await?.with_cancel(run_cancel.clone()).with_gate(guard.gate());
         let resumes = (!resumed_runs.is_empty()).then(|| {
             format!("resumes run(s) {}", resumed_runs.iter().map(|i| format!("#{i}")).collect::<Vec<_>>().join(", "))
         });
@@ -255,6 +284,7 @@ impl Engine {
             .start_requested_run(export.id, &opts.trigger, opts.full, note.as_deref(), opts.request_id)
             .await?;
         progress.set_run_id(run_id);
+        guard.set_run(run_id).await;
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, full = opts.full, "Run started.");
 
         // A cancel asked for from another process (`--cancel-run`) stops this run's waits and batches too.

@@ -22,8 +22,10 @@ pub struct RunLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("export is already running in another process (lock {path})")]
-    Busy { path: PathBuf },
+    #[error("export is already running in another process ({held_by})")]
+    Busy { held_by: String },
+    #[error("cannot ask the store who runs the export: {cause}")]
+    Store { cause: String },
     #[error("cannot create the run lock {path}: {cause}. Check that the directory beside the store is writable.")]
     Io { path: PathBuf, cause: std::io::Error },
 }
@@ -67,7 +69,9 @@ impl RunLock {
                 Err(Errno::EAGAIN | Errno::EACCES) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
-                Err(Errno::EAGAIN | Errno::EACCES) => return Err(LockError::Busy { path }),
+                Err(Errno::EAGAIN | Errno::EACCES) => {
+                    return Err(LockError::Busy { held_by: format!("lock {}", path.display()) })
+                }
                 Err(e) => return Err(io(e.into())),
             }
         }

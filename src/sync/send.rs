@@ -164,7 +164,9 @@ impl Sender {
         connection_id: i64,
         run_id: i64,
     ) -> Result<Vec<ResolvedList>, SyncError> {
-        let _lock = match ListLock::acquire(&self.config.store.lock_dir(), connection_id, &self.cancel).await {
+        let _lock = match ListLock::acquire_for(&self.store, &self.config.store.lock_dir(), connection_id, &self.cancel)
+            .await
+        {
             Ok(lock) => lock,
             Err(ListLockError::Cancelled) => return Err(SyncError::Interrupted),
             Err(e) => return Err(e.into()),
