@@ -4,7 +4,8 @@
 //! or count, an administrator runs it, the operator previews it. None of that may read the file outside: each read
 //! opens only a regular file inside an allowed folder as it is at that moment, for `csv:`, `jsonl:` and `sqlite:`
 //! alike, and a segment whose folder leaves `[sources] allowed_dirs` stops reading, its runs failing with its name and
-//! why. Postgres URLs saved over HTTP name no file and no socket, whatever spelling the driver accepts.
+//! why. Postgres URLs saved over HTTP name no file and no socket, whatever spelling the driver accepts. And a
+//! contributor who picks an export name already taken learns that, and nothing else.
 
 mod common;
 
@@ -480,4 +481,43 @@ fn over_http_a_postgres_url_names_no_file_and_no_socket_in_any_spelling_the_driv
     ]);
     let (_, v, _) = host.call(&host.ann, Method::GET, "/segments/pg-fine", None);
     assert!(v["unreadable"].as_str().is_some_and(|why| why.contains("ssl-key")), "{v}");
+}
+
+#[test]
+fn a_contributor_who_picks_a_taken_export_name_learns_that_it_is_taken_and_nothing_else() {
+    let host = Host::new();
+    let file = host.drop.join("people.csv");
+    Kind::Csv.write_members(&file);
+    host.save_segment("confidential-segment", &format!("csv:{}", file.display()), Value::Null);
+    let other = host.drop.join("other.csv");
+    Kind::Csv.write_members(&other);
+    host.save_segment("carls-segment", &format!("csv:{}", other.display()), Value::Null);
+    // Ann's export, on a connection and a segment carl cannot see.
+    host.env.ok(&[
+        "connection",
+        "add",
+        "board-only",
+        "--api-key-env",
+        "ITERABLE_KEY",
+        "--base-url",
+        &host.env.base_url,
+        "--accept-data-privacy",
+    ]);
+    let body = json!({ "name": "q4-plan", "connection": "board-only", "segments": ["confidential-segment"],
+        "email_field": "email", "schedule": "off" });
+    let (status, _, text) = host.call(&host.ann, Method::POST, "/exports", Some(body));
+    assert_eq!(status, 201, "{text}");
+
+    let body = json!({ "name": "q4-plan", "connection": "iterable", "segments": ["carls-segment"],
+        "email_field": "email", "schedule": "off" });
+    let (status, v, text) = host.call(&host.carl, Method::POST, "/exports", Some(body));
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(v["error"]["kind"], "conflict", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'q4-plan'") && message.contains("unique across the store"), "it says why: {message}");
+    for hidden in ["board-only", "confidential-segment", "'ann'", "by ann"] {
+        assert!(!message.contains(hidden), "the refusal names {hidden:?}: {message}");
+    }
+    let (status, _, _) = host.call(&host.carl, Method::GET, "/exports/q4-plan", None);
+    assert_eq!(status, 404, "and the export stays hidden");
 }

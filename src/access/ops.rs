@@ -218,6 +218,12 @@ pub async fn create_export(
         .await
         .map_err(|e| match e {
             e @ StoreError::ListManaged { .. } if !caller.actor.is_admin() => OpError::Conflict(e.without_names()),
+            // Export names are unique across the store, so a contributor learns that the name is taken: that, and
+            // nothing about the export holding it, which they may not be able to see.
+            StoreError::Exists { name, .. } if !caller.actor.is_admin() => OpError::Conflict(format!(
+                "export '{name}' already exists: export names are unique across the store, whoever made the export. \
+                 Pick another name."
+            )),
             e => e.into(),
         })?;
     if let Some(id) = caller.actor.user_id() {
