@@ -267,8 +267,8 @@ pub(super) fn confine_this_thread(folder: &OwnedFd) -> Result<(), String> {
 
 /// Why a SQLite file of a segment saved over the HTTP API cannot be read on this system.
 const NO_LANDLOCK: &str = "this system cannot confine the SQLite library's own file access (the kernel's Landlock \
-     security module, Linux 5.13 or later, is missing or turned off), which a SQLite segment saved over the HTTP API \
-     needs; add the segment from the CLI on the host instead, or turn Landlock on";
+     security module, Linux 5.13 or later, is missing, turned off, or blocked by a system call filter), which a SQLite \
+     segment saved over the HTTP API needs; add the segment from the CLI on the host instead, or allow Landlock";
 
 /// Whether this system can confine SQLite sources saved over the HTTP API (for `validate`): a thread of its own is
 /// confined to a temporary folder and then ends.
