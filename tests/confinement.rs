@@ -523,3 +523,19 @@ fn a_contributor_who_picks_a_taken_export_name_learns_that_it_is_taken_and_nothi
     let (status, _, _) = host.call(&host.carl, Method::GET, "/exports/q4-plan", None);
     assert_eq!(status, 404, "and the export stays hidden");
 }
+
+#[test]
+#[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+fn a_postgres_segment_saved_over_http_with_allowed_parameters_reads_as_usual() {
+    let url = std::env::var("TEST_POSTGRES_URL")
+        .expect("TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it");
+    let host = Host::new();
+    let source = format!("{url}?sslmode=disable&application_name=confinement%20test&options=-c%20geqo%3Doff");
+    let query = "SELECT * FROM (VALUES ('a@example.com', 'gold'), ('b@example.com', 'silver')) AS p (email, tier)";
+    host.save_segment("pg-http", &source, json!(query));
+    let (_, v, _) = host.call(&host.carl, Method::GET, "/segments/pg-http?count=now", None);
+    assert_eq!((v["columns"].clone(), v["members"].clone()), (json!(["email", "tier"]), json!(2)), "{v}");
+    host.save_export("pg-http-x", "pg-http");
+    assert_eq!(host.run("pg-http-x")["status"], "succeeded");
+    assert_eq!(host.env.members("pg-http"), vec!["a@example.com".to_string(), "b@example.com".to_string()]);
+}

@@ -67,7 +67,9 @@ impl Refusal {
 /// The allowed folders, for messages.
 fn folders(dirs: &[PathBuf]) -> String {
     if dirs.is_empty() {
-        "[sources] allowed_dirs, which is empty".to_string()
+        "[sources] allowed_dirs, which is empty (file sources then come from the CLI on the host, unless the host's \
+         administrator names folders there)"
+            .to_string()
     } else {
         let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         format!("[sources] allowed_dirs ({})", names.join(", "))
