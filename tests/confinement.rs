@@ -367,6 +367,19 @@ fn a_segment_saved_over_http_stops_reading_once_its_folder_leaves_allowed_dirs_a
     // The same file from the CLI: the operator's own choice, not limited by allowed_dirs.
     host.env.ok(&["segment", "add", "by-hand", "--source", &source]);
     assert_eq!(host.run("dropped-x")["status"], "succeeded");
+    // How each was saved shows to administrators and on the host.
+    let (_, v, _) = host.call(&host.ann, Method::GET, "/segments/dropped", None);
+    assert_eq!(v["saved_from"], "http", "{v}");
+    let (_, v, _) = host.call(&host.carl, Method::GET, "/segments/dropped", None);
+    assert!(v.get("saved_from").is_none(), "administrators only: {v}");
+    let listed = host.env.json(&["segment", "list"]);
+    let saved_from: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["saved_from"].as_str().unwrap()))
+        .collect();
+    assert_eq!(saved_from, vec![("by-hand", "cli"), ("dropped", "http"), ("pg", "cli")]);
 
     let config = std::fs::read_to_string(host.env.path("config.toml")).unwrap();
     let without = config.replace(&format!("allowed_dirs = [\"{}\"]", host.drop.display()), "allowed_dirs = []");

@@ -125,6 +125,7 @@ async fn segment_view(
         source: admin.then(|| seg.shown_source()),
         query: if admin { seg.query.clone() } else { None },
         password: admin.then(|| seg.password.describe()),
+        saved_from: admin.then(|| seg.origin.into()),
     })
 }
 
@@ -182,8 +183,8 @@ pub struct SegmentBody {
     responses((status = 201, body = SegmentView), (status = 401, body = ErrorBody),
         (status = 403, description = "Not an administrator", body = ErrorBody),
         (status = 409, description = "A segment of that name exists", body = ErrorBody),
-        (status = 422, description = "Invalid, unreadable, or a file outside [sources] allowed_dirs",
-            body = ErrorBody)))]
+        (status = 422, description = "Invalid, unreadable, a file outside [sources] allowed_dirs, or a postgres URL \
+            naming a file or a socket", body = ErrorBody)))]
 pub async fn create_segment(
     State(s): State<ApiState>,
     c: Caller,

@@ -128,16 +128,19 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
                 })
                 .collect();
             if ctx.out.json {
-                let v: Vec<_> = shown.iter().map(|(s, src)| json!({ "name": s.name, "source": src, "query": s.query, "created_at": s.created_at })).collect();
+                let v: Vec<_> = shown.iter().map(|(s, src)| json!({ "name": s.name, "source": src, "query": s.query, "saved_from": s.origin.as_str(), "created_at": s.created_at })).collect();
                 ctx.out.json(&v);
             } else if shown.is_empty() {
                 println!("No segments yet. Add one with `segment-exporter segment add NAME --source sqlite:PATH --query SQL`.");
             } else {
                 let rows = shown
                     .iter()
-                    .map(|(s, src)| vec![s.name.clone(), src.clone(), s.query.clone().unwrap_or_else(|| "-".into())])
+                    .map(|(s, src)| {
+                        let query = s.query.clone().unwrap_or_else(|| "-".into());
+                        vec![s.name.clone(), src.clone(), query, s.origin.as_str().to_string()]
+                    })
                     .collect();
-                ctx.out.table(&["name", "source", "query"], rows);
+                ctx.out.table(&["name", "source", "query", "saved from"], rows);
             }
             Ok(exit::OK)
         }

@@ -74,7 +74,8 @@ impl SegmentOrigin {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// As stored, and as `segment list` shows it.
+    pub fn as_str(self) -> &'static str {
         match self {
             SegmentOrigin::Http => "http",
             SegmentOrigin::Cli => "cli",
