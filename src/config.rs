@@ -402,10 +402,12 @@ pub fn host_name(name: &str) -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
     /// Folders whose files (and the files of their subfolders) the HTTP API may name in a file source (`sqlite:`,
-    /// `csv:`, `jsonl:`). A path is resolved first (`..` and symbolic links followed), and must then lie inside
-    /// one of these folders, so that no request can read the master key, the store or any other file through a
-    /// segment. The CLI, run by the operator on the host, is not limited. Default: none (file sources come from
-    /// the CLI only; postgres sources are accepted from the API).
+    /// `csv:`, `jsonl:`). A path is resolved when the segment is saved (`..` and symbolic links followed) and must
+    /// then lie inside one of these folders; every later read of a segment saved over HTTP opens it again, following
+    /// no link, and only inside one of these folders as they are then (see `crate::source::Reach`), so that no
+    /// request can read the master key, the store or any other file through a segment. Segments saved from the CLI,
+    /// by the operator on the host, are not limited. Default: none (file sources come from the CLI only; postgres
+    /// sources are accepted from the API).
     pub allowed_dirs: Vec<PathBuf>,
 }
 

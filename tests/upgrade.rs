@@ -47,6 +47,8 @@ fn a_store_from_before_the_upgrade_keeps_its_exports_history_and_memory() {
     let exports = env.json(&["export", "list"]);
     let names: Vec<&str> = exports.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["exp-a", "exp-b"], "{exports}");
+    // Its segments read files outside any allowed folder (there is none): they count as saved from the CLI.
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM segments WHERE origin = 'cli'"), 2);
     let runs = env.json(&["runs"]);
     assert_eq!(runs.as_array().unwrap().len(), 2, "run history survives: {runs}");
     let shown = env.json(&["export", "show", "exp-a"]);

@@ -37,7 +37,8 @@ CREATE TABLE segments (
     password_source      TEXT CHECK (password_source IN ('stored', 'env', 'file')),
     password_ref         TEXT,
     password_ciphertext  BYTEA,
-    password_nonce       BYTEA
+    password_nonce       BYTEA,
+    origin               TEXT CHECK (origin IN ('http', 'cli'))   -- how it was last saved (SQLite 20261206000100)
 );
 
 CREATE TABLE exports (

@@ -127,13 +127,14 @@ pub async fn check_columns(
     seg: &Segment,
     identity: &[&str],
     fields: &[FieldMap],
-    master_key: &std::path::Path,
+    config: &Config,
 ) -> Result<(), String> {
     let spec: SourceSpec = seg.source.parse().map_err(|e| format!("segment '{}': {e}", seg.name))?;
-    let password = crate::secrets::resolve_source_password(seg, master_key)
+    let reach = seg.reach(&config.sources);
+    let password = crate::secrets::resolve_source_password(seg, &config.store.master_key_path())
         .map_err(|e| format!("{e} (add --skip-check to save anyway)"))?;
     let spec = spec.with_password(password);
-    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1)
+    let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1, &reach)
         .await
         .map_err(|e| format!("segment '{}' could not be read: {e} (add --skip-check to save anyway)", seg.name))?;
     let wanted = identity.iter().copied().chain(fields.iter().map(|f| f.column.as_str()));
@@ -186,7 +187,7 @@ pub async fn create_export(
             return Err(fail(format!("segment '{name}' is given twice")));
         }
         if !r.skip_check {
-            check_columns(&seg, &identity, &fields, &config.store.master_key_path()).await.map_err(|e| {
+            check_columns(&seg, &identity, &fields, config).await.map_err(|e| {
                 if caller.actor.is_admin() {
                     fail(e)
                 } else {
@@ -217,6 +218,12 @@ pub async fn create_export(
         .await
         .map_err(|e| match e {
             e @ StoreError::ListManaged { .. } if !caller.actor.is_admin() => OpError::Conflict(e.without_names()),
+            // Export names are unique across the store, so a contributor learns that the name is taken: that, and
+            // nothing about the export holding it, which they may not be able to see.
+            StoreError::Exists { name, .. } if !caller.actor.is_admin() => OpError::Conflict(format!(
+                "export '{name}' already exists: export names are unique across the store, whoever made the export. \
+                 Pick another name."
+            )),
             e => e.into(),
         })?;
     if let Some(id) = caller.actor.user_id() {

@@ -1,6 +1,7 @@
 //! Segments over HTTP: names, columns and sizes for everyone (to pick them for an export); sources, queries and
-//! changes for administrators, through `crate::access::ops::segments` with file sources confined to
-//! `[sources] allowed_dirs`. Contributors never see a source, not even inside an error.
+//! changes for administrators, through `crate::access::ops::segments`, which confines what a segment saved here
+//! may read to `[sources] allowed_dirs` (and every read of it below too). Contributors never see a source, not even
+//! inside an error.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -14,7 +15,7 @@ use super::auth::Caller;
 use super::handlers::{body, created, ok, ops_caller, ApiResult};
 use super::views::{ErrorBody, SegmentRemoved, SegmentView};
 use super::{ApiError, ApiState};
-use crate::access::ops::segments::{self as ops, FileSources, PasswordRef, SegmentAdd, SegmentEdit};
+use crate::access::ops::segments::{self as ops, PasswordRef, SegmentAdd, SegmentEdit};
 use crate::access::{self, Verdict};
 use crate::source::{self, Columns, SourceSpec};
 use crate::store::Segment;
@@ -52,23 +53,26 @@ impl CountQuery {
     }
 }
 
-/// The segment's source, ready to read (its password resolved).
-fn readable(s: &ApiState, seg: &Segment) -> Result<SourceSpec, String> {
+/// The segment's source, ready to read (its password resolved), and what it may reach.
+fn readable(s: &ApiState, seg: &Segment) -> Result<(SourceSpec, source::Reach), String> {
+    let config = s.config();
     let spec: SourceSpec = seg.source.parse().map_err(|e: source::SourceError| e.to_string())?;
     let password =
-        crate::secrets::resolve_source_password(seg, &s.config().store.master_key_path()).map_err(|e| e.to_string())?;
-    Ok(spec.with_password(password))
+        crate::secrets::resolve_source_password(seg, &config.store.master_key_path()).map_err(|e| e.to_string())?;
+    Ok((spec.with_password(password), seg.reach(&config.sources)))
 }
 
 /// Its columns (a first row read) or its rows counted whole; an error names the source only to administrators.
 async fn read_now(s: &ApiState, c: &Caller, seg: &Segment, count: bool) -> Result<(Vec<String>, Option<u64>), String> {
     let result = async {
-        let spec = readable(s, seg)?;
+        let (spec, reach) = readable(s, seg)?;
         if !count {
-            let (columns, _) = source::preview(&spec, seg.query.as_deref(), 1).await.map_err(|e| e.to_string())?;
+            let (columns, _) =
+                source::preview(&spec, seg.query.as_deref(), 1, &reach).await.map_err(|e| e.to_string())?;
             return Ok((columns, None));
         }
-        let mut stream = source::read(&spec, seg.query.as_deref(), Columns::All).await.map_err(|e| e.to_string())?;
+        let mut stream =
+            source::read(&spec, seg.query.as_deref(), Columns::All, &reach).await.map_err(|e| e.to_string())?;
         let mut rows = 0u64;
         while let Some(batch) = stream.batches.next().await {
             rows += batch.map_err(|e| e.to_string())?.len() as u64;
@@ -121,6 +125,7 @@ async fn segment_view(
         source: admin.then(|| seg.shown_source()),
         query: if admin { seg.query.clone() } else { None },
         password: admin.then(|| seg.password.describe()),
+        saved_from: admin.then(|| seg.origin.into()),
     })
 }
 
@@ -153,7 +158,8 @@ pub async fn segment(
     ok(segment_view(&s, &c, &seg, true, now).await?)
 }
 
-/// A new segment (administrators). File sources must lie inside `[sources] allowed_dirs`.
+/// A new segment (administrators). File sources must lie inside `[sources] allowed_dirs`, and a postgres URL may
+/// name no file and no socket of the host.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentBody {
@@ -173,17 +179,12 @@ pub struct SegmentBody {
     skip_check: bool,
 }
 
-/// The file sources the API may name under `config`'s `[sources] allowed_dirs`.
-fn file_sources(config: &crate::config::Config) -> FileSources<'_> {
-    FileSources::Under(&config.sources.allowed_dirs)
-}
-
 #[utoipa::path(post, path = "/segments", tag = "segments", request_body = SegmentBody,
     responses((status = 201, body = SegmentView), (status = 401, body = ErrorBody),
         (status = 403, description = "Not an administrator", body = ErrorBody),
         (status = 409, description = "A segment of that name exists", body = ErrorBody),
-        (status = 422, description = "Invalid, unreadable, or a file outside [sources] allowed_dirs",
-            body = ErrorBody)))]
+        (status = 422, description = "Invalid, unreadable, a file outside [sources] allowed_dirs, or a postgres URL \
+            naming a file or a socket", body = ErrorBody)))]
 pub async fn create_segment(
     State(s): State<ApiState>,
     c: Caller,
@@ -199,7 +200,7 @@ pub async fn create_segment(
         skip_check: b.skip_check,
     };
     let config = s.config();
-    let saved = ops::add_segment(&s.store, &config, &ops_caller(&c), request, file_sources(&config)).await?;
+    let saved = ops::add_segment(&s.store, &config, &ops_caller(&c), request).await?;
     created(segment_view(&s, &c, &saved.segment, false, false).await?)
 }
 
@@ -243,7 +244,7 @@ pub async fn edit_segment(
         skip_check: b.skip_check,
     };
     let config = s.config();
-    let saved = ops::edit_segment(&s.store, &config, &ops_caller(&c), &name, change, file_sources(&config)).await?;
+    let saved = ops::edit_segment(&s.store, &config, &ops_caller(&c), &name, change).await?;
     ok(segment_view(&s, &c, &saved.segment, false, false).await?)
 }
 

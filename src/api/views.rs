@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::{AuditEntry, Connection, Export, Issue, Run, RunStatus};
+use crate::store::{AuditEntry, Connection, Export, Issue, Run, RunStatus, SegmentOrigin};
 
 /// Every error: `{"error": {"kind", "message"}}`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -534,6 +534,27 @@ pub struct SegmentView {
     /// Administrators only: where the database password comes from (`none`, or how it is kept; never the password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Administrators only: how it was last saved, which decides what its source may read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved_from: Option<SavedFrom>,
+}
+
+/// How a segment was last saved. `http`: over this API, so its file is read only inside `[sources] allowed_dirs`,
+/// never through a link, and its postgres URL names no file and no socket; `cli`: on the host, read as named.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SavedFrom {
+    Http,
+    Cli,
+}
+
+impl From<SegmentOrigin> for SavedFrom {
+    fn from(origin: SegmentOrigin) -> Self {
+        match origin {
+            SegmentOrigin::Http => SavedFrom::Http,
+            SegmentOrigin::Cli => SavedFrom::Cli,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -167,7 +167,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub async fn store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open_configured(&self.config.store).await?)
+        Ok(Store::open_configured(&self.config).await?)
     }
 
     /// Who the CLI acts as: the local administrator, `local:OSUSER`.
@@ -293,6 +293,7 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
             problems.push(problem);
         }
     }
+    problems.extend(sources_check(&ctx.config, &store).await?);
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if ctx.out.json {
         ctx.out
@@ -305,6 +306,31 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// What `[sources] allowed_dirs` will let segments saved over the HTTP API read: folders that are not there, a
+/// kernel that cannot confine SQLite, and segments saved over HTTP that will not be read as things stand.
+async fn sources_check(config: &Config, store: &crate::store::Store) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let dirs = &config.sources.allowed_dirs;
+    for dir in dirs.iter().filter(|dir| !dir.is_dir()) {
+        problems.push(format!(
+            "sources.allowed_dirs: '{}' is not a folder here; segments saved over the HTTP API cannot read from it",
+            dir.display()
+        ));
+    }
+    if !dirs.is_empty() {
+        if let Err(why) = crate::source::sqlite_confinement_available() {
+            problems.push(format!("sources.allowed_dirs: {why}; csv: and jsonl: segments are read as usual"));
+        }
+    }
+    for seg in store.segments().await? {
+        let Ok(spec) = seg.source.parse::<crate::source::SourceSpec>() else { continue };
+        if let Err(why) = crate::source::check_reach(&spec, &seg.reach(&config.sources)) {
+            problems.push(format!("segment '{}' (saved over the HTTP API) will not be read: {why}", seg.name));
+        }
+    }
+    Ok(problems)
 }
 
 /// What the listener will serve, as the daemon will decide it at start (its TLS files read, too), or why it will

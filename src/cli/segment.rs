@@ -6,7 +6,7 @@ use serde_json::json;
 use super::error::ErrorKind;
 use super::user::op_error;
 use super::{exit, Ctx, Exit};
-use crate::access::ops::segments::{FileSources, PasswordRef, SavedSegment, SegmentAdd, SegmentEdit};
+use crate::access::ops::segments::{PasswordRef, SavedSegment, SegmentAdd, SegmentEdit};
 use crate::access::ops::{self, Caller};
 use crate::secrets;
 use crate::source::{self, SourceSpec};
@@ -104,9 +104,7 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             let actor = ctx.actor();
             let request = SegmentAdd { name, source, password_ref: password.reference(), query, skip_check };
             let saved =
-                ops::segments::add_segment(&store, &ctx.config, &caller(&actor), request, FileSources::Anywhere)
-                    .await
-                    .map_err(op_error)?;
+                ops::segments::add_segment(&store, &ctx.config, &caller(&actor), request).await.map_err(op_error)?;
             print_saved(ctx, &saved, "Added segment");
             Ok(exit::OK)
         }
@@ -114,10 +112,9 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
             let store = ctx.store().await?;
             let actor = ctx.actor();
             let change = SegmentEdit { source, password_ref: password.reference(), no_password, query, skip_check };
-            let saved =
-                ops::segments::edit_segment(&store, &ctx.config, &caller(&actor), &name, change, FileSources::Anywhere)
-                    .await
-                    .map_err(op_error)?;
+            let saved = ops::segments::edit_segment(&store, &ctx.config, &caller(&actor), &name, change)
+                .await
+                .map_err(op_error)?;
             print_saved(ctx, &saved, "Changed segment");
             Ok(exit::OK)
         }
@@ -131,23 +128,28 @@ pub async fn run(ctx: &Ctx, cmd: SegmentCmd) -> anyhow::Result<u8> {
                 })
                 .collect();
             if ctx.out.json {
-                let v: Vec<_> = shown.iter().map(|(s, src)| json!({ "name": s.name, "source": src, "query": s.query, "created_at": s.created_at })).collect();
+                let v: Vec<_> = shown.iter().map(|(s, src)| json!({ "name": s.name, "source": src, "query": s.query, "saved_from": s.origin.as_str(), "created_at": s.created_at })).collect();
                 ctx.out.json(&v);
             } else if shown.is_empty() {
                 println!("No segments yet. Add one with `segment-exporter segment add NAME --source sqlite:PATH --query SQL`.");
             } else {
                 let rows = shown
                     .iter()
-                    .map(|(s, src)| vec![s.name.clone(), src.clone(), s.query.clone().unwrap_or_else(|| "-".into())])
+                    .map(|(s, src)| {
+                        let query = s.query.clone().unwrap_or_else(|| "-".into());
+                        vec![s.name.clone(), src.clone(), query, s.origin.as_str().to_string()]
+                    })
                     .collect();
-                ctx.out.table(&["name", "source", "query"], rows);
+                ctx.out.table(&["name", "source", "query", "saved from"], rows);
             }
             Ok(exit::OK)
         }
         SegmentCmd::Preview { name, limit } => {
             let seg = ctx.store().await?.segment(&name).await?;
             let spec = readable(ctx, &seg)?;
-            let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit)
+            // A segment saved over the HTTP API reads confined here too: the operator may run this on a file an
+            // attacker swapped for a link.
+            let (columns, rows) = source::preview(&spec, seg.query.as_deref(), limit, &seg.reach(&ctx.config.sources))
                 .await
                 .map_err(|e| Exit::with_kind(ErrorKind::Source, format!("segment '{name}': {e}")))?;
             if ctx.out.json {

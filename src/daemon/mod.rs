@@ -180,7 +180,7 @@ impl Daemon {
         check_paths(&config, config_path.as_deref()).map_err(DaemonError::Config)?;
         let config = Arc::new(config);
         let tz = config.daemon.tz().map_err(DaemonError::Config)?;
-        let store = Store::open_configured(&config.store).await?;
+        let store = Store::open_configured(&config).await?;
         let shared = Arc::new(Shared::default());
         let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
 

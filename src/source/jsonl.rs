@@ -4,7 +4,8 @@
 //! column; later objects may omit a column (it reads as null), and keys beyond the columns are ignored.
 //! A file with no objects has no rows, and with `Columns::Only` its columns are taken as given, since
 //! there is no object to check them against.
-//! Like CSV, the file is read on a blocking thread feeding a small bounded channel.
+//! Like CSV, the file is read on a blocking thread feeding a small bounded channel, from the one descriptor opened
+//! under the segment's [`Reach`].
 
 use std::fmt;
 use std::fs::File;
@@ -16,16 +17,20 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::{
-    file_open_error, select_columns, Batcher, Columns, ReaderStream, Row, RowStream, SourceError, CHANNEL_BATCHES,
-};
+use super::confine::{self, Reach};
+use super::{select_columns, Batcher, Columns, ReaderStream, Row, RowStream, SourceError, CHANNEL_BATCHES};
 
 const READ_BUFFER: usize = 64 * 1024;
 
-pub(super) async fn read(spec: String, path: PathBuf, columns: Columns) -> Result<RowStream, SourceError> {
+pub(super) async fn read(
+    spec: String,
+    path: PathBuf,
+    columns: Columns,
+    reach: Reach,
+) -> Result<RowStream, SourceError> {
     let opening = {
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || open(spec, &path, columns))
+        tokio::task::spawn_blocking(move || open(spec, &path, columns, &reach))
     };
     let opened =
         opening.await.map_err(|error| SourceError::ReaderFailed { spec: spec.clone(), cause: error.to_string() })??;
@@ -50,8 +55,8 @@ struct Opened {
     first: Option<Map<String, Value>>,
 }
 
-fn open(spec: String, path: &Path, columns: Columns) -> Result<Opened, SourceError> {
-    let file = File::open(path).map_err(|error| file_open_error(spec.clone(), path, &error))?;
+fn open(spec: String, path: &Path, columns: Columns, reach: &Reach) -> Result<Opened, SourceError> {
+    let file = confine::open_file(&spec, path, reach)?;
     let mut lines = Lines { reader: BufReader::with_capacity(READ_BUFFER, file), buffer: Vec::new(), number: 0, spec };
     let first = lines.next_object()?;
     let available = match &first {
@@ -208,6 +213,7 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{read, SourceSpec};
     use super::*;
+    use crate::source::Reach;
     use futures::StreamExt;
     use serde_json::json;
 
@@ -226,7 +232,7 @@ mod tests {
 {"email": "bob@example.com", "age": 41.5, "extra": "ignored"}
 "#,
         );
-        let stream = read(&spec, None, Columns::All).await.unwrap();
+        let stream = read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["email", "age", "vip", "profile", "tags", "note"]);
         assert_eq!(
             collect(stream).await.unwrap(),
@@ -247,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn only_columns_come_back_in_the_requested_order_even_when_repeated() {
         let (_dir, spec) = file(b"{\"id\": 1, \"email\": \"a@example.com\", \"name\": \"A\"}\r\n");
-        let stream = read(&spec, None, only(&["name", "id", "name"])).await.unwrap();
+        let stream = read(&spec, None, only(&["name", "id", "name"]), &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["name", "id", "name"]);
         assert_eq!(collect(stream).await.unwrap(), vec![vec![json!("A"), json!(1), json!("A")]]);
     }
@@ -255,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn a_column_missing_from_the_first_object_is_a_missing_column() {
         let (_dir, spec) = file(b"{\"id\": 1}\n{\"id\": 2, \"email\": \"b@example.com\"}\n");
-        let error = read(&spec, None, only(&["email"])).await.unwrap_err();
+        let error = read(&spec, None, only(&["email"]), &Reach::Anywhere).await.unwrap_err();
         match error {
             SourceError::MissingColumn { column, available } => {
                 assert_eq!(column, "email");
@@ -268,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_line_that_is_not_an_object_is_malformed_at_its_line() {
         let (_dir, spec) = file(b"{\"id\": 1}\n\n[1, 2]\n{\"id\": 4}\n");
-        let error = collect(read(&spec, None, Columns::All).await.unwrap()).await.unwrap_err();
+        let error = collect(read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap()).await.unwrap_err();
         assert!(matches!(error, SourceError::Malformed { line: 3, .. }), "{error:?}");
         assert!(error.to_string().contains("an array"), "{error}");
     }
@@ -276,7 +282,7 @@ mod tests {
     #[tokio::test]
     async fn broken_json_is_malformed_at_its_line_and_column() {
         let (_dir, spec) = file(b"{\"id\": 1}\n{\"id\": 2,}\n");
-        let error = collect(read(&spec, None, Columns::All).await.unwrap()).await.unwrap_err();
+        let error = collect(read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap()).await.unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, SourceError::Malformed { line: 2, .. }), "{error:?}");
         assert!(message.contains("at column 10"), "{message}");
@@ -286,14 +292,14 @@ mod tests {
     #[tokio::test]
     async fn a_bad_first_line_is_reported_before_any_row() {
         let (_dir, spec) = file(b"\xEF\xBB\xBF\"just a string\"\n");
-        let error = read(&spec, None, Columns::All).await.unwrap_err();
+        let error = read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::Malformed { line: 1, .. }), "{error:?}");
     }
 
     #[tokio::test]
     async fn an_empty_file_has_no_rows_and_keeps_the_requested_columns() {
         let (_dir, spec) = file(b"\n  \n");
-        let stream = read(&spec, None, only(&["email"])).await.unwrap();
+        let stream = read(&spec, None, only(&["email"]), &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["email"]);
         assert!(collect(stream).await.unwrap().is_empty());
     }
@@ -302,7 +308,7 @@ mod tests {
     async fn a_missing_file_is_an_open_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let spec = SourceSpec::Jsonl { path: dir.path().join("gone.jsonl") };
-        let error = read(&spec, None, Columns::All).await.unwrap_err();
+        let error = read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::Open { .. }), "{error:?}");
         assert!(error.to_string().contains("gone.jsonl does not exist"), "{error}");
     }
@@ -316,7 +322,7 @@ mod tests {
         let (_dir, spec) = file(text.as_bytes());
         let SourceSpec::Jsonl { path } = &spec else { unreachable!() };
 
-        let mut batches = read(&spec, None, only(&["email"])).await.unwrap().batches;
+        let mut batches = read(&spec, None, only(&["email"]), &Reach::Anywhere).await.unwrap().batches;
         let (mut count, mut last) = (0, None);
         while let Some(batch) = batches.next().await {
             let batch = batch.unwrap();
@@ -326,7 +332,7 @@ mod tests {
         assert_eq!(count, 120_000);
         assert_eq!(last, Some(vec![json!("user120000@example.com")]));
 
-        let mut stream = read(&spec, None, Columns::All).await.unwrap();
+        let mut stream = read(&spec, None, Columns::All, &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.batches.next().await.unwrap().unwrap().len(), 1000);
         assert!(holds_open(path), "the reader waits, file open, for the consumer");
         drop(stream);

@@ -3,9 +3,12 @@
 //! optional SQL query into a [`RowStream`]: column names first, then rows in bounded batches. Each kind
 //! lives in its own file (`sqlite`, `postgres`, `csv`, `jsonl`); all of them produce rows on a background
 //! task that feeds a small bounded channel, so memory stays flat however many rows a segment has, and the
-//! task stops as soon as the consumer drops the stream. Nothing here knows about Iterable, the store or
-//! the sync engine, and nothing here ever writes to a source.
+//! task stops as soon as the consumer drops the stream. What a source may reach on this host ([`Reach`]: a segment
+//! saved over the HTTP API reads only files inside `[sources] allowed_dirs`, never through a link, and no socket) is
+//! enforced here, at every read (`confine`). Nothing here knows about Iterable, the store or the sync engine, and
+//! nothing here ever writes to a source.
 
+mod confine;
 mod csv;
 mod jsonl;
 mod postgres;
@@ -22,6 +25,8 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+pub use confine::{check_reach, for_saving, lies_within, sqlite_confinement_available, Reach, Refusal};
 
 /// Rows per batch sent down a [`RowStream`]; big enough to amortise channel hand-offs, small enough that a
 /// batch of wide rows stays well under a megabyte.
@@ -236,6 +241,10 @@ pub enum SourceError {
     #[error("Cannot open {spec}: {cause}. {hint}")]
     Open { spec: String, cause: String, hint: &'static str },
 
+    /// A source of a segment saved over the HTTP API reaching beyond what it may (see [`Reach`]).
+    #[error("{spec} may not be read: {problem}.")]
+    Confined { spec: String, problem: String },
+
     #[error("{spec} is a SQL source and needs a query; give the segment one, such as `SELECT email FROM customers`.")]
     MissingQuery { spec: String },
 
@@ -344,10 +353,15 @@ impl fmt::Debug for RowStream {
     }
 }
 
-/// Open the source and start streaming. `query` is required for sqlite/postgres and must be `None` for
-/// files. With `Columns::Only(names)`, each row holds exactly those columns in that order; a name the
-/// source does not have is reported as [`SourceError::MissingColumn`] before any row is read.
-pub async fn read(spec: &SourceSpec, query: Option<&str>, columns: Columns) -> Result<RowStream, SourceError> {
+/// Open the source and start streaming, reaching only what `reach` allows. `query` is required for sqlite/postgres
+/// and must be `None` for files. With `Columns::Only(names)`, each row holds exactly those columns in that order; a
+/// name the source does not have is reported as [`SourceError::MissingColumn`] before any row is read.
+pub async fn read(
+    spec: &SourceSpec,
+    query: Option<&str>,
+    columns: Columns,
+    reach: &Reach,
+) -> Result<RowStream, SourceError> {
     let label = spec.to_string();
     let query = query.filter(|sql| !sql.trim().is_empty());
     let sql = || query.ok_or_else(|| SourceError::MissingQuery { spec: label.clone() });
@@ -356,17 +370,17 @@ pub async fn read(spec: &SourceSpec, query: Option<&str>, columns: Columns) -> R
         None => Ok(()),
     };
     let stream = match spec {
-        SourceSpec::Sqlite { path } => sqlite::read(label.clone(), path, sql()?, columns).await?,
+        SourceSpec::Sqlite { path } => sqlite::read(label.clone(), path, sql()?, columns, reach).await?,
         SourceSpec::Postgres { url, password } => {
-            postgres::read(label.clone(), url, password.as_ref(), &spec.secrets(), sql()?, columns).await?
+            postgres::read(label.clone(), url, password.as_ref(), &spec.secrets(), sql()?, columns, reach).await?
         }
         SourceSpec::Csv { path } => {
             no_sql()?;
-            csv::read(label.clone(), path.clone(), columns).await?
+            csv::read(label.clone(), path.clone(), columns, reach.clone()).await?
         }
         SourceSpec::Jsonl { path } => {
             no_sql()?;
-            jsonl::read(label.clone(), path.clone(), columns).await?
+            jsonl::read(label.clone(), path.clone(), columns, reach.clone()).await?
         }
     };
     tracing::debug!(source = %spec, columns = ?stream.columns, "Source opened.");
@@ -379,8 +393,9 @@ pub async fn preview(
     spec: &SourceSpec,
     query: Option<&str>,
     limit: usize,
+    reach: &Reach,
 ) -> Result<(Vec<String>, Vec<Row>), SourceError> {
-    let mut stream = read(spec, query, Columns::All).await?;
+    let mut stream = read(spec, query, Columns::All, reach).await?;
     let mut rows = Vec::new();
     while rows.len() < limit {
         let Some(batch) = stream.batches.next().await else {
@@ -730,6 +745,7 @@ mod redaction_tests {
 mod tests {
     use super::test_support::*;
     use super::*;
+    use crate::source::Reach;
     use serde_json::json;
 
     #[test]
@@ -872,14 +888,14 @@ mod tests {
     #[tokio::test]
     async fn a_sql_source_without_a_query_is_refused_before_opening_anything() {
         let spec: SourceSpec = "sqlite:/nonexistent/db.sqlite".parse().unwrap();
-        let error = read(&spec, Some("  "), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("  "), Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::MissingQuery { .. }), "{error:?}");
     }
 
     #[tokio::test]
     async fn a_file_source_with_a_query_is_refused() {
         let spec: SourceSpec = "csv:/nonexistent/file.csv".parse().unwrap();
-        let error = read(&spec, Some("SELECT 1"), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("SELECT 1"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::UnexpectedQuery { .. }), "{error:?}");
         assert!(error.to_string().contains("csv:/nonexistent/file.csv"), "{error}");
     }
@@ -894,7 +910,7 @@ mod tests {
         }
         std::fs::write(&path, text).unwrap();
         let spec = SourceSpec::Csv { path };
-        let (columns, rows) = preview(&spec, None, 1001).await.unwrap();
+        let (columns, rows) = preview(&spec, None, 1001, &Reach::Anywhere).await.unwrap();
         assert_eq!(columns, vec!["email", "name"]);
         assert_eq!(rows.len(), 1001);
         assert_eq!(rows[1000], vec![json!("u1000@example.com"), json!("User 1000")]);

@@ -21,6 +21,7 @@ use sqlx::{Column, ConnectOptions, Connection, Decode, Executor, Postgres, Row a
 use sqlx::{TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
+use super::confine::{self, Reach, Refusal};
 use super::{
     float_value, scrub, select_columns, Batcher, Columns, ReaderStream, Row, RowStream, SourceError, CHANNEL_BATCHES,
 };
@@ -55,7 +56,9 @@ pub(super) async fn read(
     secrets: &[String],
     query: &str,
     columns: Columns,
+    reach: &Reach,
 ) -> Result<RowStream, SourceError> {
+    confine::check_url(&spec, url, reach)?;
     let open_error =
         |cause: String| SourceError::Open { spec: spec.clone(), cause: scrub(&cause, secrets), hint: OPEN_HINT };
     let options = connect_options(url, password).map_err(|error| open_error(error.to_string()))?;
@@ -121,6 +124,55 @@ fn connect_options(url: &str, password: Option<&SecretString>) -> Result<PgConne
         Some(_) => options,
         None => options.application_name("segment-exporter"),
     })
+}
+
+/// The URL parameters a segment saved over the HTTP API may carry: of those the driver reads (sqlx's
+/// `PgConnectOptions::parse_from_url`, matched exactly as it matches them, after percent-decoding), the ones that name
+/// no file of this host and no socket. Not on it, so refused: `sslrootcert`, `ssl-root-cert`, `ssl-ca`, `sslcert`,
+/// `ssl-cert`, `sslkey`, `ssl-key` (files the driver reads), `host` (a socket folder when it starts with `/`) and
+/// `hostaddr` (the host belongs in the URL's host part), and anything the driver does not read (`passfile`, typos).
+/// `options` and `options[NAME]` are server settings sent at connection; passwords were taken out before storing.
+const NETWORK_PARAMETERS: [&str; 9] = [
+    "sslmode",
+    "ssl-mode",
+    "statement-cache-capacity",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+    "options",
+    "options[NAME]",
+];
+
+/// Whether a PostgreSQL URL names no file and no socket of this host: every parameter on [`NETWORK_PARAMETERS`],
+/// and a network host in the URL's host part, as the driver parses it (a host given percent-encoded that decodes to
+/// `/...` is a socket folder to the driver; no host at all makes it look for a local socket).
+pub(super) fn network_only(url: &str) -> Result<(), Refusal> {
+    let refuse = |why: String| {
+        Refusal(format!(
+            "over the HTTP API a postgres URL may name no file and no socket of this host, but {why}; set such a \
+             segment up from the CLI on the host"
+        ))
+    };
+    let parsed = url::Url::parse(url).map_err(|e| refuse(format!("the URL cannot be read ({e})")))?;
+    for (key, _) in parsed.query_pairs() {
+        let options_entry = key.starts_with("options[") && key.ends_with(']');
+        if !options_entry && !NETWORK_PARAMETERS.contains(&&*key) {
+            return Err(refuse(format!(
+                "it carries the parameter '{key}', and only these may be given: {}",
+                NETWORK_PARAMETERS.join(", ")
+            )));
+        }
+    }
+    let options = PgConnectOptions::from_str(url).map_err(|e| refuse(format!("the driver cannot read it ({e})")))?;
+    match parsed.host_str().filter(|host| !host.is_empty()) {
+        None => Err(refuse("it names no host (the driver would look for a local socket)".into())),
+        Some(_) if options.get_socket().is_some() || options.get_host().starts_with('/') => Err(refuse(format!(
+            "its host is the socket folder {}",
+            options.get_socket().map_or_else(|| options.get_host().to_owned(), |s| s.display().to_string())
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// What to take from each row, and how.
@@ -317,7 +369,41 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{read, SourceSpec};
     use super::*;
+    use crate::source::Reach;
     use serde_json::json;
+
+    #[test]
+    fn over_http_only_network_hosts_and_parameters_naming_no_file_pass_in_every_spelling_the_driver_reads() {
+        for refused in [
+            "postgres://u@db/crm?ssl-root-cert=/k",
+            "postgres://u@db/crm?ssl-ca=/k",
+            "postgres://u@db/crm?ssl-cert=/k",
+            "postgres://u@db/crm?ssl-key=/k",
+            "postgres://u@db/crm?sslrootcert=/k",
+            "postgres://u@db/crm?sslcert=/k",
+            "postgres://u@db/crm?sslkey=/k",
+            "postgres://u@db/crm?ssl%2Dkey=/k",
+            "postgres://u@db/crm?SSLKEY=/k",
+            "postgres://u@db/crm?passfile=/k",
+            "postgres://u@db/crm?host=/var/run/postgresql",
+            "postgres://u@db/crm?host=db2",
+            "postgres://u@db/crm?hostaddr=10.0.0.1",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/crm",
+            "postgres://u@%2fvar%2frun/crm",
+            "postgres:///crm",
+        ] {
+            let why = network_only(refused).err().unwrap_or_else(|| panic!("{refused} passed")).0;
+            assert!(why.contains("over the HTTP API") && why.contains("CLI"), "{refused}: {why}");
+        }
+        for fine in [
+            "postgres://u@db.internal:5433/crm",
+            "postgresql://u@10.0.0.7/crm?sslmode=verify-full&application_name=x",
+            "postgres://u@[::1]/crm?ssl-mode=require&options=-c%20search_path%3Dcrm&options[geqo]=off",
+            "postgres://u@localhost/crm?statement-cache-capacity=0&dbname=crm&user=u&port=5432",
+        ] {
+            assert!(network_only(fine).is_ok(), "{fine}: {:?}", network_only(fine).err());
+        }
+    }
 
     /// The test server's URL. These tests are `#[ignore]`d, so they run only when asked for; asked for without a
     /// server, they fail saying so instead of passing unseen.
@@ -384,7 +470,9 @@ mod tests {
         .unwrap();
 
         let outcome = async {
-            let stream = read(&spec(&url), Some(&format!("SELECT * FROM {table} ORDER BY id")), Columns::All).await?;
+            let stream =
+                read(&spec(&url), Some(&format!("SELECT * FROM {table} ORDER BY id")), Columns::All, &Reach::Anywhere)
+                    .await?;
             let columns = stream.columns.clone();
             Ok::<_, SourceError>((columns, collect(stream).await?))
         }
@@ -426,7 +514,7 @@ mod tests {
                        (0::numeric), (-0.5), (1e-20), (12345678.90123), (100.000), (-99999.0001),
                        (10000), (123456789012345678901234567890.5), (0.1), ('NaN'), ('Infinity'),
                        (9223372036854775809)) AS t(n)";
-        let stream = read(&spec(&url), Some(sql), Columns::All).await.unwrap();
+        let stream = read(&spec(&url), Some(sql), Columns::All, &Reach::Anywhere).await.unwrap();
         let rows = collect(stream).await.unwrap();
         assert_eq!(rows.len(), 12);
         for row in &rows {
@@ -472,7 +560,8 @@ mod tests {
             .await
             .unwrap();
         let sql = format!("SELECT 'gold'::{tier} AS tier, 5::{score} AS score, 'x'::name AS n");
-        let outcome = async { collect(read(&spec(&url), Some(&sql), Columns::All).await?).await }.await;
+        let outcome =
+            async { collect(read(&spec(&url), Some(&sql), Columns::All, &Reach::Anywhere).await?).await }.await;
         sqlx::raw_sql(&format!("DROP TYPE {tier}; DROP DOMAIN {score};")).execute(&mut conn).await.unwrap();
         assert_eq!(outcome.unwrap(), vec![vec![json!("gold"), json!(5), json!("x")]]);
     }
@@ -482,7 +571,7 @@ mod tests {
     async fn only_columns_come_back_in_the_requested_order() {
         let url = test_url();
         let sql = "SELECT 1 AS id, 'ada@example.com' AS email, 'Ada' AS name";
-        let stream = read(&spec(&url), Some(sql), only(&["name", "id"])).await.unwrap();
+        let stream = read(&spec(&url), Some(sql), only(&["name", "id"]), &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["name", "id"]);
         assert_eq!(collect(stream).await.unwrap(), vec![vec![json!("Ada"), json!(1)]]);
     }
@@ -492,7 +581,7 @@ mod tests {
     async fn a_missing_column_is_reported_even_when_the_query_returns_no_rows() {
         let url = test_url();
         let sql = "SELECT 1 AS id, 'x' AS email WHERE false";
-        let error = read(&spec(&url), Some(sql), only(&["email", "phone"])).await.unwrap_err();
+        let error = read(&spec(&url), Some(sql), only(&["email", "phone"]), &Reach::Anywhere).await.unwrap_err();
         match error {
             SourceError::MissingColumn { column, available } => {
                 assert_eq!(column, "phone");
@@ -507,14 +596,14 @@ mod tests {
     async fn an_unsupported_type_is_refused_before_any_row_with_a_cast_hint() {
         let url = test_url();
         let sql = "SELECT 'a@b.c' AS email, '\\x00ff'::bytea AS photo";
-        let error = read(&spec(&url), Some(sql), Columns::All).await.unwrap_err();
+        let error = read(&spec(&url), Some(sql), Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(
             matches!(&error, SourceError::UnsupportedType { column, type_name, .. }
                 if column == "photo" && type_name == "bytea"),
             "{error:?}"
         );
         assert!(error.to_string().contains("photo::text"), "{error}");
-        let fine = read(&spec(&url), Some(sql), only(&["email"])).await;
+        let fine = read(&spec(&url), Some(sql), only(&["email"]), &Reach::Anywhere).await;
         assert!(fine.is_ok(), "a column that is not selected does not matter");
     }
 
@@ -523,7 +612,7 @@ mod tests {
     async fn bad_sql_is_a_query_error_without_the_password() {
         let url = test_url();
         let url = with_password(&url, "s3cr3t-pw");
-        let error = read(&spec(&url), Some("SELEC 1"), Columns::All).await.unwrap_err();
+        let error = read(&spec(&url), Some("SELEC 1"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(matches!(error, SourceError::Query { .. }), "{error:?}");
         assert!(shown.contains("syntax error"), "{shown}");
@@ -536,7 +625,7 @@ mod tests {
     async fn a_failure_mid_stream_is_a_query_error_after_the_good_rows() {
         let url = test_url();
         let sql = "SELECT 10 / (2500 - g) AS n FROM generate_series(1, 3000) AS g";
-        let stream = read(&spec(&url), Some(sql), Columns::All).await.unwrap();
+        let stream = read(&spec(&url), Some(sql), Columns::All, &Reach::Anywhere).await.unwrap();
         let mut batches = stream.batches;
         let mut good = 0;
         let error = loop {
@@ -561,7 +650,7 @@ mod tests {
             .await
             .unwrap();
         let sql = format!("DELETE FROM {table} RETURNING id");
-        let outcome = match read(&spec(&url), Some(&sql), Columns::All).await {
+        let outcome = match read(&spec(&url), Some(&sql), Columns::All, &Reach::Anywhere).await {
             Ok(stream) => collect(stream).await.map(|_| ()),
             Err(error) => Err(error),
         };
@@ -577,7 +666,7 @@ mod tests {
     async fn an_unreachable_server_is_an_open_error_without_the_password() {
         // Needs no server: nothing listens on port 1.
         let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/crm";
-        let error = read(&spec(url), Some("SELECT 1"), Columns::All).await.unwrap_err();
+        let error = read(&spec(url), Some("SELECT 1"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(matches!(error, SourceError::Open { .. }), "{error:?}");
         assert!(shown.contains("127.0.0.1:1"), "{shown}");
@@ -591,7 +680,7 @@ mod tests {
         let url = with_password(&url, "s3cr3t-pw");
         let (base, _) = url.rsplit_once('/').unwrap();
         let url = format!("{base}/no_such_database_here");
-        let error = read(&spec(&url), Some("SELECT 1"), Columns::All).await.unwrap_err();
+        let error = read(&spec(&url), Some("SELECT 1"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(shown.contains("no_such_database_here"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
@@ -602,7 +691,7 @@ mod tests {
     async fn many_rows_stream_in_batches_of_a_thousand() {
         let url = test_url();
         let sql = "SELECT g AS id, 'user' || g || '@example.com' AS email FROM generate_series(1, 25500) g";
-        let stream = read(&spec(&url), Some(sql), only(&["email"])).await.unwrap();
+        let stream = read(&spec(&url), Some(sql), only(&["email"]), &Reach::Anywhere).await.unwrap();
         let mut batches = stream.batches;
         let mut sizes = Vec::new();
         let mut last = None;
@@ -623,7 +712,7 @@ mod tests {
         let marker = unique_table("marker");
         // In the select list, generate_series streams; in FROM it would first build all its rows.
         let sql = format!("SELECT generate_series(1, 200000000) AS n /* {marker} */");
-        let mut stream = read(&spec(&url), Some(&sql), Columns::All).await.unwrap();
+        let mut stream = read(&spec(&url), Some(&sql), Columns::All, &Reach::Anywhere).await.unwrap();
         assert!(stream.batches.next().await.unwrap().is_ok());
         let mut conn = admin(&url).await;
         async fn running(conn: &mut PgConnection, marker: &str) -> i64 {

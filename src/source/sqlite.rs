@@ -1,7 +1,9 @@
 //! Reading a segment from a SQLite file. Owns the read-only connection, the check of the query's columns
 //! before any row is read, and the mapping of SQLite values to JSON. SQLite types belong to values, not
 //! columns, so each value is mapped by its own runtime type: INTEGER and REAL become numbers, TEXT a
-//! string, NULL null; a BLOB is refused with a hint to convert it in the query. The file is never written.
+//! string, NULL null; a BLOB is refused with a hint to convert it in the query. The file is never written. Under
+//! [`Reach::Within`] the connection is opened from a thread the kernel confines to the file's folder (see
+//! `confine`), so that whatever SQLite opens by name, then or later, is a file in that folder.
 
 use std::path::Path;
 
@@ -12,6 +14,7 @@ use sqlx::{Column, ConnectOptions, Connection, Decode, Executor, Row as _, Sqlit
 use sqlx::{TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
+use super::confine::{self, Reach};
 use super::{
     float_value, select_columns, Batcher, Columns, ReaderStream, Row, RowStream, SourceError, CHANNEL_BATCHES,
 };
@@ -22,21 +25,38 @@ const OPEN_HINT: &str = "Check the path and that the file is a SQLite database t
 /// wake each other far more often; on a 1M-row read this buffer halved the system time.
 const WORKER_ROW_BUFFER: usize = 1024;
 
-pub(super) async fn read(spec: String, path: &Path, query: &str, columns: Columns) -> Result<RowStream, SourceError> {
-    // SQLite's own message for a missing file ("unable to open database file") does not say which.
-    if let Err(error) = std::fs::metadata(path) {
-        return Err(super::file_open_error(spec, path, &error));
-    }
+pub(super) async fn read(
+    spec: String,
+    path: &Path,
+    query: &str,
+    columns: Columns,
+    reach: &Reach,
+) -> Result<RowStream, SourceError> {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .create_if_missing(false)
         .row_buffer_size(WORKER_ROW_BUFFER);
-    let mut conn = options.connect().await.map_err(|error| SourceError::Open {
-        spec: spec.clone(),
-        cause: error.to_string(),
-        hint: OPEN_HINT,
-    })?;
+    let open_error = |cause: String| SourceError::Open { spec: spec.clone(), cause, hint: OPEN_HINT };
+    let mut conn = match reach {
+        Reach::Anywhere => {
+            // SQLite's own message for a missing file ("unable to open database file") does not say which.
+            if let Err(error) = std::fs::metadata(path) {
+                return Err(super::file_open_error(spec, path, &error));
+            }
+            options.connect().await.map_err(|error| open_error(error.to_string()))?
+        }
+        Reach::Within(dirs) => {
+            // Opened by us first, for the plain refusals (outside, a link, not a file); what SQLite then opens is
+            // the kernel's to confine. Temporary tables stay in memory: it may create no file elsewhere.
+            let confined = confine::open_within(&spec, path, dirs)?;
+            let options = options.pragma("temp_store", "memory");
+            connect_confined(options, confined.folder).await.map_err(|cause| match cause {
+                Confinement::Unavailable(problem) => SourceError::Confined { spec: spec.clone(), problem },
+                Confinement::Open(cause) => open_error(cause),
+            })?
+        }
+    };
 
     // Preparing gives the column names even when the query returns no rows; sqlx caches the statement,
     // so the fetch below does not parse it again.
@@ -61,6 +81,34 @@ pub(super) async fn read(spec: String, path: &Path, query: &str, columns: Column
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let task = tokio::spawn(pump(conn, query.to_owned(), names.clone(), indices, spec.clone(), Batcher::new(tx)));
     Ok(RowStream { columns: names, batches: ReaderStream::boxed(spec, rx, task) })
+}
+
+enum Confinement {
+    /// This system cannot confine the thread: the source is not read.
+    Unavailable(String),
+    /// SQLite could not open the database (a file outside the folder is refused like a missing one).
+    Open(String),
+}
+
+/// Opens the connection from a thread of its own, confined to `folder` before sqlx starts the connection's worker
+/// thread from it (which inherits the confinement for the connection's whole life). The thread ends once the
+/// connection is open; it is never a pooled one, since the confinement cannot be undone.
+async fn connect_confined(
+    options: SqliteConnectOptions,
+    folder: std::os::fd::OwnedFd,
+) -> Result<SqliteConnection, Confinement> {
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("confined-sqlite-open".into())
+        .spawn(move || {
+            let opened = confine::confine_this_thread(&folder)
+                .map_err(Confinement::Unavailable)
+                .and_then(|()| runtime.block_on(options.connect()).map_err(|e| Confinement::Open(e.to_string())));
+            let _ = tx.send(opened);
+        })
+        .map_err(|e| Confinement::Open(format!("no thread to open it from ({e})")))?;
+    rx.await.unwrap_or_else(|_| Err(Confinement::Open("the thread opening it stopped unexpectedly".into())))
 }
 
 async fn pump(
@@ -142,6 +190,7 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{read, SourceSpec};
     use super::*;
+    use crate::source::Reach;
     use serde_json::json;
     use std::path::PathBuf;
 
@@ -167,7 +216,7 @@ mod tests {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
         let sql = "SELECT id, email, score, note FROM customers ORDER BY id";
-        let stream = read(&spec, Some(sql), Columns::All).await.unwrap();
+        let stream = read(&spec, Some(sql), Columns::All, &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["id", "email", "score", "note"]);
         let rows = collect(stream).await.unwrap();
         assert_eq!(
@@ -186,7 +235,7 @@ mod tests {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
         let sql = "SELECT id, email, score FROM customers WHERE id = 1";
-        let stream = read(&spec, Some(sql), only(&["email", "id"])).await.unwrap();
+        let stream = read(&spec, Some(sql), only(&["email", "id"]), &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.columns, vec!["email", "id"]);
         assert_eq!(collect(stream).await.unwrap(), vec![vec![json!("ada@example.com"), json!(1)]]);
     }
@@ -196,7 +245,7 @@ mod tests {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
         let sql = "SELECT id, email FROM customers WHERE 0";
-        let error = read(&spec, Some(sql), only(&["email", "phone"])).await.unwrap_err();
+        let error = read(&spec, Some(sql), only(&["email", "phone"]), &Reach::Anywhere).await.unwrap_err();
         match error {
             SourceError::MissingColumn { column, available } => {
                 assert_eq!(column, "phone");
@@ -210,7 +259,9 @@ mod tests {
     async fn a_blob_is_refused_with_a_hint_to_convert_it_in_the_query() {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
-        let stream = read(&spec, Some("SELECT id, photo FROM customers ORDER BY id"), Columns::All).await.unwrap();
+        let stream = read(&spec, Some("SELECT id, photo FROM customers ORDER BY id"), Columns::All, &Reach::Anywhere)
+            .await
+            .unwrap();
         let error = collect(stream).await.unwrap_err();
         let message = error.to_string();
         assert!(
@@ -226,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.db");
         let spec = SourceSpec::Sqlite { path: path.clone() };
-        let error = read(&spec, Some("SELECT 1 AS one"), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("SELECT 1 AS one"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::Open { .. }), "{error:?}");
         assert!(error.to_string().contains("does not exist"), "{error}");
         assert!(error.to_string().contains("absent.db"), "{error}");
@@ -239,7 +290,7 @@ mod tests {
         let path = dir.path().join("notes.db");
         std::fs::write(&path, "this is plain text, not a database file at all........").unwrap();
         let spec = SourceSpec::Sqlite { path };
-        let error = read(&spec, Some("SELECT id FROM customers"), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("SELECT id FROM customers"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         assert!(matches!(error, SourceError::Open { .. }), "{error:?}");
         assert!(error.to_string().contains("not a database"), "{error}");
     }
@@ -248,7 +299,7 @@ mod tests {
     async fn bad_sql_is_a_query_error_that_points_to_segment_preview() {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
-        let error = read(&spec, Some("SELEC id FROM customers"), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("SELEC id FROM customers"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, SourceError::Query { .. }), "{error:?}");
         assert!(message.contains("syntax error"), "{message}");
@@ -260,13 +311,13 @@ mod tests {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path: path.clone() };
         let sql = "DELETE FROM customers RETURNING id";
-        let outcome = match read(&spec, Some(sql), Columns::All).await {
+        let outcome = match read(&spec, Some(sql), Columns::All, &Reach::Anywhere).await {
             Ok(stream) => collect(stream).await.map(|_| ()),
             Err(error) => Err(error),
         };
         assert!(outcome.is_err(), "the delete should fail");
         let spec_again = SourceSpec::Sqlite { path };
-        let stream = read(&spec_again, Some("SELECT id FROM customers"), Columns::All).await.unwrap();
+        let stream = read(&spec_again, Some("SELECT id FROM customers"), Columns::All, &Reach::Anywhere).await.unwrap();
         assert_eq!(collect(stream).await.unwrap().len(), 3);
     }
 
@@ -274,7 +325,9 @@ mod tests {
     async fn a_query_with_parameters_is_refused() {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
-        let error = read(&spec, Some("SELECT id FROM customers WHERE id = ?"), Columns::All).await.unwrap_err();
+        let error = read(&spec, Some("SELECT id FROM customers WHERE id = ?"), Columns::All, &Reach::Anywhere)
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("parameter"), "{error}");
     }
 
@@ -288,7 +341,9 @@ mod tests {
         )
         .await;
         let spec = SourceSpec::Sqlite { path };
-        let stream = read(&spec, Some("SELECT email, id FROM people ORDER BY id"), Columns::All).await.unwrap();
+        let stream = read(&spec, Some("SELECT email, id FROM people ORDER BY id"), Columns::All, &Reach::Anywhere)
+            .await
+            .unwrap();
         let mut batches = stream.batches;
         let (mut count, mut largest, mut last) = (0usize, 0usize, None);
         while let Some(batch) = batches.next().await {
@@ -312,7 +367,7 @@ mod tests {
         )
         .await;
         let spec = SourceSpec::Sqlite { path: path.clone() };
-        let mut stream = read(&spec, Some("SELECT id FROM people"), Columns::All).await.unwrap();
+        let mut stream = read(&spec, Some("SELECT id FROM people"), Columns::All, &Reach::Anywhere).await.unwrap();
         assert_eq!(stream.batches.next().await.unwrap().unwrap().len(), 1000);
         assert!(holds_open(&path), "the reader is still mid-way");
         drop(stream);
@@ -321,6 +376,70 @@ mod tests {
 
     /// Not a test of behaviour: prints the read rate. Run with
     /// `cargo test --release -- --ignored --nocapture sqlite_read_rate`.
+    /// A folder allowed to segments saved over HTTP, holding `crm.db`; panics, saying why, where the kernel cannot
+    /// confine (the project's machines can).
+    async fn allowed_database(sql: &str) -> (tempfile::TempDir, PathBuf, Reach) {
+        if let Err(why) = super::super::sqlite_confinement_available() {
+            panic!("this test needs the kernel's Landlock: {why}");
+        }
+        let (dir, path) = database(sql).await;
+        let reach = Reach::Within(vec![std::fs::canonicalize(dir.path()).unwrap()]);
+        (dir, std::fs::canonicalize(path).unwrap(), reach)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_confined_read_sees_what_a_live_writer_left_in_the_write_ahead_log() {
+        let (_dir, path, reach) = allowed_database("PRAGMA journal_mode = WAL; CREATE TABLE t (email TEXT);").await;
+        // A writer that keeps its connection, so its rows stay in crm.db-wal, unchecked-pointed, with crm.db-shm.
+        let mut writer = SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+        sqlx::raw_sql("PRAGMA wal_autocheckpoint = 0; INSERT INTO t VALUES ('a@example.com'), ('b@example.com');")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let wal = path.with_extension("db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the rows are in the log");
+        let spec = SourceSpec::Sqlite { path: path.clone() };
+        let rows =
+            collect(read(&spec, Some("SELECT email FROM t ORDER BY email"), Columns::All, &reach).await.unwrap())
+                .await
+                .unwrap();
+        assert_eq!(rows, vec![vec![json!("a@example.com")], vec![json!("b@example.com")]]);
+        sqlx::query("INSERT INTO t VALUES ('c@example.com')").execute(&mut writer).await.unwrap();
+        let (_, rows) = super::super::preview(&spec, Some("SELECT email FROM t"), 10, &reach).await.unwrap();
+        assert_eq!(rows.len(), 3, "a later read sees the later row");
+        writer.close().await.unwrap();
+    }
+
+    /// On a current-thread runtime too: the confined thread drives the connect itself.
+    #[tokio::test]
+    async fn a_confined_read_sorts_and_groups_without_a_temporary_file() {
+        let (_dir, path, reach) = allowed_database(
+            "CREATE TABLE people (email TEXT, tier TEXT);
+             INSERT INTO people WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+                 SELECT 'user' || i || '@example.com', 'tier' || (i % 7) FROM n;",
+        )
+        .await;
+        let spec = SourceSpec::Sqlite { path };
+        let sql = "SELECT DISTINCT email, tier FROM people ORDER BY tier DESC, email";
+        let rows = collect(read(&spec, Some(sql), Columns::All, &reach).await.unwrap()).await.unwrap();
+        assert_eq!(rows.len(), 200000);
+        assert_eq!(rows[0], vec![json!("user100001@example.com"), json!("tier6")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_confined_read_refuses_a_database_outside_the_allowed_folders_or_behind_a_link() {
+        let (dir, path, reach) = allowed_database(CUSTOMERS).await;
+        let (_other, outside) = database(CUSTOMERS).await;
+        let link = path.with_file_name("link.db");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        for (file, why) in [(outside, "is not inside"), (link, "is a symbolic link")] {
+            let spec = SourceSpec::Sqlite { path: file };
+            let error = read(&spec, Some("SELECT email FROM customers"), Columns::All, &reach).await.unwrap_err();
+            assert!(matches!(&error, SourceError::Confined { problem, .. } if problem.contains(why)), "{error}");
+        }
+        drop(dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a timing probe, not a test: run with `cargo test --release -- --ignored sqlite_read_rate`"]
     async fn sqlite_read_rate_for_a_million_rows_is_printed() {
@@ -334,7 +453,10 @@ mod tests {
         let spec = SourceSpec::Sqlite { path };
         let cpu_before = process_cpu_seconds();
         let started = std::time::Instant::now();
-        let stream = read(&spec, Some("SELECT id, email, first_name, score FROM people"), Columns::All).await.unwrap();
+        let stream =
+            read(&spec, Some("SELECT id, email, first_name, score FROM people"), Columns::All, &Reach::Anywhere)
+                .await
+                .unwrap();
         let rows = {
             let mut batches = stream.batches;
             let mut count = 0usize;

@@ -37,7 +37,7 @@ pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFiel
 pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
 pub use requests::{NewRunRequest, RequestState, RunRequest, WaitingFor};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunFilter, RunStatus, RunTarget, RunTargetCounts};
-pub use segments::{Segment, SourcePassword};
+pub use segments::{Segment, SegmentOrigin, SourcePassword};
 pub use sessions::{Session, SessionListing};
 pub use sign_ins::{Admission, Pace, SignInPaces};
 pub use users::{AuditEntry, AuditEvent, Role, User};
@@ -162,21 +162,59 @@ impl Store {
         }
     }
 
-    /// Opens the store as the program uses it: [`Store::open`], then the upgrade steps SQL cannot do. Database
-    /// passwords that older versions kept in clear inside segments' sources are sealed with the master key, and the
-    /// file is then rewritten so no old page keeps them. When that cannot be done yet (the master key is missing
-    /// while other secrets are sealed with it, or is not theirs), nothing is changed or lost: those segments keep
-    /// working as before, a warning says what to do, and the next open tries again.
-    pub async fn open_configured(config: &crate::config::StoreConfig) -> Result<Store> {
-        if let Some(url) = config.postgres_url() {
-            let db = postgres::open(config, &url).await?;
+    /// Opens the store as the program uses it: [`Store::open`] (or the PostgreSQL store `store.url` names), then
+    /// the upgrade steps SQL cannot do.
+    ///
+    /// Segments saved before the store recorded how segments were saved are settled with the configuration in hand
+    /// (see [`Store::settle_segment_origins`]). Database passwords that older versions kept in clear inside segments'
+    /// sources are sealed with the master key, and the file is then rewritten so no old page keeps them. When that
+    /// cannot be done yet (the master key is missing while other secrets are sealed with it, or is not theirs),
+    /// nothing is changed or lost: those segments keep working as before, a warning says what to do, and the next
+    /// open tries again.
+    pub async fn open_configured(config: &crate::config::Config) -> Result<Store> {
+        if let Some(url) = config.store.postgres_url() {
+            let db = postgres::open(&config.store, &url).await?;
             return Ok(Store { db, path: PathBuf::new() });
         }
-        let store = Store::open(&config.path).await?;
-        if let Err(error) = store.seal_passwords_in_sources(&config.master_key_path()).await {
+        let store = Store::open(&config.store.path).await?;
+        store.settle_segment_origins(&config.sources.allowed_dirs).await?;
+        if let Err(error) = store.seal_passwords_in_sources(&config.store.master_key_path()).await {
             tracing::warn!(%error, "Could not finish upgrading the store (sealing source passwords an older version stored in clear); the next open tries again.");
         }
         Ok(store)
+    }
+
+    /// Decides, once, how each segment saved before origins were recorded counts: saved over the HTTP API when the
+    /// audit trail records its latest add or change as coming over the API, or when its file lies inside one of
+    /// `allowed_dirs` now, judged by the path as stored (a link swapped in before the upgrade cannot carry it out of
+    /// the folder, and so out of confinement); from the CLI otherwise.
+    async fn settle_segment_origins(&self, allowed_dirs: &[PathBuf]) -> Result<()> {
+        let unsettled = self.segments_without_origin().await?;
+        if unsettled.is_empty() {
+            return Ok(());
+        }
+        let settled: Vec<(i64, SegmentOrigin)> = unsettled
+            .into_iter()
+            .map(|(id, source, over_api)| {
+                let inside = match source.parse::<crate::source::SourceSpec>() {
+                    Ok(crate::source::SourceSpec::Sqlite { path })
+                    | Ok(crate::source::SourceSpec::Csv { path })
+                    | Ok(crate::source::SourceSpec::Jsonl { path }) => crate::source::lies_within(&path, allowed_dirs),
+                    _ => false,
+                };
+                (id, if over_api || inside { SegmentOrigin::Http } else { SegmentOrigin::Cli })
+            })
+            .collect();
+        let over_http = settled.iter().filter(|(_, origin)| *origin == SegmentOrigin::Http).count();
+        let done = self.settle_origins(&settled).await?;
+        tracing::info!(
+            segments = done,
+            over_http,
+            "Recorded how segments saved by an older version count: those the audit trail shows were saved over the \
+             HTTP API, or whose file lies inside [sources] allowed_dirs, as saved over HTTP (their sources are read \
+             confined), the others as saved from the CLI."
+        );
+        Ok(())
     }
 
     async fn seal_passwords_in_sources(&self, master_key_path: &Path) -> Result<()> {
@@ -378,7 +416,8 @@ pub(crate) mod test_support {
     /// A new PostgreSQL store in a database of its own.
     pub async fn temp_postgres_store() -> (TempDatabase, Store) {
         let db = TempDatabase::new().await;
-        let config = crate::config::StoreConfig { url: Some(db.url.clone()), ..Default::default() };
+        let mut config = crate::config::Config::default();
+        config.store.url = Some(db.url.clone());
         let store = Store::open_configured(&config).await.unwrap();
         (db, store)
     }

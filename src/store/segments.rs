@@ -53,6 +53,46 @@ impl SourcePassword {
     }
 }
 
+/// How a segment was last saved, which decides what its source may reach at every read (see
+/// `crate::access::segment_reach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentOrigin {
+    /// Over the HTTP API: an account's request.
+    Http,
+    /// From the CLI, by the operator on the host.
+    Cli,
+}
+
+impl SegmentOrigin {
+    /// What a source saved from here may reach on this host: from the CLI, what the operator named; over the HTTP
+    /// API, only files inside `[sources] allowed_dirs` (as configured now) and PostgreSQL URLs that name no file and
+    /// no socket. Decided here once, for saving and for every read.
+    pub fn reach(self, sources: &crate::config::SourcesConfig) -> crate::source::Reach {
+        match self {
+            SegmentOrigin::Cli => crate::source::Reach::Anywhere,
+            SegmentOrigin::Http => crate::source::Reach::Within(sources.allowed_dirs.clone()),
+        }
+    }
+
+    /// As stored, and as `segment list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentOrigin::Http => "http",
+            SegmentOrigin::Cli => "cli",
+        }
+    }
+
+    /// The stored value; NULL (saved before origins were recorded, not yet settled by `Store::open_configured`)
+    /// reads as `Http`, the confined side.
+    fn from_column(value: Option<&str>) -> Result<SegmentOrigin> {
+        match value {
+            None | Some("http") => Ok(SegmentOrigin::Http),
+            Some("cli") => Ok(SegmentOrigin::Cli),
+            Some(other) => Err(StoreError::unknown_value("segments", "origin", other)),
+        }
+    }
+}
+
 /// `password_source`, `password_ref`, `password_ciphertext`, `password_nonce`.
 struct PasswordColumns<'a> {
     kind: Option<&'static str>,
@@ -70,10 +110,17 @@ pub struct Segment {
     pub source: String,
     pub query: Option<String>,
     pub password: SourcePassword,
+    /// How it was last saved (added or changed).
+    pub origin: SegmentOrigin,
     pub created_at: DateTime<Utc>,
 }
 
 impl Segment {
+    /// What its source may reach at a read now (see [`SegmentOrigin::reach`]).
+    pub fn reach(&self, sources: &crate::config::SourcesConfig) -> crate::source::Reach {
+        self.origin.reach(sources)
+    }
+
     /// The source for output and messages, with `***` where a database password goes.
     pub fn shown_source(&self) -> String {
         self.source
@@ -89,12 +136,13 @@ impl std::fmt::Debug for Segment {
             .field("name", &self.name)
             .field("source", &self.shown_source())
             .field("password", &self.password)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
 
 const SELECT: &str = "SELECT id, name, source, query, password_source, password_ref, password_ciphertext, \
-     password_nonce, created_at FROM segments";
+     password_nonce, origin, created_at FROM segments";
 
 fn from_row(row: Row) -> Result<Segment> {
     let kind: Option<String> = row.try_get("password_source")?;
@@ -115,23 +163,25 @@ fn from_row(row: Row) -> Result<Segment> {
         source: row.try_get("source")?,
         query: row.try_get("query")?,
         password,
+        origin: SegmentOrigin::from_column(row.try_get::<Option<String>, _>("origin")?.as_deref())?,
         created_at: row.try_get("created_at")?,
     })
 }
 
 impl Store {
-    /// Adds a segment without a database password.
+    /// Adds a segment without a database password, as saved from the CLI.
     pub async fn add_segment(&self, name: &str, source: &str, query: Option<&str>) -> Result<Segment> {
-        self.add_segment_with_password(name, source, query, |_| SourcePassword::None).await
+        self.add_segment_with_password(name, source, query, SegmentOrigin::Cli, |_| SourcePassword::None).await
     }
 
-    /// Adds a segment whose database password is `password(id)`, given the new segment's id (a sealed password is
-    /// bound to it). The segment and its password are saved together or not at all.
+    /// Adds a segment saved from `origin` whose database password is `password(id)`, given the new segment's id (a
+    /// sealed password is bound to it). The segment and its password are saved together or not at all.
     pub async fn add_segment_with_password(
         &self,
         name: &str,
         source: &str,
         query: Option<&str>,
+        origin: SegmentOrigin,
         password: impl FnOnce(i64) -> SourcePassword,
     ) -> Result<Segment> {
         super::names::check_segment_name(name).map_err(|problem| StoreError::InvalidName {
@@ -140,15 +190,17 @@ impl Store {
             problem,
         })?;
         let mut tx = self.db.begin().await?;
-        let id: i64 =
-            sql("INSERT INTO segments (name, source, query, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
-                .bind(name)
-                .bind(source)
-                .bind(query)
-                .bind(now())
-                .scalar(&mut tx)
-                .await
-                .map_err(|e| StoreError::on_insert(e, "segment", name))?;
+        let id: i64 = sql(
+            "INSERT INTO segments (name, source, query, origin, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(query)
+        .bind(origin.as_str())
+        .bind(now())
+        .scalar(&mut tx)
+        .await
+        .map_err(|e| StoreError::on_insert(e, "segment", name))?;
         set_password(&mut tx, id, &password(id)).await?;
         tx.commit().await?;
         self.segment(name).await
@@ -169,20 +221,22 @@ impl Store {
             .ok_or_else(|| StoreError::not_found("segment", name, "segment list"))
     }
 
-    /// Changes a segment's source, query and password. Exports that use it keep what they put on its list, so their
-    /// next run sends only the difference.
+    /// Changes a segment's source, query and password, saved from `origin`. Exports that use it keep what they put on
+    /// its list, so their next run sends only the difference.
     pub async fn edit_segment(
         &self,
         name: &str,
         source: &str,
         query: Option<&str>,
+        origin: SegmentOrigin,
         password: &SourcePassword,
     ) -> Result<Segment> {
         let segment = self.segment(name).await?;
         let mut tx = self.db.begin().await?;
-        sql("UPDATE segments SET source = $1, query = $2 WHERE id = $3")
+        sql("UPDATE segments SET source = $1, query = $2, origin = $3 WHERE id = $4")
             .bind(source)
             .bind(query)
+            .bind(origin.as_str())
             .bind(segment.id)
             .execute(&mut tx)
             .await?;
@@ -231,6 +285,33 @@ impl Store {
         }
         tx.commit().await?;
         Ok(replaced)
+    }
+
+    /// Segments saved before the store recorded how (origin NULL): (id, source as stored, whether the audit trail
+    /// records its latest add or change, since it was added, as coming over the API).
+    pub(crate) async fn segments_without_origin(&self) -> Result<Vec<(i64, String, bool)>> {
+        let rows = sql("SELECT s.id, s.source, COALESCE((SELECT a.origin LIKE 'api %' FROM audit a \
+             WHERE a.target = s.name AND a.action IN ('segment.add', 'segment.edit') AND a.at >= s.created_at \
+             ORDER BY a.id DESC LIMIT 1), FALSE) AS over_api FROM segments s WHERE s.origin IS NULL ORDER BY s.id")
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    /// Records how segments saved before origins were recorded count: (id, origin). A row settled meanwhile (by
+    /// another process, or saved again) is left as it is. Returns how many were settled.
+    pub(crate) async fn settle_origins(&self, settled: &[(i64, SegmentOrigin)]) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        let mut done = 0;
+        for (id, origin) in settled {
+            done += sql("UPDATE segments SET origin = $1 WHERE id = $2 AND origin IS NULL")
+                .bind(origin.as_str())
+                .bind(id)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Members counted by the latest run that read the whole segment (its rows less invalid and duplicate ones),

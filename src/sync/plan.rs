@@ -137,7 +137,9 @@ impl Planner<'_> {
         let identity_columns = columns.len();
         columns.extend(export.fields.iter().map(|f| f.column.clone()));
         let project_type = self.project_type;
-        let stream = source::read(&spec, segment.query.as_deref(), Columns::Only(columns)).await.map_err(source_err)?;
+        let reach = segment.reach(&self.config.sources);
+        let stream =
+            source::read(&spec, segment.query.as_deref(), Columns::Only(columns), &reach).await.map_err(source_err)?;
         let max_issues = self.config.sync.max_recorded_issues;
         let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
         let mut examples_invalid = Vec::new();

@@ -185,14 +185,13 @@ pub async fn edit_export(
         };
         // New segments need every column; kept segments only the columns that are new to them.
         let columns_changed = a.email_field.is_some() || a.user_id_field.is_some() || !added.is_empty();
-        let master_key = config.store.master_key_path();
         for seg in &attach {
-            check_columns(seg, &identity, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
+            check_columns(seg, &identity, &fields, config).await.map_err(|e| unreadable(&seg.name, e))?;
         }
         if columns_changed {
             for t in export.targets.iter().filter(|t| !detach.iter().any(|d| d.id == t.id)) {
                 let seg = store.segment(&t.segment_name).await?;
-                check_columns(&seg, &identity, &fields, &master_key).await.map_err(|e| unreadable(&seg.name, e))?;
+                check_columns(&seg, &identity, &fields, config).await.map_err(|e| unreadable(&seg.name, e))?;
             }
         }
     }

@@ -1,19 +1,21 @@
 //! Adding, changing and removing segments, for the CLI and the HTTP API alike: the source and its query checked
 //! the same way, a database password sealed or kept as a reference, the exports that send the segment still
-//! finding their columns. Over HTTP (`FileSources::Under`), file sources must lie inside `[sources] allowed_dirs`
-//! once resolved, and nothing may make the service read a file or an environment variable of the host's.
+//! finding their columns. A segment records how it was saved ([`segment_origin`]): one saved over HTTP may name
+//! only files inside `[sources] allowed_dirs` and PostgreSQL URLs that name no file and no socket, at saving and at
+//! every later read (`crate::source::Reach`), and nothing may make the service read a file or an environment variable
+//! of the host's.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::secrets::{self, MasterKey};
-use crate::source::{self, SourceSpec};
-use crate::store::{Segment, SourcePassword, Store, StoreError};
+use crate::source::{self, Reach, SourceSpec};
+use crate::store::{Segment, SegmentOrigin, SourcePassword, Store, StoreError};
 
 use super::{Caller, OpError};
-use crate::access::{audit, manage_segments};
+use crate::access::{audit, manage_segments, Actor};
 
 /// Where a postgres source's password comes from when it is not in the URL. `Env` and `File` are for the CLI
 /// only: over HTTP they would let a request send any environment variable or file of the host to a database server
@@ -26,13 +28,14 @@ pub enum PasswordRef {
     Value(SecretString),
 }
 
-/// Where file sources may be.
-#[derive(Debug, Clone, Copy)]
-pub enum FileSources<'a> {
-    /// Anywhere: the operator at the host's shell.
-    Anywhere,
-    /// Only inside these folders, once `..` and symbolic links are resolved: the HTTP API.
-    Under(&'a [PathBuf]),
+/// How a segment saved by `actor` counts: from the CLI when the operator at the host's shell saves it, over the
+/// HTTP API when an account does. It decides what the segment's source may reach, then and at every read
+/// ([`SegmentOrigin::reach`]).
+pub fn segment_origin(actor: &Actor) -> SegmentOrigin {
+    match actor {
+        Actor::Local { .. } => SegmentOrigin::Cli,
+        Actor::User(_) => SegmentOrigin::Http,
+    }
 }
 
 /// A new segment.
@@ -188,56 +191,10 @@ fn check_source(spec: &SourceSpec, query: &Option<String>) -> Result<(), OpError
     }
 }
 
-/// Postgres URL parameters that name a file the client would read.
-const FILE_PARAMETERS: [&str; 4] = ["sslrootcert", "sslcert", "sslkey", "passfile"];
-
-/// The source as it may be saved under `files`: a file source resolved (`..`, symbolic links) and inside one of the
-/// allowed folders; a postgres source that makes the service read no file of the host's.
-pub fn confine(spec: SourceSpec, files: FileSources<'_>, segment: &str) -> Result<SourceSpec, OpError> {
-    let FileSources::Under(dirs) = files else { return Ok(spec) };
-    let refuse = |why: String| OpError::Invalid(format!("segment '{segment}' not saved: {why}"));
-    let path = match &spec {
-        SourceSpec::Postgres { url, .. } => {
-            let parsed = url::Url::parse(url).map_err(|e| refuse(format!("the URL cannot be read ({e})")))?;
-            let names_file = parsed.query_pairs().any(|(k, v)| {
-                FILE_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()) || (k == "host" && v.starts_with('/'))
-            });
-            if names_file {
-                return Err(refuse(format!(
-                    "over the HTTP API a postgres URL may not name a file of this host ({}, or a socket folder as \
-                     host); set such a segment up from the CLI",
-                    FILE_PARAMETERS.join(", ")
-                )));
-            }
-            return Ok(spec);
-        }
-        SourceSpec::Sqlite { path } | SourceSpec::Csv { path } | SourceSpec::Jsonl { path } => path.clone(),
-    };
-    let allowed = || {
-        if dirs.is_empty() {
-            "no folder is allowed ([sources] allowed_dirs is empty): file sources are added from the CLI on the host, \
-             or an administrator of the host names folders in [sources] allowed_dirs"
-                .to_string()
-        } else {
-            let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-            format!("file sources must lie inside a folder of [sources] allowed_dirs ({})", names.join(", "))
-        }
-    };
-    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(refuse(format!("give the file's absolute path, without '..'; {}", allowed())));
-    }
-    let real = std::fs::canonicalize(&path)
-        .map_err(|e| refuse(format!("the file {} cannot be opened ({e}); {}", path.display(), allowed())))?;
-    let inside = dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).any(|d| real.starts_with(&d));
-    if !inside || !real.is_file() {
-        return Err(refuse(allowed()));
-    }
-    Ok(match spec {
-        SourceSpec::Sqlite { .. } => SourceSpec::Sqlite { path: real },
-        SourceSpec::Csv { .. } => SourceSpec::Csv { path: real },
-        SourceSpec::Jsonl { .. } => SourceSpec::Jsonl { path: real },
-        pg => pg,
-    })
+/// The source as it may be saved under `reach` (see `crate::source::for_saving`).
+fn confine(spec: SourceSpec, reach: &Reach, segment: &str) -> Result<SourceSpec, OpError> {
+    source::for_saving(spec, reach)
+        .map_err(|refusal| OpError::Invalid(format!("segment '{segment}' not saved: {refusal}")))
 }
 
 /// Adds a segment (admins only): checks the source (reads a first row unless `skip_check`), seals a password given
@@ -247,9 +204,10 @@ pub async fn add_segment(
     config: &Config,
     caller: &Caller<'_>,
     r: SegmentAdd,
-    files: FileSources<'_>,
 ) -> Result<SavedSegment, OpError> {
     manage_segments(caller.actor).check("segments")?;
+    let origin = segment_origin(caller.actor);
+    let reach = origin.reach(&config.sources);
     let name = r.name;
     // The name becomes the Iterable list's name; check it before reading the source.
     crate::store::names::check_segment_name(&name).map_err(|problem| StoreError::InvalidName {
@@ -257,7 +215,7 @@ pub async fn add_segment(
         name: name.clone(),
         problem,
     })?;
-    let spec = confine(r.source.parse::<SourceSpec>()?.absolute(), files, &name)?;
+    let spec = confine(r.source.parse::<SourceSpec>()?.absolute(), &reach, &name)?;
     let password = new_password(&spec, r.password_ref.as_ref())?;
     let query = r.query.filter(|q| !q.trim().is_empty());
     check_source(&spec, &query)?;
@@ -271,11 +229,13 @@ pub async fn add_segment(
         let readable = spec.clone().with_password(
             password.resolve(&name, 0, &stored, &master_key_path).map_err(|e| not_saved(true, e.to_string()))?,
         );
-        source::preview(&readable, query.as_deref(), 1).await.map_err(|e| not_saved(false, e.to_string()))?;
+        source::preview(&readable, query.as_deref(), 1, &reach).await.map_err(|e| not_saved(false, e.to_string()))?;
     }
     let master = password.master_key(store, &master_key_path).await?;
     let seg = store
-        .add_segment_with_password(&name, &stored, query.as_deref(), |id| password.record(master.as_ref(), id, &stored))
+        .add_segment_with_password(&name, &stored, query.as_deref(), origin, |id| {
+            password.record(master.as_ref(), id, &stored)
+        })
         .await?;
     let (shown_source, password_note) = described(&spec, &seg.password);
     audit(store, config, caller.actor, caller.origin, "segment.add", Some(&name), None).await?;
@@ -290,10 +250,11 @@ pub async fn edit_segment(
     caller: &Caller<'_>,
     name: &str,
     e: SegmentEdit,
-    files: FileSources<'_>,
 ) -> Result<SavedSegment, OpError> {
     let seg = store.segment(name).await?;
     manage_segments(caller.actor).check(&format!("segment '{name}'"))?;
+    let origin = segment_origin(caller.actor);
+    let reach = origin.reach(&config.sources);
     let fail = |m: String| OpError::Invalid(format!("segment '{name}' not changed: {m}"));
     let password_given = e.password_ref.is_some();
     if e.source.is_none() && e.query.is_none() && !password_given && !e.no_password {
@@ -310,7 +271,7 @@ pub async fn edit_segment(
         None => seg.source.parse::<SourceSpec>()?,
     };
     // Over HTTP the segment as it will be must read only what is allowed, even when only its query changes.
-    let spec = confine(spec, files, name)?;
+    let spec = confine(spec, &reach, name)?;
     let stored = spec.to_stored();
     let password = if e.no_password {
         if !matches!(spec, SourceSpec::Postgres { .. }) {
@@ -351,7 +312,7 @@ pub async fn edit_segment(
                 message: format!("segment '{name}' not changed: {e} (add --skip-check to save it anyway)"),
             })?;
         let readable = spec.clone().with_password(resolved);
-        let (columns, _) = source::preview(&readable, query.as_deref(), 1)
+        let (columns, _) = source::preview(&readable, query.as_deref(), 1, &reach)
             .await
             .map_err(|e| fail(format!("{e} (add --skip-check to save it anyway)")))?;
         for export_name in store.exports_using_segment(seg.id).await? {
@@ -371,7 +332,7 @@ pub async fn edit_segment(
     }
     let master = password.master_key(store, &master_key_path).await?;
     let record = password.record(master.as_ref(), seg.id, &stored);
-    let seg = store.edit_segment(name, &stored, query.as_deref(), &record).await?;
+    let seg = store.edit_segment(name, &stored, query.as_deref(), origin, &record).await?;
     let (shown_source, password_note) = described(&spec, &seg.password);
     audit(store, config, caller.actor, caller.origin, "segment.edit", Some(name), None).await?;
     Ok(SavedSegment { segment: seg, shown_source, password_note })
@@ -384,49 +345,4 @@ pub async fn remove_segment(store: &Store, config: &Config, caller: &Caller<'_>,
     store.remove_segment(name).await?;
     audit(store, config, caller.actor, caller.origin, "segment.remove", Some(name), None).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn csv(path: &Path) -> SourceSpec {
-        SourceSpec::Csv { path: path.to_path_buf() }
-    }
-
-    #[test]
-    fn a_file_is_accepted_only_inside_an_allowed_folder_once_resolved() {
-        let dir = tempfile::tempdir().unwrap();
-        let allowed = dir.path().join("segments");
-        let sibling = dir.path().join("segments2");
-        std::fs::create_dir_all(allowed.join("sub")).unwrap();
-        std::fs::create_dir(&sibling).unwrap();
-        for file in [allowed.join("sub/a.csv"), sibling.join("b.csv"), dir.path().join("secret.key")] {
-            std::fs::write(file, "email\n").unwrap();
-        }
-        std::os::unix::fs::symlink(dir.path().join("secret.key"), allowed.join("link.csv")).unwrap();
-        let dirs = [allowed.clone()];
-        let under = FileSources::Under(&dirs);
-
-        let SourceSpec::Csv { path } = confine(csv(&allowed.join("sub/a.csv")), under, "s").unwrap() else {
-            panic!("a csv source stays one")
-        };
-        assert_eq!(path, std::fs::canonicalize(allowed.join("sub/a.csv")).unwrap());
-        for refused in [
-            sibling.join("b.csv"),                // a folder whose name merely starts like an allowed one
-            allowed.join("link.csv"),             // a link out of the folder
-            allowed.join("sub/../../secret.key"), // `..`
-            allowed.join("sub"),                  // a folder, not a file
-            allowed.join("missing.csv"),
-        ] {
-            let e =
-                confine(csv(&refused), under, "s").err().unwrap_or_else(|| panic!("{} accepted", refused.display()));
-            assert!(e.to_string().contains("segment 's' not saved"), "{e}");
-        }
-        assert!(confine(csv(&allowed.join("sub/a.csv")), FileSources::Under(&[]), "s").is_err(), "none by default");
-        assert!(
-            confine(csv(&dir.path().join("secret.key")), FileSources::Anywhere, "s").is_ok(),
-            "the CLI is not limited"
-        );
-    }
 }

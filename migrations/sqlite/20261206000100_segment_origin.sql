@@ -1,0 +1,11 @@
+-- How each segment was last saved: 'http' over the HTTP API, 'cli' from the command line on the host. It decides what
+-- the segment's source may reach at every read (see src/source/confine.rs): one saved over HTTP reads only regular
+-- files inside [sources] allowed_dirs, never through a link, and PostgreSQL URLs that name no file and no socket.
+--
+-- NULL: saved before this version. [sources] allowed_dirs is configuration, not store, so SQL cannot settle them
+-- here: the first process that opens the store with its configuration does (Store::open_configured), once. A
+-- segment counts as saved over HTTP when the audit trail records its latest add or change as coming over the API,
+-- or when its file lies inside an allowed folder at that moment (judged by the path as stored, so that a link
+-- swapped in before the upgrade cannot move it out of confinement); from the CLI otherwise. A NULL still unsettled
+-- reads as 'http', the confined side.
+ALTER TABLE segments ADD COLUMN origin TEXT CHECK (origin IN ('http', 'cli'));
