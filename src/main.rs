@@ -82,7 +82,11 @@ fn main() -> ExitCode {
 
 /// Reports a failed command (on stderr, and as the one JSON document with `--json`) and returns its exit code.
 fn fail(out: Output, e: &anyhow::Error) -> ExitCode {
-    let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);
+    // A configuration that cannot be run (a store schema of another version, another master key) exits 78, which
+    // systemd does not restart on, whatever the error's type.
+    let code = e
+        .downcast_ref::<Exit>()
+        .map_or_else(|| if ErrorKind::of(e) == ErrorKind::Config { exit::CONFIG } else { exit::FAILED }, |x| x.code);
     eprintln!("error: {e:#}");
     if out.json {
         out.json(&error::document_of(e));

@@ -164,6 +164,21 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// The check value a PostgreSQL store keeps, sealed with its master key (nonce, then ciphertext), so that a
+    /// process with another key is refused when it opens the store, not at the first secret it needs.
+    pub fn seal_check(&self) -> Vec<u8> {
+        let (ciphertext, nonce) = self.seal_with(CHECK_AAD, &SecretString::from(CHECK_TEXT));
+        [nonce, ciphertext].concat()
+    }
+
+    /// Whether this key opens the store's check value.
+    pub fn opens_check(&self, sealed: &[u8]) -> bool {
+        sealed.len() > 24
+            && self
+                .open_with(CHECK_AAD, &sealed[24..], &sealed[..24])
+                .is_some_and(|text| text.expose_secret() == CHECK_TEXT)
+    }
+
     /// Seals an API key for a connection; returns (ciphertext, nonce).
     pub fn seal(&self, connection: &str, api_key: &SecretString) -> (Vec<u8>, Vec<u8>) {
         self.seal_with(connection.as_bytes(), api_key)
@@ -198,6 +213,10 @@ impl MasterKey {
         String::from_utf8(plain).map(SecretString::from).ok()
     }
 }
+
+/// What a store's check value holds, and what it is sealed for.
+const CHECK_TEXT: &str = "segment-exporter master key check";
+const CHECK_AAD: &[u8] = b"store-master-key-check";
 
 fn parse_hex_key(text: &str) -> Option<chacha20poly1305::Key> {
     let bytes = hex::decode(text.trim()).ok()?;

@@ -316,7 +316,10 @@ async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiErr
     let last = s.store.last_run(export.id).await?;
     let mut view = ExportView::new(export, users, last.as_ref());
     view.next_run = crate::schedule::next_run(export, &s.config().daemon);
-    view.running_run_id = s.queue.live().of_export(export.id).and_then(|p| p.run_id());
+    view.running_run_id = match s.queue.live().of_export(export.id).and_then(|p| p.run_id()) {
+        Some(id) => Some(id),
+        None => s.store.lease_holder(export.id).await?.and_then(|lease| lease.run_id),
+    };
     Ok(view)
 }
 
@@ -787,11 +790,23 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
         return Err(ApiError::not_found(&what));
     }
     let mut v = run_view(&s, &c, &run).await?;
-    if let Some(p) = progress.filter(|_| run.status == crate::store::RunStatus::Running) {
-        let (done, planned, per_second, seconds_left) = p.snapshot();
-        let (phase, list) = p.phase();
-        let phase = serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        v.progress = Some(ProgressView { phase, list, done, planned, per_second, seconds_left });
+    if run.status == crate::store::RunStatus::Running {
+        v.progress = match progress {
+            Some(p) => {
+                let (done, planned, per_second, seconds_left) = p.snapshot();
+                let (phase, list) = p.phase();
+                let phase =
+                    serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                Some(ProgressView { phase, list, done, planned, per_second, seconds_left })
+            }
+            // On a store shared by several daemons, the run may go on another: its holder publishes its progress.
+            None => s
+                .store
+                .lease_of_run(id)
+                .await?
+                .and_then(|lease| lease.progress)
+                .and_then(|json| serde_json::from_str::<ProgressView>(&json).ok()),
+        };
     }
     let issues = s.store.run_issues(id, 100).await?;
     v.rejected_and_invalid = Some(issues.into_iter().map(IssueView::from).collect());

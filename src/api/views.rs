@@ -409,7 +409,7 @@ pub struct RunListView {
 }
 
 /// Live progress of a run in flight.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressView {
     /// `reading`, `resolving`, `sending` or `done`.

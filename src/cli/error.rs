@@ -116,7 +116,9 @@ fn of_store(e: &StoreError) -> ErrorKind {
         StoreError::Conflict(_) | StoreError::ListManaged { .. } | StoreError::RunNotRunning { .. } => {
             ErrorKind::Conflict
         }
-        StoreError::SchemaBehind { .. } | StoreError::SchemaAhead { .. } => ErrorKind::Config,
+        StoreError::SchemaBehind { .. } | StoreError::SchemaAhead { .. } | StoreError::MasterKey { .. } => {
+            ErrorKind::Config
+        }
         StoreError::Open { .. }
         | StoreError::Migrate { .. }
         | StoreError::UnknownValue { .. }

@@ -195,6 +195,8 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
         ExportCmd::Run(args) => run_now(ctx, args).await,
         ExportCmd::Users { name, add, remove } => super::user::export_users(ctx, &name, &add, &remove).await,
         ExportCmd::Trigger { name, all } => {
+            // On a store shared by daemons on several hosts, a trigger is a run request in the store, which any of
+            // them takes; a trigger file would reach only the daemons of this host.
             let target = match (&name, all) {
                 (_, true) => crate::daemon::TRIGGER_ALL.to_string(),
                 (Some(n), _) => {
@@ -203,7 +205,11 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                 }
                 _ => unreachable!("clap requires a name or --all"),
             };
-            ctx.audit(&ctx.store().await?, "export.trigger", &target, None).await?;
+            let store = ctx.store().await?;
+            ctx.audit(&store, "export.trigger", &target, None).await?;
+            if store.kind() == crate::store::Kind::Postgres {
+                return trigger_in_store(ctx, &store, name.as_deref()).await;
+            }
             let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
                 Exit::error(
                     exit::FAILED,
@@ -672,4 +678,38 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
     if r.status == RunStatus::Refused && !r.dry_run {
         eprintln!("Nothing was removed from any list.");
     }
+}
+
+/// `export trigger` on a PostgreSQL store: a run request per export, which the first daemon with a free slot
+/// takes (woken by the store's notification).
+async fn trigger_in_store(ctx: &Ctx, store: &crate::store::Store, name: Option<&str>) -> anyhow::Result<u8> {
+    let exports = match name {
+        Some(n) => vec![store.export(n).await?],
+        None => store.exports().await?.into_iter().filter(|e| e.enabled && e.connection_id.is_some()).collect(),
+    };
+    let queue = crate::queue::RunQueue::new(store.clone(), ctx.config.clone());
+    let mut requests = Vec::new();
+    for e in &exports {
+        let ask = crate::queue::Ask {
+            export_id: e.id,
+            trigger: crate::queue::Trigger::TriggerFile,
+            requested_by: None,
+            full: false,
+            allow_mass_removal: false,
+        };
+        requests.push(json!({ "export": e.name, "request_id": queue.ask(&ask).await? }));
+    }
+    if ctx.out.json {
+        ctx.out.json(&json!({ "requests": requests }));
+    } else {
+        for r in &requests {
+            println!(
+                "Asked for a run of export '{}' (request #{}): the first daemon sharing the store with a free slot \
+                 takes it.",
+                r["export"].as_str().unwrap_or_default(),
+                r["request_id"]
+            );
+        }
+    }
+    Ok(exit::OK)
 }

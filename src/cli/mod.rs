@@ -11,6 +11,7 @@ mod sample;
 mod sandbox;
 mod segment;
 mod signals;
+mod store;
 mod user;
 
 use std::path::PathBuf;
@@ -110,6 +111,9 @@ pub enum Command {
     User(user::UserCmd),
     /// Show the audit trail: who changed what, when and from where.
     Audit(audit::AuditArgs),
+    /// The store itself: migrate a PostgreSQL store's schema, copy a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
     /// Serve an Iterable-compatible API on localhost, to try everything without an Iterable account.
     Sandbox(sandbox::SandboxArgs),
     /// Run as a service: scheduled refreshes, trigger files, the web console (at /), the HTTP API and status
@@ -192,6 +196,7 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
         Command::Runs(args) => runs::run(&ctx, args).await,
         Command::User(cmd) => user::run(&ctx, cmd).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
+        Command::Store(cmd) => store::run(&ctx, cmd).await,
         Command::Sandbox(args) => sandbox::run(&ctx, args).await,
         Command::Daemon => daemon(&ctx).await,
         Command::Healthcheck { addr } => healthcheck(&ctx, addr).await,

@@ -9,6 +9,7 @@
 //! task could not (a panic, the end of the shutdown grace), and how the process stops.
 
 mod app;
+mod cluster;
 mod connections;
 pub mod host_check;
 pub mod listener;
@@ -116,6 +117,8 @@ struct InFlight {
 
 /// The service, built and ready to run: `Daemon::build`, then `run_until` a shutdown future.
 pub struct Daemon {
+    /// A SQLite store's daemon lock, shared, held while this daemon lives (`store copy` needs the store whole).
+    _daemon_lock: Option<crate::sync::DaemonLock>,
     config: Arc<Config>,
     /// Sends each configuration reloaded to the HTTP API, which reads it per request.
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
@@ -165,6 +168,8 @@ impl DaemonHandle {
 
 /// How often a request queued behind another process's run looks at whether that run ended.
 const ELSEWHERE_CHECK: Duration = Duration::from_millis(500);
+/// How often a daemon on a shared (PostgreSQL) store looks at the queue without being woken.
+const QUEUE_POLL: Duration = Duration::from_secs(1);
 /// After the grace period, how long the loop waits for the stopped run tasks to hand back their runs.
 const ABORT_WAIT: Duration = Duration::from_secs(3);
 
@@ -181,6 +186,24 @@ impl Daemon {
         let config = Arc::new(config);
         let tz = config.daemon.tz().map_err(DaemonError::Config)?;
         let store = Store::open_configured(&config).await?;
+        let daemon_lock =
+            match store.kind() {
+                crate::store::Kind::Sqlite => match crate::sync::DaemonLock::shared(&config.store.lock_dir()) {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => return Err(DaemonError::Config(
+                        "the store is being copied (`segment-exporter store copy`): start the daemon once the copy \
+                         ended, on the store the configuration names"
+                            .into(),
+                    )),
+                    Err(e) => {
+                        return Err(DaemonError::Config(format!(
+                            "cannot take the daemon lock beside the store ({}): {e}",
+                            config.store.lock_dir().display()
+                        )))
+                    }
+                },
+                crate::store::Kind::Postgres => None,
+            };
         let shared = Arc::new(Shared::default());
         let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
 
@@ -235,6 +258,7 @@ impl Daemon {
             tracing::warn!(%error, "Could not tidy the run queue; it is tried again at the next start.");
         }
         Ok(Daemon {
+            _daemon_lock: daemon_lock,
             config_tx: tokio::sync::watch::Sender::new(config.clone()),
             config,
             config_path,
@@ -318,6 +342,7 @@ impl Daemon {
             self.tx.clone(),
             stop_tasks.clone(),
         ));
+        cluster::spawn(self.store.clone(), self.queue.clone(), config.clone(), self.shared.clone(), stop_tasks.clone());
         self.reload_exports(true).await;
         if config.daemon.run_missed_on_start {
             self.run_missed().await;
@@ -335,6 +360,10 @@ impl Daemon {
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut elsewhere = tokio::time::interval(ELSEWHERE_CHECK);
         elsewhere.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // On a shared store, requests of other daemons wake this one by notification; this catches any missed.
+        let shared_store = self.store.kind() == crate::store::Kind::Postgres;
+        let mut queue_poll = tokio::time::interval(QUEUE_POLL);
+        queue_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut aborted_at: Option<Instant> = None;
         loop {
             if self.stopping.is_some() && self.running.is_empty() {
@@ -356,6 +385,10 @@ impl Daemon {
                     continue;
                 }
                 _ = elsewhere.tick(), if self.waits_for_another_process && self.stopping.is_none() => {
+                    self.dispatch().await;
+                    continue;
+                }
+                _ = queue_poll.tick(), if shared_store && self.stopping.is_none() => {
                     self.dispatch().await;
                     continue;
                 }
@@ -472,6 +505,12 @@ impl Daemon {
     async fn dispatch(&mut self) {
         if self.stopping.is_some() {
             return;
+        }
+        {
+            let s = self.shared.lock();
+            if s.paused.is_some() || s.store_unreachable.is_some() {
+                return;
+            }
         }
         let running = self.running.keys().copied().collect();
         let free = self.config.daemon.max_concurrent_runs.saturating_sub(self.running.len());
@@ -613,7 +652,28 @@ impl Daemon {
         run.cancel.cancel();
         let export = run.export.clone();
         match &outcome {
-            Outcome::Ran(_) => {}
+            Outcome::Ran(report) => {
+                // Stopping on a shared store: the run let its lease go with what it sent recorded, and another
+                // daemon continues it now rather than at the next schedule.
+                if self.stopping.is_some()
+                    && report.status == RunStatus::Interrupted
+                    && self.store.kind() == crate::store::Kind::Postgres
+                {
+                    let ask = Ask {
+                        export_id,
+                        trigger: Trigger::Takeover,
+                        requested_by: None,
+                        full: false,
+                        allow_mass_removal: false,
+                    };
+                    match self.queue.ask(&ask).await {
+                        Ok(_) => tracing::info!(export = %export, "Stopping: another daemon continues this run."),
+                        Err(e) => {
+                            tracing::warn!(export = %export, error = %e, "Cannot hand the run over; the next run resumes it.")
+                        }
+                    }
+                }
+            }
             Outcome::Busy => {
                 if let Err(e) = self.queue.put_back(run.request_id).await {
                     tracing::error!(export = %export, error = %e, "Cannot put the run request back in the queue.");

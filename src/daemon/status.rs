@@ -43,6 +43,14 @@ pub struct StatusState {
     pub ready: bool,
     pub stopping: bool,
     pub exports: BTreeMap<String, ExportStatus>,
+    /// Why the store does not answer, while it does not: runs pause, `/readyz` answers 503.
+    pub store_unreachable: Option<String>,
+    /// Why this daemon takes no new runs (a store schema newer than it knows).
+    pub paused: Option<String>,
+    /// On a PostgreSQL store: the replicas sharing it, as `/status` shows them.
+    pub cluster: Option<serde_json::Value>,
+    /// On a PostgreSQL store: every run in flight on any replica, by export id.
+    pub remote_runs: std::collections::HashMap<i64, crate::store::LeaseHolder>,
 }
 
 /// Shared between the command loop (writes) and the listener (reads).
@@ -70,7 +78,9 @@ pub fn private_router(shared: Arc<Shared>) -> Router {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.lock();
-    if s.ready && !s.stopping {
+    if let Some(why) = &s.store_unreachable {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("store unreachable: {why}\n")).into_response()
+    } else if s.ready && !s.stopping {
         "ready\n".into_response()
     } else if s.stopping {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
@@ -129,7 +139,15 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         })
         .collect();
     let in_flight = s.exports.values().filter(|e| e.running).count();
-    Json(
-        serde_json::json!({ "ready": s.ready, "stopping": s.stopping, "runs_in_flight": in_flight, "exports": exports }),
-    )
+    let mut v = serde_json::json!({ "ready": s.ready, "stopping": s.stopping, "runs_in_flight": in_flight, "exports": exports });
+    if let Some(cluster) = &s.cluster {
+        v["cluster"] = cluster.clone();
+    }
+    if let Some(why) = &s.paused {
+        v["paused"] = serde_json::json!(why);
+    }
+    if let Some(why) = &s.store_unreachable {
+        v["store_unreachable"] = serde_json::json!(why);
+    }
+    Json(v)
 }

@@ -33,6 +33,8 @@ pub enum Trigger {
     MissedSchedule,
     /// A file in `daemon.trigger_dir`, or `export trigger`.
     TriggerFile,
+    /// A run whose daemon lost its lease (killed, frozen, cut off), taken over by another.
+    Takeover,
 }
 
 impl Trigger {
@@ -42,6 +44,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::MissedSchedule => "missed-schedule",
             Trigger::TriggerFile => "trigger-file",
+            Trigger::Takeover => "takeover",
         }
     }
 
@@ -51,7 +54,7 @@ impl Trigger {
     }
 
     pub fn parse(text: &str) -> Option<Trigger> {
-        [Trigger::Api, Trigger::Schedule, Trigger::MissedSchedule, Trigger::TriggerFile]
+        [Trigger::Api, Trigger::Schedule, Trigger::MissedSchedule, Trigger::TriggerFile, Trigger::Takeover]
             .into_iter()
             .find(|t| t.as_str() == text)
     }
@@ -99,11 +102,40 @@ pub struct RunQueue {
     config: Arc<crate::config::Config>,
     wake: Arc<Notify>,
     live: Arc<Live>,
+    /// Exports this process cannot run here (PostgreSQL stores), by name, and why.
+    skipped: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl RunQueue {
     pub fn new(store: Store, config: Arc<crate::config::Config>) -> RunQueue {
-        RunQueue { store, config, wake: Arc::default(), live: Arc::default() }
+        RunQueue { store, config, wake: Arc::default(), live: Arc::default(), skipped: Arc::default() }
+    }
+
+    /// The exports this process leaves to others because it cannot run them here, and why.
+    pub fn skipped(&self) -> std::collections::BTreeMap<String, String> {
+        self.skipped.lock().expect("skipped lock").clone()
+    }
+
+    /// On a store shared by several hosts, whether this process can run the request's export here; it notes the
+    /// ones it cannot, for `/status`.
+    async fn runs_here(&self, request: &RunRequest) -> Result<bool, StoreError> {
+        if self.store.kind() != crate::store::Kind::Postgres {
+            return Ok(true);
+        }
+        let missing = crate::sync::readiness::missing_here(&self.store, &self.config, request.export_id).await?;
+        let mut skipped = self.skipped.lock().expect("skipped lock");
+        match missing {
+            None => {
+                skipped.remove(&request.export_name);
+                Ok(true)
+            }
+            Some(why) => {
+                if skipped.insert(request.export_name.clone(), why.clone()).is_none() {
+                    tracing::warn!(export = %request.export_name, reason = %why, "Leaving this export's runs to the other daemons: it cannot run here.");
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// The runs this process has in flight, with their live progress.
@@ -179,6 +211,8 @@ impl RunQueue {
                 WaitingFor::CurrentRun
             } else if taken.len() >= free_slots {
                 WaitingFor::FreeSlot
+            } else if !self.runs_here(&request).await? {
+                continue;
             } else {
                 match RunGuard::take(&self.store, &self.config, request.export_id).await {
                     Ok(guard) => {

@@ -10,8 +10,6 @@
 //! It owns only execution: pools, transactions, fencing and value conversion. Every SQL statement stays in the
 //! store's own files.
 
-#![allow(dead_code)] // Until the rest of the store is ported (this commit series).
-
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -401,6 +399,7 @@ impl<'s> Statement<'s> {
     }
 
     /// The first two columns of the first row.
+    #[allow(dead_code)] // The plan session's counts use it once it runs on both engines.
     pub(crate) async fn pair<'a, A: Value, B: Value>(self, on: impl Into<On<'a>>) -> Result<(A, B), sqlx::Error> {
         let row = self.fetch_one(on).await?;
         Ok((row.try_get(0)?, row.try_get(1)?))

@@ -139,8 +139,11 @@ impl Store {
         Ok(())
     }
 
-    /// Who holds export `export_id`'s lease, while it is live.
+    /// Who holds export `export_id`'s lease, while it is live (never anyone on SQLite, which has no leases).
     pub async fn lease_holder(&self, export_id: i64) -> Result<Option<LeaseHolder>> {
+        if self.db.kind() == super::Kind::Sqlite {
+            return Ok(None);
+        }
         let row = sql("SELECT holder, run_id, progress, expires_at FROM run_leases \
              WHERE export_id = $1 AND holder IS NOT NULL AND expires_at > clock_timestamp()")
         .bind(export_id)
@@ -159,6 +162,9 @@ impl Store {
 
     /// The live lease of the run `run_id`, if one holds it.
     pub async fn lease_of_run(&self, run_id: i64) -> Result<Option<LeaseHolder>> {
+        if self.db.kind() == super::Kind::Sqlite {
+            return Ok(None);
+        }
         let export_id: Option<i64> = sql("SELECT export_id FROM run_leases WHERE run_id = $1 AND holder IS NOT NULL \
              AND expires_at > clock_timestamp()")
         .bind(run_id)
@@ -258,5 +264,31 @@ impl Store {
         let key = LISTS_LOCK_SPACE | (connection_id & 0xffff_ffff);
         let got: bool = sql("SELECT pg_try_advisory_xact_lock($1)").bind(key).scalar(&mut tx).await?;
         Ok(got.then_some(ListsLock { _tx: tx }))
+    }
+}
+
+impl Store {
+    /// Every live lease: (export id, holder, run id, progress JSON).
+    pub async fn live_leases(&self) -> Result<Vec<(i64, LeaseHolder)>> {
+        if self.db.kind() == super::Kind::Sqlite {
+            return Ok(vec![]);
+        }
+        let rows = sql("SELECT export_id, holder, run_id, progress, expires_at FROM run_leases \
+             WHERE holder IS NOT NULL AND expires_at > clock_timestamp() ORDER BY export_id")
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("export_id")?,
+                    LeaseHolder {
+                        holder: r.try_get("holder")?,
+                        run_id: r.try_get("run_id")?,
+                        progress: r.try_get("progress")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                ))
+            })
+            .collect()
     }
 }

@@ -6,6 +6,7 @@
 //! every one of them is exercised by the tests, on both. Nothing outside this module writes SQL against the store.
 
 mod connections;
+mod copy;
 pub(crate) mod db;
 mod exports;
 mod leases;
@@ -27,10 +28,11 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use copy::CopyReport;
 use db::{sql, Db};
 pub use db::{Fence, Kind};
 pub use leases::{LeaseGrant, LeaseHolder, ListsLock, Replica};
-pub use postgres::{migrate as migrate_postgres, SchemaStatus};
+pub use postgres::{known_version as known_schema_version, migrate as migrate_postgres, SchemaStatus};
 
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
@@ -83,6 +85,8 @@ pub enum StoreError {
     SchemaBehind { have: i64, need: i64 },
     #[error("the store's schema is version {have}, newer than this segment-exporter knows ({know}): a newer release migrated it. Upgrade this one to the release that ran `store migrate`.")]
     SchemaAhead { have: i64, know: i64 },
+    #[error("{problem}.")]
+    MasterKey { problem: String },
     #[error("store query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }

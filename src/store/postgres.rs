@@ -41,7 +41,7 @@ impl SchemaStatus {
 }
 
 /// The newest migration this version knows.
-pub(crate) fn known_version() -> i64 {
+pub fn known_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
@@ -91,7 +91,8 @@ pub(crate) async fn pool(config: &StoreConfig, url: &str) -> Result<PgPool> {
         .map_err(|source| StoreError::PostgresOpen { url: redacted_url(url), source })
 }
 
-/// Opens a PostgreSQL store: an empty database is set up; an existing one must have the schema this version needs.
+/// Opens a PostgreSQL store: an empty database is set up; an existing one must have the schema this version needs,
+/// and this process's master key must be the store's.
 pub(crate) async fn open(config: &StoreConfig, url: &str) -> Result<Db> {
     let pool = pool(config, url).await?;
     let status = set_up_or_check(&pool, url).await?;
@@ -101,7 +102,43 @@ pub(crate) async fn open(config: &StoreConfig, url: &str) -> Result<Db> {
     if status.ahead() {
         return Err(StoreError::SchemaAhead { have: status.store, know: status.known });
     }
+    check_master_key(&pool, config).await?;
     Ok(Db::Postgres(pool, None))
+}
+
+/// Every process on a PostgreSQL store needs the store's master key, and none ever creates one (two daemons
+/// starting on an empty store would make two): the store keeps a check value sealed with the key it was set up
+/// with, and a process whose key does not open it is refused.
+async fn check_master_key(pool: &PgPool, config: &StoreConfig) -> Result<()> {
+    let path = config.master_key_path();
+    let key = crate::secrets::MasterKey::load(&path, false).map_err(|e| StoreError::MasterKey {
+        problem: format!(
+            "this process has no usable master key ({e}). Every daemon and command on a PostgreSQL store needs the \
+             store's master key: set {} (64 hex characters) or store.master_key_file, the same for every replica",
+            crate::secrets::MASTER_KEY_ENV
+        ),
+    })?;
+    let fresh = key.seal_check();
+    sqlx::query("INSERT INTO store_meta (key, value) VALUES ('master_key_check', $1) ON CONFLICT (key) DO NOTHING")
+        .bind(&fresh)
+        .execute(pool)
+        .await?;
+    let kept: Vec<u8> =
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'master_key_check'").fetch_one(pool).await?;
+    if !key.opens_check(&kept) {
+        let from = match std::env::var_os(crate::secrets::MASTER_KEY_ENV) {
+            Some(_) => crate::secrets::MASTER_KEY_ENV.to_string(),
+            None => path.display().to_string(),
+        };
+        return Err(StoreError::MasterKey {
+            problem: format!(
+                "the master key of this process ({from}) is not the store's: it does not open the check value the \
+                 store was set up with, so it could not read the API keys and passwords sealed there. Give this \
+                 process the same master key as the other replicas"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Under the setup lock: an empty database gets the whole schema; otherwise says how the schema stands.

@@ -261,6 +261,23 @@ impl Store {
         Ok(())
     }
 
+    /// Wakes every daemon listening on a PostgreSQL store (an export was let go: its follow-up may start). Nothing
+    /// on SQLite, where one process takes the runs.
+    pub async fn notify_queue(&self) -> Result<()> {
+        if self.db.kind() == super::Kind::Postgres {
+            sql("SELECT pg_notify($1, '')").bind(QUEUE_CHANNEL).execute(&self.db).await?;
+        }
+        Ok(())
+    }
+
+    /// Listens for queue notifications (PostgreSQL stores); None on SQLite.
+    pub async fn listen_queue(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        let Some(pool) = self.db.postgres() else { return Ok(None) };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(QUEUE_CHANNEL).await?;
+        Ok(Some(listener))
+    }
+
     /// Drops requests decided, and scheduled ticks due, more than two days ago.
     pub async fn prune_requests(&self) -> Result<()> {
         let cutoff = now() - KEEP_DECIDED;
@@ -273,7 +290,14 @@ impl Store {
     }
 }
 
+/// The channel daemons on a PostgreSQL store listen on: a request was queued, or an export let go.
+pub const QUEUE_CHANNEL: &str = "segment_exporter_queue";
+
 async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
+    if tx.kind() == super::Kind::Postgres {
+        // Delivered at commit, to every daemon listening.
+        sql("SELECT pg_notify($1, '')").bind(QUEUE_CHANNEL).execute(&mut *tx).await?;
+    }
     let row = sql(
         "INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, state, \
          requested_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) \

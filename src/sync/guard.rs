@@ -174,6 +174,8 @@ impl RunGuard {
                 if let Err(e) = l.store.release_lease(&l.fence, clean).await {
                     tracing::warn!(export_id = self.export_id, error = %e, "Could not let the lease go; it expires by itself.");
                 }
+                // A follow-up of the export may wait on any daemon.
+                let _ = l.store.notify_queue().await;
             }
         }
     }

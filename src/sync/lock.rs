@@ -98,6 +98,42 @@ impl RunLock {
     }
 }
 
+/// Held (shared) by every daemon on a SQLite store while it runs, so that what must have the store to itself
+/// (`store copy`) can tell a daemon uses it, and keep one from starting meanwhile (exclusive).
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    fn open(dir: &Path) -> std::io::Result<File> {
+        private_dir(dir)?;
+        let mut options = File::options();
+        options.create(true).truncate(false).read(true).write(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(dir.join("daemon.lock"))
+    }
+
+    fn take(dir: &Path, l_type: libc::c_int) -> std::io::Result<Option<DaemonLock>> {
+        let file = Self::open(dir)?;
+        match fcntl(&file, FcntlArg::F_OFD_SETLK(&whole_file(l_type))) {
+            Ok(_) => Ok(Some(DaemonLock { _file: file })),
+            Err(Errno::EAGAIN | Errno::EACCES) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A daemon's share of the store (any number of daemons hold it at once); None while the store is taken whole.
+    pub fn shared(dir: &Path) -> std::io::Result<Option<DaemonLock>> {
+        Self::take(dir, libc::F_RDLCK)
+    }
+
+    /// The store whole: None while any daemon runs on it.
+    pub fn exclusive(dir: &Path) -> std::io::Result<Option<DaemonLock>> {
+        Self::take(dir, libc::F_WRLCK)
+    }
+}
+
 /// The lock folder sits beside the store and is the owner's alone, whatever the umask.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();

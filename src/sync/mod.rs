@@ -15,6 +15,7 @@ mod list_lock;
 mod lock;
 mod plan;
 mod progress;
+pub mod readiness;
 mod send;
 
 pub use cancel::{lock_for_change, ChangeRefused};
@@ -23,7 +24,7 @@ pub use engine::{Engine, RunOptions, RunReport};
 pub use fields::{check_field_name, FieldEncoder};
 pub use guard::RunGuard;
 pub use identity::{check_export_identity, check_identity_settings};
-pub use lock::{LockError, RunLock};
+pub use lock::{DaemonLock, LockError, RunLock};
 pub use plan::ListReport;
 pub use progress::{Phase, Progress};
 
