@@ -564,8 +564,26 @@ async fn the_seed_flow_runs_through_the_api_from_connecting_to_removing_the_dest
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["trigger"], "api");
     assert_eq!((run["planned"].as_u64(), run["done"].as_u64()), (Some(40), Some(40)), "{run}");
+    let list = &run["lists"][0];
+    assert_eq!(
+        (
+            list["planned_add"].as_u64(),
+            list["added"].as_u64(),
+            list["updated"].as_u64(),
+            list["already_on_list"].as_u64()
+        ),
+        (Some(40), Some(40), Some(0), Some(0)),
+        "all new on the list: {run}"
+    );
     let (_, listed, _) = t.call(contributor, Method::GET, "/runs?export=team", None).await;
     assert_eq!(listed[0]["id"], id);
+    let (_, export, _) = t.call(contributor, Method::GET, "/exports/team", None).await;
+    let last = &export["last_run"];
+    assert_eq!(
+        (last["added"].as_u64(), last["updated"].as_u64(), last["already_on_list"].as_u64()),
+        (Some(40), Some(0), Some(0)),
+        "{export}"
+    );
     let (_, segment, _) = t.call(contributor, Method::GET, "/segments/vip", None).await;
     assert_eq!(segment["members"], 40, "the segment's size after the run: {segment}");
     let members = {

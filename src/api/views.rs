@@ -172,8 +172,13 @@ pub struct RunSummary {
     pub status: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Members subscribed and unsubscribed over all lists.
+    /// Members subscribed over all lists, by what that did to the list: new on it (`added`), put there by this
+    /// export before and sent again for a changed field or a full re-send (`updated`), or on it when the export
+    /// adopted it (`already_on_list`).
     pub added: u64,
+    pub updated: u64,
+    pub already_on_list: u64,
+    /// Members unsubscribed over all lists.
     pub removed: u64,
     /// Members not sent (invalid) or refused by Iterable (rejected).
     pub not_sent: u64,
@@ -188,6 +193,8 @@ impl RunSummary {
             started_at: r.started_at,
             finished_at: r.finished_at,
             added: sum(|c| c.added),
+            updated: sum(|c| c.updated),
+            already_on_list: sum(|c| c.already_on_list),
             removed: sum(|c| c.removed),
             not_sent: sum(|c| c.invalid + c.rejected),
         }
@@ -317,12 +324,17 @@ pub struct PlanListView {
     pub list_id: Option<i64>,
     pub source_rows: u64,
     pub members: u64,
+    /// Members to subscribe that are not on the list as far as the store knows (a list not adopted yet may hold
+    /// some of them: the run then counts those as already on the list).
     pub to_add: u64,
+    /// Members to subscribe again that are on the list already: a field changed, a full re-send, or on it when the
+    /// export adopted it.
+    pub to_update: u64,
     pub to_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
-    /// A few members of each kind.
+    /// A few members of each kind (`examples_add`: members to subscribe, new or not).
     pub examples_add: Vec<String>,
     pub examples_remove: Vec<String>,
     pub examples_invalid: Vec<InvalidView>,
@@ -357,6 +369,7 @@ impl PlanView {
                     source_rows: l.source_rows,
                     members: l.members,
                     to_add: l.to_add,
+                    to_update: l.to_update,
                     to_remove: l.to_remove,
                     unchanged: l.unchanged,
                     invalid: l.invalid,
@@ -381,12 +394,20 @@ pub struct RunListView {
     pub list_name: String,
     pub list_id: Option<i64>,
     pub source_rows: u64,
+    /// Subscribes planned of members new on the list.
     pub planned_add: u64,
+    /// Subscribes planned of members on the list already (updated, or on it when the export adopted it).
+    pub planned_update: u64,
     pub planned_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
+    /// Members new on the list.
     pub added: u64,
+    /// Members this export had put on the list, sent again because a field changed or for a full re-send.
+    pub updated: u64,
+    /// Members that were on the list when the export adopted it, sent for their fields.
+    pub already_on_list: u64,
     pub removed: u64,
     pub rejected: u64,
 }
@@ -473,11 +494,14 @@ impl RunView {
                     list_id: t.list_id,
                     source_rows: t.counts.source_rows,
                     planned_add: t.counts.planned_add,
+                    planned_update: t.counts.planned_update,
                     planned_remove: t.counts.planned_remove,
                     unchanged: t.counts.unchanged,
                     invalid: t.counts.invalid,
                     duplicates: t.counts.duplicates,
                     added: t.counts.added,
+                    updated: t.counts.updated,
+                    already_on_list: t.counts.already_on_list,
                     removed: t.counts.removed,
                     rejected: t.counts.rejected,
                 })

@@ -613,6 +613,7 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                     l.list_name.clone(),
                     l.list_id.map_or("(to find or create)".into(), |id| id.to_string()),
                     l.to_add.to_string(),
+                    l.to_update.to_string(),
                     l.to_remove.to_string(),
                     l.unchanged.to_string(),
                     l.invalid.to_string(),
@@ -620,10 +621,18 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                 ]
             })
             .collect();
-        ctx.out.table(&["list", "list id", "to add", "to remove", "unchanged", "invalid", "duplicates"], rows);
+        ctx.out.table(
+            &["list", "list id", "to add", "to update", "to remove", "unchanged", "invalid", "duplicates"],
+            rows,
+        );
+        if r.lists.iter().any(|l| l.list_id.is_none() && l.to_add > 0) {
+            println!(
+                "A list not found yet may hold members already: the run counts those as already there, not added."
+            );
+        }
         for l in &r.lists {
             if !l.examples_add.is_empty() {
-                println!("{}: would add e.g. {}", l.list_name, l.examples_add.join(", "));
+                println!("{}: would send e.g. {}", l.list_name, l.examples_add.join(", "));
             }
             if !l.examples_remove.is_empty() {
                 println!("{}: would remove e.g. {}", l.list_name, l.examples_remove.join(", "));
@@ -647,15 +656,37 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                     l.list_name.clone(),
                     l.list_id.map_or("-".into(), |id| id.to_string()),
                     l.members.to_string(),
-                    format!("{}/{}", l.added, l.to_add),
-                    format!("{}/{}", l.removed, l.to_remove),
+                    l.added.to_string(),
+                    l.updated.to_string(),
+                    l.already_on_list.to_string(),
+                    l.removed.to_string(),
                     l.unchanged.to_string(),
                     l.invalid.to_string(),
                     l.rejected.to_string(),
                 ]
             })
             .collect();
-        ctx.out.table(&["list", "list id", "members", "added", "removed", "unchanged", "invalid", "rejected"], rows);
+        ctx.out.table(
+            &[
+                "list",
+                "list id",
+                "members",
+                "added",
+                "updated",
+                "already there",
+                "removed",
+                "unchanged",
+                "invalid",
+                "rejected",
+            ],
+            rows,
+        );
+        let (sent, planned) = r.lists.iter().fold((0, 0), |(s, p), l| {
+            (s + l.subscribed() + l.rejected + l.removed, p + l.to_subscribe() + l.to_remove)
+        });
+        if sent < planned && matches!(r.status, RunStatus::Failed | RunStatus::Interrupted | RunStatus::Cancelled) {
+            println!("{sent} of the {planned} planned changes were made and recorded; the next run makes the rest.");
+        }
         println!("{} request(s) to Iterable, {} answered 429.", r.requests, r.rate_limited);
         for w in &r.warnings {
             println!("Warning: {w}");

@@ -17,6 +17,38 @@ use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite};
 
 use super::{Result, Store, StoreError};
 
+/// What a subscribe of a member does to its list, as far as the store knows: the run's counters keep the three
+/// apart, so a run that re-sends every member (a field removed, `--full`, a list adopted with its members) does
+/// not say it added them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddKind {
+    /// Not on the list: neither put there by this export nor there when it adopted the list (or the list is new).
+    #[default]
+    New,
+    /// Put there by this export before; sent again because a field changed, `--full`, or a refused update's retry.
+    Update,
+    /// On the list when this export adopted it.
+    AlreadyOnList,
+}
+
+impl AddKind {
+    /// How `temp.plan_add.kind` holds it.
+    const fn code(self) -> i64 {
+        match self {
+            AddKind::New => 0,
+            AddKind::Update => 1,
+            AddKind::AlreadyOnList => 2,
+        }
+    }
+
+    fn parse(code: i64) -> Result<AddKind> {
+        [AddKind::New, AddKind::Update, AddKind::AlreadyOnList]
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or_else(|| StoreError::unknown_value("plan_add", "kind", &code.to_string()))
+    }
+}
+
 /// A member that a run wants on a list: its key, the email sent beside a user id, the hash it is remembered with
 /// and its data fields as JSON text; `replaces` is the key of the member's old record when a hybrid member changed
 /// key (see the module's note).
@@ -28,6 +60,7 @@ pub struct PlannedAdd {
     pub fields_hash: i64,
     pub fields: String,
     pub replaces: Option<String>,
+    pub kind: AddKind,
 }
 
 /// A member whose subscription Iterable acknowledged, or rejected (`email` is its key).
@@ -38,6 +71,8 @@ pub struct AckedMember {
     pub paired_email: Option<String>,
     /// The key of the record this member takes over.
     pub replaces: Option<String>,
+    /// Which counter of the run its acknowledgement adds to.
+    pub kind: AddKind,
 }
 
 impl AckedMember {
@@ -53,6 +88,7 @@ impl From<PlannedAdd> for AckedMember {
             fields_hash: add.fields_hash,
             paired_email: add.paired_email,
             replaces: add.replaces,
+            kind: add.kind,
         }
     }
 }
@@ -77,6 +113,8 @@ pub struct ComputeOptions {
     pub retry_rejected_until: i64,
     /// A new member whose email a leaver had is that leaver under a new key (hybrid projects).
     pub match_by_email: bool,
+    /// The list was just created again: every member sent is new on it, whatever was recorded.
+    pub fresh_list: bool,
 }
 
 /// What one target's plan holds.
@@ -84,7 +122,10 @@ pub struct ComputeOptions {
 pub struct TargetPlan {
     /// Distinct valid members in the segment now.
     pub members: u64,
+    /// Members to subscribe that are not on the list (`AddKind::New`).
     pub to_add: u64,
+    /// Members to subscribe again that are on the list already (`AddKind::Update` and `AlreadyOnList`).
+    pub to_update: u64,
     /// Members to unsubscribe from the list.
     pub to_remove: u64,
     /// Members who left but are not unsubscribed (`--on-leave keep`, or not put there by this export); only
@@ -122,9 +163,10 @@ impl Store {
             "PRAGMA temp.page_size = 16384",
             "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
              fields TEXT NOT NULL, paired_email TEXT, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
+            // is_new: no record of the member at all; kind: what its subscribe does to the list (`AddKind`).
             "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
              fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL, paired_email TEXT, \
-             replaces TEXT)",
+             replaces TEXT, kind INTEGER NOT NULL)",
             "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
              send INTEGER NOT NULL)",
             // Working tables of `compute`, in email order: members new or changed, and members who left.
@@ -169,7 +211,14 @@ impl Store {
         forgotten: &[AckedMember],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let counts = AckCounts { added: subscribed.len(), rejected: rejected.len() + forgotten.len(), removed: 0 };
+        let of_kind = |kind| subscribed.iter().filter(|m| m.kind == kind).count();
+        let counts = AckCounts {
+            added: of_kind(AddKind::New),
+            updated: of_kind(AddKind::Update),
+            already_on_list: of_kind(AddKind::AlreadyOnList),
+            rejected: rejected.len() + forgotten.len(),
+            removed: 0,
+        };
         count_acks(&mut tx, run_id, target_id, counts).await?;
         // A member that changed key takes its old record over first (whether "ours", whether on the list before it
         // was adopted), so the upserts below update it. Such members are few: one statement each.
@@ -279,6 +328,8 @@ impl Store {
 #[derive(Default)]
 struct AckCounts {
     added: usize,
+    updated: usize,
+    already_on_list: usize,
     rejected: usize,
     removed: usize,
 }
@@ -287,11 +338,13 @@ struct AckCounts {
 /// cancelled, or its export removed) the caller's transaction is dropped, so the batch records nothing.
 async fn count_acks(tx: &mut sqlx::SqliteConnection, run_id: i64, target_id: i64, counts: AckCounts) -> Result<()> {
     let counted = sqlx::query(
-        "UPDATE run_targets SET added = added + ?, rejected = rejected + ?, removed = removed + ? \
-         WHERE run_id = ? AND target_id = ? \
+        "UPDATE run_targets SET added = added + ?, updated = updated + ?, already_on_list = already_on_list + ?, \
+         rejected = rejected + ?, removed = removed + ? WHERE run_id = ? AND target_id = ? \
          AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
     )
     .bind(counts.added as i64)
+    .bind(counts.updated as i64)
+    .bind(counts.already_on_list as i64)
     .bind(counts.rejected as i64)
     .bind(counts.removed as i64)
     .bind(run_id)
@@ -322,7 +375,7 @@ macro_rules! email_of {
 /// Hybrid projects: pairs each new member (planned, `is_new`) with the leaver (in `temp.gone`) that had its email,
 /// one to one. A paired member is planned as an update replacing the leaver's record, and the leaver is no longer
 /// one. Run only when there are both new members and leavers, so an unchanged re-run never gets here.
-async fn pair_by_email(tx: &mut SqliteConnection, target_id: i64) -> Result<()> {
+async fn pair_by_email(tx: &mut SqliteConnection, target_id: i64, fresh_list: bool) -> Result<()> {
     sqlx::query(concat!(
         "INSERT OR IGNORE INTO temp.gone_by_email (email, key) SELECT ",
         email_of!("m"),
@@ -343,16 +396,65 @@ async fn pair_by_email(tx: &mut SqliteConnection, target_id: i64) -> Result<()> 
     .bind(target_id)
     .execute(&mut *tx)
     .await?;
+    // The member is on the list when its old record is (put there by this export).
     sqlx::query(
         "UPDATE temp.plan_add SET is_new = 0, \
-         replaces = (SELECT old_key FROM temp.paired WHERE new_key = plan_add.email) \
+         replaces = (SELECT old_key FROM temp.paired WHERE new_key = plan_add.email), \
+         kind = CASE WHEN ?2 THEN 0 WHEN (SELECT m.ours FROM temp.paired p CROSS JOIN main.members m \
+                ON m.target_id = ?1 AND m.email = p.old_key WHERE p.new_key = plan_add.email) THEN 1 ELSE 0 END \
          WHERE target_id = ?1 AND is_new AND email IN (SELECT new_key FROM temp.paired)",
     )
     .bind(target_id)
+    .bind(fresh_list)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM temp.gone WHERE email IN (SELECT old_key FROM temp.paired)").execute(&mut *tx).await?;
     Ok(())
+}
+
+/// Marks the planned members that were on the target's list when this export adopted it, and that it did not put
+/// there since, as already on the list. Returns whether any was. Costs nothing for a list the export created.
+async fn mark_already_on_list(conn: &mut SqliteConnection, target_id: i64) -> Result<bool> {
+    let adopted: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM main.preexisting_members WHERE target_id = ?)")
+            .bind(target_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !adopted {
+        return Ok(false);
+    }
+    // A member that changed key is on the list by its old key, as the acknowledgement carries it over.
+    let marked = sqlx::query(
+        "UPDATE temp.plan_add SET kind = ?2 WHERE target_id = ?1 AND kind = ?3 AND EXISTS \
+         (SELECT 1 FROM main.preexisting_members p WHERE p.target_id = ?1 AND p.email IN (plan_add.email, plan_add.replaces))",
+    )
+    .bind(target_id)
+    .bind(AddKind::AlreadyOnList.code())
+    .bind(AddKind::New.code())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(marked > 0)
+}
+
+/// The planned subscribes of a target, in one pass: those of members with no record at all, and by kind, those
+/// new on the list and those on it already.
+struct PlannedCounts {
+    unrecorded: u64,
+    to_add: u64,
+    to_update: u64,
+}
+
+async fn count_planned(conn: &mut SqliteConnection, target_id: i64) -> Result<PlannedCounts> {
+    let (unrecorded, to_add, to_update): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(is_new), 0), COALESCE(SUM(kind = ?2), 0), COALESCE(SUM(kind != ?2), 0) \
+         FROM temp.plan_add WHERE target_id = ?1",
+    )
+    .bind(target_id)
+    .bind(AddKind::New.code())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(PlannedCounts { unrecorded: unrecorded as u64, to_add: to_add as u64, to_update: to_update as u64 })
 }
 
 impl PlanSession {
@@ -387,7 +489,7 @@ impl PlanSession {
     /// export put them on the list and they were not there before it adopted the list. With `match_by_email`, a new
     /// member whose email a leaver had is that leaver under a new key: planned as an update that replaces it.
     pub async fn compute(&mut self, target_id: i64, o: &ComputeOptions) -> Result<TargetPlan> {
-        let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email } = *o;
+        let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email, fresh_list } = *o;
         let mut tx = self.conn.begin().await?;
         sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
@@ -406,16 +508,20 @@ impl PlanSession {
         .bind(target_id)
         .fetch_one(&mut *tx)
         .await?;
-        let to_add = if full || recorded == 0 {
+        // What each subscribe does to the list (`AddKind` codes): a member this export put there is updated, unless
+        // the list is a new one. Members there before the export adopted the list are marked below.
+        let kind = "CASE WHEN ?2 OR m.email IS NULL OR NOT m.ours THEN 0 ELSE 1 END";
+        let planned = if full || recorded == 0 {
             // Everyone is sent: one pass over the staged members.
-            sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
+            sqlx::query(&format!(
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, {kind} \
                  FROM temp.staged s LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
-                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
-                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email",
-            )
+                 WHERE s.target_id = ?1 AND (?3 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
+                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email"
+            ))
             .bind(target_id)
+            .bind(fresh_list)
             .bind(full)
             .execute(&mut *tx)
             .await?
@@ -446,25 +552,26 @@ impl PlanSession {
             .bind(retry_rejected_until)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
+            sqlx::query(&format!(
+                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, {kind} \
                  FROM temp.changed c \
                  CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
                  LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
-                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid",
-            )
+                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid"
+            ))
             .bind(target_id)
+            .bind(fresh_list)
             .execute(&mut *tx)
             .await?
             .rows_affected()
         };
         // Every staged member that is not new matches exactly one recorded member, so the recorded members beyond
-        // those are the leavers. When there are none (the usual re-run), they are not searched for at all.
-        let new: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM temp.plan_add WHERE target_id = ?1 AND is_new")
-            .bind(target_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        // those are the leavers. When there are none (the usual re-run), they are not searched for at all. Pairing
+        // and adoption below may change the kinds counted here.
+        let mut counts = count_planned(&mut tx, target_id).await?;
+        let new = counts.unrecorded as i64;
+        let mut kinds_changed = false;
         if recorded - (staged - new) > 0 {
             sqlx::query(
                 "INSERT INTO temp.gone (email) \
@@ -475,7 +582,8 @@ impl PlanSession {
             .execute(&mut *tx)
             .await?;
             if match_by_email && new > 0 {
-                pair_by_email(&mut tx, target_id).await?;
+                pair_by_email(&mut tx, target_id, fresh_list).await?;
+                kinds_changed = true;
             }
             sqlx::query(
                 "INSERT INTO temp.plan_remove (target_id, email, send) \
@@ -494,21 +602,36 @@ impl PlanSession {
         .bind(target_id)
         .fetch_one(&mut *tx)
         .await?;
+        if !fresh_list && mark_already_on_list(&mut tx, target_id).await? {
+            kinds_changed = true;
+        }
+        if kinds_changed {
+            counts = count_planned(&mut tx, target_id).await?;
+        }
         tx.commit().await?;
         let members = staged as u64;
         Ok(TargetPlan {
             members,
-            to_add,
+            to_add: counts.to_add,
+            to_update: counts.to_update,
             to_remove: to_remove as u64,
             to_forget: to_forget as u64,
-            unchanged: members - to_add,
+            unchanged: members - planned,
         })
+    }
+
+    /// After a run adopted the target's list (and recorded the members it held): the planned members found on it
+    /// are already on the list, not new. Returns the planned subscribes again: (new on the list, on it already).
+    pub async fn note_adopted(&mut self, target_id: i64) -> Result<(u64, u64)> {
+        mark_already_on_list(&mut self.conn, target_id).await?;
+        let counts = count_planned(&mut self.conn, target_id).await?;
+        Ok((counts.to_add, counts.to_update))
     }
 
     /// The next chunk of planned adds after `after_seq`.
     pub async fn adds(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<PlannedAdd>> {
         let rows = sqlx::query(
-            "SELECT seq, email, fields_hash, fields, paired_email, replaces FROM temp.plan_add \
+            "SELECT seq, email, fields_hash, fields, paired_email, replaces, kind FROM temp.plan_add \
              WHERE target_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(target_id)
@@ -525,6 +648,7 @@ impl PlanSession {
                     fields: r.try_get(3)?,
                     paired_email: r.try_get(4)?,
                     replaces: r.try_get(5)?,
+                    kind: AddKind::parse(r.try_get(6)?)?,
                 })
             })
             .collect()
@@ -607,7 +731,7 @@ mod tests {
     }
 
     fn opts(full: bool, remove_leavers: bool) -> ComputeOptions {
-        ComputeOptions { full, remove_leavers, retry_rejected_until: 0, match_by_email: false }
+        ComputeOptions { full, remove_leavers, retry_rejected_until: 0, match_by_email: false, fresh_list: false }
     }
 
     #[tokio::test]
@@ -634,7 +758,7 @@ mod tests {
             s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
         assert_eq!(new, 3);
         let plan = s.compute(t, &opts(false, true)).await.unwrap();
-        assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
+        assert_eq!(plan, TargetPlan { members: 3, to_add: 1, to_update: 1, to_remove: 1, to_forget: 1, unchanged: 1 });
         let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
         assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
         let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
@@ -642,9 +766,52 @@ mod tests {
 
         // --full re-sends everyone; --on-leave keep only forgets leavers.
         let full = s.compute(t, &opts(true, false)).await.unwrap();
-        assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
+        assert_eq!((full.to_add, full.to_update, full.to_remove, full.to_forget), (1, 2, 0, 2));
+        // On a list created again, every member is new.
+        let fresh = s.compute(t, &ComputeOptions { fresh_list: true, ..opts(true, false) }).await.unwrap();
+        assert_eq!((fresh.to_add, fresh.to_update), (3, 0));
+        let full = s.compute(t, &opts(true, false)).await.unwrap();
+        assert_eq!(full.to_forget, 2);
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
+    }
+
+    #[tokio::test]
+    async fn subscribes_count_as_added_updated_or_already_on_the_list_by_what_they_do_to_it() {
+        let (_dir, store) = temp_store().await;
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        // The first run plans everyone as new; the list, found by name, turns out to hold p already.
+        s.stage(t, &[row("a@x.com", 1), row("p@x.com", 1), row("n@x.com", 1)]).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
+        assert_eq!((plan.to_add, plan.to_update), (3, 0));
+        store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
+        store.record_preexisting(t, &["p@x.com".to_string()]).await.unwrap();
+        assert_eq!(s.note_adopted(t).await.unwrap(), (2, 1));
+        let adds = s.adds(t, 0, 10).await.unwrap();
+        let kinds: Vec<(&str, AddKind)> = adds.iter().map(|a| (a.email.as_str(), a.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![("a@x.com", AddKind::New), ("n@x.com", AddKind::New), ("p@x.com", AddKind::AlreadyOnList)]
+        );
+        let acked: Vec<AckedMember> = adds.into_iter().map(AckedMember::from).collect();
+        store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
+        let c = store.run(run).await.unwrap().targets[0].counts.clone();
+        assert_eq!((c.added, c.updated, c.already_on_list), (2, 0, 1));
+
+        // Next run: a's field changed (an update), n and p are unchanged, z joins, and so does q, which was on the
+        // list when it was adopted.
+        store.record_preexisting(t, &["q@x.com".to_string()]).await.unwrap();
+        s.stage(t, &[row("q@x.com", 1), row("z@x.com", 1)]).await.unwrap();
+        sqlx::query("UPDATE temp.staged SET fields_hash = 2 WHERE email = 'a@x.com'")
+            .execute(&mut s.conn)
+            .await
+            .unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
+        assert_eq!((plan.to_add, plan.to_update, plan.unchanged), (1, 2, 2), "{plan:?}");
+        let kinds: Vec<AddKind> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec![AddKind::Update, AddKind::AlreadyOnList, AddKind::New]);
     }
 
     #[tokio::test]
@@ -800,7 +967,7 @@ mod tests {
 
         let hybrid = ComputeOptions { match_by_email: true, ..opts(false, true) };
         let plan = s.compute(t, &hybrid).await.unwrap();
-        assert_eq!((plan.to_add, plan.to_remove, plan.to_forget), (3, 1, 0), "{plan:?}");
+        assert_eq!((plan.to_add, plan.to_update, plan.to_remove, plan.to_forget), (0, 3, 1, 0), "{plan:?}");
         let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, k)| k).collect();
         assert_eq!(removes, vec!["e@x.com"]);
         let adds = s.adds(t, 0, 10).await.unwrap();

@@ -22,7 +22,9 @@ use sqlx::SqlitePool;
 
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
-pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
+pub use members::{
+    AckedMember, AddKind, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan,
+};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SourcePassword};
 pub use sessions::{Session, SessionListing};

@@ -92,6 +92,8 @@
 
   const $ = (sel, root = document) => root.querySelector(sel);
   const number = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+  // A member's value as the source gave it: a NULL is no value at all, an empty string is empty.
+  const memberText = (m) => (m === null || m === undefined ? "(no value)" : m === "" ? "(empty)" : m);
   function when(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
@@ -187,13 +189,40 @@
     return el("span", { class: `badge ${run.status}` }, text);
   }
 
-  // Members added, removed and not sent: a run summary carries them, a whole run has them per list.
+  // Members added (new on a list), updated, already on a list the export adopted, removed and not sent: a run
+  // summary carries them, a whole run has them per list.
   function runCounts(run) {
-    if (!run) return { added: 0, removed: 0, notSent: 0 };
-    if (run.added !== undefined) return { added: run.added, removed: run.removed, notSent: run.not_sent };
+    if (!run) return { added: 0, updated: 0, alreadyOnList: 0, removed: 0, notSent: 0 };
+    if (run.added !== undefined) {
+      return {
+        added: run.added,
+        updated: run.updated || 0,
+        alreadyOnList: run.already_on_list || 0,
+        removed: run.removed,
+        notSent: run.not_sent,
+      };
+    }
     const t = run.lists || [];
     const sum = (k) => t.reduce((a, x) => a + (x[k] || 0), 0);
-    return { added: sum("added"), removed: sum("removed"), notSent: sum("invalid") + sum("rejected") };
+    return {
+      added: sum("added"),
+      updated: sum("updated"),
+      alreadyOnList: sum("already_on_list"),
+      removed: sum("removed"),
+      notSent: sum("invalid") + sum("rejected"),
+    };
+  }
+
+  // "120 added, 68 updated, 3 removed": updated and already-on-the-list members only when there are some.
+  function countsText(c) {
+    return [
+      `${number(c.added)} added`,
+      c.updated ? `${number(c.updated)} updated` : null,
+      c.alreadyOnList ? `${number(c.alreadyOnList)} already on the list` : null,
+      `${number(c.removed)} removed`,
+    ]
+      .filter(Boolean)
+      .join(", ");
   }
 
   // ---- progress of a run, polled until it ends --------------------------------------------------------------
@@ -232,7 +261,7 @@
 
   function runOutcome(run) {
     const c = runCounts(run);
-    const parts = [badge(run), ` Run #${run.id}: ${number(c.added)} added, ${number(c.removed)} removed`];
+    const parts = [badge(run), ` Run #${run.id}: ${countsText(c)}`];
     if (c.notSent) parts.push(`, ${number(c.notSent)} not sent`);
     const box = el("div", { class: `outcome ${run.status}` }, el("p", {}, parts));
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
@@ -321,7 +350,7 @@
     const last = x.last_run;
     const c = runCounts(last);
     const lastCell = last
-      ? el("td", {}, badge(last), el("br"), `${number(c.added)} added, ${number(c.removed)} removed`, el("br"), el("small", {}, when(last.started_at)))
+      ? el("td", {}, badge(last), el("br"), countsText(c), el("br"), el("small", {}, when(last.started_at)))
       : el("td", {}, "Never run");
     const area = el("div", { class: "run-area" });
     const run = el("button", { type: "button" }, "Run");
@@ -506,7 +535,7 @@
         const rows = runs.map((r) => {
           const c = runCounts(r);
           const more = el("button", { type: "button", class: "link" }, "Details");
-          const detailRow = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 7 }));
+          const detailRow = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 8 }));
           more.addEventListener("click", async () => {
             detailRow.hidden = !detailRow.hidden;
             if (!detailRow.hidden) detailRow.firstChild.replaceChildren(await runDetails(r.id));
@@ -520,6 +549,7 @@
               el("td", {}, when(r.started_at)),
               el("td", {}, triggerWords[r.trigger] || r.trigger),
               el("td", {}, number(c.added)),
+              el("td", {}, number(c.updated + c.alreadyOnList)),
               el("td", {}, number(c.removed)),
               el("td", {}, number(c.notSent), " ", more),
             ),
@@ -527,7 +557,7 @@
           ];
         });
         $("#run-history").replaceChildren(
-          table(["Run", "Status", "Started", "Started by", "Added", "Removed", "Not sent"], rows.flat(), "No run yet."),
+          table(["Run", "Status", "Started", "Started by", "Added", "Updated", "Removed", "Not sent"], rows.flat(), "No run yet."),
         );
       } catch (e) {
         fail(e);
@@ -587,14 +617,21 @@
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
     for (const t of run.lists || []) {
       box.append(
-        el("p", {}, `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added, ${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ${number(t.rejected)} rejected by Iterable.`),
+        el(
+          "p",
+          {},
+          `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added (new on the list), ` +
+            `${number(t.updated)} updated, ${number(t.already_on_list)} already on the list when it was adopted, ` +
+            `${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ` +
+            `${number(t.rejected)} rejected by Iterable.`,
+        ),
       );
     }
     const issues = run.rejected_and_invalid || [];
     if (issues.length) {
       box.append(el("h3", {}, "Members that were not sent, and why"));
       box.append(
-        table(["Member", "Not sent because"], issues.map((i) => el("tr", {}, el("td", {}, i.member ?? "(empty)"), el("td", {}, i.reason || i.kind))), ""),
+        table(["Member", "Not sent because"], issues.map((i) => el("tr", {}, el("td", {}, memberText(i.member)), el("td", {}, i.reason || i.kind))), ""),
       );
     }
     return box;
