@@ -26,6 +26,18 @@ fn a_new_connection_is_hybrid_by_default_and_connection_show_says_so() {
 }
 
 #[test]
+fn connection_add_help_names_each_project_type_and_how_its_exports_identify_members() {
+    let env = Env::new();
+    let help = text(&env.ok(&["connection", "add", "--help"]).stdout);
+    let at = help.find("--project-type").unwrap_or_else(|| panic!("{help}"));
+    let option = &help[at..help[at..].find("--usable-by").map_or(help.len(), |end| at + end)];
+    for word in ["email", "userid", "hybrid", "by user id"] {
+        assert!(option.contains(word), "--project-type's help lacks {word:?}: {option}");
+    }
+    assert!(!help.contains("not supported"), "the README supports every project type: {help}");
+}
+
+#[test]
 fn an_email_based_connection_in_the_eu_data_centre_is_warned_about() {
     let env = Env::new();
     let out = add_connection(&env, "eu-mail", &["--region", "eu", "--project-type", "email"]);
