@@ -341,7 +341,7 @@ async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow:
     let emptied =
         ops::remove_export(&store, &ctx.config, &caller, name, empty, cancel_run).await.map_err(|e| match e {
             OpError::Store(e) => anyhow::Error::from(e),
-            OpError::Busy(m) => Exit::error(exit::BUSY, m),
+            OpError::Busy { message, cancellable } => super::user::busy(message, cancellable),
             e => Exit::error(exit::FAILED, e.to_string()),
         })?;
     if ctx.out.json {

@@ -9,9 +9,10 @@
   let csrf = null;
 
   class Failure extends Error {
-    constructor(status, message) {
+    constructor(status, message, kind) {
       super(message);
       this.status = status;
+      this.kind = kind;
     }
   }
 
@@ -69,7 +70,7 @@
     }
     if (!r.ok) {
       const message = data && data.error ? data.error.message : `the service answered ${r.status}`;
-      throw new Failure(r.status, words(r.status, message));
+      throw new Failure(r.status, words(r.status, message), data && data.error ? data.error.kind : null);
     }
     return data;
   }
@@ -119,6 +120,22 @@
     const target = where ? $(".error", where) : null;
     if (target) target.textContent = text;
     else notice(text, "error");
+  }
+
+  // A change refused because the export is running: says so and offers a button that stops the run and goes ahead
+  // (`again`, which asks with cancel_run). Any other failure, or a second refusal, is shown as it is.
+  function offerToStopRun(e, where, label, again) {
+    if (!(e instanceof Failure) || e.kind !== "running") return fail(e, where);
+    const stop = el("button", { type: "button", class: "stop-run" }, label);
+    stop.addEventListener("click", () => {
+      stop.disabled = true;
+      again();
+    });
+    const text =
+      "This export is running now; nothing was changed. Wait for the run to finish, or stop it and go ahead: " +
+      "the run is recorded as cancelled, and what it sent stays recorded. ";
+    const target = (where && $(".error", where)) || $("#notice");
+    target.replaceChildren(el("span", { class: "error" }, text), stop);
   }
 
   function formData(form) {
@@ -565,14 +582,16 @@
     };
     $("#run").addEventListener("click", () => runNow(name, area, () => { history(); load(); }));
     $("#preview").addEventListener("click", () => preview(name, area));
-    confirmTwice($("#remove-export"), "Yes, remove it", async () => {
+    const remove = async (cancelRun) => {
       try {
-        await api("DELETE", path);
+        await api("DELETE", cancelRun ? `${path}?cancel_run=true` : path);
         location.href = "/exports";
       } catch (e) {
-        fail(e);
+        if (cancelRun) fail(e);
+        else offerToStopRun(e, null, "Stop the run and remove", () => remove(true));
       }
-    });
+    };
+    confirmTwice($("#remove-export"), "Yes, remove it", () => remove(false));
     $("#edit-export").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const form = ev.target;
@@ -583,14 +602,19 @@
         remove_fields: [...form.querySelectorAll("input[name=remove_fields]:checked")].map((i) => i.value),
       };
       if (d.schedule && d.schedule !== x.schedule) change.schedule = d.schedule;
-      try {
-        await api("PATCH", path, change);
-        form.add_fields.value = "";
-        notice("Saved. The next run uses the new settings.");
-        load();
-      } catch (e) {
-        fail(e, form);
-      }
+      const save = async (cancelRun) => {
+        try {
+          await api("PATCH", path, cancelRun ? { ...change, cancel_run: true } : change);
+          form.add_fields.value = "";
+          $(".error", form).textContent = "";
+          notice("Saved. The next run uses the new settings.");
+          load();
+        } catch (e) {
+          if (cancelRun) fail(e, form);
+          else offerToStopRun(e, form, "Stop the run and save", () => save(true));
+        }
+      };
+      await save(false);
     });
     $("#add-export-user").addEventListener("submit", async (ev) => {
       ev.preventDefault();
