@@ -203,7 +203,6 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                 }
                 _ => unreachable!("clap requires a name or --all"),
             };
-            ctx.audit(&ctx.store().await?, "export.trigger", &target, None).await?;
             let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
                 Exit::error(
                     exit::FAILED,
@@ -213,6 +212,8 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                     ),
                 )
             })?;
+            // Recorded once the trigger is written: the audit holds what was done.
+            ctx.audit(&ctx.store().await?, "export.trigger", &target, None).await?;
             let daemon = daemon_answers(&ctx.config).await;
             if ctx.out.json {
                 ctx.out.json(&json!({ "trigger_file": path, "daemon_running": daemon }));
@@ -558,6 +559,9 @@ async fn run_with_grace(
 
 async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
+    // An export that does not exist is refused before anything is recorded: the audit holds what was asked of
+    // something there.
+    store.export(&a.name).await?;
     let what = if a.dry_run { "export.run.dry" } else { "export.run" };
     ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
     let engine = Engine::new(store, ctx.config.clone());
