@@ -259,6 +259,8 @@ fn every_command_prints_one_json_document_in_success_and_in_failure_with_rfc3339
         case(&["validate"], Ok),
         case(&["healthcheck", "--addr", "127.0.0.1:1"], Fails(1, "failed")),
         case(&["sample-data", &sample, "--profiles", "20"], Ok),
+        case(&["sample-data", &sample, "--profiles", "20"], Fails(1, "exists")),
+        case(&["sample-data", &sample, "--profiles", "20", "--force"], Ok),
         case(&["sample-data", &sample, "--churn", "0.9"], Fails(2, "usage")),
         case(&["sandbox", "--fail-rate", "2"], Fails(2, "usage")),
         case(&["completions", "bash"], Ok),

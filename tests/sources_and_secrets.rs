@@ -258,3 +258,25 @@ fn a_query_that_fails_at_segment_add_is_refused_with_advice_that_works_when_foll
     let preview = text(&env.ok(&["segment", "preview", "VIP list"]).stdout);
     assert!(preview.contains("a@example.com") && preview.contains("gold"), "{preview}");
 }
+
+#[test]
+fn sample_data_refuses_to_replace_an_existing_database_unless_forced() {
+    let env = Env::new();
+    let db = env.path("crm.db");
+    write_sqlite(&db, &[(Some("keep@example.com"), "gold")]);
+    let path = db.to_str().unwrap();
+    let out = env.run(&["sample-data", path, "--profiles", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("exists already") && err.contains("--force"), "{err}");
+    // Untouched: its own table is still there, and no profiles table was written.
+    let rows =
+        env.ok(&["segment", "add", "crm", "--source", &format!("sqlite:{path}"), "--query", "SELECT * FROM profiles"]);
+    assert!(text(&rows.stdout).contains("crm"), "{}", text(&rows.stdout));
+    let kept = text(&env.ok(&["segment", "preview", "crm"]).stdout);
+    assert!(kept.contains("keep@example.com") && !kept.contains("customer"), "{kept}");
+
+    env.ok(&["sample-data", path, "--profiles", "5", "--force"]);
+    let replaced = text(&env.ok(&["segment", "preview", "crm"]).stdout);
+    assert!(replaced.contains("customer1@example.com") && !replaced.contains("keep@example.com"), "{replaced}");
+}
