@@ -356,3 +356,49 @@ fn a_run_with_nothing_to_send_still_recreates_a_deleted_list_once_its_check_is_d
     assert_eq!(requests(&env.stats(), "lists.subscribe"), 0);
     assert_eq!(requests(&env.stats(), "lists.get"), 2, "the run's check and the test's own lookup");
 }
+
+/// `segment-exporter ARGS` run in a pseudo-terminal of `cols` x `rows` (util-linux `script`), as a person would.
+fn in_terminal(env: &Env, cols: u16, rows: u16, args: &str) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("stty cols {cols} rows {rows}; exec {} {args}", bin.display()), "/dev/null"])
+        .current_dir(env.dir.path())
+        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux `script` runs the command in a terminal");
+    assert!(out.status.success(), "{args}: {}", text(&out.stdout));
+    text(&out.stdout).replace('\r', "")
+}
+
+#[test]
+fn tables_in_a_terminal_wrap_between_words_and_a_terminal_of_unknown_size_sets_no_limit() {
+    let env = Env::new();
+    env.setup_csv_export("Marketing audience", &emails(0, 5));
+    env.ok(&["export", "run", "exp"]);
+    let words_of = |table: &str| -> Vec<String> {
+        table.split(|c: char| "│┆┌┐└┘├┤┬┴┼─═╞╡╪ \n".contains(c)).filter(|w| !w.is_empty()).map(String::from).collect()
+    };
+    for cols in [40, 60, 100] {
+        let shown = in_terminal(&env, cols, 40, "runs show 1");
+        let words = words_of(&shown);
+        for word in ["Marketing", "audience", "succeeded", "unchanged", "Iterable"] {
+            assert!(words.iter().any(|w| w == word), "{word:?} is cut at {cols} columns:\n{shown}");
+        }
+        let widest = shown.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(widest <= usize::from(cols), "wider than the {cols} columns it needs no more than:\n{shown}");
+    }
+    // Narrower than its words: wider than the terminal, never cut mid-word (it was "succee ded" at 100).
+    let shown = in_terminal(&env, 100, 40, "runs");
+    let words = words_of(&shown);
+    for word in ["trigger", "succeeded", "progress", "rejected", "manual", "UTC"] {
+        assert!(words.iter().any(|w| w == word), "{word:?} is cut at 100 columns:\n{shown}");
+    }
+    // A terminal that reports 0x0 (some containers' do) is no reason to squeeze a table to a column a letter.
+    let shown = in_terminal(&env, 0, 0, "runs");
+    let header = shown.lines().find(|l| l.contains("export")).unwrap_or_else(|| panic!("{shown}"));
+    for word in ["run", "export", "trigger", "status", "took / progress", "added", "updated", "rejected"] {
+        assert!(header.contains(word), "{word:?} not whole on the header line:\n{shown}");
+    }
+    assert_eq!(shown.lines().filter(|l| l.contains("manual")).count(), 1, "one line per run:\n{shown}");
+}

@@ -134,8 +134,8 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                             when(&r.started_at),
                             detail,
                             sum(|c| c.added),
-                            sum(|c| c.updated),
-                            sum(|c| c.already_on_list),
+                            // Members on the list already, whoever put them there (`runs show` tells them apart).
+                            sum(|c| c.updated + c.already_on_list),
                             sum(|c| c.removed),
                             sum(|c| c.invalid),
                             sum(|c| c.rejected),
@@ -152,7 +152,6 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                         "took / progress",
                         "added",
                         "updated",
-                        "already there",
                         "removed",
                         "invalid",
                         "rejected",
