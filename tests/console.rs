@@ -266,7 +266,9 @@ mod browser {
 
         b.fill("API key", KEY).await;
         b.click("Connect").await;
-        b.wait_text("Connected: Iterable accepted the key", Duration::from_secs(15)).await;
+        // What Connect could check without writing, and that it was no more.
+        b.wait_text("Connected: Iterable let this key read the project's lists", Duration::from_secs(15)).await;
+        assert!(b.text().await.contains("Whether it may also write them shows at the first run"));
         assert!(save.attr("disabled").await.unwrap().is_none(), "Save stays disabled after the key checked out");
         b.screenshot("add-connection").await;
         b.click("Save").await;

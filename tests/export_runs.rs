@@ -402,3 +402,27 @@ fn tables_in_a_terminal_wrap_between_words_and_a_terminal_of_unknown_size_sets_n
     }
     assert_eq!(shown.lines().filter(|l| l.contains("manual")).count(), 1, "one line per run:\n{shown}");
 }
+
+#[test]
+fn a_read_only_key_passes_connect_and_the_runs_first_refused_write_fails_it_saying_a_server_side_key_is_needed() {
+    let env = Env::with_sandbox(segment_exporter::sandbox::SandboxOptions { read_only_keys: true, ..opts() });
+    // Connect can only read: the key reads lists, and it says that is what it checked.
+    env.setup_csv_export("VIP", &emails(0, 30));
+    let tested = text(&env.ok(&["connection", "test", "iterable"]).stdout);
+    assert!(tested.contains("reads lists") && tested.contains("write"), "{tested}");
+    for (case, first_write) in [("a list to create", "lists.create"), ("a list found by name", "lists.subscribe")] {
+        if first_write == "lists.subscribe" {
+            env.create_list_of_type("VIP", "Standard");
+        }
+        env.sandbox.reset_stats();
+        let report = env.json(&["export", "run", "exp"]);
+        assert_eq!(report["status"], "failed", "{case}: {report}");
+        let error = report["error"].as_str().unwrap();
+        for words in ["revoked, read-only, or otherwise unable to write lists", "server-side", "HTTP 403"] {
+            assert!(error.contains(words), "{case}: {words:?} missing: {error}");
+        }
+        let stats = env.stats();
+        assert_eq!(stats.statuses[first_write].get(&403), Some(&1), "{case}: refused once, not retried: {stats:?}");
+        assert_eq!(requests(&stats, "lists.subscribe") + requests(&stats, "lists.create"), 1, "{case}: {stats:?}");
+    }
+}

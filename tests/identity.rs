@@ -298,3 +298,27 @@ fn an_adopted_hybrid_list_is_read_by_user_id_so_its_earlier_members_are_never_un
     assert_eq!(report["lists"][0]["removed"], 0, "{report}");
     assert_eq!(identities(&env), vec![pair(Some("old1"), Some("o@x.com")), pair(Some("u1"), Some("a@x.com"))]);
 }
+
+#[test]
+fn held_to_the_specs_one_identifier_per_subscriber_a_user_id_sent_with_its_email_is_refused_and_a_user_id_alone_is_not()
+{
+    for (project_type, name) in [(SandboxProjectType::UserId, "userid"), (SandboxProjectType::Hybrid, "hybrid")] {
+        let env = Env::with_sandbox(SandboxOptions { project_type, one_identifier_per_subscriber: true, ..opts() });
+        connection(&env, name);
+        let csv = write_rows(&env, &[(Some("u1"), Some("a@x.com"), "gold"), (Some("u2"), Some("b@x.com"), "gold")]);
+        segment(&env, &csv);
+        // What the exporter sends where user ids identify: each user id with its email (and preferUserId).
+        env.ok(&[&EXPORT[..], &["--email-field", "email", "--user-id-field", "user_id"]].concat());
+        let report = env.json(&["export", "run", "exp"]);
+        assert_eq!(report["status"], "failed", "{name}: {report}");
+        let error = report["error"].as_str().unwrap();
+        assert!(error.contains("BadParams") && error.contains("(but not both)"), "{name}: {error}");
+        assert_eq!(env.members("VIP"), Vec::<String>::new(), "{name}: nothing went through");
+
+        // A user id alone conforms, and goes through: a new user then has no email address to be mailed at.
+        env.ok(&["export", "remove", "exp"]);
+        env.ok(&[&EXPORT[..], &["--user-id-field", "user_id"]].concat());
+        run_ok(&env);
+        assert_eq!(identities(&env), vec![pair(Some("u1"), None), pair(Some("u2"), None)], "{name}");
+    }
+}

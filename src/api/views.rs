@@ -115,6 +115,8 @@ impl ConnectionView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCheck {
+    /// The key reads lists (`GET /api/lists` answered): what the check can find out without writing. Whether the
+    /// key may write them (a read-only key may not) shows at the first run, which fails at its first refused write.
     pub ok: bool,
     pub base_url: String,
     /// Lists in the project, when the key works.

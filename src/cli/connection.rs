@@ -210,7 +210,11 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if ctx.out.json {
         ctx.out.json(&describe(&conn));
     } else {
-        let verified = if a.skip_verify { "not verified (--skip-verify)" } else { "key verified with Iterable" };
+        let verified = if a.skip_verify {
+            "not verified (--skip-verify)"
+        } else {
+            "Iterable let the key read its lists; whether it may write them shows at the first run"
+        };
         println!("Added connection '{}' to {} ({verified}).", conn.name, conn.base_url);
     }
     Ok(exit::OK)
@@ -352,7 +356,8 @@ async fn test(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
                 ctx.out.json(&json!({ "connection": name, "ok": true, "lists": lists.len(), "latency_ms": ms }));
             } else {
                 println!(
-                    "Connection '{name}' works: Iterable accepted the key and lists {} list(s) ({ms} ms).",
+                    "Connection '{name}' reads lists: Iterable accepted the key and lists {} list(s) ({ms} ms). \
+                     Whether it may write them (a read-only key may not) shows at the next run.",
                     lists.len()
                 );
             }

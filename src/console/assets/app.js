@@ -726,7 +726,9 @@
         if (r.ok) {
           result.className = "ok";
           const n = Array.isArray(r.lists) ? r.lists.length : r.lists;
-          result.textContent = `Connected: Iterable accepted the key${n !== undefined ? ` (the project has ${number(n)} lists)` : ""}.`;
+          result.textContent =
+            `Connected: Iterable let this key read the project's lists${n !== undefined ? ` (${number(n)} of them)` : ""}. ` +
+            "Whether it may also write them shows at the first run: a read-only key is refused there, saying so.";
         } else {
           result.className = "error";
           result.textContent = r.bad_key
