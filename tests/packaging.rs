@@ -243,3 +243,89 @@ fn the_units_systemd_run_recipe_stores_the_credential_path_that_the_service_read
         env.cmd().env("CREDENTIALS_DIRECTORY", &service).args(["connection", "test", "prod"]).output().unwrap();
     assert!(tested.status.success(), "{}", String::from_utf8_lossy(&tested.stderr));
 }
+
+#[test]
+fn the_demo_stops_at_once_when_its_console_port_is_busy_saying_which_port_and_how_to_choose_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // In a terminal (util-linux `script`), where the demo would end with its web console.
+    let demo = Command::new("script")
+        .args(["-qec", &format!("DEMO_CONSOLE_PORT={port} ./scripts/demo.sh"), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs the demo in a terminal");
+    let said = String::from_utf8_lossy(&demo.stdout);
+    assert!(!demo.status.success(), "{said}");
+    assert!(!said.contains("Building"), "it checks the port before minutes of building: {said}");
+    for words in [format!("port {port} on 127.0.0.1 is in use"), format!("DEMO_CONSOLE_PORT={}", port + 1)] {
+        assert!(said.contains(&words), "{words:?} missing: {said}");
+    }
+    let bad = Command::new("script")
+        .args(["-qec", "DEMO_CONSOLE_PORT=console ./scripts/demo.sh", "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("not a port number"));
+}
+
+#[test]
+fn the_readme_docker_steps_run_in_order_against_the_images_configuration() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = &readme[readme.find("### Docker").expect("a Docker section")..];
+    let block = &section[section.find("```sh").unwrap() + 5..];
+    let block = &block[..block.find("```").unwrap()];
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let run = lines.iter().find(|l| l.starts_with("docker run")).expect("the block starts the container");
+    assert!(run.contains(":/segments:ro"), "the segment's folder is mounted where its source says: {run}");
+
+    // The container, as far as the steps see it: the image's config with /data and /segments in a folder here.
+    let env = common::Env::new();
+    let root = env.path("container");
+    std::fs::create_dir_all(root.join("segments")).unwrap();
+    std::fs::write(root.join("segments/vip.csv"), "email,first_name\nann@example.com,Ann\nbob@example.com,Bob\n")
+        .unwrap();
+    let inside = |text: &str| {
+        text.replace("/data/", &format!("{}/data/", root.display()))
+            .replace("/segments/", &format!("{}/segments/", root.display()))
+    };
+    let config = std::fs::read_to_string("packaging/docker/segment-exporter.toml").unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("image.toml"), inside(&config)).unwrap();
+    let bin_dir = assert_cmd::cargo::cargo_bin("segment-exporter").parent().unwrap().to_path_buf();
+    let steps: Vec<&String> = lines.iter().filter(|l| l.starts_with("docker exec segment-exporter ")).collect();
+    assert!(steps.len() >= 5, "{steps:?}");
+    for step in steps {
+        let mut command = inside(step.trim_start_matches("docker exec segment-exporter "));
+        if let Some(comment) = command.find("   #") {
+            command.truncate(comment);
+        }
+        if command.contains("connection add") {
+            // Checked against the sandbox rather than Iterable.
+            command.push_str(&format!(" --base-url {}", env.base_url));
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(root.join("data"))
+            .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("SEGMENT_EXPORTER_CONFIG", root.join("image.toml"))
+            .env("ITERABLE_API_KEY", common::KEY)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "`{step}` failed:\n{said}");
+    }
+    assert!(root.join("data/triggers/marketing").exists(), "the trigger is where the daemon looks");
+}
