@@ -802,6 +802,7 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
     assert!(!text.contains("wrong-key-1111"), "{text}");
     let (_, v, _) = t.call(4, Method::GET, "/connections/open", None).await;
     assert!(v["api_key"].as_str().unwrap().starts_with("file "), "{v}");
+    assert_eq!(v["api_key_source"], "file", "{v}");
     let (got, v, text) = t.call(4, Method::PATCH, "/connections/open", Some(json!({ "api_key": SECOND }))).await;
     assert_eq!(got, StatusCode::OK, "{v}");
     assert!(!text.contains(SECOND), "{text}");
@@ -809,6 +810,7 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
         (v["api_key"].as_str(), v["api_key_last4"].as_str()),
         (Some("stored in the store, encrypted"), Some("3210"))
     );
+    assert_eq!(v["api_key_source"], "stored", "{v}");
     let (got, v, _) = t.call(3, Method::PATCH, "/connections/open", Some(json!({ "usable_by": "admins" }))).await;
     assert_eq!(got, StatusCode::FORBIDDEN, "{v}");
 

@@ -66,9 +66,13 @@ pub struct ConnectionView {
     /// Administrators only: the Iterable API address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// Administrators only: where the key comes from (never the key).
+    /// Administrators only: where the key comes from (never the key), in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Administrators only: `stored` (encrypted in the store), `env` (an environment variable read at each use) or
+    /// `file` (a file read at each use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_source: Option<String>,
     /// Administrators only: the key's last 4 characters, for a key stored encrypted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_last4: Option<String>,
@@ -98,12 +102,14 @@ impl ConnectionView {
             created_at: conn.created_at,
             base_url: None,
             api_key: None,
+            api_key_source: None,
             api_key_last4: None,
             export_user_problem: None,
         };
         if let Some(facts) = admin {
             view.base_url = Some(conn.base_url.clone());
             view.api_key = Some(conn.key.describe());
+            view.api_key_source = Some(conn.key.kind().to_string());
             view.api_key_last4 = conn.key_last4.clone();
             view.export_user_problem = facts.export_user_problem;
         }

@@ -450,13 +450,32 @@
             )
           : el("p", { class: "empty" }, "No segments yet: an administrator defines them."),
       );
-      // The columns of the chosen segments, read now, to pick the email, user id and extra fields from.
+      // The columns of the chosen segments, read as they are chosen, offered for the email and user id (a column the
+      // export uses must be in every segment it sends). Typing another name stays possible.
       const columnsOf = new Map();
       const offer = () => {
         const chosen = [...holder.querySelectorAll("input[name=segments]:checked")].map((i) => i.value);
-        const columns = new Set(chosen.flatMap((n) => columnsOf.get(n) || []));
-        $("#columns").replaceChildren(...[...columns].map((c) => el("option", { value: c })));
+        const each = chosen.map((n) => columnsOf.get(n) || []);
+        const columns = each.length ? each[0].filter((c) => each.every((cols) => cols.includes(c))) : [];
+        $("#columns").replaceChildren(...columns.map((c) => el("option", { value: c })));
+        $("#columns-hint").textContent = !chosen.length
+          ? "Choose the segments first: their columns are offered here."
+          : columns.length
+            ? `Columns of the chosen segments: ${columns.join(", ")}. Pick one from the list, or type a column name.`
+            : "The chosen segments have no column in common; type the column name.";
+        suggest($("input", $("#email-field")), columns, ["email", "email_address"]);
+        if (!userId.hidden) suggest($("input", userId), columns, ["user_id", "userid"]);
       };
+      // Fills in an obvious column (by name) while the field is empty or holds an earlier suggestion.
+      const suggest = (input, columns, names) => {
+        if (input.value && input.dataset.suggested !== "yes") return;
+        const found = columns.find((c) => names.includes(c.toLowerCase()));
+        input.value = found || "";
+        input.dataset.suggested = found ? "yes" : "";
+      };
+      for (const input of form.querySelectorAll("input[list=columns]")) {
+        input.addEventListener("input", () => (input.dataset.suggested = ""));
+      }
       holder.addEventListener("change", async (ev) => {
         const name = ev.target.value;
         if (ev.target.checked && !columnsOf.has(name)) {
@@ -490,7 +509,7 @@
         fields: (d.fields || "").split(",").map((f) => f.trim()).filter(Boolean),
         schedule: d.schedule || "refresh",
       };
-      if (d.user_id_field) body.user_id_field = d.user_id_field;
+      if (d.user_id_field && !userId.hidden) body.user_id_field = d.user_id_field;
       try {
         await api("POST", "/exports", body);
         location.href = `/exports/${encodeURIComponent(d.name)}`;
@@ -762,6 +781,21 @@
     });
   }
 
+  // Where a connection's key comes from, as `connection show` says it: only a stored key is never shown again.
+  function keyWords(c) {
+    const end = c.api_key_last4 ? ` (ends in …${c.api_key_last4})` : "";
+    switch (c.api_key_source) {
+      case "stored":
+        return `stored encrypted${end}; never shown again`;
+      case "env":
+        return `read at each use from the service's ${c.api_key}`;
+      case "file":
+        return `read at each use from the ${c.api_key}`;
+      default:
+        return c.api_key || "–";
+    }
+  }
+
   async function connectionPage() {
     const path = `/connections/${encodeURIComponent(subject)}`;
     const who = { admins: "Administrators", contributors: "Administrators and contributors" };
@@ -775,7 +809,7 @@
           ["Base URL", c.base_url],
           ["Who can use it", who[c.usable_by] || c.usable_by],
           ["Export user", c.export_user || "– (none: scheduled runs wait for an administrator to become it)"],
-          ["Key", "stored; never shown again"],
+          ["Key", keyWords(c)],
           ["Key last checked", when(c.verified_at)],
           ["Data privacy terms", c.privacy_accepted_by ? `agreed by ${c.privacy_accepted_by}, ${when(c.privacy_accepted_at)}` : "–"],
         ];
