@@ -372,6 +372,17 @@ macro_rules! email_of {
     };
 }
 
+/// What a planned subscribe does to the list, in SQL over the recorded member `m` (NULL when none), as an `AddKind`
+/// code: a member this export put there is updated, unless `?2` (the list is a new one). Members there before the
+/// export adopted the list are marked afterwards (`mark_already_on_list`).
+macro_rules! add_kind {
+    () => {
+        "(CASE WHEN ?2 OR m.email IS NULL OR NOT m.ours THEN 0 ELSE 1 END)"
+    };
+}
+// The codes written as literals in SQL here (`add_kind!`, `pair_by_email`).
+const _: () = assert!(AddKind::New.code() == 0 && AddKind::Update.code() == 1);
+
 /// Hybrid projects: pairs each new member (planned, `is_new`) with the leaver (in `temp.gone`) that had its email,
 /// one to one. A paired member is planned as an update replacing the leaver's record, and the leaver is no longer
 /// one. Run only when there are both new members and leavers, so an unchanged re-run never gets here.
@@ -508,15 +519,13 @@ impl PlanSession {
         .bind(target_id)
         .fetch_one(&mut *tx)
         .await?;
-        // What each subscribe does to the list (`AddKind` codes): a member this export put there is updated, unless
-        // the list is a new one. Members there before the export adopted the list are marked below.
-        let kind = "CASE WHEN ?2 OR m.email IS NULL OR NOT m.ours THEN 0 ELSE 1 END";
         let planned = if full || recorded == 0 {
             // Everyone is sent: one pass over the staged members.
-            sqlx::query(&format!(
+            sqlx::query(concat!(
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, {kind} \
-                 FROM temp.staged s LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, ",
+                add_kind!(),
+                " FROM temp.staged s LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
                  WHERE s.target_id = ?1 AND (?3 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
                  AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email"
             ))
@@ -552,10 +561,11 @@ impl PlanSession {
             .bind(retry_rejected_until)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(&format!(
+            sqlx::query(concat!(
                 "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, {kind} \
-                 FROM temp.changed c \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, ",
+                add_kind!(),
+                " FROM temp.changed c \
                  CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
                  LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
                  WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid"
