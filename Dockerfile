@@ -1,9 +1,5 @@
-# segment-exporter daemon image: multi-stage, small runtime, non-root, state on a volume.
-#   docker build -t segment-exporter .
-#   docker run -d --name segment-exporter --stop-timeout 45 -v segment-exporter:/data -p 127.0.0.1:9185:9185 \
-#     -e ITERABLE_API_KEY=... segment-exporter
-#   docker exec segment-exporter segment-exporter connection add prod --api-key-env ITERABLE_API_KEY --accept-data-privacy
-#   docker exec segment-exporter segment-exporter export trigger NAME
+# segment-exporter daemon image: multi-stage, small runtime, non-root, state on a volume. The README's "Docker"
+# section takes it from `docker build` to a first run (a connection, a segment, an export, a trigger).
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

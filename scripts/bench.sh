@@ -174,8 +174,10 @@ print(json.dumps({
     "subscribers_received": stats["subscribers_received"],
     "unsubscribers_received": stats["unsubscribers_received"],
     "members": lst["members"], "source_rows": lst["source_rows"], "invalid": lst["invalid"],
-    "duplicates": lst["duplicates"], "to_add": lst["to_add"], "to_remove": lst["to_remove"],
-    "added": lst["added"], "removed": lst["removed"], "status": report["status"],
+    # Subscribes planned and done, new on the list or not.
+    "duplicates": lst["duplicates"], "to_add": lst["to_add"] + lst["to_update"], "to_remove": lst["to_remove"],
+    "added": lst["added"] + lst["updated"] + lst["already_on_list"], "removed": lst["removed"],
+    "status": report["status"],
     "plan_seconds": planned - started if started and planned else None,
     "send_seconds": finished - planned if finished and planned else None,
 }))

@@ -3,10 +3,32 @@
 # (an Iterable-compatible API on localhost, 20 ms per request), two segments sent to two lists, then a second run
 # that finds nothing changed and sends nothing. Then, in a terminal, it keeps the daemon, the sandbox and the web
 # console running in the foreground, printing the console's address and two sign-ins, until Ctrl-C stops them all
-# (DEMO_CONSOLE=0 skips that part; so does a run whose output is not a terminal). Everything it writes stays in
-# ./demo-state.
+# (DEMO_CONSOLE=0 skips that part; so does a run whose output is not a terminal). The console listens on
+# 127.0.0.1:9185, or on the port in DEMO_CONSOLE_PORT. Everything it writes stays in ./demo-state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+console=1
+if [ "${DEMO_CONSOLE:-1}" = 0 ] || ! [ -t 1 ]; then
+  console=0
+fi
+port=${DEMO_CONSOLE_PORT:-9185}
+case $port in
+  '' | *[!0-9]*)
+    echo "DEMO_CONSOLE_PORT=$port is not a port number; give one, e.g. DEMO_CONSOLE_PORT=9186 ./scripts/demo.sh" >&2
+    exit 1
+    ;;
+esac
+port_busy() {
+  echo "port $port on 127.0.0.1 is in use by another program, so the demo's web console cannot listen there. Choose" \
+    "another port with DEMO_CONSOLE_PORT, e.g. DEMO_CONSOLE_PORT=$((port + 1)) ./scripts/demo.sh (or DEMO_CONSOLE=0" \
+    "to skip the console)." >&2
+}
+# Before minutes of building and exporting: the console's port must be free at the end.
+if [ "$console" = 1 ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  port_busy
+  exit 1
+fi
 
 printf '\n\033[1m== Building the release binary (a few minutes the first time)\033[0m\n'
 cargo build --release --locked
@@ -68,12 +90,11 @@ step "The lists in the (sandbox) Iterable project"
 step "Run history"
 "$bin" runs
 
-if [ "${DEMO_CONSOLE:-1}" = 0 ] || ! [ -t 1 ]; then
+if [ "$console" = 0 ]; then
   exit 0
 fi
 
 step "The web console: the daemon, the sandbox and the console keep running until Ctrl-C"
-port=${DEMO_CONSOLE_PORT:-9185}
 cat >> "$state/config.toml" <<TOML
 
 [daemon]
@@ -93,7 +114,15 @@ trap 'kill $daemon_pid $sandbox_pid 2>/dev/null || true; wait 2>/dev/null || tru
 trap 'exit 0' INT TERM
 for _ in $(seq 1 100); do
   "$bin" healthcheck >/dev/null 2>&1 && break
-  kill -0 $daemon_pid 2>/dev/null || { echo "the daemon stopped; see $state/daemon.log" >&2; exit 1; }
+  if ! kill -0 $daemon_pid 2>/dev/null; then
+    # Taken since the check at the start, say.
+    if grep -q "cannot listen for status on" "$state/daemon.log"; then
+      port_busy
+    else
+      echo "the daemon stopped; see $state/daemon.log" >&2
+    fi
+    exit 1
+  fi
   sleep 0.1
 done
 cat <<TEXT

@@ -485,7 +485,7 @@ impl Config {
                 Ok(config) => break config,
                 Err(e) => {
                     let key = e.path().to_string();
-                    problems.push(format!("{key}: {}", e.inner().message().trim()));
+                    problems.push(format!("{key}: {}", with_example(e.inner().message().trim())));
                     // A key that cannot be set aside would fail the same way again: report what we have.
                     if !remove_key(&mut table, e.path()) || problems.len() > 100 {
                         return Err(ConfigError::Invalid { path: path.to_path_buf(), problems });
@@ -659,6 +659,15 @@ impl Config {
     }
 }
 
+/// A type error of the file with an example of what fits, where serde's own message gives none.
+fn with_example(message: &str) -> String {
+    if message.ends_with("expected a duration") {
+        format!("{message}: a number and a unit, in quotes, e.g. \"30s\", \"15m\" or \"24h\"")
+    } else {
+        message.to_string()
+    }
+}
+
 /// Removes the key at `path` from `table`; false when there is none.
 fn remove_key(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
     use serde_path_to_error::Segment;
@@ -727,7 +736,8 @@ mod tests {
         for expected in [
             "iterable.batchsize: unknown field",
             "iterable.concurrency: invalid type",
-            "daemon.shutdown_grace: invalid value",
+            "daemon.shutdown_grace: invalid value: string \"5 parsecs\", expected a duration: a number and a unit, in \
+             quotes, e.g. \"30s\", \"15m\" or \"24h\"",
             "daemon.watch_dir: unknown field",
             "nosuch: unknown field",
             "iterable.batch_size is 0",

@@ -266,7 +266,9 @@ mod browser {
 
         b.fill("API key", KEY).await;
         b.click("Connect").await;
-        b.wait_text("Connected: Iterable accepted the key", Duration::from_secs(15)).await;
+        // What Connect could check without writing, and that it was no more.
+        b.wait_text("Connected: Iterable let this key read the project's lists", Duration::from_secs(15)).await;
+        assert!(b.text().await.contains("Whether it may also write them shows at the first run"));
         assert!(save.attr("disabled").await.unwrap().is_none(), "Save stays disabled after the key checked out");
         b.screenshot("add-connection").await;
         b.click("Save").await;
@@ -304,6 +306,15 @@ mod browser {
         env
     }
 
+    /// An env whose runs are slow enough to watch: 20 members a request, one request at a time, 150 ms each.
+    fn slow_runs() -> Env {
+        let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
+        let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+        let config = config.replace("batch_size = 50", "batch_size = 20").replace("concurrency = 3", "concurrency = 1");
+        std::fs::write(env.path("config.toml"), config).unwrap();
+        env
+    }
+
     /// Connections `open` (contributors) and `closed` (admins); segment `vip` of `n` members; dora's export `dora-x`.
     fn team_setup(env: &Env, n: usize) -> Vec<String> {
         let key = env.path("iterable.key");
@@ -316,8 +327,10 @@ mod browser {
         }
         let members = emails(0, n);
         let mut rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
-        // One row no run may send, so that runs have a member "not sent, and why" to show.
+        // Rows no run may send, so that runs have members "not sent, and why" to show: a malformed email and none
+        // at all (an empty cell is NULL in a CSV source).
         rows.push(("not-an-email", "gold"));
+        rows.push(("", "gold"));
         let csv = env.write_csv("vip.csv", &rows).display().to_string();
         env.ok(&["segment", "add", "vip", "--source", &format!("csv:{csv}")]);
         env.ok(&["segment", "add", "dora-seg", "--source", &format!("csv:{csv}")]);
@@ -327,11 +340,8 @@ mod browser {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
     async fn a_contributor_adds_a_destination_runs_it_watches_it_progress_and_the_list_equals_the_segment() {
-        // Slow enough that a run lasts a few seconds: 600 members, 20 per request, one request at a time, 150 ms each.
-        let env = Env::with_sandbox(SandboxOptions { latency: Duration::from_millis(150), ..opts() });
-        let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
-        let config = config.replace("batch_size = 50", "batch_size = 20").replace("concurrency = 3", "concurrency = 1");
-        std::fs::write(env.path("config.toml"), config).unwrap();
+        // Slow enough that a run of 600 members lasts a few seconds.
+        let env = slow_runs();
         let members = tokio::task::block_in_place(|| team_setup(&env, 600));
         let svc = service(env).await;
         // dora's export, which carl must not reach.
@@ -372,9 +382,15 @@ mod browser {
         let group = select.find(Locator::Css("optgroup")).await.unwrap().attr("label").await.unwrap();
         assert_eq!(group.as_deref(), Some("Iterable"));
         b.fill("Export name", "vip-to-iterable").await;
-        b.fill("Email", "email").await;
         b.wait_text("vip", Duration::from_secs(10)).await;
+        b.wait_text("Choose the segments first", Duration::from_secs(10)).await;
         b.client.find(Locator::Css("input[name=segments][value=vip]")).await.unwrap().click().await.unwrap();
+        // The segment's columns are offered for the email (and filled in where one is plainly it); typing stays open.
+        b.wait_text("Columns of the chosen segments: email, tier.", Duration::from_secs(10)).await;
+        let offered = b.js("return [...document.querySelectorAll('#columns option')].map(o => o.value);").await;
+        assert_eq!(offered, json!(["email", "tier"]));
+        assert_eq!(b.field("Email").await.prop("value").await.unwrap().as_deref(), Some("email"));
+        assert_eq!(b.field("Email").await.attr("list").await.unwrap().as_deref(), Some("columns"));
         assert!(b.text().await.contains("Saving does not run the export"));
         b.screenshot("add-destination").await;
         b.click("Save").await;
@@ -658,6 +674,8 @@ mod browser {
         b.wait_text("Members that were not sent, and why", Duration::from_secs(10)).await;
         let details = b.client.find(Locator::Css("tr.run-details")).await.unwrap().text().await.unwrap();
         assert!(details.contains("not-an-email") && details.contains("email has no @"), "{details}");
+        assert!(details.contains("(no value)"), "a NULL email reads as no value: {details}");
+        assert!(details.contains("30 added (new on the list)"), "{details}");
         b.screenshot("export-run-details").await;
         b.client.find(Locator::Css("#export-edit summary")).await.unwrap().click().await.unwrap();
         b.fill("Schedule", "0 0 6 * * *").await;
@@ -678,6 +696,12 @@ mod browser {
 
         b.goto(&format!("{}/connections/closed", svc.base)).await;
         b.wait_text("Key last checked", Duration::from_secs(10)).await;
+        // Its key is read from a file: the page says so, as `connection show` does, and never that it is stored.
+        let details = b.client.find(Locator::Css("#connection-details")).await.unwrap().text().await.unwrap();
+        assert!(details.contains("read at each use from the file") && details.contains("iterable.key"), "{details}");
+        assert!(!details.contains("never shown again"), "{details}");
+        let page = b.text().await;
+        assert_eq!(page.matches("Who can use this connection").count(), 1, "said twice: {page}");
         b.choose("Who can use this connection", "Administrators and contributors").await;
         b.click("Save").await;
         b.wait_text("Saved who can use this connection.", Duration::from_secs(10)).await;
@@ -691,6 +715,7 @@ mod browser {
         b.fill("New API key", KEY).await;
         b.click("Rotate key").await;
         b.wait_text("Iterable accepted the new key", Duration::from_secs(15)).await;
+        b.wait_text("stored encrypted (ends in …6789); never shown again", Duration::from_secs(10)).await;
         tokio::task::block_in_place(|| svc.env.ok(&["connection", "test", "closed"]));
         b.screenshot("connection").await;
 
@@ -706,6 +731,48 @@ mod browser {
         assert_eq!(names, vec!["closed"], "{connections}");
         let kept = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
         assert!(kept["connection_name"].is_null(), "the export was not detached: {kept}");
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn a_change_to_a_running_export_offers_to_stop_the_run_and_then_saves() {
+        // A run of 1,200 members: several seconds.
+        let env = slow_runs();
+        tokio::task::block_in_place(|| {
+            team_setup(&env, 1200);
+            env.ok(&["export", "add", "vip-x", "--connection", "open", "--segment", "vip", "--email-field", "email"]);
+        });
+        let svc = service(env).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.wait_text("Run history", Duration::from_secs(10)).await;
+        b.client.find(Locator::Css("#export-edit summary")).await.unwrap().click().await.unwrap();
+        b.fill("Schedule", "0 0 6 * * *").await;
+
+        // A run from the host's shell is under way when the change is saved.
+        let mut run = svc.env.spawn(&["export", "run", "vip-x"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::task::block_in_place(|| svc.env.stats().subscribers_received) == 0 {
+            assert!(Instant::now() < deadline, "the run never got going");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b.click("Save changes").await;
+        b.wait_text("This export is running now; nothing was changed.", Duration::from_secs(10)).await;
+        let said = b.text().await;
+        assert!(!said.contains("--cancel-run") && !said.contains("cancel_run"), "another surface's words: {said}");
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "refresh", "refused, yet saved: {shown}");
+        b.screenshot("export-edit-while-running").await;
+        b.click("Stop the run and save").await;
+        b.wait_text("Saved. The next run uses the new settings.", Duration::from_secs(30)).await;
+        let shown = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(shown["schedule"], "0 0 6 * * *", "{shown}");
+        let status = tokio::task::block_in_place(|| run.wait()).unwrap();
+        assert!(!status.success(), "the run was stopped, not finished");
+        let runs = tokio::task::block_in_place(|| svc.env.json(&["runs", "--export", "vip-x"]));
+        assert_eq!(runs[0]["status"], "cancelled", "{runs}");
         svc.close().await;
     }
 }

@@ -181,6 +181,11 @@ fn the_status_endpoints_answer() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(metrics.contains("segment_exporter_members_total{export=\"nightly\",change=\"added\"} 10"), "{metrics}");
+    // New members apart from re-sent ones: a first run updates nobody.
+    for kind in ["updated", "already_on_list"] {
+        let series = format!("segment_exporter_members_total{{export=\"nightly\",change=\"{kind}\"}} 0");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     assert!(
         metrics.contains("segment_exporter_iterable_requests_total{endpoint=\"/api/lists/subscribe\",status=\"200\"}"),
         "{metrics}"

@@ -69,7 +69,7 @@ fn a_changed_field_re_sends_only_that_member() {
     env.write_csv(csv.file_name().unwrap().to_str().unwrap(), &rows);
     env.sandbox.reset_stats();
     let report = env.json(&["export", "run", "exp"]);
-    assert_eq!(report["lists"][0]["added"], 1);
+    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["updated"].as_u64()), (Some(0), Some(1)));
     assert_eq!(env.stats().subscribers_received, 1);
 }
 
@@ -355,4 +355,74 @@ fn a_run_with_nothing_to_send_still_recreates_a_deleted_list_once_its_check_is_d
     env.run_exact("Checked", &members);
     assert_eq!(requests(&env.stats(), "lists.subscribe"), 0);
     assert_eq!(requests(&env.stats(), "lists.get"), 2, "the run's check and the test's own lookup");
+}
+
+/// `segment-exporter ARGS` run in a pseudo-terminal of `cols` x `rows` (util-linux `script`), as a person would.
+fn in_terminal(env: &Env, cols: u16, rows: u16, args: &str) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("segment-exporter");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("stty cols {cols} rows {rows}; exec {} {args}", bin.display()), "/dev/null"])
+        .current_dir(env.dir.path())
+        .env("SEGMENT_EXPORTER_CONFIG", env.path("config.toml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux `script` runs the command in a terminal");
+    assert!(out.status.success(), "{args}: {}", text(&out.stdout));
+    text(&out.stdout).replace('\r', "")
+}
+
+#[test]
+fn tables_in_a_terminal_wrap_between_words_and_a_terminal_of_unknown_size_sets_no_limit() {
+    let env = Env::new();
+    env.setup_csv_export("Marketing audience", &emails(0, 5));
+    env.ok(&["export", "run", "exp"]);
+    let words_of = |table: &str| -> Vec<String> {
+        table.split(|c: char| "│┆┌┐└┘├┤┬┴┼─═╞╡╪ \n".contains(c)).filter(|w| !w.is_empty()).map(String::from).collect()
+    };
+    for cols in [40, 60, 100] {
+        let shown = in_terminal(&env, cols, 40, "runs show 1");
+        let words = words_of(&shown);
+        for word in ["Marketing", "audience", "succeeded", "unchanged", "Iterable"] {
+            assert!(words.iter().any(|w| w == word), "{word:?} is cut at {cols} columns:\n{shown}");
+        }
+        let widest = shown.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(widest <= usize::from(cols), "wider than the {cols} columns it needs no more than:\n{shown}");
+    }
+    // Narrower than its words: wider than the terminal, never cut mid-word (it was "succee ded" at 100).
+    let shown = in_terminal(&env, 100, 40, "runs");
+    let words = words_of(&shown);
+    for word in ["trigger", "succeeded", "progress", "rejected", "manual", "UTC"] {
+        assert!(words.iter().any(|w| w == word), "{word:?} is cut at 100 columns:\n{shown}");
+    }
+    // A terminal that reports 0x0 (some containers' do) is no reason to squeeze a table to a column a letter.
+    let shown = in_terminal(&env, 0, 0, "runs");
+    let header = shown.lines().find(|l| l.contains("export")).unwrap_or_else(|| panic!("{shown}"));
+    for word in ["run", "export", "trigger", "status", "took / progress", "added", "updated", "rejected"] {
+        assert!(header.contains(word), "{word:?} not whole on the header line:\n{shown}");
+    }
+    assert_eq!(shown.lines().filter(|l| l.contains("manual")).count(), 1, "one line per run:\n{shown}");
+}
+
+#[test]
+fn a_read_only_key_passes_connect_and_the_runs_first_refused_write_fails_it_saying_a_server_side_key_is_needed() {
+    let env = Env::with_sandbox(segment_exporter::sandbox::SandboxOptions { read_only_keys: true, ..opts() });
+    // Connect can only read: the key reads lists, and it says that is what it checked.
+    env.setup_csv_export("VIP", &emails(0, 30));
+    let tested = text(&env.ok(&["connection", "test", "iterable"]).stdout);
+    assert!(tested.contains("reads lists") && tested.contains("write"), "{tested}");
+    for (case, first_write) in [("a list to create", "lists.create"), ("a list found by name", "lists.subscribe")] {
+        if first_write == "lists.subscribe" {
+            env.create_list_of_type("VIP", "Standard");
+        }
+        env.sandbox.reset_stats();
+        let report = env.json(&["export", "run", "exp"]);
+        assert_eq!(report["status"], "failed", "{case}: {report}");
+        let error = report["error"].as_str().unwrap();
+        for words in ["revoked, read-only, or otherwise unable to write lists", "server-side", "HTTP 403"] {
+            assert!(error.contains(words), "{case}: {words:?} missing: {error}");
+        }
+        let stats = env.stats();
+        assert_eq!(stats.statuses[first_write].get(&403), Some(&1), "{case}: refused once, not retried: {stats:?}");
+        assert_eq!(requests(&stats, "lists.subscribe") + requests(&stats, "lists.create"), 1, "{case}: {stats:?}");
+    }
 }

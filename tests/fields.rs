@@ -36,7 +36,8 @@ fn a_value_that_becomes_null_clears_the_field_in_iterable_by_default() {
     write_rows(&env, &[("a@example.com", "gold", "Al"), ("b@example.com", "gold", "")]);
     let report = env.json(&["export", "run", "exp"]);
     assert_eq!(report["status"], "succeeded", "{report}");
-    assert_eq!(report["lists"][0]["added"], 1, "only the member whose field changed is sent: {report}");
+    assert_eq!(report["lists"][0]["updated"], 1, "only the member whose field changed is sent: {report}");
+    assert_eq!(report["lists"][0]["added"], 0, "and it is no new member of the list: {report}");
     let b = env.sandbox.user_fields("b@example.com").unwrap();
     assert_eq!((b.get("nick"), b.get("tier")), (None, Some(&json!("gold"))), "{b:?}");
     assert_eq!(env.sandbox.user_fields("a@example.com").unwrap()["nick"], "Al");

@@ -44,6 +44,13 @@ fn identities(env: &Env) -> Vec<(Option<String>, Option<String>)> {
     env.sandbox.list_identities(env.list_id("VIP").expect("list VIP")).unwrap()
 }
 
+/// A run report's (added, updated, removed) on its one list.
+fn changes(report: &serde_json::Value) -> (u64, u64, u64) {
+    let l = &report["lists"][0];
+    let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("no {k} in {report}"));
+    (n("added"), n("updated"), n("removed"))
+}
+
 fn pair(user_id: Option<&str>, email: Option<&str>) -> (Option<String>, Option<String>) {
     (user_id.map(str::to_string), email.map(str::to_string))
 }
@@ -97,7 +104,7 @@ fn an_email_change_under_the_same_user_id_sends_one_update_and_no_unsubscribe() 
     write_rows(&env, &[(Some("u1"), Some("a.new@x.com"), "gold"), (Some("u2"), Some("b@x.com"), "gold")]);
     env.sandbox.reset_stats();
     let report = run_ok(&env);
-    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["removed"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(changes(&report), (0, 1, 0), "{report}");
     let stats = env.stats();
     assert_eq!(requests(&stats, "lists.unsubscribe"), 0, "{stats:?}");
     assert_eq!(stats.subscribers_received, 1, "{stats:?}");
@@ -137,7 +144,7 @@ fn in_a_hybrid_project_a_member_keeping_its_email_or_its_user_id_is_the_same_mem
     );
     env.sandbox.reset_stats();
     let report = run_ok(&env);
-    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["removed"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(changes(&report), (0, 2, 0), "{report}");
     assert_eq!(requests(&env.stats(), "lists.unsubscribe"), 0, "{:?}", env.stats());
     assert_eq!(
         identities(&env),
@@ -151,7 +158,7 @@ fn in_a_hybrid_project_a_member_keeping_its_email_or_its_user_id_is_the_same_mem
     );
     env.sandbox.reset_stats();
     let report = run_ok(&env);
-    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["removed"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(changes(&report), (0, 1, 0), "{report}");
     assert_eq!(requests(&env.stats(), "lists.unsubscribe"), 0);
     assert_eq!(env.members("VIP"), vec!["a@x.com", "b2@x.com", "c@x.com"]);
 
@@ -177,7 +184,7 @@ fn a_hybrid_export_given_a_user_id_column_after_its_runs_keeps_its_members() {
     env.ok(&["export", "edit", "exp", "--user-id-field", "user_id"]);
     env.sandbox.reset_stats();
     let report = run_ok(&env);
-    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["removed"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(changes(&report), (0, 2, 0), "{report}");
     assert_eq!(requests(&env.stats(), "lists.unsubscribe"), 0);
     assert_eq!(identities(&env), vec![pair(Some("u1"), Some("a@x.com")), pair(Some("u2"), Some("b@x.com"))]);
 }
@@ -290,4 +297,28 @@ fn an_adopted_hybrid_list_is_read_by_user_id_so_its_earlier_members_are_never_un
     let report = run_ok(&env);
     assert_eq!(report["lists"][0]["removed"], 0, "{report}");
     assert_eq!(identities(&env), vec![pair(Some("old1"), Some("o@x.com")), pair(Some("u1"), Some("a@x.com"))]);
+}
+
+#[test]
+fn held_to_the_specs_one_identifier_per_subscriber_a_user_id_sent_with_its_email_is_refused_and_a_user_id_alone_is_not()
+{
+    for (project_type, name) in [(SandboxProjectType::UserId, "userid"), (SandboxProjectType::Hybrid, "hybrid")] {
+        let env = Env::with_sandbox(SandboxOptions { project_type, one_identifier_per_subscriber: true, ..opts() });
+        connection(&env, name);
+        let csv = write_rows(&env, &[(Some("u1"), Some("a@x.com"), "gold"), (Some("u2"), Some("b@x.com"), "gold")]);
+        segment(&env, &csv);
+        // What the exporter sends where user ids identify: each user id with its email (and preferUserId).
+        env.ok(&[&EXPORT[..], &["--email-field", "email", "--user-id-field", "user_id"]].concat());
+        let report = env.json(&["export", "run", "exp"]);
+        assert_eq!(report["status"], "failed", "{name}: {report}");
+        let error = report["error"].as_str().unwrap();
+        assert!(error.contains("BadParams") && error.contains("(but not both)"), "{name}: {error}");
+        assert_eq!(env.members("VIP"), Vec::<String>::new(), "{name}: nothing went through");
+
+        // A user id alone conforms, and goes through: a new user then has no email address to be mailed at.
+        env.ok(&["export", "remove", "exp"]);
+        env.ok(&[&EXPORT[..], &["--user-id-field", "user_id"]].concat());
+        run_ok(&env);
+        assert_eq!(identities(&env), vec![pair(Some("u1"), None), pair(Some("u2"), None)], "{name}");
+    }
 }

@@ -9,7 +9,7 @@ use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// What a case expects: its exit code, and for a failure the error kind.
 #[derive(Clone, Copy)]
@@ -259,6 +259,8 @@ fn every_command_prints_one_json_document_in_success_and_in_failure_with_rfc3339
         case(&["validate"], Ok),
         case(&["healthcheck", "--addr", "127.0.0.1:1"], Fails(1, "failed")),
         case(&["sample-data", &sample, "--profiles", "20"], Ok),
+        case(&["sample-data", &sample, "--profiles", "20"], Fails(1, "exists")),
+        case(&["sample-data", &sample, "--profiles", "20", "--force"], Ok),
         case(&["sample-data", &sample, "--churn", "0.9"], Fails(2, "usage")),
         case(&["sandbox", "--fail-rate", "2"], Fails(2, "usage")),
         case(&["completions", "bash"], Ok),
@@ -377,6 +379,24 @@ fn a_null_email_is_json_null_in_a_dry_runs_examples_as_in_the_recorded_issues() 
     let shown = env.json(&["runs", "show", &run_id, "--rejected"]);
     let issues = shown["issues"].as_array().unwrap_or_else(|| panic!("{shown}"));
     assert!(issues.iter().any(|i| i["member"].is_null()), "{shown}");
+}
+
+#[test]
+fn a_null_member_reads_as_null_and_an_empty_one_as_empty_in_the_table_of_refused_members() {
+    let env = Env::new();
+    let db = env.path("profiles.db");
+    write_sqlite(&db, &[(Some("a@example.com"), "gold"), (None, "silver"), (Some(""), "bronze")]);
+    env.add_connection();
+    env.add_segment_and_export("Seg", &format!("sqlite:{}", db.display()), Some("SELECT email, tier FROM profiles"));
+    let report = env.json(&["export", "run", "exp"]);
+    let run_id = report["run_id"].to_string();
+    let shown = env.json(&["runs", "show", &run_id, "--rejected"]);
+    let members: Vec<&serde_json::Value> = shown["issues"].as_array().unwrap().iter().map(|i| &i["member"]).collect();
+    assert_eq!(members.len(), 2, "{shown}");
+    assert!(members.contains(&&Value::Null) && members.contains(&&json!("")), "{shown}");
+    let table = String::from_utf8(env.ok(&["runs", "show", &run_id, "--rejected"]).stdout).unwrap();
+    let row_of = |shown: &str| table.lines().filter(|l| l.contains(shown)).count();
+    assert_eq!((row_of("(null)"), row_of("(empty)")), (1, 1), "{table}");
 }
 
 /// Spawns `--json ARGS` with stdout and stderr piped.

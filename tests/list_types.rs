@@ -5,23 +5,10 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// Creates a list of any type through the sandbox's control endpoint, as someone working in Iterable's UI might.
 fn list_of_type(env: &Env, name: &str, list_type: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let answer: Value = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/_sandbox/lists", env.base_url))
-            .json(&json!({"name": name, "listType": list_type}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    answer["listId"].as_i64().unwrap()
+    env.create_list_of_type(name, list_type)
 }
 
 #[test]

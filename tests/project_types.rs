@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use segment_exporter::sandbox::{SandboxOptions, SandboxProjectType};
 
 fn add_connection(env: &Env, name: &str, extra: &[&str]) -> std::process::Output {
     let base = ["connection", "add", name, "--api-key-env", "ITERABLE_KEY", "--base-url", &env.base_url];
@@ -23,6 +24,34 @@ fn a_new_connection_is_hybrid_by_default_and_connection_show_says_so() {
 
     assert!(add_connection(&env, "mail", &["--project-type", "email"]).status.success());
     assert_eq!(env.json(&["connection", "show", "mail"])["project_type"], "email");
+}
+
+#[test]
+fn connection_add_help_names_each_project_type_and_how_its_exports_identify_members() {
+    let env = Env::new();
+    let help = text(&env.ok(&["connection", "add", "--help"]).stdout);
+    let at = help.find("--project-type").unwrap_or_else(|| panic!("{help}"));
+    let option = &help[at..help[at..].find("--usable-by").map_or(help.len(), |end| at + end)];
+    for word in ["email", "userid", "hybrid", "by user id"] {
+        assert!(option.contains(word), "--project-type's help lacks {word:?}: {option}");
+    }
+    assert!(!help.contains("not supported"), "the README supports every project type: {help}");
+}
+
+#[test]
+fn the_sandbox_imitates_by_default_the_project_type_a_new_connection_says_it_reaches() {
+    let env = Env::new();
+    let default_of = |args: &[&str]| {
+        let help = text(&env.ok(args).stdout);
+        let at = help.find("--project-type").unwrap_or_else(|| panic!("{help}"));
+        let after = &help[at..];
+        let default = after.find("[default: ").unwrap_or_else(|| panic!("{after}"));
+        after[default + 10..].split(']').next().unwrap().to_string()
+    };
+    let connection = default_of(&["connection", "add", "--help"]);
+    assert_eq!(connection, "hybrid");
+    assert_eq!(default_of(&["sandbox", "--help"]), connection, "the demo and the tour meet the project they say");
+    assert_eq!(SandboxOptions::default().project_type, SandboxProjectType::Hybrid);
 }
 
 #[test]
@@ -79,7 +108,6 @@ fn an_export_without_a_user_id_column_is_refused_for_a_user_id_based_project_by_
 
 #[test]
 fn existing_users_only_does_not_create_users_and_counts_the_unknown_ones_as_not_found() {
-    use segment_exporter::sandbox::{SandboxOptions, SandboxProjectType};
     let env = Env::with_sandbox(SandboxOptions { project_type: SandboxProjectType::Hybrid, ..opts() });
     // known@ is already a user of the project (subscribed to another list by someone else).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -201,7 +201,7 @@ fn a_member_too_large_to_send_counts_as_rejected_with_the_reason_too_large() {
     env.add_segment_and_export("Sizes", &format!("csv:{}", csv.display()), None);
     let out = env.ok(&["export", "run", "exp"]);
     let summary = text(&out.stdout);
-    assert!(summary.contains("succeeded") && summary.contains("1/2"), "{summary}");
+    assert!(summary.contains("succeeded") && summary.contains("rejected"), "{summary}");
     assert!(summary.contains("--rejected"), "the summary points at the member not sent: {summary}");
     let runs = env.json(&["runs", "--export", "exp"]);
     let run_id = runs[0]["id"].to_string();
@@ -226,6 +226,33 @@ fn prefilled_list(env: &Env, name: &str, emails: &[&str]) -> i64 {
 }
 
 #[test]
+fn a_full_re_send_and_a_removed_field_count_members_as_updated_never_as_added_again() {
+    let env = Env::new();
+    let members = emails(0, 12);
+    env.setup_csv_export("Again", &members);
+    let first = env.run_exact("Again", &members);
+    assert_eq!((first["lists"][0]["added"].as_u64(), first["lists"][0]["updated"].as_u64()), (Some(12), Some(0)));
+    let full = env.json(&["export", "run", "exp", "--full"]);
+    assert_eq!(full["status"], "succeeded", "{full}");
+    let list = &full["lists"][0];
+    assert_eq!((list["to_add"].as_u64(), list["to_update"].as_u64()), (Some(0), Some(12)), "{full}");
+    assert_eq!((list["added"].as_u64(), list["updated"].as_u64()), (Some(0), Some(12)), "{full}");
+    env.ok(&["export", "edit", "exp", "--remove-field", "tier"]);
+    let out = env.ok(&["export", "run", "exp"]);
+    let summary = text(&out.stdout);
+    let header = summary.lines().find(|l| l.contains("updated")).unwrap_or_else(|| panic!("{summary}"));
+    let row = summary.lines().find(|l| l.contains("Again")).unwrap_or_else(|| panic!("{summary}"));
+    let cells = |l: &str| l.split(['│', '┆']).map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let (header, row) = (cells(header), cells(row));
+    let cell = |name: &str| row[header.iter().position(|h| h == name).unwrap_or_else(|| panic!("{summary}"))].clone();
+    assert_eq!((cell("added"), cell("updated")), ("0".to_string(), "12".to_string()), "{summary}");
+    let runs = env.json(&["runs", "--export", "exp"]);
+    let sum = |run: &serde_json::Value, k: &str| run["targets"][0][k].as_u64().unwrap();
+    assert_eq!((sum(&runs[0], "added"), sum(&runs[0], "updated")), (0, 12), "{runs}");
+    assert_eq!((sum(&runs[2], "added"), sum(&runs[2], "updated")), (12, 0), "{runs}");
+}
+
+#[test]
 fn members_that_were_on_an_adopted_list_stay_when_they_leave_the_segment() {
     let env = Env::new();
     let list_id = prefilled_list(&env, "Adopted", &["pre.in@example.com", "pre.out@example.com"]);
@@ -236,6 +263,21 @@ fn members_that_were_on_an_adopted_list_stay_when_they_leave_the_segment() {
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(report["lists"][0]["list_id"], list_id, "the list is found by name, not created");
     assert_eq!(requests(&env.stats(), "lists.getUsers"), 1, "its members are read once, when it is adopted");
+    // What the run did to the list: two members new on it, one that was on it already.
+    let list = &report["lists"][0];
+    let n = |k: &str| list[k].as_u64().unwrap();
+    assert_eq!((n("to_add"), n("to_update")), (2, 1), "the plan, once the list was read: {report}");
+    assert_eq!((n("added"), n("updated"), n("already_on_list")), (2, 0, 1), "{report}");
+    let run_id = report["run_id"].to_string();
+    let shown = env.json(&["runs", "show", &run_id]);
+    let t = &shown["targets"][0];
+    assert_eq!(
+        (t["planned_add"].as_u64(), t["planned_update"].as_u64(), t["added"].as_u64(), t["already_on_list"].as_u64()),
+        (Some(2), Some(1), Some(2), Some(1)),
+        "{shown}"
+    );
+    let table = text(&env.ok(&["runs", "show", &run_id]).stdout);
+    assert!(table.contains("2 added, 0 updated, 1 already there, 0 removed"), "{table}");
     let mut expected = segment.clone();
     expected.push("pre.out@example.com".into());
     assert_eq!(env.members("Adopted"), sorted(expected));

@@ -236,3 +236,47 @@ fn a_database_error_quoting_a_members_email_keeps_it_out_of_logs_and_output() {
     assert!(!history.contains("bob.private"), "{history}");
     assert!(text(&debug.stderr).contains("bob.private"), "debug level keeps the full text for the operator");
 }
+
+#[test]
+fn a_query_that_fails_at_segment_add_is_refused_with_advice_that_works_when_followed() {
+    let env = Env::new();
+    let db = env.path("profiles.db");
+    write_sqlite(&db, &[(Some("a@example.com"), "gold")]);
+    let source = format!("sqlite:{}", db.display());
+    let bad = ["segment", "add", "VIP list", "--source", &source, "--query", "SELECT email, tierz FROM profiles"];
+    let out = env.run(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no such column: tierz") && err.contains("Fix the SQL"), "{err}");
+    assert!(err.contains("--skip-check") && err.contains("`segment preview \"VIP list\"`"), "{err}");
+    // Followed: saved as it is, previewed (the same failure, with the segment's name), fixed, previewed.
+    env.ok(&[&bad[..], &["--skip-check"]].concat());
+    let preview = env.run(&["segment", "preview", "VIP list"]);
+    assert_eq!(preview.status.code(), Some(1));
+    assert!(text(&preview.stderr).contains("no such column: tierz"), "{}", text(&preview.stderr));
+    env.ok(&["segment", "edit", "VIP list", "--query", "SELECT email, tier FROM profiles"]);
+    let preview = text(&env.ok(&["segment", "preview", "VIP list"]).stdout);
+    assert!(preview.contains("a@example.com") && preview.contains("gold"), "{preview}");
+}
+
+#[test]
+fn sample_data_refuses_to_replace_an_existing_database_unless_forced() {
+    let env = Env::new();
+    let db = env.path("crm.db");
+    write_sqlite(&db, &[(Some("keep@example.com"), "gold")]);
+    let path = db.to_str().unwrap();
+    let out = env.run(&["sample-data", path, "--profiles", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("exists already") && err.contains("--force"), "{err}");
+    // Untouched: its own table is still there, and no profiles table was written.
+    let rows =
+        env.ok(&["segment", "add", "crm", "--source", &format!("sqlite:{path}"), "--query", "SELECT * FROM profiles"]);
+    assert!(text(&rows.stdout).contains("crm"), "{}", text(&rows.stdout));
+    let kept = text(&env.ok(&["segment", "preview", "crm"]).stdout);
+    assert!(kept.contains("keep@example.com") && !kept.contains("customer"), "{kept}");
+
+    env.ok(&["sample-data", path, "--profiles", "5", "--force"]);
+    let replaced = text(&env.ok(&["segment", "preview", "crm"]).stdout);
+    assert!(replaced.contains("customer1@example.com") && !replaced.contains("keep@example.com"), "{replaced}");
+}

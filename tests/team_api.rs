@@ -569,8 +569,26 @@ async fn the_seed_flow_runs_through_the_api_from_connecting_to_removing_the_dest
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["trigger"], "api");
     assert_eq!((run["planned"].as_u64(), run["done"].as_u64()), (Some(40), Some(40)), "{run}");
+    let list = &run["lists"][0];
+    assert_eq!(
+        (
+            list["planned_add"].as_u64(),
+            list["added"].as_u64(),
+            list["updated"].as_u64(),
+            list["already_on_list"].as_u64()
+        ),
+        (Some(40), Some(40), Some(0), Some(0)),
+        "all new on the list: {run}"
+    );
     let (_, listed, _) = t.call(contributor, Method::GET, "/runs?export=team", None).await;
     assert_eq!(listed[0]["id"], id);
+    let (_, export, _) = t.call(contributor, Method::GET, "/exports/team", None).await;
+    let last = &export["last_run"];
+    assert_eq!(
+        (last["added"].as_u64(), last["updated"].as_u64(), last["already_on_list"].as_u64()),
+        (Some(40), Some(0), Some(0)),
+        "{export}"
+    );
     let (_, segment, _) = t.call(contributor, Method::GET, "/segments/vip", None).await;
     assert_eq!(segment["members"], 40, "the segment's size after the run: {segment}");
     let members = {
@@ -789,6 +807,7 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
     assert!(!text.contains("wrong-key-1111"), "{text}");
     let (_, v, _) = t.call(4, Method::GET, "/connections/open", None).await;
     assert!(v["api_key"].as_str().unwrap().starts_with("file "), "{v}");
+    assert_eq!(v["api_key_source"], "file", "{v}");
     let (got, v, text) = t.call(4, Method::PATCH, "/connections/open", Some(json!({ "api_key": SECOND }))).await;
     assert_eq!(got, StatusCode::OK, "{v}");
     assert!(!text.contains(SECOND), "{text}");
@@ -796,6 +815,7 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
         (v["api_key"].as_str(), v["api_key_last4"].as_str()),
         (Some("stored in the store, encrypted"), Some("3210"))
     );
+    assert_eq!(v["api_key_source"], "stored", "{v}");
     let (got, v, _) = t.call(3, Method::PATCH, "/connections/open", Some(json!({ "usable_by": "admins" }))).await;
     assert_eq!(got, StatusCode::FORBIDDEN, "{v}");
 
@@ -821,11 +841,9 @@ async fn an_admin_opens_a_connection_to_contributors_and_replaces_its_key_only_o
     assert_eq!(members, sorted(emails(0, 40)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_a_connection_first_cancels_the_run_in_flight_on_it() {
-    let t =
-        team_with(segment_exporter::sandbox::SandboxOptions { latency: Duration::from_millis(150), ..opts() }).await;
-    // 3,000 members in batches of 50, three at a time, 150 ms each: a run of several seconds.
+/// Segment `big` and carl's export `slow` of it on `open`, whose run (3,000 members in batches of 50, three at a
+/// time, 150 ms each: several seconds) has sent its first batch; its id.
+async fn slow_run_under_way(t: &Team) -> i64 {
     let rows: Vec<String> = emails(0, 3000);
     let text: String = std::iter::once("email,tier".to_string())
         .chain(rows.iter().map(|e| format!("{e},gold")))
@@ -843,13 +861,20 @@ async fn removing_a_connection_first_cancels_the_run_in_flight_on_it() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, run, _) = t.call(3, Method::GET, &format!("/runs/{id}"), None).await;
-        assert_eq!(run["status"], "running", "the run ended before the removal: {run}");
+        assert_eq!(run["status"], "running", "the run ended before it was looked at: {run}");
         if run["progress"]["done"].as_u64().unwrap_or(0) > 0 {
-            break;
+            return id;
         }
         assert!(Instant::now() < deadline, "the run never got going: {run}");
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_connection_first_cancels_the_run_in_flight_on_it() {
+    let t =
+        team_with(segment_exporter::sandbox::SandboxOptions { latency: Duration::from_millis(150), ..opts() }).await;
+    let id = slow_run_under_way(&t).await;
     let (got, v, _) = t.call(4, Method::DELETE, "/connections/open?exports=remove", None).await;
     assert_eq!(got, StatusCode::OK, "{v}");
     assert_eq!(v["exports"], json!(["slow"]));
@@ -857,6 +882,28 @@ async fn removing_a_connection_first_cancels_the_run_in_flight_on_it() {
     assert_eq!(run["status"], "cancelled", "{run}");
     assert!(run["done"].as_u64().unwrap() < 3000, "it stopped part-way: {run}");
     assert_eq!(t.call(3, Method::GET, "/exports/slow", None).await.0, StatusCode::NOT_FOUND);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_a_running_export_is_refused_naming_cancel_run_which_then_stops_the_run() {
+    let t =
+        team_with(segment_exporter::sandbox::SandboxOptions { latency: Duration::from_millis(150), ..opts() }).await;
+    let id = slow_run_under_way(&t).await;
+    let change = json!({ "schedule": "0 0 3 * * *" });
+    let (got, v, _) = t.call(3, Method::PATCH, "/exports/slow", Some(change.clone())).await;
+    assert_eq!(got, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["kind"], "running", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cancel_run") && !message.contains("--cancel-run"), "the API's own words: {message}");
+    let mut with_cancel = change;
+    with_cancel["cancel_run"] = json!(true);
+    let (got, v, _) = t.call(3, Method::PATCH, "/exports/slow", Some(with_cancel)).await;
+    assert_eq!(got, StatusCode::OK, "{v}");
+    let (_, run, _) = t.call(3, Method::GET, &format!("/runs/{id}"), None).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("cancelled on request") && !error.contains("--cancel-run"), "{error}");
     t.stop().await;
 }
 

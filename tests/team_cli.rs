@@ -97,6 +97,14 @@ fn every_change_from_the_cli_is_audited_as_the_local_operator_and_consent_names_
         None,
     );
     ok_as_tess(&env, &["export", "run", "exp"], None);
+    // Refused, so not recorded: the audit holds what was done.
+    for refused in
+        [&["export", "run", "nope"][..], &["export", "run", "nope", "--dry-run"], &["export", "trigger", "nope"]]
+    {
+        let out = as_tess(&env, refused, None);
+        assert_eq!(out.status.code(), Some(1), "{refused:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("'nope'"), "{}", text(&out.stderr));
+    }
     ok_as_tess(&env, &["user", "add", "ann", "--role", "contributor"], None);
     ok_as_tess(&env, &["user", "role", "ann", "admin"], None);
     ok_as_tess(&env, &["export", "remove", "exp"], None);
@@ -137,7 +145,11 @@ fn a_connections_consent_is_recorded_as_the_local_operator() {
     let other = ["connection", "add", "other", "--api-key-env", "ITERABLE_KEY", "--base-url", &env.base_url];
     let out = c.env_remove("USER").env_remove("LOGNAME").args(other).arg("--accept-data-privacy").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(env.json(&["connection", "show", "other"])["privacy_accepted_by"], "local:operator", "never 'unknown'");
+    // As in a container (`docker exec`), where neither is set: the system's name for the user running it.
+    let me = std::process::Command::new("id").arg("-un").output().unwrap();
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_string();
+    assert!(!me.is_empty());
+    assert_eq!(env.json(&["connection", "show", "other"])["privacy_accepted_by"], format!("local:{me}"));
 }
 
 #[test]

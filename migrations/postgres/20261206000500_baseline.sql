@@ -132,6 +132,9 @@ CREATE TABLE run_targets (
     added           BIGINT NOT NULL DEFAULT 0,
     removed         BIGINT NOT NULL DEFAULT 0,
     rejected        BIGINT NOT NULL DEFAULT 0,
+    planned_update  BIGINT NOT NULL DEFAULT 0,   -- subscribes of members on the list already (SQLite 20261206000300)
+    updated         BIGINT NOT NULL DEFAULT 0,
+    already_on_list BIGINT NOT NULL DEFAULT 0,
     rowid           BIGINT GENERATED ALWAYS AS IDENTITY,   -- insertion order, as SQLite's own rowid
     PRIMARY KEY (run_id, target_id)
 );

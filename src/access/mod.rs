@@ -11,6 +11,17 @@ pub mod ops;
 use crate::config::Config;
 use crate::store::{AuditEvent, Role, Store, StoreError, User};
 
+/// The operator's name: the first of `$USER`, `$LOGNAME` and the system's name for the user that is not empty, or
+/// `operator`.
+fn os_user(env: impl Fn(&str) -> Option<String>, system: impl FnOnce() -> Option<String>) -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(&env)
+        .chain(std::iter::once_with(system).flatten())
+        .find(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "operator".into())
+}
+
 /// Who is acting.
 #[derive(Debug, Clone)]
 pub enum Actor {
@@ -21,14 +32,12 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// The CLI's operator: `local:` and the OS user (`$USER`, else `$LOGNAME`, else `operator`).
+    /// The CLI's operator: `local:` and the OS user (`$USER`, else `$LOGNAME`, else the name the system gives the
+    /// effective user id, else `operator`). Root in a container (`docker exec`) has neither variable set, but is
+    /// still `root` to the system.
     pub fn local() -> Actor {
-        let os_user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "operator".into());
-        Actor::Local { name: format!("local:{os_user}") }
+        let system = || nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name);
+        Actor::Local { name: format!("local:{}", os_user(|var| std::env::var(var).ok(), system)) }
     }
 
     /// The name audit rows and consents record.

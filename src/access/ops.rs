@@ -30,9 +30,10 @@ pub enum OpError {
     /// The change conflicts with what is stored; the message names only what the caller may see.
     #[error("{0}")]
     Conflict(String),
-    /// The export is running (CLI: exit 75; API: 409); asking again with cancel_run stops that run first.
-    #[error("{0}")]
-    Busy(String),
+    /// The export is running (CLI: exit 75; API: 409). When `cancellable`, asking again with cancel_run stops that
+    /// run first: each surface says how (`--cancel-run`, `"cancel_run": true`, a button).
+    #[error("{message}")]
+    Busy { message: String, cancellable: bool },
     /// The change started and stopped part-way; the message says how to finish it.
     #[error("{0}")]
     Failed(String),
@@ -50,6 +51,18 @@ pub enum OpError {
     Unreadable { message: String, secret: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::sync::ChangeRefused> for OpError {
+    fn from(e: crate::sync::ChangeRefused) -> OpError {
+        use crate::sync::ChangeRefused;
+        match e {
+            e @ ChangeRefused::Running { .. } => OpError::Busy { message: e.to_string(), cancellable: true },
+            e @ ChangeRefused::StillRunning { .. } => OpError::Busy { message: e.to_string(), cancellable: false },
+            ChangeRefused::Store(e) => OpError::Store(e),
+            e => OpError::Failed(e.to_string()),
+        }
+    }
 }
 
 /// Who acts, and from where (for the audit: `cli`, or `api ADDRESS`).
@@ -299,15 +312,11 @@ pub async fn remove_export(
     empty_lists: bool,
     cancel_run: bool,
 ) -> Result<Vec<crate::sync::empty::Emptied>, OpError> {
-    use crate::sync::{lock_for_change, ChangeRefused};
+    use crate::sync::lock_for_change;
     let export = store.export(name).await?;
     let facts = ExportFacts::load(store, &export).await?;
     change_export(caller.actor, &facts).check(&format!("export '{name}'"))?;
-    let _lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await.map_err(|e| match e {
-        e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
-        ChangeRefused::Store(e) => OpError::Store(e),
-        e => OpError::Failed(e.to_string()),
-    })?;
+    let _lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await?;
     let emptied = if empty_lists {
         let engine = crate::sync::Engine::new(store.clone(), config.clone());
         let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
@@ -465,7 +474,7 @@ pub async fn remove_connection(
     remove_exports: bool,
     cancel_run: bool,
 ) -> Result<Vec<String>, OpError> {
-    use crate::sync::{lock_for_change, ChangeRefused};
+    use crate::sync::lock_for_change;
     let conn = managed_connection(store, caller, name).await?;
     // Exports that go on must not go on writing through it: hold each one's run lock (a run in flight refuses the
     // removal, or is cancelled first) until the removal is committed.
@@ -473,13 +482,16 @@ pub async fn remove_connection(
     if remove_exports || (detach_exports && cancel_run) {
         for export_name in store.exports_using_connection(conn.id).await? {
             let export = store.export(&export_name).await?;
-            let lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await.map_err(|e| match e {
-                e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => {
-                    OpError::Busy(format!("connection '{name}' not removed: {e}"))
-                }
-                ChangeRefused::Store(e) => OpError::Store(e),
-                e => OpError::Failed(e.to_string()),
-            })?;
+            let lock =
+                lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await.map_err(
+                    |e| match OpError::from(e) {
+                        OpError::Busy { message, cancellable } => OpError::Busy {
+                            message: format!("connection '{name}' not removed: {message}"),
+                            cancellable,
+                        },
+                        other => other,
+                    },
+                )?;
             locks.push(lock);
         }
     }

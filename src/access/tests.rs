@@ -73,3 +73,17 @@ fn a_refusal_of_what_the_caller_may_not_see_reads_like_a_missing_thing() {
     let denied = see_export(&user(3, Role::Contributor), &ExportFacts::default()).check("export 'secret'");
     assert_eq!(denied.unwrap_err().to_string(), "export 'secret' does not exist");
 }
+
+#[test]
+fn the_local_operator_is_named_by_user_then_logname_then_the_system_then_operator() {
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+    }
+    fn system(name: Option<&'static str>) -> impl FnOnce() -> Option<String> {
+        move || name.map(String::from)
+    }
+    assert_eq!(os_user(env(&[("USER", "ann"), ("LOGNAME", "bob")]), system(Some("root"))), "ann");
+    assert_eq!(os_user(env(&[("USER", " "), ("LOGNAME", "bob")]), system(Some("root"))), "bob");
+    assert_eq!(os_user(env(&[]), system(Some("root"))), "root", "docker exec: neither variable is set");
+    assert_eq!(os_user(env(&[("USER", "")]), system(None)), "operator", "a user id the system has no name for");
+}

@@ -107,7 +107,12 @@ impl From<OpError> for ApiError {
             OpError::Denied(d) => d.into(),
             OpError::Invalid(m) => ApiError::invalid(m),
             OpError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            OpError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "running", m),
+            OpError::Busy { message, cancellable: true } => ApiError::new(
+                StatusCode::CONFLICT,
+                "running",
+                format!("{message} To stop it, ask again with cancel_run set to true."),
+            ),
+            OpError::Busy { message, cancellable: false } => ApiError::new(StatusCode::CONFLICT, "running", message),
             OpError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", m),
             OpError::Iterable { message, bad_key: true } => ApiError::invalid(message),
             OpError::Iterable { message, bad_key: false } => {

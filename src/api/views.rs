@@ -66,9 +66,13 @@ pub struct ConnectionView {
     /// Administrators only: the Iterable API address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// Administrators only: where the key comes from (never the key).
+    /// Administrators only: where the key comes from (never the key), in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Administrators only: `stored` (encrypted in the store), `env` (an environment variable read at each use) or
+    /// `file` (a file read at each use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_source: Option<String>,
     /// Administrators only: the key's last 4 characters, for a key stored encrypted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_last4: Option<String>,
@@ -98,12 +102,14 @@ impl ConnectionView {
             created_at: conn.created_at,
             base_url: None,
             api_key: None,
+            api_key_source: None,
             api_key_last4: None,
             export_user_problem: None,
         };
         if let Some(facts) = admin {
             view.base_url = Some(conn.base_url.clone());
             view.api_key = Some(conn.key.describe());
+            view.api_key_source = Some(conn.key.kind().to_string());
             view.api_key_last4 = conn.key_last4.clone();
             view.export_user_problem = facts.export_user_problem;
         }
@@ -115,6 +121,8 @@ impl ConnectionView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCheck {
+    /// The key reads lists (`GET /api/lists` answered): what the check can find out without writing. Whether the
+    /// key may write them (a read-only key may not) shows at the first run, which fails at its first refused write.
     pub ok: bool,
     pub base_url: String,
     /// Lists in the project, when the key works.
@@ -172,8 +180,13 @@ pub struct RunSummary {
     pub status: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Members subscribed and unsubscribed over all lists.
+    /// Members subscribed over all lists, by what that did to the list: new on it (`added`), put there by this
+    /// export before and sent again for a changed field or a full re-send (`updated`), or on it when the export
+    /// adopted it (`already_on_list`).
     pub added: u64,
+    pub updated: u64,
+    pub already_on_list: u64,
+    /// Members unsubscribed over all lists.
     pub removed: u64,
     /// Members not sent (invalid) or refused by Iterable (rejected).
     pub not_sent: u64,
@@ -188,6 +201,8 @@ impl RunSummary {
             started_at: r.started_at,
             finished_at: r.finished_at,
             added: sum(|c| c.added),
+            updated: sum(|c| c.updated),
+            already_on_list: sum(|c| c.already_on_list),
             removed: sum(|c| c.removed),
             not_sent: sum(|c| c.invalid + c.rejected),
         }
@@ -334,12 +349,17 @@ pub struct PlanListView {
     pub list_id: Option<i64>,
     pub source_rows: u64,
     pub members: u64,
+    /// Members to subscribe that are not on the list as far as the store knows (a list not adopted yet may hold
+    /// some of them: the run then counts those as already on the list).
     pub to_add: u64,
+    /// Members to subscribe again that are on the list already: a field changed, a full re-send, or on it when the
+    /// export adopted it.
+    pub to_update: u64,
     pub to_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
-    /// A few members of each kind.
+    /// A few members of each kind (`examples_add`: members to subscribe, new or not).
     pub examples_add: Vec<String>,
     pub examples_remove: Vec<String>,
     pub examples_invalid: Vec<InvalidView>,
@@ -374,6 +394,7 @@ impl PlanView {
                     source_rows: l.source_rows,
                     members: l.members,
                     to_add: l.to_add,
+                    to_update: l.to_update,
                     to_remove: l.to_remove,
                     unchanged: l.unchanged,
                     invalid: l.invalid,
@@ -398,12 +419,20 @@ pub struct RunListView {
     pub list_name: String,
     pub list_id: Option<i64>,
     pub source_rows: u64,
+    /// Subscribes planned of members new on the list.
     pub planned_add: u64,
+    /// Subscribes planned of members on the list already (updated, or on it when the export adopted it).
+    pub planned_update: u64,
     pub planned_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
+    /// Members new on the list.
     pub added: u64,
+    /// Members this export had put on the list, sent again because a field changed or for a full re-send.
+    pub updated: u64,
+    /// Members that were on the list when the export adopted it, sent for their fields.
+    pub already_on_list: u64,
     pub removed: u64,
     pub rejected: u64,
 }
@@ -490,11 +519,14 @@ impl RunView {
                     list_id: t.list_id,
                     source_rows: t.counts.source_rows,
                     planned_add: t.counts.planned_add,
+                    planned_update: t.counts.planned_update,
                     planned_remove: t.counts.planned_remove,
                     unchanged: t.counts.unchanged,
                     invalid: t.counts.invalid,
                     duplicates: t.counts.duplicates,
                     added: t.counts.added,
+                    updated: t.counts.updated,
+                    already_on_list: t.counts.already_on_list,
                     removed: t.counts.removed,
                     rejected: t.counts.rejected,
                 })

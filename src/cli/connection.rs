@@ -69,7 +69,8 @@ pub struct AddArgs {
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// Read the API key from this file at each use (only the path is stored). A systemd credential is written
-    /// '$CREDENTIALS_DIRECTORY/NAME' (quoted), read from wherever systemd puts it for the service.
+    /// '$CREDENTIALS_DIRECTORY/NAME' (quoted; '$$CREDENTIALS_DIRECTORY/NAME' through systemd-run), read from
+    /// wherever systemd puts it for the service.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<String>,
     /// Read the API key from standard input once (prompted without echo on a terminal) and store it encrypted.
@@ -82,7 +83,8 @@ pub struct AddArgs {
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
     /// The kind of Iterable project the key belongs to: email (users identified by email), userid (by user id
-    /// only) or hybrid (by either). Exports identify members by email; a userID-based project is not supported yet.
+    /// only) or hybrid (by either). Its exports identify members the same way (see "Project types and identity" in
+    /// the README): by email, by user id, or by user id where a row has one and by email where not.
     #[arg(long, value_enum, default_value = "hybrid")]
     pub project_type: ProjectType,
     /// Who may use this connection in exports.
@@ -208,7 +210,11 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     if ctx.out.json {
         ctx.out.json(&describe(&conn));
     } else {
-        let verified = if a.skip_verify { "not verified (--skip-verify)" } else { "key verified with Iterable" };
+        let verified = if a.skip_verify {
+            "not verified (--skip-verify)"
+        } else {
+            "Iterable let the key read its lists; whether it may write them shows at the first run"
+        };
         println!("Added connection '{}' to {} ({verified}).", conn.name, conn.base_url);
     }
     Ok(exit::OK)
@@ -350,7 +356,8 @@ async fn test(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
                 ctx.out.json(&json!({ "connection": name, "ok": true, "lists": lists.len(), "latency_ms": ms }));
             } else {
                 println!(
-                    "Connection '{name}' works: Iterable accepted the key and lists {} list(s) ({ms} ms).",
+                    "Connection '{name}' reads lists: Iterable accepted the key and lists {} list(s) ({ms} ms). \
+                     Whether it may write them (a read-only key may not) shows at the next run.",
                     lists.len()
                 );
             }

@@ -206,9 +206,10 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                 _ => unreachable!("clap requires a name or --all"),
             };
             let store = ctx.store().await?;
-            ctx.audit(&store, "export.trigger", &target, None).await?;
             if store.kind() == crate::store::Kind::Postgres {
-                return trigger_in_store(ctx, &store, name.as_deref()).await;
+                let done = trigger_in_store(ctx, &store, name.as_deref()).await?;
+                ctx.audit(&store, "export.trigger", &target, None).await?;
+                return Ok(done);
             }
             let path = crate::daemon::write_trigger(&ctx.config.daemon.trigger_dir, &target).map_err(|e| {
                 Exit::error(
@@ -219,6 +220,8 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
                     ),
                 )
             })?;
+            // Recorded once the trigger is written: the audit holds what was done.
+            ctx.audit(&store, "export.trigger", &target, None).await?;
             let daemon = daemon_answers(&ctx.config).await;
             if ctx.out.json {
                 ctx.out.json(&json!({ "trigger_file": path, "daemon_running": daemon }));
@@ -347,7 +350,7 @@ async fn remove(ctx: &Ctx, name: &str, empty: bool, cancel_run: bool) -> anyhow:
     let emptied =
         ops::remove_export(&store, &ctx.config, &caller, name, empty, cancel_run).await.map_err(|e| match e {
             OpError::Store(e) => anyhow::Error::from(e),
-            OpError::Busy(m) => Exit::error(exit::BUSY, m),
+            OpError::Busy { message, cancellable } => super::user::busy(message, cancellable),
             e => Exit::error(exit::FAILED, e.to_string()),
         })?;
     if ctx.out.json {
@@ -564,6 +567,9 @@ async fn run_with_grace(
 
 async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
+    // An export that does not exist is refused before anything is recorded: the audit holds what was asked of
+    // something there.
+    store.export(&a.name).await?;
     let what = if a.dry_run { "export.run.dry" } else { "export.run" };
     ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
     let engine = Engine::new(store, ctx.config.clone());
@@ -619,6 +625,7 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                     l.list_name.clone(),
                     l.list_id.map_or("(to find or create)".into(), |id| id.to_string()),
                     l.to_add.to_string(),
+                    l.to_update.to_string(),
                     l.to_remove.to_string(),
                     l.unchanged.to_string(),
                     l.invalid.to_string(),
@@ -626,10 +633,18 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                 ]
             })
             .collect();
-        ctx.out.table(&["list", "list id", "to add", "to remove", "unchanged", "invalid", "duplicates"], rows);
+        ctx.out.table(
+            &["list", "list id", "to add", "to update", "to remove", "unchanged", "invalid", "duplicates"],
+            rows,
+        );
+        if r.lists.iter().any(|l| l.list_id.is_none() && l.to_add > 0) {
+            println!(
+                "A list not found yet may hold members already: the run counts those as already there, not added."
+            );
+        }
         for l in &r.lists {
             if !l.examples_add.is_empty() {
-                println!("{}: would add e.g. {}", l.list_name, l.examples_add.join(", "));
+                println!("{}: would send e.g. {}", l.list_name, l.examples_add.join(", "));
             }
             if !l.examples_remove.is_empty() {
                 println!("{}: would remove e.g. {}", l.list_name, l.examples_remove.join(", "));
@@ -653,15 +668,37 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
                     l.list_name.clone(),
                     l.list_id.map_or("-".into(), |id| id.to_string()),
                     l.members.to_string(),
-                    format!("{}/{}", l.added, l.to_add),
-                    format!("{}/{}", l.removed, l.to_remove),
+                    l.added.to_string(),
+                    l.updated.to_string(),
+                    l.already_on_list.to_string(),
+                    l.removed.to_string(),
                     l.unchanged.to_string(),
                     l.invalid.to_string(),
                     l.rejected.to_string(),
                 ]
             })
             .collect();
-        ctx.out.table(&["list", "list id", "members", "added", "removed", "unchanged", "invalid", "rejected"], rows);
+        ctx.out.table(
+            &[
+                "list",
+                "list id",
+                "members",
+                "added",
+                "updated",
+                "already there",
+                "removed",
+                "unchanged",
+                "invalid",
+                "rejected",
+            ],
+            rows,
+        );
+        let (sent, planned) = r.lists.iter().fold((0, 0), |(s, p), l| {
+            (s + l.subscribed() + l.rejected + l.removed, p + l.to_subscribe() + l.to_remove)
+        });
+        if sent < planned && matches!(r.status, RunStatus::Failed | RunStatus::Interrupted | RunStatus::Cancelled) {
+            println!("{sent} of the {planned} planned changes were made and recorded; the next run makes the rest.");
+        }
         println!("{} request(s) to Iterable, {} answered 429.", r.requests, r.rate_limited);
         for w in &r.warnings {
             println!("Warning: {w}");

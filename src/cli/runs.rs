@@ -133,6 +133,8 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                             when(&r.started_at),
                             detail,
                             sum(|c| c.added),
+                            // Members on the list already, whoever put them there (`runs show` tells them apart).
+                            sum(|c| c.updated + c.already_on_list),
                             sum(|c| c.removed),
                             sum(|c| c.invalid),
                             sum(|c| c.rejected),
@@ -148,6 +150,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                         "started",
                         "took / progress",
                         "added",
+                        "updated",
                         "removed",
                         "invalid",
                         "rejected",
@@ -184,38 +187,40 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                 let mut rows = rows;
                 rows.extend(warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
                 ctx.out.table(&["", ""], rows);
-                let rows = run
-                    .targets
-                    .iter()
-                    .map(|t| {
-                        let c = &t.counts;
+                // One block per list: what it planned, what it did, what it did not send.
+                for t in &run.targets {
+                    let c = &t.counts;
+                    let list = match t.list_id {
+                        Some(id) => format!("{} (id {id})", t.list_name),
+                        None => t.list_name.clone(),
+                    };
+                    let rows = vec![
+                        vec!["list".into(), list],
+                        vec!["rows read".into(), c.source_rows.to_string()],
                         vec![
-                            t.list_name.clone(),
-                            t.list_id.map_or("-".into(), |i| i.to_string()),
-                            c.source_rows.to_string(),
-                            format!("{}/{}", c.added, c.planned_add),
-                            format!("{}/{}", c.removed, c.planned_remove),
-                            c.unchanged.to_string(),
-                            c.invalid.to_string(),
-                            c.duplicates.to_string(),
-                            c.rejected.to_string(),
-                        ]
-                    })
-                    .collect();
-                ctx.out.table(
-                    &[
-                        "list",
-                        "list id",
-                        "rows",
-                        "added/planned",
-                        "removed/planned",
-                        "unchanged",
-                        "invalid",
-                        "duplicates",
-                        "rejected",
-                    ],
-                    rows,
-                );
+                            "planned".into(),
+                            format!(
+                                "{} to add, {} to update, {} to remove; {} unchanged",
+                                c.planned_add, c.planned_update, c.planned_remove, c.unchanged
+                            ),
+                        ],
+                        vec![
+                            "done".into(),
+                            format!(
+                                "{} added, {} updated, {} already there, {} removed",
+                                c.added, c.updated, c.already_on_list, c.removed
+                            ),
+                        ],
+                        vec![
+                            "not sent".into(),
+                            format!(
+                                "{} invalid, {} duplicates, {} rejected by Iterable",
+                                c.invalid, c.duplicates, c.rejected
+                            ),
+                        ],
+                    ];
+                    ctx.out.table(&["", ""], rows);
+                }
                 if rejected {
                     if issues.is_empty() {
                         println!("No invalid or rejected members.");
@@ -226,7 +231,11 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                                 vec![
                                     i.list_name.clone(),
                                     format!("{:?}", i.kind).to_lowercase(),
-                                    i.member.clone().unwrap_or_else(|| "(null)".into()),
+                                    match i.member.as_deref() {
+                                        None => "(null)".into(),
+                                        Some("") => "(empty)".into(),
+                                        Some(m) => m.into(),
+                                    },
                                     i.reason.clone(),
                                 ]
                             })

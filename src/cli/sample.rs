@@ -14,8 +14,11 @@ use super::{exit, Ctx, Exit};
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// SQLite file to write (replaced if it exists). Table `profiles`.
+    /// SQLite file to write, table `profiles`. An existing file is refused unless --force.
     pub path: PathBuf,
+    /// Replace the file if it exists (all of it, whatever tables it holds).
+    #[arg(long)]
+    pub force: bool,
     /// Number of profile rows.
     #[arg(long, default_value_t = 1000)]
     pub profiles: u64,
@@ -55,7 +58,22 @@ pub async fn run(ctx: &Ctx, a: SampleArgs) -> anyhow::Result<u8> {
             return Err(Exit::error(exit::USAGE, format!("{flag} {v} must be between 0 and 0.5")));
         }
     }
-    let _ = std::fs::remove_file(&a.path);
+    // Another program's database may sit at that path: it is replaced only when asked.
+    if std::fs::symlink_metadata(&a.path).is_ok() {
+        if !a.force {
+            return Err(Exit::with_kind(
+                super::error::ErrorKind::Exists,
+                format!(
+                    "{} exists already; sample-data writes a whole new file, so it would be lost. Give another \
+                     path, or add --force to replace it.",
+                    a.path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(&a.path).map_err(|e| {
+            Exit::error(exit::FAILED, format!("cannot replace {}: {e}. Give another path.", a.path.display()))
+        })?;
+    }
     let mut conn = SqliteConnectOptions::from_str("sqlite:")?
         .filename(&a.path)
         .create_if_missing(true)

@@ -39,9 +39,18 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 0)]
     pub list_propagation: u64,
     /// The kind of Iterable project to imitate: `email` (users identified by email), `userid` (by user id only: an
-    /// email alone identifies nobody) or `hybrid` (by either; a user id sent with preferUserId is looked up first).
-    #[arg(long, value_enum, default_value = "email")]
+    /// email alone identifies nobody) or `hybrid` (by either; a user id sent with preferUserId is looked up first),
+    /// as a new connection is by default.
+    #[arg(long, value_enum, default_value = "hybrid")]
     pub project_type: SandboxProjectType,
+    /// Make the keys read-only keys: lists can be read, every write (create a list, subscribe, unsubscribe) is
+    /// refused with 403, as Iterable refuses a read-only key's (its exact answer is not documented).
+    #[arg(long)]
+    pub read_only_keys: bool,
+    /// Refuse a subscribe whose subscriber carries both an email and a userId, as the letter of Iterable's API
+    /// specification would ("an email or a userId (but not both)"); Iterable is not known to enforce it.
+    #[arg(long)]
+    pub one_identifier_per_subscriber: bool,
 }
 
 pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
@@ -68,6 +77,8 @@ pub async fn run(ctx: &Ctx, a: SandboxArgs) -> anyhow::Result<u8> {
         list_propagation: Duration::from_millis(a.list_propagation),
         documented_limits: !a.no_documented_limits,
         project_type: a.project_type,
+        read_only_keys: a.read_only_keys,
+        one_identifier_per_subscriber: a.one_identifier_per_subscriber,
         ..SandboxOptions::default()
     };
     // Listen for stop signals before the address is printed: whoever reads it may stop the sandbox at once.

@@ -75,7 +75,8 @@ pub struct PasswordArgs {
     #[arg(long, value_name = "VAR", conflicts_with = "password_file")]
     password_env: Option<String>,
     /// Read the postgres source's database password from the first line of this file at each use (only the path is
-    /// stored). A systemd credential is written '$CREDENTIALS_DIRECTORY/NAME' (quoted).
+    /// stored). A systemd credential is written '$CREDENTIALS_DIRECTORY/NAME' (quoted; '$$CREDENTIALS_DIRECTORY/NAME'
+    /// through systemd-run).
     #[arg(long, value_name = "PATH")]
     password_file: Option<String>,
 }

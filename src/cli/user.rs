@@ -215,6 +215,15 @@ fn cli_caller(actor: &crate::access::Actor) -> Caller<'_> {
     Caller { actor, origin: "cli" }
 }
 
+/// A change refused because the export is running (exit 75), saying how to stop the run first when that helps.
+pub(super) fn busy(message: String, cancellable: bool) -> anyhow::Error {
+    if cancellable {
+        Exit::error(exit::BUSY, format!("{message} To stop it, add --cancel-run."))
+    } else {
+        Exit::error(exit::BUSY, message)
+    }
+}
+
 /// Turns a refused or invalid operation into the CLI's error, keeping store errors as they are.
 pub(super) fn op_error(e: OpError) -> anyhow::Error {
     match e {
@@ -223,7 +232,7 @@ pub(super) fn op_error(e: OpError) -> anyhow::Error {
         OpError::Source(e) => e.into(),
         OpError::Unreadable { message, secret: true } => Exit::with_kind(super::error::ErrorKind::Secret, message),
         OpError::Unreadable { message, secret: false } => Exit::with_kind(super::error::ErrorKind::Source, message),
-        OpError::Busy(m) => Exit::error(exit::BUSY, m),
+        OpError::Busy { message, cancellable } => busy(message, cancellable),
         OpError::Iterable { message, .. } => Exit::with_kind(super::error::ErrorKind::Iterable, message),
         OpError::Failed(m) => Exit::error(exit::FAILED, m),
         // It contradicts what is stored: a conflict, as `--json` tells.

@@ -222,16 +222,17 @@ fn new_export() -> Markup {
                 label { "Export name" input name="name" required maxlength="200" placeholder="e.g. vip-to-iterable"; }
             }
             section {
+                h2 { "Segments to export" }
+                p.hint { "Each segment keeps an Iterable list of the same name in step with its members." }
+                div #segments { p.loading { "Loading…" } }
+            }
+            section {
                 h2 { "Data matching" }
                 p.hint { "Which column of your segments holds each member's identity in Iterable." }
                 label #email-field { "Email" input name="email_field" list="columns" required placeholder="email"; }
                 label #user-id-field hidden { "User ID" input name="user_id_field" list="columns"; }
                 datalist #columns {}
-            }
-            section {
-                h2 { "Segments to export" }
-                p.hint { "Each segment keeps an Iterable list of the same name in step with its members." }
-                div #segments { p.loading { "Loading…" } }
+                p #columns-hint.hint { "Choose the segments first: their columns are offered here." }
             }
             section {
                 h2 { "Extra fields" }
@@ -366,7 +367,7 @@ fn connection(name: &str) -> Markup {
         }
         dl #connection-details.details {}
         section {
-            h2 { "Who can use this connection" }
+            h2 { "Access" }
             form #usable-by {
                 label {
                     "Who can use this connection"

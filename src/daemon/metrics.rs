@@ -65,7 +65,11 @@ impl Default for Metrics {
         let runs = Family::<RunLabels, Counter>::default();
         registry.register("runs", "Export runs finished, by export and status", runs.clone());
         let members = Family::<MemberLabels, Counter>::default();
-        registry.register("members", "Members added, removed, invalid and rejected, by export", members.clone());
+        registry.register(
+            "members",
+            "Members added (new on a list), updated, already on a list (adopted), removed, invalid and rejected, by export",
+            members.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("iterable_requests", "Requests to Iterable by endpoint and HTTP status", requests.clone());
         let rate_limited = Counter::default();
@@ -102,9 +106,14 @@ impl Metrics {
         self.runs.get_or_create(&RunLabels { export: export.into(), status }).inc();
         if let Some(r) = report {
             for l in &r.lists {
-                for (change, n) in
-                    [("added", l.added), ("removed", l.removed), ("invalid", l.invalid), ("rejected", l.rejected)]
-                {
+                for (change, n) in [
+                    ("added", l.added),
+                    ("updated", l.updated),
+                    ("already_on_list", l.already_on_list),
+                    ("removed", l.removed),
+                    ("invalid", l.invalid),
+                    ("rejected", l.rejected),
+                ] {
                     self.members.get_or_create(&MemberLabels { export: export.into(), change }).inc_by(n);
                 }
             }

@@ -355,7 +355,7 @@ impl IterableClient {
             self.pacer.succeeded(ticket);
             return Ok(text);
         }
-        let error = classify_status(endpoint, status, retry_after, &text);
+        let error = classify_status(endpoint, *method != Method::GET, status, retry_after, &text);
         if let AttemptError::Retry { rate_limited: true, .. } = error {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             self.pacer.slow_down(ticket);

@@ -9,6 +9,10 @@ use super::types::Envelope;
 pub enum IterableError {
     #[error("Iterable rejected the API key ({code}: {msg}) at {endpoint}. Check that the connection's key is a server-side key of the right project and data centre (US keys work only on api.iterable.com, EU keys only on api.eu.iterable.com).")]
     BadApiKey { endpoint: String, status: u16, code: String, msg: String },
+    /// A write (creating a list, subscribing, unsubscribing) refused for the key: `GET /api/lists` may have
+    /// accepted it (a read-only key's, say), so this is told apart from a key refused outright.
+    #[error("Iterable refused to let the connection's key write at {endpoint} (HTTP {status} {code}: {msg}): the key is revoked, read-only, or otherwise unable to write lists. Exports need a server-side (standard) API key of the project: replace the connection's key with one, and run again.")]
+    CannotWrite { endpoint: String, status: u16, code: String, msg: String },
     #[error("Iterable says list {list_id} does not exist ({msg}).")]
     InvalidListId { list_id: i64, msg: String },
     /// Iterable refused the whole request for something some of its members carry: a field whose type conflicts
@@ -86,9 +90,10 @@ fn without_url(e: &reqwest::Error) -> String {
     last
 }
 
-/// Classifies a non-2xx HTTP answer.
+/// Classifies a non-2xx HTTP answer to a call that reads, or (`writes`) changes something.
 pub(crate) fn classify_status(
     endpoint: &str,
+    writes: bool,
     status: u16,
     retry_after_header: Option<Duration>,
     body: &str,
@@ -140,6 +145,12 @@ pub(crate) fn classify_status(
                 too_large,
             })
         }
+        401 | 403 if env.code != "Success" && writes => AttemptError::Final(IterableError::CannotWrite {
+            endpoint: endpoint.to_string(),
+            status,
+            code,
+            msg: env.msg,
+        }),
         401 | 403 if env.code != "Success" => {
             AttemptError::Final(IterableError::BadApiKey { endpoint: endpoint.to_string(), status, code, msg: env.msg })
         }
@@ -186,7 +197,7 @@ mod tests {
     #[test]
     fn a_400_with_code_success_and_invalid_list_id_is_an_invalid_list() {
         let body = r#"{"msg":"error.lists.invalidListId(999)","code":"Success","params":{"projectId":1,"listId":999}}"#;
-        match classify_status("lists/subscribe", 400, None, body) {
+        match classify_status("lists/subscribe", false, 400, None, body) {
             AttemptError::Final(IterableError::InvalidListId { list_id, .. }) => assert_eq!(list_id, 999),
             other => panic!("unexpected {other:?}"),
         }
@@ -194,19 +205,19 @@ mod tests {
 
     #[test]
     fn rate_limits_and_server_errors_are_retried_but_other_4xx_are_not() {
-        assert!(classify_status("x", 429, None, "{}").is_retryable());
-        assert!(classify_status("x", 503, None, "<html>").is_retryable());
-        assert!(classify_status("x", 408, None, "").is_retryable());
-        assert!(!classify_status("x", 501, None, "").is_retryable());
-        assert!(!classify_status("x", 400, None, r#"{"msg":"bad","code":"BadParams"}"#).is_retryable());
-        assert!(!classify_status("x", 409, None, "").is_retryable());
+        assert!(classify_status("x", false, 429, None, "{}").is_retryable());
+        assert!(classify_status("x", false, 503, None, "<html>").is_retryable());
+        assert!(classify_status("x", false, 408, None, "").is_retryable());
+        assert!(!classify_status("x", false, 501, None, "").is_retryable());
+        assert!(!classify_status("x", false, 400, None, r#"{"msg":"bad","code":"BadParams"}"#).is_retryable());
+        assert!(!classify_status("x", false, 409, None, "").is_retryable());
     }
 
     #[test]
     fn whole_request_refusals_are_told_apart_from_other_4xx() {
         let body = r#"{"msg":"Fields types mismatched","code":"RequestFieldsTypesMismatched","params":{"validationErrors":
             {"score":{"incomingTypes":["string"],"expectedType":"long","category":"user","offendingValue":"x","_type":"UnexpectedType"}}}}"#;
-        match classify_status("/api/lists/subscribe", 400, None, body) {
+        match classify_status("/api/lists/subscribe", false, 400, None, body) {
             AttemptError::Final(IterableError::BatchRefused { too_large: false, msg, code, .. }) => {
                 assert_eq!(code, "RequestFieldsTypesMismatched");
                 assert!(msg.contains("score: expected long, got string"), "{msg}");
@@ -217,7 +228,7 @@ mod tests {
         for (status, body) in
             [(413, "<html>Request Entity Too Large</html>"), (400, r#"{"msg":"big","code":"BatchTooLarge"}"#)]
         {
-            match classify_status("/api/lists/subscribe", status, None, body) {
+            match classify_status("/api/lists/subscribe", true, status, None, body) {
                 AttemptError::Final(IterableError::BatchRefused { too_large: true, .. }) => {}
                 other => panic!("unexpected {other:?}"),
             }
@@ -227,17 +238,34 @@ mod tests {
     #[test]
     fn a_401_is_a_bad_api_key_quoting_iterables_code() {
         let body = r#"{"msg":"Invalid API key","code":"BadApiKey","params":null}"#;
-        let AttemptError::Final(e) = classify_status("lists", 401, None, body) else { panic!() };
+        let AttemptError::Final(e) = classify_status("lists", false, 401, None, body) else { panic!() };
         assert!(e.is_bad_api_key());
         assert!(e.to_string().contains("BadApiKey"));
     }
 
     #[test]
+    fn a_write_refused_401_or_403_says_the_key_cannot_write_lists_and_a_server_side_key_is_needed() {
+        for (status, body) in [
+            (401, r#"{"msg":"Invalid API key","code":"BadApiKey","params":null}"#),
+            (403, r#"{"msg":"Forbidden","code":"Forbidden","params":null}"#),
+        ] {
+            let AttemptError::Final(e) = classify_status("/api/lists/subscribe", true, status, None, body) else {
+                panic!("{status} is not final")
+            };
+            assert!(matches!(e, IterableError::CannotWrite { .. }), "{e:?}");
+            let text = e.to_string();
+            for words in ["revoked, read-only", "unable to write lists", "server-side", "/api/lists/subscribe"] {
+                assert!(text.contains(words), "{words:?} missing: {text}");
+            }
+        }
+    }
+
+    #[test]
     fn retry_after_header_wins_over_rate_limit_reset() {
         let body = r#"{"msg":"Exceeded","code":"RateLimitExceeded","params":{"rateLimitReset":7}}"#;
-        let e = classify_status("x", 429, Some(Duration::from_secs(2)), body);
+        let e = classify_status("x", false, 429, Some(Duration::from_secs(2)), body);
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
-        let e = classify_status("x", 429, None, body);
+        let e = classify_status("x", false, 429, None, body);
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
     }
 }

@@ -60,6 +60,14 @@ enum Endpoint {
 }
 
 impl Endpoint {
+    /// Whether it changes the project (a read-only key may not call it).
+    fn writes(self) -> bool {
+        match self {
+            Self::CreateList | Self::DeleteList | Self::Subscribe | Self::Unsubscribe => true,
+            Self::GetLists | Self::GetUsers | Self::ListSize | Self::PreviewUsers => false,
+        }
+    }
+
     /// Stable label used in stats and logs.
     fn label(self) -> &'static str {
         match self {
@@ -148,6 +156,9 @@ impl Sandbox {
     async fn gate_then_handle(&self, endpoint: Endpoint, parts: &mut Parts, body: Body, injected: Injected) -> Outcome {
         if !self.authorized(&parts.headers) {
             return Outcome::answered(unauthorized(parts));
+        }
+        if self.inner.read_only_keys && endpoint.writes() {
+            return Outcome::answered(read_only_key(parts.uri.path()));
         }
         let limited = {
             let mut faults = self.inner.faults.lock();
@@ -254,6 +265,15 @@ impl Sandbox {
         let list_id = request.list_id.ok_or_else(|| bad_params("listId is required"))?;
         let subscribers = request.subscribers.ok_or_else(|| bad_params("subscribers is required"))?;
         self.inner.stats.lock().subscribers_received += subscribers.len() as u64;
+        if self.inner.one_identifier_per_subscriber {
+            if let Some(at) = subscribers.iter().position(|s| s.email.is_some() && s.user_id.is_some()) {
+                return Err(bad_params(format!(
+                    "subscribers[{at}] has both an email and a userId; the API specification says of a subscriber: \
+                     \"Provide an email or a userId (but not both), depending on how your project identifies \
+                     users\" (sandbox started with one identifier per subscriber)"
+                )));
+            }
+        }
         let mut outcome = UserBulkUpdateListResponse::default();
         let mut updates = Vec::with_capacity(subscribers.len());
         for subscriber in subscribers {
@@ -479,6 +499,19 @@ fn unauthorized(parts: &Parts) -> Envelope {
         "BadApiKey",
         "Invalid API key",
         json!({ "ip": ip, "endpoint": parts.uri.path() }),
+    )
+}
+
+/// A write with a read-only key. Iterable does not document its answer: this one is an assumption (403, as its
+/// specification gives for a key of the wrong type).
+fn read_only_key(path: &str) -> Envelope {
+    envelope(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "This API key is read-only and may not call {path} (the sandbox's answer; Iterable's is not documented)"
+        ),
+        json!({ "endpoint": path }),
     )
 }
 

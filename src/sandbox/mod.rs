@@ -34,12 +34,13 @@ pub use stats::SandboxStats;
 use faults::FaultState;
 use project::Project;
 
-/// The kind of Iterable project the sandbox imitates (docs/iterable-api.md, "Project types and identity").
+/// The kind of Iterable project the sandbox imitates (docs/iterable-api.md, "Project types and identity"). Hybrid
+/// by default, as a new connection is (`connection add --project-type`), so that what a connection made without the
+/// option meets in the sandbox is the project it says it reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SandboxProjectType {
     /// Users are identified by email (a userId sent beside it is remembered, not unique);
     /// `updateExistingUsersOnly` is ignored, as Iterable ignores it there.
-    #[default]
     Email,
     /// Users are identified by userId only; the email is an ordinary, non-unique field, and a subscriber or
     /// unsubscriber with an email alone identifies nobody (`notFoundEmails`). `getUsers` answers user ids.
@@ -47,6 +48,7 @@ pub enum SandboxProjectType {
     UserId,
     /// Users are identified by email or userId, both unique; with both given, `preferUserId` looks the user id up
     /// first. `getUsers?preferUserId=true` answers a user's id where it has one, else its email.
+    #[default]
     Hybrid,
 }
 
@@ -82,8 +84,18 @@ pub struct SandboxOptions {
     /// Whether subscribe creates fields the project has never seen (listed in `createdFields`). Off, such fields
     /// are dropped and listed in `filteredOutFields`, as in a project that does not accept new fields. Default on.
     pub accept_new_fields: bool,
-    /// Which kind of project to imitate. Default email-based.
+    /// Which kind of project to imitate. Default hybrid, as a new connection.
     pub project_type: SandboxProjectType,
+    /// The keys are read-only keys: the GET endpoints answer, and every write (create or delete a list, subscribe,
+    /// unsubscribe) is refused with 403 `Forbidden`. Iterable lets a read-only key read lists but not subscribe;
+    /// what it answers then is not documented (docs/iterable-api.md, section 1), so the status is an assumption
+    /// and the exporter treats a 401 the same. Default off.
+    pub read_only_keys: bool,
+    /// Hold subscribers to the letter of Iterable's API specification: "Provide an email or a userId (but not
+    /// both)". A subscribe with a subscriber that carries both is refused as a whole with 400 `BadParams`, as a
+    /// server enforcing its schema would; Iterable itself is not known to (docs/iterable-api.md, section 10).
+    /// Default off.
+    pub one_identifier_per_subscriber: bool,
 }
 
 impl Default for SandboxOptions {
@@ -99,7 +111,9 @@ impl Default for SandboxOptions {
             max_body_bytes: 4_000_000,
             documented_limits: true,
             accept_new_fields: true,
-            project_type: SandboxProjectType::Email,
+            project_type: SandboxProjectType::default(),
+            read_only_keys: false,
+            one_identifier_per_subscriber: false,
         }
     }
 }
@@ -118,6 +132,8 @@ impl fmt::Debug for SandboxOptions {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("accept_new_fields", &self.accept_new_fields)
             .field("project_type", &self.project_type)
+            .field("read_only_keys", &self.read_only_keys)
+            .field("one_identifier_per_subscriber", &self.one_identifier_per_subscriber)
             .finish()
     }
 }
@@ -133,6 +149,8 @@ struct Inner {
     max_body_bytes: usize,
     list_propagation: Duration,
     project_type: SandboxProjectType,
+    read_only_keys: bool,
+    one_identifier_per_subscriber: bool,
     /// Each lock is held only for O(batch) work, never across an `.await`.
     project: Mutex<Project>,
     /// Lowercased emails that subscribe refuses with `invalidDataEmails`, as Iterable does for data it cannot take.
@@ -161,6 +179,8 @@ impl Sandbox {
             max_body_bytes: opts.max_body_bytes,
             list_propagation: opts.list_propagation,
             project_type: opts.project_type,
+            read_only_keys: opts.read_only_keys,
+            one_identifier_per_subscriber: opts.one_identifier_per_subscriber,
             project: Mutex::new(Project::new(opts.accept_new_fields, opts.project_type)),
             rejected: Mutex::new(Default::default()),
             faults: Mutex::new(faults),

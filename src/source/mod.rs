@@ -251,7 +251,7 @@ pub enum SourceError {
     #[error("{spec} is a file source and takes no query; remove the query from the segment (its members are the file's rows).")]
     UnexpectedQuery { spec: String },
 
-    #[error("The query on {spec} failed: {cause}. Check the SQL with `segment preview`.")]
+    #[error("The query on {spec} failed: {cause}. Fix the SQL: it runs as written on that database.")]
     Query { spec: String, cause: String },
 
     #[error("{}", missing_column_message(.column, .available))]

@@ -296,14 +296,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_sql_is_a_query_error_that_points_to_segment_preview() {
+    async fn bad_sql_is_a_query_error_that_says_the_sql_is_run_as_written() {
         let (_dir, path) = database(CUSTOMERS).await;
         let spec = SourceSpec::Sqlite { path };
         let error = read(&spec, Some("SELEC id FROM customers"), Columns::All, &Reach::Anywhere).await.unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, SourceError::Query { .. }), "{error:?}");
         assert!(message.contains("syntax error"), "{message}");
-        assert!(message.contains("segment preview"), "{message}");
+        assert!(message.contains("Fix the SQL"), "{message}");
     }
 
     #[tokio::test]

@@ -21,6 +21,11 @@ impl std::fmt::Debug for KeySource {
 }
 
 impl KeySource {
+    /// Which kind of source it is, as `key_source` stores it: `env`, `file` or `stored`.
+    pub fn kind(&self) -> &'static str {
+        key_columns(self).0
+    }
+
     /// Where the key comes from, never the key itself.
     pub fn describe(&self) -> String {
         match self {

@@ -79,15 +79,7 @@ impl Db {
             Db::Postgres(p, fence) => {
                 let mut tx = p.begin().await?;
                 if let Some(f) = fence {
-                    let held = sqlx::query(FENCE_CHECK)
-                        .bind(f.export_id)
-                        .bind(&f.holder)
-                        .bind(f.number)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if held.is_none() {
-                        return Err(sqlx::Error::Protocol(FENCED.into()));
-                    }
+                    check_fence(&mut tx, f).await?;
                 }
                 Tx::Postgres(tx)
             }
@@ -114,6 +106,20 @@ impl Db {
             Db::Postgres(p, _) => p.close().await,
         }
     }
+}
+
+/// Checks `fence` inside the transaction `conn` is in (a dedicated connection's own writes).
+pub(crate) async fn check_fence(conn: &mut sqlx::PgConnection, fence: &Fence) -> Result<(), sqlx::Error> {
+    let held = sqlx::query(FENCE_CHECK)
+        .bind(fence.export_id)
+        .bind(&fence.holder)
+        .bind(fence.number)
+        .fetch_optional(conn)
+        .await?;
+    if held.is_none() {
+        return Err(sqlx::Error::Protocol(FENCED.into()));
+    }
+    Ok(())
 }
 
 /// Whether `error` is a write refused because its lease moved on.
@@ -155,10 +161,24 @@ impl Tx {
     }
 }
 
-/// Where a statement runs: on the pool, or inside a transaction.
+/// Where a statement runs: on the pool, inside a transaction, or on a dedicated connection (a plan session's).
 pub(crate) enum On<'a> {
     Db(&'a Db),
     Tx(&'a mut Tx),
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl<'a> From<&'a mut sqlx::SqliteConnection> for On<'a> {
+    fn from(c: &'a mut sqlx::SqliteConnection) -> Self {
+        On::Sqlite(c)
+    }
+}
+
+impl<'a> From<&'a mut sqlx::PgConnection> for On<'a> {
+    fn from(c: &'a mut sqlx::PgConnection) -> Self {
+        On::Postgres(c)
+    }
 }
 
 impl<'a> From<&'a Db> for On<'a> {
@@ -335,6 +355,8 @@ impl<'s> Statement<'s> {
             On::Db(Db::Postgres(p, _)) => self.postgres().execute(p).await?.rows_affected(),
             On::Tx(Tx::Sqlite(t)) => self.sqlite().execute(&mut **t).await?.rows_affected(),
             On::Tx(Tx::Postgres(t)) => self.postgres().execute(&mut **t).await?.rows_affected(),
+            On::Sqlite(c) => self.sqlite().execute(c).await?.rows_affected(),
+            On::Postgres(c) => self.postgres().execute(c).await?.rows_affected(),
         })
     }
 
@@ -359,6 +381,8 @@ impl<'s> Statement<'s> {
             On::Tx(Tx::Postgres(t)) => {
                 self.postgres().fetch_all(&mut **t).await?.into_iter().map(Row::Postgres).collect()
             }
+            On::Sqlite(c) => self.sqlite().fetch_all(c).await?.into_iter().map(Row::Sqlite).collect(),
+            On::Postgres(c) => self.postgres().fetch_all(c).await?.into_iter().map(Row::Postgres).collect(),
         })
     }
 
@@ -381,6 +405,8 @@ impl<'s> Statement<'s> {
             On::Db(Db::Postgres(p, _)) => self.postgres().fetch_optional(p).await?.map(Row::Postgres),
             On::Tx(Tx::Sqlite(t)) => self.sqlite().fetch_optional(&mut **t).await?.map(Row::Sqlite),
             On::Tx(Tx::Postgres(t)) => self.postgres().fetch_optional(&mut **t).await?.map(Row::Postgres),
+            On::Sqlite(c) => self.sqlite().fetch_optional(c).await?.map(Row::Sqlite),
+            On::Postgres(c) => self.postgres().fetch_optional(c).await?.map(Row::Postgres),
         })
     }
 
@@ -396,13 +422,6 @@ impl<'s> Statement<'s> {
     /// The first column of the first row, if there is a row.
     pub(crate) async fn scalar_optional<'a, T: Value>(self, on: impl Into<On<'a>>) -> Result<Option<T>, sqlx::Error> {
         self.fetch_optional(on).await?.map(|r| r.try_get(0)).transpose()
-    }
-
-    /// The first two columns of the first row.
-    #[allow(dead_code)] // The plan session's counts use it once it runs on both engines.
-    pub(crate) async fn pair<'a, A: Value, B: Value>(self, on: impl Into<On<'a>>) -> Result<(A, B), sqlx::Error> {
-        let row = self.fetch_one(on).await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// The first two columns of every row.

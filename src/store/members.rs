@@ -12,10 +12,47 @@
 //! is paired with its old record: it is sent as an update and takes the old record over when acknowledged, never an
 //! unsubscribe and a subscribe.
 
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite};
+use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{ConnectOptions as _, Connection as _, Postgres, QueryBuilder};
+
+use super::db::{sql, Db, Fence, On, Tx};
 use super::{Result, Store, StoreError};
+
+/// What a subscribe of a member does to its list, as far as the store knows: the run's counters keep the three
+/// apart, so a run that re-sends every member (a field removed, `--full`, a list adopted with its members) does
+/// not say it added them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddKind {
+    /// Not on the list: neither put there by this export nor there when it adopted the list (or the list is new).
+    #[default]
+    New,
+    /// Put there by this export before; sent again because a field changed, `--full`, or a refused update's retry.
+    Update,
+    /// On the list when this export adopted it.
+    AlreadyOnList,
+}
+
+impl AddKind {
+    /// How `plan_add.kind` holds it.
+    const fn code(self) -> i64 {
+        match self {
+            AddKind::New => 0,
+            AddKind::Update => 1,
+            AddKind::AlreadyOnList => 2,
+        }
+    }
+
+    fn parse(code: i64) -> Result<AddKind> {
+        [AddKind::New, AddKind::Update, AddKind::AlreadyOnList]
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or_else(|| StoreError::unknown_value("plan_add", "kind", &code.to_string()))
+    }
+}
 
 /// A member that a run wants on a list: its key, the email sent beside a user id, the hash it is remembered with
 /// and its data fields as JSON text; `replaces` is the key of the member's old record when a hybrid member changed
@@ -28,6 +65,7 @@ pub struct PlannedAdd {
     pub fields_hash: i64,
     pub fields: String,
     pub replaces: Option<String>,
+    pub kind: AddKind,
 }
 
 /// A member whose subscription Iterable acknowledged, or rejected (`email` is its key).
@@ -38,6 +76,8 @@ pub struct AckedMember {
     pub paired_email: Option<String>,
     /// The key of the record this member takes over.
     pub replaces: Option<String>,
+    /// Which counter of the run its acknowledgement adds to.
+    pub kind: AddKind,
 }
 
 impl AckedMember {
@@ -53,6 +93,7 @@ impl From<PlannedAdd> for AckedMember {
             fields_hash: add.fields_hash,
             paired_email: add.paired_email,
             replaces: add.replaces,
+            kind: add.kind,
         }
     }
 }
@@ -77,6 +118,8 @@ pub struct ComputeOptions {
     pub retry_rejected_until: i64,
     /// A new member whose email a leaver had is that leaver under a new key (hybrid projects).
     pub match_by_email: bool,
+    /// The list was just created again: every member sent is new on it, whatever was recorded.
+    pub fresh_list: bool,
 }
 
 /// What one target's plan holds.
@@ -84,7 +127,10 @@ pub struct ComputeOptions {
 pub struct TargetPlan {
     /// Distinct valid members in the segment now.
     pub members: u64,
+    /// Members to subscribe that are not on the list (`AddKind::New`).
     pub to_add: u64,
+    /// Members to subscribe again that are on the list already (`AddKind::Update` and `AlreadyOnList`).
+    pub to_update: u64,
     /// Members to unsubscribe from the list.
     pub to_remove: u64,
     /// Members who left but are not unsubscribed (`--on-leave keep`, or not put there by this export); only
@@ -100,7 +146,7 @@ pub struct MemberCounts {
     pub rejected: u64,
 }
 
-// SQLite allows 32766 bound variables per statement; stay well below.
+// SQLite allows 32766 bound variables per statement, PostgreSQL 65535; stay well below.
 const ROWS_PER_STATEMENT: usize = 2000;
 
 /// Rows the plan connection's worker thread may hand over ahead of us while the plan is read back. sqlx's default
@@ -108,33 +154,121 @@ const ROWS_PER_STATEMENT: usize = 2000;
 /// hand-offs than in SQLite.
 const PLAN_ROW_BUFFER: usize = 1024;
 
-/// A dedicated store connection that owns a run's temporary staging and plan tables.
+/// A dedicated store connection that owns a run's temporary staging and plan tables. Its SQL is one text for both
+/// engines but where noted; the staging of members, the hot path of a large run, is each engine's own (a
+/// multi-row insert on SQLite, `COPY` on PostgreSQL).
 pub struct PlanSession {
-    conn: SqliteConnection,
+    conn: PlanConn,
 }
+
+enum PlanConn {
+    Sqlite(SqliteConnection),
+    /// With the fence of the run whose plan it is: the session's own writes to `members` check it.
+    Postgres(PoolConnection<Postgres>, Option<Arc<Fence>>),
+}
+
+impl PlanConn {
+    fn on(&mut self) -> On<'_> {
+        match self {
+            PlanConn::Sqlite(c) => On::Sqlite(c),
+            PlanConn::Postgres(c, _) => On::Postgres(c),
+        }
+    }
+}
+
+/// A transaction on the plan connection.
+enum PlanTx<'c> {
+    Sqlite(sqlx::Transaction<'c, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'c, Postgres>),
+}
+
+impl PlanTx<'_> {
+    fn on(&mut self) -> On<'_> {
+        match self {
+            PlanTx::Sqlite(t) => On::Sqlite(t),
+            PlanTx::Postgres(t) => On::Postgres(t),
+        }
+    }
+
+    fn kind(&self) -> super::Kind {
+        match self {
+            PlanTx::Sqlite(_) => super::Kind::Sqlite,
+            PlanTx::Postgres(_) => super::Kind::Postgres,
+        }
+    }
+
+    async fn commit(self) -> Result<()> {
+        match self {
+            PlanTx::Sqlite(t) => t.commit().await?,
+            PlanTx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+impl PlanConn {
+    async fn begin(&mut self) -> Result<PlanTx<'_>> {
+        Ok(match self {
+            PlanConn::Sqlite(c) => PlanTx::Sqlite(c.begin().await?),
+            PlanConn::Postgres(c, _) => PlanTx::Postgres(c.begin().await?),
+        })
+    }
+}
+
+/// The plan tables on SQLite. `seq` orders what is read back (members in email order, as they were planned).
+const SQLITE_PLAN_TABLES: &[&str] = &[
+    // Before the first temp table: larger pages make the million-row staging tree shallower and its inserts and
+    // scans cheaper (measured: staging about an eighth faster than with 4 KiB pages).
+    "PRAGMA temp.page_size = 16384",
+    "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
+     fields TEXT NOT NULL, paired_email TEXT, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
+    // is_new: no record of the member at all; kind: what its subscribe does to the list (`AddKind`).
+    "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
+     fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL, paired_email TEXT, \
+     replaces TEXT, kind INTEGER NOT NULL)",
+    "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
+     send INTEGER NOT NULL)",
+    // Working tables of `compute`, in email order: members new or changed, and members who left.
+    "CREATE TEMP TABLE changed (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, fields_hash INTEGER NOT NULL)",
+    "CREATE TEMP TABLE gone (seq INTEGER PRIMARY KEY, email TEXT NOT NULL)",
+    // Hybrid projects: leavers by their email, and new members paired with the leaver they are.
+    "CREATE TEMP TABLE gone_by_email (email TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TEMP TABLE paired (new_key TEXT PRIMARY KEY, old_key TEXT NOT NULL UNIQUE) WITHOUT ROWID",
+];
+
+/// The same tables on PostgreSQL: keys compare bytewise (`COLLATE "C"`), as on SQLite and in `members`; members
+/// arrive by `COPY` into `stage_in`, whose first row of each key then goes into `staged`.
+const POSTGRES_PLAN_TABLES: &[&str] = &[
+    "CREATE TEMP TABLE stage_in (seq BIGINT GENERATED ALWAYS AS IDENTITY, target_id BIGINT NOT NULL, \
+     email TEXT COLLATE \"C\" NOT NULL, fields_hash BIGINT NOT NULL, fields TEXT NOT NULL, paired_email TEXT)",
+    "CREATE TEMP TABLE staged (target_id BIGINT NOT NULL, email TEXT COLLATE \"C\" NOT NULL, \
+     fields_hash BIGINT NOT NULL, fields TEXT NOT NULL, paired_email TEXT, PRIMARY KEY (target_id, email))",
+    "CREATE TEMP TABLE plan_add (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, target_id BIGINT NOT NULL, \
+     email TEXT COLLATE \"C\" NOT NULL, fields_hash BIGINT NOT NULL, fields TEXT NOT NULL, is_new BOOLEAN NOT NULL, \
+     paired_email TEXT, replaces TEXT COLLATE \"C\", kind BIGINT NOT NULL)",
+    "CREATE TEMP TABLE plan_remove (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, target_id BIGINT NOT NULL, \
+     email TEXT COLLATE \"C\" NOT NULL, send BOOLEAN NOT NULL)",
+    "CREATE TEMP TABLE changed (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+     email TEXT COLLATE \"C\" NOT NULL, fields_hash BIGINT NOT NULL)",
+    "CREATE TEMP TABLE gone (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email TEXT COLLATE \"C\" NOT NULL)",
+    "CREATE TEMP TABLE gone_by_email (email TEXT COLLATE \"C\" PRIMARY KEY, key TEXT COLLATE \"C\" NOT NULL)",
+    "CREATE TEMP TABLE paired (new_key TEXT COLLATE \"C\" PRIMARY KEY, old_key TEXT COLLATE \"C\" NOT NULL UNIQUE)",
+];
 
 impl Store {
     pub async fn plan_session(&self) -> Result<PlanSession> {
-        let mut conn = Self::connect_options(&self.path).row_buffer_size(PLAN_ROW_BUFFER).connect().await?;
-        for ddl in [
-            // Before the first temp table: larger pages make the million-row staging tree shallower and its
-            // inserts and scans cheaper (measured: staging about an eighth faster than with 4 KiB pages).
-            "PRAGMA temp.page_size = 16384",
-            "CREATE TEMP TABLE staged (target_id INTEGER NOT NULL, email TEXT NOT NULL, fields_hash INTEGER NOT NULL, \
-             fields TEXT NOT NULL, paired_email TEXT, PRIMARY KEY (target_id, email)) WITHOUT ROWID",
-            "CREATE TEMP TABLE plan_add (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
-             fields_hash INTEGER NOT NULL, fields TEXT NOT NULL, is_new INTEGER NOT NULL, paired_email TEXT, \
-             replaces TEXT)",
-            "CREATE TEMP TABLE plan_remove (seq INTEGER PRIMARY KEY, target_id INTEGER NOT NULL, email TEXT NOT NULL, \
-             send INTEGER NOT NULL)",
-            // Working tables of `compute`, in email order: members new or changed, and members who left.
-            "CREATE TEMP TABLE changed (email TEXT NOT NULL, fields_hash INTEGER NOT NULL)",
-            "CREATE TEMP TABLE gone (email TEXT NOT NULL)",
-            // Hybrid projects: leavers by their email, and new members paired with the leaver they are.
-            "CREATE TEMP TABLE gone_by_email (email TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",
-            "CREATE TEMP TABLE paired (new_key TEXT PRIMARY KEY, old_key TEXT NOT NULL UNIQUE) WITHOUT ROWID",
-        ] {
-            sqlx::query(ddl).execute(&mut conn).await?;
+        let mut conn = match &self.db {
+            Db::Sqlite(_) => {
+                PlanConn::Sqlite(Self::connect_options(&self.path).row_buffer_size(PLAN_ROW_BUFFER).connect().await?)
+            }
+            Db::Postgres(pool, fence) => PlanConn::Postgres(pool.acquire().await?, fence.clone()),
+        };
+        let tables = match conn {
+            PlanConn::Sqlite(_) => SQLITE_PLAN_TABLES,
+            PlanConn::Postgres(..) => POSTGRES_PLAN_TABLES,
+        };
+        for ddl in tables {
+            sql(*ddl).execute(conn.on()).await?;
         }
         Ok(PlanSession { conn })
     }
@@ -142,13 +276,12 @@ impl Store {
     /// Members recorded for a target by state. A state this version does not know is an error naming it, never
     /// counted as another.
     pub async fn member_counts(&self, target_id: i64) -> Result<MemberCounts> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(state = 'subscribed'), 0), COALESCE(SUM(state = 'rejected'), 0), \
-             MIN(CASE WHEN state NOT IN ('subscribed', 'rejected') THEN state END) FROM members WHERE target_id = ?",
-        )
-        .bind(target_id)
-        .fetch_one(self.pool())
-        .await?;
+        let row =
+            sql("SELECT COUNT(*) FILTER (WHERE state = 'subscribed'), COUNT(*) FILTER (WHERE state = 'rejected'), \
+             MIN(CASE WHEN state NOT IN ('subscribed', 'rejected') THEN state END) FROM members WHERE target_id = $1")
+            .bind(target_id)
+            .fetch_one(&self.db)
+            .await?;
         if let Some(unknown) = row.try_get::<Option<String>, _>(2)? {
             return Err(super::StoreError::unknown_value("members", "state", &unknown));
         }
@@ -168,65 +301,60 @@ impl Store {
         rejected: &[AckedMember],
         forgotten: &[AckedMember],
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        let counts = AckCounts { added: subscribed.len(), rejected: rejected.len() + forgotten.len(), removed: 0 };
+        let mut tx = self.db.begin().await?;
+        let of_kind = |kind| subscribed.iter().filter(|m| m.kind == kind).count();
+        let counts = AckCounts {
+            added: of_kind(AddKind::New),
+            updated: of_kind(AddKind::Update),
+            already_on_list: of_kind(AddKind::AlreadyOnList),
+            rejected: rejected.len() + forgotten.len(),
+            removed: 0,
+        };
         count_acks(&mut tx, run_id, target_id, counts).await?;
         // A member that changed key takes its old record over first (whether "ours", whether on the list before it
         // was adopted), so the upserts below update it. Such members are few: one statement each.
         for m in subscribed.iter().chain(rejected).chain(forgotten) {
             let Some(old) = &m.replaces else { continue };
-            for sql in [
-                "UPDATE OR IGNORE members SET email = ?3 WHERE target_id = ?1 AND email = ?2",
-                "DELETE FROM members WHERE target_id = ?1 AND email = ?2",
-                "UPDATE OR IGNORE preexisting_members SET email = ?3 WHERE target_id = ?1 AND email = ?2",
+            for text in [
+                "UPDATE members SET email = $3 WHERE target_id = $1 AND email = $2 \
+                 AND NOT EXISTS (SELECT 1 FROM members o WHERE o.target_id = $1 AND o.email = $3)",
+                "DELETE FROM members WHERE target_id = $1 AND email = $2",
+                "UPDATE preexisting_members SET email = $3 WHERE target_id = $1 AND email = $2 \
+                 AND NOT EXISTS (SELECT 1 FROM preexisting_members o WHERE o.target_id = $1 AND o.email = $3)",
             ] {
-                sqlx::query(sql).bind(target_id).bind(old).bind(&m.email).execute(&mut *tx).await?;
+                sql(text).bind(target_id).bind(old).bind(&m.email).execute(&mut tx).await?;
             }
         }
         for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
-            // As when staging: no NULL bound per member of an email-based export (excluded.paired_email is NULL).
-            let paired = chunk.iter().any(|m| m.paired_email.is_some());
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if paired {
-                "INSERT INTO members (target_id, email, fields_hash, state, ours, paired_email) "
-            } else {
-                "INSERT INTO members (target_id, email, fields_hash, state, ours) "
-            });
-            q.push_values(chunk, |mut b, m| {
-                b.push_bind(target_id).push_bind(&m.email).push_bind(m.fields_hash).push_bind("subscribed").push("1");
-                if paired {
-                    b.push_bind(&m.paired_email);
-                }
-            });
-            q.push(
-                " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
-                 state = 'subscribed', ours = 1, rejected_at = NULL, retry_rejected = 1, \
+            let text = format!(
+                "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours) {} \
+                 ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                 state = 'subscribed', ours = TRUE, rejected_at = NULL, retry_rejected = TRUE, \
                  paired_email = excluded.paired_email",
+                rows_of(chunk.len(), &["$1", "?", "?", "?", "'subscribed'", "TRUE"], 2)
             );
-            q.build().execute(&mut *tx).await?;
+            let mut q = sql(text).bind(target_id);
+            for m in chunk {
+                q = q.bind(&m.email).bind(m.fields_hash).bind(&m.paired_email);
+            }
+            q.execute(&mut tx).await?;
         }
         let refused_at = super::now().timestamp();
         for (members, retry) in [(rejected, true), (forgotten, false)] {
             for chunk in members.chunks(ROWS_PER_STATEMENT) {
-                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO members (target_id, email, fields_hash, state, ours, rejected_at, retry_rejected, \
-                     paired_email) ",
-                );
-                q.push_values(chunk, |mut b, m| {
-                    b.push_bind(target_id)
-                        .push_bind(&m.email)
-                        .push_bind(m.fields_hash)
-                        .push_bind("rejected")
-                        .push("0")
-                        .push_bind(refused_at)
-                        .push_bind(retry)
-                        .push_bind(&m.paired_email);
-                });
-                q.push(
-                    " ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
+                let text = format!(
+                    "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, rejected_at, \
+                     retry_rejected) {} \
+                     ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
                      state = 'rejected', rejected_at = excluded.rejected_at, retry_rejected = excluded.retry_rejected, \
                      paired_email = excluded.paired_email",
+                    rows_of(chunk.len(), &["$1", "?", "?", "?", "'rejected'", "FALSE", "$2", "$3"], 4)
                 );
-                q.build().execute(&mut *tx).await?;
+                let mut q = sql(text).bind(target_id).bind(refused_at).bind(retry);
+                for m in chunk {
+                    q = q.bind(&m.email).bind(m.fields_hash).bind(&m.paired_email);
+                }
+                q.execute(&mut tx).await?;
             }
         }
         tx.commit().await?;
@@ -236,20 +364,23 @@ impl Store {
     /// Forgets which members were on a target's list before the export adopted it: the list was recreated, and
     /// the new one holds only what this export puts there.
     pub async fn forget_preexisting(&self, target_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM preexisting_members WHERE target_id = ?").bind(target_id).execute(self.pool()).await?;
+        sql("DELETE FROM preexisting_members WHERE target_id = $1").bind(target_id).execute(&self.db).await?;
         Ok(())
     }
 
     /// Records the members (keys) a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT OR IGNORE INTO preexisting_members (target_id, email) ");
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(target_id).push_bind(e);
-            });
-            q.build().execute(&mut *tx).await?;
+            let text = format!(
+                "INSERT INTO preexisting_members (target_id, email) {} ON CONFLICT DO NOTHING",
+                rows_of(chunk.len(), &["$1", "?"], 2)
+            );
+            let mut q = sql(text).bind(target_id);
+            for e in chunk {
+                q = q.bind(e);
+            }
+            q.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -258,47 +389,78 @@ impl Store {
     /// Records an unsubscribe batch (member keys) that Iterable acknowledged, and the run's counters, in one
     /// transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         count_acks(&mut tx, run_id, target_id, AckCounts { removed: emails.len(), ..AckCounts::default() }).await?;
         for chunk in emails.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM members WHERE target_id = ");
-            q.push_bind(target_id).push(" AND email IN (");
-            let mut sep = q.separated(", ");
+            let list = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+            let mut q = sql(format!("DELETE FROM members WHERE target_id = $1 AND email IN ({list})")).bind(target_id);
             for e in chunk {
-                sep.push_bind(e);
+                q = q.bind(e);
             }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 }
 
+/// `VALUES (...), (...)` for `rows` rows shaped like `row`: each `?` becomes the next placeholder, numbered from
+/// `$first`, row after row; anything else (a shared `$1`, a literal) is written as it is in every row.
+fn rows_of(rows: usize, row: &[&str], first: usize) -> String {
+    let per_row = row.iter().filter(|c| **c == "?").count();
+    let mut out = String::with_capacity(rows * row.len() * 6 + 8);
+    out.push_str("VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        let mut n = first + r * per_row;
+        for (i, c) in row.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            if *c == "?" {
+                out.push('$');
+                out.push_str(&n.to_string());
+                n += 1;
+            } else {
+                out.push_str(c);
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// What one acknowledged batch adds to its run's counters.
 #[derive(Default)]
 struct AckCounts {
     added: usize,
+    updated: usize,
+    already_on_list: usize,
     rejected: usize,
     removed: usize,
 }
 
 /// Adds a batch to its run's counters, owner-checked: only while the run is still `running`. Otherwise (it was
 /// cancelled, or its export removed) the caller's transaction is dropped, so the batch records nothing.
-async fn count_acks(tx: &mut sqlx::SqliteConnection, run_id: i64, target_id: i64, counts: AckCounts) -> Result<()> {
-    let counted = sqlx::query(
-        "UPDATE run_targets SET added = added + ?, rejected = rejected + ?, removed = removed + ? \
-         WHERE run_id = ? AND target_id = ? \
+async fn count_acks(tx: &mut Tx, run_id: i64, target_id: i64, counts: AckCounts) -> Result<()> {
+    let counted = sql(
+        "UPDATE run_targets SET added = added + $1, updated = updated + $2, already_on_list = already_on_list + $3, \
+         rejected = rejected + $4, removed = removed + $5 WHERE run_id = $6 AND target_id = $7 \
          AND EXISTS (SELECT 1 FROM runs WHERE id = run_targets.run_id AND status = 'running')",
     )
     .bind(counts.added as i64)
+    .bind(counts.updated as i64)
+    .bind(counts.already_on_list as i64)
     .bind(counts.rejected as i64)
     .bind(counts.removed as i64)
     .bind(run_id)
     .bind(target_id)
     .execute(&mut *tx)
     .await?;
-    if counted.rows_affected() != 1 {
+    if counted != 1 {
         return Err(StoreError::RunNotRunning { run_id });
     }
     Ok(())
@@ -319,67 +481,142 @@ macro_rules! email_of {
     };
 }
 
-/// Hybrid projects: pairs each new member (planned, `is_new`) with the leaver (in `temp.gone`) that had its email,
-/// one to one. A paired member is planned as an update replacing the leaver's record, and the leaver is no longer
-/// one. Run only when there are both new members and leavers, so an unchanged re-run never gets here.
-async fn pair_by_email(tx: &mut SqliteConnection, target_id: i64) -> Result<()> {
-    sqlx::query(concat!(
-        "INSERT OR IGNORE INTO temp.gone_by_email (email, key) SELECT ",
-        email_of!("m"),
-        ", m.email FROM temp.gone g CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email \
+/// What a planned subscribe does to the list, in SQL over the recorded member `m` (NULL when none), as an `AddKind`
+/// code: a member this export put there is updated, unless `$2` (the list is a new one). Members there before the
+/// export adopted the list are marked afterwards (`mark_already_on_list`).
+macro_rules! add_kind {
+    () => {
+        "(CASE WHEN $2 OR m.email IS NULL OR NOT m.ours THEN 0 ELSE 1 END)"
+    };
+}
+// The codes written as literals in SQL here (`add_kind!`, `pair_by_email`).
+const _: () = assert!(AddKind::New.code() == 0 && AddKind::Update.code() == 1);
+
+/// A plan statement for `kind`: SQLite reads `CROSS JOIN ... ON` as a join that keeps its order (the plan's
+/// statements rely on it to walk the small side first); PostgreSQL takes no `ON` after `CROSS JOIN` and orders
+/// joins by itself.
+fn for_engine(kind: super::Kind, text: &'static str) -> std::borrow::Cow<'static, str> {
+    match kind {
+        super::Kind::Sqlite => text.into(),
+        super::Kind::Postgres => text.replace("CROSS JOIN", "JOIN").into(),
+    }
+}
+
+/// Hybrid projects: pairs each new member (planned, `is_new`) with the leaver (in `gone`) that had its email, one
+/// to one. A paired member is planned as an update replacing the leaver's record, and the leaver is no longer one.
+/// Run only when there are both new members and leavers, so an unchanged re-run never gets here.
+async fn pair_by_email(tx: &mut PlanTx<'_>, target_id: i64, fresh_list: bool) -> Result<()> {
+    let kind = tx.kind();
+    sql(for_engine(
+        kind,
+        concat!(
+            "INSERT INTO gone_by_email (email, key) SELECT ",
+            email_of!("m"),
+            ", m.email FROM gone g CROSS JOIN members m ON m.target_id = $1 AND m.email = g.email \
          WHERE ",
-        email_of!("m"),
-        " IS NOT NULL ORDER BY g.rowid"
+            email_of!("m"),
+            " IS NOT NULL ORDER BY g.seq ON CONFLICT DO NOTHING"
+        ),
     ))
     .bind(target_id)
-    .execute(&mut *tx)
+    .execute(tx.on())
     .await?;
-    sqlx::query(concat!(
-        "INSERT OR IGNORE INTO temp.paired (new_key, old_key) SELECT p.email, ge.key FROM temp.plan_add p \
-         CROSS JOIN temp.gone_by_email ge ON ge.email = ",
-        email_of!("p"),
-        " WHERE p.target_id = ?1 AND p.is_new ORDER BY p.seq"
+    sql(for_engine(
+        kind,
+        concat!(
+            "INSERT INTO paired (new_key, old_key) SELECT p.email, ge.key FROM plan_add p \
+         CROSS JOIN gone_by_email ge ON ge.email = ",
+            email_of!("p"),
+            " WHERE p.target_id = $1 AND p.is_new ORDER BY p.seq ON CONFLICT DO NOTHING"
+        ),
     ))
     .bind(target_id)
-    .execute(&mut *tx)
+    .execute(tx.on())
     .await?;
-    sqlx::query(
-        "UPDATE temp.plan_add SET is_new = 0, \
-         replaces = (SELECT old_key FROM temp.paired WHERE new_key = plan_add.email) \
-         WHERE target_id = ?1 AND is_new AND email IN (SELECT new_key FROM temp.paired)",
+    // The member is on the list when its old record is (put there by this export).
+    sql(for_engine(
+        kind,
+        "UPDATE plan_add SET is_new = FALSE, \
+         replaces = (SELECT old_key FROM paired WHERE new_key = plan_add.email), \
+         kind = CASE WHEN $2 THEN 0 WHEN (SELECT m.ours FROM paired p CROSS JOIN members m \
+                ON m.target_id = $1 AND m.email = p.old_key WHERE p.new_key = plan_add.email) THEN 1 ELSE 0 END \
+         WHERE target_id = $1 AND is_new AND email IN (SELECT new_key FROM paired)",
+    ))
+    .bind(target_id)
+    .bind(fresh_list)
+    .execute(tx.on())
+    .await?;
+    sql("DELETE FROM gone WHERE email IN (SELECT old_key FROM paired)").execute(tx.on()).await?;
+    Ok(())
+}
+
+/// Marks the planned members that were on the target's list when this export adopted it, and that it did not put
+/// there since, as already on the list. Returns whether any was. Costs nothing for a list the export created.
+async fn mark_already_on_list(on: &mut PlanConnOrTx<'_, '_>, target_id: i64) -> Result<bool> {
+    let adopted: bool = sql("SELECT EXISTS (SELECT 1 FROM preexisting_members WHERE target_id = $1)")
+        .bind(target_id)
+        .scalar(on.on())
+        .await?;
+    if !adopted {
+        return Ok(false);
+    }
+    // A member that changed key is on the list by its old key, as the acknowledgement carries it over.
+    let marked = sql(
+        "UPDATE plan_add SET kind = $2 WHERE target_id = $1 AND kind = $3 AND EXISTS \
+         (SELECT 1 FROM preexisting_members p WHERE p.target_id = $1 AND p.email IN (plan_add.email, plan_add.replaces))",
     )
     .bind(target_id)
-    .execute(&mut *tx)
+    .bind(AddKind::AlreadyOnList.code())
+    .bind(AddKind::New.code())
+    .execute(on.on())
     .await?;
-    sqlx::query("DELETE FROM temp.gone WHERE email IN (SELECT old_key FROM temp.paired)").execute(&mut *tx).await?;
-    Ok(())
+    Ok(marked > 0)
+}
+
+/// The plan connection, or a transaction on it: what the helpers shared by `compute` and `note_adopted` run on.
+enum PlanConnOrTx<'a, 'c> {
+    Conn(&'a mut PlanConn),
+    Tx(&'a mut PlanTx<'c>),
+}
+
+impl PlanConnOrTx<'_, '_> {
+    fn on(&mut self) -> On<'_> {
+        match self {
+            PlanConnOrTx::Conn(c) => c.on(),
+            PlanConnOrTx::Tx(t) => t.on(),
+        }
+    }
+}
+
+/// The planned subscribes of a target, in one pass: those of members with no record at all, and by kind, those
+/// new on the list and those on it already.
+struct PlannedCounts {
+    unrecorded: u64,
+    to_add: u64,
+    to_update: u64,
+}
+
+async fn count_planned(on: &mut PlanConnOrTx<'_, '_>, target_id: i64) -> Result<PlannedCounts> {
+    let row = sql(
+        "SELECT COUNT(*) FILTER (WHERE is_new), COUNT(*) FILTER (WHERE kind = $2), COUNT(*) FILTER (WHERE kind != $2) \
+         FROM plan_add WHERE target_id = $1",
+    )
+    .bind(target_id)
+    .bind(AddKind::New.code())
+    .fetch_one(on.on())
+    .await?;
+    let n = |i: usize| row.try_get::<i64, _>(i).map(|v| v as u64);
+    Ok(PlannedCounts { unrecorded: n(0)?, to_add: n(1)?, to_update: n(2)? })
 }
 
 impl PlanSession {
     /// Adds members to the staging table; duplicates (same target and key) keep the first. Returns how many were
     /// new.
     pub async fn stage(&mut self, target_id: i64, rows: &[StagedMember]) -> Result<u64> {
-        let mut inserted = 0;
-        let mut tx = self.conn.begin().await?;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            // Members of email-based exports have no paired email: the column is left to its default rather than
-            // bound a NULL per row, on the hot path of a large run.
-            let paired = chunk.iter().any(|m| m.paired_email.is_some());
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if paired {
-                "INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields, paired_email) "
-            } else {
-                "INSERT OR IGNORE INTO temp.staged (target_id, email, fields_hash, fields) "
-            });
-            q.push_values(chunk, |mut b, m| {
-                b.push_bind(target_id).push_bind(&m.key).push_bind(m.fields_hash).push_bind(&m.fields);
-                if paired {
-                    b.push_bind(&m.paired_email);
-                }
-            });
-            inserted += q.build().execute(&mut *tx).await?.rows_affected();
+        match &mut self.conn {
+            PlanConn::Sqlite(conn) => stage_sqlite(conn, target_id, rows).await,
+            PlanConn::Postgres(conn, _) => stage_postgres(conn, target_id, rows).await,
         }
-        tx.commit().await?;
-        Ok(inserted)
     }
 
     /// Diffs the staged members of a target against what Iterable acknowledged, filling the plan tables (see
@@ -387,134 +624,155 @@ impl PlanSession {
     /// export put them on the list and they were not there before it adopted the list. With `match_by_email`, a new
     /// member whose email a leaver had is that leaver under a new key: planned as an update that replaces it.
     pub async fn compute(&mut self, target_id: i64, o: &ComputeOptions) -> Result<TargetPlan> {
-        let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email } = *o;
+        let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email, fresh_list } = *o;
         let mut tx = self.conn.begin().await?;
-        sqlx::query("DELETE FROM temp.plan_add WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM temp.plan_remove WHERE target_id = ?").bind(target_id).execute(&mut *tx).await?;
-        for sql in [
-            "DELETE FROM temp.changed",
-            "DELETE FROM temp.gone",
-            "DELETE FROM temp.gone_by_email",
-            "DELETE FROM temp.paired",
-        ] {
-            sqlx::query(sql).execute(&mut *tx).await?;
+        let kind = tx.kind();
+        sql("DELETE FROM plan_add WHERE target_id = $1").bind(target_id).execute(tx.on()).await?;
+        sql("DELETE FROM plan_remove WHERE target_id = $1").bind(target_id).execute(tx.on()).await?;
+        for text in ["DELETE FROM changed", "DELETE FROM gone", "DELETE FROM gone_by_email", "DELETE FROM paired"] {
+            sql(text).execute(tx.on()).await?;
         }
-        let (recorded, staged): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM main.members WHERE target_id = ?1), \
-                    (SELECT COUNT(*) FROM temp.staged WHERE target_id = ?1)",
-        )
+        let row = sql("SELECT (SELECT COUNT(*) FROM members WHERE target_id = $1), \
+                    (SELECT COUNT(*) FROM staged WHERE target_id = $1)")
         .bind(target_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.on())
         .await?;
-        let to_add = if full || recorded == 0 {
+        let (recorded, staged): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let planned = if full || recorded == 0 {
             // Everyone is sent: one pass over the staged members.
-            sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
-                 FROM temp.staged s LEFT JOIN main.members m ON m.target_id = s.target_id AND m.email = s.email \
-                 WHERE s.target_id = ?1 AND (?2 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
-                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email",
-            )
+            sql(concat!(
+                "INSERT INTO plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, ",
+                add_kind!(),
+                " FROM staged s LEFT JOIN members m ON m.target_id = s.target_id AND m.email = s.email \
+                 WHERE s.target_id = $1 AND ($3 OR m.email IS NULL OR m.fields_hash != s.fields_hash) \
+                 AND (m.email IS NULL OR m.retry_rejected) ORDER BY s.email"
+            ))
             .bind(target_id)
+            .bind(fresh_list)
             .bind(full)
-            .execute(&mut *tx)
+            .execute(tx.on())
             .await?
-            .rows_affected()
         } else {
             // A re-run: both sides are sorted by email, so as a top-level EXCEPT SQLite merges them in one pass
             // (measured: under half the time of looking each staged member up), and only the few members found
             // new or changed are looked up again for their fields.
-            sqlx::query(
-                "INSERT INTO temp.changed (email, fields_hash) \
-                 SELECT email, fields_hash FROM temp.staged WHERE target_id = ?1 \
-                 EXCEPT SELECT email, fields_hash FROM main.members WHERE target_id = ?1 ORDER BY 1, 2",
-            )
+            sql("INSERT INTO changed (email, fields_hash) \
+                 SELECT email, fields_hash FROM staged WHERE target_id = $1 \
+                 EXCEPT SELECT email, fields_hash FROM members WHERE target_id = $1 ORDER BY 1, 2")
             .bind(target_id)
-            .execute(&mut *tx)
+            .execute(tx.on())
             .await?;
-            // Refused members whose retry is due, and unchanged (changed ones are in `changed` already). Through the
-            // partial index of rejected members (few): left to itself, SQLite walks every member of the target.
-            sqlx::query(
-                "INSERT INTO temp.changed (email, fields_hash) \
-                 SELECT m.email, m.fields_hash FROM main.members m INDEXED BY members_rejected \
-                 WHERE m.target_id = ?1 AND m.state = 'rejected' AND m.retry_rejected \
-                 AND (m.rejected_at IS NULL OR m.rejected_at <= ?2) \
-                 AND EXISTS (SELECT 1 FROM temp.staged s WHERE s.target_id = ?1 AND s.email = m.email \
-                             AND s.fields_hash = m.fields_hash)",
-            )
+            // Refused members whose retry is due, and unchanged (changed ones are in `changed` already). On SQLite
+            // through the partial index of rejected members (few): left to itself, it walks every member of the
+            // target. PostgreSQL picks that index by itself.
+            let retry_due = match kind {
+                super::Kind::Sqlite => {
+                    "INSERT INTO changed (email, fields_hash) \
+                     SELECT m.email, m.fields_hash FROM members m INDEXED BY members_rejected \
+                     WHERE m.target_id = $1 AND m.state = 'rejected' AND m.retry_rejected \
+                     AND (m.rejected_at IS NULL OR m.rejected_at <= $2) \
+                     AND EXISTS (SELECT 1 FROM staged s WHERE s.target_id = $1 AND s.email = m.email \
+                                 AND s.fields_hash = m.fields_hash)"
+                }
+                super::Kind::Postgres => {
+                    "INSERT INTO changed (email, fields_hash) \
+                     SELECT m.email, m.fields_hash FROM members m \
+                     WHERE m.target_id = $1 AND m.state = 'rejected' AND m.retry_rejected \
+                     AND (m.rejected_at IS NULL OR m.rejected_at <= $2) \
+                     AND EXISTS (SELECT 1 FROM staged s WHERE s.target_id = $1 AND s.email = m.email \
+                                 AND s.fields_hash = m.fields_hash)"
+                }
+            };
+            sql(retry_due).bind(target_id).bind(retry_rejected_until).execute(tx.on()).await?;
+            sql(for_engine(
+                kind,
+                concat!(
+                    "INSERT INTO plan_add (target_id, email, fields_hash, fields, is_new, paired_email, kind) \
+                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email, ",
+                    add_kind!(),
+                    " FROM changed c \
+                 CROSS JOIN staged s ON s.target_id = $1 AND s.email = c.email \
+                 LEFT JOIN members m ON m.target_id = $1 AND m.email = c.email \
+                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.seq"
+                ),
+            ))
             .bind(target_id)
-            .bind(retry_rejected_until)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO temp.plan_add (target_id, email, fields_hash, fields, is_new, paired_email) \
-                 SELECT s.target_id, s.email, s.fields_hash, s.fields, m.email IS NULL, s.paired_email \
-                 FROM temp.changed c \
-                 CROSS JOIN temp.staged s ON s.target_id = ?1 AND s.email = c.email \
-                 LEFT JOIN main.members m ON m.target_id = ?1 AND m.email = c.email \
-                 WHERE m.email IS NULL OR m.retry_rejected ORDER BY c.rowid",
-            )
-            .bind(target_id)
-            .execute(&mut *tx)
+            .bind(fresh_list)
+            .execute(tx.on())
             .await?
-            .rows_affected()
         };
         // Every staged member that is not new matches exactly one recorded member, so the recorded members beyond
-        // those are the leavers. When there are none (the usual re-run), they are not searched for at all.
-        let new: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM temp.plan_add WHERE target_id = ?1 AND is_new")
-            .bind(target_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        // those are the leavers. When there are none (the usual re-run), they are not searched for at all. Pairing
+        // and adoption below may change the kinds counted here.
+        let mut counts = count_planned(&mut PlanConnOrTx::Tx(&mut tx), target_id).await?;
+        let new = counts.unrecorded as i64;
+        let mut kinds_changed = false;
         if recorded - (staged - new) > 0 {
-            sqlx::query(
-                "INSERT INTO temp.gone (email) \
-                 SELECT email FROM main.members WHERE target_id = ?1 \
-                 EXCEPT SELECT email FROM temp.staged WHERE target_id = ?1 ORDER BY 1",
-            )
+            sql("INSERT INTO gone (email) \
+                 SELECT email FROM members WHERE target_id = $1 \
+                 EXCEPT SELECT email FROM staged WHERE target_id = $1 ORDER BY 1")
             .bind(target_id)
-            .execute(&mut *tx)
+            .execute(tx.on())
             .await?;
             if match_by_email && new > 0 {
-                pair_by_email(&mut tx, target_id).await?;
+                pair_by_email(&mut tx, target_id, fresh_list).await?;
+                kinds_changed = true;
             }
-            sqlx::query(
-                "INSERT INTO temp.plan_remove (target_id, email, send) \
-                 SELECT m.target_id, m.email, (?2 AND m.ours AND NOT EXISTS (SELECT 1 FROM main.preexisting_members p \
-                        WHERE p.target_id = ?1 AND p.email = m.email)) FROM temp.gone g \
-                 CROSS JOIN main.members m ON m.target_id = ?1 AND m.email = g.email ORDER BY g.rowid",
-            )
+            sql(for_engine(
+                kind,
+                "INSERT INTO plan_remove (target_id, email, send) \
+                 SELECT m.target_id, m.email, ($2 AND m.ours AND NOT EXISTS (SELECT 1 FROM preexisting_members p \
+                        WHERE p.target_id = $1 AND p.email = m.email)) FROM gone g \
+                 CROSS JOIN members m ON m.target_id = $1 AND m.email = g.email ORDER BY g.seq",
+            ))
             .bind(target_id)
             .bind(remove_leavers)
-            .execute(&mut *tx)
+            .execute(tx.on())
             .await?;
         }
-        let (to_remove, to_forget): (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(send), 0), COALESCE(SUM(1 - send), 0) FROM temp.plan_remove WHERE target_id = ?1",
+        let row = sql(
+            "SELECT COUNT(*) FILTER (WHERE send), COUNT(*) FILTER (WHERE NOT send) FROM plan_remove WHERE target_id = $1",
         )
         .bind(target_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.on())
         .await?;
+        let (to_remove, to_forget): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if !fresh_list && mark_already_on_list(&mut PlanConnOrTx::Tx(&mut tx), target_id).await? {
+            kinds_changed = true;
+        }
+        if kinds_changed {
+            counts = count_planned(&mut PlanConnOrTx::Tx(&mut tx), target_id).await?;
+        }
         tx.commit().await?;
         let members = staged as u64;
         Ok(TargetPlan {
             members,
-            to_add,
+            to_add: counts.to_add,
+            to_update: counts.to_update,
             to_remove: to_remove as u64,
             to_forget: to_forget as u64,
-            unchanged: members - to_add,
+            unchanged: members - planned,
         })
+    }
+
+    /// After a run adopted the target's list (and recorded the members it held): the planned members found on it
+    /// are already on the list, not new. Returns the planned subscribes again: (new on the list, on it already).
+    pub async fn note_adopted(&mut self, target_id: i64) -> Result<(u64, u64)> {
+        let mut on = PlanConnOrTx::Conn(&mut self.conn);
+        mark_already_on_list(&mut on, target_id).await?;
+        let counts = count_planned(&mut on, target_id).await?;
+        Ok((counts.to_add, counts.to_update))
     }
 
     /// The next chunk of planned adds after `after_seq`.
     pub async fn adds(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<PlannedAdd>> {
-        let rows = sqlx::query(
-            "SELECT seq, email, fields_hash, fields, paired_email, replaces FROM temp.plan_add \
-             WHERE target_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
+        let rows = sql("SELECT seq, email, fields_hash, fields, paired_email, replaces, kind FROM plan_add \
+             WHERE target_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
         .bind(target_id)
         .bind(after_seq)
         .bind(limit as i64)
-        .fetch_all(&mut self.conn)
+        .fetch_all(self.conn.on())
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -525,6 +783,7 @@ impl PlanSession {
                     fields: r.try_get(3)?,
                     paired_email: r.try_get(4)?,
                     replaces: r.try_get(5)?,
+                    kind: AddKind::parse(r.try_get(6)?)?,
                 })
             })
             .collect()
@@ -532,34 +791,108 @@ impl PlanSession {
 
     /// The next chunk of members to unsubscribe after `after_seq`, as (seq, email).
     pub async fn removes(&mut self, target_id: i64, after_seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query(
-            "SELECT seq, email FROM temp.plan_remove WHERE target_id = ? AND send = 1 AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(target_id)
-        .bind(after_seq)
-        .bind(limit as i64)
-        .fetch_all(&mut self.conn)
-        .await?;
+        let rows =
+            sql("SELECT seq, email FROM plan_remove WHERE target_id = $1 AND send AND seq > $2 ORDER BY seq LIMIT $3")
+                .bind(target_id)
+                .bind(after_seq)
+                .bind(limit as i64)
+                .fetch_all(self.conn.on())
+                .await?;
         rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
-    /// Drops the records of leavers that are not unsubscribed (kept on the list, or rejected by Iterable).
+    /// Drops the records of leavers that are not unsubscribed (kept on the list, or rejected by Iterable). On
+    /// PostgreSQL, checked against the run's fence like its other writes.
     pub async fn forget_leavers(&mut self, target_id: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM main.members WHERE target_id = ?1 AND email IN \
-             (SELECT email FROM temp.plan_remove WHERE target_id = ?1 AND send = 0)",
-        )
-        .bind(target_id)
-        .execute(&mut self.conn)
-        .await?
-        .rows_affected())
+        const FORGET: &str = "DELETE FROM members WHERE target_id = $1 AND email IN \
+             (SELECT email FROM plan_remove WHERE target_id = $1 AND NOT send)";
+        match &mut self.conn {
+            PlanConn::Sqlite(c) => Ok(sql(FORGET).bind(target_id).execute(On::Sqlite(c)).await?),
+            PlanConn::Postgres(c, fence) => {
+                let mut tx = c.begin().await?;
+                if let Some(fence) = fence {
+                    super::db::check_fence(&mut tx, fence).await?;
+                }
+                let n = sql(FORGET).bind(target_id).execute(On::Postgres(&mut tx)).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+        }
     }
+}
+
+/// Staging on SQLite: multi-row inserts of borrowed values (the hot path of a million-member run).
+async fn stage_sqlite(conn: &mut SqliteConnection, target_id: i64, rows: &[StagedMember]) -> Result<u64> {
+    let mut inserted = 0;
+    let mut tx = conn.begin().await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        // Members of email-based exports have no paired email: the column is left to its default rather than
+        // bound a NULL per row, on the hot path of a large run.
+        let paired = chunk.iter().any(|m| m.paired_email.is_some());
+        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(if paired {
+            "INSERT OR IGNORE INTO staged (target_id, email, fields_hash, fields, paired_email) "
+        } else {
+            "INSERT OR IGNORE INTO staged (target_id, email, fields_hash, fields) "
+        });
+        q.push_values(chunk, |mut b, m| {
+            b.push_bind(target_id).push_bind(&m.key).push_bind(m.fields_hash).push_bind(&m.fields);
+            if paired {
+                b.push_bind(&m.paired_email);
+            }
+        });
+        inserted += q.build().execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// Staging on PostgreSQL: the rows go in by `COPY` (CSV), then the first of each key moves into `staged`.
+async fn stage_postgres(conn: &mut PgConnection, target_id: i64, rows: &[StagedMember]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut csv = Vec::with_capacity(rows.len() * 96);
+    for m in rows {
+        use std::io::Write as _;
+        let _ = write!(csv, "{target_id},");
+        csv_text(&mut csv, &m.key);
+        let _ = write!(csv, ",{},", m.fields_hash);
+        csv_text(&mut csv, &m.fields);
+        csv.push(b',');
+        if let Some(p) = &m.paired_email {
+            csv_text(&mut csv, p);
+        }
+        csv.push(b'\n');
+    }
+    let mut copy = conn
+        .copy_in_raw("COPY stage_in (target_id, email, fields_hash, fields, paired_email) FROM STDIN WITH (FORMAT csv)")
+        .await?;
+    copy.send(csv).await?;
+    copy.finish().await?;
+    let inserted = sql("INSERT INTO staged (target_id, email, fields_hash, fields, paired_email) \
+         SELECT target_id, email, fields_hash, fields, paired_email FROM stage_in ORDER BY seq ON CONFLICT DO NOTHING")
+    .execute(On::Postgres(&mut *conn))
+    .await?;
+    sql("TRUNCATE stage_in").execute(On::Postgres(conn)).await?;
+    Ok(inserted)
+}
+
+/// A CSV field, quoted (an empty text is then `""`, told apart from NULL, which is nothing at all).
+fn csv_text(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    for b in text.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::{on_both, temp_store};
     use crate::store::IssueKind;
 
     async fn target(store: &Store) -> i64 {
@@ -571,12 +904,11 @@ mod tests {
     }
 
     fn opts(full: bool, remove_leavers: bool) -> ComputeOptions {
-        ComputeOptions { full, remove_leavers, retry_rejected_until: 0, match_by_email: false }
+        ComputeOptions { full, remove_leavers, retry_rejected_until: 0, match_by_email: false, fresh_list: false }
     }
 
-    #[tokio::test]
-    async fn the_plan_holds_joiners_changed_members_and_leavers_only() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn the_plan_holds_joiners_changed_members_and_leavers_only(store: Store) {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
@@ -598,7 +930,7 @@ mod tests {
             s.stage(t, &[row("b@x.com", 1), row("c@x.com", 2), row("d@x.com", 1), row("d@x.com", 9)]).await.unwrap();
         assert_eq!(new, 3);
         let plan = s.compute(t, &opts(false, true)).await.unwrap();
-        assert_eq!(plan, TargetPlan { members: 3, to_add: 2, to_remove: 1, to_forget: 1, unchanged: 1 });
+        assert_eq!(plan, TargetPlan { members: 3, to_add: 1, to_update: 1, to_remove: 1, to_forget: 1, unchanged: 1 });
         let adds: Vec<String> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.email).collect();
         assert_eq!(adds, vec!["c@x.com", "d@x.com"]);
         let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, e)| e).collect();
@@ -606,14 +938,54 @@ mod tests {
 
         // --full re-sends everyone; --on-leave keep only forgets leavers.
         let full = s.compute(t, &opts(true, false)).await.unwrap();
-        assert_eq!((full.to_add, full.to_remove, full.to_forget), (3, 0, 2));
+        assert_eq!((full.to_add, full.to_update, full.to_remove, full.to_forget), (1, 2, 0, 2));
+        // On a list created again, every member is new.
+        let fresh = s.compute(t, &ComputeOptions { fresh_list: true, ..opts(true, false) }).await.unwrap();
+        assert_eq!((fresh.to_add, fresh.to_update), (3, 0));
+        let full = s.compute(t, &opts(true, false)).await.unwrap();
+        assert_eq!(full.to_forget, 2);
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
     }
+    }
 
-    #[tokio::test]
-    async fn acknowledged_unsubscribes_drop_members_and_count_progress() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn subscribes_count_as_added_updated_or_already_on_the_list_by_what_they_do_to_it(store: Store) {
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        let mut s = store.plan_session().await.unwrap();
+        // The first run plans everyone as new; the list, found by name, turns out to hold p already.
+        s.stage(t, &[row("a@x.com", 1), row("p@x.com", 1), row("n@x.com", 1)]).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
+        assert_eq!((plan.to_add, plan.to_update), (3, 0));
+        store.record_plan(run, t, "s", &plan, &Default::default()).await.unwrap();
+        store.record_preexisting(t, &["p@x.com".to_string()]).await.unwrap();
+        assert_eq!(s.note_adopted(t).await.unwrap(), (2, 1));
+        let adds = s.adds(t, 0, 10).await.unwrap();
+        let kinds: Vec<(&str, AddKind)> = adds.iter().map(|a| (a.email.as_str(), a.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![("a@x.com", AddKind::New), ("n@x.com", AddKind::New), ("p@x.com", AddKind::AlreadyOnList)]
+        );
+        let acked: Vec<AckedMember> = adds.into_iter().map(AckedMember::from).collect();
+        store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
+        let c = store.run(run).await.unwrap().targets[0].counts.clone();
+        assert_eq!((c.added, c.updated, c.already_on_list), (2, 0, 1));
+
+        // Next run: a's field changed (an update), n and p are unchanged, z joins, and so does q, which was on the
+        // list when it was adopted.
+        store.record_preexisting(t, &["q@x.com".to_string()]).await.unwrap();
+        s.stage(t, &[row("q@x.com", 1), row("z@x.com", 1)]).await.unwrap();
+        sql("UPDATE staged SET fields_hash = 2 WHERE email = 'a@x.com'").execute(s.conn.on()).await.unwrap();
+        let plan = s.compute(t, &opts(false, true)).await.unwrap();
+        assert_eq!((plan.to_add, plan.to_update, plan.unchanged), (1, 2, 2), "{plan:?}");
+        let kinds: Vec<AddKind> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec![AddKind::Update, AddKind::AlreadyOnList, AddKind::New]);
+    }
+    }
+
+    on_both! {
+    async fn acknowledged_unsubscribes_drop_members_and_count_progress(store: Store) {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         let plan = TargetPlan::default();
@@ -625,6 +997,7 @@ mod tests {
         assert_eq!(store.member_counts(t).await.unwrap().subscribed, 2000);
         let r = store.run(run).await.unwrap();
         assert_eq!((r.targets[0].counts.added, r.targets[0].counts.removed), (4500, 2500));
+    }
     }
 
     #[tokio::test]
@@ -713,9 +1086,8 @@ mod tests {
         assert_eq!((plan.to_add, plan.unchanged), (1, 1));
     }
 
-    #[tokio::test]
-    async fn leavers_are_removed_only_when_ours_and_not_on_the_list_before_it_was_adopted() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn leavers_are_removed_only_when_ours_and_not_on_the_list_before_it_was_adopted(store: Store) {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
@@ -735,10 +1107,10 @@ mod tests {
         removes.sort();
         assert_eq!(removes, vec!["later@x.com", "ours@x.com"]);
     }
+    }
 
-    #[tokio::test]
-    async fn a_hybrid_member_that_keeps_its_email_under_a_new_key_is_an_update_taking_its_record_over() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_hybrid_member_that_keeps_its_email_under_a_new_key_is_an_update_taking_its_record_over(store: Store) {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
@@ -764,7 +1136,7 @@ mod tests {
 
         let hybrid = ComputeOptions { match_by_email: true, ..opts(false, true) };
         let plan = s.compute(t, &hybrid).await.unwrap();
-        assert_eq!((plan.to_add, plan.to_remove, plan.to_forget), (3, 1, 0), "{plan:?}");
+        assert_eq!((plan.to_add, plan.to_update, plan.to_remove, plan.to_forget), (0, 3, 1, 0), "{plan:?}");
         let removes: Vec<String> = s.removes(t, 0, 10).await.unwrap().into_iter().map(|(_, k)| k).collect();
         assert_eq!(removes, vec!["e@x.com"]);
         let adds = s.adds(t, 0, 10).await.unwrap();
@@ -783,14 +1155,13 @@ mod tests {
         // Acknowledged, each takes its old record over: a's stays pre-existing (never unsubscribed by this export).
         let acked: Vec<AckedMember> = adds.into_iter().map(AckedMember::from).collect();
         store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
-        let mut keys: Vec<String> =
-            sqlx::query_scalar("SELECT email FROM members ORDER BY email").fetch_all(store.pool()).await.unwrap();
+        let mut keys: Vec<String> = sql("SELECT email FROM members").scalars(&store.db).await.unwrap();
         keys.sort();
         assert_eq!(keys, vec!["b@x.com", "e@x.com", "userId:u1", "userId:u9"]);
-        let pre: Vec<String> =
-            sqlx::query_scalar("SELECT email FROM preexisting_members").fetch_all(store.pool()).await.unwrap();
+        let pre: Vec<String> = sql("SELECT email FROM preexisting_members").scalars(&store.db).await.unwrap();
         assert_eq!(pre, vec!["userId:u1"]);
         let again = s.compute(t, &hybrid).await.unwrap();
         assert_eq!((again.to_add, again.to_remove, again.unchanged), (0, 1, 3), "{again:?}");
+    }
     }
 }

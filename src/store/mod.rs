@@ -36,7 +36,9 @@ pub use postgres::{known_version as known_schema_version, migrate as migrate_pos
 
 pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, ProjectType};
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
-pub use members::{AckedMember, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan};
+pub use members::{
+    AckedMember, AddKind, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan,
+};
 pub use requests::{NewRunRequest, RequestState, RunRequest, WaitingFor};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunFilter, RunStatus, RunTarget, RunTargetCounts};
 pub use segments::{Segment, SegmentOrigin, SourcePassword};
@@ -380,9 +382,12 @@ pub(crate) mod test_support {
         (dir, store)
     }
 
-    /// A database of its own on the PostgreSQL server at `TEST_POSTGRES_URL`, dropped with this value.
+    /// A database of its own on the PostgreSQL server at `TEST_POSTGRES_URL`, dropped with this value, and a
+    /// master key file for it.
     pub struct TempDatabase {
         pub url: String,
+        pub master_key: std::path::PathBuf,
+        _dir: tempfile::TempDir,
         server: String,
         name: String,
     }
@@ -396,7 +401,10 @@ pub(crate) mod test_support {
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
             let mut url = url::Url::parse(&server).unwrap();
             url.set_path(&name);
-            TempDatabase { url: url.to_string(), server, name }
+            let dir = tempfile::tempdir().unwrap();
+            let master_key = dir.path().join("master.key");
+            std::fs::write(&master_key, hex::encode(rand::random::<[u8; 32]>())).unwrap();
+            TempDatabase { url: url.to_string(), master_key, _dir: dir, server, name }
         }
     }
 
@@ -422,6 +430,7 @@ pub(crate) mod test_support {
         let db = TempDatabase::new().await;
         let mut config = crate::config::Config::default();
         config.store.url = Some(db.url.clone());
+        config.store.master_key_file = Some(db.master_key.clone());
         let store = Store::open_configured(&config).await.unwrap();
         (db, store)
     }

@@ -54,17 +54,38 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// A list's plan and progress in one run. Each subscribe counts by what it did to the list (`AddKind`): `added`
+/// members are new on it, `updated` ones were put there by this export before (sent again for a changed field, or
+/// `--full`), `already_on_list` ones were on it when the export adopted it. Runs recorded before this split count
+/// every subscribe as added.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunTargetCounts {
     pub source_rows: u64,
+    /// Subscribes planned of members new on the list.
     pub planned_add: u64,
+    /// Subscribes planned of members on the list already (updated, or already there when it was adopted).
+    pub planned_update: u64,
     pub planned_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
     pub added: u64,
+    pub updated: u64,
+    pub already_on_list: u64,
     pub removed: u64,
     pub rejected: u64,
+}
+
+impl RunTargetCounts {
+    /// Subscribes planned, whatever they do to the list.
+    pub fn planned_subscribes(&self) -> u64 {
+        self.planned_add + self.planned_update
+    }
+
+    /// Subscribes acknowledged, whatever they did to the list.
+    pub fn subscribed(&self) -> u64 {
+        self.added + self.updated + self.already_on_list
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +120,7 @@ impl Run {
     pub fn progress(&self) -> (u64, u64) {
         self.targets.iter().fold((0, 0), |(planned, done), t| {
             let c = &t.counts;
-            (planned + c.planned_add + c.planned_remove, done + c.added + c.rejected + c.removed)
+            (planned + c.planned_subscribes() + c.planned_remove, done + c.subscribed() + c.rejected + c.removed)
         })
     }
 }
@@ -249,13 +270,14 @@ impl Store {
         plan: &TargetPlan,
         counts: &RunTargetCounts,
     ) -> Result<()> {
-        sql("INSERT INTO run_targets (run_id, target_id, list_name, source_rows, planned_add, planned_remove, \
-             unchanged, invalid, duplicates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sql("INSERT INTO run_targets (run_id, target_id, list_name, source_rows, planned_add, planned_update, \
+             planned_remove, unchanged, invalid, duplicates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(run_id)
         .bind(target_id)
         .bind(list_name)
         .bind(counts.source_rows as i64)
         .bind(plan.to_add as i64)
+        .bind(plan.to_update as i64)
         .bind(plan.to_remove as i64)
         .bind(plan.unchanged as i64)
         .bind(counts.invalid as i64)
@@ -265,11 +287,15 @@ impl Store {
         Ok(())
     }
 
-    /// Updates a target's planned adds after its list had to be recreated (everyone is sent again).
-    pub async fn replan_adds(&self, run_id: i64, target_id: i64, planned_add: u64, unchanged: u64) -> Result<()> {
-        sql("UPDATE run_targets SET planned_add = $1, unchanged = $2 WHERE run_id = $3 AND target_id = $4")
-            .bind(planned_add as i64)
-            .bind(unchanged as i64)
+    /// Updates a target's planned subscribes after its list was resolved: recreated (everyone is sent again, new on
+    /// the new list) or adopted (its members found on it are no longer new).
+    pub async fn replan_adds(&self, run_id: i64, target_id: i64, plan: &TargetPlan) -> Result<()> {
+        sql(
+            "UPDATE run_targets SET planned_add = $1, planned_update = $2, unchanged = $3 WHERE run_id = $4 AND target_id = $5",
+        )
+        .bind(plan.to_add as i64)
+        .bind(plan.to_update as i64)
+        .bind(plan.unchanged as i64)
             .bind(run_id)
             .bind(target_id)
             .execute(&self.db)
@@ -403,7 +429,8 @@ impl Store {
         let id: i64 = row.try_get("id")?;
         let targets =
             sql("SELECT target_id, list_name, list_id, source_rows, planned_add, planned_remove, unchanged, invalid, \
-             duplicates, added, removed, rejected FROM run_targets WHERE run_id = $1 ORDER BY rowid")
+             duplicates, added, removed, rejected, planned_update, updated, already_on_list FROM run_targets \
+             WHERE run_id = $1 ORDER BY rowid")
             .bind(id)
             .fetch_all(&self.db)
             .await?
@@ -417,11 +444,14 @@ impl Store {
                     counts: RunTargetCounts {
                         source_rows: n(3)?,
                         planned_add: n(4)?,
+                        planned_update: n(12)?,
                         planned_remove: n(5)?,
                         unchanged: n(6)?,
                         invalid: n(7)?,
                         duplicates: n(8)?,
                         added: n(9)?,
+                        updated: n(13)?,
+                        already_on_list: n(14)?,
                         removed: n(10)?,
                         rejected: n(11)?,
                     },

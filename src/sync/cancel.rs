@@ -79,7 +79,7 @@ pub(crate) fn on_request(error: SyncError, requested: bool) -> SyncError {
 /// Why an export could not be changed now.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeRefused {
-    #[error("export '{export}' is running now{}; nothing was changed. Wait for the run to finish, or add --cancel-run to stop it (it is recorded `cancelled`, what it sent stays recorded) and go ahead.", run_text(.run_id))]
+    #[error("export '{export}' is running now{}; nothing was changed. Wait for the run to finish, or stop it as part of the change: the run is recorded `cancelled`, and what it sent stays recorded.", run_text(.run_id))]
     Running { export: String, run_id: Option<i64> },
     #[error("export '{export}': run{} was asked to stop but was still running after {seconds}s; nothing was changed. Check it with `segment-exporter runs --export {export}` and try again.", run_text(.run_id))]
     StillRunning { export: String, run_id: Option<i64>, seconds: u64 },

@@ -17,7 +17,7 @@ use super::SyncError;
 use crate::config::Config;
 use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
-use crate::store::{Export, ProjectType, RunStatus, Store};
+use crate::store::{Export, ProjectType, RunStatus, Store, TargetPlan};
 
 /// How a run was asked for.
 #[derive(Debug, Clone)]
@@ -337,16 +337,15 @@ impl Engine {
             resumed_runs,
             warnings,
         };
-        let (added, removed, rejected, invalid) = report
-            .lists
-            .iter()
-            .fold((0, 0, 0, 0), |a, l| (a.0 + l.added, a.1 + l.removed, a.2 + l.rejected, a.3 + l.invalid));
+        let sum = |count: fn(&ListReport) -> u64| report.lists.iter().map(count).sum::<u64>();
+        let (added, updated, already_on_list) = (sum(|l| l.added), sum(|l| l.updated), sum(|l| l.already_on_list));
+        let (removed, rejected, invalid) = (sum(|l| l.removed), sum(|l| l.rejected), sum(|l| l.invalid));
         match status {
             RunStatus::Succeeded => {
-                tracing::info!(export = %name, run_id, added, removed, rejected, invalid, seconds = report.seconds, "Run finished.")
+                tracing::info!(export = %name, run_id, added, updated, already_on_list, removed, rejected, invalid, seconds = report.seconds, "Run finished.")
             }
             _ => {
-                tracing::warn!(export = %name, run_id, status = %status, added, removed, rejected, invalid, error = report.error.as_deref().unwrap_or(""), "Run did not succeed.")
+                tracing::warn!(export = %name, run_id, status = %status, added, updated, already_on_list, removed, rejected, invalid, error = report.error.as_deref().unwrap_or(""), "Run did not succeed.")
             }
         }
         Ok(report)
@@ -416,12 +415,23 @@ impl Engine {
         for ((target, resolved), list) in export.targets.iter().zip(resolved).zip(state.lists.iter_mut()) {
             list.list_id = Some(resolved.list_id);
             if resolved.recreated {
-                // The old list is gone: everything must be sent again, so re-plan this target as a full one.
-                let plan = session.compute(target.id, &planner.compute_options(true)).await?;
-                progress.planned.fetch_add(plan.to_add.saturating_sub(list.to_add), Ordering::Relaxed);
-                list.to_add = plan.to_add;
-                list.unchanged = plan.unchanged;
-                self.store.replan_adds(run_id, target.id, plan.to_add, plan.unchanged).await?;
+                // The old list is gone: everything must be sent again, new on the new list, so re-plan this target
+                // as a full one.
+                let plan = session.compute(target.id, &planner.compute_options(true, true)).await?;
+                let more = (plan.to_add + plan.to_update).saturating_sub(list.to_subscribe());
+                progress.planned.fetch_add(more, Ordering::Relaxed);
+                (list.to_add, list.to_update, list.unchanged) = (plan.to_add, plan.to_update, plan.unchanged);
+                self.store.replan_adds(run_id, target.id, &plan).await?;
+            } else if resolved.adopted {
+                // The list found by name held members already: those the plan sends are not new on it.
+                (list.to_add, list.to_update) = session.note_adopted(target.id).await?;
+                let plan = TargetPlan {
+                    to_add: list.to_add,
+                    to_update: list.to_update,
+                    unchanged: list.unchanged,
+                    ..TargetPlan::default()
+                };
+                self.store.replan_adds(run_id, target.id, &plan).await?;
             }
             session.forget_leavers(target.id).await?;
             progress.set_phase(Phase::Sending, &target.list_name);
@@ -478,7 +488,7 @@ struct RunState {
 
 impl RunState {
     fn nothing_to_send(&self) -> bool {
-        self.lists.iter().all(|l| l.to_add == 0 && l.to_remove == 0)
+        self.lists.iter().all(|l| l.to_subscribe() == 0 && l.to_remove == 0)
     }
 }
 
@@ -487,6 +497,8 @@ fn merge_counts(mut lists: Vec<ListReport>, run: &crate::store::Run) -> Vec<List
     for l in &mut lists {
         if let Some(t) = run.targets.iter().find(|t| t.list_name == l.list_name) {
             l.added = t.counts.added;
+            l.updated = t.counts.updated;
+            l.already_on_list = t.counts.already_on_list;
             l.removed = t.counts.removed;
             l.rejected = t.counts.rejected;
             l.list_id = t.list_id.or(l.list_id);

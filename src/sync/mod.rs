@@ -69,6 +69,6 @@ pub enum SyncError {
     ListLock(#[from] list_lock::ListLockError),
     #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
     Interrupted,
-    #[error("the run was cancelled on request (--cancel-run); what Iterable acknowledged before is recorded")]
+    #[error("the run was cancelled on request (a change or removal of its export or connection stopped it); what Iterable acknowledged before is recorded")]
     Cancelled,
 }

@@ -23,7 +23,11 @@ use crate::store::{
     TargetPlan,
 };
 
-/// What a run did (or, for a dry run, would do) to one list.
+/// What a run did (or, for a dry run, would do) to one list. A subscribe counts by what it does to the list
+/// (`store::AddKind`): `to_add`/`added` are members new on it; `to_update` are members on it already, `updated`
+/// those this export had put there (sent again for a changed field, or `--full`) and `already_on_list` those that
+/// were on the list when the export adopted it. A dry run cannot tell the last kind on a list not adopted yet: it
+/// counts those members in `to_add`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListReport {
     pub list_name: String,
@@ -31,11 +35,14 @@ pub struct ListReport {
     pub source_rows: u64,
     pub members: u64,
     pub to_add: u64,
+    pub to_update: u64,
     pub to_remove: u64,
     pub unchanged: u64,
     pub invalid: u64,
     pub duplicates: u64,
     pub added: u64,
+    pub updated: u64,
+    pub already_on_list: u64,
     pub removed: u64,
     pub rejected: u64,
     /// Dry runs only: a few members of each kind.
@@ -45,6 +52,18 @@ pub struct ListReport {
     pub examples_remove: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub examples_invalid: Vec<InvalidExample>,
+}
+
+impl ListReport {
+    /// Members the plan subscribes, whatever that does to the list.
+    pub fn to_subscribe(&self) -> u64 {
+        self.to_add + self.to_update
+    }
+
+    /// Members subscribed, whatever that did to the list.
+    pub fn subscribed(&self) -> u64 {
+        self.added + self.updated + self.already_on_list
+    }
 }
 
 /// A member a dry run found invalid: its email (or user id) value as the source gave it (None for NULL, shown as
@@ -92,7 +111,7 @@ impl Planner<'_> {
         if self.run_id.is_some() && !inferred.is_empty() {
             self.store.remember_sent_types(self.export.id, &inferred).await?;
         }
-        let planned: u64 = lists.iter().map(|l| l.to_add + l.to_remove).sum();
+        let planned: u64 = lists.iter().map(|l| l.to_subscribe() + l.to_remove).sum();
         self.progress.planned.store(planned, Ordering::Relaxed);
         Ok(())
     }
@@ -102,10 +121,12 @@ impl Planner<'_> {
         self.config.sync.retry_rejected_until(crate::store::now())
     }
 
-    /// How a target's plan is computed: `full` re-sends every member.
-    pub fn compute_options(&self, full: bool) -> ComputeOptions {
+    /// How a target's plan is computed: `full` re-sends every member; on a `fresh_list` (created again) every member
+    /// is new.
+    pub fn compute_options(&self, full: bool, fresh_list: bool) -> ComputeOptions {
         ComputeOptions {
             full,
+            fresh_list,
             remove_leavers: self.export.on_leave == OnLeave::Remove,
             retry_rejected_until: self.retry_until(),
             // Only in a hybrid project do an email and a user id both name one user, so that a member keeping either
@@ -217,7 +238,7 @@ impl Planner<'_> {
             }
         }
         let valid = source_rows - invalid;
-        let plan: TargetPlan = session.compute(target.id, &self.compute_options(self.full)).await?;
+        let plan: TargetPlan = session.compute(target.id, &self.compute_options(self.full, false)).await?;
         if let Some(run_id) = self.run_id {
             let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
             self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;
@@ -225,7 +246,8 @@ impl Planner<'_> {
         }
         tracing::info!(
             export = %export.name, list = %target.list_name, source_rows, invalid, duplicates = valid - staged_new,
-            to_add = plan.to_add, to_remove = plan.to_remove, unchanged = plan.unchanged, "Planned list."
+            to_add = plan.to_add, to_update = plan.to_update, to_remove = plan.to_remove, unchanged = plan.unchanged,
+            "Planned list."
         );
         Ok(ListReport {
             list_name: target.list_name.clone(),
@@ -233,11 +255,14 @@ impl Planner<'_> {
             source_rows,
             members: plan.members,
             to_add: plan.to_add,
+            to_update: plan.to_update,
             to_remove: plan.to_remove,
             unchanged: plan.unchanged,
             invalid,
             duplicates: valid - staged_new,
             added: 0,
+            updated: 0,
+            already_on_list: 0,
             removed: 0,
             rejected: 0,
             examples_add: vec![],

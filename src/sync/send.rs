@@ -44,6 +44,8 @@ pub(crate) struct ResolvedList {
     pub list_id: i64,
     /// The stored list no longer existed and was created again, so every member must be sent again.
     pub recreated: bool,
+    /// The list was found by name and held members, recorded as pre-existing: those the run sends are on it already.
+    pub adopted: bool,
     /// When this run created the list: Iterable may answer `invalidListId` for a while after.
     pub created_at: Option<Instant>,
 }
@@ -207,7 +209,7 @@ impl Sender {
             let resolved = match target.list_id {
                 Some(id) if lists.iter().any(|l| l.id == id) => {
                     self.store.mark_list_seen(target.id).await?;
-                    ResolvedList { list_id: id, recreated: false, created_at: None }
+                    ResolvedList { list_id: id, recreated: false, adopted: false, created_at: None }
                 }
                 Some(old) => {
                     let new = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
@@ -215,7 +217,7 @@ impl Sender {
                         "The list no longer exists in Iterable; recreated it and sending all members again.");
                     self.store.forget_preexisting(target.id).await?;
                     self.store.set_target_list(target.id, new, true).await?;
-                    ResolvedList { list_id: new, recreated: true, created_at: Some(Instant::now()) }
+                    ResolvedList { list_id: new, recreated: true, adopted: false, created_at: Some(Instant::now()) }
                 }
                 None => {
                     let mut same_name: Vec<_> =
@@ -226,14 +228,14 @@ impl Sender {
                             tracing::warn!(list = %target.list_name, list_id = found.id, count = same_name.len(),
                                 "Several Iterable lists have this name; using the oldest. Its id is stored, so later runs use it.");
                         }
-                        self.record_preexisting(target, found.id).await?;
+                        let adopted = self.record_preexisting(target, found.id).await?;
                         self.store.set_target_list(target.id, found.id, false).await?;
-                        ResolvedList { list_id: found.id, recreated: false, created_at: None }
+                        ResolvedList { list_id: found.id, recreated: false, adopted, created_at: None }
                     } else {
                         let id = self.client.create_list(&target.list_name, &same_name_ids).await.map_err(iterable)?;
                         tracing::info!(export = %export.name, list = %target.list_name, list_id = id, "Created the Iterable list.");
                         self.store.set_target_list(target.id, id, false).await?;
-                        ResolvedList { list_id: id, recreated: false, created_at: Some(Instant::now()) }
+                        ResolvedList { list_id: id, recreated: false, adopted: false, created_at: Some(Instant::now()) }
                     }
                 }
             };
@@ -243,9 +245,9 @@ impl Sender {
         Ok(out)
     }
 
-    /// Reads the members of a list this export adopts and records them as pre-existing. Done before the list's id
-    /// is stored, so a run that fails here reads them again next time.
-    async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<(), SyncError> {
+    /// Reads the members of a list this export adopts and records them as pre-existing; answers whether it held
+    /// any. Done before the list's id is stored, so a run that fails here reads them again next time.
+    async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<bool, SyncError> {
         let prefer_user_id = self.project_type != ProjectType::Email;
         let lines = self
             .client
@@ -259,7 +261,7 @@ impl Sender {
                 "Adopted an existing list; its members stay on it whatever the segment does.");
             self.store.record_preexisting(target.id, &members).await?;
         }
-        Ok(())
+        Ok(!members.is_empty())
     }
 
     /// Sends one target's planned adds, then its removes.

@@ -254,6 +254,23 @@ impl Env {
         })
     }
 
+    /// Creates a list of any type through the sandbox's control endpoint (no key needed), as someone working in
+    /// Iterable's UI might; returns its id.
+    pub fn create_list_of_type(&self, name: &str, list_type: &str) -> i64 {
+        let answer: serde_json::Value = block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/_sandbox/lists", self.base_url))
+                .json(&serde_json::json!({"name": name, "listType": list_type}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        answer["listId"].as_i64().unwrap()
+    }
+
     /// Creates a list by hand through the real API; returns its id.
     pub fn create_list_by_hand(&self, name: &str) -> i64 {
         self.post_api("/api/lists", serde_json::json!({ "name": name }))["listId"].as_i64().unwrap()

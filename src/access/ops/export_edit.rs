@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::schedule::Schedule;
 use crate::store::{Export, ExportChange, NullFields, OnLeave, Segment, StoreError, Target};
 use crate::sync::empty::{empty_lists, Emptied};
-use crate::sync::{lock_for_change, ChangeRefused, Engine};
+use crate::sync::{lock_for_change, Engine};
 
 use super::{
     check_columns, check_identity_change, check_unique_fields, identity_columns, parse_field, Caller, OpError,
@@ -202,11 +202,7 @@ pub async fn edit_export(
         e => fail(e.to_string()),
     };
     store.check_export_change(export.id, &change).await.map_err(refused)?;
-    let _lock = lock_for_change(store, config, &export, a.cancel_run, CANCEL_WAIT).await.map_err(|e| match e {
-        e @ (ChangeRefused::Running { .. } | ChangeRefused::StillRunning { .. }) => OpError::Busy(e.to_string()),
-        ChangeRefused::Store(e) => OpError::Store(e),
-        e => OpError::Failed(e.to_string()),
-    })?;
+    let _lock = lock_for_change(store, config, &export, a.cancel_run, CANCEL_WAIT).await?;
     let emptied = if a.empty_removed_lists {
         let engine = Engine::new(store.clone(), config.clone());
         empty_lists(&engine, store, config.iterable.batch_size, &export, &detach)

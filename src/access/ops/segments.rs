@@ -224,7 +224,10 @@ pub async fn add_segment(
     if !r.skip_check {
         let not_saved = |secret: bool, e: String| OpError::Unreadable {
             secret,
-            message: format!("segment '{name}' not saved: {e} (add --skip-check to save it anyway)"),
+            message: format!(
+                "segment '{name}' not saved: {e} (add --skip-check to save it anyway; `segment preview {name:?}` then \
+                 shows what it reads, and `segment edit {name:?} --query SQL` changes it)"
+            ),
         };
         let readable = spec.clone().with_password(
             password.resolve(&name, 0, &stored, &master_key_path).map_err(|e| not_saved(true, e.to_string()))?,

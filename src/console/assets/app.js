@@ -9,9 +9,10 @@
   let csrf = null;
 
   class Failure extends Error {
-    constructor(status, message) {
+    constructor(status, message, kind) {
       super(message);
       this.status = status;
+      this.kind = kind;
     }
   }
 
@@ -69,7 +70,7 @@
     }
     if (!r.ok) {
       const message = data && data.error ? data.error.message : `the service answered ${r.status}`;
-      throw new Failure(r.status, words(r.status, message));
+      throw new Failure(r.status, words(r.status, message), data && data.error ? data.error.kind : null);
     }
     return data;
   }
@@ -92,6 +93,8 @@
 
   const $ = (sel, root = document) => root.querySelector(sel);
   const number = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+  // A member's value as the source gave it: a NULL is no value at all, an empty string is empty.
+  const memberText = (m) => (m === null || m === undefined ? "(no value)" : m === "" ? "(empty)" : m);
   function when(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
@@ -117,6 +120,22 @@
     const target = where ? $(".error", where) : null;
     if (target) target.textContent = text;
     else notice(text, "error");
+  }
+
+  // A change refused because the export is running: says so and offers a button that stops the run and goes ahead
+  // (`again`, which asks with cancel_run). Any other failure, or a second refusal, is shown as it is.
+  function offerToStopRun(e, where, label, again) {
+    if (!(e instanceof Failure) || e.kind !== "running") return fail(e, where);
+    const stop = el("button", { type: "button", class: "stop-run" }, label);
+    stop.addEventListener("click", () => {
+      stop.disabled = true;
+      again();
+    });
+    const text =
+      "This export is running now; nothing was changed. Wait for the run to finish, or stop it and go ahead: " +
+      "the run is recorded as cancelled, and what it sent stays recorded. ";
+    const target = (where && $(".error", where)) || $("#notice");
+    target.replaceChildren(el("span", { class: "error" }, text), stop);
   }
 
   function formData(form) {
@@ -187,13 +206,40 @@
     return el("span", { class: `badge ${run.status}` }, text);
   }
 
-  // Members added, removed and not sent: a run summary carries them, a whole run has them per list.
+  // Members added (new on a list), updated, already on a list the export adopted, removed and not sent: a run
+  // summary carries them, a whole run has them per list.
   function runCounts(run) {
-    if (!run) return { added: 0, removed: 0, notSent: 0 };
-    if (run.added !== undefined) return { added: run.added, removed: run.removed, notSent: run.not_sent };
+    if (!run) return { added: 0, updated: 0, alreadyOnList: 0, removed: 0, notSent: 0 };
+    if (run.added !== undefined) {
+      return {
+        added: run.added,
+        updated: run.updated || 0,
+        alreadyOnList: run.already_on_list || 0,
+        removed: run.removed,
+        notSent: run.not_sent,
+      };
+    }
     const t = run.lists || [];
     const sum = (k) => t.reduce((a, x) => a + (x[k] || 0), 0);
-    return { added: sum("added"), removed: sum("removed"), notSent: sum("invalid") + sum("rejected") };
+    return {
+      added: sum("added"),
+      updated: sum("updated"),
+      alreadyOnList: sum("already_on_list"),
+      removed: sum("removed"),
+      notSent: sum("invalid") + sum("rejected"),
+    };
+  }
+
+  // "120 added, 68 updated, 3 removed": updated and already-on-the-list members only when there are some.
+  function countsText(c) {
+    return [
+      `${number(c.added)} added`,
+      c.updated ? `${number(c.updated)} updated` : null,
+      c.alreadyOnList ? `${number(c.alreadyOnList)} already on the list` : null,
+      `${number(c.removed)} removed`,
+    ]
+      .filter(Boolean)
+      .join(", ");
   }
 
   // ---- progress of a run, polled until it ends --------------------------------------------------------------
@@ -232,7 +278,7 @@
 
   function runOutcome(run) {
     const c = runCounts(run);
-    const parts = [badge(run), ` Run #${run.id}: ${number(c.added)} added, ${number(c.removed)} removed`];
+    const parts = [badge(run), ` Run #${run.id}: ${countsText(c)}`];
     if (c.notSent) parts.push(`, ${number(c.notSent)} not sent`);
     const box = el("div", { class: `outcome ${run.status}` }, el("p", {}, parts));
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
@@ -322,7 +368,7 @@
     const last = x.last_run;
     const c = runCounts(last);
     const lastCell = last
-      ? el("td", {}, badge(last), el("br"), `${number(c.added)} added, ${number(c.removed)} removed`, el("br"), el("small", {}, when(last.started_at)))
+      ? el("td", {}, badge(last), el("br"), countsText(c), el("br"), el("small", {}, when(last.started_at)))
       : el("td", {}, "Never run");
     const area = el("div", { class: "run-area" });
     const run = el("button", { type: "button" }, "Run");
@@ -405,13 +451,32 @@
             )
           : el("p", { class: "empty" }, "No segments yet: an administrator defines them."),
       );
-      // The columns of the chosen segments, read now, to pick the email, user id and extra fields from.
+      // The columns of the chosen segments, read as they are chosen, offered for the email and user id (a column the
+      // export uses must be in every segment it sends). Typing another name stays possible.
       const columnsOf = new Map();
       const offer = () => {
         const chosen = [...holder.querySelectorAll("input[name=segments]:checked")].map((i) => i.value);
-        const columns = new Set(chosen.flatMap((n) => columnsOf.get(n) || []));
-        $("#columns").replaceChildren(...[...columns].map((c) => el("option", { value: c })));
+        const each = chosen.map((n) => columnsOf.get(n) || []);
+        const columns = each.length ? each[0].filter((c) => each.every((cols) => cols.includes(c))) : [];
+        $("#columns").replaceChildren(...columns.map((c) => el("option", { value: c })));
+        $("#columns-hint").textContent = !chosen.length
+          ? "Choose the segments first: their columns are offered here."
+          : columns.length
+            ? `Columns of the chosen segments: ${columns.join(", ")}. Pick one from the list, or type a column name.`
+            : "The chosen segments have no column in common; type the column name.";
+        suggest($("input", $("#email-field")), columns, ["email", "email_address"]);
+        if (!userId.hidden) suggest($("input", userId), columns, ["user_id", "userid"]);
       };
+      // Fills in an obvious column (by name) while the field is empty or holds an earlier suggestion.
+      const suggest = (input, columns, names) => {
+        if (input.value && input.dataset.suggested !== "yes") return;
+        const found = columns.find((c) => names.includes(c.toLowerCase()));
+        input.value = found || "";
+        input.dataset.suggested = found ? "yes" : "";
+      };
+      for (const input of form.querySelectorAll("input[list=columns]")) {
+        input.addEventListener("input", () => (input.dataset.suggested = ""));
+      }
       holder.addEventListener("change", async (ev) => {
         const name = ev.target.value;
         if (ev.target.checked && !columnsOf.has(name)) {
@@ -445,7 +510,7 @@
         fields: (d.fields || "").split(",").map((f) => f.trim()).filter(Boolean),
         schedule: d.schedule || "refresh",
       };
-      if (d.user_id_field) body.user_id_field = d.user_id_field;
+      if (d.user_id_field && !userId.hidden) body.user_id_field = d.user_id_field;
       try {
         await api("POST", "/exports", body);
         location.href = `/exports/${encodeURIComponent(d.name)}`;
@@ -507,7 +572,7 @@
         const rows = runs.map((r) => {
           const c = runCounts(r);
           const more = el("button", { type: "button", class: "link" }, "Details");
-          const detailRow = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 7 }));
+          const detailRow = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 8 }));
           more.addEventListener("click", async () => {
             detailRow.hidden = !detailRow.hidden;
             if (!detailRow.hidden) detailRow.firstChild.replaceChildren(await runDetails(r.id));
@@ -521,6 +586,7 @@
               el("td", {}, when(r.started_at)),
               el("td", {}, triggerWords[r.trigger] || r.trigger),
               el("td", {}, number(c.added)),
+              el("td", {}, number(c.updated + c.alreadyOnList)),
               el("td", {}, number(c.removed)),
               el("td", {}, number(c.notSent), " ", more),
             ),
@@ -528,7 +594,7 @@
           ];
         });
         $("#run-history").replaceChildren(
-          table(["Run", "Status", "Started", "Started by", "Added", "Removed", "Not sent"], rows.flat(), "No run yet."),
+          table(["Run", "Status", "Started", "Started by", "Added", "Updated", "Removed", "Not sent"], rows.flat(), "No run yet."),
         );
       } catch (e) {
         fail(e);
@@ -536,14 +602,16 @@
     };
     $("#run").addEventListener("click", () => runNow(name, area, () => { history(); load(); }));
     $("#preview").addEventListener("click", () => preview(name, area));
-    confirmTwice($("#remove-export"), "Yes, remove it", async () => {
+    const remove = async (cancelRun) => {
       try {
-        await api("DELETE", path);
+        await api("DELETE", cancelRun ? `${path}?cancel_run=true` : path);
         location.href = "/exports";
       } catch (e) {
-        fail(e);
+        if (cancelRun) fail(e);
+        else offerToStopRun(e, null, "Stop the run and remove", () => remove(true));
       }
-    });
+    };
+    confirmTwice($("#remove-export"), "Yes, remove it", () => remove(false));
     $("#edit-export").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const form = ev.target;
@@ -554,14 +622,19 @@
         remove_fields: [...form.querySelectorAll("input[name=remove_fields]:checked")].map((i) => i.value),
       };
       if (d.schedule && d.schedule !== x.schedule) change.schedule = d.schedule;
-      try {
-        await api("PATCH", path, change);
-        form.add_fields.value = "";
-        notice("Saved. The next run uses the new settings.");
-        load();
-      } catch (e) {
-        fail(e, form);
-      }
+      const save = async (cancelRun) => {
+        try {
+          await api("PATCH", path, cancelRun ? { ...change, cancel_run: true } : change);
+          form.add_fields.value = "";
+          $(".error", form).textContent = "";
+          notice("Saved. The next run uses the new settings.");
+          load();
+        } catch (e) {
+          if (cancelRun) fail(e, form);
+          else offerToStopRun(e, form, "Stop the run and save", () => save(true));
+        }
+      };
+      await save(false);
     });
     $("#add-export-user").addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -588,14 +661,21 @@
     if (run.error) box.append(el("p", { class: "run-error" }, run.error));
     for (const t of run.lists || []) {
       box.append(
-        el("p", {}, `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added, ${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ${number(t.rejected)} rejected by Iterable.`),
+        el(
+          "p",
+          {},
+          `${t.list_name}: ${number(t.source_rows)} rows read, ${number(t.added)} added (new on the list), ` +
+            `${number(t.updated)} updated, ${number(t.already_on_list)} already on the list when it was adopted, ` +
+            `${number(t.removed)} removed, ${number(t.unchanged)} unchanged, ${number(t.invalid)} invalid, ` +
+            `${number(t.rejected)} rejected by Iterable.`,
+        ),
       );
     }
     const issues = run.rejected_and_invalid || [];
     if (issues.length) {
       box.append(el("h3", {}, "Members that were not sent, and why"));
       box.append(
-        table(["Member", "Not sent because"], issues.map((i) => el("tr", {}, el("td", {}, i.member ?? "(empty)"), el("td", {}, i.reason || i.kind))), ""),
+        table(["Member", "Not sent because"], issues.map((i) => el("tr", {}, el("td", {}, memberText(i.member)), el("td", {}, i.reason || i.kind))), ""),
       );
     }
     return box;
@@ -666,7 +746,9 @@
         if (r.ok) {
           result.className = "ok";
           const n = Array.isArray(r.lists) ? r.lists.length : r.lists;
-          result.textContent = `Connected: Iterable accepted the key${n !== undefined ? ` (the project has ${number(n)} lists)` : ""}.`;
+          result.textContent =
+            `Connected: Iterable let this key read the project's lists${n !== undefined ? ` (${number(n)} of them)` : ""}. ` +
+            "Whether it may also write them shows at the first run: a read-only key is refused there, saying so.";
         } else {
           result.className = "error";
           result.textContent = r.bad_key
@@ -700,6 +782,21 @@
     });
   }
 
+  // Where a connection's key comes from, as `connection show` says it: only a stored key is never shown again.
+  function keyWords(c) {
+    const end = c.api_key_last4 ? ` (ends in …${c.api_key_last4})` : "";
+    switch (c.api_key_source) {
+      case "stored":
+        return `stored encrypted${end}; never shown again`;
+      case "env":
+        return `read at each use from the service's ${c.api_key}`;
+      case "file":
+        return `read at each use from the ${c.api_key}`;
+      default:
+        return c.api_key || "–";
+    }
+  }
+
   async function connectionPage() {
     const path = `/connections/${encodeURIComponent(subject)}`;
     const who = { admins: "Administrators", contributors: "Administrators and contributors" };
@@ -713,7 +810,7 @@
           ["Base URL", c.base_url],
           ["Who can use it", who[c.usable_by] || c.usable_by],
           ["Export user", c.export_user || "– (none: scheduled runs wait for an administrator to become it)"],
-          ["Key", "stored; never shown again"],
+          ["Key", keyWords(c)],
           ["Key last checked", when(c.verified_at)],
           ["Data privacy terms", c.privacy_accepted_by ? `agreed by ${c.privacy_accepted_by}, ${when(c.privacy_accepted_at)}` : "–"],
         ];
