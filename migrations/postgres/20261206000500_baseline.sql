@@ -81,22 +81,23 @@ CREATE TABLE targets (
 CREATE UNIQUE INDEX targets_attached ON targets (export_id, segment_id) WHERE removed_at IS NULL;
 CREATE INDEX targets_by_export ON targets (export_id, position);
 
+-- Member keys compare bytewise, as on SQLite (and faster than a language's collation).
 CREATE TABLE members (
     target_id       BIGINT NOT NULL REFERENCES targets (id) ON DELETE CASCADE,
-    email           TEXT NOT NULL,
+    email           TEXT COLLATE "C" NOT NULL,
     fields_hash     BIGINT NOT NULL,
     state           TEXT NOT NULL CHECK (state IN ('subscribed', 'rejected')),
     ours            BOOLEAN NOT NULL DEFAULT TRUE,
     rejected_at     BIGINT,
     retry_rejected  BOOLEAN NOT NULL DEFAULT TRUE,
-    paired_email    TEXT,
+    paired_email    TEXT COLLATE "C",
     PRIMARY KEY (target_id, email)
 );
 CREATE INDEX members_rejected ON members (target_id, rejected_at) WHERE state = 'rejected';
 
 CREATE TABLE preexisting_members (
     target_id  BIGINT NOT NULL REFERENCES targets (id) ON DELETE CASCADE,
-    email      TEXT NOT NULL,
+    email      TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (target_id, email)
 );
 

@@ -398,7 +398,14 @@ pub(crate) mod test_support {
                 .expect("TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); .ci/run sets it");
             let name = format!("se_test_{:016x}", rand::random::<u64>());
             let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+            // A language's collation, as most servers have by default (this machine's is C): where a comparison of
+            // keys would mix collations, the tests find out.
+            let icu = format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            );
+            if sqlx::query(&icu).execute(&mut admin).await.is_err() {
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+            }
             let mut url = url::Url::parse(&server).unwrap();
             url.set_path(&name);
             let dir = tempfile::tempdir().unwrap();
