@@ -316,27 +316,32 @@ pub async fn remove_export(
     let export = store.export(name).await?;
     let facts = ExportFacts::load(store, &export).await?;
     change_export(caller.actor, &facts).check(&format!("export '{name}'"))?;
-    let _lock = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await?;
-    let emptied = if empty_lists {
-        let engine = crate::sync::Engine::new(store.clone(), config.clone());
-        let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
-        crate::sync::empty::empty_lists(&engine, store, config.iterable.batch_size, &export, &targets).await.map_err(
-            |e| {
-                OpError::Failed(format!(
-                    "export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same \
-                     removal asked again finishes the job"
-                ))
-            },
-        )?
-    } else {
-        vec![]
-    };
-    // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
-    store.interrupt_orphaned_runs(export.id).await?;
-    store.remove_export(name).await?;
-    let detail = empty_lists.then(|| "lists emptied".to_string());
-    audit(store, config, caller.actor, caller.origin, "export.remove", Some(name), detail).await?;
-    Ok(emptied)
+    let guard = lock_for_change(store, config, &export, cancel_run, CANCEL_WAIT).await?;
+    let removed = async {
+        let emptied = if empty_lists {
+            let engine = crate::sync::Engine::new(store.clone(), config.clone());
+            let targets: Vec<&crate::store::Target> = export.targets.iter().collect();
+            crate::sync::empty::empty_lists(&engine, store, config.iterable.batch_size, &export, &targets)
+                .await
+                .map_err(|e| {
+                    OpError::Failed(format!(
+                        "export '{name}' not removed: {e}. The members unsubscribed so far are forgotten, so the same \
+                         removal asked again finishes the job"
+                    ))
+                })?
+        } else {
+            vec![]
+        };
+        // A run a dead process left `running` would stay so for good: no later run of this export sweeps it.
+        store.interrupt_orphaned_runs(export.id).await?;
+        store.remove_export(name).await?;
+        let detail = empty_lists.then(|| "lists emptied".to_string());
+        audit(store, config, caller.actor, caller.origin, "export.remove", Some(name), detail).await?;
+        Ok(emptied)
+    }
+    .await;
+    guard.release(true).await;
+    removed
 }
 
 /// A new connection, as the CLI's flags or the API's JSON give it.
@@ -495,7 +500,11 @@ pub async fn remove_connection(
             locks.push(lock);
         }
     }
-    let affected = store.remove_connection(name, detach_exports, remove_exports).await?;
+    let affected = store.remove_connection(name, detach_exports, remove_exports).await;
+    for lock in locks {
+        lock.release(true).await;
+    }
+    let affected = affected?;
     let detail = match (affected.is_empty(), remove_exports) {
         (true, _) => None,
         (false, true) => Some("exports removed".to_string()),

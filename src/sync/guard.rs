@@ -37,6 +37,8 @@ struct Lease {
     fence: Fence,
     state: Arc<LeaseState>,
     renewer: tokio::task::JoinHandle<()>,
+    /// Let go already (`release`).
+    released: bool,
 }
 
 /// What the renewer and the gate share.
@@ -101,7 +103,13 @@ impl RunGuard {
                     tokio::spawn(renew_until_lost(store.clone(), grant.fence.clone(), state.clone(), renew, ttl));
                 Ok(RunGuard {
                     export_id,
-                    hold: Hold::Lease(Lease { store: store.clone(), fence: grant.fence, state, renewer }),
+                    hold: Hold::Lease(Lease {
+                        store: store.clone(),
+                        fence: grant.fence,
+                        state,
+                        renewer,
+                        released: false,
+                    }),
                 })
             }
         }
@@ -168,7 +176,8 @@ impl RunGuard {
 
     /// Lets the export go. `clean`: no request of the run is in flight, so the next holder may send at once.
     pub async fn release(self, clean: bool) {
-        if let Hold::Lease(l) = self.hold {
+        if let Hold::Lease(mut l) = self.hold {
+            l.released = true;
             l.renewer.abort();
             if !l.state.lost.is_cancelled() {
                 if let Err(e) = l.store.release_lease(&l.fence, clean).await {
@@ -182,8 +191,21 @@ impl RunGuard {
 }
 
 impl Drop for Lease {
+    /// A guard dropped without `release` (its run task was stopped, an error left early) lets go as best it can:
+    /// as if lost, so the next holder still waits out a request of this one that may be in flight. When no runtime
+    /// is left to do it, the lease expires by itself.
     fn drop(&mut self) {
         self.renewer.abort();
+        if self.released || self.state.lost.is_cancelled() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, fence) = (self.store.clone(), self.fence.clone());
+            runtime.spawn(async move {
+                let _ = store.release_lease(&fence, false).await;
+                let _ = store.notify_queue().await;
+            });
+        }
     }
 }
 

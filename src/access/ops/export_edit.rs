@@ -202,16 +202,21 @@ pub async fn edit_export(
         e => fail(e.to_string()),
     };
     store.check_export_change(export.id, &change).await.map_err(refused)?;
-    let _lock = lock_for_change(store, config, &export, a.cancel_run, CANCEL_WAIT).await?;
-    let emptied = if a.empty_removed_lists {
-        let engine = Engine::new(store.clone(), config.clone());
-        empty_lists(&engine, store, config.iterable.batch_size, &export, &detach)
-            .await
-            .map_err(|e| fail(format!("{e}. The lists were partly emptied; run the same edit again to finish")))?
-    } else {
-        vec![]
-    };
-    let edited = store.edit_export(export.id, &change).await.map_err(refused)?;
-    crate::access::audit(store, config, caller.actor, caller.origin, "export.edit", Some(name), None).await?;
-    Ok((edited, emptied))
+    let guard = lock_for_change(store, config, &export, a.cancel_run, CANCEL_WAIT).await?;
+    let edited = async {
+        let emptied = if a.empty_removed_lists {
+            let engine = Engine::new(store.clone(), config.clone());
+            empty_lists(&engine, store, config.iterable.batch_size, &export, &detach)
+                .await
+                .map_err(|e| fail(format!("{e}. The lists were partly emptied; run the same edit again to finish")))?
+        } else {
+            vec![]
+        };
+        let edited = store.edit_export(export.id, &change).await.map_err(refused)?;
+        crate::access::audit(store, config, caller.actor, caller.origin, "export.edit", Some(name), None).await?;
+        Ok((edited, emptied))
+    }
+    .await;
+    guard.release(true).await;
+    edited
 }
