@@ -58,9 +58,11 @@ pub fn next_run(export: &crate::store::Export, daemon: &crate::config::DaemonCon
 /// The scheduled time a cron tick firing now belongs to: the expression's latest time at or before now (give or
 /// take a second of lateness), so that every process sharing a store names the same tick the same way.
 pub fn due_time(expr: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    use chrono::Timelike;
     let cron = parse_cron(expr).ok()?;
-    let now = Utc::now().with_timezone(&tz) + chrono::TimeDelta::seconds(1);
-    cron.find_previous_occurrence(&now, true).ok().map(|t| t.with_timezone(&Utc))
+    // Whole seconds: a cron's times are, and the clocks that fire the tick are not (croner keeps the fraction).
+    let now = (Utc::now() + chrono::TimeDelta::seconds(1)).with_nanosecond(0)?.with_timezone(&tz);
+    cron.find_previous_occurrence(&now, true).ok().and_then(|t| t.with_timezone(&Utc).with_nanosecond(0))
 }
 
 #[cfg(test)]
@@ -76,6 +78,15 @@ mod tests {
         let err = Schedule::parse("every day").unwrap_err();
         assert!(err.contains("six fields"), "{err}");
         assert!(Schedule::parse("61 * * * * *").is_err());
+    }
+
+    #[test]
+    fn a_tick_is_named_by_its_scheduled_second_whatever_the_fraction_of_the_clock_that_fired_it() {
+        use chrono::Timelike;
+        let due = due_time("*/5 * * * * *", chrono_tz::UTC).unwrap();
+        assert_eq!(due.nanosecond(), 0);
+        assert_eq!(due.second() % 5, 0);
+        assert!(Utc::now() - due < chrono::TimeDelta::seconds(6));
     }
 
     #[test]

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{ConnectOptions as _, Connection as _, Postgres, QueryBuilder};
@@ -163,8 +162,9 @@ pub struct PlanSession {
 
 enum PlanConn {
     Sqlite(SqliteConnection),
-    /// With the fence of the run whose plan it is: the session's own writes to `members` check it.
-    Postgres(PoolConnection<Postgres>, Option<Arc<Fence>>),
+    /// Taken out of the pool for good (its temporary tables go with it when it closes), with the fence of the run
+    /// whose plan it is: the session's own writes to `members` check it.
+    Postgres(PgConnection, Option<Arc<Fence>>),
 }
 
 impl PlanConn {
@@ -261,7 +261,7 @@ impl Store {
             Db::Sqlite(_) => {
                 PlanConn::Sqlite(Self::connect_options(&self.path).row_buffer_size(PLAN_ROW_BUFFER).connect().await?)
             }
-            Db::Postgres(pool, fence) => PlanConn::Postgres(pool.acquire().await?, fence.clone()),
+            Db::Postgres(pool, fence) => PlanConn::Postgres(pool.acquire().await?.detach(), fence.clone()),
         };
         let tables = match conn {
             PlanConn::Sqlite(_) => SQLITE_PLAN_TABLES,
@@ -981,6 +981,19 @@ mod tests {
         assert_eq!((plan.to_add, plan.to_update, plan.unchanged), (1, 2, 2), "{plan:?}");
         let kinds: Vec<AddKind> = s.adds(t, 0, 10).await.unwrap().into_iter().map(|a| a.kind).collect();
         assert_eq!(kinds, vec![AddKind::Update, AddKind::AlreadyOnList, AddKind::New]);
+    }
+    }
+
+    on_both! {
+    async fn plan_sessions_one_after_another_each_start_with_tables_of_their_own(store: Store) {
+        let t = target(&store).await;
+        // More sessions than the pool has connections: none may meet the tables of one before it.
+        for i in 0..14 {
+            let mut s = store.plan_session().await.unwrap();
+            assert_eq!(s.stage(t, &[row(&format!("m{i}@x.com"), 1)]).await.unwrap(), 1);
+            let plan = s.compute(t, &opts(false, true)).await.unwrap();
+            assert_eq!(plan.members, 1, "session {i} saw another's staged members");
+        }
     }
     }
 

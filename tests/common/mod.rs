@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod in_process;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -24,6 +25,8 @@ pub struct Env {
     pub sandbox: Sandbox,
     pub base_url: String,
     _server: std::thread::JoinHandle<()>,
+    /// The PostgreSQL database of an env whose store is there (`Env::on_postgres`), dropped with it.
+    pub pg: Option<pg::Database>,
 }
 
 impl Env {
@@ -38,6 +41,33 @@ impl Env {
 
     pub fn with_config(opts: SandboxOptions, extra_iterable: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let store = format!("[store]\npath = \"{}\"\n", dir.path().join("store.db").display());
+        Self::with_store(dir, None, &store, opts, extra_iterable)
+    }
+
+    /// An env whose store is a PostgreSQL database of its own (`TEST_POSTGRES_URL`), with a master key file every
+    /// process of the env reads, and leases short enough for takeovers within a test: renewed every second, lost
+    /// after six, with a two-second Iterable timeout. `extra` goes after `[iterable]`, as for `with_config`.
+    pub fn on_postgres(opts: SandboxOptions, extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = pg::Database::new();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, pg::random_hex_key()).unwrap();
+        let store = format!(
+            "[store]\nurl = \"{}\"\nmaster_key_file = \"{}\"\nlease_renew = \"1s\"\nlease_ttl = \"6s\"\nmax_connections = 6\n",
+            db.url,
+            key.display()
+        );
+        Self::with_store(dir, Some(db), &store, opts, &format!("timeout = \"2s\"\n{extra}"))
+    }
+
+    fn with_store(
+        dir: tempfile::TempDir,
+        pg: Option<pg::Database>,
+        store: &str,
+        opts: SandboxOptions,
+        extra_iterable: &str,
+    ) -> Env {
         let sandbox = Sandbox::new(opts);
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = sandbox.clone();
@@ -50,13 +80,55 @@ impl Env {
             });
         });
         let base_url = rx.recv_timeout(Duration::from_secs(10)).expect("sandbox started");
-        let config = format!(
-            "[store]\npath = \"{}\"\n\n[iterable]\nbatch_size = 50\nconcurrency = 3\nrequests_per_second = 500.0\n\
-             retry_min_delay = \"20ms\"\nretry_max_delay = \"500ms\"\nretry_max_attempts = 12\n{extra_iterable}\n",
-            dir.path().join("store.db").display()
-        );
+        // Small batches so tests exercise batching; a key `extra_iterable` sets itself wins.
+        let defaults = [
+            "batch_size = 50",
+            "concurrency = 3",
+            "requests_per_second = 500.0",
+            "retry_min_delay = \"20ms\"",
+            "retry_max_delay = \"500ms\"",
+            "retry_max_attempts = 12",
+        ];
+        let mut iterable = String::new();
+        for line in defaults {
+            let key = line.split(' ').next().unwrap();
+            if !extra_iterable.lines().any(|l| l.trim_start().starts_with(&format!("{key} "))) {
+                iterable.push_str(line);
+                iterable.push('\n');
+            }
+        }
+        let config = format!("{store}\n[iterable]\n{iterable}{extra_iterable}\n");
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        Env { dir, sandbox, base_url, _server: server }
+        Env { dir, sandbox, base_url, _server: server, pg }
+    }
+
+    /// The first column of the first row of `sql` on this env's PostgreSQL store, as a number.
+    pub fn pg_i64(&self, sql: &str) -> i64 {
+        let url = &self.pg.as_ref().expect("a PostgreSQL env").url;
+        block_on(async {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// The first column of the first row of `sql` on this env's PostgreSQL store, as text.
+    pub fn pg_text(&self, sql: &str) -> String {
+        let url = &self.pg.as_ref().expect("a PostgreSQL env").url;
+        block_on(async {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// Runs statements on this env's PostgreSQL store directly.
+    pub fn pg_sql(&self, statements: &[&str]) {
+        let url = &self.pg.as_ref().expect("a PostgreSQL env").url;
+        block_on(async {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+            for statement in statements {
+                sqlx::query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+            }
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
