@@ -126,6 +126,8 @@ async fn copy(ctx: &Ctx, args: CopyArgs) -> anyhow::Result<u8> {
     }
     let report = source.copy_into(&target).await?;
     drop(runs);
+    // Recorded in the new store (the source stays as it was).
+    ctx.audit(&target, "store.copy", &ctx.config.store.describe(), None).await?;
     let rows: i64 = report.tables.values().sum();
     if ctx.out.json {
         ctx.out.json(&json!({

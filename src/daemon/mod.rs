@@ -148,6 +148,8 @@ pub struct Daemon {
     waits_for_another_process: bool,
     fingerprint: Option<String>,
     stopping: Option<Instant>,
+    /// How long to wait before resuming an export's run the store cut short, doubling while it keeps happening.
+    resume_backoff: HashMap<i64, Duration>,
 }
 
 /// Asks a running daemon to do things, from outside its loop (SIGHUP, tests).
@@ -280,6 +282,7 @@ impl Daemon {
             waits_for_another_process: false,
             fingerprint: None,
             stopping: None,
+            resume_backoff: HashMap::new(),
         })
     }
 
@@ -653,11 +656,16 @@ impl Daemon {
         let export = run.export.clone();
         match &outcome {
             Outcome::Ran(report) => {
+                if report.succeeded() {
+                    self.resume_backoff.remove(&export_id);
+                }
                 // Stopping on a shared store: the run let its lease go with what it sent recorded, and another
-                // daemon continues it now rather than at the next schedule.
-                if self.stopping.is_some()
-                    && report.status == RunStatus::Interrupted
+                // daemon continues it now rather than at the next schedule. A run the store cut short is resumed
+                // once it answers, after a pause that grows while it keeps failing.
+                let stopping = self.stopping.is_some();
+                if report.status == RunStatus::Interrupted
                     && self.store.kind() == crate::store::Kind::Postgres
+                    && (stopping || report.store_unreachable)
                 {
                     let ask = Ask {
                         export_id,
@@ -666,11 +674,26 @@ impl Daemon {
                         full: false,
                         allow_mass_removal: false,
                     };
-                    match self.queue.ask(&ask).await {
-                        Ok(_) => tracing::info!(export = %export, "Stopping: another daemon continues this run."),
-                        Err(e) => {
-                            tracing::warn!(export = %export, error = %e, "Cannot hand the run over; the next run resumes it.")
+                    if stopping {
+                        // Now, before this process exits.
+                        match self.queue.ask(&ask).await {
+                            Ok(_) => tracing::info!(export = %export, "Stopping: another daemon continues this run."),
+                            Err(e) => {
+                                tracing::warn!(export = %export, error = %e, "Cannot hand the run over; the next run resumes it, or another daemon once its lease lapses.")
+                            }
                         }
+                    } else {
+                        let (delay, queue, name) =
+                            (self.next_resume_delay(export_id), self.queue.clone(), export.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            match queue.ask(&ask).await {
+                                Ok(_) => tracing::info!(export = %name, "Resuming the run the store cut short."),
+                                Err(e) => {
+                                    tracing::warn!(export = %name, error = %e, "Cannot ask for the run to be resumed yet; the next run resumes it, or another daemon once its lease lapses.")
+                                }
+                            }
+                        });
                     }
                 }
             }
@@ -706,6 +729,16 @@ impl Daemon {
             _ => self.shared.metrics.run_finished(&export, None),
         }
         self.dispatch().await;
+    }
+
+    /// The pause before resuming export `export_id`'s run once more: 1 s, then twice the last, at most a minute.
+    fn next_resume_delay(&mut self, export_id: i64) -> Duration {
+        let delay = self
+            .resume_backoff
+            .get(&export_id)
+            .map_or(Duration::from_secs(1), |d| (*d * 2).min(Duration::from_secs(60)));
+        self.resume_backoff.insert(export_id, delay);
+        delay
     }
 
     /// Records the end of a run whose task could not (it panicked or was stopped), when its row exists.

@@ -70,7 +70,11 @@ impl Store {
         ttl: Duration,
         settle_after: Duration,
     ) -> Result<Option<LeaseGrant>> {
-        let row = sql(
+        // Never wait on the lease row: a holder's write holds it for milliseconds, and a frozen holder's until the
+        // server ends its idle transaction; either way the export counts as busy now, and is asked again shortly.
+        let mut tx = self.db.begin_unfenced().await?;
+        sql("SET LOCAL lock_timeout = '300ms'").execute(&mut tx).await?;
+        let taken = sql(
             "INSERT INTO run_leases (export_id, holder, fence, expires_at, renewed_at) \
              VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3), clock_timestamp()) \
              ON CONFLICT (export_id) DO UPDATE SET holder = EXCLUDED.holder, fence = run_leases.fence + 1, \
@@ -85,8 +89,15 @@ impl Store {
         .bind(holder)
         .bind(secs(ttl))
         .bind(secs(settle_after))
-        .fetch_optional(&self.db)
-        .await?;
+        .fetch_optional(&mut tx)
+        .await;
+        let row = match taken {
+            Ok(row) => row,
+            // 55P03: lock_not_available.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
         let Some(row) = row else { return Ok(None) };
         let settle: f64 = row.try_get("settle")?;
         Ok(Some(LeaseGrant {
@@ -247,23 +258,70 @@ impl Store {
     }
 }
 
-/// The lock of one connection's lists across every daemon (PostgreSQL): a transaction-level advisory lock, held
-/// until this is dropped (the transaction then rolls back, and a process that dies lets go with its connection).
+/// The lock of one connection's lists across every daemon (PostgreSQL): a session advisory lock on a connection of
+/// its own, touched every few seconds while held. A process that dies lets go with its connection; one that
+/// freezes stops touching it, and the server ends the idle session (`idle_session_timeout`), letting go too.
 pub struct ListsLock {
-    _tx: super::db::Tx,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for ListsLock {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Advisory lock keys of connections' lists: this prefix in the high 32 bits, the connection id in the low.
 const LISTS_LOCK_SPACE: i64 = 0x4c49_5354 << 32; // "LIST"
 
+/// How often a held lists lock is touched, and how long the server waits for a touch before ending the session.
+const LISTS_LOCK_TOUCH: Duration = Duration::from_secs(2);
+const LISTS_LOCK_IDLE: Duration = Duration::from_secs(15);
+
 impl Store {
-    /// Tries once to take the lock of connection `connection_id`'s lists (PostgreSQL); None while another holds
-    /// it.
-    pub async fn try_lock_lists(&self, connection_id: i64) -> Result<Option<ListsLock>> {
-        let mut tx = self.db.begin_unfenced().await?;
+    /// Waits until this process holds the lock of connection `connection_id`'s lists (PostgreSQL), trying every
+    /// `retry`; None when `cancel` ends the wait first.
+    pub async fn lock_lists(
+        &self,
+        connection_id: i64,
+        retry: Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<ListsLock>> {
+        let Some(pool) = self.db.postgres() else { return Ok(None) };
+        let mut conn = pool.acquire().await?.detach();
+        // Not every server has it (PostgreSQL 14 and later do); without it a frozen holder keeps the lock longer.
+        let idle = format!("SET idle_session_timeout = {}", LISTS_LOCK_IDLE.as_millis());
+        let _ = sqlx::query(&idle).execute(&mut conn).await;
         let key = LISTS_LOCK_SPACE | (connection_id & 0xffff_ffff);
-        let got: bool = sql("SELECT pg_try_advisory_xact_lock($1)").bind(key).scalar(&mut tx).await?;
-        Ok(got.then_some(ListsLock { _tx: tx }))
+        loop {
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
+            if got {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = cancel.cancelled() => return Ok(None),
+            }
+        }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LISTS_LOCK_TOUCH) => {
+                        if sqlx::query("SELECT 1").execute(&mut conn).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut conn).await;
+            let _ = sqlx::Connection::close(conn).await;
+        });
+        Ok(Some(ListsLock { stop: Some(stop) }))
     }
 }
 

@@ -105,6 +105,22 @@ impl StoreError {
         }
     }
 
+    /// Whether this is the store being out of reach for a while (a server restarting, a connection cut), not a
+    /// problem of the data or the query: what a run wrote before stands, and it may go on once the store answers.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Sql(e) = self else { return false };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                true
+            }
+            sqlx::Error::Protocol(m) => m != db::FENCED,
+            // Connection exceptions (08...) and operator interventions (57P01 admin shutdown, 57P02 crash
+            // shutdown, 57P03 cannot connect now).
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+
     /// A stored enum value that is not one of the known ones.
     pub(crate) fn unknown_value(table: &'static str, column: &'static str, value: &str) -> Self {
         StoreError::UnknownValue { table, column, value: value.to_string() }
@@ -341,8 +357,11 @@ fn make_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The time the store records, to the microsecond: what PostgreSQL keeps, so a time reads back the same from
+/// either engine (and after `store copy`).
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
 }
 
 #[cfg(all(test, unix))]

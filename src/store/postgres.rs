@@ -72,20 +72,34 @@ pub(crate) fn connect_options(config: &StoreConfig, url: &str) -> Result<PgConne
     }
     // Statements that quote a value (a member's email in a failed insert) are logged by sqlx at debug only.
     Ok(options
-        .application_name("segment-exporter")
+        .application_name(&format!("segment-exporter {}", std::process::id()))
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
 
-/// A pool on the store: sessions use UTC, and broken connections (a restarted server, a terminated backend) are
-/// found before use and replaced.
+/// How long a session of ours may sit inside a transaction doing nothing before the server ends it: our
+/// transactions take milliseconds, so only a frozen process (a long pause, SIGSTOP) sits there, and the row locks
+/// it holds (a run's fence) would keep the daemon taking its run over waiting. A third of the lease's life.
+pub(crate) fn idle_in_transaction_limit(config: &StoreConfig) -> Duration {
+    (config.lease_ttl / 3).clamp(Duration::from_secs(2), Duration::from_secs(20))
+}
+
+/// A pool on the store: sessions use UTC and end a transaction left idle (`idle_in_transaction_limit`), and
+/// broken connections (a restarted server, a terminated backend) are found before use and replaced.
 pub(crate) async fn pool(config: &StoreConfig, url: &str) -> Result<PgPool> {
     let options = connect_options(config, url)?;
+    let idle_ms = idle_in_transaction_limit(config).as_millis();
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire(true)
-        .after_connect(|conn, _| Box::pin(async move { conn.execute("SET TIME ZONE 'UTC'").await.map(|_| ()) }))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute("SET TIME ZONE 'UTC'").await?;
+                conn.execute(format!("SET idle_in_transaction_session_timeout = {idle_ms}").as_str()).await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| StoreError::PostgresOpen { url: redacted_url(url), source })

@@ -67,6 +67,9 @@ pub struct RunReport {
     /// What the user should know that is neither the error nor about one member (fields Iterable dropped).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The run stopped because the store was out of reach for a moment: it is to be resumed once it answers.
+    #[serde(skip)]
+    pub store_unreachable: bool,
 }
 
 impl RunReport {
@@ -246,6 +249,7 @@ impl Engine {
             lists,
             resumed_runs: vec![],
             warnings: vec![],
+            store_unreachable: false,
         })
     }
 
@@ -294,6 +298,7 @@ impl Engine {
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
         let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
+        let store_unreachable = matches!(&outcome, Err(SyncError::Store(e)) if e.is_transient());
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
             Err(e) => {
@@ -301,6 +306,9 @@ impl Engine {
                     SyncError::Interrupted => RunStatus::Interrupted,
                     SyncError::Cancelled => RunStatus::Cancelled,
                     SyncError::MassRemoval { .. } => RunStatus::Refused,
+                    // The store was out of reach for a moment (a restarted server, a cut connection): what was
+                    // recorded stands, and the next run resumes from there.
+                    SyncError::Store(e) if e.is_transient() => RunStatus::Interrupted,
                     _ => RunStatus::Failed,
                 };
                 (status, Some(e.to_string()))
@@ -336,6 +344,7 @@ impl Engine {
             lists,
             resumed_runs,
             warnings,
+            store_unreachable,
         };
         let sum = |count: fn(&ListReport) -> u64| report.lists.iter().map(count).sum::<u64>();
         let (added, updated, already_on_list) = (sum(|l| l.added), sum(|l| l.updated), sum(|l| l.already_on_list));

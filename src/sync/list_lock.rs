@@ -55,14 +55,9 @@ impl ListLock {
         if store.kind() == crate::store::Kind::Sqlite {
             return Self::acquire(dir, connection_id, cancel).await;
         }
-        loop {
-            if let Some(held) = store.try_lock_lists(connection_id).await? {
-                return Ok(ListLock { _held: Held::Store(held) });
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(RETRY_EVERY) => {}
-                _ = cancel.cancelled() => return Err(ListLockError::Cancelled),
-            }
+        match store.lock_lists(connection_id, RETRY_EVERY, cancel).await? {
+            Some(held) => Ok(ListLock { _held: Held::Store(held) }),
+            None => Err(ListLockError::Cancelled),
         }
     }
 
