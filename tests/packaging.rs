@@ -330,3 +330,24 @@ fn the_readme_docker_steps_run_in_order_against_the_images_configuration() {
     }
     assert!(root.join("data/triggers/marketing").exists(), "the trigger is where the daemon looks");
 }
+
+#[test]
+fn the_compose_example_gives_each_replica_one_shared_store_its_secrets_from_files_and_time_to_hand_its_runs_over() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/compose");
+    let (config, _) = segment_exporter::config::Config::load(Some(&dir.join("segment-exporter.toml")))
+        .expect("the replicas' configuration is valid");
+    let url = config.store.url.clone().expect("a PostgreSQL store");
+    assert!(url::Url::parse(&url).unwrap().password().is_none(), "no password in the URL: {url}");
+    assert!(config.store.password_file.is_some() && config.store.master_key_file.is_some());
+    let compose = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    for path in ["./segment-exporter.toml", "./nginx.conf", "./segments"] {
+        assert!(compose.contains(path) && dir.join(path).exists(), "{path}");
+    }
+    // Docker's stop waits longer than the daemon's grace, so a stopping replica hands its runs over cleanly.
+    let grace = config.daemon.shutdown_grace.as_secs();
+    let stop: u64 = compose.split("stop_grace_period: ").nth(1).unwrap().split('s').next().unwrap().parse().unwrap();
+    assert!(stop > grace, "stop_grace_period {stop}s <= shutdown_grace {grace}s");
+    let nginx = std::fs::read_to_string(dir.join("nginx.conf")).unwrap();
+    assert!(nginx.contains("replica-a:9185") && nginx.contains("replica-b:9185"));
+    assert!(nginx.contains("X-Forwarded-Host"), "the proxy forwards the host the browser addressed");
+}

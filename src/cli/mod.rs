@@ -299,13 +299,26 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
         }
     }
     problems.extend(sources_check(&ctx.config, &store).await?);
+    let shared = (store.kind() == crate::store::Kind::Postgres).then(|| {
+        let s = &ctx.config.store;
+        format!(
+            "Shared store: leases renewed every {}, lost after {}; a run whose daemon is lost is taken over then, plus \
+             iterable.timeout ({}).",
+            humantime::format_duration(s.lease_renew),
+            humantime::format_duration(s.lease_ttl),
+            humantime::format_duration(ctx.config.iterable.timeout)
+        )
+    });
     let source = ctx.config_path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if ctx.out.json {
         ctx.out
             .json(&serde_json::json!({ "config": source, "valid": true, "listener": listener, "warnings": problems }));
     } else {
-        println!("Configuration OK ({source}); store {}.", ctx.config.store.path.display());
+        println!("Configuration OK ({source}); store: {}.", ctx.config.store.describe());
         println!("Listener: {listener}.");
+        if let Some(shared) = shared {
+            println!("{shared}");
+        }
         for p in &problems {
             println!("warning: {p}");
         }
