@@ -62,6 +62,23 @@ pub struct IterableClient {
     /// Cuts every wait short (pace, retry backoff, list creation): a stopped run must not sit out a backoff.
     cancel: CancellationToken,
     gate: Option<Arc<dyn SendGate>>,
+    list_reads: Arc<ListReadLimits>,
+}
+
+/// Iterable's limits of the calls that read a list whole: `getUsers` and a list's size, 5 a minute each per
+/// project. Shared by every client of one connection (`IterableClient::with_list_read_limits`), so the exports
+/// of a project take turns instead of drawing 429s.
+#[derive(Debug)]
+pub struct ListReadLimits {
+    get_users: governor::DefaultDirectRateLimiter,
+    size: governor::DefaultDirectRateLimiter,
+}
+
+impl Default for ListReadLimits {
+    fn default() -> Self {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(5).expect("5 is not zero"));
+        ListReadLimits { get_users: governor::RateLimiter::direct(quota), size: governor::RateLimiter::direct(quota) }
+    }
 }
 
 impl std::fmt::Debug for IterableClient {
@@ -110,7 +127,27 @@ impl IterableClient {
             observer: None,
             cancel: CancellationToken::new(),
             gate: None,
+            list_reads: Default::default(),
         })
+    }
+
+    /// Reads of whole lists (`getUsers`, sizes) wait their turn under `limits`, shared by the project's clients.
+    pub fn with_list_read_limits(mut self, limits: Arc<ListReadLimits>) -> Self {
+        self.list_reads = limits;
+        self
+    }
+
+    /// Waits for a turn of `limiter`, or fails when the call is stopped meanwhile.
+    async fn wait_turn(
+        &self,
+        limiter: &governor::DefaultDirectRateLimiter,
+        endpoint: &str,
+    ) -> Result<(), IterableError> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(IterableError::Cancelled { endpoint: endpoint.to_string() }),
+            _ = limiter.until_ready() => Ok(()),
+        }
     }
 
     /// Every request first passes `gate`.
@@ -186,6 +223,7 @@ impl IterableClient {
     /// `GET /api/lists/{id}/size` (Iterable allows 5 a minute per project).
     pub async fn list_size(&self, list_id: i64) -> Result<u64, IterableError> {
         let path = format!("/api/lists/{list_id}/size");
+        self.wait_turn(&self.list_reads.size, "/api/lists/{id}/size").await?;
         self.call(Method::GET, &path, Body::None, |text| {
             text.trim().trim_matches('"').parse().map_err(|_| "a size that is not a number".to_string())
         })
@@ -230,19 +268,67 @@ impl IterableClient {
         .await
     }
 
-    /// `GET /api/lists/getUsers?listId=`: one line per member, trimmed, as Iterable names them: emails, or with
+    /// `GET /api/lists/getUsers?listId=`, read as it arrives (see `ListUsersReader`): emails, or with
     /// `prefer_user_id` (`preferUserId=true`) user ids where users have one (Iterable allows 5 a minute per
-    /// project; a 429 is retried after the reset it names).
-    pub async fn list_users(&self, list_id: i64, prefer_user_id: bool) -> Result<Vec<String>, IterableError> {
+    /// project; a 429 is retried after the reset it names). The answer's head is waited for with the client's
+    /// retries; its body is judged by `idle`, the longest wait for its next bytes, since a list of millions takes
+    /// longer than any total timeout.
+    pub async fn list_users(
+        &self,
+        list_id: i64,
+        prefer_user_id: bool,
+        idle: Duration,
+    ) -> Result<ListUsersReader, IterableError> {
         let path = if prefer_user_id {
             format!("/api/lists/getUsers?listId={list_id}&preferUserId=true")
         } else {
             format!("/api/lists/getUsers?listId={list_id}")
         };
-        self.call(Method::GET, &path, Body::None, |text| {
-            Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+        let endpoint = "/api/lists/getUsers".to_string();
+        self.wait_turn(&self.list_reads.get_users, &endpoint).await?;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let max_delay = self.retry.max_delay;
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let cancel = self.cancel.clone();
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt_response(&Method::GET, &path, &Body::None, Some(idle)).await
         })
-        .await
+        .retry(backoff)
+        .sleep(move |delay| {
+            let cancel = cancel.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+        })
+        .when(|e| e.is_retryable() && !self.cancel.is_cancelled())
+        .adjust(|e, planned| planned.map(|d| e.retry_after().map_or(d, |after| after.min(max_delay))))
+        .notify(|e, delay| {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if let AttemptError::Retry { reason, .. } = e {
+                tracing::warn!(endpoint = %endpoint, delay_ms = delay.as_millis() as u64, "Retrying Iterable call: {reason}.");
+            }
+        })
+        .await;
+        let response = result.map_err(|e| match e {
+            AttemptError::Final(e) => e,
+            AttemptError::Retry { .. } if self.cancel.is_cancelled() => {
+                IterableError::Cancelled { endpoint: endpoint.clone() }
+            }
+            AttemptError::Retry { reason, .. } => IterableError::GaveUp {
+                endpoint: endpoint.clone(),
+                attempts: attempts.load(Ordering::Relaxed),
+                last: reason,
+            },
+        })?;
+        Ok(ListUsersReader { response, pending: Vec::new(), idle, cancel: self.cancel.clone(), ended: false, bytes: 0 })
     }
 
     /// One call with pacing and retries; `accept` reads the body of a 2xx answer, and an answer it refuses (with
@@ -311,6 +397,25 @@ impl IterableClient {
 
     async fn attempt(&self, method: &Method, path: &str, body: &Body) -> Result<String, AttemptError> {
         let endpoint = path.split('?').next().unwrap_or(path);
+        let response = self.attempt_response(method, path, body, None).await?;
+        response.text().await.map_err(|e| {
+            if let Some(o) = &self.observer {
+                o.observe(&endpoint_label(endpoint), None, Duration::ZERO);
+            }
+            classify_transport(&e)
+        })
+    }
+
+    /// One attempt, up to the head of a 2xx answer: its body is the caller's to read. `idle` (for answers read as
+    /// they arrive) replaces the client's total timeout by a wait for the answer's head of at most that long.
+    async fn attempt_response(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &Body,
+        idle: Option<Duration>,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let endpoint = path.split('?').next().unwrap_or(path);
         // A stopped run neither waits for its turn nor starts another attempt.
         // `biased`: when the pace allows a request and the run is stopped at the same moment, the stop wins (an
         // unbiased select picks at random, and a stopped run sent one more request after its backoff was cut).
@@ -339,22 +444,39 @@ impl IterableClient {
                 o.observe(&endpoint_label(endpoint), status, started.elapsed());
             }
         };
-        let response = request.send().await.map_err(|e| {
+        let sent = match idle {
+            // A long answer read as it arrives is judged by its idle time (see `ListUsersReader`), not in total.
+            Some(idle) => match tokio::time::timeout(idle, request.timeout(LONG_READ).send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    observe(None);
+                    return Err(AttemptError::Retry {
+                        reason: format!("no answer within {}", humantime::format_duration(idle)),
+                        after: None,
+                        rate_limited: false,
+                    });
+                }
+            },
+            None => request.send().await,
+        };
+        let response = sent.map_err(|e| {
             observe(None);
             classify_transport(&e)
         })?;
         let status = response.status().as_u16();
         let retry_after = parse_retry_after(response.headers().get(RETRY_AFTER));
+        if (200..300).contains(&status) {
+            observe(Some(status));
+            tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
+            self.pacer.succeeded(ticket);
+            return Ok(response);
+        }
         let text = response.text().await.map_err(|e| {
             observe(None);
             classify_transport(&e)
         })?;
         observe(Some(status));
         tracing::debug!(endpoint, status, elapsed_ms = started.elapsed().as_millis() as u64, "Iterable answered.");
-        if (200..300).contains(&status) {
-            self.pacer.succeeded(ticket);
-            return Ok(text);
-        }
         let error = classify_status(endpoint, *method != Method::GET, status, retry_after, &text);
         if let AttemptError::Retry { rate_limited: true, .. } = error {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -362,6 +484,115 @@ impl IterableClient {
         }
         Err(error)
     }
+}
+
+/// The total time allowed for an answer read as it arrives: in effect none, since `ListUsersReader` judges it by
+/// its idle time.
+const LONG_READ: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest line `ListUsersReader` accepts: an email is at most 254 characters, a user id 52.
+const MAX_LINE_BYTES: usize = 4096;
+
+/// The members of a list as `getUsers` answers them, one per line, read as they arrive: memory holds one chunk
+/// of the answer and the lines asked for, never the list. A read that waits longer than `idle` for the next bytes
+/// fails; the caller decides whether what it read was the whole list (Iterable does not say).
+pub struct ListUsersReader {
+    response: reqwest::Response,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+    idle: Duration,
+    cancel: CancellationToken,
+    ended: bool,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for ListUsersReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListUsersReader").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
+}
+
+impl ListUsersReader {
+    /// Up to `max` more members (lines trimmed, empty ones skipped), or None once the answer has ended.
+    pub async fn next_lines(&mut self, max: usize) -> Result<Option<Vec<String>>, IterableError> {
+        let endpoint = || "/api/lists/getUsers".to_string();
+        let mut out = Vec::new();
+        loop {
+            while out.len() < max {
+                let Some(end) = self.pending.iter().position(|&b| b == b'\n') else { break };
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                push_line(&mut out, &line[..end])?;
+            }
+            if out.len() >= max {
+                return Ok(Some(out));
+            }
+            if self.ended {
+                if !self.pending.is_empty() {
+                    let line = std::mem::take(&mut self.pending);
+                    push_line(&mut out, &line)?;
+                }
+                return Ok((!out.is_empty()).then_some(out));
+            }
+            let chunk = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Err(IterableError::Cancelled { endpoint: endpoint() }),
+                chunk = tokio::time::timeout(self.idle, self.response.chunk()) => chunk,
+            };
+            match chunk {
+                Err(_) => {
+                    return Err(IterableError::GaveUp {
+                        endpoint: endpoint(),
+                        attempts: 1,
+                        last: format!(
+                            "the answer stopped for longer than {} after {} bytes",
+                            humantime::format_duration(self.idle),
+                            self.bytes
+                        ),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(IterableError::GaveUp {
+                        endpoint: endpoint(),
+                        attempts: 1,
+                        last: format!("the answer broke off after {} bytes: {}", self.bytes, without_url_text(&e)),
+                    })
+                }
+                Ok(Ok(None)) => self.ended = true,
+                Ok(Ok(Some(bytes))) => {
+                    self.bytes += bytes.len() as u64;
+                    self.pending.extend_from_slice(&bytes);
+                    if self.pending.len() > MAX_LINE_BYTES && !self.pending.contains(&b'\n') {
+                        return Err(IterableError::Decode {
+                            endpoint: endpoint(),
+                            cause: format!("a line longer than {MAX_LINE_BYTES} bytes, which names no member"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_line(out: &mut Vec<String>, line: &[u8]) -> Result<(), IterableError> {
+    let text = std::str::from_utf8(line).map_err(|_| IterableError::Decode {
+        endpoint: "/api/lists/getUsers".into(),
+        cause: "a line that is not UTF-8".into(),
+    })?;
+    let text = text.trim();
+    if !text.is_empty() {
+        out.push(text.to_string());
+    }
+    Ok(())
+}
+
+fn without_url_text(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
 }
 
 /// Reads a JSON answer; a body that is not the expected shape (truncated, say) is retried like a 5xx.

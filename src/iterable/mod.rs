@@ -13,7 +13,9 @@ mod error;
 mod pacer;
 mod types;
 
-pub use client::{ClientStats, IterableClient, RequestObserver, RetrySettings, SendGate};
+pub use client::{
+    ClientStats, IterableClient, ListReadLimits, ListUsersReader, RequestObserver, RetrySettings, SendGate,
+};
 pub use error::IterableError;
 pub use pacer::{Pacer, Ticket};
 pub use types::{

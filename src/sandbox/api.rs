@@ -200,6 +200,14 @@ impl Sandbox {
             self.inner.stats.lock().bad_answers += 1;
             return Outcome::answered(Json(UserBulkUpdateListResponse::default()));
         }
+        if bad_answer == BadAnswer::SilentDrop {
+            if let Some(sent) = subscribers_in(&body) {
+                self.inner.stats.lock().bad_answers += 1;
+                let outcome = UserBulkUpdateListResponse { success_count: sent, ..Default::default() };
+                debug!(endpoint = endpoint.label(), sent, "Sandbox acknowledged a change and dropped it.");
+                return Outcome::answered(Json(outcome));
+            }
+        }
         let path_param = Path::<String>::from_request_parts(parts, &()).await.ok().map(|Path(param)| param);
         let response =
             self.handle(endpoint, &parts.uri, path_param.as_deref(), &body).unwrap_or_else(IntoResponse::into_response);
@@ -299,7 +307,9 @@ impl Sandbox {
         }
         drop(rejected);
         let existing_only = request.update_existing_users_only == Some(true);
+        let delay = self.inner.faults.lock().get_users_delay();
         let mut project = self.inner.project.lock();
+        project.change_delay = delay;
         project.admit(&mut updates, existing_only, &mut outcome);
         project.check_field_types(&updates).map_err(types_mismatched)?;
         project
@@ -329,9 +339,10 @@ impl Sandbox {
                 identities.push(identity);
             }
         }
-        self.inner
-            .project
-            .lock()
+        let delay = self.inner.faults.lock().get_users_delay();
+        let mut project = self.inner.project.lock();
+        project.change_delay = delay;
+        project
             .unsubscribe(list_id, Instant::now(), identities, &mut outcome)
             .map_err(|_| invalid_list_id(PROJECT_ID, list_id))?;
         Ok(Json(outcome).into_response())
@@ -346,8 +357,17 @@ impl Sandbox {
             Some("true") => true,
             Some(other) => return Err(bad_params(format!("preferUserId must be true or false, got {other:?}"))),
         };
+        let (delay, cut) = {
+            let mut faults = self.inner.faults.lock();
+            (faults.get_users_delay(), faults.cut_get_users())
+        };
         let project = self.inner.project.lock();
-        let members = project.members(list_id, prefer_user_id).ok_or_else(|| unknown_list(list_id))?;
+        let mut members = project
+            .members_seen(list_id, prefer_user_id, Instant::now(), delay)
+            .ok_or_else(|| unknown_list(list_id))?;
+        if cut {
+            members.truncate(members.len() / 2);
+        }
         let mut text = String::with_capacity(members.len() * 32);
         for member in members {
             text.push_str(member);
@@ -358,8 +378,10 @@ impl Sandbox {
     }
 
     fn size(&self, list_id: i64) -> Answer {
+        let delay = self.inner.faults.lock().get_users_delay();
         let project = self.inner.project.lock();
-        let members = project.members(list_id, false).ok_or_else(|| unknown_list(list_id))?;
+        let members =
+            project.members_seen(list_id, false, Instant::now(), delay).ok_or_else(|| unknown_list(list_id))?;
         Ok(plain_text(members.len().to_string()))
     }
 
@@ -555,6 +577,13 @@ fn batch_too_large(limit: usize) -> Envelope {
 }
 
 /// The same answer with only the first half of its body, as a connection cut mid-answer might leave it.
+/// How many subscribers a subscribe or unsubscribe body names; None when it cannot be read (the handler then
+/// answers the error it finds).
+fn subscribers_in(body: &[u8]) -> Option<u64> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("subscribers")?.as_array().map(|s| s.len() as u64)
+}
+
 async fn truncated(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();

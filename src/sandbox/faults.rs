@@ -1,6 +1,7 @@
 //! The misbehaviour the sandbox can be told to show: added latency, a project-wide token-bucket rate
 //! limit, random 500s and dropped connections, and HTTP 200 answers to subscribe/unsubscribe that do not
-//! account for the batch (miscounted or truncated). Owns the settings and the bucket, nothing else; the
+//! account for the batch (miscounted or truncated), and list drift: changes answered as done but dropped (silent
+//! drops), a delay before `getUsers` shows a change, and `getUsers` answers cut short. Owns the settings and the bucket, nothing else; the
 //! settings can be changed while serving, through `Sandbox::set_faults` or `POST /_sandbox/faults`.
 
 use std::time::{Duration, Instant};
@@ -38,6 +39,19 @@ pub struct Faults {
     /// Requests the rate limit lets through at once (the bucket's size). Default: the rate (at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
+    /// The next this many subscribe or unsubscribe requests are answered HTTP 200 with every member counted a
+    /// success, and nothing applied: a change Iterable acknowledged correctly and then dropped (replaces the count
+    /// left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_drop_next: Option<u64>,
+    /// Milliseconds before a change of a list's members shows in `getUsers` and the list's size, as Iterable shows
+    /// list changes with a delay (0: at once). Changes made while it is 0 show at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_users_delay_ms: Option<u64>,
+    /// The next this many `getUsers` answers stop after the first half of the list's members: a whole-looking
+    /// HTTP 200 that holds too few (replaces the count left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_get_users_next: Option<u64>,
     /// `true` holds every `/api` request before it is handled, until `false` lets them all go on: Iterable frozen
     /// mid-run, for a test (or a demo) to look at a run in flight for as long as it needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +104,14 @@ pub struct FaultSettings {
     pub truncate_next: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
+    /// Silent drops still to come.
+    #[serde(default)]
+    pub silent_drop_next: u64,
+    #[serde(default)]
+    pub get_users_delay_ms: u64,
+    /// Cut-short `getUsers` answers still to come.
+    #[serde(default)]
+    pub cut_get_users_next: u64,
     /// Whether `/api` requests are held.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hold: bool,
@@ -113,6 +135,8 @@ pub(crate) enum BadAnswer {
     Miscount,
     /// Apply the change and answer HTTP 200 with half of the JSON body.
     Truncate,
+    /// Apply nothing and answer HTTP 200 counting every member a success.
+    SilentDrop,
 }
 
 /// Refusal by the rate limiter, with what the 429 answer reports.
@@ -132,6 +156,9 @@ pub(crate) struct FaultState {
     miscount_rate: f64,
     miscount_next: u64,
     truncate_next: u64,
+    silent_drop_next: u64,
+    get_users_delay: Duration,
+    cut_get_users_next: u64,
     bucket: Option<TokenBucket>,
     /// The rate limit's bucket size; None: the rate.
     burst: Option<f64>,
@@ -176,6 +203,9 @@ impl FaultState {
             miscount_rate: 0.0,
             miscount_next: 0,
             truncate_next: 0,
+            silent_drop_next: 0,
+            get_users_delay: Duration::ZERO,
+            cut_get_users_next: 0,
             bucket: rate_limit.and_then(|rate| TokenBucket::new(rate, None, Instant::now())),
             burst: None,
             documented: Vec::new(),
@@ -220,6 +250,15 @@ impl FaultState {
         if let Some(n) = change.truncate_next {
             self.truncate_next = n;
         }
+        if let Some(n) = change.silent_drop_next {
+            self.silent_drop_next = n;
+        }
+        if let Some(ms) = change.get_users_delay_ms {
+            self.get_users_delay = Duration::from_millis(ms);
+        }
+        if let Some(n) = change.cut_get_users_next {
+            self.cut_get_users_next = n;
+        }
         if let Some(on) = change.hold {
             self.hold.send_replace(on);
         }
@@ -235,6 +274,9 @@ impl FaultState {
             miscount_rate: self.miscount_rate,
             miscount_next: self.miscount_next,
             truncate_next: self.truncate_next,
+            silent_drop_next: self.silent_drop_next,
+            get_users_delay_ms: u64::try_from(self.get_users_delay.as_millis()).unwrap_or(u64::MAX),
+            cut_get_users_next: self.cut_get_users_next,
             hold: *self.hold.borrow(),
         }
     }
@@ -247,11 +289,26 @@ impl FaultState {
         } else if self.truncate_next > 0 {
             self.truncate_next -= 1;
             BadAnswer::Truncate
+        } else if self.silent_drop_next > 0 {
+            self.silent_drop_next -= 1;
+            BadAnswer::SilentDrop
         } else if self.miscount_rate > 0.0 && rand::random::<f64>() < self.miscount_rate {
             BadAnswer::Miscount
         } else {
             BadAnswer::None
         }
+    }
+
+    /// How long a change of a list's members takes to show in `getUsers` and the list's size.
+    pub(crate) fn get_users_delay(&self) -> Duration {
+        self.get_users_delay
+    }
+
+    /// Whether this `getUsers` answer is to be cut short, using up one of the count.
+    pub(crate) fn cut_get_users(&mut self) -> bool {
+        let cut = self.cut_get_users_next > 0;
+        self.cut_get_users_next = self.cut_get_users_next.saturating_sub(1);
+        cut
     }
 
     pub(crate) fn latency(&self) -> Duration {

@@ -3,9 +3,9 @@
 //! schema. Everything here is synchronous and runs under the caller's lock, so each operation is O(batch) and never
 //! copies the whole state; HTTP, parsing and validation happen before the lock is taken (see `api`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -48,6 +48,40 @@ struct List {
     /// Subscribe and unsubscribe answer `invalidListId` before this instant, imitating propagation delay.
     usable_from: Instant,
     members: BTreeSet<UserNo>,
+    /// Changes of `members` younger than the project's `change_delay`, oldest first: (when, user, added). Kept only
+    /// while a delay is set.
+    changes: VecDeque<(Instant, UserNo, bool)>,
+}
+
+impl List {
+    /// Notes a change of `members`, for `getUsers` to show only once `delay` has passed.
+    fn note_change(&mut self, now: Instant, no: UserNo, added: bool, delay: Duration) {
+        if delay.is_zero() {
+            self.changes.clear();
+            return;
+        }
+        while self.changes.front().is_some_and(|(at, ..)| now.saturating_duration_since(*at) > delay) {
+            self.changes.pop_front();
+        }
+        self.changes.push_back((now, no, added));
+    }
+
+    /// The members as they look `delay` after the changes: changes younger than that are undone.
+    fn members_seen(&self, now: Instant, delay: Duration) -> std::borrow::Cow<'_, BTreeSet<UserNo>> {
+        let young = |at: &Instant| now.saturating_duration_since(*at) < delay;
+        if delay.is_zero() || !self.changes.iter().any(|(at, ..)| young(at)) {
+            return std::borrow::Cow::Borrowed(&self.members);
+        }
+        let mut seen = self.members.clone();
+        for (_, no, added) in self.changes.iter().rev().filter(|(at, ..)| young(at)) {
+            if *added {
+                seen.remove(no);
+            } else {
+                seen.insert(*no);
+            }
+        }
+        std::borrow::Cow::Owned(seen)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +116,8 @@ pub(crate) struct Project {
     field_types: HashMap<String, FieldType>,
     /// Off: fields the project has never seen are dropped and reported in `filteredOutFields`.
     pub(crate) accept_new_fields: bool,
+    /// How long a change of a list's members takes to show in `getUsers` (the `get_users_delay_ms` fault).
+    pub(crate) change_delay: Duration,
 }
 
 impl Default for Project {
@@ -101,6 +137,7 @@ impl Project {
             by_user_id: HashMap::new(),
             field_types: HashMap::new(),
             accept_new_fields,
+            change_delay: Duration::ZERO,
         }
     }
 
@@ -128,6 +165,7 @@ impl Project {
             list_type,
             usable_from,
             members: BTreeSet::new(),
+            changes: VecDeque::new(),
         };
         self.lists.insert(id, list);
         id
@@ -155,9 +193,20 @@ impl Project {
     /// email-based project, by user id in a userID-based one; in a hybrid one by email, or with `prefer_user_id` by
     /// user id where the user has one (either way by whichever the user has).
     pub(crate) fn members(&self, list_id: i64, prefer_user_id: bool) -> Option<Vec<&str>> {
+        self.members_seen(list_id, prefer_user_id, Instant::now(), Duration::ZERO)
+    }
+
+    /// As `members`, as they show `delay` after their changes: changes younger than that are not seen yet.
+    pub(crate) fn members_seen(
+        &self,
+        list_id: i64,
+        prefer_user_id: bool,
+        now: Instant,
+        delay: Duration,
+    ) -> Option<Vec<&str>> {
         let list = self.lists.get(&list_id)?;
         let mut named: Vec<&str> = list
-            .members
+            .members_seen(now, delay)
             .iter()
             .map(|&no| {
                 let user = &self.users[no as usize];
@@ -363,7 +412,9 @@ impl Project {
                 merge_data_fields(&mut self.users[no as usize].fields, fields, update.merge_nested_objects);
             }
             if let Some(list) = self.lists.get_mut(&list_id) {
-                list.members.insert(no);
+                if list.members.insert(no) {
+                    list.note_change(now, no, true, self.change_delay);
+                }
             }
             outcome.succeeded();
         }
@@ -406,7 +457,7 @@ impl Project {
         identities: Vec<Identity>,
         outcome: &mut UserBulkUpdateListResponse,
     ) -> Result<(), ListUnavailable> {
-        let Project { lists, by_email, by_user_id, project_type, .. } = self;
+        let Project { lists, by_email, by_user_id, project_type, change_delay, .. } = self;
         let list = usable_list(lists, list_id, now)?;
         for identity in identities {
             let user = match &identity {
@@ -414,7 +465,8 @@ impl Project {
                 Identity::Email(email) => by_email.get(email.as_str()),
                 Identity::UserId(user_id) => by_user_id.get(user_id.as_str()),
             };
-            if user.is_some_and(|no| list.members.remove(no)) {
+            if let Some(&no) = user.filter(|no| list.members.remove(no)) {
+                list.note_change(now, no, false, *change_delay);
                 outcome.succeeded();
             } else {
                 outcome.not_found(identity);

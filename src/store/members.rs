@@ -146,7 +146,7 @@ pub struct MemberCounts {
 }
 
 // SQLite allows 32766 bound variables per statement, PostgreSQL 65535; stay well below.
-const ROWS_PER_STATEMENT: usize = 2000;
+pub(super) const ROWS_PER_STATEMENT: usize = 2000;
 
 /// Rows the plan connection's worker thread may hand over ahead of us while the plan is read back. sqlx's default
 /// (50) makes the two threads trade places every few rows; reading a million planned adds spent more time in those
@@ -157,10 +157,10 @@ const PLAN_ROW_BUFFER: usize = 1024;
 /// engines but where noted; the staging of members, the hot path of a large run, is each engine's own (a
 /// multi-row insert on SQLite, `COPY` on PostgreSQL).
 pub struct PlanSession {
-    conn: PlanConn,
+    pub(super) conn: PlanConn,
 }
 
-enum PlanConn {
+pub(super) enum PlanConn {
     Sqlite(SqliteConnection),
     /// Taken out of the pool for good (its temporary tables go with it when it closes), with the fence of the run
     /// whose plan it is: the session's own writes to `members` check it.
@@ -168,7 +168,7 @@ enum PlanConn {
 }
 
 impl PlanConn {
-    fn on(&mut self) -> On<'_> {
+    pub(super) fn on(&mut self) -> On<'_> {
         match self {
             PlanConn::Sqlite(c) => On::Sqlite(c),
             PlanConn::Postgres(c, _) => On::Postgres(c),
@@ -325,17 +325,26 @@ impl Store {
                 sql(text).bind(target_id).bind(old).bind(&m.email).execute(&mut tx).await?;
             }
         }
+        let acked_at = super::now().timestamp();
         for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
-                "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours) {} \
+                "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, acked_at) {} \
                  ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
                  state = 'subscribed', ours = TRUE, rejected_at = NULL, retry_rejected = TRUE, \
-                 paired_email = excluded.paired_email",
-                rows_of(chunk.len(), &["$1", "?", "?", "?", "'subscribed'", "TRUE"], 2)
+                 paired_email = excluded.paired_email, acked_at = excluded.acked_at",
+                rows_of(chunk.len(), &["$1", "?", "?", "?", "'subscribed'", "TRUE", "$2"], 3)
             );
-            let mut q = sql(text).bind(target_id);
+            let mut q = sql(text).bind(target_id).bind(acked_at);
             for m in chunk {
                 q = q.bind(&m.email).bind(m.fields_hash).bind(&m.paired_email);
+            }
+            q.execute(&mut tx).await?;
+            // On the list again: no longer one this export removed (see `removed_members`).
+            let list = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+            let mut q =
+                sql(format!("DELETE FROM removed_members WHERE target_id = $1 AND email IN ({list})")).bind(target_id);
+            for m in chunk {
+                q = q.bind(&m.email);
             }
             q.execute(&mut tx).await?;
         }
@@ -398,6 +407,17 @@ impl Store {
                 q = q.bind(e);
             }
             q.execute(&mut tx).await?;
+            // Remembered as removed, so a verify that finds them on the list again can say so (lingering).
+            let text = format!(
+                "INSERT INTO removed_members (target_id, email, removed_at) {} \
+                 ON CONFLICT (target_id, email) DO UPDATE SET removed_at = excluded.removed_at",
+                rows_of(chunk.len(), &["$1", "?", "$2"], 3)
+            );
+            let mut q = sql(text).bind(target_id).bind(super::now().timestamp());
+            for e in chunk {
+                q = q.bind(e);
+            }
+            q.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -406,7 +426,7 @@ impl Store {
 
 /// `VALUES (...), (...)` for `rows` rows shaped like `row`: each `?` becomes the next placeholder, numbered from
 /// `$first`, row after row; anything else (a shared `$1`, a literal) is written as it is in every row.
-fn rows_of(rows: usize, row: &[&str], first: usize) -> String {
+pub(super) fn rows_of(rows: usize, row: &[&str], first: usize) -> String {
     let per_row = row.iter().filter(|c| **c == "?").count();
     let mut out = String::with_capacity(rows * row.len() * 6 + 8);
     out.push_str("VALUES ");

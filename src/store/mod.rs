@@ -19,6 +19,7 @@ mod segments;
 mod sessions;
 mod sign_ins;
 mod users;
+mod verify;
 mod warnings;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub use segments::{Segment, SegmentOrigin, SourcePassword};
 pub use sessions::{Session, SessionListing};
 pub use sign_ins::{Admission, Pace, SignInPaces};
 pub use users::{AuditEntry, AuditEvent, Role, User};
+pub use verify::{Category, DriftKind, ListVerify, RunKind, Verdict};
 
 /// A failure of the store itself (not of the data in it).
 #[derive(Debug, thiserror::Error)]

@@ -113,6 +113,8 @@ pub struct Run {
     pub targets: Vec<RunTarget>,
     /// The run's export was removed since (its name may belong to another export now).
     pub export_removed: bool,
+    /// A run, or a verify (and repair) of the export's lists.
+    pub kind: super::RunKind,
 }
 
 impl Run {
@@ -176,7 +178,7 @@ fn clip(text: &str, max: usize) -> String {
 }
 
 const SELECT_RUN: &str = "SELECT r.id, r.export_id, e.name AS export_name, r.trigger, r.status, r.full_resync, \
-     r.started_at, r.finished_at, r.error, r.pid, r.note, e.removed_at IS NOT NULL AS export_removed \
+     r.started_at, r.finished_at, r.error, r.pid, r.note, e.removed_at IS NOT NULL AS export_removed, r.kind \
      FROM runs r JOIN exports e ON e.id = r.export_id";
 
 /// Which runs a listing wants.
@@ -473,6 +475,7 @@ impl Store {
             note: row.try_get("note")?,
             targets,
             export_removed: row.try_get("export_removed")?,
+            kind: super::RunKind::parse(&row.try_get::<String, _>("kind")?)?,
         })
     }
 

@@ -15,7 +15,7 @@ use super::progress::{Phase, Progress};
 use super::send::{Sender, TargetRun};
 use super::SyncError;
 use crate::config::Config;
-use crate::iterable::{IterableClient, Pacer, RequestObserver, RetrySettings};
+use crate::iterable::{IterableClient, ListReadLimits, Pacer, RequestObserver, RetrySettings};
 use crate::secrets::resolve_api_key;
 use crate::store::{Export, ProjectType, RunStatus, Store, TargetPlan};
 
@@ -84,12 +84,14 @@ pub struct Engine {
     store: Store,
     config: Arc<Config>,
     pacers: Arc<Mutex<HashMap<i64, Arc<Pacer>>>>,
+    /// Per connection: the turns of its project's whole-list reads (`getUsers`, sizes), shared by its exports.
+    list_reads: Arc<Mutex<HashMap<i64, Arc<ListReadLimits>>>>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl Engine {
     pub fn new(store: Store, config: Arc<Config>) -> Engine {
-        Engine { store, config, pacers: Default::default(), observer: None }
+        Engine { store, config, pacers: Default::default(), list_reads: Default::default(), observer: None }
     }
 
     /// Reports every Iterable request of this engine's runs to `observer` (the daemon's metrics).
@@ -100,7 +102,13 @@ impl Engine {
 
     /// The same engine (pacers, observer) with another config, after a reload.
     pub fn with_config(&self, config: Arc<Config>) -> Engine {
-        Engine { store: self.store.clone(), config, pacers: self.pacers.clone(), observer: self.observer.clone() }
+        Engine {
+            store: self.store.clone(),
+            config,
+            pacers: self.pacers.clone(),
+            list_reads: self.list_reads.clone(),
+            observer: self.observer.clone(),
+        }
     }
 
     fn pacer(&self, connection_id: i64) -> Arc<Pacer> {
@@ -109,6 +117,10 @@ impl Engine {
             .entry(connection_id)
             .or_insert_with(|| Arc::new(Pacer::new(self.config.iterable.requests_per_second)))
             .clone()
+    }
+
+    fn list_read_limits(&self, connection_id: i64) -> Arc<ListReadLimits> {
+        self.list_reads.lock().expect("list reads lock").entry(connection_id).or_default().clone()
     }
 
     /// A client for a stored connection, with its key resolved.
@@ -122,7 +134,7 @@ impl Engine {
             self.pacer(conn.id),
             RetrySettings::from(&self.config.iterable),
         )
-        .map(|c| c.with_observer(self.observer.clone()))
+        .map(|c| c.with_observer(self.observer.clone()).with_list_read_limits(self.list_read_limits(conn.id)))
         .map_err(SyncError::IterableSetup)
     }
 

@@ -24,6 +24,9 @@ use crate::iterable::{
 };
 use crate::store::{AckedMember, Export, IssueKind, OnLeave, PlanSession, ProjectType, Store, Target};
 
+/// Members of a list read (`getUsers`) per write to the store.
+pub(crate) const LIST_READ_CHUNK: usize = 4000;
+
 /// Bytes of a subscribe body outside its subscribers.
 const BODY_OVERHEAD: usize = 128;
 
@@ -245,23 +248,26 @@ impl Sender {
         Ok(out)
     }
 
-    /// Reads the members of a list this export adopts and records them as pre-existing; answers whether it held
-    /// any. Done before the list's id is stored, so a run that fails here reads them again next time.
+    /// Reads the members of a list this export adopts and records them as pre-existing, as they arrive (a list of
+    /// millions is never held in memory); answers whether it held any. Done before the list's id is stored, so a
+    /// run that fails here reads them again next time.
     async fn record_preexisting(&self, target: &Target, list_id: i64) -> Result<bool, SyncError> {
         let prefer_user_id = self.project_type != ProjectType::Email;
-        let lines = self
-            .client
-            .list_users(list_id, prefer_user_id)
-            .await
-            .map_err(|e| iterable_error(target.list_name.clone(), e))?;
-        let members: Vec<String> =
-            lines.iter().flat_map(|line| super::identity::keys_of_listed_user(self.project_type, line)).collect();
-        if !members.is_empty() {
-            tracing::info!(list = %target.list_name, list_id, members = members.len(),
-                "Adopted an existing list; its members stay on it whatever the segment does.");
+        let iterable = |e| iterable_error(target.list_name.clone(), e);
+        let mut reader =
+            self.client.list_users(list_id, prefer_user_id, self.config.iterable.timeout).await.map_err(iterable)?;
+        let mut held = 0usize;
+        while let Some(lines) = reader.next_lines(LIST_READ_CHUNK).await.map_err(iterable)? {
+            held += lines.len();
+            let members: Vec<String> =
+                lines.iter().flat_map(|line| super::identity::keys_of_listed_user(self.project_type, line)).collect();
             self.store.record_preexisting(target.id, &members).await?;
         }
-        Ok(!members.is_empty())
+        if held > 0 {
+            tracing::info!(list = %target.list_name, list_id, members = held,
+                "Adopted an existing list; its members stay on it whatever the segment does.");
+        }
+        Ok(held > 0)
     }
 
     /// Sends one target's planned adds, then its removes.
