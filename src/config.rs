@@ -192,6 +192,38 @@ pub struct SyncConfig {
     /// every run. Members Iterable calls forgotten are never retried. Default 24h.
     #[serde(with = "humantime_serde")]
     pub retry_rejected_interval: Duration,
+    /// A verify (`export verify`) counts members changed this long before it read a list as settling, never as
+    /// missing or lingering: Iterable shows list changes with a delay. Default 15m.
+    #[serde(with = "humantime_serde")]
+    pub verify_settle: Duration,
+    /// How often the daemon verifies each export's lists after a run's sends (report only, never a repair), or
+    /// "off". Default "off".
+    #[serde(with = "off_or_duration")]
+    pub verify_interval: Option<Duration>,
+}
+
+/// A duration in humantime form ("7d"), or "off" for none.
+mod off_or_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_str("off"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        humantime::parse_duration(text.trim())
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; give a duration such as \"7d\", or \"off\"")))
+    }
 }
 
 impl SyncConfig {
@@ -210,6 +242,8 @@ impl Default for SyncConfig {
             keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
             retry_rejected_interval: Duration::from_secs(24 * 3600),
+            verify_settle: Duration::from_secs(15 * 60),
+            verify_interval: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `export add | edit | list | show | remove | run | trigger`.
+//! `export add | edit | list | show | remove | run | verify | trigger`.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -13,8 +13,8 @@ use super::output::{opt_when, seconds};
 use super::{exit, Ctx, Exit};
 use crate::access::ops::{self, Caller, ExportRequest, OpError};
 use crate::schedule::Schedule;
-use crate::store::{NullFields, OnLeave, RunStatus};
-use crate::sync::{Engine, Phase, Progress, RunOptions, RunReport, SyncError};
+use crate::store::{DriftKind, NullFields, OnLeave, RunStatus, Verdict};
+use crate::sync::{Engine, Phase, Progress, RunOptions, RunReport, SyncError, VerifyOptions, VerifyReport};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
@@ -51,6 +51,11 @@ pub enum ExportCmd {
     },
     /// Run an export now, in this process; exits 0 only when the run succeeded.
     Run(RunArgs),
+    /// Read each list of an export back from Iterable and compare it with the segment and what the export sent:
+    /// members missing, not yet sent, lingering, others' and settling. Exits 0 when nothing is missing or
+    /// lingering, 3 when a list drifted (and was not repaired), 1 when a list could not be read whole (no verdict),
+    /// 75 when the export is running.
+    Verify(VerifyArgs),
     /// List, add or remove the export users of an export: the accounts that may see, edit, run and remove it.
     Users {
         name: String,
@@ -185,6 +190,22 @@ pub struct RunArgs {
     pub allow_mass_removal: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub name: String,
+    /// Send the missing members again and correct the export's memory where Iterable disagreed with it; also sends
+    /// what the next run would send. Recorded as a run ("verify and repair").
+    #[arg(long)]
+    pub repair: bool,
+    /// With --repair: also unsubscribe the lingering members (removed by this export, on the list again), through
+    /// the mass-removal guard.
+    #[arg(long, requires = "repair")]
+    pub remove_lingering: bool,
+    /// With --repair: let the repair unsubscribe more than sync.mass_removal_share of a list.
+    #[arg(long, requires = "repair")]
+    pub allow_mass_removal: bool,
+}
+
 pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
     match cmd {
         ExportCmd::Add(args) => add(ctx, args).await,
@@ -193,6 +214,7 @@ pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
         ExportCmd::Show { name, include_removed } => show(ctx, &name, include_removed).await,
         ExportCmd::Remove { name, empty_lists, cancel_run } => remove(ctx, &name, empty_lists, cancel_run).await,
         ExportCmd::Run(args) => run_now(ctx, args).await,
+        ExportCmd::Verify(args) => verify_now(ctx, args).await,
         ExportCmd::Users { name, add, remove } => super::user::export_users(ctx, &name, &add, &remove).await,
         ExportCmd::Trigger { name, all } => {
             // On a store shared by daemons on several hosts, a trigger is a run request in the store, which any of
@@ -595,6 +617,115 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     };
     print_report(ctx, &report);
     Ok(if report.succeeded() { exit::OK } else { exit::FAILED })
+}
+
+async fn verify_now(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    store.export(&a.name).await?;
+    let flags =
+        [(a.repair, "repair"), (a.remove_lingering, "remove lingering"), (a.allow_mass_removal, "allow mass removal")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join(", ");
+    ctx.audit(&store, "export.verify", &a.name, (!flags.is_empty()).then_some(flags)).await?;
+    let engine = Engine::new(store, ctx.config.clone());
+    let progress = Arc::new(Progress::default());
+    let cancel = ctx.signals.stop();
+    let opts = VerifyOptions {
+        trigger: "manual".into(),
+        repair: a.repair,
+        remove_lingering: a.remove_lingering,
+        allow_mass_removal: a.allow_mass_removal,
+        request_id: None,
+    };
+    let report = match engine.verify_export(&a.name, &opts, progress, cancel).await {
+        Ok(r) => r,
+        Err(e @ SyncError::AlreadyRunning { .. }) => return Err(Exit::error(exit::BUSY, e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    print_verify(ctx, &report);
+    Ok(if !report.succeeded() {
+        exit::FAILED
+    } else if report.drift_left {
+        exit::DRIFTED
+    } else {
+        exit::OK
+    })
+}
+
+/// A verify's report: per list its verdict and the count of each category, then examples.
+pub(crate) fn print_verify(ctx: &Ctx, r: &VerifyReport) {
+    if ctx.out.json {
+        ctx.out.json(r);
+        if let Some(e) = &r.error {
+            eprintln!("error: {e}");
+        }
+        return;
+    }
+    let what = if r.kind == crate::store::RunKind::VerifyRepair { "Verify and repair" } else { "Verify" };
+    println!("{what} #{} of export '{}' {} in {}.", r.run_id, r.export, r.status, seconds(r.seconds));
+    let rows = r
+        .lists
+        .iter()
+        .map(|l| {
+            vec![
+                l.list_name.clone(),
+                l.list_id.map_or("-".into(), |id| id.to_string()),
+                verdict_text(l.verdict).into(),
+                l.missing.count.to_string(),
+                l.not_yet_sent.count.to_string(),
+                l.lingering.count.to_string(),
+                l.others.count.to_string(),
+                l.settling.count.to_string(),
+            ]
+        })
+        .collect();
+    ctx.out.table(&["list", "list id", "verdict", "missing", "not yet sent", "lingering", "others'", "settling"], rows);
+    for l in &r.lists {
+        if let Some(note) = &l.note {
+            println!("{}: {note}", l.list_name);
+        }
+        for kind in DriftKind::ALL {
+            let c = l.category(kind);
+            if !c.examples.is_empty() {
+                println!("{} {}: {}", l.list_name, drift_kind_text(kind), c.examples.join(", "));
+            }
+        }
+    }
+    if !r.repaired.is_empty() {
+        let (added, removed) = r.repaired.iter().fold((0, 0), |(a, d), l| (a + l.added, d + l.removed));
+        println!("Repair: {added} member(s) sent again or added, {removed} removed.");
+    }
+    if r.drift_left {
+        println!(
+            "The lists drifted from their segments. `segment-exporter export verify {} --repair` sends the missing \
+             members again (add --remove-lingering to remove the lingering ones).",
+            r.export
+        );
+    }
+    if let Some(e) = &r.error {
+        eprintln!("error: {e}");
+    }
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Clean => "clean",
+        Verdict::Drifted => "drifted",
+        Verdict::NoVerdict => "no verdict",
+    }
+}
+
+fn drift_kind_text(k: DriftKind) -> &'static str {
+    match k {
+        DriftKind::Missing => "missing",
+        DriftKind::NotYetSent => "not yet sent",
+        DriftKind::Lingering => "lingering",
+        DriftKind::Others => "others'",
+        DriftKind::Settling => "settling",
+    }
 }
 
 /// The options of a run asked for, for its audit row.

@@ -33,6 +33,9 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The command line is wrong (clap's own code).
     pub const USAGE: u8 = 2;
+    /// `export verify` found a list that drifted from its segment (members missing or lingering), and did not
+    /// repair it.
+    pub const DRIFTED: u8 = 3;
     /// The export is already running elsewhere; try again later.
     pub const BUSY: u8 = 75;
     /// The configuration file is invalid; fix it before starting again (systemd: RestartPreventExitStatus=78).

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::output::{opt_when, seconds, when};
 use super::{exit, Ctx};
-use crate::store::{Run, RunFilter, RunStatus};
+use crate::store::{Run, RunFilter, RunKind, RunStatus};
 use crate::sync::RunGuard;
 
 #[derive(Debug, Args)]
@@ -128,7 +128,10 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                         vec![
                             r.id.to_string(),
                             export_label(r),
-                            r.trigger.clone(),
+                            match r.kind {
+                                RunKind::Run => r.trigger.clone(),
+                                kind => format!("{} ({})", r.trigger, kind.label()),
+                            },
                             status.to_string(),
                             when(&r.started_at),
                             detail,
@@ -164,11 +167,15 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
             settle(ctx, &store, &mut run).await?;
             let issues = if rejected { store.run_issues(run_id, limit).await? } else { vec![] };
             let warnings = store.run_warnings(run_id).await?;
+            let verified = store.run_verify(run_id).await?;
             let status = run.status;
             if ctx.out.json {
                 let mut v = serde_json::to_value(&run)?;
                 v["status"] = json!(status);
                 v["warnings"] = json!(warnings);
+                if run.kind != RunKind::Run {
+                    v["verify"] = json!(verified);
+                }
                 if rejected {
                     v["issues"] = json!(issues);
                 }
@@ -176,6 +183,7 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
             } else {
                 let rows = vec![
                     vec!["run".into(), format!("#{} of export {}", run.id, export_label(&run))],
+                    vec!["kind".into(), run.kind.label().into()],
                     vec!["trigger".into(), run.trigger.clone()],
                     vec!["status".into(), status.to_string()],
                     vec!["started".into(), when(&run.started_at)],
@@ -187,6 +195,18 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
                 let mut rows = rows;
                 rows.extend(warnings.iter().map(|w| vec!["warning".into(), w.clone()]));
                 ctx.out.table(&["", ""], rows);
+                // A verify: per list what it found.
+                for l in &verified {
+                    let list = match l.list_id {
+                        Some(id) => format!("{} (id {id})", l.list_name),
+                        None => l.list_name.clone(),
+                    };
+                    let mut rows = vec![vec!["list".into(), list], vec!["verify".into(), drift_line(l)]];
+                    if let Some(note) = &l.note {
+                        rows.push(vec!["note".into(), note.clone()]);
+                    }
+                    ctx.out.table(&["", ""], rows);
+                }
                 // One block per list: what it planned, what it did, what it did not send.
                 for t in &run.targets {
                     let c = &t.counts;
@@ -247,4 +267,23 @@ pub async fn run(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// A verify of one list in a line: its verdict and the count of each category.
+pub(crate) fn drift_line(l: &crate::store::ListVerify) -> String {
+    let verdict = match l.verdict {
+        crate::store::Verdict::Clean => "clean",
+        crate::store::Verdict::Drifted => "drifted",
+        crate::store::Verdict::NoVerdict => "no verdict",
+    };
+    format!(
+        "{verdict}: {} missing, {} not yet sent, {} lingering, {} others', {} settling ({} read of {})",
+        l.missing.count,
+        l.not_yet_sent.count,
+        l.lingering.count,
+        l.others.count,
+        l.settling.count,
+        l.read_members,
+        l.list_size.map_or("?".into(), |n| n.to_string())
+    )
 }

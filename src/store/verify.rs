@@ -195,43 +195,48 @@ impl ListVerify {
 /// The temporary tables of a verify, on the plan connection: each key a line of `getUsers` stands for, and the
 /// category of each line once compared.
 const SQLITE_LISTED: &[&str] = &[
-    "CREATE TEMP TABLE IF NOT EXISTS listed_keys (key TEXT PRIMARY KEY, line TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS temp.listed_keys_by_line ON listed_keys (line)",
-    "CREATE TEMP TABLE IF NOT EXISTS listed_class (line TEXT PRIMARY KEY, class INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_keys (target_id INTEGER NOT NULL, key TEXT NOT NULL, line TEXT NOT NULL, \
+     PRIMARY KEY (target_id, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS temp.listed_keys_by_line ON listed_keys (target_id, line)",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_class (target_id INTEGER NOT NULL, line TEXT NOT NULL, \
+     class INTEGER NOT NULL, PRIMARY KEY (target_id, line)) WITHOUT ROWID",
 ];
 const POSTGRES_LISTED: &[&str] = &[
-    "CREATE TEMP TABLE IF NOT EXISTS listed_keys (key TEXT COLLATE \"C\" PRIMARY KEY, line TEXT COLLATE \"C\" NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS listed_keys_by_line ON listed_keys (line)",
-    "CREATE TEMP TABLE IF NOT EXISTS listed_class (line TEXT COLLATE \"C\" PRIMARY KEY, class BIGINT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_keys (target_id BIGINT NOT NULL, key TEXT COLLATE \"C\" NOT NULL, \
+     line TEXT COLLATE \"C\" NOT NULL, PRIMARY KEY (target_id, key))",
+    "CREATE INDEX IF NOT EXISTS listed_keys_by_line ON listed_keys (target_id, line)",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_class (target_id BIGINT NOT NULL, line TEXT COLLATE \"C\" NOT NULL, \
+     class BIGINT NOT NULL, PRIMARY KEY (target_id, line))",
 ];
 
 /// The category of a line read from a list, by the first of these that its keys match (`listed_class.class`):
 /// a member this export put there (0, on the list as it should be), a segment member not sent yet (1), a member
 /// this export removed within the settle window (2, settling) or before it (3, lingering), nobody (4, others').
-const CLASSIFY_LINES: &str = "INSERT INTO listed_class (line, class) \
-     SELECT k.line, MIN(CASE \
+const CLASSIFY_LINES: &str = "INSERT INTO listed_class (target_id, line, class) \
+     SELECT $1, k.line, MIN(CASE \
          WHEN EXISTS (SELECT 1 FROM members m WHERE m.target_id = $1 AND m.email = k.key AND m.state = 'subscribed') \
            OR EXISTS (SELECT 1 FROM members m WHERE m.target_id = $1 AND m.paired_email = k.key \
                       AND m.state = 'subscribed') THEN 0 \
          WHEN EXISTS (SELECT 1 FROM staged s WHERE s.target_id = $1 AND s.email = k.key) THEN 1 \
          WHEN EXISTS (SELECT 1 FROM removed_members r WHERE r.target_id = $1 AND r.email = k.key \
-                      AND r.removed_at >= $2) THEN 2 \
+                      AND r.removed_at > $2) THEN 2 \
          WHEN EXISTS (SELECT 1 FROM removed_members r WHERE r.target_id = $1 AND r.email = k.key) THEN 3 \
          ELSE 4 END) \
-     FROM listed_keys k GROUP BY k.line";
+     FROM listed_keys k WHERE k.target_id = $1 GROUP BY k.line";
 
 /// Members this export put on the list (acknowledged) that the list does not hold, on either identifier.
 const NOT_LISTED: &str = "FROM members m WHERE m.target_id = $1 AND m.state = 'subscribed' \
-     AND NOT EXISTS (SELECT 1 FROM listed_keys k WHERE k.key = m.email) \
-     AND NOT (m.paired_email IS NOT NULL AND EXISTS (SELECT 1 FROM listed_keys k WHERE k.key = m.paired_email))";
+     AND NOT EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.email) \
+     AND NOT (m.paired_email IS NOT NULL \
+              AND EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.paired_email))";
 
 /// Segment members with no record of being sent.
 const NOT_YET_SENT: &str = "FROM staged s WHERE s.target_id = $1 \
      AND NOT EXISTS (SELECT 1 FROM members m WHERE m.target_id = $1 AND m.email = s.email)";
 
 impl PlanSession {
-    /// Empties (creating them the first time) the tables a list's read goes into.
-    pub async fn start_listing(&mut self) -> Result<()> {
+    /// Empties (creating them the first time) the tables a list's read goes into, for one target.
+    pub async fn start_listing(&mut self, target_id: i64) -> Result<()> {
         let ddl = match self.conn {
             PlanConn::Sqlite(_) => SQLITE_LISTED,
             PlanConn::Postgres(..) => POSTGRES_LISTED,
@@ -239,22 +244,22 @@ impl PlanSession {
         for text in ddl {
             sql(*text).execute(self.conn.on()).await?;
         }
-        for text in ["DELETE FROM listed_keys", "DELETE FROM listed_class"] {
-            sql(text).execute(self.conn.on()).await?;
+        for text in ["DELETE FROM listed_keys WHERE target_id = $1", "DELETE FROM listed_class WHERE target_id = $1"] {
+            sql(text).bind(target_id).execute(self.conn.on()).await?;
         }
         Ok(())
     }
 
     /// Adds lines read from a list, each with the member keys it may stand for.
-    pub async fn add_listed(&mut self, lines: &[(String, Vec<String>)]) -> Result<()> {
+    pub async fn add_listed(&mut self, target_id: i64, lines: &[(String, Vec<String>)]) -> Result<()> {
         let rows: Vec<(&str, &str)> =
             lines.iter().flat_map(|(line, keys)| keys.iter().map(move |k| (k.as_str(), line.as_str()))).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
-                "INSERT INTO listed_keys (key, line) {} ON CONFLICT DO NOTHING",
-                rows_of(chunk.len(), &["?", "?"], 1)
+                "INSERT INTO listed_keys (target_id, key, line) {} ON CONFLICT DO NOTHING",
+                rows_of(chunk.len(), &["$1", "?", "?"], 2)
             );
-            let mut q = sql(text);
+            let mut q = sql(text).bind(target_id);
             for (key, line) in chunk {
                 q = q.bind(*key).bind(*line);
             }
@@ -264,8 +269,8 @@ impl PlanSession {
     }
 
     /// Sorts the list read (`add_listed`) and the target's segment (staged) and memory into the categories of
-    /// `report`, with up to `examples` of each. `settled_before` (Unix seconds): a change at or after it may not
-    /// show yet (settling).
+    /// `report`, with up to `examples` of each. `settled_before` (Unix seconds): a change after it may not show yet
+    /// (settling).
     pub async fn classify(
         &mut self,
         target_id: i64,
@@ -274,27 +279,31 @@ impl PlanSession {
         report: &mut ListVerify,
     ) -> Result<()> {
         sql(CLASSIFY_LINES).bind(target_id).bind(settled_before).execute(self.conn.on()).await?;
-        let by_class: Vec<(i64, i64)> = sql("SELECT class, COUNT(*) FROM listed_class GROUP BY class")
-            .fetch_all(self.conn.on())
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
-            .collect::<Result<_>>()?;
+        let by_class: Vec<(i64, i64)> =
+            sql("SELECT class, COUNT(*) FROM listed_class WHERE target_id = $1 GROUP BY class")
+                .bind(target_id)
+                .fetch_all(self.conn.on())
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .collect::<Result<_>>()?;
         let lines_of = |class: i64| by_class.iter().find(|(c, _)| *c == class).map_or(0, |(_, n)| *n as u64);
         let settling_lines = lines_of(2);
         report.lingering.count = lines_of(3);
         report.others.count = lines_of(4);
         for (kind, class) in [(DriftKind::Lingering, 3), (DriftKind::Others, 4), (DriftKind::Settling, 2)] {
-            let found: Vec<String> = sql("SELECT line FROM listed_class WHERE class = $1 ORDER BY line LIMIT $2")
-                .bind(class)
-                .bind(examples as i64)
-                .scalars(self.conn.on())
-                .await?;
+            let found: Vec<String> =
+                sql("SELECT line FROM listed_class WHERE target_id = $3 AND class = $1 ORDER BY line LIMIT $2")
+                    .bind(class)
+                    .bind(examples as i64)
+                    .bind(target_id)
+                    .scalars(self.conn.on())
+                    .await?;
             report.category_mut(kind).examples = found;
         }
         let counts = sql(format!(
-            "SELECT COUNT(*) FILTER (WHERE COALESCE(m.acked_at, 0) < $2), \
-             COUNT(*) FILTER (WHERE COALESCE(m.acked_at, 0) >= $2) {NOT_LISTED}"
+            "SELECT COUNT(*) FILTER (WHERE COALESCE(m.acked_at, 0) <= $2), \
+             COUNT(*) FILTER (WHERE COALESCE(m.acked_at, 0) > $2) {NOT_LISTED}"
         ))
         .bind(target_id)
         .bind(settled_before)
@@ -304,7 +313,7 @@ impl PlanSession {
         let settling_members = counts.try_get::<i64, _>(1)? as u64;
         report.settling.count = settling_lines + settling_members;
         report.missing.examples =
-            sql(format!("SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) < $2 ORDER BY m.email LIMIT $3"))
+            sql(format!("SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) <= $2 ORDER BY m.email LIMIT $3"))
                 .bind(target_id)
                 .bind(settled_before)
                 .bind(examples as i64)
@@ -312,7 +321,7 @@ impl PlanSession {
                 .await?;
         let room = (examples as usize).saturating_sub(report.settling.examples.len());
         let more: Vec<String> =
-            sql(format!("SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) >= $2 ORDER BY m.email LIMIT $3"))
+            sql(format!("SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) > $2 ORDER BY m.email LIMIT $3"))
                 .bind(target_id)
                 .bind(settled_before)
                 .bind(room as i64)
@@ -336,12 +345,13 @@ impl PlanSession {
     pub async fn correct_memory(&mut self, target_id: i64, settled_before: i64, remove_lingering: bool) -> Result<()> {
         let forget_missing = format!(
             "DELETE FROM members WHERE target_id = $1 AND email IN \
-             (SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) < $2)"
+             (SELECT m.email {NOT_LISTED} AND COALESCE(m.acked_at, 0) <= $2)"
         );
         // A lingering line's key that a removed member has: recorded as on the list, put there by this export.
         const ADOPT_LINGERING: &str = "INSERT INTO members (target_id, email, fields_hash, state, ours) \
              SELECT $1, r.email, 0, 'subscribed', TRUE FROM removed_members r \
-             JOIN listed_keys k ON k.key = r.email JOIN listed_class c ON c.line = k.line AND c.class = 3 \
+             JOIN listed_keys k ON k.target_id = $1 AND k.key = r.email \
+             JOIN listed_class c ON c.target_id = $1 AND c.line = k.line AND c.class = 3 \
              WHERE r.target_id = $1 ON CONFLICT (target_id, email) DO NOTHING";
         const FORGET_LINGERING: &str = "DELETE FROM removed_members WHERE target_id = $1 AND email IN \
              (SELECT email FROM members WHERE target_id = $1 AND state = 'subscribed')";

@@ -81,8 +81,8 @@ impl RunReport {
 /// Runs exports. Holds one pacer per connection, so runs of one connection share its pace.
 #[derive(Clone)]
 pub struct Engine {
-    store: Store,
-    config: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) config: Arc<Config>,
     pacers: Arc<Mutex<HashMap<i64, Arc<Pacer>>>>,
     /// Per connection: the turns of its project's whole-list reads (`getUsers`, sizes), shared by its exports.
     list_reads: Arc<Mutex<HashMap<i64, Arc<ListReadLimits>>>>,
@@ -189,7 +189,7 @@ impl Engine {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunReport, SyncError> {
-        let engine = Engine { store: guard.store_for_run(&self.store), ..self.clone() };
+        let engine = self.for_run(&guard);
         let cancel = cancel.child_token();
         let lost = guard.lost();
         let stop_on_loss = tokio::spawn({
@@ -206,8 +206,13 @@ impl Engine {
         result
     }
 
+    /// This engine writing through `guard`'s store (fenced by its lease on PostgreSQL).
+    pub(super) fn for_run(&self, guard: &RunGuard) -> Engine {
+        Engine { store: guard.store_for_run(&self.store), ..self.clone() }
+    }
+
     /// The connection of an export that can run, and its project type; why not otherwise.
-    async fn runnable(&self, export: &Export) -> Result<(i64, ProjectType), SyncError> {
+    pub(super) async fn runnable(&self, export: &Export) -> Result<(i64, ProjectType), SyncError> {
         let name = &export.name;
         let connection_id = export.connection_id.ok_or_else(|| SyncError::NotRunnable {
             export: name.clone(),
@@ -305,26 +310,14 @@ impl Engine {
 
         // A cancel asked for from another process (`--cancel-run`) stops this run's waits and batches too.
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
-        let mut state =
-            RunState { run_id, connection_id, project_type, lists: Vec::new(), dropped_fields: Default::default() };
+        let mut state = RunState::new(run_id, connection_id, project_type);
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
         let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
         let store_unreachable = matches!(&outcome, Err(SyncError::Store(e)) if e.is_transient());
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
-            Err(e) => {
-                let status = match &e {
-                    SyncError::Interrupted => RunStatus::Interrupted,
-                    SyncError::Cancelled => RunStatus::Cancelled,
-                    SyncError::MassRemoval { .. } => RunStatus::Refused,
-                    // The store was out of reach for a moment (a restarted server, a cut connection): what was
-                    // recorded stands, and the next run resumes from there.
-                    SyncError::Store(e) if e.is_transient() => RunStatus::Interrupted,
-                    _ => RunStatus::Failed,
-                };
-                (status, Some(e.to_string()))
-            }
+            Err(e) => (status_of(&e), Some(e.to_string())),
         };
         let lists = state.lists;
         let dropped: Vec<String> = state.dropped_fields.lock().expect("dropped fields lock").iter().cloned().collect();
@@ -373,7 +366,7 @@ impl Engine {
     }
 
     /// Builds the planner of one run (or dry run, with no `run_id`).
-    fn planner<'a>(
+    pub(super) fn planner<'a>(
         &'a self,
         export: &'a Export,
         project_type: ProjectType,
@@ -396,7 +389,7 @@ impl Engine {
 
     /// The whole of a recorded run after its row exists: plan, guard, resolve the lists, send. What was planned
     /// and done so far stays in `state` whichever way it ends.
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         export: &Export,
         state: &mut RunState,
@@ -470,7 +463,7 @@ impl Engine {
 
     /// Bounds the run history after each run (`store.history_retention`, `sync.keep_issue_runs`). A failure
     /// here loses nothing and does not fail the run.
-    async fn prune_history(&self, export: &Export) {
+    pub(super) async fn prune_history(&self, export: &Export) {
         let retention =
             chrono::Duration::from_std(self.config.store.history_retention).unwrap_or(chrono::TimeDelta::MAX);
         let cutoff =
@@ -499,22 +492,39 @@ impl Engine {
 
 /// The lists of one recorded run as far as it got: each list's plan and, once sent, what was done to it. Kept
 /// outside `execute` so that a run that fails part-way still reports what it planned.
-struct RunState {
-    run_id: i64,
-    connection_id: i64,
-    project_type: ProjectType,
-    lists: Vec<ListReport>,
-    dropped_fields: super::send::DroppedFields,
+pub(super) struct RunState {
+    pub run_id: i64,
+    pub connection_id: i64,
+    pub project_type: ProjectType,
+    pub lists: Vec<ListReport>,
+    pub dropped_fields: super::send::DroppedFields,
 }
 
 impl RunState {
+    pub fn new(run_id: i64, connection_id: i64, project_type: ProjectType) -> RunState {
+        RunState { run_id, connection_id, project_type, lists: Vec::new(), dropped_fields: Default::default() }
+    }
+
     fn nothing_to_send(&self) -> bool {
         self.lists.iter().all(|l| l.to_subscribe() == 0 && l.to_remove == 0)
     }
 }
 
+/// How a run that ended in `error` is recorded.
+pub(super) fn status_of(error: &SyncError) -> RunStatus {
+    match error {
+        SyncError::Interrupted => RunStatus::Interrupted,
+        SyncError::Cancelled => RunStatus::Cancelled,
+        SyncError::MassRemoval { .. } => RunStatus::Refused,
+        // The store was out of reach for a moment (a restarted server, a cut connection): what was recorded stands,
+        // and the next run resumes from there.
+        SyncError::Store(e) if e.is_transient() => RunStatus::Interrupted,
+        _ => RunStatus::Failed,
+    }
+}
+
 /// Takes the progress counters recorded in the store into the reports.
-fn merge_counts(mut lists: Vec<ListReport>, run: &crate::store::Run) -> Vec<ListReport> {
+pub(super) fn merge_counts(mut lists: Vec<ListReport>, run: &crate::store::Run) -> Vec<ListReport> {
     for l in &mut lists {
         if let Some(t) = run.targets.iter().find(|t| t.list_name == l.list_name) {
             l.added = t.counts.added;

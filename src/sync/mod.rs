@@ -17,6 +17,7 @@ mod plan;
 mod progress;
 pub mod readiness;
 mod send;
+mod verify;
 
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
@@ -27,6 +28,7 @@ pub use identity::{check_export_identity, check_identity_settings};
 pub use lock::{DaemonLock, LockError, RunLock};
 pub use plan::ListReport;
 pub use progress::{Phase, Progress};
+pub use verify::{VerifyOptions, VerifyReport, VERIFY_EXAMPLES};
 
 use crate::iterable::IterableError;
 use crate::secrets::SecretError;

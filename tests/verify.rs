@@ -1,0 +1,251 @@
+//! `export verify`: lists read back from the sandbox and compared with the segment and the export's memory, with
+//! drift made behind the exporter's back (by hand, a silent drop, a late or cut-short `getUsers`), and repaired.
+
+mod common;
+
+use common::{emails, opts, sorted, text, Env};
+use segment_exporter::sandbox::{Faults, SandboxOptions};
+use serde_json::{json, Value};
+
+/// An env whose verify counts nothing as settling (changes are older than a window of zero), unless `settle`.
+fn env_settling(settle: &str, sandbox: SandboxOptions) -> Env {
+    Env::with_config(sandbox, &format!("\n[sync]\nverify_settle = \"{settle}\"\n"))
+}
+
+/// Writes the segment's CSV (`email,tier`) with these members.
+fn write_members(env: &Env, members: &[String]) {
+    let rows: Vec<(&str, &str)> = members.iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("members.csv", &rows);
+}
+
+/// Runs `export verify exp` with `extra` flags and --json; returns its exit code and report.
+fn verify(env: &Env, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["--json", "export", "verify", "exp"];
+    args.extend_from_slice(extra);
+    let out = env.run(&args);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {} {}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
+
+fn count(report: &Value, category: &str) -> u64 {
+    report["lists"][0][category]["count"].as_u64().unwrap_or_else(|| panic!("{category}: {report}"))
+}
+
+fn unsubscribe_by_hand(env: &Env, list_id: i64, members: &[String]) {
+    let subscribers: Vec<_> = members.iter().map(|e| json!({ "email": e })).collect();
+    env.post_api(
+        "/api/lists/unsubscribe",
+        json!({ "listId": list_id, "subscribers": subscribers, "channelUnsubscribe": false }),
+    );
+}
+
+fn subscribe_by_hand(env: &Env, list_id: i64, members: &[String]) {
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    env.subscribe_by_hand(list_id, &refs);
+}
+
+#[test]
+fn drift_made_by_hand_is_found_in_its_categories_and_repaired_step_by_step() {
+    let env = env_settling("0s", opts());
+    let ours = emails(0, 200);
+    env.setup_csv_export("Drift", &ours);
+    env.run_exact("Drift", &ours);
+    // Ten leave the segment and are unsubscribed by the export.
+    write_members(&env, &ours[..190]);
+    let report = env.run_exact("Drift", &ours[..190]);
+    assert_eq!(report["lists"][0]["removed"], 10, "{report}");
+    let (code, report) = verify(&env, &[]);
+    assert_eq!((code, report["drifted"].as_bool()), (0, Some(false)), "a list as sent is clean: {report}");
+
+    // Behind the exporter's back: 50 of its members unsubscribed, 30 others added, the 10 removed put back.
+    let list_id = env.list_id("Drift").unwrap();
+    unsubscribe_by_hand(&env, list_id, &ours[..50]);
+    let others: Vec<String> = (0..30).map(|i| format!("other{i}@example.org")).collect();
+    subscribe_by_hand(&env, list_id, &others);
+    subscribe_by_hand(&env, list_id, &ours[190..]);
+
+    let (code, report) = verify(&env, &[]);
+    assert_eq!(code, 3, "drift has an exit code of its own: {report}");
+    assert_eq!(report["drifted"], true, "{report}");
+    assert_eq!(report["kind"], "verify", "{report}");
+    assert_eq!(report["lists"][0]["verdict"], "drifted", "{report}");
+    let found: Vec<u64> =
+        ["missing", "not_yet_sent", "lingering", "others", "settling"].iter().map(|c| count(&report, c)).collect();
+    assert_eq!(found, vec![50, 0, 10, 30, 0], "missing, not yet sent, lingering, others', settling: {report}");
+    let examples = report["lists"][0]["missing"]["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), 20, "up to 20 examples of a category: {report}");
+    assert!(examples.iter().all(|e| ours[..50].contains(&e.as_str().unwrap().to_string())), "{report}");
+    assert_eq!(report["lists"][0]["lingering"]["examples"].as_array().unwrap().len(), 10);
+    assert_eq!(report["lists"][0]["read_members"], 180, "190 - 50 + 30 + 10: {report}");
+    let subscribed_before = env.stats().subscribers_received;
+    assert_eq!(
+        report["lists"][0]["list_size"], report["lists"][0]["read_members"],
+        "the count read is checked against the list's size"
+    );
+    let shown = env.json(&["runs", "show", &report["run_id"].to_string()]);
+    assert_eq!(shown["kind"], "verify", "a verify is recorded as a run of its own kind: {shown}");
+
+    // --repair sends the 50 again and leaves the others and the lingering alone.
+    let (code, report) = verify(&env, &["--repair"]);
+    assert_eq!(report["kind"], "verify_repair", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(code, 3, "lingering members are left, so the list still drifts: {report}");
+    assert_eq!(report["repaired"][0]["added"], 50, "{report}");
+    assert_eq!(report["repaired"][0]["removed"], 0, "{report}");
+    assert_eq!(env.stats().subscribers_received - subscribed_before, 50, "only the missing are sent");
+    let mut expected: Vec<String> = ours.clone();
+    expected.extend(others.iter().cloned());
+    assert_eq!(env.members("Drift"), sorted(expected.clone()), "the 50 are back, others' and lingering stay");
+
+    // --remove-lingering takes the 10 off, through the mass-removal guard.
+    let (code, report) = verify(&env, &["--repair", "--remove-lingering"]);
+    assert_eq!((code, report["status"].as_str()), (0, Some("succeeded")), "{report}");
+    assert_eq!((count(&report, "missing"), count(&report, "lingering")), (0, 10), "{report}");
+    assert_eq!(report["repaired"][0]["removed"], 10, "{report}");
+    let mut expected: Vec<String> = ours[..190].to_vec();
+    expected.extend(others.iter().cloned());
+    assert_eq!(env.members("Drift"), sorted(expected), "members added by someone else stay");
+
+    // A second verify is clean.
+    let (code, report) = verify(&env, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["drifted"], false, "{report}");
+    let found: Vec<u64> =
+        ["missing", "not_yet_sent", "lingering", "others", "settling"].iter().map(|c| count(&report, c)).collect();
+    assert_eq!(found, vec![0, 0, 0, 30, 0], "{report}");
+    let table = text(&env.ok(&["runs"]).stdout);
+    assert!(table.contains("verify"), "{table}");
+}
+
+#[test]
+fn members_sent_a_moment_ago_that_getusers_does_not_show_yet_are_settling_not_missing() {
+    let env = env_settling("15m", opts());
+    let ours = emails(0, 40);
+    env.setup_csv_export("Late", &ours[..30]);
+    env.run_exact("Late", &ours[..30]);
+    env.sandbox.set_faults(Faults { get_users_delay_ms: Some(600_000), ..Faults::default() });
+    write_members(&env, &ours[10..]);
+    let report = env.run_exact("Late", &ours[10..]);
+    assert_eq!((report["lists"][0]["added"].as_u64(), report["lists"][0]["removed"].as_u64()), (Some(10), Some(10)));
+    let (code, report) = verify(&env, &[]);
+    assert_eq!(code, 0, "{report}");
+    let found: Vec<u64> =
+        ["missing", "not_yet_sent", "lingering", "others", "settling"].iter().map(|c| count(&report, c)).collect();
+    assert_eq!(found, vec![0, 0, 0, 0, 20], "10 sent and 10 removed a moment ago: {report}");
+    assert_eq!(report["lists"][0]["verdict"], "clean", "{report}");
+}
+
+#[test]
+fn a_change_the_sandbox_acknowledged_and_dropped_is_found_by_the_next_verify_and_repaired() {
+    let env = env_settling("0s", opts());
+    let ours = emails(0, 120);
+    env.setup_csv_export("Dropped", &ours[..100]);
+    env.run_exact("Dropped", &ours[..100]);
+    // The next subscribe is answered as done, every member counted, and applied to nothing.
+    env.sandbox.set_faults(Faults { silent_drop_next: Some(1), ..Faults::default() });
+    write_members(&env, &ours);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!((report["status"].as_str(), report["lists"][0]["added"].as_u64()), (Some("succeeded"), Some(20)));
+    assert_eq!(env.members("Dropped"), sorted(ours[..100].to_vec()), "the run believes what it was told");
+    let (code, report) = verify(&env, &[]);
+    assert_eq!((code, count(&report, "missing")), (3, 20), "{report}");
+    let (code, report) = verify(&env, &["--repair"]);
+    assert_eq!((code, report["repaired"][0]["added"].as_u64()), (0, Some(20)), "{report}");
+    assert_eq!(env.members("Dropped"), sorted(ours.clone()));
+    assert_eq!(verify(&env, &[]).0, 0);
+}
+
+#[test]
+fn a_getusers_answer_cut_short_gives_no_verdict_and_repairs_nothing() {
+    let env = env_settling("0s", opts());
+    let ours = emails(0, 60);
+    env.setup_csv_export("Cut", &ours);
+    env.run_exact("Cut", &ours);
+    env.sandbox.set_faults(Faults { cut_get_users_next: Some(1), ..Faults::default() });
+    let before = env.stats().subscribers_received;
+    let (code, report) = verify(&env, &["--repair"]);
+    assert_eq!(code, 1, "no verdict is a failed verify: {report}");
+    assert_eq!(report["lists"][0]["verdict"], "no_verdict", "{report}");
+    assert_eq!(
+        (report["lists"][0]["read_members"].as_u64(), report["lists"][0]["list_size"].as_u64()),
+        (Some(30), Some(60))
+    );
+    assert!(report["error"].as_str().unwrap().contains("no verdict"), "{report}");
+    assert_eq!(env.stats().subscribers_received, before, "nothing was repaired");
+    assert_eq!(count(&report, "missing"), 0, "nothing concluded: {report}");
+    // Read whole again, the list is clean.
+    assert_eq!(verify(&env, &[]).0, 0);
+}
+
+#[test]
+fn a_hybrid_list_is_matched_on_the_user_id_or_the_email_of_each_member() {
+    let env = env_settling(
+        "0s",
+        SandboxOptions { project_type: segment_exporter::sandbox::SandboxProjectType::Hybrid, ..opts() },
+    );
+    env.add_connection_with(&["--project-type", "hybrid"]);
+    // Half the members have a user id (sent by it), half only an email.
+    let mut csv = String::from("email,user_id,tier\n");
+    for i in 0..40 {
+        let uid = if i % 2 == 0 { format!("u{i}") } else { String::new() };
+        csv.push_str(&format!("user{i}@example.com,{uid},gold\n"));
+    }
+    std::fs::write(env.path("people.csv"), csv).unwrap();
+    let source = format!("csv:{}", env.path("people.csv").display());
+    env.ok(&["segment", "add", "Hybrid", "--source", &source]);
+    env.ok(&[
+        "export",
+        "add",
+        "exp",
+        "--connection",
+        "iterable",
+        "--segment",
+        "Hybrid",
+        "--email-field",
+        "email",
+        "--user-id-field",
+        "user_id",
+    ]);
+    let report = env.json(&["export", "run", "exp"]);
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let (code, report) = verify(&env, &[]);
+    assert_eq!(code, 0, "members by user id and by email are all found: {report}");
+    assert_eq!((count(&report, "missing"), count(&report, "others")), (0, 0), "{report}");
+    // Someone takes one of each off the list: one by its user id, one by its email.
+    let list_id = env.list_id("Hybrid").unwrap();
+    env.post_api(
+        "/api/lists/unsubscribe",
+        json!({ "listId": list_id, "channelUnsubscribe": false,
+                "subscribers": [{ "userId": "u0" }, { "email": "user1@example.com" }] }),
+    );
+    let (code, report) = verify(&env, &[]);
+    assert_eq!((code, count(&report, "missing")), (3, 2), "{report}");
+    let mut missing: Vec<String> = report["lists"][0]["missing"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    missing.sort();
+    assert_eq!(missing, vec!["user1@example.com", "userId:u0"], "each as the export identifies it: {report}");
+}
+
+#[test]
+fn verifying_an_export_whose_run_is_in_flight_exits_75() {
+    let env = env_settling("0s", opts());
+    let ours = emails(0, 200);
+    env.setup_csv_export("Busy", &ours);
+    env.hold();
+    let mut run = env.spawn_run();
+    // Wait until the run holds the export (its row is running).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.store_i64("SELECT COUNT(*) FROM runs WHERE status = 'running'") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = env.run(&["export", "verify", "exp"]);
+    env.release();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(run.wait().unwrap().success());
+}
