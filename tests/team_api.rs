@@ -322,6 +322,7 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         ),
         (Method::PATCH, "/exports/carls".into(), Some(|_| json!({ "add_fields": ["nope"] })), [u, u, nf, bad, bad]),
         (Method::POST, "/exports/carls/runs".into(), None, [u, u, nf, S::ACCEPTED, S::ACCEPTED]),
+        (Method::POST, "/exports/carls/verify".into(), None, [u, u, nf, S::ACCEPTED, S::ACCEPTED]),
         (Method::POST, "/exports/carls/runs".into(), Some(|_| json!({ "dry_run": true })), [u, u, nf, S::OK, S::OK]),
         (Method::GET, "/runs?export=carls".into(), None, [u, u, nf, S::OK, S::OK]),
         (Method::GET, runs_path.clone(), None, [u, u, nf, S::OK, S::OK]),

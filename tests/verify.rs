@@ -7,7 +7,7 @@ use common::{emails, opts, sorted, text, Env};
 use segment_exporter::sandbox::{Faults, SandboxOptions};
 use serde_json::{json, Value};
 
-/// An env whose verify counts nothing as settling (changes are older than a window of zero), unless `settle`.
+/// An env whose verify counts changes older than `settle` as settled ("0s": every change).
 fn env_settling(settle: &str, sandbox: SandboxOptions) -> Env {
     Env::with_config(sandbox, &format!("\n[sync]\nverify_settle = \"{settle}\"\n"))
 }
@@ -248,4 +248,100 @@ fn verifying_an_export_whose_run_is_in_flight_exits_75() {
     env.release();
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(run.wait().unwrap().success());
+}
+
+/// GET `path` of the served daemon with `token`, as JSON.
+async fn get(base: &str, token: &str, path: &str) -> Value {
+    reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits until run `id` has ended; returns it as `GET /api/v1/runs/{id}` shows it.
+async fn ended_run(base: &str, token: &str, id: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let run = get(base, token, &format!("/api/v1/runs/{id}")).await;
+        if run["status"] != "running" {
+            return run;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {id} never ended: {run}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_verify_asked_for_over_the_api_is_queued_like_a_run_read_like_one_and_measured_and_one_falls_due_after_a_run() {
+    let env = Env::with_config(opts(), "\n[sync]\nverify_settle = \"0s\"\nverify_interval = \"1h\"\n");
+    let ours = emails(0, 30);
+    // The daemon runs in this process, which has no ITERABLE_KEY: the key is stored (sealed) instead.
+    let add =
+        ["connection", "add", "iterable", "--api-key-stdin", "--base-url", &env.base_url, "--accept-data-privacy"];
+    let out = env.cmd().args(add).write_stdin(common::KEY).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    write_members(&env, &ours);
+    let source = format!("csv:{}", env.path("members.csv").display());
+    env.add_segment_and_export("Api", &source, None);
+    env.run_exact("Api", &ours);
+    let list_id = env.list_id("Api").unwrap();
+    unsubscribe_by_hand(&env, list_id, &ours[..5]);
+    let token = env.json(&["user", "add", "ann", "--role", "admin"])["token"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = rt.block_on(common::in_process::serve(&env, ""));
+    let base = served.base.clone();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Option<Value>| {
+        let mut req = client.post(format!("{base}/api/v1{path}")).bearer_auth(&token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        rt.block_on(async {
+            let answer = req.send().await.unwrap();
+            (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+        })
+    };
+
+    let (status, _) = post("/exports/exp/verify", Some(json!({ "remove_lingering": true })));
+    assert_eq!(status, 422, "remove_lingering without repair is refused");
+    let (status, accepted) = post("/exports/exp/verify", None);
+    assert_eq!(status, 202, "{accepted}");
+    let run = rt.block_on(ended_run(&base, &token, accepted["run_id"].as_i64().expect("the verify's run id")));
+    assert_eq!((run["kind"].as_str(), run["trigger"].as_str()), (Some("verify"), Some("api")), "{run}");
+    assert_eq!(run["verify"][0]["verdict"], "drifted", "{run}");
+    assert_eq!(run["verify"][0]["missing"]["count"], 5, "{run}");
+    let metrics = rt.block_on(async { reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap() });
+    assert!(
+        metrics.contains("segment_exporter_list_drift_members{export=\"exp\",list=\"Api\",kind=\"missing\"} 5"),
+        "{metrics}"
+    );
+
+    // A repair over the API is counted like a run.
+    let (_, accepted) = post("/exports/exp/verify", Some(json!({ "repair": true })));
+    let run = rt.block_on(ended_run(&base, &token, accepted["run_id"].as_i64().unwrap()));
+    assert_eq!((run["kind"].as_str(), run["status"].as_str()), (Some("verify_repair"), Some("succeeded")), "{run}");
+    assert_eq!(run["lists"][0]["added"], 5, "{run}");
+    assert_eq!(env.sandbox.list_members(list_id).unwrap(), sorted(ours.clone()));
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM runs WHERE kind != 'run'"), 2);
+
+    // With no verify within sync.verify_interval, the next run's end queues one, on the schedule's behalf, report
+    // only.
+    env.store_sql(&["UPDATE runs SET started_at = '2020-01-01T00:00:00.000Z' WHERE kind != 'run'"]);
+    let answer = rt.block_on(async {
+        let r = client.post(format!("{base}/api/v1/exports/exp/runs")).bearer_auth(&token).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    rt.block_on(ended_run(&base, &token, answer["run_id"].as_i64().unwrap()));
+    let scheduled = rt.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let runs = get(&base, &token, "/api/v1/runs?export=exp").await;
+            let found =
+                runs.as_array().unwrap().iter().find(|r| r["trigger"] == "schedule" && r["status"] != "running");
+            if let Some(v) = found {
+                break v.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "no scheduled verify: {runs}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!((scheduled["kind"].as_str(), scheduled["status"].as_str()), (Some("verify"), Some("succeeded")));
+    rt.block_on(served.stop());
 }

@@ -42,3 +42,10 @@ CREATE TABLE run_verify_examples (
     member     TEXT NOT NULL
 );
 CREATE INDEX run_verify_examples_by_run ON run_verify_examples (run_id, target_id);
+-- A run request may ask for a verify (`POST /api/v1/exports/NAME/verify`, the schedule's `sync.verify_interval`):
+-- merged into the export's queued request like any other, its options OR-ed; `wants_run` keeps whether a run was
+-- asked for too (a verify that does not repair sends nothing, so that run follows it).
+ALTER TABLE run_requests ADD COLUMN wants_run BOOLEAN NOT NULL DEFAULT TRUE;
+ALTER TABLE run_requests ADD COLUMN verify BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE run_requests ADD COLUMN repair BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE run_requests ADD COLUMN remove_lingering BOOLEAN NOT NULL DEFAULT FALSE;

@@ -41,3 +41,10 @@ CREATE TABLE run_verify_examples (
     member     TEXT NOT NULL
 );
 CREATE INDEX run_verify_examples_by_run ON run_verify_examples (run_id, target_id);
+-- A run request may ask for a verify (`POST /api/v1/exports/NAME/verify`, the schedule's `sync.verify_interval`):
+-- merged into the export's queued request like any other, its options OR-ed; `wants_run` keeps whether a run was
+-- asked for too (a verify that does not repair sends nothing, so that run follows it).
+ALTER TABLE run_requests ADD COLUMN wants_run INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE run_requests ADD COLUMN verify INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE run_requests ADD COLUMN repair INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE run_requests ADD COLUMN remove_lingering INTEGER NOT NULL DEFAULT 0;

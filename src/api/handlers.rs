@@ -684,6 +684,7 @@ pub async fn run_export(
         requested_by: Some(c.actor.name()),
         full: b.full,
         allow_mass_removal: b.allow_mass_removal,
+        verify: None,
     };
     let request_id = s.queue.ask(&ask).await?;
     let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
@@ -697,6 +698,80 @@ pub async fn run_export(
                 StatusCode::CONFLICT,
                 "conflict",
                 format!("export '{name}' cannot run now: {}", shown_error(&s, &c, export.id, &why).await?),
+            ))
+        }
+    };
+    let accepted = RunAccepted { export: name, state, request_id, run_id };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// Send the missing members again and correct the export's memory (also sends what the next run would).
+    #[serde(default)]
+    repair: bool,
+    /// With `repair`: unsubscribe the lingering members too.
+    #[serde(default)]
+    remove_lingering: bool,
+    /// With `repair`: let it unsubscribe more than sync.mass_removal_share of a list.
+    #[serde(default)]
+    allow_mass_removal: bool,
+}
+
+/// Verifies an export's lists against Iterable (and repairs them on request) through the daemon's queue, like a
+/// run: it waits for a run in flight. The result is a run of kind `verify` (`verify_repair`): `GET /runs/{id}`.
+#[utoipa::path(post, path = "/exports/{name}/verify", tag = "runs", params(("name" = String, Path)),
+    request_body(content = Option<VerifyBody>, description = "Optional"),
+    responses((status = 202, body = RunAccepted),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The connection is no longer open to contributors", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn verify_export(
+    State(s): State<ApiState>,
+    c: Caller,
+    Path(name): Path<String>,
+    b: Result<Option<Json<VerifyBody>>, JsonRejection>,
+) -> ApiResult {
+    let (export, facts) = visible_export(&s, &c, &name).await?;
+    access::run_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
+    let b = b
+        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
+        .map(|Json(b)| b)
+        .unwrap_or_default();
+    if (b.remove_lingering || b.allow_mass_removal) && !b.repair {
+        return Err(ApiError::invalid(
+            "remove_lingering and allow_mass_removal apply to a repair: add \"repair\": true",
+        ));
+    }
+    let flags: Vec<&str> =
+        [(b.repair, "repair"), (b.remove_lingering, "remove lingering"), (b.allow_mass_removal, "allow mass removal")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+    let detail = (!flags.is_empty()).then(|| flags.join(", "));
+    access::audit(&s.store, &s.config(), &c.actor, &c.origin, "export.verify", Some(&name), detail).await?;
+    let ask = crate::queue::Ask {
+        export_id: export.id,
+        trigger: crate::queue::Trigger::Api,
+        requested_by: Some(c.actor.name()),
+        full: false,
+        allow_mass_removal: b.allow_mass_removal,
+        verify: Some(crate::queue::VerifyAsk { repair: b.repair, remove_lingering: b.remove_lingering }),
+    };
+    let request_id = s.queue.ask(&ask).await?;
+    let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
+        Answer::Started { run_id } => (RunRequestState::Started, run_id),
+        Answer::Waiting(WaitingFor::CurrentRun) => (RunRequestState::QueuedAfterCurrentRun, None),
+        Answer::Waiting(WaitingFor::FreeSlot) => (RunRequestState::WaitingForAFreeSlot, None),
+        Answer::Waiting(WaitingFor::AnotherProcess) => (RunRequestState::QueuedAfterAnotherProcess, None),
+        Answer::Queued => (RunRequestState::Queued, None),
+        Answer::NotStarted(why) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("export '{name}' cannot be verified now: {}", shown_error(&s, &c, export.id, &why).await?),
             ))
         }
     };
@@ -810,6 +885,9 @@ pub async fn run(State(s): State<ApiState>, c: Caller, Path(id): Path<i64>) -> A
     }
     let issues = s.store.run_issues(id, 100).await?;
     v.rejected_and_invalid = Some(issues.into_iter().map(IssueView::from).collect());
+    if run.kind != crate::store::RunKind::Run {
+        v.verify = Some(s.store.run_verify(id).await?.iter().map(VerifyListView::new).collect());
+    }
     ok(v)
 }
 

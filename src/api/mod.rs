@@ -86,6 +86,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::export_users, handlers::add_export_user))
         .routes(routes!(handlers::remove_export_user))
         .routes(routes!(handlers::run_export))
+        .routes(routes!(handlers::verify_export))
         .routes(routes!(segments::segments, segments::create_segment))
         .routes(routes!(segments::segment, segments::edit_segment, segments::remove_segment))
         .routes(routes!(handlers::runs))

@@ -496,6 +496,57 @@ pub struct RunView {
     /// GET /runs/{id} only (export users and administrators): members not sent or refused, up to 100.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_and_invalid: Option<Vec<IssueView>>,
+    /// `run`, `verify` (lists read back from Iterable and compared) or `verify_repair` (a verify that repaired).
+    pub kind: String,
+    /// A verify's findings per list (GET /runs/{id} only, for export users and administrators).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Vec<VerifyListView>>,
+}
+
+/// How many members a verify found in one category of a list, and up to 20 of them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DriftCategoryView {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+/// What a verify found on one list: its verdict (`clean`, `drifted`, or `no_verdict` when the members read did
+/// not add up to the list's size) and members missing, not yet sent, lingering, others' and settling.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyListView {
+    pub list_name: String,
+    pub list_id: Option<i64>,
+    pub verdict: String,
+    pub read_members: u64,
+    pub list_size: Option<u64>,
+    pub missing: DriftCategoryView,
+    pub not_yet_sent: DriftCategoryView,
+    pub lingering: DriftCategoryView,
+    pub others: DriftCategoryView,
+    pub settling: DriftCategoryView,
+    pub note: Option<String>,
+}
+
+impl VerifyListView {
+    pub fn new(l: &crate::store::ListVerify) -> VerifyListView {
+        let c = |c: &crate::store::Category| DriftCategoryView { count: c.count, examples: c.examples.clone() };
+        VerifyListView {
+            list_name: l.list_name.clone(),
+            list_id: l.list_id,
+            verdict: serde_json::to_value(l.verdict)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            read_members: l.read_members,
+            list_size: l.list_size,
+            missing: c(&l.missing),
+            not_yet_sent: c(&l.not_yet_sent),
+            lingering: c(&l.lingering),
+            others: c(&l.others),
+            settling: c(&l.settling),
+            note: l.note.clone(),
+        }
+    }
 }
 
 impl RunView {
@@ -537,6 +588,8 @@ impl RunView {
                 && crate::sync::stopped_by_mass_removal_guard(run.error.as_deref()),
             progress: None,
             rejected_and_invalid: None,
+            kind: run.kind.as_str().to_string(),
+            verify: None,
         }
     }
 }

@@ -864,6 +864,7 @@ async fn trigger_in_store(ctx: &Ctx, store: &crate::store::Store, name: Option<&
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            verify: None,
         };
         requests.push(json!({ "export": e.name, "request_id": queue.ask(&ask).await? }));
     }

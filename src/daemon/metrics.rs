@@ -12,7 +12,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::iterable::RequestObserver;
-use crate::sync::RunReport;
+use crate::store::{DriftKind, Verdict};
+use crate::sync::{RunReport, VerifyReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
@@ -38,6 +39,13 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    export: String,
+    list: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabels {
     export: String,
 }
@@ -51,6 +59,7 @@ pub struct Metrics {
     latency: Family<EndpointLabels, Histogram>,
     since_success: Family<ExportLabels, Gauge<f64, AtomicU64>>,
     in_flight: Gauge,
+    drift: Family<DriftLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,7 +95,13 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("runs_in_flight", "Export runs in progress", in_flight.clone());
-        Metrics { registry, runs, members, requests, rate_limited, latency, since_success, in_flight }
+        let drift = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "list_drift_members",
+            "Members each list's last verify found missing, not yet sent, lingering, others' or settling",
+            drift.clone(),
+        );
+        Metrics { registry, runs, members, requests, rate_limited, latency, since_success, in_flight, drift }
     }
 }
 
@@ -116,6 +131,26 @@ impl Metrics {
                 ] {
                     self.members.get_or_create(&MemberLabels { export: export.into(), change }).inc_by(n);
                 }
+            }
+        }
+    }
+
+    /// A verify ended: each list it judged shows its categories (a list without a verdict keeps its last ones).
+    pub fn verify_finished(&self, export: &str, report: &VerifyReport) {
+        self.in_flight.dec();
+        let status = report.status.to_string();
+        self.runs.get_or_create(&RunLabels { export: export.into(), status }).inc();
+        for l in report.lists.iter().filter(|l| l.verdict != Verdict::NoVerdict) {
+            for kind in DriftKind::ALL {
+                let labels = DriftLabels { export: export.into(), list: l.list_name.clone(), kind: kind.as_str() };
+                self.drift.get_or_create(&labels).set(l.category(kind).count as i64);
+            }
+        }
+        for l in &report.repaired {
+            for (change, n) in
+                [("added", l.added), ("updated", l.updated), ("removed", l.removed), ("rejected", l.rejected)]
+            {
+                self.members.get_or_create(&MemberLabels { export: export.into(), change }).inc_by(n);
             }
         }
     }

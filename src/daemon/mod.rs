@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::queue::{Ask, RunQueue, Taken, Trigger};
 use crate::schedule::Schedule;
 use crate::store::{RunStatus, Store, WaitingFor};
-use crate::sync::{Engine, Progress, RunGuard, RunLock, RunOptions, RunReport, SyncError};
+use crate::sync::{Engine, Progress, RunGuard, RunLock, RunOptions, RunReport, SyncError, VerifyOptions, VerifyReport};
 use scheduler::Scheduler;
 use status::LastRun;
 
@@ -59,6 +59,8 @@ pub enum Command {
 pub enum Outcome {
     /// The run went (succeeded, failed, refused, interrupted): the engine recorded it.
     Ran(RunReport),
+    /// A verify went (and its repair, if it repaired): the engine recorded it.
+    Verified(VerifyReport),
     /// The export is running in another process (a CLI run, a second daemon).
     Busy,
     /// The run could not start, and why.
@@ -78,9 +80,35 @@ pub trait Runner: Send + Sync {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunReport, SyncError>>;
+
+    /// Verifies one export whose run lock the run queue took (a runner that cannot verify refuses).
+    fn verify_taken<'a>(
+        &'a self,
+        guard: RunGuard,
+        opts: &'a VerifyOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<VerifyReport, SyncError>> {
+        let _ = (opts, progress, cancel);
+        Box::pin(async move {
+            let export = guard.export_id().to_string();
+            guard.release(true).await;
+            Err(SyncError::NotRunnable { export, why: "this runner does not verify".into() })
+        })
+    }
 }
 
 impl Runner for Engine {
+    fn verify_taken<'a>(
+        &'a self,
+        guard: RunGuard,
+        opts: &'a VerifyOptions,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<VerifyReport, SyncError>> {
+        Box::pin(Engine::verify_taken(self, guard, opts, progress, cancel))
+    }
+
     fn run_taken<'a>(
         &'a self,
         guard: RunGuard,
@@ -90,6 +118,12 @@ impl Runner for Engine {
     ) -> BoxFuture<'a, Result<RunReport, SyncError>> {
         Box::pin(Engine::run_taken(self, guard, opts, progress, cancel))
     }
+}
+
+/// What a task taken from the queue does.
+enum Task {
+    Run(RunOptions),
+    Verify(VerifyOptions),
 }
 
 /// Why the daemon could not start.
@@ -110,6 +144,8 @@ pub enum DaemonError {
 struct InFlight {
     export: String,
     request_id: i64,
+    /// A verify that does not repair, whose request also asked for a run: that run is asked for when it ends.
+    then_run: Option<Trigger>,
     cancel: CancellationToken,
     abort: tokio::task::AbortHandle,
     progress: Arc<Progress>,
@@ -490,7 +526,14 @@ impl Daemon {
         if !export.enabled || export.connection_id.is_none() {
             return tracing::warn!(export = %export.name, trigger = trigger.as_str(), "Export is disabled (no connection); not running it.");
         }
-        let ask = Ask { export_id: export.id, trigger, requested_by: None, full: false, allow_mass_removal: false };
+        let ask = Ask {
+            export_id: export.id,
+            trigger,
+            requested_by: None,
+            full: false,
+            allow_mass_removal: false,
+            verify: None,
+        };
         let asked = match due_at {
             Some(due_at) => self.queue.ask_scheduled(&ask, due_at).await.map(|id| id.is_some()),
             None => self.queue.ask(&ask).await.map(|_| true),
@@ -563,6 +606,17 @@ impl Daemon {
         if follow_up.is_some() {
             tracing::info!(export = %export.name, trigger = trigger.as_str(), "Starting the follow-up run queued while the export was running.");
         }
+        if request.verify {
+            let opts = VerifyOptions {
+                trigger: trigger.as_str().to_string(),
+                repair: request.repair,
+                remove_lingering: request.remove_lingering,
+                allow_mass_removal: request.allow_mass_removal,
+                request_id: Some(request.id),
+            };
+            let then_run = (request.wants_run && !request.repair).then_some(trigger);
+            return self.start_task(export, request.id, guard, Task::Verify(opts), then_run);
+        }
         let opts = RunOptions {
             trigger: trigger.as_str().to_string(),
             note: (!note.is_empty()).then_some(note),
@@ -571,7 +625,7 @@ impl Daemon {
             request_id: Some(request.id),
             ..RunOptions::default()
         };
-        self.start_run(export, request.id, guard, opts);
+        self.start_task(export, request.id, guard, Task::Run(opts), None);
     }
 
     async fn refuse(&self, request_id: i64, why: &str, run_id: Option<i64>) {
@@ -615,7 +669,14 @@ impl Daemon {
         }
     }
 
-    fn start_run(&mut self, export: crate::store::Export, request_id: i64, guard: RunGuard, opts: RunOptions) {
+    fn start_task(
+        &mut self,
+        export: crate::store::Export,
+        request_id: i64,
+        guard: RunGuard,
+        task: Task,
+        then_run: Option<Trigger>,
+    ) {
         let cancel = self.root.child_token();
         let progress = Arc::new(Progress::default());
         self.shared.metrics.run_started();
@@ -626,7 +687,14 @@ impl Daemon {
         let (runner, tx, export_id) = (self.runner(), self.tx.clone(), export.id);
         let task = tokio::spawn({
             let (progress, cancel) = (progress.clone(), cancel.clone());
-            async move { runner.run_taken(guard, &opts, progress, cancel).await }
+            async move {
+                match task {
+                    Task::Run(opts) => runner.run_taken(guard, &opts, progress, cancel).await.map(Outcome::Ran),
+                    Task::Verify(opts) => {
+                        runner.verify_taken(guard, &opts, progress, cancel).await.map(Outcome::Verified)
+                    }
+                }
+            }
         });
         let abort = task.abort_handle();
         tokio::spawn({
@@ -636,7 +704,7 @@ impl Daemon {
                 tokio::spawn(log_progress(name, progress, done.clone()));
                 // The run is its own task, so a panic in it ends here as an error instead of never.
                 let outcome = match task.await {
-                    Ok(Ok(report)) => Outcome::Ran(report),
+                    Ok(Ok(outcome)) => outcome,
                     Ok(Err(SyncError::AlreadyRunning { .. })) => Outcome::Busy,
                     Ok(Err(e)) => Outcome::NotStarted(e.to_string()),
                     Err(e) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic())),
@@ -647,7 +715,7 @@ impl Daemon {
             }
         });
         self.queue.live().insert(export.id, progress.clone());
-        self.running.insert(export.id, InFlight { export: export.name, request_id, cancel, abort, progress });
+        self.running.insert(export.id, InFlight { export: export.name, request_id, then_run, cancel, abort, progress });
     }
 
     async fn finished(&mut self, export_id: i64, outcome: Outcome) {
@@ -673,6 +741,7 @@ impl Daemon {
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        verify: None,
                     };
                     if stopping {
                         // Now, before this process exits.
@@ -694,6 +763,22 @@ impl Daemon {
                                 }
                             }
                         });
+                    }
+                }
+            }
+            Outcome::Verified(_) => {
+                if let Some(trigger) = run.then_run {
+                    // The request asked for a run too: a verify that does not repair sends nothing.
+                    let ask = Ask {
+                        export_id,
+                        trigger,
+                        requested_by: None,
+                        full: false,
+                        allow_mass_removal: false,
+                        verify: None,
+                    };
+                    if let Err(e) = self.queue.ask(&ask).await {
+                        tracing::warn!(export = %export, error = %e, "Cannot ask for the run that was asked for with the verify.");
                     }
                 }
             }
@@ -725,10 +810,48 @@ impl Daemon {
         // Counted last, so whoever sees the count in /metrics finds the run's end in /status too.
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
+            Outcome::Verified(report) => self.shared.metrics.verify_finished(&export, report),
             Outcome::Busy => self.shared.metrics.run_not_started(),
             _ => self.shared.metrics.run_finished(&export, None),
         }
+        if let Outcome::Ran(report) = &outcome {
+            self.ask_verify_when_due(export_id, &export, report).await;
+        }
         self.dispatch().await;
+    }
+
+    /// After a run's sends, a verify of its lists when `sync.verify_interval` has passed since the export's last
+    /// one: report only (never a repair), queued like a run, on the schedule's behalf.
+    async fn ask_verify_when_due(&self, export_id: i64, export: &str, report: &RunReport) {
+        let Some(interval) = self.config.sync.verify_interval else { return };
+        if report.status != RunStatus::Succeeded || self.stopping.is_some() {
+            return;
+        }
+        let due = match self.store.last_verify_at(export_id).await {
+            Ok(None) => true,
+            Ok(Some(at)) => chrono::Duration::from_std(interval).is_ok_and(|iv| crate::store::now() - at >= iv),
+            Err(e) => {
+                tracing::warn!(export = %export, error = %e, "Cannot read when the export was last verified.");
+                false
+            }
+        };
+        if !due {
+            return;
+        }
+        let ask = Ask {
+            export_id,
+            trigger: Trigger::Schedule,
+            requested_by: None,
+            full: false,
+            allow_mass_removal: false,
+            verify: Some(crate::queue::VerifyAsk::default()),
+        };
+        match self.queue.ask(&ask).await {
+            Ok(_) => {
+                tracing::info!(export = %export, "A verify of the export's lists is due (sync.verify_interval); queued it.")
+            }
+            Err(e) => tracing::warn!(export = %export, error = %e, "Cannot queue the verify that is due."),
+        }
     }
 
     /// The pause before resuming export `export_id`'s run once more: 1 s, then twice the last, at most a minute.

@@ -71,6 +71,17 @@ pub struct Ask<'a> {
     pub full: bool,
     /// Let the run through the mass-removal guard (the run that starts next).
     pub allow_mass_removal: bool,
+    /// A verify of the export's lists instead of a run (`crate::sync::VerifyOptions`); None: a run.
+    pub verify: Option<VerifyAsk>,
+}
+
+/// What a verify asks for besides reading and comparing the lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyAsk {
+    /// Send the missing members again and correct the export's memory.
+    pub repair: bool,
+    /// With `repair`: unsubscribe the lingering members too.
+    pub remove_lingering: bool,
 }
 
 /// What became of a request, as far as it got within the time its asker waited.
@@ -286,5 +297,9 @@ fn new_request<'a>(ask: &Ask<'a>, note: Option<&'a str>) -> NewRunRequest<'a> {
         note,
         full: ask.full,
         allow_mass_removal: ask.allow_mass_removal,
+        wants_run: ask.verify.is_none(),
+        verify: ask.verify.is_some(),
+        repair: ask.verify.is_some_and(|v| v.repair),
+        remove_lingering: ask.verify.is_some_and(|v| v.remove_lingering),
     }
 }

@@ -69,6 +69,12 @@ pub struct NewRunRequest<'a> {
     pub note: Option<&'a str>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    /// A run is asked for (false for a request that asks only for a verify).
+    pub wants_run: bool,
+    /// A verify of the export's lists is asked for (`crate::sync::VerifyOptions`), with these options.
+    pub verify: bool,
+    pub repair: bool,
+    pub remove_lingering: bool,
 }
 
 /// A stored run request.
@@ -82,6 +88,10 @@ pub struct RunRequest {
     pub note: Option<String>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    pub wants_run: bool,
+    pub verify: bool,
+    pub repair: bool,
+    pub remove_lingering: bool,
     /// Later requests merged into this one.
     pub merged: i64,
     pub state: RequestState,
@@ -92,7 +102,8 @@ pub struct RunRequest {
 }
 
 const SELECT_REQUEST: &str = "SELECT q.id, q.export_id, e.name AS export_name, q.trigger, q.requested_by, q.note, \
-     q.full_resync, q.allow_mass_removal, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason \
+     q.full_resync, q.allow_mass_removal, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason, \
+     q.wants_run, q.verify, q.repair, q.remove_lingering \
      FROM run_requests q JOIN exports e ON e.id = q.export_id";
 
 fn request_from(row: &Row) -> Result<RunRequest> {
@@ -105,6 +116,10 @@ fn request_from(row: &Row) -> Result<RunRequest> {
         note: row.try_get("note")?,
         full: row.try_get("full_resync")?,
         allow_mass_removal: row.try_get("allow_mass_removal")?,
+        wants_run: row.try_get("wants_run")?,
+        verify: row.try_get("verify")?,
+        repair: row.try_get("repair")?,
+        remove_lingering: row.try_get("remove_lingering")?,
         merged: row.try_get("merged")?,
         state: RequestState::parse(&row.try_get::<String, _>("state")?)?,
         waiting_for: row.try_get::<Option<String>, _>("waiting_for")?.as_deref().map(WaitingFor::parse).transpose()?,
@@ -210,24 +225,30 @@ impl Store {
     /// then merges into.
     pub async fn requeue_request(&self, id: i64) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        let Some(row) = sql(
-            "SELECT export_id, full_resync, allow_mass_removal FROM run_requests WHERE id = $1 AND state = 'started' \
-             AND run_id IS NULL",
-        )
-        .bind(id)
-        .fetch_optional(&mut tx)
-        .await?
+        let Some(row) =
+            sql("SELECT export_id, full_resync, allow_mass_removal, wants_run, verify, repair, remove_lingering \
+             FROM run_requests WHERE id = $1 AND state = 'started' AND run_id IS NULL")
+            .bind(id)
+            .fetch_optional(&mut tx)
+            .await?
         else {
             return Ok(());
         };
         let (export_id, full, allow): (i64, bool, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (wants_run, verify, repair, remove_lingering): (bool, bool, bool, bool) =
+            (row.try_get(3)?, row.try_get(4)?, row.try_get(5)?, row.try_get(6)?);
         let merged = sql(
             "UPDATE run_requests SET full_resync = full_resync OR $1, allow_mass_removal = allow_mass_removal OR $2, \
-             merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
+             wants_run = wants_run OR $4, verify = verify OR $5, repair = repair OR $6, \
+             remove_lingering = remove_lingering OR $7, merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
         )
         .bind(full)
         .bind(allow)
         .bind(export_id)
+        .bind(wants_run)
+        .bind(verify)
+        .bind(repair)
+        .bind(remove_lingering)
         .execute(&mut tx)
         .await?;
         if merged == 1 {
@@ -300,10 +321,14 @@ async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
     }
     let row = sql(
         "INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, state, \
-         requested_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) \
+         requested_at, wants_run, verify, repair, remove_lingering) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11) \
          ON CONFLICT (export_id) WHERE state = 'queued' DO UPDATE SET \
          full_resync = run_requests.full_resync OR excluded.full_resync, \
          allow_mass_removal = run_requests.allow_mass_removal OR excluded.allow_mass_removal, \
+         wants_run = run_requests.wants_run OR excluded.wants_run, verify = run_requests.verify OR excluded.verify, \
+         repair = run_requests.repair OR excluded.repair, \
+         remove_lingering = run_requests.remove_lingering OR excluded.remove_lingering, \
          merged = run_requests.merged + 1 \
          RETURNING id, merged",
     )
@@ -314,6 +339,10 @@ async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
     .bind(r.full)
     .bind(r.allow_mass_removal)
     .bind(now())
+    .bind(r.wants_run)
+    .bind(r.verify)
+    .bind(r.repair)
+    .bind(r.remove_lingering)
     .fetch_one(&mut *tx)
     .await?;
     Ok((row.try_get(0)?, row.try_get::<i64, _>(1)? > 0))

@@ -395,6 +395,14 @@ impl Store {
         Ok(())
     }
 
+    /// When the export's last verify started, if it had one.
+    pub async fn last_verify_at(&self, export_id: i64) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(sql("SELECT MAX(started_at) FROM runs WHERE export_id = $1 AND kind IN ('verify', 'verify_repair')")
+            .bind(export_id)
+            .scalar(&self.db)
+            .await?)
+    }
+
     /// Records what a verify found on one list, with its examples.
     pub async fn record_verify(&self, run_id: i64, list: &ListVerify) -> Result<()> {
         let mut tx = self.db.begin().await?;

@@ -162,14 +162,14 @@ impl Engine {
         let (connection_id, project_type) = self.runnable(&export).await?;
         let name = export.name.as_str();
         self.store.interrupt_orphaned_runs(export.id).await?;
+        let run_cancel = cancel.child_token();
+        let client = self.client_for(connection_id).await?.with_cancel(run_cancel.clone()).with_gate(guard.gate());
         let kind = if opts.repair { RunKind::VerifyRepair } else { RunKind::Verify };
         let run_id = self.store.start_requested_run(export.id, &opts.trigger, false, None, opts.request_id).await?;
         self.store.set_run_kind(run_id, kind).await?;
         progress.set_run_id(run_id);
         guard.set_run(run_id).await;
         tracing::info!(export = %name, run_id, trigger = %opts.trigger, repair = opts.repair, "Verify started.");
-        let run_cancel = cancel.child_token();
-        let client = self.client_for(connection_id).await?.with_cancel(run_cancel.clone()).with_gate(guard.gate());
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
         let mut state = RunState::new(run_id, connection_id, project_type);
         let mut lists = Vec::new();
