@@ -47,7 +47,16 @@ fn subscribe_by_hand(env: &Env, list_id: i64, members: &[String]) {
 
 #[test]
 fn drift_made_by_hand_is_found_in_its_categories_and_repaired_step_by_step() {
-    let env = env_settling("0s", opts());
+    drift_by_hand(&env_settling("0s", opts()));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+fn drift_made_by_hand_is_found_and_repaired_on_a_postgresql_store_too() {
+    drift_by_hand(&Env::on_postgres(opts(), "\n[sync]\nverify_settle = \"0s\"\n"));
+}
+
+fn drift_by_hand(env: &Env) {
     let ours = emails(0, 200);
     env.setup_csv_export("Drift", &ours);
     env.run_exact("Drift", &ours);
@@ -116,6 +125,8 @@ fn drift_made_by_hand_is_found_in_its_categories_and_repaired_step_by_step() {
     assert_eq!(found, vec![0, 0, 0, 30, 0], "{report}");
     let table = text(&env.ok(&["runs"]).stdout);
     assert!(table.contains("verify"), "{table}");
+    let shown = text(&env.ok(&["runs", "show", &report["run_id"].to_string()]).stdout);
+    assert!(shown.contains("clean: 0 missing, 0 not yet sent, 0 lingering, 30 others', 0 settling"), "{shown}");
 }
 
 #[test]
