@@ -662,6 +662,48 @@ mod browser {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_export_user_verifies_a_list_someone_changed_by_hand_and_repairs_it_from_its_page() {
+        let env = with_a_run_export();
+        let mut config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+        config.push_str("\n[sync]\nverify_settle = \"0s\"\n");
+        std::fs::write(env.path("config.toml"), config).unwrap();
+        // Someone takes three of the export's members off its list by hand.
+        let (env, list_id) = tokio::task::spawn_blocking(move || {
+            let list_id = env.list_id("vip").unwrap();
+            let gone: Vec<Value> = emails(0, 3).iter().map(|e| json!({ "email": e })).collect();
+            env.post_api(
+                "/api/lists/unsubscribe",
+                json!({ "listId": list_id, "subscribers": gone, "channelUnsubscribe": false }),
+            );
+            (env, list_id)
+        })
+        .await
+        .unwrap();
+        let svc = service(env).await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.wait_text("Run history", Duration::from_secs(10)).await;
+        b.click("Verify").await;
+        b.wait_text(
+            "vip: Drifted: 3 missing, 0 not yet sent, 0 lingering, 0 others', 0 settling",
+            Duration::from_secs(30),
+        )
+        .await;
+        b.screenshot("export-verify-drifted").await;
+        b.click("Repair").await;
+        b.wait_text("Repair: 3 added", Duration::from_secs(30)).await;
+        b.wait_text("Last verify (#", Duration::from_secs(10)).await;
+        b.screenshot("export-verify-repaired").await;
+        let members = svc.env.sandbox.list_members(list_id).unwrap();
+        assert!(emails(0, 3).iter().all(|e| members.contains(e)), "the missing are back: {members:?}");
+        b.click("Verify").await;
+        b.wait_text("vip: Clean: 0 missing", Duration::from_secs(30)).await;
+        svc.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
     async fn an_admin_edits_an_export_opens_a_connection_and_removes_another_keeping_its_exports() {
         let svc = service(with_a_run_export()).await;
         let b = browser(1280, 900).await;

@@ -258,10 +258,12 @@ fn export(name: &str) -> Markup {
             div.actions {
                 button #run type="button" { "Run" }
                 button #preview type="button" { "Preview" }
+                button #verify type="button" { "Verify" }
                 button #remove-export.danger type="button" { "Remove" }
             }
         }
         div #run-area {}
+        p #last-verify.hint hidden {}
         dl #export-details.details {}
         section {
             h2 { "Run history" }

@@ -325,6 +325,84 @@
     confirmTwice(button, "Yes, unsubscribe them", () => runNow(name, area, then, { allow_mass_removal: true }));
   }
 
+  // ---- verify: each list read back from Iterable ------------------------------------------------------------
+
+  const driftWords = [
+    ["missing", "missing"],
+    ["not_yet_sent", "not yet sent"],
+    ["lingering", "lingering"],
+    ["others", "others'"],
+    ["settling", "settling"],
+  ];
+  const verdictWords = { clean: "Clean", drifted: "Drifted", no_verdict: "No verdict" };
+
+  // One list's verify in a line: "Drifted: 50 missing, 0 not yet sent, 10 lingering, 30 others', 0 settling".
+  function driftLine(l) {
+    const counts = driftWords.map(([k, words]) => `${number((l[k] || {}).count || 0)} ${words}`).join(", ");
+    return `${verdictWords[l.verdict] || l.verdict}: ${counts}`;
+  }
+
+  function verifyOutcome(run) {
+    const kind = run.kind === "verify_repair" ? "Verify and repair" : "Verify";
+    const box = el("div", { class: `outcome ${run.status}` }, el("p", {}, badge(run), ` ${kind} #${run.id}`));
+    for (const l of run.verify || []) {
+      box.append(el("p", { class: "verify-line", "data-list": l.list_name }, `${l.list_name}: ${driftLine(l)}`));
+      if (l.note) box.append(el("p", { class: "hint" }, l.note));
+      const examples = driftWords.filter(([k]) => ((l[k] || {}).examples || []).length);
+      if (examples.length) {
+        const d = el("details", {}, el("summary", {}, "Examples"));
+        for (const [k, words] of examples) d.append(el("p", {}, `${words}: ${l[k].examples.join(", ")}`));
+        box.append(d);
+      }
+    }
+    if (run.kind === "verify_repair") box.append(el("p", {}, `Repair: ${countsText(runCounts(run))}.`));
+    if (run.error) box.append(el("p", { class: "run-error" }, run.error));
+    return box;
+  }
+
+  // Verifies an export (or repairs it, with `extra`) and shows what each list held; offers Repair on drift.
+  async function verifyNow(name, area, then, extra = {}) {
+    notice("");
+    let answer;
+    try {
+      answer = await api("POST", `/exports/${encodeURIComponent(name)}/verify`, extra);
+    } catch (e) {
+      fail(e);
+      return;
+    }
+    if (!answer.run_id) {
+      area.replaceChildren(el("p", { class: "info" }, "The verify waits for the run in progress, then starts."));
+      return;
+    }
+    await follow(answer.run_id, area, async (ended) => {
+      let run = ended;
+      try {
+        run = await api("GET", `/runs/${answer.run_id}`);
+      } catch (e) {
+        fail(e);
+      }
+      area.replaceChildren(verifyOutcome(run));
+      const lists = run.verify || [];
+      const missing = lists.some((l) => l.verdict === "drifted" && l.missing.count > 0);
+      const lingering = lists.some((l) => l.verdict === "drifted" && l.lingering.count > 0);
+      if (run.stopped_by_mass_removal_guard) {
+        const anyway = el("button", { type: "button", class: "danger" }, "Repair anyway");
+        area.append(el("p", { class: "warning" }, "The repair would have unsubscribed an unusually large share of a list, so nothing was removed. ", anyway));
+        confirmTwice(anyway, "Yes, unsubscribe them", () => verifyNow(name, area, then, { ...extra, allow_mass_removal: true }));
+      } else if (run.kind === "verify" && (missing || lingering)) {
+        const repair = el("button", { type: "button", id: "repair" }, "Repair");
+        const also = el("input", { type: "checkbox", name: "remove_lingering" });
+        const p = el("p", {}, repair);
+        if (lingering) p.append(" ", el("label", { class: "check" }, also, "Also remove the lingering members"));
+        area.append(p);
+        repair.addEventListener("click", () =>
+          verifyNow(name, area, then, also.checked ? { repair: true, remove_lingering: true } : { repair: true }),
+        );
+      }
+      if (then) then(run);
+    });
+  }
+
   async function preview(name, area) {
     area.replaceChildren(el("p", { class: "loading" }, "Working out what a run would change…"));
     let report;
@@ -584,7 +662,7 @@
               el("td", {}, `#${r.id}`),
               el("td", {}, badge(r)),
               el("td", {}, when(r.started_at)),
-              el("td", {}, triggerWords[r.trigger] || r.trigger),
+              el("td", {}, triggerWords[r.trigger] || r.trigger, r.kind && r.kind !== "run" ? ` (${r.kind === "verify" ? "verify" : "verify and repair"})` : ""),
               el("td", {}, number(c.added)),
               el("td", {}, number(c.updated + c.alreadyOnList)),
               el("td", {}, number(c.removed)),
@@ -596,12 +674,24 @@
         $("#run-history").replaceChildren(
           table(["Run", "Status", "Started", "Started by", "Added", "Updated", "Removed", "Not sent"], rows.flat(), "No run yet."),
         );
+        // The last verify's finding per list, under the buttons.
+        const last = runs.find((r) => r.kind && r.kind !== "run" && r.status !== "running");
+        const line = $("#last-verify");
+        if (last) {
+          const run = await api("GET", `/runs/${last.id}`);
+          const lists = (run.verify || []).map((l) => `${l.list_name}: ${driftLine(l)}`).join("; ");
+          line.textContent = `Last verify (#${run.id}, ${when(run.started_at)}): ${lists || run.error || "no list"}`;
+          line.hidden = false;
+        } else {
+          line.hidden = true;
+        }
       } catch (e) {
         fail(e);
       }
     };
     $("#run").addEventListener("click", () => runNow(name, area, () => { history(); load(); }));
     $("#preview").addEventListener("click", () => preview(name, area));
+    $("#verify").addEventListener("click", () => verifyNow(name, area, () => { history(); load(); }));
     const remove = async (cancelRun) => {
       try {
         await api("DELETE", cancelRun ? `${path}?cancel_run=true` : path);
