@@ -61,20 +61,20 @@ fn drift_by_hand(env: &Env) {
     env.setup_csv_export("Drift", &ours);
     env.run_exact("Drift", &ours);
     // Ten leave the segment and are unsubscribed by the export.
-    write_members(&env, &ours[..190]);
+    write_members(env, &ours[..190]);
     let report = env.run_exact("Drift", &ours[..190]);
     assert_eq!(report["lists"][0]["removed"], 10, "{report}");
-    let (code, report) = verify(&env, &[]);
+    let (code, report) = verify(env, &[]);
     assert_eq!((code, report["drifted"].as_bool()), (0, Some(false)), "a list as sent is clean: {report}");
 
     // Behind the exporter's back: 50 of its members unsubscribed, 30 others added, the 10 removed put back.
     let list_id = env.list_id("Drift").unwrap();
-    unsubscribe_by_hand(&env, list_id, &ours[..50]);
+    unsubscribe_by_hand(env, list_id, &ours[..50]);
     let others: Vec<String> = (0..30).map(|i| format!("other{i}@example.org")).collect();
-    subscribe_by_hand(&env, list_id, &others);
-    subscribe_by_hand(&env, list_id, &ours[190..]);
+    subscribe_by_hand(env, list_id, &others);
+    subscribe_by_hand(env, list_id, &ours[190..]);
 
-    let (code, report) = verify(&env, &[]);
+    let (code, report) = verify(env, &[]);
     assert_eq!(code, 3, "drift has an exit code of its own: {report}");
     assert_eq!(report["drifted"], true, "{report}");
     assert_eq!(report["kind"], "verify", "{report}");
@@ -96,7 +96,7 @@ fn drift_by_hand(env: &Env) {
     assert_eq!(shown["kind"], "verify", "a verify is recorded as a run of its own kind: {shown}");
 
     // --repair sends the 50 again and leaves the others and the lingering alone.
-    let (code, report) = verify(&env, &["--repair"]);
+    let (code, report) = verify(env, &["--repair"]);
     assert_eq!(report["kind"], "verify_repair", "{report}");
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(code, 3, "lingering members are left, so the list still drifts: {report}");
@@ -108,7 +108,7 @@ fn drift_by_hand(env: &Env) {
     assert_eq!(env.members("Drift"), sorted(expected.clone()), "the 50 are back, others' and lingering stay");
 
     // --remove-lingering takes the 10 off, through the mass-removal guard.
-    let (code, report) = verify(&env, &["--repair", "--remove-lingering"]);
+    let (code, report) = verify(env, &["--repair", "--remove-lingering"]);
     assert_eq!((code, report["status"].as_str()), (0, Some("succeeded")), "{report}");
     assert_eq!((count(&report, "missing"), count(&report, "lingering")), (0, 10), "{report}");
     assert_eq!(report["repaired"][0]["removed"], 10, "{report}");
@@ -117,7 +117,7 @@ fn drift_by_hand(env: &Env) {
     assert_eq!(env.members("Drift"), sorted(expected), "members added by someone else stay");
 
     // A second verify is clean.
-    let (code, report) = verify(&env, &[]);
+    let (code, report) = verify(env, &[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["drifted"], false, "{report}");
     let found: Vec<u64> =
