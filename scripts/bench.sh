@@ -8,6 +8,8 @@
 #   4. first export again, fresh store and sandbox, sandbox rate limit 10 req/s and requests_per_second = 10
 #   5. (smaller size only) a 429 burst: sandbox rate limit 10 req/s with a burst of 2, the exporter set to 20 req/s
 #      with 8 in flight, so it meets 429s at once and must settle at the limit (issue 8: at least 85% of it)
+#   6. (first run of each size) `export verify` of the list scenario 1 filled: the whole list read back with getUsers
+#      and compared with the segment and the store (issue 19: within the memory budget); its own results block
 #
 # Scenarios 1 to 3 run --runs times (default 3, each with a fresh store and sandbox) and the run with the median
 # wall time is reported, with the range; scenario 4 runs once. Each is measured as wall time, members per second, requests (the sandbox's own count), 429 answers and the peak
@@ -18,6 +20,7 @@
 #   scripts/bench.sh --profiles 200000 --small 20000   # a quicker look
 #   scripts/bench.sh --no-write                        # print the table, leave BENCHMARKS.md alone
 #   scripts/bench.sh --only-burst --no-write           # scenario 5 alone (about half a minute)
+#   scripts/bench.sh --only-verify                     # scenarios 1 and 6 at --profiles only; writes the verify block
 #
 # Everything it writes stays in ./bench-state (replaced on each run).
 set -euo pipefail
@@ -34,7 +37,8 @@ fast_concurrency=16
 runs=3
 write=1
 only_burst=0
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+only_verify=0
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --profiles) profiles=$2; shift 2 ;;
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --no-write) write=0; shift ;;
     --only-burst) only_burst=1; shift ;;
+    --only-verify) only_verify=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -189,8 +194,50 @@ print("  %-10s %7.2f s  requests %5d  429s %3d  sent +%d -%d  peak RSS %.0f MB" 
     "$results" >&2
 }
 
+# Scenario 6: `export verify` of the list the export just filled, timed like a run; a line in $state/verify.jsonl.
+measure_verify() { # SIZE DIR
+  local size=$1 dir=$2 code=0
+  http POST "$url/_sandbox/reset-stats" >/dev/null
+  /usr/bin/time -v -o "$dir/verify.time" "$bin" export verify bench --json >"$dir/verify.json" 2>"$dir/verify.log" ||
+    code=$?
+  http GET "$url/_sandbox/stats" >"$dir/verify.stats.json"
+  if [ "$code" != 0 ]; then
+    echo "scenario verify at $size profiles: exit $code (0 is a clean list); see $dir/verify.log" >&2
+    tail -5 "$dir/verify.log" >&2
+    exit 1
+  fi
+  python3 - "$size" "$dir" >>"$state/verify.jsonl" <<'PY'
+import json, re, sys
+size, d = int(sys.argv[1]), sys.argv[2]
+report = json.load(open(f"{d}/verify.json"))
+stats = json.load(open(f"{d}/verify.stats.json"))
+timing = open(f"{d}/verify.time").read()
+def field(label):
+    return re.search(re.escape(label) + r": (.*)", timing).group(1).strip()
+wall = 0.0
+for part in field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"):
+    wall = wall * 60 + float(part)
+lst = report["lists"][0]
+print(json.dumps({
+    "size": size, "wall": wall, "rss_kb": int(field("Maximum resident set size (kbytes)")),
+    "user": float(field("User time (seconds)")), "sys": float(field("System time (seconds)")),
+    "requests": stats["total_requests"], "get_users": stats["requests"].get("lists.getUsers", 0),
+    "read": lst["read_members"], "size_said": lst["list_size"], "verdict": lst["verdict"],
+    "counts": {k: lst[k]["count"] for k in ("missing", "not_yet_sent", "lingering", "others", "settling")},
+}))
+PY
+  python3 -c 'import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+print("  %-10s %7.2f s  read %d of %d  verdict %s  peak RSS %.0f MB" % ("verify", r["wall"], r["read"], r["size_said"],
+      r["verdict"], r["rss_kb"] / 1024))' "$state/verify.jsonl" >&2
+}
+
 sizes=("$profiles" "$small")
 [ "$only_burst" = 1 ] && sizes=("$small")
+if [ "$only_verify" = 1 ]; then
+  sizes=("$profiles")
+  runs=1
+fi
 for size in "${sizes[@]}"; do
   dir=$state/$size
   mkdir -p "$dir/paced"
@@ -207,13 +254,18 @@ for size in "${sizes[@]}"; do
     start_sandbox "$dir/fast-$run"
     setup_export "$dir/fast-$run" "$fast_rps" "$fast_concurrency"
     measure "$size" first "$dir/fast-$run" "$run"
+    [ "$run" = 1 ] && measure_verify "$size" "$dir/fast-$run"
+    if [ "$only_verify" = 1 ]; then
+      stop_sandbox
+      break
+    fi
     measure "$size" unchanged "$dir/fast-$run" "$run"
     cp "$dir/changed.db" "$dir/profiles.db"
     measure "$size" changed "$dir/fast-$run" "$run"
     stop_sandbox
   done
 
-  if [ "$only_burst" = 0 ]; then
+  if [ "$only_burst" = 0 ] && [ "$only_verify" = 0 ]; then
     step "$size profiles: scenario 4 (sandbox rate limit $limit req/s, requests_per_second $limit, concurrency 4)"
     cp "$dir/base.db" "$dir/profiles.db"
     start_sandbox "$dir/paced" --rate-limit "$limit"
@@ -222,7 +274,7 @@ for size in "${sizes[@]}"; do
     stop_sandbox
   fi
 
-  if [ "$size" = "$small" ]; then
+  if [ "$size" = "$small" ] && [ "$only_verify" = 0 ]; then
     step "$size profiles: scenario 5 (sandbox rate limit $limit req/s with a burst of 2, requests_per_second $((2 * limit)), concurrency 8)"
     cp "$dir/base.db" "$dir/profiles.db"
     mkdir -p "$dir/burst"
@@ -232,6 +284,45 @@ for size in "${sizes[@]}"; do
     stop_sandbox
   fi
 done
+
+step "Verify results"
+python3 - "$state/verify.jsonl" "$write" "$latency" <<'PY'
+import json, os, re, subprocess, sys
+from datetime import datetime, timezone
+path, write, latency = sys.argv[1:]
+rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+lines = ["| list members | wall time | read of size | verdict | getUsers requests | CPU (user + system) | peak RSS | budget |",
+         "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+for r in sorted(rows, key=lambda r: -r["size"]):
+    ok = r["rss_kb"] / 1024 < 150 and r["read"] == r["size_said"]
+    lines.append(f"| {r['size_said']:,} | {r['wall']:.2f} s | {r['read']:,} of {r['size_said']:,} | {r['verdict']} "
+                 f"| {r['get_users']} | {r['user']:.2f} + {r['sys']:.2f} s | {r['rss_kb'] / 1024:.0f} MB | "
+                 + ("met: under 150 MB" if ok else "**missed**: under 150 MB") + " |")
+commit = sh("git", "rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if sh("git", "status", "--porcelain", "--untracked-files=no") else "")
+block = "\n".join([
+    "<!-- bench-verify:begin (written by scripts/bench.sh; edits between these markers are replaced) -->",
+    f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on commit {commit}, {os.cpu_count()} cores, "
+    f"{sh('rustc', '--version')}; sandbox latency {latency} ms per request.",
+    "",
+    *lines,
+    "<!-- bench-verify:end -->",
+])
+print(block)
+if write == "1" and rows:
+    target = "BENCHMARKS.md"
+    text = open(target).read()
+    new = re.sub(r"<!-- bench-verify:begin.*?<!-- bench-verify:end -->", lambda _: block, text, flags=re.S)
+    if new == text and block not in text:
+        new = text.rstrip("\n") + "\n\n## Verify (issue 19)\n\n" + block + "\n"
+    open(target, "w").write(new)
+    print(f"\nwrote the verify block of {target}", file=sys.stderr)
+PY
+[ "$only_verify" = 1 ] && exit 0
 
 step "Results"
 python3 - "$results" "$profiles" "$small" "$latency" "$seed" "$limit" "$fast_rps" "$fast_concurrency" "$write" \
