@@ -105,16 +105,20 @@ pub struct FaultSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<f64>,
     /// Silent drops still to come.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub silent_drop_next: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub get_users_delay_ms: u64,
     /// Cut-short `getUsers` answers still to come.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cut_get_users_next: u64,
     /// Whether `/api` requests are held.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hold: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a request was picked to suffer.
@@ -442,6 +446,25 @@ mod tests {
         assert_eq!(state.roll_answer(), BadAnswer::Truncate);
         assert_eq!(state.roll_answer(), BadAnswer::None);
         assert!(Faults { miscount_rate: Some(2.0), ..Faults::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn silent_drops_and_cut_short_reads_are_used_up_and_the_delay_is_kept() {
+        let mut state = FaultState::new(Duration::ZERO, None, 0.0, false);
+        state.apply(&Faults {
+            silent_drop_next: Some(2),
+            cut_get_users_next: Some(1),
+            get_users_delay_ms: Some(1500),
+            ..Faults::default()
+        });
+        let settings = state.settings();
+        assert_eq!((settings.silent_drop_next, settings.cut_get_users_next, settings.get_users_delay_ms), (2, 1, 1500));
+        assert_eq!(state.roll_answer(), BadAnswer::SilentDrop);
+        assert_eq!(state.roll_answer(), BadAnswer::SilentDrop);
+        assert_eq!(state.roll_answer(), BadAnswer::None);
+        assert!(state.cut_get_users());
+        assert!(!state.cut_get_users(), "one cut-short read, as asked");
+        assert_eq!(state.get_users_delay(), Duration::from_millis(1500));
     }
 
     #[test]

@@ -600,6 +600,25 @@ mod tests {
     }
 
     #[test]
+    fn with_a_change_delay_getusers_shows_a_list_as_it_was_until_the_delay_has_passed() {
+        let mut project = Project::default();
+        let id = project.create_list("l".into(), None, Instant::now());
+        let mut outcome = UserBulkUpdateListResponse::default();
+        let t0 = Instant::now();
+        project.subscribe(id, t0, vec![update("old@b.co", json!({}))], &mut outcome).unwrap();
+        project.change_delay = Duration::from_secs(10);
+        let t1 = t0 + Duration::from_secs(1);
+        project.subscribe(id, t1, vec![update("new@b.co", json!({}))], &mut outcome).unwrap();
+        project.unsubscribe(id, t1, vec![Identity::Email("old@b.co".into())], &mut outcome).unwrap();
+        assert_eq!(project.members(id, false).unwrap(), vec!["new@b.co"], "the change is made at once");
+        let delay = project.change_delay;
+        let seen =
+            |at| project.members_seen(id, false, at, delay).unwrap().into_iter().map(String::from).collect::<Vec<_>>();
+        assert_eq!(seen(t1 + Duration::from_secs(5)), vec!["old@b.co"], "not shown yet");
+        assert_eq!(seen(t1 + Duration::from_secs(11)), vec!["new@b.co"], "shown once the delay passed");
+    }
+
+    #[test]
     fn lists_are_unavailable_until_their_propagation_instant() {
         let mut project = Project::default();
         let later = Instant::now() + std::time::Duration::from_secs(60);

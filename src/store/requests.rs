@@ -61,7 +61,7 @@ impl WaitingFor {
 }
 
 /// A new request for a run of one export.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewRunRequest<'a> {
     pub export_id: i64,
     pub trigger: &'a str,
@@ -75,6 +75,24 @@ pub struct NewRunRequest<'a> {
     pub verify: bool,
     pub repair: bool,
     pub remove_lingering: bool,
+}
+
+impl Default for NewRunRequest<'_> {
+    /// A request for a run, and nothing else.
+    fn default() -> Self {
+        NewRunRequest {
+            export_id: 0,
+            trigger: "",
+            requested_by: None,
+            note: None,
+            full: false,
+            allow_mass_removal: false,
+            wants_run: true,
+            verify: false,
+            repair: false,
+            remove_lingering: false,
+        }
+    }
 }
 
 /// A stored run request.
@@ -355,6 +373,25 @@ mod tests {
 
     fn ask(export_id: i64, trigger: &str, full: bool) -> NewRunRequest<'_> {
         NewRunRequest { export_id, trigger, full, ..NewRunRequest::default() }
+    }
+
+    on_both! {
+    async fn a_verify_asked_for_while_a_run_waits_merges_into_it_and_keeps_both(store: Store) {
+        let e = an_export(&store).await;
+        let (first, _) = store.enqueue_run(&ask(e.id, "api", false)).await.unwrap();
+        let verify = NewRunRequest {
+            export_id: e.id,
+            trigger: "api",
+            wants_run: false,
+            verify: true,
+            repair: true,
+            ..NewRunRequest::default()
+        };
+        let (again, merged) = store.enqueue_run(&verify).await.unwrap();
+        assert_eq!((again, merged), (first, true));
+        let r = store.run_request(first).await.unwrap();
+        assert!(r.wants_run && r.verify && r.repair && !r.remove_lingering, "{r:?}");
+    }
     }
 
     on_both! {
