@@ -81,7 +81,8 @@ impl Exit {
         successful one, and resumes exactly where it stopped if it was interrupted.\n\n\
         Try it without an Iterable account: `segment-exporter sandbox` serves an Iterable-compatible API locally.",
     after_help = "Exit codes: 0 success, 1 failure (or a run that did not succeed), 2 usage error, \
-        75 export already running (for edits and removals: add --cancel-run), 78 invalid configuration, \
+        3 `export verify` found a list that drifted (and did not repair it), 75 export already running (for edits \
+        and removals: add --cancel-run), 78 invalid configuration, \
         130 stopped at once by a second signal."
 )]
 pub struct Cli {
