@@ -192,14 +192,17 @@ impl ListVerify {
     }
 }
 
-/// The temporary tables of a verify, on the plan connection: each key a line of `getUsers` stands for, and the
-/// category of each line once compared.
+/// The temporary tables of a verify, on the plan connection: each key a line of `getUsers` stands for, the
+/// category of each line once compared, and (hybrid projects) the emails of a second read without `preferUserId`,
+/// which finds by its email a member whose user has a user id the export never sent.
 const SQLITE_LISTED: &[&str] = &[
     "CREATE TEMP TABLE IF NOT EXISTS listed_keys (target_id INTEGER NOT NULL, key TEXT NOT NULL, line TEXT NOT NULL, \
      PRIMARY KEY (target_id, key)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS temp.listed_keys_by_line ON listed_keys (target_id, line)",
     "CREATE TEMP TABLE IF NOT EXISTS listed_class (target_id INTEGER NOT NULL, line TEXT NOT NULL, \
      class INTEGER NOT NULL, PRIMARY KEY (target_id, line)) WITHOUT ROWID",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_emails (target_id INTEGER NOT NULL, email TEXT NOT NULL, \
+     PRIMARY KEY (target_id, email)) WITHOUT ROWID",
 ];
 const POSTGRES_LISTED: &[&str] = &[
     "CREATE TEMP TABLE IF NOT EXISTS listed_keys (target_id BIGINT NOT NULL, key TEXT COLLATE \"C\" NOT NULL, \
@@ -207,6 +210,8 @@ const POSTGRES_LISTED: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS listed_keys_by_line ON listed_keys (target_id, line)",
     "CREATE TEMP TABLE IF NOT EXISTS listed_class (target_id BIGINT NOT NULL, line TEXT COLLATE \"C\" NOT NULL, \
      class BIGINT NOT NULL, PRIMARY KEY (target_id, line))",
+    "CREATE TEMP TABLE IF NOT EXISTS listed_emails (target_id BIGINT NOT NULL, email TEXT COLLATE \"C\" NOT NULL, \
+     PRIMARY KEY (target_id, email))",
 ];
 
 /// The category of a line read from a list, by the first of these that its keys match (`listed_class.class`):
@@ -224,11 +229,27 @@ const CLASSIFY_LINES: &str = "INSERT INTO listed_class (target_id, line, class) 
          ELSE 4 END) \
      FROM listed_keys k WHERE k.target_id = $1 GROUP BY k.line";
 
-/// Members this export put on the list (acknowledged) that the list does not hold, on either identifier.
+/// Members this export put on the list (acknowledged) that the list does not hold, on either identifier, in
+/// either read.
 const NOT_LISTED: &str = "FROM members m WHERE m.target_id = $1 AND m.state = 'subscribed' \
      AND NOT EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.email) \
      AND NOT (m.paired_email IS NOT NULL \
-              AND EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.paired_email))";
+              AND EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.paired_email)) \
+     AND NOT EXISTS (SELECT 1 FROM listed_emails e WHERE e.target_id = $1 AND e.email = m.email) \
+     AND NOT (m.paired_email IS NOT NULL \
+              AND EXISTS (SELECT 1 FROM listed_emails e WHERE e.target_id = $1 AND e.email = m.paired_email))";
+
+/// Keys found on the list only by the second read's emails (a hybrid user that has a user id this export never
+/// sent): each stands for a line of the first read that matched no key, counted there as others'. Members this
+/// export put there, segment members not sent yet, and members it removed (with when).
+const FOUND_BY_EMAIL_ONLY: &str = "SELECT e.email, \
+         EXISTS (SELECT 1 FROM members m WHERE m.target_id = $1 AND m.state = 'subscribed' AND m.email = e.email), \
+         EXISTS (SELECT 1 FROM staged s WHERE s.target_id = $1 AND s.email = e.email), \
+         (SELECT MAX(r.removed_at) FROM removed_members r WHERE r.target_id = $1 AND r.email = e.email) \
+     FROM listed_emails e WHERE e.target_id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = e.email) \
+     AND NOT EXISTS (SELECT 1 FROM members m WHERE m.target_id = $1 AND m.paired_email = e.email \
+                     AND EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = m.email))";
 
 /// Segment members with no record of being sent.
 const NOT_YET_SENT: &str = "FROM staged s WHERE s.target_id = $1 \
@@ -244,7 +265,11 @@ impl PlanSession {
         for text in ddl {
             sql(*text).execute(self.conn.on()).await?;
         }
-        for text in ["DELETE FROM listed_keys WHERE target_id = $1", "DELETE FROM listed_class WHERE target_id = $1"] {
+        for text in [
+            "DELETE FROM listed_keys WHERE target_id = $1",
+            "DELETE FROM listed_class WHERE target_id = $1",
+            "DELETE FROM listed_emails WHERE target_id = $1",
+        ] {
             sql(text).bind(target_id).execute(self.conn.on()).await?;
         }
         Ok(())
@@ -262,6 +287,22 @@ impl PlanSession {
             let mut q = sql(text).bind(target_id);
             for (key, line) in chunk {
                 q = q.bind(*key).bind(*line);
+            }
+            q.execute(self.conn.on()).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the emails of a hybrid list's second read (without `preferUserId`).
+    pub async fn add_listed_emails(&mut self, target_id: i64, emails: &[String]) -> Result<()> {
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+            let text = format!(
+                "INSERT INTO listed_emails (target_id, email) {} ON CONFLICT DO NOTHING",
+                rows_of(chunk.len(), &["$1", "?"], 2)
+            );
+            let mut q = sql(text).bind(target_id);
+            for email in chunk {
+                q = q.bind(email);
             }
             q.execute(self.conn.on()).await?;
         }
@@ -335,6 +376,27 @@ impl PlanSession {
             .bind(examples as i64)
             .scalars(self.conn.on())
             .await?;
+        // Found by their email alone (hybrid): their users' lines of the first read were counted as others'.
+        let found = sql(FOUND_BY_EMAIL_ONLY).bind(target_id).fetch_all(self.conn.on()).await?;
+        for row in found {
+            let email: String = row.try_get(0)?;
+            let (ours, staged): (bool, bool) = (row.try_get(1)?, row.try_get(2)?);
+            let removed_at: Option<i64> = row.try_get(3)?;
+            let moved_to = match removed_at {
+                _ if ours || staged => None,
+                Some(at) if at > settled_before => Some(DriftKind::Settling),
+                Some(_) => Some(DriftKind::Lingering),
+                None => continue,
+            };
+            report.others.count = report.others.count.saturating_sub(1);
+            if let Some(kind) = moved_to {
+                let category = report.category_mut(kind);
+                category.count += 1;
+                if category.examples.len() < examples as usize {
+                    category.examples.push(email);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -353,6 +415,13 @@ impl PlanSession {
              JOIN listed_keys k ON k.target_id = $1 AND k.key = r.email \
              JOIN listed_class c ON c.target_id = $1 AND c.line = k.line AND c.class = 3 \
              WHERE r.target_id = $1 ON CONFLICT (target_id, email) DO NOTHING";
+        // The same, found by email alone in a hybrid list's second read.
+        const ADOPT_LINGERING_BY_EMAIL: &str = "INSERT INTO members (target_id, email, fields_hash, state, ours) \
+             SELECT $1, r.email, 0, 'subscribed', TRUE FROM removed_members r \
+             JOIN listed_emails e ON e.target_id = $1 AND e.email = r.email \
+             WHERE r.target_id = $1 AND r.removed_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM listed_keys k WHERE k.target_id = $1 AND k.key = r.email) \
+             ON CONFLICT (target_id, email) DO NOTHING";
         const FORGET_LINGERING: &str = "DELETE FROM removed_members WHERE target_id = $1 AND email IN \
              (SELECT email FROM members WHERE target_id = $1 AND state = 'subscribed')";
         match &mut self.conn {
@@ -362,6 +431,11 @@ impl PlanSession {
                 sql(forget_missing.as_str()).bind(target_id).bind(settled_before).execute(On::Sqlite(&mut tx)).await?;
                 if remove_lingering {
                     sql(ADOPT_LINGERING).bind(target_id).execute(On::Sqlite(&mut tx)).await?;
+                    sql(ADOPT_LINGERING_BY_EMAIL)
+                        .bind(target_id)
+                        .bind(settled_before)
+                        .execute(On::Sqlite(&mut tx))
+                        .await?;
                     sql(FORGET_LINGERING).bind(target_id).execute(On::Sqlite(&mut tx)).await?;
                 }
                 tx.commit().await?;
@@ -379,6 +453,11 @@ impl PlanSession {
                     .await?;
                 if remove_lingering {
                     sql(ADOPT_LINGERING).bind(target_id).execute(On::Postgres(&mut tx)).await?;
+                    sql(ADOPT_LINGERING_BY_EMAIL)
+                        .bind(target_id)
+                        .bind(settled_before)
+                        .execute(On::Postgres(&mut tx))
+                        .await?;
                     sql(FORGET_LINGERING).bind(target_id).execute(On::Postgres(&mut tx)).await?;
                 }
                 tx.commit().await?;

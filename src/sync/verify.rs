@@ -317,6 +317,24 @@ impl Engine {
         }
         list.read_members = read;
         list.list_size = Some(size);
+        if read == size && project_type == ProjectType::Hybrid {
+            // `preferUserId` names a user by its user id where it has one: a member this export sent by its email
+            // alone is found by a second read, of emails.
+            let mut reader = client.list_users(list_id, false, self.config.iterable.timeout).await.map_err(iterable)?;
+            let mut by_email = 0u64;
+            while let Some(lines) = reader.next_lines(LIST_READ_CHUNK).await.map_err(iterable)? {
+                by_email += lines.len() as u64;
+                let emails: Vec<String> = lines
+                    .iter()
+                    .filter_map(|line| super::email::normalize_email(&serde_json::Value::String(line.clone())).ok())
+                    .collect();
+                session.add_listed_emails(list.target_id, &emails).await?;
+            }
+            if by_email != size {
+                read = by_email;
+                list.read_members = by_email;
+            }
+        }
         if read != size {
             list.verdict = Verdict::NoVerdict;
             list.note = Some(format!(
