@@ -518,11 +518,15 @@ impl ListUsersReader {
         let endpoint = || "/api/lists/getUsers".to_string();
         let mut out = Vec::new();
         loop {
+            // Lines are taken from the front of `pending` by an offset, and what they used is dropped once per
+            // chunk: removing each line from the front would move the rest of the chunk once per line.
+            let mut start = 0;
             while out.len() < max {
-                let Some(end) = self.pending.iter().position(|&b| b == b'\n') else { break };
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                push_line(&mut out, &line[..end])?;
+                let Some(end) = self.pending[start..].iter().position(|&b| b == b'\n') else { break };
+                push_line(&mut out, &self.pending[start..start + end])?;
+                start += end + 1;
             }
+            self.pending.drain(..start);
             if out.len() >= max {
                 return Ok(Some(out));
             }
