@@ -614,9 +614,37 @@ fn endpoint_label(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn reader(body: &'static str) -> ListUsersReader {
+        ListUsersReader {
+            response: reqwest::Response::from(axum::http::Response::new(body)),
+            pending: Vec::new(),
+            idle: Duration::from_secs(5),
+            cancel: CancellationToken::new(),
+            ended: false,
+            bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_is_read_in_batches_of_lines_trimmed_with_empty_ones_skipped_and_a_last_line_without_newline() {
+        let mut r = reader("a@x.com\n b@x.com \n\nu1\r\nc@x.com");
+        assert_eq!(r.next_lines(2).await.unwrap(), Some(vec!["a@x.com".to_string(), "b@x.com".to_string()]));
+        assert_eq!(r.next_lines(2).await.unwrap(), Some(vec!["u1".to_string(), "c@x.com".to_string()]));
+        assert_eq!(r.next_lines(2).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_any_member_is_refused_rather_than_held() {
+        let long: &'static str = Box::leak("x".repeat(MAX_LINE_BYTES + 10).into_boxed_str());
+        let error = reader(long).next_lines(10).await.unwrap_err();
+        assert!(error.to_string().contains("longer than"), "{error}");
+    }
+
     #[test]
     fn endpoint_labels_hide_list_ids() {
-        assert_eq!(super::endpoint_label("/api/lists/123/size"), "/api/lists/{id}/size");
-        assert_eq!(super::endpoint_label("/api/lists/subscribe"), "/api/lists/subscribe");
+        assert_eq!(endpoint_label("/api/lists/123/size"), "/api/lists/{id}/size");
+        assert_eq!(endpoint_label("/api/lists/subscribe"), "/api/lists/subscribe");
     }
 }
