@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod credentials;
 pub mod ops;
+pub mod wording;
 
 use crate::config::Config;
 use crate::store::{AuditEvent, Role, Store, StoreError, User};

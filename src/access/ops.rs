@@ -435,8 +435,9 @@ pub async fn add_connection(
     let source = match r.key_source {
         KeySource::Stored { .. } => {
             // Every secret already sealed (API keys and segments' database passwords) must open with the key.
-            let (connections, segments) = (store.connections().await?, store.segments().await?);
-            let sealed = secrets::sealed_secrets(&connections, &segments);
+            let (connections, segments, channels) =
+                (store.connections().await?, store.segments().await?, store.channels().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments, &channels);
             let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(&r.name, &r.key);
             KeySource::Stored { ciphertext, nonce }

@@ -741,32 +741,12 @@ async fn run_view(s: &ApiState, c: &Caller, run: &crate::store::Run) -> Result<R
     Ok(v)
 }
 
-/// What, in an error, names something contributors may not see, for the export of `export_id`: a segment's source
-/// (its path or URL, the URL's host) or the connection's Iterable address.
-async fn hidden_names(s: &ApiState, export_id: i64) -> Result<Vec<String>, ApiError> {
-    let export = s.store.export_by_id(export_id).await?;
-    let mut names = Vec::new();
-    for t in &export.targets {
-        let Ok(seg) = s.store.segment(&t.segment_name).await else { continue };
-        names.extend(super::segments::source_names(&seg));
-    }
-    if let Some(id) = export.connection_id {
-        let conn = s.store.connection_by_id(id).await?;
-        let host = reqwest::Url::parse(&conn.base_url).ok().and_then(|u| u.host_str().map(str::to_string));
-        names.extend([conn.base_url].into_iter().chain(host).filter(|n| n.len() >= 3));
-    }
-    Ok(names)
-}
-
-/// Contributors never see a segment's source or the Iterable address: a run error that names one is replaced by a
-/// pointer to an admin.
+/// Contributors never see a segment's source or the Iterable address (`access::wording`).
 async fn shown_error(s: &ApiState, c: &Caller, export_id: i64, error: &str) -> Result<String, ApiError> {
-    if c.actor.is_admin() || !hidden_names(s, export_id).await?.iter().any(|n| error.contains(n.as_str())) {
+    if c.actor.is_admin() {
         return Ok(error.to_string());
     }
-    Ok("the run failed on a segment's source or the connection's address, which only administrators see; an \
-        administrator can see why (`segment-exporter runs show`)"
-        .into())
+    Ok(crate::access::wording::error_for_contributors(&s.store, export_id, error).await?)
 }
 
 async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, ApiError> {
