@@ -376,6 +376,9 @@ pub struct ExportBody {
     null_fields: Option<String>,
     #[serde(default)]
     existing_users_only: bool,
+    /// Channels to tell, as CHANNEL or CHANNEL:EVENT,EVENT (default events: failed,guard,recovered,key).
+    #[serde(default)]
+    notify: Vec<String>,
 }
 
 /// A value of one of the CLI's value enums, given as text in JSON.
@@ -445,6 +448,7 @@ pub async fn create_export(
         skip_check: b.skip_check,
         null_fields: choice("null_fields", b.null_fields.as_deref(), crate::store::NullFields::Clear)?,
         existing_users_only: b.existing_users_only,
+        notify: b.notify,
     };
     let export = ops::create_export(&s.store, &s.config(), &ops_caller(&c), &request).await?;
     created(export_view(&s, &export).await?)
@@ -491,6 +495,13 @@ pub struct ExportPatch {
     /// Stop a run in flight first; without it a running export is not changed (409).
     #[serde(default)]
     cancel_run: bool,
+    /// Channels to tell, as CHANNEL or CHANNEL:EVENT,EVENT (events: failed, guard, recovered, rejected, key, list,
+    /// drift; default failed,guard,recovered,key). A channel told already gets these events instead.
+    #[serde(default)]
+    notify: Vec<String>,
+    /// Channels to stop telling.
+    #[serde(default)]
+    no_notify: Vec<String>,
 }
 
 #[utoipa::path(patch, path = "/exports/{name}", tag = "exports", params(("name" = String, Path)),
@@ -522,6 +533,8 @@ pub async fn edit_export(
         null_fields: optional_choice("null_fields", b.null_fields.as_deref())?,
         skip_check: b.skip_check,
         cancel_run: b.cancel_run,
+        notify: b.notify,
+        no_notify: b.no_notify,
     };
     let (export, emptied) = ops::edit_export(&s.store, &s.config(), &ops_caller(&c), &name, &change).await?;
     ok(ExportEdited { export: export_view(&s, &export).await?, emptied: emptied_views(emptied) })
