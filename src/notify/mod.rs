@@ -184,8 +184,7 @@ struct Raised {
 /// the first notice and each change are told, a condition that goes on is told again once `repeat` has passed
 /// since it was last told, and its end is recorded (and told as `over`, when given).
 fn decide_condition(
-    subject: &str,
-    topic: &'static str,
+    (subject, topic): (&str, &'static str),
     now_in: Option<(EventKind, &'static str)>,
     over: Option<EventKind>,
     before: Option<&NotifyState>,
@@ -236,13 +235,13 @@ fn decide(
         RunStatus::Interrupted | RunStatus::Cancelled | RunStatus::Running => return out,
     };
     let before = state_of(export_states, "run");
-    decide_condition(&subject, "run", run_state, Some(EventKind::Recovered), before.as_ref(), now, repeat, &mut out);
+    decide_condition((&subject, "run"), run_state, Some(EventKind::Recovered), before.as_ref(), now, repeat, &mut out);
     // Rejected members: judged on runs that sent (or tried to); a refused run planned nothing it could send.
     if matches!(end.status, RunStatus::Succeeded | RunStatus::Failed) {
         if let Some(share) = counts.rejected_share() {
             let now_in = (share > config.notify.rejected_share).then_some((EventKind::Rejected, "rejected"));
             let before = state_of(export_states, "rejected");
-            decide_condition(&subject, "rejected", now_in, None, before.as_ref(), now, repeat, &mut out);
+            decide_condition((&subject, "rejected"), now_in, None, before.as_ref(), now, repeat, &mut out);
         }
     }
     if let Some(connection_id) = end.export.connection_id {
@@ -251,7 +250,7 @@ fn decide(
         if now_in.is_some() || end.status == RunStatus::Succeeded {
             let before = state_of(connection_states, "key");
             let subject = connection_subject(connection_id);
-            decide_condition(&subject, "key", now_in, None, before.as_ref(), now, repeat, &mut out);
+            decide_condition((&subject, "key"), now_in, None, before.as_ref(), now, repeat, &mut out);
         }
     }
     if !end.recreated_lists.is_empty() {
@@ -397,7 +396,7 @@ impl Notifier {
         let now = crate::store::now();
         let now_in = (differing > 0).then_some((EventKind::Drift, "drift"));
         let mut out = (Vec::new(), Vec::new());
-        decide_condition(&subject, "drift", now_in, None, before, now, repeat, &mut out);
+        decide_condition((&subject, "drift"), now_in, None, before, now, repeat, &mut out);
         let mut tidings = Tidings { notifications: vec![], states: out.1 };
         if !out.0.is_empty() {
             let connection = match export.connection_id {

@@ -112,9 +112,9 @@ impl Outbox {
                 futures::future::join_all(claimed.into_iter().map(|n| self.attempt(n))).await;
             }
         };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(result) => result?,
-            Err(_) => {}
+        // Out of time: what is left stays in the outbox.
+        if let Ok(result) = tokio::time::timeout_at(deadline, work).await {
+            result?;
         }
         self.store.pending_notifications().await
     }
