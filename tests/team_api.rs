@@ -387,6 +387,19 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "rex" })), [u, u, nf, S::OK, S::OK]),
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "nobody" })), [u, u, nf, nf, nf]),
         (Method::DELETE, "/exports/carls/users/rex".into(), None, [u, u, nf, S::OK, bad]),
+        // Notification channels: administrators manage them; contributors list those open to them.
+        (Method::GET, "/channels".into(), None, [u, u, S::OK, S::OK, S::OK]),
+        (
+            Method::POST,
+            "/channels".into(),
+            Some(|_| json!({ "name": "hook", "webhook": "http://127.0.0.1:9/hook" })),
+            [u, u, fb, fb, S::CREATED],
+        ),
+        (Method::POST, "/channels".into(), Some(|_| json!({ "name": "bad", "email": [] })), [u, u, fb, fb, bad]),
+        (Method::GET, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::POST, "/channels/hook/test".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::GET, "/channels/hook/deliveries".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::DELETE, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
         (Method::GET, "/nowhere".into(), None, [nf, nf, nf, nf, nf]),
     ];
     let (_, doc, _) = t.call(0, Method::GET, "/openapi.json", None).await;

@@ -311,7 +311,7 @@ pub(crate) async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Resu
     Ok((export, facts))
 }
 
-async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiError> {
+async fn export_view(s: &ApiState, c: &Caller, export: &Export) -> Result<ExportView, ApiError> {
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
     let last = s.store.last_run(export.id).await?;
     let mut view = ExportView::new(export, users, last.as_ref());
@@ -320,6 +320,12 @@ async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiErr
         Some(id) => Some(id),
         None => s.store.lease_holder(export.id).await?.and_then(|lease| lease.run_id),
     };
+    for sub in s.store.subscriptions(export.id).await? {
+        let channel = s.store.channel_by_id(sub.channel_id).await?;
+        if access::use_channel(&c.actor, &channel) == Verdict::Allow {
+            view.notify.push(super::views::SubscriptionView { channel: sub.channel, events: sub.events });
+        }
+    }
     Ok(view)
 }
 
@@ -331,7 +337,7 @@ pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
     for export in s.store.exports().await? {
         let facts = ExportFacts::load(&s.store, &export).await?;
         if access::see_export(&c.actor, &facts) == Verdict::Allow {
-            out.push(export_view(&s, &export).await?);
+            out.push(export_view(&s, &c, &export).await?);
         }
     }
     ok(out)
@@ -342,7 +348,7 @@ pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
         (status = 404, description = "No such export, or one the caller is not an export user of", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let (export, _) = visible_export(&s, &c, &name).await?;
-    ok(export_view(&s, &export).await?)
+    ok(export_view(&s, &c, &export).await?)
 }
 
 /// A new export. Saving it does not run it.
@@ -451,7 +457,7 @@ pub async fn create_export(
         notify: b.notify,
     };
     let export = ops::create_export(&s.store, &s.config(), &ops_caller(&c), &request).await?;
-    created(export_view(&s, &export).await?)
+    created(export_view(&s, &c, &export).await?)
 }
 
 /// A change to an export, as `export edit` makes it; what is left out stays as it is.
@@ -537,7 +543,7 @@ pub async fn edit_export(
         no_notify: b.no_notify,
     };
     let (export, emptied) = ops::edit_export(&s.store, &s.config(), &ops_caller(&c), &name, &change).await?;
-    ok(ExportEdited { export: export_view(&s, &export).await?, emptied: emptied_views(emptied) })
+    ok(ExportEdited { export: export_view(&s, &c, &export).await?, emptied: emptied_views(emptied) })
 }
 
 fn emptied_views(emptied: Vec<crate::sync::empty::Emptied>) -> Vec<EmptiedView> {
