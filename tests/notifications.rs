@@ -428,3 +428,67 @@ fn slack_gets_a_readable_message_and_email_a_plain_and_an_html_part_and_neither_
     everything.extend(mails);
     assert_nothing_secret(&everything, &members, &[&slack.url]);
 }
+
+#[test]
+fn a_guard_stop_is_told_and_the_run_let_through_afterwards_is_told_as_a_recovery() {
+    let env = Env::with_config(opts(), NOTIFY);
+    let members = emails(0, 30);
+    env.setup_csv_export("s", &members);
+    let hook = Receiver::start("/hook");
+    let secret = add_webhook(&env, "ops", &hook);
+    env.ok(&["export", "edit", "exp", "--notify", "ops"]);
+    env.ok(&["export", "run", "exp"]);
+    assert!(hook.received().is_empty(), "a first success tells nothing");
+    let kept: Vec<(&str, &str)> = members[..5].iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("members.csv", &kept);
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let got = hook.wait_for("the guard stop", Duration::from_secs(10), |got| !delivered(got).is_empty());
+    let guard = &delivered(&got)[0];
+    assert_eq!(guard["type"], "guard");
+    assert!(guard["summary"].as_str().unwrap().contains("stopped by a guard"), "{guard}");
+    assert!(guard["error"].as_str().unwrap().contains("--allow-mass-removal"), "{guard}");
+    env.ok(&["export", "run", "exp", "--allow-mass-removal"]);
+    let got = hook.wait_for("the recovery", Duration::from_secs(10), |got| delivered(got).len() == 2);
+    assert_eq!(delivered(&got)[1]["type"], "recovered");
+    assert!(got.iter().all(|r| signature_is_valid(r, &secret)));
+    let bodies: Vec<String> = got.iter().map(|r| r.body.clone()).collect();
+    assert_nothing_secret(&bodies, &members, &[&secret]);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+fn with_two_daemons_on_one_postgresql_store_each_notification_is_delivered_by_one_of_them() {
+    let env = Env::on_postgres(opts(), &format!("{NOTIFY}{DAEMON}"));
+    // A key Iterable refuses: every run fails (and the connection's key is told once, to no one here).
+    let wrong = env.path("wrong.key");
+    std::fs::write(&wrong, "not-the-key-0123456789").unwrap();
+    let base = ["connection", "add", "iterable", "--api-key-file", wrong.to_str().unwrap(), "--base-url"];
+    env.ok(&[&base[..], &[env.base_url.as_str(), "--accept-data-privacy", "--skip-verify"]].concat());
+    let hook = Receiver::start("/hook");
+    let secret = add_webhook(&env, "ops", &hook);
+    let exports: Vec<String> = (0..6).map(|i| format!("exp{i}")).collect();
+    for name in &exports {
+        let csv = env.write_csv(&format!("{name}.csv"), &[("a@example.com", "gold")]);
+        env.ok(&["segment", "add", name, "--source", &format!("csv:{}", csv.display())]);
+        let add = ["export", "add", name, "--connection", "iterable", "--segment", name, "--email-field", "email"];
+        env.ok(&[&add[..], &["--schedule", "off", "--skip-check", "--notify", "ops:failed"]].concat());
+    }
+    let (a, b) = (Daemon::start(&env), Daemon::start(&env));
+    env.ok(&["export", "trigger", "--all"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.pg_i64("SELECT COUNT(*) FROM runs WHERE status = 'failed'") < 6 {
+        assert!(Instant::now() < deadline, "the runs did not all fail:\n{}\n{}", a.logs(), b.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = hook.wait_for("a failure of every export", Duration::from_secs(60), |got| delivered(got).len() >= 6);
+    // Both daemons look for due notifications every 50 ms; a little longer, in case one were delivered twice.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = hook.received().len().max(got.len());
+    assert_eq!(got, 6, "six events, each delivered once: {:#?}", hook.received());
+    let mut told: Vec<String> =
+        delivered(&hook.received()).iter().map(|d| d["export"].as_str().unwrap().to_string()).collect();
+    told.sort();
+    assert_eq!(told, exports);
+    assert!(hook.received().iter().all(|r| signature_is_valid(r, &secret)));
+}
