@@ -18,6 +18,8 @@ use crate::store::{DeliveryOutcome, Notification, Store};
 
 /// Notifications delivered at once by one process, at most.
 const MAX_IN_FLIGHT: usize = 64;
+/// How often the daemon drops notifications older than `store.history_retention`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Counts deliveries (the daemon's metrics): by channel and outcome (`delivered`, `retry`, `refused`, `given_up`).
 pub trait DeliveryObserver: Send + Sync {
@@ -66,6 +68,8 @@ impl Outbox {
     /// lapse so that the next process (or this one, restarted) tries them again.
     pub async fn run(self, stop: CancellationToken) {
         let mut in_flight = JoinSet::new();
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while in_flight.try_join_next().is_some() {}
             let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
@@ -84,12 +88,26 @@ impl Outbox {
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = prune.tick() => self.prune().await,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.config.notify.poll_interval) => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         }
         in_flight.abort_all();
+    }
+
+    /// Keeps the outbox bounded: what was delivered or given up is kept as long as run history.
+    async fn prune(&self) {
+        let retention =
+            chrono::Duration::from_std(self.config.store.history_retention).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff =
+            crate::store::now().checked_sub_signed(retention).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match self.store.prune_notifications(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(notifications = n, "Pruned old notifications."),
+            Err(e) => tracing::warn!(error = %e, "Could not prune old notifications; tried again later."),
+        }
     }
 
     /// Delivers what is due, retrying, for at most `within` (`export run` without a daemon, before it exits).

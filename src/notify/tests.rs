@@ -129,6 +129,9 @@ on_both! {
         let log = store.delivery_log(Some("ops"), 10).await.unwrap();
         assert_eq!((log[0].state.as_str(), log[0].attempts, log[0].last_answer.as_deref()), ("delivered", 2, Some("HTTP 200")));
         assert_eq!(store.pending_notifications().await.unwrap(), 0);
+        assert_eq!(store.prune_notifications(log[0].created_at).await.unwrap(), 0, "kept while recent");
+        assert_eq!(store.prune_notifications(crate::store::now() + chrono::Duration::seconds(1)).await.unwrap(), 1);
+        assert!(store.delivery_log(None, 10).await.unwrap().is_empty());
     }
 }
 

@@ -565,6 +565,14 @@ impl Store {
         .await?)
     }
 
+    /// Drops notifications delivered or given up before `cutoff` (`store.history_retention`); returns how many.
+    pub async fn prune_notifications(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        Ok(sql("DELETE FROM notify_outbox WHERE state != 'pending' AND finished_at < $1")
+            .bind(cutoff)
+            .execute(&self.db)
+            .await?)
+    }
+
     /// Notifications still to deliver (counted for `/status` and the tests).
     pub async fn pending_notifications(&self) -> Result<i64> {
         Ok(sql("SELECT COUNT(*) FROM notify_outbox WHERE state = 'pending'").scalar(&self.db).await?)
