@@ -492,3 +492,36 @@ fn with_two_daemons_on_one_postgresql_store_each_notification_is_delivered_by_on
     assert_eq!(told, exports);
     assert!(hook.received().iter().all(|r| signature_is_valid(r, &secret)));
 }
+
+#[test]
+fn export_run_without_a_daemon_leaves_what_a_hanging_receiver_did_not_take_in_the_outbox_for_later() {
+    let config =
+        NOTIFY.replace("run_wait = \"10s\"", "run_wait = \"1s\"").replace("timeout = \"3s\"", "timeout = \"60s\"");
+    let env = Env::with_config(opts(), &config);
+    let csv = env.setup_csv_export("s", &emails(0, 5));
+    let hook = Receiver::start("/hook");
+    add_webhook(&env, "ops", &hook);
+    env.ok(&["export", "edit", "exp", "--notify", "ops"]);
+    hook.set(Mode::Hang);
+    std::fs::remove_file(&csv).unwrap();
+    let out = env.run(&["export", "run", "exp"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // The command is done, and the receiver still holds the request it never answered.
+    let held = hook.received();
+    assert_eq!((held.len(), held[0].answered), (1, None));
+    assert_eq!(env.store_i64("SELECT COUNT(*) FROM runs WHERE status = 'failed' AND finished_at IS NOT NULL"), 1);
+    let log = env.json(&["notify", "log"]);
+    assert_eq!(log[0]["state"], "pending", "{log}");
+    assert!(log[0]["last_answer"].as_str().unwrap().contains("notify.run_wait"), "{log}");
+    assert!(text(&out.stderr).contains("stay in the outbox"), "{}", text(&out.stderr));
+    // The next delivery takes it at once: its claim was let go.
+    hook.set(Mode::Answer(200));
+    let config =
+        std::fs::read_to_string(env.path("config.toml")).unwrap().replace("timeout = \"60s\"", "timeout = \"5s\"");
+    std::fs::write(env.path("config.toml"), config).unwrap();
+    std::fs::write(&csv, "email,tier\n").unwrap();
+    env.ok(&["export", "run", "exp"]);
+    let got = hook.wait_for("the failure, then the recovery", Duration::from_secs(10), |got| delivered(got).len() == 2);
+    let types: Vec<String> = delivered(&got).iter().map(|d| d["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["failed", "recovered"]);
+}

@@ -78,7 +78,7 @@ impl Outbox {
                     Ok(claimed) => {
                         for n in claimed {
                             let me = self.clone();
-                            in_flight.spawn(async move { me.attempt(n).await });
+                            in_flight.spawn(async move { me.attempt(n, None).await });
                         }
                     }
                     Err(e) => {
@@ -115,30 +115,25 @@ impl Outbox {
     pub async fn drain(&self, within: Duration) -> Result<i64, crate::store::StoreError> {
         let deadline = tokio::time::Instant::now() + within;
         let until = crate::store::now() + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
-        let work = async {
-            loop {
-                let claimed = self.store.claim_notifications(&self.holder, self.lease(), MAX_IN_FLIGHT as u32).await?;
-                if claimed.is_empty() {
-                    match self.store.next_notification_due().await? {
-                        Some(due) if due <= until => {}
-                        _ => return Ok::<_, crate::store::StoreError>(()),
-                    }
-                    let pause = self.config.notify.poll_interval.min(Duration::from_millis(200));
-                    tokio::time::sleep(pause).await;
-                    continue;
+        while tokio::time::Instant::now() < deadline {
+            let claimed = self.store.claim_notifications(&self.holder, self.lease(), MAX_IN_FLIGHT as u32).await?;
+            if claimed.is_empty() {
+                match self.store.next_notification_due().await? {
+                    Some(due) if due <= until => {}
+                    _ => break,
                 }
-                futures::future::join_all(claimed.into_iter().map(|n| self.attempt(n))).await;
+                let pause = self.config.notify.poll_interval.min(Duration::from_millis(200));
+                tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
+                continue;
             }
-        };
-        // Out of time: what is left stays in the outbox.
-        if let Ok(result) = tokio::time::timeout_at(deadline, work).await {
-            result?;
+            futures::future::join_all(claimed.into_iter().map(|n| self.attempt(n, Some(deadline)))).await;
         }
         self.store.pending_notifications().await
     }
 
-    /// One attempt at one claimed notification, recorded.
-    async fn attempt(&self, n: Notification) {
+    /// One attempt at one claimed notification, recorded; cut short at `deadline` (`export run` exiting), when
+    /// given, so that its claim is let go for the daemon or the next run at once.
+    async fn attempt(&self, n: Notification, deadline: Option<tokio::time::Instant>) {
         let channel = match self.store.channel_by_id(n.channel_id).await {
             Ok(c) => c,
             // Removed meanwhile: its notifications went with it.
@@ -148,7 +143,13 @@ impl Outbox {
                 return;
             }
         };
-        let answer = self.deliverer.deliver(&channel, &n.payload).await;
+        let delivery = self.deliverer.deliver(&channel, &n.payload);
+        let answer = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, delivery).await.unwrap_or_else(|_| {
+                Answer::Retry("no answer before `export run` had to exit (notify.run_wait)".into())
+            }),
+            None => delivery.await,
+        };
         let (outcome, label) = match &answer {
             Answer::Delivered(_) => (DeliveryOutcome::Delivered, "delivered"),
             Answer::Refused(_) => (DeliveryOutcome::GiveUp, "refused"),
