@@ -525,3 +525,51 @@ fn export_run_without_a_daemon_leaves_what_a_hanging_receiver_did_not_take_in_th
     let types: Vec<String> = delivered(&got).iter().map(|d| d["type"].as_str().unwrap().to_string()).collect();
     assert_eq!(types, ["failed", "recovered"]);
 }
+
+#[test]
+fn rejected_members_a_recreated_list_and_a_refused_key_are_each_told_and_the_key_once_per_connection() {
+    let env = Env::with_config(opts(), NOTIFY);
+    let mut members = emails(0, 20);
+    let csv = env.setup_csv_export("s", &members);
+    let hook = Receiver::start("/hook");
+    let secret = add_webhook(&env, "ops", &hook);
+    env.ok(&["export", "edit", "exp", "--notify", "ops:rejected,list,key"]);
+    // Five of twenty-five members cannot be sent: more than notify.rejected_share.
+    let mut rows: Vec<(String, &str)> = members.iter().map(|e| (e.clone(), "gold")).collect();
+    rows.extend((0..5).map(|i| (format!("not-an-email-{i}"), "gold")));
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(e, t)| (e.as_str(), *t)).collect();
+    env.write_csv("members.csv", &rows);
+    env.ok(&["export", "run", "exp"]);
+    let got = hook.wait_for("rejected", Duration::from_secs(10), |got| delivered(got).len() == 1);
+    let rejected = &delivered(&got)[0];
+    assert_eq!(rejected["type"], "rejected");
+    assert_eq!(rejected["counts"]["invalid"], 5, "{rejected}");
+    env.ok(&["export", "run", "exp"]);
+    assert_eq!(delivered(&hook.received()).len(), 1, "still rejecting: told once");
+
+    // The list deleted in Iterable is recreated by the next run that looks (--full), and that is told.
+    env.delete_list(env.list_id("s").unwrap());
+    env.ok(&["export", "run", "exp", "--full"]);
+    let got = hook.wait_for("list", Duration::from_secs(10), |got| delivered(got).len() == 2);
+    assert_eq!(delivered(&got)[1]["type"], "list");
+    assert_eq!(delivered(&got)[1]["lists"], serde_json::json!(["s"]));
+
+    // A second export of the connection; then the key is refused: told once for the connection, not per export.
+    env.ok(&["segment", "add", "t", "--source", &format!("csv:{}", csv.display())]);
+    let add = ["export", "add", "exp2", "--connection", "iterable", "--segment", "t", "--email-field", "email"];
+    env.ok(&[&add[..], &["--notify", "ops:key"]].concat());
+    let edit = ["connection", "edit", "iterable", "--api-key-stdin", "--skip-verify"];
+    env.cmd().args(edit).write_stdin("not-the-key-0123456789").assert().success();
+    for export in ["exp", "exp2", "exp"] {
+        assert_eq!(env.run(&["export", "run", export, "--full"]).status.code(), Some(1));
+    }
+    let got = hook.received();
+    let taken = delivered(&got);
+    let keys: Vec<&serde_json::Value> = taken.iter().filter(|d| d["type"] == "key").collect();
+    assert_eq!(keys.len(), 1, "{taken:#?}");
+    assert_eq!(keys[0]["connection"], "iterable");
+    assert!(got.iter().all(|r| signature_is_valid(r, &secret)));
+    members.extend((0..5).map(|i| format!("not-an-email-{i}")));
+    let bodies: Vec<String> = got.iter().map(|r| r.body.clone()).collect();
+    assert_nothing_secret(&bodies, &members, &[&secret, "not-the-key-0123456789"]);
+}
