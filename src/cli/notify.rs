@@ -35,7 +35,7 @@ pub enum NotifyCmd {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["webhook", "slack", "email"])))]
 pub struct AddArgs {
     pub name: String,
@@ -60,6 +60,21 @@ pub struct AddArgs {
     /// sees them (no source, no query).
     #[arg(long, value_enum, default_value = "admins")]
     pub usable_by: ChannelAudience,
+}
+
+/// Webhook and Slack URLs are credentials: never in a Debug print.
+impl std::fmt::Debug for AddArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddArgs")
+            .field("name", &self.name)
+            .field("webhook", &self.webhook.as_ref().map(|_| "[redacted]"))
+            .field("slack", &self.slack.as_ref().map(|_| "[redacted]"))
+            .field("email", &self.email)
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field("usable_by", &self.usable_by)
+            .finish()
+    }
 }
 
 pub async fn run(ctx: &Ctx, cmd: NotifyCmd) -> anyhow::Result<u8> {
