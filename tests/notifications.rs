@@ -573,3 +573,15 @@ fn rejected_members_a_recreated_list_and_a_refused_key_are_each_told_and_the_key
     let bodies: Vec<String> = got.iter().map(|r| r.body.clone()).collect();
     assert_nothing_secret(&bodies, &members, &[&secret, "not-the-key-0123456789"]);
 }
+
+#[test]
+fn validate_warns_of_an_email_channel_without_a_mail_server() {
+    let env = Env::new();
+    env.ok(&["notify", "add", "mail", "--email", "ops@example.com"]);
+    let report = env.json(&["validate"]);
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("channel 'mail' sends email, but [smtp] host and from are not both set"), "{report}");
+    let test = env.json(&["notify", "test", "mail"]);
+    assert_eq!(test["delivered"], false);
+    assert!(test["answer"].as_str().unwrap().contains("[smtp] host and from are not set"), "{test}");
+}

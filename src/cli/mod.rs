@@ -305,6 +305,16 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
         }
     }
     problems.extend(sources_check(&ctx.config, &store).await?);
+    let smtp = &ctx.config.smtp;
+    for channel in store.channels().await? {
+        if channel.kind == crate::store::ChannelKind::Email && (smtp.host.is_none() || smtp.from.is_none()) {
+            problems.push(format!(
+                "channel '{}' sends email, but [smtp] host and from are not both set: its notifications wait in the \
+                 outbox until they are",
+                channel.name
+            ));
+        }
+    }
     let shared = (store.kind() == crate::store::Kind::Postgres).then(|| {
         let s = &ctx.config.store;
         format!(
