@@ -183,6 +183,9 @@ pub struct RunArgs {
     /// Let the run unsubscribe more than sync.mass_removal_share of a list.
     #[arg(long)]
     pub allow_mass_removal: bool,
+    /// Let the run put more new members on a list than sync.mass_addition_share times those on it.
+    #[arg(long)]
+    pub allow_mass_addition: bool,
 }
 
 pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
@@ -571,7 +574,8 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     // something there.
     store.export(&a.name).await?;
     let what = if a.dry_run { "export.run.dry" } else { "export.run" };
-    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
+    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal || a.allow_mass_addition).then(|| run_flags(&a)))
+        .await?;
     let engine = Engine::new(store, ctx.config.clone());
     let progress = Arc::new(Progress::default());
     let cancel = ctx.signals.stop();
@@ -582,6 +586,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         full: a.full,
         allow_mass_removal: a.allow_mass_removal,
+        allow_mass_addition: a.allow_mass_addition,
         ..RunOptions::default()
     };
     let result = run_with_grace(ctx, &engine, &a.name, &opts, progress.clone(), cancel).await;
@@ -599,7 +604,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
 
 /// The options of a run asked for, for its audit row.
 fn run_flags(a: &RunArgs) -> String {
-    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal")]
+    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal"), (a.allow_mass_addition, "allow mass addition")]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| *name)
@@ -713,7 +718,7 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
         eprintln!("error: {e}");
     }
     if r.status == RunStatus::Refused && !r.dry_run {
-        eprintln!("Nothing was removed from any list.");
+        eprintln!("Nothing was changed on any list.");
     }
 }
 
@@ -733,6 +738,7 @@ async fn trigger_in_store(ctx: &Ctx, store: &crate::store::Store, name: Option<&
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
         };
         requests.push(json!({ "export": e.name, "request_id": queue.ask(&ask).await? }));
     }

@@ -490,7 +490,14 @@ impl Daemon {
         if !export.enabled || export.connection_id.is_none() {
             return tracing::warn!(export = %export.name, trigger = trigger.as_str(), "Export is disabled (no connection); not running it.");
         }
-        let ask = Ask { export_id: export.id, trigger, requested_by: None, full: false, allow_mass_removal: false };
+        let ask = Ask {
+            export_id: export.id,
+            trigger,
+            requested_by: None,
+            full: false,
+            allow_mass_removal: false,
+            allow_mass_addition: false,
+        };
         let asked = match due_at {
             Some(due_at) => self.queue.ask_scheduled(&ask, due_at).await.map(|id| id.is_some()),
             None => self.queue.ask(&ask).await.map(|_| true),
@@ -568,6 +575,7 @@ impl Daemon {
             note: (!note.is_empty()).then_some(note),
             full: request.full,
             allow_mass_removal: request.allow_mass_removal,
+            allow_mass_addition: request.allow_mass_addition,
             request_id: Some(request.id),
             ..RunOptions::default()
         };
@@ -673,6 +681,7 @@ impl Daemon {
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        allow_mass_addition: false,
                     };
                     if stopping {
                         // Now, before this process exits.

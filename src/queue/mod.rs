@@ -71,6 +71,8 @@ pub struct Ask<'a> {
     pub full: bool,
     /// Let the run through the mass-removal guard (the run that starts next).
     pub allow_mass_removal: bool,
+    /// Let the run through the mass-addition guard (the run that starts next).
+    pub allow_mass_addition: bool,
 }
 
 /// What became of a request, as far as it got within the time its asker waited.
@@ -286,5 +288,6 @@ fn new_request<'a>(ask: &Ask<'a>, note: Option<&'a str>) -> NewRunRequest<'a> {
         note,
         full: ask.full,
         allow_mass_removal: ask.allow_mass_removal,
+        allow_mass_addition: ask.allow_mass_addition,
     }
 }
