@@ -819,6 +819,7 @@ impl Daemon {
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);
                 self.engine = self.engine.with_config(self.config.clone());
+                self.queue.set_config(self.config.clone());
                 self.config_tx.send_replace(self.config.clone());
                 tracing::info!("Configuration reloaded.");
             }
