@@ -180,6 +180,13 @@ pub struct SyncConfig {
     /// A run that would unsubscribe more than this share (0 to 1) of a list's members stops before removing anyone,
     /// unless run with `--allow-mass-removal`. Default 0.5.
     pub mass_removal_share: f64,
+    /// A run that would put on a list more new members (members not on it by the export's memory) than this many
+    /// times the members it records there stops before adding anyone, unless run with `--allow-mass-addition`.
+    /// 1.0 lets a list at most double in one run. Default 1.0.
+    pub mass_addition_share: f64,
+    /// The addition guard leaves alone a list on which the export's memory records fewer members than this.
+    /// Default 100.
+    pub mass_addition_min_list_size: u64,
     /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
     pub max_recorded_issues: u64,
     /// Invalid and rejected members are kept for the last this many runs of each export; older runs keep only
@@ -208,6 +215,8 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             mass_removal_share: 0.5,
+            mass_addition_share: 1.0,
+            mass_addition_min_list_size: 100,
             max_recorded_issues: 100_000,
             keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
@@ -717,6 +726,12 @@ impl Config {
         let share = self.sync.mass_removal_share;
         if !(0.0..=1.0).contains(&share) {
             p.push(format!("sync.mass_removal_share is {share}; use a share from 0 to 1, e.g. 0.5 for half a list"));
+        }
+        let growth = self.sync.mass_addition_share;
+        if !growth.is_finite() || growth < 0.0 {
+            p.push(format!(
+                "sync.mass_addition_share is {growth}; use a share of 0 or more, e.g. 1.0 to let a list at most double"
+            ));
         }
         let d = &self.daemon;
         if let Err(e) = crate::schedule::parse_cron(&d.refresh_schedule) {

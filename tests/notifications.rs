@@ -585,3 +585,28 @@ fn validate_warns_of_an_email_channel_without_a_mail_server() {
     assert_eq!(test["delivered"], false);
     assert!(test["answer"].as_str().unwrap().contains("[smtp] host and from are not set"), "{test}");
 }
+
+#[test]
+fn the_mass_addition_guard_is_told_as_a_guard_stop_too() {
+    let env = Env::with_config(opts(), NOTIFY);
+    let before = emails(0, 150);
+    env.setup_csv_export("s", &before);
+    let hook = Receiver::start("/hook");
+    add_webhook(&env, "ops", &hook);
+    env.ok(&["export", "edit", "exp", "--notify", "ops"]);
+    env.ok(&["export", "run", "exp"]);
+    let after = emails(0, 1500);
+    let rows: Vec<(&str, &str)> = after.iter().map(|e| (e.as_str(), "gold")).collect();
+    env.write_csv("members.csv", &rows);
+    assert_eq!(env.run(&["export", "run", "exp"]).status.code(), Some(1));
+    let got = hook.wait_for("the guard stop", Duration::from_secs(10), |got| !delivered(got).is_empty());
+    let guard = &delivered(&got)[0];
+    assert_eq!(guard["type"], "guard", "{guard}");
+    assert!(guard["error"].as_str().unwrap().contains("--allow-mass-addition"), "{guard}");
+    assert_eq!(env.members("s").len(), 150, "the list is unchanged");
+    env.ok(&["export", "run", "exp", "--allow-mass-addition"]);
+    let got = hook.wait_for("the recovery", Duration::from_secs(10), |got| delivered(got).len() == 2);
+    assert_eq!(delivered(&got)[1]["type"], "recovered");
+    let bodies: Vec<String> = got.iter().map(|r| r.body.clone()).collect();
+    assert_nothing_secret(&bodies, &after, &[]);
+}

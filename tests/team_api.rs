@@ -753,6 +753,45 @@ async fn run_to_end(t: &Team, who: usize, export: &str, body: Value) -> Value {
     }
 }
 
+/// Writes the team's CSV with `n` members (emails 0..n).
+fn write_members(t: &Team, n: usize) {
+    let text: String = std::iter::once("email,tier".to_string())
+        .chain(emails(0, n).iter().map(|e| format!("{e},gold")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&t.csv, text + "\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_mass_addition_guard_stopped_goes_through_with_allow_mass_addition() {
+    let t = team().await;
+    write_members(&t, 120);
+    let (got, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("growing", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    assert_eq!(run_to_end(&t, 3, "growing", json!({})).await["status"], "succeeded");
+    write_members(&t, 1200);
+
+    let (got, plan, _) = t.call(3, Method::POST, "/exports/growing/runs", Some(json!({ "dry_run": true }))).await;
+    assert_eq!(got, StatusCode::OK, "{plan}");
+    assert_eq!(
+        (plan["stopped_by_guard"].as_str(), plan["lists"][0]["to_add"].as_u64()),
+        (Some("mass_addition"), Some(1080))
+    );
+    assert_eq!(plan["stopped_by_mass_removal_guard"], false, "{plan}");
+    let refused = run_to_end(&t, 3, "growing", json!({})).await;
+    assert_eq!(refused["status"], "refused", "{refused}");
+    assert_eq!(refused["stopped_by_guard"], "mass_addition", "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("allow-mass-addition"), "it says how to go on: {refused}");
+    // Allowing the other guard does not let it through.
+    let still = run_to_end(&t, 3, "growing", json!({ "allow_mass_removal": true })).await;
+    assert_eq!(still["stopped_by_guard"], "mass_addition", "{still}");
+    let allowed = run_to_end(&t, 3, "growing", json!({ "allow_mass_addition": true })).await;
+    assert_eq!(allowed["status"], "succeeded", "{allowed}");
+    assert_eq!(allowed["stopped_by_guard"], Value::Null, "{allowed}");
+    assert_eq!(allowed["lists"][0]["added"], 1080, "{allowed}");
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_user_plans_a_run_then_repeats_one_the_mass_removal_guard_stopped_with_allow_mass_removal() {
     let t = team().await;

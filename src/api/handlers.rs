@@ -640,6 +640,10 @@ pub struct RunBody {
     /// Let the run unsubscribe more than sync.mass_removal_share of a list (after the guard stopped one).
     #[serde(default)]
     allow_mass_removal: bool,
+    /// Let the run put more new members on a list than sync.mass_addition_share times those on it (after the
+    /// guard stopped one).
+    #[serde(default)]
+    allow_mass_addition: bool,
 }
 
 /// Runs an export on demand through the daemon's queue (one run per export, one follow-up).
@@ -662,11 +666,16 @@ pub async fn run_export(
         .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
         .map(|Json(b)| b)
         .unwrap_or_default();
-    let flags: Vec<&str> = [(b.dry_run, "dry run"), (b.full, "full"), (b.allow_mass_removal, "allow mass removal")]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, n)| *n)
-        .collect();
+    let flags: Vec<&str> = [
+        (b.dry_run, "dry run"),
+        (b.full, "full"),
+        (b.allow_mass_removal, "allow mass removal"),
+        (b.allow_mass_addition, "allow mass addition"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
     let detail = (!flags.is_empty()).then(|| flags.join(", "));
     let action = if b.dry_run { "export.run.dry" } else { "export.run" };
     access::audit(&s.store, &s.config(), &c.actor, &c.origin, action, Some(&name), detail).await?;
@@ -678,6 +687,7 @@ pub async fn run_export(
             dry_run: true,
             full: b.full,
             allow_mass_removal: b.allow_mass_removal,
+            allow_mass_addition: b.allow_mass_addition,
             ..Default::default()
         };
         let progress = std::sync::Arc::new(crate::sync::Progress::default());
@@ -688,6 +698,7 @@ pub async fn run_export(
                 export: name.clone(),
                 status: "failed".into(),
                 error: Some(e.to_string()),
+                stopped_by_guard: None,
                 stopped_by_mass_removal_guard: false,
                 lists: vec![],
             },
@@ -703,6 +714,7 @@ pub async fn run_export(
         requested_by: Some(c.actor.name()),
         full: b.full,
         allow_mass_removal: b.allow_mass_removal,
+        allow_mass_addition: b.allow_mass_addition,
     };
     let request_id = s.queue.ask(&ask).await?;
     let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {

@@ -131,9 +131,10 @@ fn of_store(e: &StoreError) -> ErrorKind {
 
 fn of_sync(e: &SyncError) -> ErrorKind {
     match e {
-        SyncError::NotRunnable { .. } | SyncError::MassRemoval { .. } | SyncError::ListNotStandard { .. } => {
-            ErrorKind::Conflict
-        }
+        SyncError::NotRunnable { .. }
+        | SyncError::MassRemoval { .. }
+        | SyncError::MassAddition { .. }
+        | SyncError::ListNotStandard { .. } => ErrorKind::Conflict,
         SyncError::AlreadyRunning { .. } => ErrorKind::Busy,
         SyncError::Source { error, .. } => of_source(error),
         SyncError::Iterable { .. } | SyncError::IterableSetup(_) => ErrorKind::Iterable,

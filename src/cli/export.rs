@@ -194,6 +194,9 @@ pub struct RunArgs {
     /// Let the run unsubscribe more than sync.mass_removal_share of a list.
     #[arg(long)]
     pub allow_mass_removal: bool,
+    /// Let the run put more new members on a list than sync.mass_addition_share times those on it.
+    #[arg(long)]
+    pub allow_mass_addition: bool,
 }
 
 pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
@@ -602,7 +605,8 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     // something there.
     store.export(&a.name).await?;
     let what = if a.dry_run { "export.run.dry" } else { "export.run" };
-    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
+    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal || a.allow_mass_addition).then(|| run_flags(&a)))
+        .await?;
     let notifier = crate::notify::Notifier::new(ctx.config.clone());
     let engine = Engine::new(store.clone(), ctx.config.clone()).with_teller(Arc::new(notifier));
     let progress = Arc::new(Progress::default());
@@ -614,6 +618,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         full: a.full,
         allow_mass_removal: a.allow_mass_removal,
+        allow_mass_addition: a.allow_mass_addition,
         ..RunOptions::default()
     };
     let result = run_with_grace(ctx, &engine, &a.name, &opts, progress.clone(), cancel).await;
@@ -648,7 +653,7 @@ async fn deliver_notifications(ctx: &Ctx, store: &crate::store::Store) {
 
 /// The options of a run asked for, for its audit row.
 fn run_flags(a: &RunArgs) -> String {
-    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal")]
+    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal"), (a.allow_mass_addition, "allow mass addition")]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| *name)
@@ -762,7 +767,7 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
         eprintln!("error: {e}");
     }
     if r.status == RunStatus::Refused && !r.dry_run {
-        eprintln!("Nothing was removed from any list.");
+        eprintln!("Nothing was changed on any list.");
     }
 }
 
@@ -782,6 +787,7 @@ async fn trigger_in_store(ctx: &Ctx, store: &crate::store::Store, name: Option<&
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
         };
         requests.push(json!({ "export": e.name, "request_id": queue.ask(&ask).await? }));
     }

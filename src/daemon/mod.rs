@@ -512,7 +512,14 @@ impl Daemon {
         if !export.enabled || export.connection_id.is_none() {
             return tracing::warn!(export = %export.name, trigger = trigger.as_str(), "Export is disabled (no connection); not running it.");
         }
-        let ask = Ask { export_id: export.id, trigger, requested_by: None, full: false, allow_mass_removal: false };
+        let ask = Ask {
+            export_id: export.id,
+            trigger,
+            requested_by: None,
+            full: false,
+            allow_mass_removal: false,
+            allow_mass_addition: false,
+        };
         let asked = match due_at {
             Some(due_at) => self.queue.ask_scheduled(&ask, due_at).await.map(|id| id.is_some()),
             None => self.queue.ask(&ask).await.map(|_| true),
@@ -590,6 +597,7 @@ impl Daemon {
             note: (!note.is_empty()).then_some(note),
             full: request.full,
             allow_mass_removal: request.allow_mass_removal,
+            allow_mass_addition: request.allow_mass_addition,
             request_id: Some(request.id),
             ..RunOptions::default()
         };
@@ -699,6 +707,7 @@ impl Daemon {
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        allow_mass_addition: false,
                     };
                     if stopping {
                         // Now, before this process exits.
@@ -843,6 +852,7 @@ impl Daemon {
                 self.config = Arc::new(kept);
                 self.notifier = crate::notify::Notifier::new(self.config.clone());
                 self.engine = self.engine.with_config(self.config.clone()).with_teller(Arc::new(self.notifier.clone()));
+                self.queue.set_config(self.config.clone());
                 self.config_tx.send_replace(self.config.clone());
                 tracing::info!("Configuration reloaded.");
             }

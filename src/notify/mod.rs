@@ -155,7 +155,7 @@ impl Counts {
 /// Whether a run was stopped by a guard and waits for someone to decide (the one place this is asked, so that
 /// a guard added later needs one line here).
 fn stopped_by_guard(status: RunStatus, error: Option<&str>) -> bool {
-    status == RunStatus::Refused && crate::sync::stopped_by_mass_removal_guard(error)
+    status == RunStatus::Refused && crate::sync::stopped_by_guard(error).is_some()
 }
 
 /// The subject an export's conditions are kept under.

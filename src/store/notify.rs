@@ -460,11 +460,12 @@ impl Store {
         tidings: &Tidings,
     ) -> Result<bool> {
         let mut tx = self.db.begin().await?;
+        let at = now();
         let done = sql(
             "UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4 AND owner = $5 AND status = 'running'",
         )
         .bind(status.as_str())
-        .bind(now())
+        .bind(at)
         .bind(error)
         .bind(run_id)
         .bind(super::process_owner())
@@ -475,6 +476,16 @@ impl Store {
             tx.rollback().await?;
             tracing::warn!(run_id, status = %status, "Run not recorded as finished: it is no longer running under this process (another process marked it). Check `segment-exporter runs show {run_id}`.");
             return Ok(false);
+        }
+        // A list's first fill is complete once a run that filled it succeeds (the mass-addition guard spares it
+        // until then).
+        if status == RunStatus::Succeeded {
+            sql("UPDATE targets SET filled_at = $1 WHERE filled_at IS NULL \
+                 AND id IN (SELECT target_id FROM run_targets WHERE run_id = $2)")
+            .bind(at)
+            .bind(run_id)
+            .execute(&mut tx)
+            .await?;
         }
         write_tidings(&mut tx, tidings).await?;
         tx.commit().await?;

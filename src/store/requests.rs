@@ -69,6 +69,7 @@ pub struct NewRunRequest<'a> {
     pub note: Option<&'a str>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    pub allow_mass_addition: bool,
 }
 
 /// A stored run request.
@@ -82,6 +83,7 @@ pub struct RunRequest {
     pub note: Option<String>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    pub allow_mass_addition: bool,
     /// Later requests merged into this one.
     pub merged: i64,
     pub state: RequestState,
@@ -92,7 +94,7 @@ pub struct RunRequest {
 }
 
 const SELECT_REQUEST: &str = "SELECT q.id, q.export_id, e.name AS export_name, q.trigger, q.requested_by, q.note, \
-     q.full_resync, q.allow_mass_removal, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason \
+     q.full_resync, q.allow_mass_removal, q.allow_mass_addition, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason \
      FROM run_requests q JOIN exports e ON e.id = q.export_id";
 
 fn request_from(row: &Row) -> Result<RunRequest> {
@@ -105,6 +107,7 @@ fn request_from(row: &Row) -> Result<RunRequest> {
         note: row.try_get("note")?,
         full: row.try_get("full_resync")?,
         allow_mass_removal: row.try_get("allow_mass_removal")?,
+        allow_mass_addition: row.try_get("allow_mass_addition")?,
         merged: row.try_get("merged")?,
         state: RequestState::parse(&row.try_get::<String, _>("state")?)?,
         waiting_for: row.try_get::<Option<String>, _>("waiting_for")?.as_deref().map(WaitingFor::parse).transpose()?,
@@ -211,7 +214,7 @@ impl Store {
     pub async fn requeue_request(&self, id: i64) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let Some(row) = sql(
-            "SELECT export_id, full_resync, allow_mass_removal FROM run_requests WHERE id = $1 AND state = 'started' \
+            "SELECT export_id, full_resync, allow_mass_removal, allow_mass_addition FROM run_requests WHERE id = $1 AND state = 'started' \
              AND run_id IS NULL",
         )
         .bind(id)
@@ -220,14 +223,17 @@ impl Store {
         else {
             return Ok(());
         };
-        let (export_id, full, allow): (i64, bool, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (export_id, full, allow, allow_addition): (i64, bool, bool, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
         let merged = sql(
             "UPDATE run_requests SET full_resync = full_resync OR $1, allow_mass_removal = allow_mass_removal OR $2, \
-             merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
+             allow_mass_addition = allow_mass_addition OR $4, merged = merged + 1 \
+             WHERE export_id = $3 AND state = 'queued'",
         )
         .bind(full)
         .bind(allow)
         .bind(export_id)
+        .bind(allow_addition)
         .execute(&mut tx)
         .await?;
         if merged == 1 {
@@ -298,24 +304,25 @@ async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
         // Delivered at commit, to every daemon listening.
         sql("SELECT pg_notify($1, '')").bind(QUEUE_CHANNEL).execute(&mut *tx).await?;
     }
-    let row = sql(
-        "INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, state, \
-         requested_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) \
+    let row =
+        sql("INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, \
+         allow_mass_addition, state, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $8, 'queued', $7) \
          ON CONFLICT (export_id) WHERE state = 'queued' DO UPDATE SET \
          full_resync = run_requests.full_resync OR excluded.full_resync, \
          allow_mass_removal = run_requests.allow_mass_removal OR excluded.allow_mass_removal, \
+         allow_mass_addition = run_requests.allow_mass_addition OR excluded.allow_mass_addition, \
          merged = run_requests.merged + 1 \
-         RETURNING id, merged",
-    )
-    .bind(r.export_id)
-    .bind(r.trigger)
-    .bind(r.requested_by)
-    .bind(r.note)
-    .bind(r.full)
-    .bind(r.allow_mass_removal)
-    .bind(now())
-    .fetch_one(&mut *tx)
-    .await?;
+         RETURNING id, merged")
+        .bind(r.export_id)
+        .bind(r.trigger)
+        .bind(r.requested_by)
+        .bind(r.note)
+        .bind(r.full)
+        .bind(r.allow_mass_removal)
+        .bind(now())
+        .bind(r.allow_mass_addition)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok((row.try_get(0)?, row.try_get::<i64, _>(1)? > 0))
 }
 

@@ -243,6 +243,7 @@ impl Store {
 
     /// Finishes a run this process started and that is still `running`. Returns false, and says so, when that
     /// changed nothing (another process marked the run, or it was never this process's).
+    /// A succeeded run marks its targets' lists filled (see `Target::filled_at`), in the same transaction.
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<bool> {
         self.finish_run_telling(run_id, status, error, &super::Tidings::default()).await
     }

@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub full: bool,
     /// Let a run through that would unsubscribe more than `sync.mass_removal_share` of a list.
     pub allow_mass_removal: bool,
+    /// Let a run through that would put more new members on a list than `sync.mass_addition_share` times those
+    /// on it.
+    pub allow_mass_addition: bool,
     /// Recorded with the run, e.g. that it is a follow-up queued while the previous run was in progress.
     pub note: Option<String>,
     /// The run request (`crate::queue`) this run answers, if it answers one.
@@ -43,6 +46,7 @@ impl Default for RunOptions {
             dry_run: false,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             note: None,
             request_id: None,
         }
@@ -239,7 +243,7 @@ impl Engine {
             report.examples_remove =
                 session.removes(target.id, 0, EXAMPLES).await?.into_iter().map(|(_, e)| e).collect();
         }
-        let (status, error) = match planner.check_mass_removal(&lists, opts.allow_mass_removal).await? {
+        let (status, error) = match planner.check_guards(&lists, opts).await? {
             Some(e) => (RunStatus::Refused, Some(e.to_string())),
             None => (RunStatus::Succeeded, None),
         };
@@ -319,7 +323,7 @@ impl Engine {
                 let status = match &e {
                     SyncError::Interrupted => RunStatus::Interrupted,
                     SyncError::Cancelled => RunStatus::Cancelled,
-                    SyncError::MassRemoval { .. } => RunStatus::Refused,
+                    SyncError::MassRemoval { .. } | SyncError::MassAddition { .. } => RunStatus::Refused,
                     // The store was out of reach for a moment (a restarted server, a cut connection): what was
                     // recorded stands, and the next run resumes from there.
                     SyncError::Store(e) if e.is_transient() => RunStatus::Interrupted,
@@ -426,7 +430,7 @@ impl Engine {
         let mut session = self.store.plan_session().await?;
         let planner = self.planner(export, state.project_type, Some(run_id), opts, progress, cancel);
         planner.plan(&mut session, &mut state.lists).await?;
-        if let Some(refusal) = planner.check_mass_removal(&state.lists, opts.allow_mass_removal).await? {
+        if let Some(refusal) = planner.check_guards(&state.lists, opts).await? {
             return Err(refusal);
         }
         if cancel.is_cancelled() {

@@ -18,6 +18,8 @@ mod progress;
 pub mod readiness;
 mod send;
 
+use serde::Serialize;
+
 pub use cancel::{lock_for_change, ChangeRefused};
 pub use email::normalize_email;
 pub use engine::{Engine, RunOptions, RunReport};
@@ -36,10 +38,36 @@ use crate::store::StoreError;
 /// How the error of a run the mass-removal guard stopped begins, as recorded with the run.
 pub const MASS_REMOVAL_STOP: &str = "stopped before removing anyone";
 
-/// Whether a run's recorded error says the mass-removal guard stopped it (other refusals, such as a connection
-/// without an export user, are recorded `refused` too).
+/// How the error of a run the mass-addition guard stopped begins, as recorded with the run.
+pub const MASS_ADDITION_STOP: &str = "stopped before adding anyone";
+
+/// A guard that stops a run before it changes a list, until someone lets the run through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    /// The run would unsubscribe more than `sync.mass_removal_share` of a list (`allow_mass_removal`).
+    MassRemoval,
+    /// The run would put more new members on a list than `sync.mass_addition_share` times those on it
+    /// (`allow_mass_addition`).
+    MassAddition,
+}
+
+/// Which guard stopped a run, read from its recorded error (other refusals, such as a connection without an export
+/// user, are recorded `refused` too). The one place that tells a guard stop from other refusals.
+pub fn stopped_by_guard(error: Option<&str>) -> Option<Guard> {
+    let error = error?;
+    if error.starts_with(MASS_REMOVAL_STOP) {
+        Some(Guard::MassRemoval)
+    } else if error.starts_with(MASS_ADDITION_STOP) {
+        Some(Guard::MassAddition)
+    } else {
+        None
+    }
+}
+
+/// Whether a run's recorded error says the mass-removal guard stopped it.
 pub fn stopped_by_mass_removal_guard(error: Option<&str>) -> bool {
-    error.is_some_and(|e| e.starts_with(MASS_REMOVAL_STOP))
+    stopped_by_guard(error) == Some(Guard::MassRemoval)
 }
 
 /// A run's end, as whoever tells people about it (`crate::notify`) needs it.
@@ -84,6 +112,8 @@ pub enum SyncError {
     Source { segment: String, source_name: String, error: SourceError },
     #[error("{}: {}. If the segments really shrank, run again with --allow-mass-removal; otherwise check their queries with `segment-exporter segment preview NAME`.", MASS_REMOVAL_STOP, .details.join("; "))]
     MassRemoval { details: Vec<String> },
+    #[error("{}: {}. If the segments really grew, run again with --allow-mass-addition; otherwise check their queries with `segment-exporter segment preview NAME`.", MASS_ADDITION_STOP, .details.join("; "))]
+    MassAddition { details: Vec<String> },
     #[error("list '{list}': {error}. What Iterable acknowledged is recorded: run the export again to resume.")]
     Iterable { list: String, error: IterableError },
     #[error("list '{list}': Iterable's list of that name (id {list_id}) is a {list_type} list, not a Standard (static) list this export can fill; nothing was sent. Rename that list in Iterable, or the segment (`segment-exporter segment add` under another name), so that they differ.")]

@@ -199,10 +199,10 @@
     "missed-schedule": "schedule (missed while stopped)",
   };
 
-  // A run's status in words; a refusal says whether it was the mass-removal guard's.
+  // A run's status in words; a refusal says whether it was a guard's.
   function badge(run) {
     let text = statusWords[run.status] || run.status;
-    if (run.status === "refused" && !run.stopped_by_mass_removal_guard) text = "Refused";
+    if (run.status === "refused" && !run.stopped_by_guard) text = "Refused";
     return el("span", { class: `badge ${run.status}` }, text);
   }
 
@@ -297,7 +297,7 @@
     }
     if (answer.run_id) {
       await follow(answer.run_id, area, (run) => {
-        if (run.stopped_by_mass_removal_guard) offerAnyway(name, area, then);
+        if (run.stopped_by_guard) offerAnyway(name, area, then, run.stopped_by_guard);
         if (then) then(run);
       });
     } else {
@@ -311,18 +311,18 @@
     }
   }
 
-  function offerAnyway(name, area, then) {
+  // After a guard stopped a run: what it would have done, and a button that lets the run through that guard.
+  function offerAnyway(name, area, then, guard) {
     const button = el("button", { type: "button", class: "danger" }, "Run anyway");
-    area.append(
-      el(
-        "p",
-        { class: "warning" },
-        "The run would have unsubscribed an unusually large share of a list, so nothing was changed. If the segment " +
-          "really shrank, run it anyway. ",
-        button,
-      ),
-    );
-    confirmTwice(button, "Yes, unsubscribe them", () => runNow(name, area, then, { allow_mass_removal: true }));
+    const adding = guard === "mass_addition";
+    const why = adding
+      ? "The run would have added an unusually large number of new members to a list (a subscribe can start a " +
+        "journey, and a message cannot be unsent), so nothing was changed. If the segment really grew, run it anyway. "
+      : "The run would have unsubscribed an unusually large share of a list, so nothing was changed. If the segment " +
+        "really shrank, run it anyway. ";
+    area.append(el("p", { class: "warning" }, why, button));
+    const allow = adding ? { allow_mass_addition: true } : { allow_mass_removal: true };
+    confirmTwice(button, adding ? "Yes, add them" : "Yes, unsubscribe them", () => runNow(name, area, then, allow));
   }
 
   async function preview(name, area) {
@@ -339,8 +339,10 @@
       el("tr", {}, el("td", {}, l.list_name), el("td", {}, number(l.members)), el("td", {}, number(l.to_add)), el("td", {}, number(l.to_remove)), el("td", {}, number(l.unchanged)), el("td", {}, number(l.invalid))),
     );
     const box = el("div", { class: "preview" }, el("h2", {}, "Preview: what a run would change"));
-    if (report.stopped_by_mass_removal_guard) {
+    if (report.stopped_by_guard === "mass_removal") {
       box.append(el("p", { class: "warning" }, "A run would stop here: the mass-removal guard would keep it from unsubscribing this many members."));
+    } else if (report.stopped_by_guard === "mass_addition") {
+      box.append(el("p", { class: "warning" }, "A run would stop here: the mass-addition guard would keep it from adding this many new members."));
     } else if (report.error) box.append(el("p", { class: "run-error" }, report.error));
     box.append(table(["List", "Members", "To add", "To remove", "Unchanged", "Invalid"], rows, "No list to change."));
     box.append(el("p", { class: "hint" }, "Nothing was sent: this is a preview."));
