@@ -444,7 +444,8 @@ if pg_rows:
         sq = by.get((big, s))
         sent = f"{r['subscribers_received']:,}" if s == "first" else f"+{r['subscribers_received']:,} −{r['unsubscribers_received']:,}"
         split = (f"{r['plan_seconds']:.2f} s / {r['send_seconds']:.2f} s" if r.get("plan_seconds") is not None else "")
-        lines.append(f"| {names[s]} | {sq['wall']:.2f} s | {r['wall']:.2f} s" + (f" ({lo:.2f}–{hi:.2f}, {n})" if n > 1 else "")
+        sq_wall = f"{sq['wall']:.2f} s" if sq else "–"
+        lines.append(f"| {names[s]} | {sq_wall} | {r['wall']:.2f} s" + (f" ({lo:.2f}–{hi:.2f}, {n})" if n > 1 else "")
                      + f" | {sent} | {r['requests']:,} | {r['rss_kb'] / 1024:.0f} MB | {split} |")
 if pg_rows and os.path.exists(cluster):
     try:

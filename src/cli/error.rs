@@ -141,7 +141,9 @@ fn of_sync(e: &SyncError) -> ErrorKind {
         SyncError::Secret(_) => ErrorKind::Secret,
         SyncError::Store(e) => of_store(e),
         SyncError::Lock(e) => of_lock(e),
-        SyncError::ListLock(_) | SyncError::Interrupted | SyncError::Cancelled => ErrorKind::Failed,
+        SyncError::ListLock(_) | SyncError::Interrupted | SyncError::LeaseLost | SyncError::Cancelled => {
+            ErrorKind::Failed
+        }
     }
 }
 

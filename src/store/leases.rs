@@ -74,6 +74,16 @@ impl Store {
         // server ends its idle transaction; either way the export counts as busy now, and is asked again shortly.
         let mut tx = self.db.begin_unfenced().await?;
         sql("SET LOCAL lock_timeout = '300ms'").execute(&mut tx).await?;
+        // A takeover waits for the writes fenced by the old lease (they hold the row `FOR KEY SHARE`): an upsert
+        // that changes no key would not.
+        let locked =
+            sql("SELECT 1 FROM run_leases WHERE export_id = $1 FOR UPDATE").bind(export_id).execute(&mut tx).await;
+        match locked {
+            Ok(_) => {}
+            // 55P03: lock_not_available.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let taken = sql(
             "INSERT INTO run_leases (export_id, holder, fence, expires_at, renewed_at) \
              VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3), clock_timestamp()) \

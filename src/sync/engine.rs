@@ -314,14 +314,18 @@ impl Engine {
         };
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
-        let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
+        let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested)).map_err(|e| match e {
+            // Stopped by its own lease, not by a shutdown: say so.
+            SyncError::Interrupted if guard.lost().is_cancelled() => SyncError::LeaseLost,
+            e => e,
+        });
         let store_unreachable = matches!(&outcome, Err(SyncError::Store(e)) if e.is_transient());
         let key_refused = matches!(&outcome, Err(e) if e.key_refused());
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
             Err(e) => {
                 let status = match &e {
-                    SyncError::Interrupted => RunStatus::Interrupted,
+                    SyncError::Interrupted | SyncError::LeaseLost => RunStatus::Interrupted,
                     SyncError::Cancelled => RunStatus::Cancelled,
                     SyncError::MassRemoval { .. } | SyncError::MassAddition { .. } => RunStatus::Refused,
                     // The store was out of reach for a moment (a restarted server, a cut connection): what was

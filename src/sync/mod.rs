@@ -130,6 +130,8 @@ pub enum SyncError {
     ListLock(#[from] list_lock::ListLockError),
     #[error("the run was interrupted by a shutdown; what Iterable acknowledged is recorded and the next run resumes from there")]
     Interrupted,
+    #[error("the run stopped sending because its lease in the store was not renewed in time (the store answered too slowly or not at all), so another daemon may take the export over; what Iterable acknowledged is recorded and the next run resumes from there")]
+    LeaseLost,
     #[error("the run was cancelled on request (a change or removal of its export or connection stopped it); what Iterable acknowledged before is recorded")]
     Cancelled,
 }

@@ -162,7 +162,7 @@ impl Planner<'_> {
         let stream =
             source::read(&spec, segment.query.as_deref(), Columns::Only(columns), &reach).await.map_err(source_err)?;
         let max_issues = self.config.sync.max_recorded_issues;
-        let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
+        let (mut source_rows, mut invalid) = (0u64, 0u64);
         let mut examples_invalid = Vec::new();
         let mut issues: Vec<(Option<String>, String)> = Vec::new();
         let mut buf = String::new();
@@ -174,7 +174,7 @@ impl Planner<'_> {
         loop {
             let write = async {
                 if writing.is_empty() {
-                    Ok(0)
+                    Ok(())
                 } else {
                     session.stage(target.id, &writing).await
                 }
@@ -224,7 +224,7 @@ impl Planner<'_> {
                 Ok::<bool, SyncError>(ended)
             };
             let (written, ended) = futures::join!(write, read);
-            staged_new += written?;
+            written?;
             // A shutdown while a large segment is read: nothing was sent yet, so stopping here loses nothing.
             if self.cancel.is_cancelled() {
                 return Err(SyncError::Interrupted);
@@ -233,12 +233,14 @@ impl Planner<'_> {
             writing.clear();
             std::mem::swap(&mut writing, &mut filling);
             if ended {
-                staged_new += session.stage(target.id, &writing).await?;
+                session.stage(target.id, &writing).await?;
                 break;
             }
         }
         let valid = source_rows - invalid;
         let plan: TargetPlan = session.compute(target.id, &self.compute_options(self.full, false)).await?;
+        // The staged members are the valid ones less duplicates.
+        let staged_new = plan.members;
         if let Some(run_id) = self.run_id {
             let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
             self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;
