@@ -387,6 +387,19 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "rex" })), [u, u, nf, S::OK, S::OK]),
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "nobody" })), [u, u, nf, nf, nf]),
         (Method::DELETE, "/exports/carls/users/rex".into(), None, [u, u, nf, S::OK, bad]),
+        // Notification channels: administrators manage them; contributors list those open to them.
+        (Method::GET, "/channels".into(), None, [u, u, S::OK, S::OK, S::OK]),
+        (
+            Method::POST,
+            "/channels".into(),
+            Some(|_| json!({ "name": "hook", "webhook": "http://127.0.0.1:9/hook" })),
+            [u, u, fb, fb, S::CREATED],
+        ),
+        (Method::POST, "/channels".into(), Some(|_| json!({ "name": "bad", "email": [] })), [u, u, fb, fb, bad]),
+        (Method::GET, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::POST, "/channels/hook/test".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::GET, "/channels/hook/deliveries".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::DELETE, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
         (Method::GET, "/nowhere".into(), None, [nf, nf, nf, nf, nf]),
     ];
     let (_, doc, _) = t.call(0, Method::GET, "/openapi.json", None).await;
@@ -1142,4 +1155,36 @@ async fn a_contributors_run_list_is_filtered_to_their_exports_before_the_limit_i
     let (_, listed, _) = t.call(admin, Method::GET, "/runs?limit=5", None).await;
     assert_eq!(listed.as_array().unwrap().len(), 5, "an administrator sees everyone's: {listed}");
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_user_subscribes_an_export_to_the_channels_open_to_contributors_only() {
+    let t = team().await;
+    let (status, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("carls", "open"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (name, usable_by) in [("team", "contributors"), ("oncall", "admins")] {
+        let body = json!({ "name": name, "email": ["ops@example.com"], "usable_by": usable_by });
+        let (status, created, text) = t.call(4, Method::POST, "/channels", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        assert!(created.get("signing_secret").is_none(), "only webhooks are signed");
+    }
+    let (_, listed, _) = t.call(3, Method::GET, "/channels", None).await;
+    assert_eq!(listed, json!([{ "name": "team", "kind": "email", "usable_by": "contributors" }]), "no addresses");
+    let patch = |notify: &str| Some(json!({ "notify": [notify] }));
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("oncall")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an admins' channel does not exist for carl: {body}");
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("team:failed,exploded")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("'exploded' is not an event"), "{body}");
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("team:failed,recovered")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["export"]["notify"], json!([{ "channel": "team", "events": ["failed", "recovered"] }]));
+    let (status, _, _) = t.call(4, Method::PATCH, "/exports/carls", patch("oncall")).await;
+    assert_eq!(status, StatusCode::OK, "an administrator may use any channel");
+    let (_, seen_by_carl, _) = t.call(3, Method::GET, "/exports/carls", None).await;
+    assert_eq!(seen_by_carl["notify"].as_array().unwrap().len(), 1, "carl sees the channel open to him only");
+    let (_, seen_by_ann, _) = t.call(4, Method::GET, "/exports/carls", None).await;
+    assert_eq!(seen_by_ann["notify"].as_array().unwrap().len(), 2);
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", Some(json!({ "no_notify": ["team"] }))).await;
+    assert_eq!((status, body["export"]["notify"].clone()), (StatusCode::OK, json!([])), "{body}");
 }

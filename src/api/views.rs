@@ -236,8 +236,18 @@ pub struct ExportView {
     pub next_run: Option<DateTime<Utc>>,
     /// The run in flight in this service, whose progress `GET /runs/{id}` answers.
     pub running_run_id: Option<i64>,
+    /// The notification channels it tells, and of what (those open to the caller).
+    pub notify: Vec<SubscriptionView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An export's subscription to a notification channel.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionView {
+    pub channel: String,
+    pub events: Vec<crate::store::EventKind>,
 }
 
 impl ExportView {
@@ -274,6 +284,7 @@ impl ExportView {
             last_run: last_run.map(RunSummary::new),
             next_run: None,
             running_run_id: None,
+            notify: vec![],
             created_at: export.created_at,
             updated_at: export.updated_at,
         }

@@ -38,6 +38,12 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    channel: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabels {
     export: String,
 }
@@ -51,6 +57,7 @@ pub struct Metrics {
     latency: Family<EndpointLabels, Histogram>,
     since_success: Family<ExportLabels, Gauge<f64, AtomicU64>>,
     in_flight: Gauge,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,7 +93,13 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("runs_in_flight", "Export runs in progress", in_flight.clone());
-        Metrics { registry, runs, members, requests, rate_limited, latency, since_success, in_flight }
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "notification_deliveries",
+            "Attempts to deliver notifications, by channel and outcome (delivered, retry, refused, given_up)",
+            deliveries.clone(),
+        );
+        Metrics { registry, runs, members, requests, rate_limited, latency, since_success, in_flight, deliveries }
     }
 }
 
@@ -136,6 +149,12 @@ impl Metrics {
     }
 }
 
+impl crate::notify::DeliveryObserver for Metrics {
+    fn delivery(&self, channel: &str, outcome: &'static str) {
+        self.deliveries.get_or_create(&DeliveryLabels { channel: channel.into(), outcome }).inc();
+    }
+}
+
 impl RequestObserver for Metrics {
     fn observe(&self, endpoint: &str, status: Option<u16>, elapsed: Duration) {
         let status_label = status.map_or("error".to_string(), |s| s.to_string());
@@ -157,7 +176,12 @@ mod tests {
         m.observe("/api/lists/subscribe", Some(200), Duration::from_millis(12));
         m.observe("/api/lists/subscribe", Some(429), Duration::from_millis(3));
         m.run_started();
+        crate::notify::DeliveryObserver::delivery(&m, "ops", "retry");
         let text = m.encode();
+        assert!(
+            text.contains("segment_exporter_notification_deliveries_total{channel=\"ops\",outcome=\"retry\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "segment_exporter_iterable_requests_total{endpoint=\"/api/lists/subscribe\",status=\"429\"} 1"

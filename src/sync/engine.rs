@@ -89,11 +89,18 @@ pub struct Engine {
     config: Arc<Config>,
     pacers: Arc<Mutex<HashMap<i64, Arc<Pacer>>>>,
     observer: Option<Arc<dyn RequestObserver>>,
+    teller: Option<Arc<dyn super::RunEndTeller>>,
 }
 
 impl Engine {
     pub fn new(store: Store, config: Arc<Config>) -> Engine {
-        Engine { store, config, pacers: Default::default(), observer: None }
+        Engine { store, config, pacers: Default::default(), observer: None, teller: None }
+    }
+
+    /// Has `teller` decide what each run's end tells (notifications), written with the end in one transaction.
+    pub fn with_teller(mut self, teller: Arc<dyn super::RunEndTeller>) -> Engine {
+        self.teller = Some(teller);
+        self
     }
 
     /// Reports every Iterable request of this engine's runs to `observer` (the daemon's metrics).
@@ -104,7 +111,7 @@ impl Engine {
 
     /// The same engine (pacers, observer) with another config, after a reload.
     pub fn with_config(&self, config: Arc<Config>) -> Engine {
-        Engine { store: self.store.clone(), config, pacers: self.pacers.clone(), observer: self.observer.clone() }
+        Engine { config, ..self.clone() }
     }
 
     fn pacer(&self, connection_id: i64) -> Arc<Pacer> {
@@ -297,8 +304,14 @@ impl Engine {
 
         // A cancel asked for from another process (`--cancel-run`) stops this run's waits and batches too.
         let watch = super::cancel::CancelWatch::start(self.store.clone(), run_id, run_cancel.clone());
-        let mut state =
-            RunState { run_id, connection_id, project_type, lists: Vec::new(), dropped_fields: Default::default() };
+        let mut state = RunState {
+            run_id,
+            connection_id,
+            project_type,
+            lists: Vec::new(),
+            dropped_fields: Default::default(),
+            recreated_lists: Vec::new(),
+        };
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
         let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested)).map_err(|e| match e {
@@ -307,6 +320,7 @@ impl Engine {
             e => e,
         });
         let store_unreachable = matches!(&outcome, Err(SyncError::Store(e)) if e.is_transient());
+        let key_refused = matches!(&outcome, Err(e) if e.key_refused());
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
             Err(e) => {
@@ -322,7 +336,7 @@ impl Engine {
                 (status, Some(e.to_string()))
             }
         };
-        let lists = state.lists;
+        let lists = std::mem::take(&mut state.lists);
         let dropped: Vec<String> = state.dropped_fields.lock().expect("dropped fields lock").iter().cloned().collect();
         if !dropped.is_empty() {
             let warning = format!(
@@ -334,7 +348,22 @@ impl Engine {
             self.store.record_run_warning(run_id, &warning).await?;
         }
         let warnings = self.store.run_warnings(run_id).await?;
-        self.store.finish_run(run_id, status, error.as_deref()).await?;
+        let end = super::RunEnd {
+            export: export.clone(),
+            run_id,
+            status,
+            error: error.clone(),
+            key_refused,
+            recreated_lists: std::mem::take(&mut state.recreated_lists),
+        };
+        let tidings = match &self.teller {
+            Some(teller) => teller.tidings(&self.store, &end).await.unwrap_or_else(|e| {
+                tracing::error!(export = %name, run_id, error = %e, "Cannot work out the notifications of this run's end; none are sent for it.");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        self.store.finish_run_telling(run_id, status, error.as_deref(), &tidings).await?;
         self.prune_history(&export).await;
         progress.set_phase(Phase::Done, "");
         let run = self.store.run(run_id).await?;
@@ -432,6 +461,7 @@ impl Engine {
         for ((target, resolved), list) in export.targets.iter().zip(resolved).zip(state.lists.iter_mut()) {
             list.list_id = Some(resolved.list_id);
             if resolved.recreated {
+                state.recreated_lists.push(target.list_name.clone());
                 // The old list is gone: everything must be sent again, new on the new list, so re-plan this target
                 // as a full one.
                 let plan = session.compute(target.id, &planner.compute_options(true, true)).await?;
@@ -501,6 +531,8 @@ struct RunState {
     project_type: ProjectType,
     lists: Vec<ListReport>,
     dropped_fields: super::send::DroppedFields,
+    /// Lists found deleted in Iterable and recreated.
+    recreated_lists: Vec<String>,
 }
 
 impl RunState {

@@ -70,6 +70,37 @@ pub fn stopped_by_mass_removal_guard(error: Option<&str>) -> bool {
     stopped_by_guard(error) == Some(Guard::MassRemoval)
 }
 
+/// A run's end, as whoever tells people about it (`crate::notify`) needs it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub export: crate::store::Export,
+    pub run_id: i64,
+    pub status: crate::store::RunStatus,
+    pub error: Option<String>,
+    /// Iterable refused the connection's key (revoked, replaced, or unable to write).
+    pub key_refused: bool,
+    /// Lists deleted in Iterable that this run recreated.
+    pub recreated_lists: Vec<String>,
+}
+
+/// Decides what a run's end tells, to be written in the same transaction as the end itself. Set on the engine by
+/// whoever composes it (the daemon, `export run`); this module never decides what to tell.
+pub trait RunEndTeller: Send + Sync {
+    fn tidings<'a>(
+        &'a self,
+        store: &'a crate::store::Store,
+        end: &'a RunEnd,
+    ) -> futures::future::BoxFuture<'a, Result<crate::store::Tidings, StoreError>>;
+}
+
+impl SyncError {
+    /// Whether Iterable refused the connection's key: revoked, replaced, or unable to write lists.
+    pub fn key_refused(&self) -> bool {
+        matches!(self, SyncError::Iterable { error, .. } | SyncError::IterableSetup(error)
+            if matches!(error, IterableError::BadApiKey { .. } | IterableError::CannotWrite { .. }))
+    }
+}
+
 /// Why an export could not run, or why its run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

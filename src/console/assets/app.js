@@ -567,6 +567,7 @@
         }),
       );
       if (x.running_run_id && !area.querySelector(".progress")) follow(x.running_run_id, area, () => history());
+      exportNotify(path, x, load);
     };
     const history = async () => {
       try {
@@ -637,6 +638,19 @@
         }
       };
       await save(false);
+    });
+    $("#add-export-notify").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const events = [...form.querySelectorAll("input[name=events]:checked")].map((i) => i.value);
+      try {
+        await api("PATCH", path, { notify: [`${form.channel.value}:${events.join(",")}`] });
+        notice(`${form.channel.value} is told about this export.`);
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
     });
     $("#add-export-user").addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -971,6 +985,163 @@
     await load();
   }
 
+  const eventNames = ["failed", "guard", "recovered", "rejected", "key", "list", "drift"];
+  const defaultEvents = ["failed", "guard", "recovered", "key"];
+  const eventWords = {
+    failed: "a run fails",
+    guard: "a guard stops a run",
+    recovered: "it recovers",
+    rejected: "many members are rejected",
+    key: "Iterable refuses the key",
+    list: "a list was recreated",
+    drift: "a list differs from its segment",
+  };
+
+  async function notificationsPage() {
+    const list = $("#channels-list");
+    const deliveries = async (name) => {
+      try {
+        const log = await api("GET", `/channels/${encodeURIComponent(name)}/deliveries`);
+        $("#deliveries").replaceChildren(
+          el("h3", {}, `Channel ${name}`),
+          table(
+            ["Time", "Event", "Export", "Run", "State", "Attempts", "Last answer"],
+            log.map((d) =>
+              el(
+                "tr",
+                { "data-event": d.event_id },
+                el("td", {}, when(d.created_at)),
+                el("td", {}, d.event),
+                el("td", {}, d.export || "–"),
+                el("td", {}, d.run_id ? `#${d.run_id}` : "–"),
+                el("td", {}, d.state === "pending" ? `pending (next ${when(d.next_attempt_at)})` : d.state.replace("_", " ")),
+                el("td", {}, number(d.attempts)),
+                el("td", {}, d.last_answer || "–"),
+              ),
+            ),
+            "Nothing sent yet.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    const load = async () => {
+      try {
+        const channels = await api("GET", "/channels");
+        list.replaceChildren(
+          table(
+            ["Channel", "Kind", "Sends to", "Usable by", "Exports", ""],
+            channels.map((c) => {
+              const test = el("button", { type: "button" }, "Send a test");
+              test.addEventListener("click", async () => {
+                try {
+                  const r = await api("POST", `/channels/${encodeURIComponent(c.name)}/test`);
+                  if (r.delivered) notice(`Sent a test message to ${c.name}: the receiver answered ${r.answer}.`);
+                  else notice(`The test message to ${c.name} was not delivered: ${r.answer}.`, "error");
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              const log = el("button", { type: "button" }, "Deliveries");
+              log.addEventListener("click", () => deliveries(c.name));
+              const remove = el("button", { type: "button", class: "danger" }, "Remove");
+              confirmTwice(remove, "Yes, remove", async () => {
+                try {
+                  await api("DELETE", `/channels/${encodeURIComponent(c.name)}`);
+                  load();
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              return el(
+                "tr",
+                { "data-channel": c.name },
+                el("td", {}, c.name),
+                el("td", {}, c.kind),
+                el("td", {}, c.addresses ? c.addresses.join(", ") : "(URL kept sealed)"),
+                el("td", {}, c.usable_by === "contributors" ? "contributors too" : "administrators"),
+                el("td", {}, (c.exports || []).join(", ") || "–"),
+                el("td", { class: "actions" }, test, log, remove),
+              );
+            }),
+            "No channels yet.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    $("#add-channel").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      const body = { name: d.name, usable_by: d.usable_by };
+      if (d.kind === "email") body.email = d.target.split(",").map((a) => a.trim()).filter(Boolean);
+      else body[d.kind] = d.target.trim();
+      try {
+        const r = await api("POST", "/channels", body);
+        const holder = $("#new-secret");
+        holder.replaceChildren();
+        if (r.signing_secret) {
+          holder.replaceChildren(
+            el("p", { class: "note" }, `Signing secret of ${d.name}, shown once: give it to the receiver to check the Segment-Exporter-Signature header.`),
+            el("code", { class: "token" }, r.signing_secret),
+          );
+        }
+        form.reset();
+        notice(`Added channel ${d.name}. Send it a test, then subscribe exports on their pages.`);
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+    await load();
+  }
+
+  // An export's subscriptions, on its page: listed with a way to stop each, and a form to add one.
+  async function exportNotify(path, x, reload) {
+    const holder = $("#export-notify");
+    if (!holder) return;
+    holder.replaceChildren(
+      table(
+        ["Channel", "Told when", ""],
+        (x.notify || []).map((s) => {
+          const stop = el("button", { type: "button", class: "link" }, "Stop");
+          stop.addEventListener("click", async () => {
+            try {
+              await api("PATCH", path, { no_notify: [s.channel] });
+              reload();
+            } catch (e) {
+              fail(e);
+            }
+          });
+          return el("tr", { "data-channel": s.channel }, el("td", {}, s.channel), el("td", {}, s.events.map((e) => eventWords[e] || e).join(", ")), el("td", {}, stop));
+        }),
+        "No channel is told about this export.",
+      ),
+    );
+    const select = $("#notify-channel");
+    try {
+      const channels = await api("GET", "/channels");
+      select.replaceChildren(...channels.map((c) => el("option", { value: c.name }, c.name)));
+      $("#add-export-notify").hidden = channels.length === 0;
+    } catch (e) {
+      fail(e);
+    }
+    const events = $("#notify-events");
+    if (!events.childElementCount) {
+      events.replaceChildren(
+        ...eventNames.map((e) => {
+          const box = el("input", { type: "checkbox", name: "events", value: e });
+          box.checked = defaultEvents.includes(e);
+          return el("label", { class: "check" }, box, ` When ${eventWords[e]}`);
+        }),
+      );
+    }
+  }
+
   // An audit row's detail, with how many times it happened when it counts several (failed sign-ins).
   const detail = (r) => (r.count > 1 ? `${r.detail || ""} (${r.count} times)`.trim() : r.detail || "");
 
@@ -1073,6 +1244,7 @@
     "new-connection": newConnectionPage,
     connection: connectionPage,
     users: usersPage,
+    notifications: notificationsPage,
     audit: auditPage,
     account: accountPage,
   };
