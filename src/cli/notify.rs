@@ -38,6 +38,7 @@ pub enum NotifyCmd {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["webhook", "slack", "email"])))]
 pub struct AddArgs {
+    /// The channel's name, as exports name it in `--notify`.
     pub name: String,
     /// POST each event as a JSON document to this URL (https; plain http to this host only), signed in the
     /// Segment-Exporter-Signature header. The URL is stored sealed with the master key and never shown again.
