@@ -612,3 +612,30 @@ fn the_mass_addition_guard_is_told_as_a_guard_stop_too() {
     let bodies: Vec<String> = got.iter().map(|r| r.body.clone()).collect();
     assert_nothing_secret(&bodies, &after, &[]);
 }
+
+#[test]
+fn a_webhook_url_piped_on_standard_input_stays_off_the_command_line_and_is_never_shown() {
+    let env = Env::with_config(opts(), NOTIFY);
+    let hook = Receiver::start("/piped-hook");
+    let added = env
+        .cmd()
+        .args(["notify", "add", "piped", "--webhook", "-", "--json"])
+        .write_stdin(format!("{}\n", hook.url))
+        .assert()
+        .success();
+    let added: serde_json::Value = serde_json::from_slice(&added.get_output().stdout).unwrap();
+    let secret = added["signing_secret"].as_str().expect("a signing secret is made").to_string();
+    let test = env.json(&["notify", "test", "piped"]);
+    assert_eq!(test["delivered"], true, "the URL read from standard input is the one posted to: {test}");
+    let got = hook.received();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(signature_is_valid(&got[0], &secret));
+    for shown in [env.json(&["notify", "show", "piped"]), env.json(&["notify", "list"])] {
+        assert!(!shown.to_string().contains("piped-hook"), "the URL is shown after saving: {shown}");
+    }
+    // Nothing piped: refused, naming the flag and how to pipe it, and nothing saved.
+    let out = env.cmd().args(["notify", "add", "empty", "--slack", "-"]).write_stdin("").assert().failure();
+    let err = text(&out.get_output().stderr);
+    assert!(err.contains("no URL on standard input for --slack -") && err.contains("printf"), "{err}");
+    assert!(!env.json(&["notify", "list"]).to_string().contains("empty"));
+}

@@ -387,3 +387,22 @@ fn listener_check(config: &Config) -> Result<String, String> {
     notes.push(crate::daemon::host_check::names_note(d));
     Ok(notes.join("; "))
 }
+
+/// A secret from standard input: typed without echo on a terminal, else its first line; `missing` is the error
+/// when there is none.
+pub(crate) fn read_secret_stdin(prompt: &str, missing: &str) -> anyhow::Result<secrecy::SecretString> {
+    use std::io::{IsTerminal as _, Read as _};
+    let text = if std::io::stdin().is_terminal() {
+        // Typed or pasted by a person: do not echo it.
+        rpassword::prompt_password(prompt)?
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    };
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(Exit::invalid(missing));
+    }
+    Ok(secrecy::SecretString::from(secret))
+}

@@ -42,9 +42,11 @@ pub struct AddArgs {
     pub name: String,
     /// POST each event as a JSON document to this URL (https; plain http to this host only), signed in the
     /// Segment-Exporter-Signature header. The URL is stored sealed with the master key and never shown again.
+    /// `-` reads it from standard input instead, keeping it out of the process list and the shell's history.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
-    /// Post a readable message to this Slack incoming webhook URL (stored sealed, never shown again).
+    /// Post a readable message to this Slack incoming webhook URL (stored sealed, never shown again); `-` reads it
+    /// from standard input.
     #[arg(long, value_name = "URL")]
     pub slack: Option<String>,
     /// Email these addresses (comma-separated) through [smtp] in the config: a plain-text and an HTML part.
@@ -61,6 +63,17 @@ pub struct AddArgs {
     /// sees them (no source, no query).
     #[arg(long, value_enum, default_value = "admins")]
     pub usable_by: ChannelAudience,
+}
+
+/// A webhook or Slack URL as given, or from standard input for `-`.
+fn url_or_stdin(url: String, flag: &str) -> anyhow::Result<SecretString> {
+    if url != "-" {
+        return Ok(SecretString::from(url));
+    }
+    super::read_secret_stdin(
+        "URL (not shown): ",
+        &format!("no URL on standard input for {flag} -; pipe it in, e.g. `printf %s \"$URL\" | segment-exporter notify add NAME {flag} -`"),
+    )
 }
 
 /// Webhook and Slack URLs are credentials: never in a Debug print.
@@ -85,8 +98,8 @@ pub async fn run(ctx: &Ctx, cmd: NotifyCmd) -> anyhow::Result<u8> {
     match cmd {
         NotifyCmd::Add(a) => {
             let target = match (a.webhook, a.slack, a.email) {
-                (Some(url), _, _) => ChannelTarget::Webhook(SecretString::from(url)),
-                (_, Some(url), _) => ChannelTarget::Slack(SecretString::from(url)),
+                (Some(url), _, _) => ChannelTarget::Webhook(url_or_stdin(url, "--webhook")?),
+                (_, Some(url), _) => ChannelTarget::Slack(url_or_stdin(url, "--slack")?),
                 (_, _, Some(addresses)) => ChannelTarget::Email(vec![addresses]),
                 _ => unreachable!("clap requires one of --webhook, --slack, --email"),
             };
