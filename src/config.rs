@@ -18,6 +18,8 @@ pub struct Config {
     pub log: LogConfig,
     pub daemon: DaemonConfig,
     pub sources: SourcesConfig,
+    pub notify: NotifyConfig,
+    pub smtp: SmtpConfig,
 }
 
 /// Where connections, exports, member state and run history are kept.
@@ -178,6 +180,13 @@ pub struct SyncConfig {
     /// A run that would unsubscribe more than this share (0 to 1) of a list's members stops before removing anyone,
     /// unless run with `--allow-mass-removal`. Default 0.5.
     pub mass_removal_share: f64,
+    /// A run that would put on a list more new members (members not on it by the export's memory) than this many
+    /// times the members it records there stops before adding anyone, unless run with `--allow-mass-addition`.
+    /// 1.0 lets a list at most double in one run. Default 1.0.
+    pub mass_addition_share: f64,
+    /// The addition guard leaves alone a list on which the export's memory records fewer members than this.
+    /// Default 100.
+    pub mass_addition_min_list_size: u64,
     /// Invalid and rejected members kept per run for `runs show --rejected`. Default 100000.
     pub max_recorded_issues: u64,
     /// Invalid and rejected members are kept for the last this many runs of each export; older runs keep only
@@ -238,6 +247,8 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             mass_removal_share: 0.5,
+            mass_addition_share: 1.0,
+            mass_addition_min_list_size: 100,
             max_recorded_issues: 100_000,
             keep_issue_runs: 20,
             list_check_interval: Duration::from_secs(24 * 3600),
@@ -304,6 +315,9 @@ pub struct DaemonConfig {
     /// rebinding; IP addresses are always accepted, and `/healthz` and `/readyz` answer whatever the host.
     /// Names only: no scheme, port or path. Default none.
     pub public_hosts: Vec<String>,
+    /// The address people open the console at, e.g. "https://exports.example.com": notifications link to runs
+    /// under it, and its host counts as one of `public_hosts`. Default none (messages carry no link).
+    pub public_url: Option<String>,
     /// Client connections the listener keeps open at once. A new client beyond it takes the place of the
     /// connection idle longest, or waits until one is free when none is idle. Never more than the descriptor limit
     /// (raised at start to its hard limit) less 128 kept for the store, the trigger watcher, sources and
@@ -340,6 +354,7 @@ impl Default for DaemonConfig {
             metrics_token_file: None,
             trusted_proxies: Vec::new(),
             public_hosts: Vec::new(),
+            public_url: None,
             max_connections: 512,
             idle_timeout: Duration::from_secs(30),
             session_idle_timeout: Duration::from_secs(30 * 60),
@@ -388,7 +403,17 @@ impl DaemonConfig {
     /// The host names a request may name in its `Host` (IP addresses aside): `localhost` and `public_hosts`,
     /// lower case and without a final dot.
     pub fn known_host_names(&self) -> impl Iterator<Item = String> + '_ {
-        std::iter::once("localhost").chain(self.public_hosts.iter().map(String::as_str)).map(host_name)
+        let public_url_host = self.public_url().and_then(|u| u.host_str().map(str::to_string));
+        std::iter::once("localhost")
+            .chain(self.public_hosts.iter().map(String::as_str))
+            .map(host_name)
+            .chain(public_url_host.map(|h| host_name(&h)))
+    }
+
+    /// `public_url`, parsed (None when unset or not an http(s) URL: `problems` names that).
+    pub fn public_url(&self) -> Option<url::Url> {
+        let url = url::Url::parse(self.public_url.as_deref()?.trim()).ok()?;
+        (matches!(url.scheme(), "http" | "https") && url.host_str().is_some()).then_some(url)
     }
 
     /// `public_hosts` entries that are not host names, quoted, for the problem that names them.
@@ -429,6 +454,96 @@ fn are(entries: &[String]) -> String {
 pub fn host_name(name: &str) -> String {
     let name = name.trim().trim_end_matches('.');
     url::Host::parse(name).map_or_else(|_| name.to_ascii_lowercase(), |host| host.to_string())
+}
+
+/// Notifications: when they are told again, and how long and how often their delivery is tried.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// A condition that goes on (an export that keeps failing, a list still rejecting members) is told again after
+    /// this long, at its next run. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    /// A notification not delivered this long after its event is given up (and shown so in `notify log`).
+    /// Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// The `rejected` event is raised when more than this share (0 to 1) of the members a run planned to send were
+    /// rejected by Iterable or invalid. Default 0.05.
+    pub rejected_share: f64,
+    /// How long one delivery may take (connecting, sending, the receiver's answer). Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The pause before the first retry of a delivery; it doubles (with full jitter) up to `retry_max_delay`.
+    /// Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub retry_min_delay: Duration,
+    /// The longest pause between two attempts. Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// How often the daemon looks for notifications due (it is also woken at each run's end). Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long `export run` (without a daemon) tries to deliver its own notifications before it exits; what is
+    /// left stays in the outbox for the daemon or the next run. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub run_wait: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            repeat_interval: Duration::from_secs(24 * 3600),
+            give_up_after: Duration::from_secs(24 * 3600),
+            rejected_share: 0.05,
+            timeout: Duration::from_secs(10),
+            retry_min_delay: Duration::from_secs(5),
+            retry_max_delay: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(1),
+            run_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The mail server email notifications go through.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// The server's host name. Default none (email channels cannot send).
+    pub host: Option<String>,
+    /// Its port. Default by `tls`: 587 for starttls, 465 for tls, 25 for none.
+    pub port: Option<u16>,
+    /// `starttls` (upgrade a plain connection, required), `tls` (TLS from the start) or `none` (plain: a relay on
+    /// this host only). Default starttls.
+    pub tls: SmtpTls,
+    /// The account to sign in with. Default none (no sign-in).
+    pub user: Option<String>,
+    /// Environment variable holding its password. Default none.
+    pub password_env: Option<String>,
+    /// File holding its password (its first line). Default none.
+    pub password_file: Option<PathBuf>,
+    /// The sender, e.g. "segment-exporter <exports@example.com>". Required to send email.
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+impl SmtpConfig {
+    /// The port, given or the usual one for `tls`.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
 }
 
 /// Where segments may read from when they are added or changed through the HTTP API.
@@ -580,6 +695,36 @@ impl Config {
         p
     }
 
+    /// What is wrong with `[notify]` and `[smtp]`.
+    fn notify_problems(&self) -> Vec<String> {
+        let (n, m, mut p) = (&self.notify, &self.smtp, Vec::new());
+        if !(0.0..=1.0).contains(&n.rejected_share) {
+            p.push(format!("notify.rejected_share is {}; use a share from 0 to 1, e.g. 0.05", n.rejected_share));
+        }
+        for (key, value) in
+            [("timeout", n.timeout), ("poll_interval", n.poll_interval), ("give_up_after", n.give_up_after)]
+        {
+            if value.is_zero() {
+                p.push(format!("notify.{key} is 0; use a duration such as \"10s\""));
+            }
+        }
+        if n.retry_min_delay.is_zero() || n.retry_min_delay > n.retry_max_delay {
+            p.push("notify.retry_min_delay must be above 0 and no longer than notify.retry_max_delay".into());
+        }
+        if m.password_env.is_some() && m.password_file.is_some() {
+            p.push("smtp.password_env and smtp.password_file both set: keep one".into());
+        }
+        if m.host.is_some() && m.from.is_none() {
+            p.push("smtp.from is not set: email notifications need a sender, e.g. \"segment-exporter <exports@example.com>\"".into());
+        }
+        if let Some(from) = &m.from {
+            if from.parse::<lettre::message::Mailbox>().is_err() {
+                p.push(format!("smtp.from '{from}' is not an address like \"segment-exporter <exports@example.com>\""));
+            }
+        }
+        p
+    }
+
     /// Every rule the values break, so an operator can fix them all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -615,6 +760,12 @@ impl Config {
         let share = self.sync.mass_removal_share;
         if !(0.0..=1.0).contains(&share) {
             p.push(format!("sync.mass_removal_share is {share}; use a share from 0 to 1, e.g. 0.5 for half a list"));
+        }
+        let growth = self.sync.mass_addition_share;
+        if !growth.is_finite() || growth < 0.0 {
+            p.push(format!(
+                "sync.mass_addition_share is {growth}; use a share of 0 or more, e.g. 1.0 to let a list at most double"
+            ));
         }
         let d = &self.daemon;
         if let Err(e) = crate::schedule::parse_cron(&d.refresh_schedule) {
@@ -652,6 +803,13 @@ impl Config {
                 are(&unusable)
             ));
         }
+        if d.public_url.is_some() && d.public_url().is_none() {
+            p.push(
+                "daemon.public_url is not an http(s) URL with a host; write e.g. \"https://exports.example.com\""
+                    .into(),
+            );
+        }
+        p.extend(self.notify_problems());
         if d.max_connections == 0 {
             p.push("daemon.max_connections is 0; use at least 1 (512 is the default)".into());
         }

@@ -9,6 +9,7 @@ pub mod console;
 pub mod daemon;
 pub mod iterable;
 pub mod logging;
+pub mod notify;
 pub mod queue;
 pub mod sandbox;
 pub mod schedule;

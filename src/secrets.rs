@@ -14,7 +14,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::store::{Connection, KeySource, Segment, SourcePassword};
+use crate::store::{Channel, Connection, KeySource, Segment, SourcePassword};
 
 pub const MASTER_KEY_ENV: &str = "SEGMENT_EXPORTER_MASTER_KEY";
 
@@ -44,6 +44,8 @@ pub enum SecretError {
     Decrypt { connection: String },
     #[error("the stored database password of segment '{segment}' cannot be decrypted with this master key. Use the master key it was saved with, or give the password again (`segment-exporter segment edit '{segment}' --source URL-WITH-PASSWORD`, or --password-env / --password-file).")]
     PasswordDecrypt { segment: String },
+    #[error("the {which} of channel '{channel}' {problem}. Give it again with `segment-exporter notify remove {channel}` and `notify add`, or fix {from}.")]
+    Channel { channel: String, which: &'static str, from: String, problem: String },
     #[error("the master key file {path} is missing, but the secrets stored for {} are sealed with it. Nothing was created or changed. Restore the file from backup (or set {MASTER_KEY_ENV}); if the key is lost for good, add those connections again and give those segments their password again (`segment edit NAME --source URL-WITH-PASSWORD`, or --password-env / --password-file).", .owners.join(", "))]
     MasterKeyMissing { path: PathBuf, owners: Vec<String> },
     #[error("the master key ({from}) is not the key the stored secrets were sealed with: it does not open the secret stored for {owner}. Nothing was stored. Restore the right master key file (or {MASTER_KEY_ENV}) and try again.")]
@@ -59,8 +61,13 @@ pub struct Sealed<'a> {
     pub nonce: &'a [u8],
 }
 
-/// Every secret sealed in the store: stored API keys and stored database passwords.
-pub fn sealed_secrets<'a>(connections: &'a [Connection], segments: &'a [Segment]) -> Vec<Sealed<'a>> {
+/// Every secret sealed in the store: stored API keys, stored database passwords, and notification channels' URLs
+/// and signing secrets.
+pub fn sealed_secrets<'a>(
+    connections: &'a [Connection],
+    segments: &'a [Segment],
+    channels: &'a [Channel],
+) -> Vec<Sealed<'a>> {
     let keys = connections.iter().filter_map(|c| match &c.key {
         KeySource::Stored { ciphertext, nonce } => Some(Sealed {
             owner: format!("connection '{}'", c.name),
@@ -79,7 +86,41 @@ pub fn sealed_secrets<'a>(connections: &'a [Connection], segments: &'a [Segment]
         }),
         _ => None,
     });
-    keys.chain(passwords).collect()
+    let channel_secrets = channels.iter().flat_map(|c| {
+        let url = c.url.as_ref().map(|u| Sealed {
+            owner: format!("channel '{}'", c.name),
+            associated_data: channel_associated_data(&c.name, ChannelSecret::Url),
+            ciphertext: &u.ciphertext,
+            nonce: &u.nonce,
+        });
+        let secret = match &c.secret {
+            Some(KeySource::Stored { ciphertext, nonce }) => Some(Sealed {
+                owner: format!("channel '{}'", c.name),
+                associated_data: channel_associated_data(&c.name, ChannelSecret::SigningSecret),
+                ciphertext,
+                nonce,
+            }),
+            _ => None,
+        };
+        url.into_iter().chain(secret)
+    });
+    keys.chain(passwords).chain(channel_secrets).collect()
+}
+
+/// Which of a channel's secrets: its URL (a credential of its own) or its signing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelSecret {
+    Url,
+    SigningSecret,
+}
+
+/// What a channel's secret is sealed with: the channel's name and which secret it is.
+fn channel_associated_data(channel: &str, which: ChannelSecret) -> Vec<u8> {
+    let which = match which {
+        ChannelSecret::Url => "url",
+        ChannelSecret::SigningSecret => "signing-secret",
+    };
+    format!("channel\0{channel}\0{which}").into_bytes()
 }
 
 /// What a segment's password is sealed with: its id and its source (without password), so the sealed password
@@ -189,6 +230,16 @@ impl MasterKey {
             .ok_or_else(|| SecretError::Decrypt { connection: connection.to_string() })
     }
 
+    /// Seals a channel's URL or signing secret; returns (ciphertext, nonce).
+    pub fn seal_channel_secret(
+        &self,
+        channel: &str,
+        which: ChannelSecret,
+        secret: &SecretString,
+    ) -> (Vec<u8>, Vec<u8>) {
+        self.seal_with(&channel_associated_data(channel, which), secret)
+    }
+
     /// Seals the database password of segment `segment_id` whose stored source (without password) is `source`.
     pub fn seal_source_password(&self, segment_id: i64, source: &str, password: &SecretString) -> SourcePassword {
         let (ciphertext, nonce) = self.seal_with(&password_associated_data(segment_id, source), password);
@@ -278,6 +329,56 @@ pub fn resolve_api_key(conn: &Connection, master_key_path: &Path) -> Result<Secr
             master.open(&conn.name, ciphertext, nonce)
         }
     }
+}
+
+/// A channel's URL or signing secret, read at each use: opened with the master key when sealed, else from the
+/// environment variable or file the channel names.
+pub fn resolve_channel_secret(
+    channel: &Channel,
+    which: ChannelSecret,
+    master_key_path: &Path,
+) -> Result<SecretString, SecretError> {
+    let what = match which {
+        ChannelSecret::Url => "URL",
+        ChannelSecret::SigningSecret => "signing secret",
+    };
+    let fail = |from: String, problem: &str| SecretError::Channel {
+        channel: channel.name.clone(),
+        which: what,
+        from,
+        problem: problem.to_string(),
+    };
+    let sealed = match which {
+        ChannelSecret::Url => channel.url.as_ref().map(|u| (u.ciphertext.as_slice(), u.nonce.as_slice())),
+        ChannelSecret::SigningSecret => match &channel.secret {
+            Some(KeySource::Env(var)) => {
+                let value = std::env::var(var).map_err(|_| {
+                    fail(format!("the environment variable {var}"), &format!("comes from {var}, which is not set"))
+                })?;
+                return channel_secret(value, || fail(format!("the environment variable {var}"), "is empty"));
+            }
+            Some(KeySource::File(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("the file {path}"), &format!("cannot be read from {path}: {e}")))?;
+                let line = text.lines().next().unwrap_or_default().trim().to_string();
+                return channel_secret(line, || fail(format!("the file {path}"), "is empty"));
+            }
+            Some(KeySource::Stored { ciphertext, nonce }) => Some((ciphertext.as_slice(), nonce.as_slice())),
+            None => None,
+        },
+    };
+    let (ciphertext, nonce) = sealed.ok_or_else(|| fail("the channel".into(), "is not set"))?;
+    let master = MasterKey::for_opening(master_key_path, format!("channel '{}'", channel.name))?;
+    master
+        .open_with(&channel_associated_data(&channel.name, which), ciphertext, nonce)
+        .ok_or_else(|| fail("the master key".into(), "cannot be decrypted with this master key"))
+}
+
+fn channel_secret(value: String, empty: impl FnOnce() -> SecretError) -> Result<SecretString, SecretError> {
+    if value.trim().is_empty() {
+        return Err(empty());
+    }
+    Ok(SecretString::from(value))
 }
 
 /// The database password of a stored segment, read from wherever the segment says, at each use. `None` when it

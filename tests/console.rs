@@ -511,6 +511,7 @@ mod browser {
             ("/connections/new", "Iterable"),
             ("/connections/open", "Who can use this connection"),
             ("/users", "carl"),
+            ("/notifications", "Add channel"),
             ("/audit", "user.add"),
             ("/account", "This browser"),
         ] {
@@ -530,6 +531,60 @@ mod browser {
         let page = reqwest::get(format!("{}/sign-in", svc.base)).await.unwrap();
         let csp = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
         assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+        svc.close().await;
+    }
+
+    /// A webhook receiver that answers 200 to everything and counts the requests.
+    async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs chromium and chromedriver (Debian packages chromium, chromium-driver)"]
+    async fn an_admin_adds_a_webhook_sends_it_a_test_and_subscribes_an_export_on_its_page() {
+        let svc = service(with_a_run_export()).await;
+        let (url, received) = receiver().await;
+        let b = browser(1280, 900).await;
+        b.sign_in(&svc.base, "ann").await;
+        b.click("Notifications").await;
+        b.wait_path("/notifications").await;
+        b.fill("Name", "ops").await;
+        b.fill("URL or addresses", &url).await;
+        b.click("Add channel").await;
+        b.wait_text("shown once", Duration::from_secs(10)).await;
+        let secret = b.client.find(Locator::Css("#new-secret code")).await.unwrap().text().await.unwrap();
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        let row = b.client.wait().for_element(Locator::Css("tr[data-channel=ops]")).await.unwrap();
+        assert!(!row.text().await.unwrap().contains(&url), "the URL is never shown again");
+        b.click("Send a test").await;
+        b.wait_text("the receiver answered HTTP 200", Duration::from_secs(15)).await;
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+        b.screenshot("notifications").await;
+
+        b.goto(&format!("{}/exports/vip-x", svc.base)).await;
+        b.wait_text("No channel is told about this export.", Duration::from_secs(10)).await;
+        b.click("Notify").await;
+        b.wait_text("ops is told about this export", Duration::from_secs(10)).await;
+        let export: Value = tokio::task::block_in_place(|| svc.env.json(&["export", "show", "vip-x"]));
+        assert_eq!(
+            export["notify"],
+            json!([{ "channel": "ops", "channel_id": 1, "events": ["failed", "guard", "recovered", "key"] }])
+        );
+        b.screenshot("export-notify").await;
         svc.close().await;
     }
 

@@ -388,6 +388,19 @@ async fn every_endpoint_answers_each_kind_of_caller_with_the_expected_status_and
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "rex" })), [u, u, nf, S::OK, S::OK]),
         (Method::POST, "/exports/carls/users".into(), Some(|_| json!({ "user": "nobody" })), [u, u, nf, nf, nf]),
         (Method::DELETE, "/exports/carls/users/rex".into(), None, [u, u, nf, S::OK, bad]),
+        // Notification channels: administrators manage them; contributors list those open to them.
+        (Method::GET, "/channels".into(), None, [u, u, S::OK, S::OK, S::OK]),
+        (
+            Method::POST,
+            "/channels".into(),
+            Some(|_| json!({ "name": "hook", "webhook": "http://127.0.0.1:9/hook" })),
+            [u, u, fb, fb, S::CREATED],
+        ),
+        (Method::POST, "/channels".into(), Some(|_| json!({ "name": "bad", "email": [] })), [u, u, fb, fb, bad]),
+        (Method::GET, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::POST, "/channels/hook/test".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::GET, "/channels/hook/deliveries".into(), None, [u, u, fb, fb, S::OK]),
+        (Method::DELETE, "/channels/hook".into(), None, [u, u, fb, fb, S::OK]),
         (Method::GET, "/nowhere".into(), None, [nf, nf, nf, nf, nf]),
     ];
     let (_, doc, _) = t.call(0, Method::GET, "/openapi.json", None).await;
@@ -739,6 +752,45 @@ async fn run_to_end(t: &Team, who: usize, export: &str, body: Value) -> Value {
         assert!(Instant::now() < deadline, "the run never ended: {run}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Writes the team's CSV with `n` members (emails 0..n).
+fn write_members(t: &Team, n: usize) {
+    let text: String = std::iter::once("email,tier".to_string())
+        .chain(emails(0, n).iter().map(|e| format!("{e},gold")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&t.csv, text + "\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_mass_addition_guard_stopped_goes_through_with_allow_mass_addition() {
+    let t = team().await;
+    write_members(&t, 120);
+    let (got, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("growing", "open"))).await;
+    assert_eq!(got, StatusCode::CREATED);
+    assert_eq!(run_to_end(&t, 3, "growing", json!({})).await["status"], "succeeded");
+    write_members(&t, 1200);
+
+    let (got, plan, _) = t.call(3, Method::POST, "/exports/growing/runs", Some(json!({ "dry_run": true }))).await;
+    assert_eq!(got, StatusCode::OK, "{plan}");
+    assert_eq!(
+        (plan["stopped_by_guard"].as_str(), plan["lists"][0]["to_add"].as_u64()),
+        (Some("mass_addition"), Some(1080))
+    );
+    assert_eq!(plan["stopped_by_mass_removal_guard"], false, "{plan}");
+    let refused = run_to_end(&t, 3, "growing", json!({})).await;
+    assert_eq!(refused["status"], "refused", "{refused}");
+    assert_eq!(refused["stopped_by_guard"], "mass_addition", "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("allow-mass-addition"), "it says how to go on: {refused}");
+    // Allowing the other guard does not let it through.
+    let still = run_to_end(&t, 3, "growing", json!({ "allow_mass_removal": true })).await;
+    assert_eq!(still["stopped_by_guard"], "mass_addition", "{still}");
+    let allowed = run_to_end(&t, 3, "growing", json!({ "allow_mass_addition": true })).await;
+    assert_eq!(allowed["status"], "succeeded", "{allowed}");
+    assert_eq!(allowed["stopped_by_guard"], Value::Null, "{allowed}");
+    assert_eq!(allowed["lists"][0]["added"], 1080, "{allowed}");
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1104,4 +1156,36 @@ async fn a_contributors_run_list_is_filtered_to_their_exports_before_the_limit_i
     let (_, listed, _) = t.call(admin, Method::GET, "/runs?limit=5", None).await;
     assert_eq!(listed.as_array().unwrap().len(), 5, "an administrator sees everyone's: {listed}");
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_user_subscribes_an_export_to_the_channels_open_to_contributors_only() {
+    let t = team().await;
+    let (status, _, _) = t.call(3, Method::POST, "/exports", Some(export_body("carls", "open"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (name, usable_by) in [("team", "contributors"), ("oncall", "admins")] {
+        let body = json!({ "name": name, "email": ["ops@example.com"], "usable_by": usable_by });
+        let (status, created, text) = t.call(4, Method::POST, "/channels", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        assert!(created.get("signing_secret").is_none(), "only webhooks are signed");
+    }
+    let (_, listed, _) = t.call(3, Method::GET, "/channels", None).await;
+    assert_eq!(listed, json!([{ "name": "team", "kind": "email", "usable_by": "contributors" }]), "no addresses");
+    let patch = |notify: &str| Some(json!({ "notify": [notify] }));
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("oncall")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an admins' channel does not exist for carl: {body}");
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("team:failed,exploded")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("'exploded' is not an event"), "{body}");
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", patch("team:failed,recovered")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["export"]["notify"], json!([{ "channel": "team", "events": ["failed", "recovered"] }]));
+    let (status, _, _) = t.call(4, Method::PATCH, "/exports/carls", patch("oncall")).await;
+    assert_eq!(status, StatusCode::OK, "an administrator may use any channel");
+    let (_, seen_by_carl, _) = t.call(3, Method::GET, "/exports/carls", None).await;
+    assert_eq!(seen_by_carl["notify"].as_array().unwrap().len(), 1, "carl sees the channel open to him only");
+    let (_, seen_by_ann, _) = t.call(4, Method::GET, "/exports/carls", None).await;
+    assert_eq!(seen_by_ann["notify"].as_array().unwrap().len(), 2);
+    let (status, body, _) = t.call(3, Method::PATCH, "/exports/carls", Some(json!({ "no_notify": ["team"] }))).await;
+    assert_eq!((status, body["export"]["notify"].clone()), (StatusCode::OK, json!([])), "{body}");
 }

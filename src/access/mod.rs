@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod credentials;
 pub mod ops;
+pub mod wording;
 
 use crate::config::Config;
 use crate::store::{AuditEvent, Role, Store, StoreError, User};
@@ -173,7 +174,7 @@ pub fn export_scope(actor: &Actor) -> ExportScope {
     }
 }
 
-fn admin_or(actor: &Actor, otherwise: Verdict) -> Verdict {
+pub(crate) fn admin_or(actor: &Actor, otherwise: Verdict) -> Verdict {
     if actor.is_admin() {
         Verdict::Allow
     } else {
@@ -262,6 +263,23 @@ pub fn manage_sessions(actor: &Actor, owner: i64) -> Verdict {
     } else {
         admin_or(actor, Verdict::NotFound)
     }
+}
+
+/// Add, see, test or remove channels.
+pub fn manage_channels(actor: &Actor) -> Verdict {
+    admin_or(actor, Verdict::Forbidden)
+}
+
+/// Subscribe an export (that the actor may change) to a channel.
+pub fn use_channel(actor: &Actor, channel: &crate::store::Channel) -> Verdict {
+    admin_or(
+        actor,
+        if channel.usable_by == crate::store::ChannelAudience::Contributors {
+            Verdict::Allow
+        } else {
+            Verdict::NotFound
+        },
+    )
 }
 
 /// Read the audit trail.

@@ -12,6 +12,7 @@ use crate::sync::{check_field_name, check_identity_settings};
 
 use super::{audit, change_export, use_connection, Actor, Denied, ExportFacts};
 
+pub mod channels;
 mod connection_edit;
 mod export_edit;
 pub mod segments;
@@ -91,6 +92,8 @@ pub struct ExportRequest {
     pub null_fields: NullFields,
     /// Iterable does not create users it does not know (hybrid and userID-based projects).
     pub existing_users_only: bool,
+    /// Channels to tell, as CHANNEL[:EVENTS].
+    pub notify: Vec<String>,
 }
 
 /// Parses `COLUMN`, `COLUMN=ITERABLE_FIELD`, optionally followed by `:TYPE`.
@@ -193,6 +196,7 @@ pub async fn create_export(
         )));
     }
     let identity = identity_columns(email_field, user_id_field);
+    let (subscribe, _) = channels::check_subscriptions(store, caller.actor, &r.notify, &[], &fail).await?;
     let mut segment_ids = Vec::new();
     for name in &r.segments {
         let seg = store.segment(name).await?;
@@ -242,7 +246,9 @@ pub async fn create_export(
     if let Some(id) = caller.actor.user_id() {
         store.add_export_user(export.id, id, caller.actor.name()).await?;
     }
-    audit(store, config, caller.actor, caller.origin, "export.add", Some(&r.name), None).await?;
+    store.set_subscriptions(export.id, &subscribe, &[]).await?;
+    let detail = (!r.notify.is_empty()).then(|| channels::subscription_detail(&r.notify, &[]));
+    audit(store, config, caller.actor, caller.origin, "export.add", Some(&r.name), detail).await?;
     Ok(export)
 }
 
@@ -435,8 +441,9 @@ pub async fn add_connection(
     let source = match r.key_source {
         KeySource::Stored { .. } => {
             // Every secret already sealed (API keys and segments' database passwords) must open with the key.
-            let (connections, segments) = (store.connections().await?, store.segments().await?);
-            let sealed = secrets::sealed_secrets(&connections, &segments);
+            let (connections, segments, channels) =
+                (store.connections().await?, store.segments().await?, store.channels().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments, &channels);
             let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(&r.name, &r.key);
             KeySource::Stored { ciphertext, nonce }

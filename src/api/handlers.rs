@@ -311,7 +311,7 @@ pub(crate) async fn visible_export(s: &ApiState, c: &Caller, name: &str) -> Resu
     Ok((export, facts))
 }
 
-async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiError> {
+async fn export_view(s: &ApiState, c: &Caller, export: &Export) -> Result<ExportView, ApiError> {
     let users: Vec<String> = s.store.export_users(export.id).await?.into_iter().map(|u| u.name).collect();
     let last = s.store.last_run(export.id).await?;
     let mut view = ExportView::new(export, users, last.as_ref());
@@ -320,6 +320,12 @@ async fn export_view(s: &ApiState, export: &Export) -> Result<ExportView, ApiErr
         Some(id) => Some(id),
         None => s.store.lease_holder(export.id).await?.and_then(|lease| lease.run_id),
     };
+    for sub in s.store.subscriptions(export.id).await? {
+        let channel = s.store.channel_by_id(sub.channel_id).await?;
+        if access::use_channel(&c.actor, &channel) == Verdict::Allow {
+            view.notify.push(super::views::SubscriptionView { channel: sub.channel, events: sub.events });
+        }
+    }
     Ok(view)
 }
 
@@ -331,7 +337,7 @@ pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
     for export in s.store.exports().await? {
         let facts = ExportFacts::load(&s.store, &export).await?;
         if access::see_export(&c.actor, &facts) == Verdict::Allow {
-            out.push(export_view(&s, &export).await?);
+            out.push(export_view(&s, &c, &export).await?);
         }
     }
     ok(out)
@@ -342,7 +348,7 @@ pub async fn exports(State(s): State<ApiState>, c: Caller) -> ApiResult {
         (status = 404, description = "No such export, or one the caller is not an export user of", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>, c: Caller, Path(name): Path<String>) -> ApiResult {
     let (export, _) = visible_export(&s, &c, &name).await?;
-    ok(export_view(&s, &export).await?)
+    ok(export_view(&s, &c, &export).await?)
 }
 
 /// A new export. Saving it does not run it.
@@ -376,6 +382,9 @@ pub struct ExportBody {
     null_fields: Option<String>,
     #[serde(default)]
     existing_users_only: bool,
+    /// Channels to tell, as CHANNEL or CHANNEL:EVENT,EVENT (default events: failed,guard,recovered,key).
+    #[serde(default)]
+    notify: Vec<String>,
 }
 
 /// A value of one of the CLI's value enums, given as text in JSON.
@@ -445,9 +454,10 @@ pub async fn create_export(
         skip_check: b.skip_check,
         null_fields: choice("null_fields", b.null_fields.as_deref(), crate::store::NullFields::Clear)?,
         existing_users_only: b.existing_users_only,
+        notify: b.notify,
     };
     let export = ops::create_export(&s.store, &s.config(), &ops_caller(&c), &request).await?;
-    created(export_view(&s, &export).await?)
+    created(export_view(&s, &c, &export).await?)
 }
 
 /// A change to an export, as `export edit` makes it; what is left out stays as it is.
@@ -491,6 +501,13 @@ pub struct ExportPatch {
     /// Stop a run in flight first; without it a running export is not changed (409).
     #[serde(default)]
     cancel_run: bool,
+    /// Channels to tell, as CHANNEL or CHANNEL:EVENT,EVENT (events: failed, guard, recovered, rejected, key, list,
+    /// drift; default failed,guard,recovered,key). A channel told already gets these events instead.
+    #[serde(default)]
+    notify: Vec<String>,
+    /// Channels to stop telling.
+    #[serde(default)]
+    no_notify: Vec<String>,
 }
 
 #[utoipa::path(patch, path = "/exports/{name}", tag = "exports", params(("name" = String, Path)),
@@ -522,9 +539,11 @@ pub async fn edit_export(
         null_fields: optional_choice("null_fields", b.null_fields.as_deref())?,
         skip_check: b.skip_check,
         cancel_run: b.cancel_run,
+        notify: b.notify,
+        no_notify: b.no_notify,
     };
     let (export, emptied) = ops::edit_export(&s.store, &s.config(), &ops_caller(&c), &name, &change).await?;
-    ok(ExportEdited { export: export_view(&s, &export).await?, emptied: emptied_views(emptied) })
+    ok(ExportEdited { export: export_view(&s, &c, &export).await?, emptied: emptied_views(emptied) })
 }
 
 fn emptied_views(emptied: Vec<crate::sync::empty::Emptied>) -> Vec<EmptiedView> {
@@ -621,6 +640,10 @@ pub struct RunBody {
     /// Let the run unsubscribe more than sync.mass_removal_share of a list (after the guard stopped one).
     #[serde(default)]
     allow_mass_removal: bool,
+    /// Let the run put more new members on a list than sync.mass_addition_share times those on it (after the
+    /// guard stopped one).
+    #[serde(default)]
+    allow_mass_addition: bool,
 }
 
 /// Runs an export on demand through the daemon's queue (one run per export, one follow-up).
@@ -643,11 +666,16 @@ pub async fn run_export(
         .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
         .map(|Json(b)| b)
         .unwrap_or_default();
-    let flags: Vec<&str> = [(b.dry_run, "dry run"), (b.full, "full"), (b.allow_mass_removal, "allow mass removal")]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, n)| *n)
-        .collect();
+    let flags: Vec<&str> = [
+        (b.dry_run, "dry run"),
+        (b.full, "full"),
+        (b.allow_mass_removal, "allow mass removal"),
+        (b.allow_mass_addition, "allow mass addition"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
     let detail = (!flags.is_empty()).then(|| flags.join(", "));
     let action = if b.dry_run { "export.run.dry" } else { "export.run" };
     access::audit(&s.store, &s.config(), &c.actor, &c.origin, action, Some(&name), detail).await?;
@@ -659,6 +687,7 @@ pub async fn run_export(
             dry_run: true,
             full: b.full,
             allow_mass_removal: b.allow_mass_removal,
+            allow_mass_addition: b.allow_mass_addition,
             ..Default::default()
         };
         let progress = std::sync::Arc::new(crate::sync::Progress::default());
@@ -669,6 +698,7 @@ pub async fn run_export(
                 export: name.clone(),
                 status: "failed".into(),
                 error: Some(e.to_string()),
+                stopped_by_guard: None,
                 stopped_by_mass_removal_guard: false,
                 lists: vec![],
             },
@@ -684,6 +714,7 @@ pub async fn run_export(
         requested_by: Some(c.actor.name()),
         full: b.full,
         allow_mass_removal: b.allow_mass_removal,
+        allow_mass_addition: b.allow_mass_addition,
         verify: None,
     };
     let request_id = s.queue.ask(&ask).await?;
@@ -717,6 +748,9 @@ pub struct VerifyBody {
     /// With `repair`: let it unsubscribe more than sync.mass_removal_share of a list.
     #[serde(default)]
     allow_mass_removal: bool,
+    /// With `repair`: let it put more new members on a list than sync.mass_addition_share times those on it.
+    #[serde(default)]
+    allow_mass_addition: bool,
 }
 
 /// Verifies an export's lists against Iterable (and repairs them on request) through the daemon's queue, like a
@@ -744,12 +778,16 @@ pub async fn verify_export(
             "remove_lingering and allow_mass_removal apply to a repair: add \"repair\": true",
         ));
     }
-    let flags: Vec<&str> =
-        [(b.repair, "repair"), (b.remove_lingering, "remove lingering"), (b.allow_mass_removal, "allow mass removal")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+    let flags: Vec<&str> = [
+        (b.repair, "repair"),
+        (b.remove_lingering, "remove lingering"),
+        (b.allow_mass_removal, "allow mass removal"),
+        (b.allow_mass_addition, "allow mass addition"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
     let detail = (!flags.is_empty()).then(|| flags.join(", "));
     access::audit(&s.store, &s.config(), &c.actor, &c.origin, "export.verify", Some(&name), detail).await?;
     let ask = crate::queue::Ask {
@@ -758,6 +796,7 @@ pub async fn verify_export(
         requested_by: Some(c.actor.name()),
         full: false,
         allow_mass_removal: b.allow_mass_removal,
+        allow_mass_addition: b.allow_mass_addition,
         verify: Some(crate::queue::VerifyAsk { repair: b.repair, remove_lingering: b.remove_lingering }),
     };
     let request_id = s.queue.ask(&ask).await?;
@@ -816,32 +855,12 @@ async fn run_view(s: &ApiState, c: &Caller, run: &crate::store::Run) -> Result<R
     Ok(v)
 }
 
-/// What, in an error, names something contributors may not see, for the export of `export_id`: a segment's source
-/// (its path or URL, the URL's host) or the connection's Iterable address.
-async fn hidden_names(s: &ApiState, export_id: i64) -> Result<Vec<String>, ApiError> {
-    let export = s.store.export_by_id(export_id).await?;
-    let mut names = Vec::new();
-    for t in &export.targets {
-        let Ok(seg) = s.store.segment(&t.segment_name).await else { continue };
-        names.extend(super::segments::source_names(&seg));
-    }
-    if let Some(id) = export.connection_id {
-        let conn = s.store.connection_by_id(id).await?;
-        let host = reqwest::Url::parse(&conn.base_url).ok().and_then(|u| u.host_str().map(str::to_string));
-        names.extend([conn.base_url].into_iter().chain(host).filter(|n| n.len() >= 3));
-    }
-    Ok(names)
-}
-
-/// Contributors never see a segment's source or the Iterable address: a run error that names one is replaced by a
-/// pointer to an admin.
+/// Contributors never see a segment's source or the Iterable address (`access::wording`).
 async fn shown_error(s: &ApiState, c: &Caller, export_id: i64, error: &str) -> Result<String, ApiError> {
-    if c.actor.is_admin() || !hidden_names(s, export_id).await?.iter().any(|n| error.contains(n.as_str())) {
+    if c.actor.is_admin() {
         return Ok(error.to_string());
     }
-    Ok("the run failed on a segment's source or the connection's address, which only administrators see; an \
-        administrator can see why (`segment-exporter runs show`)"
-        .into())
+    Ok(crate::access::wording::error_for_contributors(&s.store, export_id, error).await?)
 }
 
 async fn may_see_run(s: &ApiState, c: &Caller, export_id: i64) -> Result<bool, ApiError> {

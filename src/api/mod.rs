@@ -8,6 +8,7 @@
 //! authentication; errors are `{"error": {"kind", "message"}}` and never name what the caller may not see.
 
 mod auth;
+mod channels;
 mod client;
 mod error;
 mod handlers;
@@ -98,5 +99,9 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(users::rotate_token))
         .routes(routes!(users::sessions, users::end_sessions))
         .routes(routes!(users::end_session))
+        .routes(routes!(channels::channels, channels::add_channel))
+        .routes(routes!(channels::channel, channels::remove_channel))
+        .routes(routes!(channels::test_channel))
+        .routes(routes!(channels::deliveries))
         .routes(routes!(openapi::serve))
 }

@@ -20,22 +20,6 @@ use crate::access::{self, Verdict};
 use crate::source::{self, Columns, SourceSpec};
 use crate::store::Segment;
 
-/// What names a segment's source in a message (its path or URL, the URL's host): hidden from contributors.
-pub(super) fn source_names(seg: &Segment) -> Vec<String> {
-    let mut names = vec![seg.source.clone()];
-    if let Ok(spec) = seg.source.parse::<SourceSpec>() {
-        names.push(spec.to_string());
-    }
-    if let Some((_, rest)) = seg.source.split_once(':') {
-        names.push(rest.trim_start_matches('/').to_string());
-    }
-    if let Some(host) = reqwest::Url::parse(&seg.source).ok().and_then(|u| u.host_str().map(str::to_string)) {
-        names.push(host);
-    }
-    names.retain(|n| n.len() >= 3);
-    names
-}
-
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CountQuery {

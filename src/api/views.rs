@@ -236,8 +236,18 @@ pub struct ExportView {
     pub next_run: Option<DateTime<Utc>>,
     /// The run in flight in this service, whose progress `GET /runs/{id}` answers.
     pub running_run_id: Option<i64>,
+    /// The notification channels it tells, and of what (those open to the caller).
+    pub notify: Vec<SubscriptionView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An export's subscription to a notification channel.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionView {
+    pub channel: String,
+    pub events: Vec<crate::store::EventKind>,
 }
 
 impl ExportView {
@@ -274,6 +284,7 @@ impl ExportView {
             last_run: last_run.map(RunSummary::new),
             next_run: None,
             running_run_id: None,
+            notify: vec![],
             created_at: export.created_at,
             updated_at: export.updated_at,
         }
@@ -370,11 +381,19 @@ pub struct PlanListView {
 #[serde(deny_unknown_fields)]
 pub struct PlanView {
     pub export: String,
-    /// `succeeded`, `refused` (the mass-removal guard would stop the run) or `failed`.
+    /// `succeeded`, `refused` (a guard would stop the run) or `failed`.
     pub status: String,
     pub error: Option<String>,
+    /// The guard that would stop the run, if one would.
+    pub stopped_by_guard: Option<crate::sync::Guard>,
+    /// `stopped_by_guard` is `mass_removal` (kept for clients written before the addition guard).
     pub stopped_by_mass_removal_guard: bool,
     pub lists: Vec<PlanListView>,
+}
+
+/// The guard that stopped a run (or would stop it), read from its status and recorded error.
+fn guard_stop(status: RunStatus, error: Option<&str>) -> Option<crate::sync::Guard> {
+    (status == RunStatus::Refused).then(|| crate::sync::stopped_by_guard(error)).flatten()
 }
 
 impl PlanView {
@@ -382,8 +401,9 @@ impl PlanView {
         PlanView {
             export: report.export,
             status: report.status.to_string(),
-            stopped_by_mass_removal_guard: report.status == RunStatus::Refused
-                && crate::sync::stopped_by_mass_removal_guard(report.error.as_deref()),
+            stopped_by_guard: guard_stop(report.status, report.error.as_deref()),
+            stopped_by_mass_removal_guard: guard_stop(report.status, report.error.as_deref())
+                == Some(crate::sync::Guard::MassRemoval),
             error: report.error,
             lists: report
                 .lists
@@ -487,8 +507,10 @@ pub struct RunView {
     /// Members planned (adds and removes) over all lists, and done so far.
     pub planned: u64,
     pub done: u64,
-    /// The mass-removal guard stopped it before anyone was removed: an export user may ask for the run again with
-    /// `allow_mass_removal` if the segments really shrank.
+    /// A guard stopped it before the list changed: an export user may ask for the run again with
+    /// `allow_mass_removal` (the segments really shrank) or `allow_mass_addition` (they really grew).
+    pub stopped_by_guard: Option<crate::sync::Guard>,
+    /// `stopped_by_guard` is `mass_removal` (kept for clients written before the addition guard).
     pub stopped_by_mass_removal_guard: bool,
     /// While it runs in this service.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -584,8 +606,9 @@ impl RunView {
                 .collect(),
             planned,
             done,
-            stopped_by_mass_removal_guard: run.status == RunStatus::Refused
-                && crate::sync::stopped_by_mass_removal_guard(run.error.as_deref()),
+            stopped_by_guard: guard_stop(run.status, run.error.as_deref()),
+            stopped_by_mass_removal_guard: guard_stop(run.status, run.error.as_deref())
+                == Some(crate::sync::Guard::MassRemoval),
             progress: None,
             rejected_and_invalid: None,
             kind: run.kind.as_str().to_string(),

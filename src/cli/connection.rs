@@ -1,6 +1,5 @@
 //! `connection add | edit | list | show | test | lists | export-user | remove`.
 
-use std::io::{IsTerminal, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,21 +219,12 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// An API key from standard input: typed without echo on a terminal, else its first line.
+/// An API key from standard input.
 fn read_key_stdin() -> anyhow::Result<SecretString> {
-    let text = if std::io::stdin().is_terminal() {
-        // Typed or pasted by a person: do not echo it.
-        rpassword::prompt_password("Iterable API key (not shown): ")?
-    } else {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        text
-    };
-    let key = text.lines().next().unwrap_or("").trim().to_string();
-    if key.is_empty() {
-        return Err(Exit::invalid("no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`"));
-    }
-    Ok(SecretString::from(key))
+    super::read_secret_stdin(
+        "Iterable API key (not shown): ",
+        "no API key on standard input; pipe it in, e.g. `printf %s \"$KEY\" | segment-exporter connection add NAME --api-key-stdin ...`",
+    )
 }
 
 async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {

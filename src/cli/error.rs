@@ -131,16 +131,19 @@ fn of_store(e: &StoreError) -> ErrorKind {
 
 fn of_sync(e: &SyncError) -> ErrorKind {
     match e {
-        SyncError::NotRunnable { .. } | SyncError::MassRemoval { .. } | SyncError::ListNotStandard { .. } => {
-            ErrorKind::Conflict
-        }
+        SyncError::NotRunnable { .. }
+        | SyncError::MassRemoval { .. }
+        | SyncError::MassAddition { .. }
+        | SyncError::ListNotStandard { .. } => ErrorKind::Conflict,
         SyncError::AlreadyRunning { .. } => ErrorKind::Busy,
         SyncError::Source { error, .. } => of_source(error),
         SyncError::Iterable { .. } | SyncError::IterableSetup(_) => ErrorKind::Iterable,
         SyncError::Secret(_) => ErrorKind::Secret,
         SyncError::Store(e) => of_store(e),
         SyncError::Lock(e) => of_lock(e),
-        SyncError::ListLock(_) | SyncError::Interrupted | SyncError::Cancelled => ErrorKind::Failed,
+        SyncError::ListLock(_) | SyncError::Interrupted | SyncError::LeaseLost | SyncError::Cancelled => {
+            ErrorKind::Failed
+        }
     }
 }
 

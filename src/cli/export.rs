@@ -121,6 +121,10 @@ pub struct AddArgs {
     /// Save without reading the segments to check that the columns exist.
     #[arg(long)]
     pub skip_check: bool,
+    /// Tell a notification channel about this export: CHANNEL, or CHANNEL:EVENT,EVENT with events failed, guard,
+    /// recovered, rejected, key, list, drift (default failed,guard,recovered,key). Repeatable; see `notify list`.
+    #[arg(long, value_name = "CHANNEL[:EVENTS]")]
+    pub notify: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +178,13 @@ pub struct EditArgs {
     /// it, a running export is not changed (exit 75).
     #[arg(long)]
     pub cancel_run: bool,
+    /// Tell a notification channel about this export (CHANNEL or CHANNEL:EVENT,EVENT, as for `add`); a channel told
+    /// already gets these events instead. Repeatable.
+    #[arg(long, value_name = "CHANNEL[:EVENTS]")]
+    pub notify: Vec<String>,
+    /// Stop telling a channel about this export (repeatable).
+    #[arg(long, value_name = "CHANNEL")]
+    pub no_notify: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +199,9 @@ pub struct RunArgs {
     /// Let the run unsubscribe more than sync.mass_removal_share of a list.
     #[arg(long)]
     pub allow_mass_removal: bool,
+    /// Let the run put more new members on a list than sync.mass_addition_share times those on it.
+    #[arg(long)]
+    pub allow_mass_addition: bool,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +218,10 @@ pub struct VerifyArgs {
     /// With --repair: let the repair unsubscribe more than sync.mass_removal_share of a list.
     #[arg(long, requires = "repair")]
     pub allow_mass_removal: bool,
+    /// With --repair: let the repair put more new members on a list than sync.mass_addition_share times those on it
+    /// (members missing from a list emptied by hand count as new once the memory is corrected).
+    #[arg(long, requires = "repair")]
+    pub allow_mass_addition: bool,
 }
 
 pub async fn run(ctx: &Ctx, cmd: ExportCmd) -> anyhow::Result<u8> {
@@ -295,6 +313,7 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<u8> {
         skip_check: a.skip_check,
         null_fields: a.null_fields,
         existing_users_only: a.existing_users_only,
+        notify: a.notify.clone(),
     };
     let actor = ctx.actor();
     let export = ops::create_export(&store, &ctx.config, &Caller { actor: &actor, origin: "cli" }, &request)
@@ -338,6 +357,8 @@ async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<u8> {
         null_fields: a.null_fields,
         skip_check: a.skip_check,
         cancel_run: a.cancel_run,
+        notify: a.notify,
+        no_notify: a.no_notify,
     };
     let caller = Caller { actor: &actor, origin: "cli" };
     let before = store.export(&a.name).await?;
@@ -445,6 +466,7 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
         lists.push((t, counts));
     }
     let last_success = store.last_success(e.id).await?;
+    let subscriptions = store.subscriptions(e.id).await?;
     if ctx.out.json {
         let mut v = serde_json::to_value(&e)?;
         v["lists"] = json!(lists
@@ -452,6 +474,7 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
             .map(|(t, c)| json!({"list_name": t.list_name, "list_id": t.list_id, "segment": t.segment_name, "members": c.subscribed, "rejected": c.rejected}))
             .collect::<Vec<_>>());
         v["last_success"] = json!(last_success);
+        v["notify"] = json!(subscriptions);
         ctx.out.json(&v);
     } else {
         let fields: Vec<String> = e
@@ -473,6 +496,21 @@ async fn show(ctx: &Ctx, name: &str, include_removed: bool) -> anyhow::Result<u8
             vec!["existing users only".into(), if e.existing_users_only { "yes" } else { "no" }.into()],
             vec!["schedule".into(), e.schedule.clone()],
             vec!["last success".into(), opt_when(&last_success)],
+            vec![
+                "notifies".into(),
+                if subscriptions.is_empty() {
+                    "-".into()
+                } else {
+                    subscriptions
+                        .iter()
+                        .map(|s| {
+                            let events: Vec<&str> = s.events.iter().map(|e| e.as_str()).collect();
+                            format!("{} ({})", s.channel, events.join(", "))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+            ],
         ];
         let mut rows = rows;
         if let Some(at) = e.removed_at {
@@ -593,8 +631,10 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     // something there.
     store.export(&a.name).await?;
     let what = if a.dry_run { "export.run.dry" } else { "export.run" };
-    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal).then(|| run_flags(&a))).await?;
-    let engine = Engine::new(store, ctx.config.clone());
+    ctx.audit(&store, what, &a.name, (a.full || a.allow_mass_removal || a.allow_mass_addition).then(|| run_flags(&a)))
+        .await?;
+    let notifier = crate::notify::Notifier::new(ctx.config.clone());
+    let engine = Engine::new(store.clone(), ctx.config.clone()).with_teller(Arc::new(notifier));
     let progress = Arc::new(Progress::default());
     let cancel = ctx.signals.stop();
     let finished = CancellationToken::new();
@@ -604,6 +644,7 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         full: a.full,
         allow_mass_removal: a.allow_mass_removal,
+        allow_mass_addition: a.allow_mass_addition,
         ..RunOptions::default()
     };
     let result = run_with_grace(ctx, &engine, &a.name, &opts, progress.clone(), cancel).await;
@@ -616,21 +657,29 @@ async fn run_now(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
     print_report(ctx, &report);
+    if !report.dry_run {
+        deliver_notifications(ctx, &store).await;
+    }
     Ok(if report.succeeded() { exit::OK } else { exit::FAILED })
 }
 
 async fn verify_now(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     store.export(&a.name).await?;
-    let flags =
-        [(a.repair, "repair"), (a.remove_lingering, "remove lingering"), (a.allow_mass_removal, "allow mass removal")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, name)| *name)
-            .collect::<Vec<_>>()
-            .join(", ");
+    let flags = [
+        (a.repair, "repair"),
+        (a.remove_lingering, "remove lingering"),
+        (a.allow_mass_removal, "allow mass removal"),
+        (a.allow_mass_addition, "allow mass addition"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(", ");
     ctx.audit(&store, "export.verify", &a.name, (!flags.is_empty()).then_some(flags)).await?;
-    let engine = Engine::new(store, ctx.config.clone());
+    let notifier = crate::notify::Notifier::new(ctx.config.clone());
+    let engine = Engine::new(store.clone(), ctx.config.clone()).with_teller(Arc::new(notifier));
     let progress = Arc::new(Progress::default());
     let cancel = ctx.signals.stop();
     let opts = VerifyOptions {
@@ -638,6 +687,7 @@ async fn verify_now(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
         repair: a.repair,
         remove_lingering: a.remove_lingering,
         allow_mass_removal: a.allow_mass_removal,
+        allow_mass_addition: a.allow_mass_addition,
         request_id: None,
     };
     let report = match engine.verify_export(&a.name, &opts, progress, cancel).await {
@@ -646,6 +696,7 @@ async fn verify_now(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
     print_verify(ctx, &report);
+    deliver_notifications(ctx, &store).await;
     Ok(if !report.succeeded() {
         exit::FAILED
     } else if report.drift_left {
@@ -728,9 +779,23 @@ fn drift_kind_text(k: DriftKind) -> &'static str {
     }
 }
 
+/// Delivers what the run told (and anything else due) before the command exits, for at most `notify.run_wait`:
+/// without a daemon, no one else would. What is left stays in the outbox for the daemon or the next run.
+async fn deliver_notifications(ctx: &Ctx, store: &crate::store::Store) {
+    let outbox = crate::notify::Outbox::new(store.clone(), ctx.config.clone());
+    match outbox.drain(ctx.config.notify.run_wait).await {
+        Ok(0) => {}
+        Ok(left) => tracing::warn!(
+            left,
+            "Notifications not delivered yet stay in the outbox: the daemon, or the next `export run`, delivers them. See `segment-exporter notify log`."
+        ),
+        Err(e) => tracing::warn!(error = %e, "Cannot deliver notifications now; they stay in the outbox."),
+    }
+}
+
 /// The options of a run asked for, for its audit row.
 fn run_flags(a: &RunArgs) -> String {
-    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal")]
+    [(a.full, "full"), (a.allow_mass_removal, "allow mass removal"), (a.allow_mass_addition, "allow mass addition")]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| *name)
@@ -844,7 +909,7 @@ fn print_report(ctx: &Ctx, r: &RunReport) {
         eprintln!("error: {e}");
     }
     if r.status == RunStatus::Refused && !r.dry_run {
-        eprintln!("Nothing was removed from any list.");
+        eprintln!("Nothing was changed on any list.");
     }
 }
 
@@ -864,6 +929,7 @@ async fn trigger_in_store(ctx: &Ctx, store: &crate::store::Store, name: Option<&
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             verify: None,
         };
         requests.push(json!({ "export": e.name, "request_id": queue.ask(&ask).await? }));

@@ -5,6 +5,7 @@ mod audit;
 mod connection;
 pub mod error;
 mod export;
+mod notify;
 mod output;
 mod runs;
 mod sample;
@@ -110,6 +111,10 @@ pub enum Command {
     Export(export::ExportCmd),
     /// Show run history, runs in progress, and invalid or rejected members.
     Runs(runs::RunsArgs),
+    /// Notification channels (webhook, Slack, email) that exports tell when they fail, are stopped by a guard or
+    /// recover, and their deliveries.
+    #[command(subcommand)]
+    Notify(notify::NotifyCmd),
     /// Manage accounts for the HTTP API: admins and contributors, their tokens and passwords.
     #[command(subcommand)]
     User(user::UserCmd),
@@ -198,6 +203,7 @@ pub async fn run(cli: Cli, config: Config, config_path: Option<PathBuf>, signals
         Command::Segment(cmd) => segment::run(&ctx, cmd).await,
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Runs(args) => runs::run(&ctx, args).await,
+        Command::Notify(cmd) => notify::run(&ctx, cmd).await,
         Command::User(cmd) => user::run(&ctx, cmd).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Store(cmd) => store::run(&ctx, cmd).await,
@@ -303,6 +309,16 @@ async fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
         }
     }
     problems.extend(sources_check(&ctx.config, &store).await?);
+    let smtp = &ctx.config.smtp;
+    for channel in store.channels().await? {
+        if channel.kind == crate::store::ChannelKind::Email && (smtp.host.is_none() || smtp.from.is_none()) {
+            problems.push(format!(
+                "channel '{}' sends email, but [smtp] host and from are not both set: its notifications wait in the \
+                 outbox until they are",
+                channel.name
+            ));
+        }
+    }
     let shared = (store.kind() == crate::store::Kind::Postgres).then(|| {
         let s = &ctx.config.store;
         format!(
@@ -374,4 +390,23 @@ fn listener_check(config: &Config) -> Result<String, String> {
     notes.push(listener::connections_note(d));
     notes.push(crate::daemon::host_check::names_note(d));
     Ok(notes.join("; "))
+}
+
+/// A secret from standard input: typed without echo on a terminal, else its first line; `missing` is the error
+/// when there is none.
+pub(crate) fn read_secret_stdin(prompt: &str, missing: &str) -> anyhow::Result<secrecy::SecretString> {
+    use std::io::{IsTerminal as _, Read as _};
+    let text = if std::io::stdin().is_terminal() {
+        // Typed or pasted by a person: do not echo it.
+        rpassword::prompt_password(prompt)?
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    };
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(Exit::invalid(missing));
+    }
+    Ok(secrecy::SecretString::from(secret))
 }

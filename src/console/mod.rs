@@ -35,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/connections/new", get(new_connection))
         .route("/connections/{name}", get(connection))
         .route("/users", get(users))
+        .route("/notifications", get(notifications))
         .route("/audit", get(audit))
         .route("/account", get(account))
         .route("/assets/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))))
@@ -194,6 +195,10 @@ async fn connection(
 
 async fn users(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
     admin_page(caller, uri, Page::Users, access::manage_users)
+}
+
+async fn notifications(caller: Result<Caller, ApiError>, uri: Uri) -> Response {
+    admin_page(caller, uri, Page::Notifications, access::manage_channels)
 }
 
 async fn audit(caller: Result<Caller, ApiError>, uri: Uri) -> Response {

@@ -16,6 +16,7 @@ pub enum Page {
     NewConnection,
     Connection(String),
     Users,
+    Notifications,
     Audit,
     Account,
 }
@@ -30,6 +31,7 @@ impl Page {
             Page::NewConnection => "new-connection",
             Page::Connection(_) => "connection",
             Page::Users => "users",
+            Page::Notifications => "notifications",
             Page::Audit => "audit",
             Page::Account => "account",
         }
@@ -44,6 +46,7 @@ impl Page {
             Page::NewConnection => "Add connection".into(),
             Page::Connection(name) => format!("Connection {name}"),
             Page::Users => "Users".into(),
+            Page::Notifications => "Notifications".into(),
             Page::Audit => "Audit".into(),
             Page::Account => "Your account".into(),
         }
@@ -55,6 +58,7 @@ impl Page {
             Page::Exports | Page::NewExport | Page::Export(_) => "exports",
             Page::Connections | Page::NewConnection | Page::Connection(_) => "connections",
             Page::Users => "users",
+            Page::Notifications => "notifications",
             Page::Audit => "audit",
             Page::Account => "account",
         }
@@ -89,6 +93,7 @@ fn nav(c: &Caller, section: &str) -> Markup {
         entries.extend([
             ("connections", "/connections", "Connections"),
             ("users", "/users", "Users"),
+            ("notifications", "/notifications", "Notifications"),
             ("audit", "/audit", "Audit"),
         ]);
     }
@@ -181,6 +186,7 @@ fn body(page: &Page) -> Markup {
         Page::NewConnection => new_connection(),
         Page::Connection(name) => connection(name),
         Page::Users => users(),
+        Page::Notifications => notifications(),
         Page::Audit => audit(),
         Page::Account => account(),
     }
@@ -277,6 +283,20 @@ fn export(name: &str) -> Markup {
                 div #current-fields.choices {}
                 p.error role="alert" {}
                 button type="submit" { "Save changes" }
+            }
+        }
+        section {
+            h2 { "Notifications" }
+            p.hint {
+                "Channels told when this export fails, is stopped by a guard, or recovers (and of the other events "
+                "checked). An administrator adds channels under Notifications."
+            }
+            div #export-notify { p.loading { "Loading…" } }
+            form #add-export-notify {
+                label { "Channel" select #notify-channel name="channel" required {} }
+                div #notify-events.choices {}
+                p.error role="alert" {}
+                button type="submit" { "Notify" }
             }
         }
         section {
@@ -428,6 +448,50 @@ fn users() -> Markup {
                 button type="submit" { "Add user" }
             }
             div #new-token {}
+        }
+    }
+}
+
+fn notifications() -> Markup {
+    html! {
+        h1 { "Notifications" }
+        p.hint {
+            "Channels that exports tell when a run fails, a guard stops one, or it recovers: once per change of "
+            "state, with a reminder now and then while it goes on. Subscribe an export on its page."
+        }
+        div #channels-list { p.loading { "Loading…" } }
+        section {
+            h2 { "Add channel" }
+            form #add-channel {
+                label { "Name" input name="name" required maxlength="200"; }
+                label {
+                    "Kind"
+                    select name="kind" {
+                        option value="webhook" selected { "Webhook (signed JSON)" }
+                        option value="slack" { "Slack incoming webhook" }
+                        option value="email" { "Email" }
+                    }
+                }
+                label {
+                    "URL or addresses"
+                    input name="target" required placeholder="https://hooks.example.com/… or ops@example.com, oncall@example.com";
+                }
+                p.hint { "URLs are stored sealed and never shown again. Email goes through [smtp] in the config." }
+                label {
+                    "Usable by"
+                    select name="usable_by" {
+                        option value="admins" selected { "Administrators" }
+                        option value="contributors" { "Contributors too (errors worded as they see them)" }
+                    }
+                }
+                p.error role="alert" {}
+                button type="submit" { "Add channel" }
+            }
+            div #new-secret {}
+        }
+        section {
+            h2 { "Deliveries" }
+            div #deliveries { p.hint { "Choose a channel's Deliveries to see what it was sent." } }
         }
     }
 }

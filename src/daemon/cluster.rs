@@ -161,6 +161,7 @@ async fn upkeep(store: Store, queue: RunQueue, config: Arc<Config>, shared: Arc<
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        allow_mass_addition: false,
                         verify: None,
                     };
                     match queue.ask(&ask).await {

@@ -46,6 +46,12 @@ struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    channel: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabels {
     export: String,
 }
@@ -60,6 +66,7 @@ pub struct Metrics {
     since_success: Family<ExportLabels, Gauge<f64, AtomicU64>>,
     in_flight: Gauge,
     drift: Family<DriftLabels, Gauge>,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,7 +108,24 @@ impl Default for Metrics {
             "Members each list's last verify found missing, not yet sent, lingering, others' or settling",
             drift.clone(),
         );
-        Metrics { registry, runs, members, requests, rate_limited, latency, since_success, in_flight, drift }
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "notification_deliveries",
+            "Attempts to deliver notifications, by channel and outcome (delivered, retry, refused, given_up)",
+            deliveries.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            members,
+            requests,
+            rate_limited,
+            latency,
+            since_success,
+            in_flight,
+            drift,
+            deliveries,
+        }
     }
 }
 
@@ -171,6 +195,12 @@ impl Metrics {
     }
 }
 
+impl crate::notify::DeliveryObserver for Metrics {
+    fn delivery(&self, channel: &str, outcome: &'static str) {
+        self.deliveries.get_or_create(&DeliveryLabels { channel: channel.into(), outcome }).inc();
+    }
+}
+
 impl RequestObserver for Metrics {
     fn observe(&self, endpoint: &str, status: Option<u16>, elapsed: Duration) {
         let status_label = status.map_or("error".to_string(), |s| s.to_string());
@@ -192,7 +222,12 @@ mod tests {
         m.observe("/api/lists/subscribe", Some(200), Duration::from_millis(12));
         m.observe("/api/lists/subscribe", Some(429), Duration::from_millis(3));
         m.run_started();
+        crate::notify::DeliveryObserver::delivery(&m, "ops", "retry");
         let text = m.encode();
+        assert!(
+            text.contains("segment_exporter_notification_deliveries_total{channel=\"ops\",outcome=\"retry\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "segment_exporter_iterable_requests_total{endpoint=\"/api/lists/subscribe\",status=\"429\"} 1"

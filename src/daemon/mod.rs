@@ -162,6 +162,10 @@ pub struct Daemon {
     store: Store,
     queue: RunQueue,
     engine: Engine,
+    /// Decides what the ends of runs the engine could not finish tell.
+    notifier: crate::notify::Notifier,
+    /// Delivers notifications, in a task of its own.
+    outbox: crate::notify::Outbox,
     /// Runs exports instead of `engine` (tests).
     runner: Option<Arc<dyn Runner>>,
     shared: Arc<Shared>,
@@ -243,7 +247,12 @@ impl Daemon {
                 crate::store::Kind::Postgres => None,
             };
         let shared = Arc::new(Shared::default());
-        let engine = Engine::new(store.clone(), config.clone()).with_observer(shared_observer(&shared));
+        let notifier = crate::notify::Notifier::new(config.clone());
+        let engine = Engine::new(store.clone(), config.clone())
+            .with_observer(shared_observer(&shared))
+            .with_teller(Arc::new(notifier.clone()));
+        let outbox =
+            crate::notify::Outbox::new(store.clone(), config.clone()).with_observer(delivery_observer(&shared));
 
         // On PostgreSQL, runs left by a daemon that stopped are taken over through their leases.
         let lock_dir = config.store.lock_dir();
@@ -303,6 +312,8 @@ impl Daemon {
             store,
             queue,
             engine,
+            notifier,
+            outbox,
             runner: None,
             shared,
             scheduler,
@@ -382,6 +393,7 @@ impl Daemon {
             stop_tasks.clone(),
         ));
         cluster::spawn(self.store.clone(), self.queue.clone(), config.clone(), self.shared.clone(), stop_tasks.clone());
+        tokio::spawn(self.outbox.clone().run(stop_tasks.clone()));
         self.reload_exports(true).await;
         if config.daemon.run_missed_on_start {
             self.run_missed().await;
@@ -453,6 +465,16 @@ impl Daemon {
         tracing::info!("Daemon stopped.");
         Ok(())
     }
+}
+
+fn delivery_observer(shared: &Arc<Shared>) -> Arc<dyn crate::notify::DeliveryObserver> {
+    struct Observer(Arc<Shared>);
+    impl crate::notify::DeliveryObserver for Observer {
+        fn delivery(&self, channel: &str, outcome: &'static str) {
+            self.0.metrics.delivery(channel, outcome);
+        }
+    }
+    Arc::new(Observer(shared.clone()))
 }
 
 fn shared_observer(shared: &Arc<Shared>) -> Arc<dyn crate::iterable::RequestObserver> {
@@ -532,6 +554,7 @@ impl Daemon {
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             verify: None,
         };
         let asked = match due_at {
@@ -612,6 +635,7 @@ impl Daemon {
                 repair: request.repair,
                 remove_lingering: request.remove_lingering,
                 allow_mass_removal: request.allow_mass_removal,
+                allow_mass_addition: request.allow_mass_addition,
                 request_id: Some(request.id),
             };
             let then_run = (request.wants_run && !request.repair).then_some(trigger);
@@ -622,6 +646,7 @@ impl Daemon {
             note: (!note.is_empty()).then_some(note),
             full: request.full,
             allow_mass_removal: request.allow_mass_removal,
+            allow_mass_addition: request.allow_mass_addition,
             request_id: Some(request.id),
             ..RunOptions::default()
         };
@@ -657,7 +682,11 @@ impl Daemon {
         };
         tracing::warn!(export = %export.name, trigger = trigger.as_str(), reason = %why, "Scheduled run refused.");
         let recorded = match self.store.start_run(export.id, trigger.as_str(), false, None).await {
-            Ok(run_id) => self.store.finish_run(run_id, RunStatus::Refused, Some(&why)).await.map(|_| run_id),
+            Ok(run_id) => self
+                .notifier
+                .finish_run(&self.store, export, run_id, RunStatus::Refused, Some(&why))
+                .await
+                .map(|_| run_id),
             Err(e) => Err(e),
         };
         match recorded {
@@ -741,6 +770,7 @@ impl Daemon {
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        allow_mass_addition: false,
                         verify: None,
                     };
                     if stopping {
@@ -775,6 +805,7 @@ impl Daemon {
                         requested_by: None,
                         full: false,
                         allow_mass_removal: false,
+                        allow_mass_addition: false,
                         verify: None,
                     };
                     if let Err(e) = self.queue.ask(&ask).await {
@@ -807,6 +838,8 @@ impl Daemon {
         // Only once its end is recorded: GET /runs/{id} never shows a run "running" without its live progress.
         self.queue.live().remove(export_id);
         self.refresh_status(&export).await;
+        // Its notifications are in the outbox now: delivered at once rather than at the next poll.
+        self.outbox.wake();
         // Counted last, so whoever sees the count in /metrics finds the run's end in /status too.
         match &outcome {
             Outcome::Ran(report) => self.shared.metrics.run_finished(&export, Some(report)),
@@ -844,6 +877,7 @@ impl Daemon {
             requested_by: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             verify: Some(crate::queue::VerifyAsk::default()),
         };
         match self.queue.ask(&ask).await {
@@ -867,7 +901,11 @@ impl Daemon {
     /// Records the end of a run whose task could not (it panicked or was stopped), when its row exists.
     async fn record_end(&self, run: &InFlight, status: RunStatus, error: &str) {
         let Some(run_id) = run.progress.run_id() else { return };
-        if let Err(e) = self.store.finish_run(run_id, status, Some(error)).await {
+        let recorded = match self.store.export(&run.export).await {
+            Ok(export) => self.notifier.finish_run(&self.store, &export, run_id, status, Some(error)).await,
+            Err(_) => self.store.finish_run(run_id, status, Some(error)).await,
+        };
+        if let Err(e) = recorded {
             tracing::error!(run_id, error = %e, "Cannot record the end of the run; the next start marks it interrupted.");
         }
     }
@@ -932,7 +970,9 @@ impl Daemon {
                 kept.daemon.trigger_dir = self.config.daemon.trigger_dir.clone();
                 kept.store = self.config.store.clone();
                 self.config = Arc::new(kept);
-                self.engine = self.engine.with_config(self.config.clone());
+                self.notifier = crate::notify::Notifier::new(self.config.clone());
+                self.engine = self.engine.with_config(self.config.clone()).with_teller(Arc::new(self.notifier.clone()));
+                self.queue.set_config(self.config.clone());
                 self.config_tx.send_replace(self.config.clone());
                 tracing::info!("Configuration reloaded.");
             }

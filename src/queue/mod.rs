@@ -71,6 +71,8 @@ pub struct Ask<'a> {
     pub full: bool,
     /// Let the run through the mass-removal guard (the run that starts next).
     pub allow_mass_removal: bool,
+    /// Let the run through the mass-addition guard (the run that starts next).
+    pub allow_mass_addition: bool,
     /// A verify of the export's lists instead of a run (`crate::sync::VerifyOptions`); None: a run.
     pub verify: Option<VerifyAsk>,
 }
@@ -110,7 +112,8 @@ const ANSWER_POLL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct RunQueue {
     store: Store,
-    config: Arc<crate::config::Config>,
+    /// Shared by every clone, so a reload reaches the API's handle too.
+    config: Arc<std::sync::RwLock<Arc<crate::config::Config>>>,
     wake: Arc<Notify>,
     live: Arc<Live>,
     /// Exports this process cannot run here (PostgreSQL stores), by name, and why.
@@ -119,7 +122,23 @@ pub struct RunQueue {
 
 impl RunQueue {
     pub fn new(store: Store, config: Arc<crate::config::Config>) -> RunQueue {
-        RunQueue { store, config, wake: Arc::default(), live: Arc::default(), skipped: Arc::default() }
+        RunQueue {
+            store,
+            config: Arc::new(std::sync::RwLock::new(config)),
+            wake: Arc::default(),
+            live: Arc::default(),
+            skipped: Arc::default(),
+        }
+    }
+
+    /// The configuration in force (what a replica can read, lease timing); `set_config` replaces it on reload.
+    fn config(&self) -> Arc<crate::config::Config> {
+        self.config.read().expect("queue config lock").clone()
+    }
+
+    /// A reloaded configuration, for every handle of this queue.
+    pub fn set_config(&self, config: Arc<crate::config::Config>) {
+        *self.config.write().expect("queue config lock") = config;
     }
 
     /// The exports this process leaves to others because it cannot run them here, and why.
@@ -133,7 +152,7 @@ impl RunQueue {
         if self.store.kind() != crate::store::Kind::Postgres {
             return Ok(true);
         }
-        let missing = crate::sync::readiness::missing_here(&self.store, &self.config, request.export_id).await?;
+        let missing = crate::sync::readiness::missing_here(&self.store, &self.config(), request.export_id).await?;
         let mut skipped = self.skipped.lock().expect("skipped lock");
         match missing {
             None => {
@@ -225,7 +244,7 @@ impl RunQueue {
             } else if !self.runs_here(&request).await? {
                 continue;
             } else {
-                match RunGuard::take(&self.store, &self.config, request.export_id).await {
+                match RunGuard::take(&self.store, &self.config(), request.export_id).await {
                     Ok(guard) => {
                         if self.store.claim_request(request.id, crate::store::process_owner()).await? {
                             taken.push(Taken { request, guard });
@@ -297,6 +316,7 @@ fn new_request<'a>(ask: &Ask<'a>, note: Option<&'a str>) -> NewRunRequest<'a> {
         note,
         full: ask.full,
         allow_mass_removal: ask.allow_mass_removal,
+        allow_mass_addition: ask.allow_mass_addition,
         wants_run: ask.verify.is_none(),
         verify: ask.verify.is_some(),
         repair: ask.verify.is_some_and(|v| v.repair),

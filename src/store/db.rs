@@ -41,9 +41,12 @@ pub struct Fence {
     pub number: i64,
 }
 
-/// Fails a transaction whose fence is gone; the error is recognised by `is_fenced`.
+/// Fails a transaction whose fence is gone; the error is recognised by `is_fenced`. `FOR KEY SHARE` keeps the
+/// lease from being taken over until the transaction ends (a takeover locks the row `FOR UPDATE` first) without
+/// holding up its renewals, which update no key: with `FOR SHARE`, a run's many concurrent writes kept the renewal
+/// waiting until the lease ran short and the run stopped itself (measured at a million members under load).
 const FENCE_CHECK: &str = "SELECT 1 FROM run_leases WHERE export_id = $1 AND holder = $2 AND fence = $3 \
-     AND expires_at > clock_timestamp() FOR SHARE";
+     AND expires_at > clock_timestamp() FOR KEY SHARE";
 
 /// The message of the error a fenced write fails with.
 pub(crate) const FENCED: &str = "the run's lease moved on: another daemon holds the export now";

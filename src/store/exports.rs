@@ -111,6 +111,9 @@ pub struct Target {
     pub list_id: Option<i64>,
     /// When a run last saw the list in Iterable.
     pub list_checked_at: Option<DateTime<Utc>>,
+    /// When a run first completed with this target: until then its list is filling (the mass-addition guard leaves
+    /// it alone, so an interrupted first fill resumes).
+    pub filled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,7 +296,7 @@ impl Store {
         // A target's segment may have been removed after the target was detached or its export removed.
         let targets =
             sql("SELECT t.id, COALESCE(t.segment_id, 0), COALESCE(s.name, t.list_name), t.list_name, t.list_id, \
-             t.list_checked_at FROM targets t LEFT JOIN segments s ON s.id = t.segment_id \
+             t.list_checked_at, t.filled_at FROM targets t LEFT JOIN segments s ON s.id = t.segment_id \
              WHERE t.export_id = $1 AND t.removed_at IS NULL ORDER BY t.position, t.id")
             .bind(id)
             .fetch_all(&self.db)
@@ -307,6 +310,7 @@ impl Store {
                     list_name: r.try_get(3)?,
                     list_id: r.try_get(4)?,
                     list_checked_at: r.try_get(5)?,
+                    filled_at: r.try_get(6)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

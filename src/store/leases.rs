@@ -74,6 +74,16 @@ impl Store {
         // server ends its idle transaction; either way the export counts as busy now, and is asked again shortly.
         let mut tx = self.db.begin_unfenced().await?;
         sql("SET LOCAL lock_timeout = '300ms'").execute(&mut tx).await?;
+        // A takeover waits for the writes fenced by the old lease (they hold the row `FOR KEY SHARE`): an upsert
+        // that changes no key would not.
+        let locked =
+            sql("SELECT 1 FROM run_leases WHERE export_id = $1 FOR UPDATE").bind(export_id).execute(&mut tx).await;
+        match locked {
+            Ok(_) => {}
+            // 55P03: lock_not_available.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let taken = sql(
             "INSERT INTO run_leases (export_id, holder, fence, expires_at, renewed_at) \
              VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3), clock_timestamp()) \
@@ -348,5 +358,41 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::test_support::{an_export, temp_postgres_store};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+    async fn postgres_renewals_never_wait_behind_the_runs_own_fenced_writes_and_a_takeover_does() {
+        let (_db, store) = temp_postgres_store().await;
+        let export = an_export(&store).await;
+        let grant = store.take_lease(export.id, "a", TTL, Duration::ZERO).await.unwrap().expect("a free lease");
+        // A fenced write in progress, as sixteen concurrent batches of a large run keep one open at every moment.
+        let fenced = store.fenced(grant.fence.clone());
+        let mut open = fenced.db.begin().await.unwrap();
+        sql("SELECT 1").execute(&mut open).await.unwrap();
+        let renewed = tokio::time::timeout(Duration::from_secs(5), store.renew_lease(&grant.fence, TTL, None)).await;
+        assert!(matches!(renewed, Ok(Ok(true))), "the renewal waited behind the holder's own write: {renewed:?}");
+        // Expired now: another daemon may take it over, but only once the write that checked the old fence ended.
+        sql("UPDATE run_leases SET expires_at = clock_timestamp() - INTERVAL '1 second' WHERE export_id = $1")
+            .bind(export.id)
+            .execute(&store.db)
+            .await
+            .unwrap();
+        let taken = store.take_lease(export.id, "b", TTL, Duration::ZERO).await.unwrap();
+        assert!(taken.is_none(), "taken over while a write fenced by the old lease was still open");
+        open.rollback().await.unwrap();
+        let taken = store.take_lease(export.id, "b", TTL, Duration::ZERO).await.unwrap().expect("free once it ended");
+        assert_eq!(taken.fence.number, grant.fence.number + 1);
+        assert!(taken.taken_over);
     }
 }

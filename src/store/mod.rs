@@ -12,6 +12,7 @@ mod exports;
 mod leases;
 mod members;
 pub mod names;
+mod notify;
 mod postgres;
 mod requests;
 mod runs;
@@ -39,6 +40,10 @@ pub use connections::{Connection, ConnectionUpdate, KeySource, NewConnection, Pr
 pub use exports::{Export, ExportChange, FieldMap, FieldType, NewExport, NullFields, OnLeave, Target};
 pub use members::{
     AckedMember, AddKind, ComputeOptions, MemberCounts, PlanSession, PlannedAdd, StagedMember, TargetPlan,
+};
+pub use notify::{
+    Channel, ChannelAudience, ChannelKind, Delivery, DeliveryOutcome, EventKind, NewChannel, NewNotification,
+    Notification, NotifyState, SealedUrl, StateChange, Subscription, Tidings,
 };
 pub use requests::{NewRunRequest, RequestState, RunRequest, WaitingFor};
 pub use runs::{process_owner, Issue, IssueKind, Run, RunFilter, RunStatus, RunTarget, RunTargetCounts};
@@ -246,8 +251,9 @@ impl Store {
         let sealed_some = !in_clear.is_empty();
         if sealed_some {
             let names = in_clear.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ");
-            let (connections, segments) = (self.connections().await?, self.segments().await?);
-            let sealed = crate::secrets::sealed_secrets(&connections, &segments);
+            let (connections, segments, channels) =
+                (self.connections().await?, self.segments().await?, self.channels().await?);
+            let sealed = crate::secrets::sealed_secrets(&connections, &segments, &channels);
             let master = match crate::secrets::MasterKey::for_sealing(master_key_path, &sealed) {
                 Ok(master) => master,
                 Err(error) => {

@@ -69,6 +69,7 @@ pub struct NewRunRequest<'a> {
     pub note: Option<&'a str>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    pub allow_mass_addition: bool,
     /// A run is asked for (false for a request that asks only for a verify).
     pub wants_run: bool,
     /// A verify of the export's lists is asked for (`crate::sync::VerifyOptions`), with these options.
@@ -87,6 +88,7 @@ impl Default for NewRunRequest<'_> {
             note: None,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             wants_run: true,
             verify: false,
             repair: false,
@@ -106,6 +108,7 @@ pub struct RunRequest {
     pub note: Option<String>,
     pub full: bool,
     pub allow_mass_removal: bool,
+    pub allow_mass_addition: bool,
     pub wants_run: bool,
     pub verify: bool,
     pub repair: bool,
@@ -120,7 +123,7 @@ pub struct RunRequest {
 }
 
 const SELECT_REQUEST: &str = "SELECT q.id, q.export_id, e.name AS export_name, q.trigger, q.requested_by, q.note, \
-     q.full_resync, q.allow_mass_removal, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason, \
+     q.full_resync, q.allow_mass_removal, q.allow_mass_addition, q.merged, q.state, q.waiting_for, q.requested_at, q.run_id, q.reason, \
      q.wants_run, q.verify, q.repair, q.remove_lingering \
      FROM run_requests q JOIN exports e ON e.id = q.export_id";
 
@@ -134,6 +137,7 @@ fn request_from(row: &Row) -> Result<RunRequest> {
         note: row.try_get("note")?,
         full: row.try_get("full_resync")?,
         allow_mass_removal: row.try_get("allow_mass_removal")?,
+        allow_mass_addition: row.try_get("allow_mass_addition")?,
         wants_run: row.try_get("wants_run")?,
         verify: row.try_get("verify")?,
         repair: row.try_get("repair")?,
@@ -244,8 +248,8 @@ impl Store {
     pub async fn requeue_request(&self, id: i64) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let Some(row) =
-            sql("SELECT export_id, full_resync, allow_mass_removal, wants_run, verify, repair, remove_lingering \
-             FROM run_requests WHERE id = $1 AND state = 'started' AND run_id IS NULL")
+            sql("SELECT export_id, full_resync, allow_mass_removal, wants_run, verify, repair, remove_lingering, \
+             allow_mass_addition FROM run_requests WHERE id = $1 AND state = 'started' AND run_id IS NULL")
             .bind(id)
             .fetch_optional(&mut tx)
             .await?
@@ -255,10 +259,12 @@ impl Store {
         let (export_id, full, allow): (i64, bool, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let (wants_run, verify, repair, remove_lingering): (bool, bool, bool, bool) =
             (row.try_get(3)?, row.try_get(4)?, row.try_get(5)?, row.try_get(6)?);
+        let allow_addition: bool = row.try_get(7)?;
         let merged = sql(
             "UPDATE run_requests SET full_resync = full_resync OR $1, allow_mass_removal = allow_mass_removal OR $2, \
              wants_run = wants_run OR $4, verify = verify OR $5, repair = repair OR $6, \
-             remove_lingering = remove_lingering OR $7, merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
+             remove_lingering = remove_lingering OR $7, allow_mass_addition = allow_mass_addition OR $8, \
+             merged = merged + 1 WHERE export_id = $3 AND state = 'queued'",
         )
         .bind(full)
         .bind(allow)
@@ -267,6 +273,7 @@ impl Store {
         .bind(verify)
         .bind(repair)
         .bind(remove_lingering)
+        .bind(allow_addition)
         .execute(&mut tx)
         .await?;
         if merged == 1 {
@@ -339,11 +346,12 @@ async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
     }
     let row = sql(
         "INSERT INTO run_requests (export_id, trigger, requested_by, note, full_resync, allow_mass_removal, state, \
-         requested_at, wants_run, verify, repair, remove_lingering) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11) \
+         requested_at, wants_run, verify, repair, remove_lingering, allow_mass_addition) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (export_id) WHERE state = 'queued' DO UPDATE SET \
          full_resync = run_requests.full_resync OR excluded.full_resync, \
          allow_mass_removal = run_requests.allow_mass_removal OR excluded.allow_mass_removal, \
+         allow_mass_addition = run_requests.allow_mass_addition OR excluded.allow_mass_addition, \
          wants_run = run_requests.wants_run OR excluded.wants_run, verify = run_requests.verify OR excluded.verify, \
          repair = run_requests.repair OR excluded.repair, \
          remove_lingering = run_requests.remove_lingering OR excluded.remove_lingering, \
@@ -361,6 +369,7 @@ async fn enqueue(tx: &mut Tx, r: &NewRunRequest<'_>) -> Result<(i64, bool)> {
     .bind(r.verify)
     .bind(r.repair)
     .bind(r.remove_lingering)
+    .bind(r.allow_mass_addition)
     .fetch_one(&mut *tx)
     .await?;
     Ok((row.try_get(0)?, row.try_get::<i64, _>(1)? > 0))

@@ -166,7 +166,7 @@ const MAX_STORED_MEMBER_BYTES: usize = 256;
 const MAX_STORED_REASON_BYTES: usize = 512;
 
 /// `text` cut to at most `max` bytes on a character boundary, marked with an ellipsis when cut.
-fn clip(text: &str, max: usize) -> String {
+pub(super) fn clip(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -245,22 +245,9 @@ impl Store {
 
     /// Finishes a run this process started and that is still `running`. Returns false, and says so, when that
     /// changed nothing (another process marked the run, or it was never this process's).
+    /// A succeeded run marks its targets' lists filled (see `Target::filled_at`), in the same transaction.
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, error: Option<&str>) -> Result<bool> {
-        let done = sql(
-            "UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4 AND owner = $5 AND status = 'running'",
-        )
-        .bind(status.as_str())
-        .bind(now())
-        .bind(error)
-        .bind(run_id)
-        .bind(process_owner())
-        .execute(&self.db)
-        .await?
-            > 0;
-        if !done {
-            tracing::warn!(run_id, status = %status, "Run not recorded as finished: it is no longer running under this process (another process marked it). Check `segment-exporter runs show {run_id}`.");
-        }
-        Ok(done)
+        self.finish_run_telling(run_id, status, error, &super::Tidings::default()).await
     }
 
     /// Records a target's plan for a run: `counts` holds the source rows, invalid and duplicate members.

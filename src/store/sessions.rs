@@ -130,12 +130,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::on_both;
     use crate::store::Role;
 
-    #[tokio::test]
-    async fn a_session_is_found_by_its_hash_pruned_once_idle_and_ends_with_its_account() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_session_is_found_by_its_hash_pruned_once_idle_and_ends_with_its_account(store: Store) {
         let ann = store.add_user("ann", Role::Admin, "!").await.unwrap();
         let later = now() + chrono::Duration::hours(1);
         let first = store.add_session("aa", ann.id, later, "api 127.0.0.1").await.unwrap();
@@ -160,5 +159,6 @@ mod tests {
 
         store.remove_user("ann").await.unwrap();
         assert!(store.session("aa").await.unwrap().is_none(), "the account is gone, so is its session");
+    }
     }
 }

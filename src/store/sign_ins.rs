@@ -183,7 +183,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::on_both;
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -201,9 +201,8 @@ mod tests {
         matches!(a, Admission::Refused { .. })
     }
 
-    #[tokio::test]
-    async fn each_pace_refuses_once_spent_without_counting_the_refused_attempt() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn each_pace_refuses_once_spent_without_counting_the_refused_attempt(store: Store) {
         let p = paces(5, 3, 100);
         for _ in 0..3 {
             assert_eq!(store.take_sign_in_attempt("a", "c1", &p).await.unwrap(), Admission::Checked { fresh: true });
@@ -221,10 +220,10 @@ mod tests {
         assert!(matches!(spent, Admission::Refused { whole_client: true, .. }), "the client's 5 are spent");
         assert!(!refused(store.take_sign_in_attempt("a", "c2", &p).await.unwrap()), "another client is not");
     }
+    }
 
-    #[tokio::test]
-    async fn the_accounts_pace_refuses_clients_that_failed_and_lets_fresh_ones_through_counting_them() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn the_accounts_pace_refuses_clients_that_failed_and_lets_fresh_ones_through_counting_them(store: Store) {
         let p = paces(100, 100, 2);
         for client in ["c1", "c2"] {
             assert!(!refused(store.take_sign_in_attempt("a", client, &p).await.unwrap()));
@@ -242,10 +241,10 @@ mod tests {
         let at = store.take_sign_in_attempt("other", "c1", &p).await.unwrap();
         assert_eq!(at, Admission::Checked { fresh: false }, "a success does not make a client that failed new");
     }
+    }
 
-    #[tokio::test]
-    async fn concurrent_attempts_are_counted_exactly_as_many_as_the_pace_allows() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn concurrent_attempts_are_counted_exactly_as_many_as_the_pace_allows(store: Store) {
         let p = paces(1000, 7, 1000);
         let attempts: Vec<_> = (0..40)
             .map(|_| {
@@ -258,5 +257,6 @@ mod tests {
             checked += usize::from(!refused(a.await.unwrap()));
         }
         assert_eq!(checked, 7);
+    }
     }
 }

@@ -333,15 +333,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::on_both;
 
     fn event(action: &str) -> AuditEvent<'_> {
         AuditEvent { actor: "ann", origin: "cli", action, target: Some("x"), detail: None }
     }
 
-    #[tokio::test]
-    async fn audit_rows_older_than_the_retention_are_pruned_as_new_ones_are_added() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn audit_rows_older_than_the_retention_are_pruned_as_new_ones_are_added(store: Store) {
         let year = std::time::Duration::from_secs(365 * 24 * 3600);
         store.record_audit(&event("old"), year).await.unwrap();
         sql("UPDATE audit SET at = $1").bind(now() - ChronoDuration::days(30)).execute(&store.db).await.unwrap();
@@ -351,10 +350,10 @@ mod tests {
         let left: Vec<String> = store.audit(None, 10).await.unwrap().into_iter().map(|r| r.action).collect();
         assert_eq!(left, vec!["newest", "recent"]);
     }
+    }
 
-    #[tokio::test]
-    async fn a_counted_event_makes_one_row_per_key_and_window_and_counts_the_rest_on_it() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn a_counted_event_makes_one_row_per_key_and_window_and_counts_the_rest_on_it(store: Store) {
         let (minute, year) = (std::time::Duration::from_secs(60), std::time::Duration::from_secs(365 * 24 * 3600));
         for key in ["ann c1", "ann c1", "ann c2", "ann c1"] {
             store.record_audit_counted(key, &event("session.sign_in.failed"), minute, year).await.unwrap();
@@ -372,10 +371,10 @@ mod tests {
             "the ended windows are gone"
         );
     }
+    }
 
-    #[tokio::test]
-    async fn removing_an_account_removes_it_from_the_export_users() {
-        let (_dir, store) = temp_store().await;
+    on_both! {
+    async fn removing_an_account_removes_it_from_the_export_users(store: Store) {
         let conn = store
             .add_connection(&crate::store::NewConnection {
                 name: "c".into(),
@@ -414,5 +413,6 @@ mod tests {
         assert!(store.export_users(export.id).await.unwrap().is_empty());
         let again = store.add_user("bob", Role::Contributor, "!").await.unwrap();
         assert_ne!(again.id, bob.id, "ids are never reused, so a new 'bob' inherits nothing");
+    }
     }
 }

@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub full: bool,
     /// Let a run through that would unsubscribe more than `sync.mass_removal_share` of a list.
     pub allow_mass_removal: bool,
+    /// Let a run through that would put more new members on a list than `sync.mass_addition_share` times those
+    /// on it.
+    pub allow_mass_addition: bool,
     /// Recorded with the run, e.g. that it is a follow-up queued while the previous run was in progress.
     pub note: Option<String>,
     /// The run request (`crate::queue`) this run answers, if it answers one.
@@ -43,6 +46,7 @@ impl Default for RunOptions {
             dry_run: false,
             full: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             note: None,
             request_id: None,
         }
@@ -87,11 +91,25 @@ pub struct Engine {
     /// Per connection: the turns of its project's whole-list reads (`getUsers`, sizes), shared by its exports.
     list_reads: Arc<Mutex<HashMap<i64, Arc<ListReadLimits>>>>,
     observer: Option<Arc<dyn RequestObserver>>,
+    pub(super) teller: Option<Arc<dyn super::RunEndTeller>>,
 }
 
 impl Engine {
     pub fn new(store: Store, config: Arc<Config>) -> Engine {
-        Engine { store, config, pacers: Default::default(), list_reads: Default::default(), observer: None }
+        Engine {
+            store,
+            config,
+            pacers: Default::default(),
+            list_reads: Default::default(),
+            observer: None,
+            teller: None,
+        }
+    }
+
+    /// Has `teller` decide what each run's end tells (notifications), written with the end in one transaction.
+    pub fn with_teller(mut self, teller: Arc<dyn super::RunEndTeller>) -> Engine {
+        self.teller = Some(teller);
+        self
     }
 
     /// Reports every Iterable request of this engine's runs to `observer` (the daemon's metrics).
@@ -102,13 +120,7 @@ impl Engine {
 
     /// The same engine (pacers, observer) with another config, after a reload.
     pub fn with_config(&self, config: Arc<Config>) -> Engine {
-        Engine {
-            store: self.store.clone(),
-            config,
-            pacers: self.pacers.clone(),
-            list_reads: self.list_reads.clone(),
-            observer: self.observer.clone(),
-        }
+        Engine { config, ..self.clone() }
     }
 
     fn pacer(&self, connection_id: i64) -> Arc<Pacer> {
@@ -249,7 +261,7 @@ impl Engine {
             report.examples_remove =
                 session.removes(target.id, 0, EXAMPLES).await?.into_iter().map(|(_, e)| e).collect();
         }
-        let (status, error) = match planner.check_mass_removal(&lists, opts.allow_mass_removal).await? {
+        let (status, error) = match planner.check_guards(&lists, opts).await? {
             Some(e) => (RunStatus::Refused, Some(e.to_string())),
             None => (RunStatus::Succeeded, None),
         };
@@ -313,13 +325,18 @@ impl Engine {
         let mut state = RunState::new(run_id, connection_id, project_type);
         let outcome = self.execute(&export, &mut state, &client, opts, &progress, &run_cancel).await;
         let cancel_requested = watch.stop().await;
-        let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested));
+        let outcome = outcome.map_err(|e| super::cancel::on_request(e, cancel_requested)).map_err(|e| match e {
+            // Stopped by its own lease, not by a shutdown: say so.
+            SyncError::Interrupted if guard.lost().is_cancelled() => SyncError::LeaseLost,
+            e => e,
+        });
         let store_unreachable = matches!(&outcome, Err(SyncError::Store(e)) if e.is_transient());
+        let key_refused = matches!(&outcome, Err(e) if e.key_refused());
         let (status, error) = match outcome {
             Ok(()) => (RunStatus::Succeeded, None),
             Err(e) => (status_of(&e), Some(e.to_string())),
         };
-        let lists = state.lists;
+        let lists = std::mem::take(&mut state.lists);
         let dropped: Vec<String> = state.dropped_fields.lock().expect("dropped fields lock").iter().cloned().collect();
         if !dropped.is_empty() {
             let warning = format!(
@@ -331,7 +348,22 @@ impl Engine {
             self.store.record_run_warning(run_id, &warning).await?;
         }
         let warnings = self.store.run_warnings(run_id).await?;
-        self.store.finish_run(run_id, status, error.as_deref()).await?;
+        let end = super::RunEnd {
+            export: export.clone(),
+            run_id,
+            status,
+            error: error.clone(),
+            key_refused,
+            recreated_lists: std::mem::take(&mut state.recreated_lists),
+        };
+        let tidings = match &self.teller {
+            Some(teller) => teller.tidings(&self.store, &end).await.unwrap_or_else(|e| {
+                tracing::error!(export = %name, run_id, error = %e, "Cannot work out the notifications of this run's end; none are sent for it.");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        self.store.finish_run_telling(run_id, status, error.as_deref(), &tidings).await?;
         self.prune_history(&export).await;
         progress.set_phase(Phase::Done, "");
         let run = self.store.run(run_id).await?;
@@ -402,7 +434,7 @@ impl Engine {
         let mut session = self.store.plan_session().await?;
         let planner = self.planner(export, state.project_type, Some(run_id), opts, progress, cancel);
         planner.plan(&mut session, &mut state.lists).await?;
-        if let Some(refusal) = planner.check_mass_removal(&state.lists, opts.allow_mass_removal).await? {
+        if let Some(refusal) = planner.check_guards(&state.lists, opts).await? {
             return Err(refusal);
         }
         if cancel.is_cancelled() {
@@ -429,6 +461,7 @@ impl Engine {
         for ((target, resolved), list) in export.targets.iter().zip(resolved).zip(state.lists.iter_mut()) {
             list.list_id = Some(resolved.list_id);
             if resolved.recreated {
+                state.recreated_lists.push(target.list_name.clone());
                 // The old list is gone: everything must be sent again, new on the new list, so re-plan this target
                 // as a full one.
                 let plan = session.compute(target.id, &planner.compute_options(true, true)).await?;
@@ -498,11 +531,20 @@ pub(super) struct RunState {
     pub project_type: ProjectType,
     pub lists: Vec<ListReport>,
     pub dropped_fields: super::send::DroppedFields,
+    /// Lists found deleted in Iterable and recreated.
+    pub recreated_lists: Vec<String>,
 }
 
 impl RunState {
     pub fn new(run_id: i64, connection_id: i64, project_type: ProjectType) -> RunState {
-        RunState { run_id, connection_id, project_type, lists: Vec::new(), dropped_fields: Default::default() }
+        RunState {
+            run_id,
+            connection_id,
+            project_type,
+            lists: Vec::new(),
+            dropped_fields: Default::default(),
+            recreated_lists: Vec::new(),
+        }
     }
 
     fn nothing_to_send(&self) -> bool {
@@ -513,9 +555,9 @@ impl RunState {
 /// How a run that ended in `error` is recorded.
 pub(super) fn status_of(error: &SyncError) -> RunStatus {
     match error {
-        SyncError::Interrupted => RunStatus::Interrupted,
+        SyncError::Interrupted | SyncError::LeaseLost => RunStatus::Interrupted,
         SyncError::Cancelled => RunStatus::Cancelled,
-        SyncError::MassRemoval { .. } => RunStatus::Refused,
+        SyncError::MassRemoval { .. } | SyncError::MassAddition { .. } => RunStatus::Refused,
         // The store was out of reach for a moment (a restarted server, a cut connection): what was recorded stands,
         // and the next run resumes from there.
         SyncError::Store(e) if e.is_transient() => RunStatus::Interrupted,

@@ -1,5 +1,5 @@
 //! Planning a run: read every segment of an export into the staging tables, normalise and hash each member, diff
-//! the result against what Iterable acknowledged, and apply the mass-removal guard.
+//! the result against what Iterable acknowledged, and apply the guards on mass removal and mass addition.
 //!
 //! Nothing outside the store changes here, so a failure while planning leaves every list as it was. It owns the
 //! staging pipeline (the hot path of a large run: one allocation per member, chunks written while the next one is
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::fields::FieldEncoder;
 use super::identity::{identify, member_hash};
 use super::progress::{Phase, Progress};
-use super::SyncError;
+use super::{RunOptions, SyncError};
 use crate::config::Config;
 use crate::secrets::resolve_source_password;
 use crate::source::{self, Columns, SourceSpec};
@@ -162,7 +162,7 @@ impl Planner<'_> {
         let stream =
             source::read(&spec, segment.query.as_deref(), Columns::Only(columns), &reach).await.map_err(source_err)?;
         let max_issues = self.config.sync.max_recorded_issues;
-        let (mut source_rows, mut invalid, mut staged_new) = (0u64, 0u64, 0u64);
+        let (mut source_rows, mut invalid) = (0u64, 0u64);
         let mut examples_invalid = Vec::new();
         let mut issues: Vec<(Option<String>, String)> = Vec::new();
         let mut buf = String::new();
@@ -174,7 +174,7 @@ impl Planner<'_> {
         loop {
             let write = async {
                 if writing.is_empty() {
-                    Ok(0)
+                    Ok(())
                 } else {
                     session.stage(target.id, &writing).await
                 }
@@ -224,7 +224,7 @@ impl Planner<'_> {
                 Ok::<bool, SyncError>(ended)
             };
             let (written, ended) = futures::join!(write, read);
-            staged_new += written?;
+            written?;
             // A shutdown while a large segment is read: nothing was sent yet, so stopping here loses nothing.
             if self.cancel.is_cancelled() {
                 return Err(SyncError::Interrupted);
@@ -233,12 +233,14 @@ impl Planner<'_> {
             writing.clear();
             std::mem::swap(&mut writing, &mut filling);
             if ended {
-                staged_new += session.stage(target.id, &writing).await?;
+                session.stage(target.id, &writing).await?;
                 break;
             }
         }
         let valid = source_rows - invalid;
         let plan: TargetPlan = session.compute(target.id, &self.compute_options(self.full, false)).await?;
+        // The staged members are the valid ones less duplicates.
+        let staged_new = plan.members;
         if let Some(run_id) = self.run_id {
             let counts = RunTargetCounts { source_rows, invalid, duplicates: valid - staged_new, ..Default::default() };
             self.store.record_plan(run_id, target.id, &target.list_name, &plan, &counts).await?;
@@ -271,16 +273,22 @@ impl Planner<'_> {
         })
     }
 
-    /// The mass-removal guard: the refusal of a run that would unsubscribe more than the configured share of a
-    /// list, or None when the run may go on.
-    pub async fn check_mass_removal(
-        &self,
-        lists: &[ListReport],
-        allow_mass_removal: bool,
-    ) -> Result<Option<SyncError>, SyncError> {
-        if allow_mass_removal {
-            return Ok(None);
+    /// The guards, counted from the export's memory (no request): the refusal of a run that one of them stops, or
+    /// None when the run may go on. The removal guard is checked first: a run both would stop names its removals.
+    pub async fn check_guards(&self, lists: &[ListReport], opts: &RunOptions) -> Result<Option<SyncError>, SyncError> {
+        if !opts.allow_mass_removal {
+            if let Some(refusal) = self.check_mass_removal(lists).await? {
+                return Ok(Some(refusal));
+            }
         }
+        if !opts.allow_mass_addition {
+            return self.check_mass_addition(lists).await;
+        }
+        Ok(None)
+    }
+
+    /// The mass-removal guard: a run that would unsubscribe more than `sync.mass_removal_share` of a list.
+    async fn check_mass_removal(&self, lists: &[ListReport]) -> Result<Option<SyncError>, SyncError> {
         let share = self.config.sync.mass_removal_share;
         let mut details = Vec::new();
         for (target, list) in self.export.targets.iter().zip(lists) {
@@ -301,5 +309,36 @@ impl Planner<'_> {
             }
         }
         Ok((!details.is_empty()).then_some(SyncError::MassRemoval { details }))
+    }
+
+    /// The mass-addition guard: a run that would put on a list more new members (not on it by the export's memory;
+    /// re-sends of members there do not count) than `sync.mass_addition_share` times those the memory records
+    /// there. A list still filling (no run completed with it, so an interrupted first fill resumes) and a list
+    /// holding fewer than `sync.mass_addition_min_list_size` members are left alone.
+    async fn check_mass_addition(&self, lists: &[ListReport]) -> Result<Option<SyncError>, SyncError> {
+        let share = self.config.sync.mass_addition_share;
+        let min_size = self.config.sync.mass_addition_min_list_size;
+        let mut details = Vec::new();
+        for (target, list) in self.export.targets.iter().zip(lists) {
+            if list.to_add == 0 || target.filled_at.is_none() {
+                continue;
+            }
+            let on_list = self.store.member_counts(target.id).await?.subscribed;
+            if on_list < min_size.max(1) {
+                continue;
+            }
+            if list.to_add as f64 > share * on_list as f64 {
+                details.push(format!(
+                    "list '{}' would gain {} new members on top of its {} ({:.0}%, more than \
+                     sync.mass_addition_share {:.0}%)",
+                    list.list_name,
+                    list.to_add,
+                    on_list,
+                    list.to_add as f64 / on_list as f64 * 100.0,
+                    share * 100.0
+                ));
+            }
+        }
+        Ok((!details.is_empty()).then_some(SyncError::MassAddition { details }))
     }
 }

@@ -38,6 +38,9 @@ pub struct VerifyOptions {
     pub remove_lingering: bool,
     /// With `repair`: let a repair through that would unsubscribe more than `sync.mass_removal_share` of a list.
     pub allow_mass_removal: bool,
+    /// With `repair`: let a repair through that would put more new members on a list than
+    /// `sync.mass_addition_share` times those the memory keeps there (a list emptied by hand, say).
+    pub allow_mass_addition: bool,
     /// The run request (`crate::queue`) this verify answers, if it answers one.
     pub request_id: Option<i64>,
 }
@@ -49,6 +52,7 @@ impl Default for VerifyOptions {
             repair: false,
             remove_lingering: false,
             allow_mass_removal: false,
+            allow_mass_addition: false,
             request_id: None,
         }
     }
@@ -221,7 +225,7 @@ impl Engine {
         } else {
             tracing::info!(export = %name, run_id, status = %status, "Verify finished.");
         }
-        notify_drift(&report);
+        self.tell_drift(&export, &report).await;
         Ok(report)
     }
 
@@ -277,6 +281,7 @@ impl Engine {
         let run_opts = RunOptions {
             trigger: opts.trigger.clone(),
             allow_mass_removal: opts.allow_mass_removal,
+            allow_mass_addition: opts.allow_mass_addition,
             ..RunOptions::default()
         };
         self.execute(&export, state, client, &run_opts, progress, cancel).await
@@ -366,13 +371,26 @@ fn check_options(export: &Export, opts: &VerifyOptions) -> Option<SyncError> {
     Some(SyncError::NotRunnable { export: export.name.clone(), why: why.into() })
 }
 
-/// Where the `drift` event of notifications is raised: a verify found lists missing members or holding lingering
-/// ones. It gets the export, the run and per list the counts (`report.lists[..].missing.count`,
-/// `.lingering.count`); identities stay out of it (examples are for those who may see the export).
-fn notify_drift(report: &VerifyReport) {
-    if report.drifted {
-        let lists = report.lists.iter().filter(|l| l.verdict == Verdict::Drifted).count();
-        // notify: drift (notifications are built on their own branch; raise the `drift` event here)
-        tracing::debug!(export = %report.export, run_id = report.run_id, lists, "Drift to notify.");
+impl Engine {
+    /// Raises the `drift` event of notifications (through the engine's teller, when it has one): a verify with a
+    /// verdict on every list tells how many members are missing or lingering and left so, and a clean one ends a
+    /// drift told before. Counts and list names only: identities stay out of it. A failure to record it is logged
+    /// and does not fail the verify.
+    async fn tell_drift(&self, export: &Export, report: &VerifyReport) {
+        let Some(teller) = &self.teller else { return };
+        if report.status != RunStatus::Succeeded && !(report.kind == RunKind::VerifyRepair && report.drifted) {
+            return;
+        }
+        if report.lists.iter().any(|l| l.verdict == Verdict::NoVerdict) {
+            return;
+        }
+        let drifted: Vec<&ListVerify> = report.lists.iter().filter(|l| l.verdict == Verdict::Drifted).collect();
+        let differing =
+            if report.drift_left { drifted.iter().map(|l| l.missing.count + l.lingering.count).sum() } else { 0 };
+        let lists: Vec<String> =
+            if report.drift_left { drifted.iter().map(|l| l.list_name.clone()).collect() } else { vec![] };
+        if let Err(e) = teller.drift(&self.store, export, report.run_id, differing, &lists).await {
+            tracing::warn!(export = %export.name, run_id = report.run_id, error = %e, "Cannot record the drift notification.");
+        }
     }
 }

@@ -102,8 +102,9 @@ pub async fn edit_connection(
     let key = match &e.key {
         Some(k) => {
             // Every secret already sealed must open with the master key the new one is sealed with.
-            let (connections, segments) = (store.connections().await?, store.segments().await?);
-            let sealed = secrets::sealed_secrets(&connections, &segments);
+            let (connections, segments, channels) =
+                (store.connections().await?, store.segments().await?, store.channels().await?);
+            let sealed = secrets::sealed_secrets(&connections, &segments, &channels);
             let master = MasterKey::for_sealing(&config.store.master_key_path(), &sealed)?;
             let (ciphertext, nonce) = master.seal(name, k);
             Some((KeySource::Stored { ciphertext, nonce }, secrets::last4(k)))

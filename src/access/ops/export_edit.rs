@@ -40,6 +40,10 @@ pub struct ExportEdit {
     pub skip_check: bool,
     /// Stop a run in flight first (else a running export is not changed: `Busy`).
     pub cancel_run: bool,
+    /// Channels to tell (CHANNEL[:EVENTS]; replaces the events of a channel already told).
+    pub notify: Vec<String>,
+    /// Channels to stop telling.
+    pub no_notify: Vec<String>,
 }
 
 /// Changes an export (its export users and admins may); it keeps what it put on its remaining lists, so the next
@@ -133,7 +137,9 @@ pub async fn edit_export(
         attach_segment_ids: attach.iter().map(|s| s.id).collect(),
         detach_segment_ids: detach.iter().map(|t| t.segment_id).collect(),
     };
-    let nothing = change.attach_segment_ids.is_empty()
+    let (subscribe, unsubscribe) =
+        super::channels::check_subscriptions(store, caller.actor, &a.notify, &a.no_notify, &fail).await?;
+    let subscriptions_only = change.attach_segment_ids.is_empty()
         && change.detach_segment_ids.is_empty()
         && change.fields == export.fields
         && change.email_field == export.email_field
@@ -142,7 +148,15 @@ pub async fn edit_export(
         && change.on_leave == export.on_leave
         && change.null_fields == export.null_fields
         && change.schedule == export.schedule;
-    if nothing {
+    if subscriptions_only && !(subscribe.is_empty() && unsubscribe.is_empty()) {
+        // Nothing a run reads changes: no lock, no check of the segments.
+        store.set_subscriptions(export.id, &subscribe, &unsubscribe).await?;
+        let detail = super::channels::subscription_detail(&a.notify, &a.no_notify);
+        crate::access::audit(store, config, caller.actor, caller.origin, "export.notify", Some(name), Some(detail))
+            .await?;
+        return Ok((store.export(name).await?, vec![]));
+    }
+    if subscriptions_only {
         return Err(fail("nothing to change; see `segment-exporter export edit --help`".into()));
     }
     if email_field.is_some() && email_field == user_id_field {
@@ -213,7 +227,10 @@ pub async fn edit_export(
             vec![]
         };
         let edited = store.edit_export(export.id, &change).await.map_err(refused)?;
-        crate::access::audit(store, config, caller.actor, caller.origin, "export.edit", Some(name), None).await?;
+        store.set_subscriptions(export.id, &subscribe, &unsubscribe).await?;
+        let detail = (!(a.notify.is_empty() && a.no_notify.is_empty()))
+            .then(|| super::channels::subscription_detail(&a.notify, &a.no_notify));
+        crate::access::audit(store, config, caller.actor, caller.origin, "export.edit", Some(name), detail).await?;
         Ok((edited, emptied))
     }
     .await;

@@ -122,8 +122,9 @@ impl NewPassword {
         if !matches!(self, NewPassword::Seal(_)) {
             return Ok(None);
         }
-        let (connections, segments) = (store.connections().await?, store.segments().await?);
-        let sealed = secrets::sealed_secrets(&connections, &segments);
+        let (connections, segments, channels) =
+            (store.connections().await?, store.segments().await?, store.channels().await?);
+        let sealed = secrets::sealed_secrets(&connections, &segments, &channels);
         MasterKey::for_sealing(path, &sealed).map(Some).map_err(|e| OpError::Unreadable {
             secret: true,
             message: format!(

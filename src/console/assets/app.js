@@ -199,10 +199,10 @@
     "missed-schedule": "schedule (missed while stopped)",
   };
 
-  // A run's status in words; a refusal says whether it was the mass-removal guard's.
+  // A run's status in words; a refusal says whether it was a guard's.
   function badge(run) {
     let text = statusWords[run.status] || run.status;
-    if (run.status === "refused" && !run.stopped_by_mass_removal_guard) text = "Refused";
+    if (run.status === "refused" && !run.stopped_by_guard) text = "Refused";
     return el("span", { class: `badge ${run.status}` }, text);
   }
 
@@ -297,7 +297,7 @@
     }
     if (answer.run_id) {
       await follow(answer.run_id, area, (run) => {
-        if (run.stopped_by_mass_removal_guard) offerAnyway(name, area, then);
+        if (run.stopped_by_guard) offerAnyway(name, area, then, run.stopped_by_guard);
         if (then) then(run);
       });
     } else {
@@ -311,18 +311,18 @@
     }
   }
 
-  function offerAnyway(name, area, then) {
+  // After a guard stopped a run: what it would have done, and a button that lets the run through that guard.
+  function offerAnyway(name, area, then, guard) {
     const button = el("button", { type: "button", class: "danger" }, "Run anyway");
-    area.append(
-      el(
-        "p",
-        { class: "warning" },
-        "The run would have unsubscribed an unusually large share of a list, so nothing was changed. If the segment " +
-          "really shrank, run it anyway. ",
-        button,
-      ),
-    );
-    confirmTwice(button, "Yes, unsubscribe them", () => runNow(name, area, then, { allow_mass_removal: true }));
+    const adding = guard === "mass_addition";
+    const why = adding
+      ? "The run would have added an unusually large number of new members to a list (a subscribe can start a " +
+        "journey, and a message cannot be unsent), so nothing was changed. If the segment really grew, run it anyway. "
+      : "The run would have unsubscribed an unusually large share of a list, so nothing was changed. If the segment " +
+        "really shrank, run it anyway. ";
+    area.append(el("p", { class: "warning" }, why, button));
+    const allow = adding ? { allow_mass_addition: true } : { allow_mass_removal: true };
+    confirmTwice(button, adding ? "Yes, add them" : "Yes, unsubscribe them", () => runNow(name, area, then, allow));
   }
 
   // ---- verify: each list read back from Iterable ------------------------------------------------------------
@@ -385,10 +385,15 @@
       const lists = run.verify || [];
       const missing = lists.some((l) => l.verdict === "drifted" && l.missing.count > 0);
       const lingering = lists.some((l) => l.verdict === "drifted" && l.lingering.count > 0);
-      if (run.stopped_by_mass_removal_guard) {
+      if (run.stopped_by_guard) {
+        const adding = run.stopped_by_guard === "mass_addition";
         const anyway = el("button", { type: "button", class: "danger" }, "Repair anyway");
-        area.append(el("p", { class: "warning" }, "The repair would have unsubscribed an unusually large share of a list, so nothing was removed. ", anyway));
-        confirmTwice(anyway, "Yes, unsubscribe them", () => verifyNow(name, area, then, { ...extra, allow_mass_removal: true }));
+        const why = adding
+          ? "The repair would have added an unusually large number of members to a list, so nothing was changed. "
+          : "The repair would have unsubscribed an unusually large share of a list, so nothing was removed. ";
+        area.append(el("p", { class: "warning" }, why, anyway));
+        const allow = adding ? { allow_mass_addition: true } : { allow_mass_removal: true };
+        confirmTwice(anyway, adding ? "Yes, add them" : "Yes, unsubscribe them", () => verifyNow(name, area, then, { ...extra, ...allow }));
       } else if (run.kind === "verify" && (missing || lingering)) {
         const repair = el("button", { type: "button", id: "repair" }, "Repair");
         const also = el("input", { type: "checkbox", name: "remove_lingering" });
@@ -417,8 +422,10 @@
       el("tr", {}, el("td", {}, l.list_name), el("td", {}, number(l.members)), el("td", {}, number(l.to_add)), el("td", {}, number(l.to_remove)), el("td", {}, number(l.unchanged)), el("td", {}, number(l.invalid))),
     );
     const box = el("div", { class: "preview" }, el("h2", {}, "Preview: what a run would change"));
-    if (report.stopped_by_mass_removal_guard) {
+    if (report.stopped_by_guard === "mass_removal") {
       box.append(el("p", { class: "warning" }, "A run would stop here: the mass-removal guard would keep it from unsubscribing this many members."));
+    } else if (report.stopped_by_guard === "mass_addition") {
+      box.append(el("p", { class: "warning" }, "A run would stop here: the mass-addition guard would keep it from adding this many new members."));
     } else if (report.error) box.append(el("p", { class: "run-error" }, report.error));
     box.append(table(["List", "Members", "To add", "To remove", "Unchanged", "Invalid"], rows, "No list to change."));
     box.append(el("p", { class: "hint" }, "Nothing was sent: this is a preview."));
@@ -643,6 +650,7 @@
         }),
       );
       if (x.running_run_id && !area.querySelector(".progress")) follow(x.running_run_id, area, () => history());
+      exportNotify(path, x, load);
     };
     const history = async () => {
       try {
@@ -725,6 +733,19 @@
         }
       };
       await save(false);
+    });
+    $("#add-export-notify").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const events = [...form.querySelectorAll("input[name=events]:checked")].map((i) => i.value);
+      try {
+        await api("PATCH", path, { notify: [`${form.channel.value}:${events.join(",")}`] });
+        notice(`${form.channel.value} is told about this export.`);
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
     });
     $("#add-export-user").addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -1059,6 +1080,163 @@
     await load();
   }
 
+  const eventNames = ["failed", "guard", "recovered", "rejected", "key", "list", "drift"];
+  const defaultEvents = ["failed", "guard", "recovered", "key"];
+  const eventWords = {
+    failed: "a run fails",
+    guard: "a guard stops a run",
+    recovered: "it recovers",
+    rejected: "many members are rejected",
+    key: "Iterable refuses the key",
+    list: "a list was recreated",
+    drift: "a list differs from its segment",
+  };
+
+  async function notificationsPage() {
+    const list = $("#channels-list");
+    const deliveries = async (name) => {
+      try {
+        const log = await api("GET", `/channels/${encodeURIComponent(name)}/deliveries`);
+        $("#deliveries").replaceChildren(
+          el("h3", {}, `Channel ${name}`),
+          table(
+            ["Time", "Event", "Export", "Run", "State", "Attempts", "Last answer"],
+            log.map((d) =>
+              el(
+                "tr",
+                { "data-event": d.event_id },
+                el("td", {}, when(d.created_at)),
+                el("td", {}, d.event),
+                el("td", {}, d.export || "–"),
+                el("td", {}, d.run_id ? `#${d.run_id}` : "–"),
+                el("td", {}, d.state === "pending" ? `pending (next ${when(d.next_attempt_at)})` : d.state.replace("_", " ")),
+                el("td", {}, number(d.attempts)),
+                el("td", {}, d.last_answer || "–"),
+              ),
+            ),
+            "Nothing sent yet.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    const load = async () => {
+      try {
+        const channels = await api("GET", "/channels");
+        list.replaceChildren(
+          table(
+            ["Channel", "Kind", "Sends to", "Usable by", "Exports", ""],
+            channels.map((c) => {
+              const test = el("button", { type: "button" }, "Send a test");
+              test.addEventListener("click", async () => {
+                try {
+                  const r = await api("POST", `/channels/${encodeURIComponent(c.name)}/test`);
+                  if (r.delivered) notice(`Sent a test message to ${c.name}: the receiver answered ${r.answer}.`);
+                  else notice(`The test message to ${c.name} was not delivered: ${r.answer}.`, "error");
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              const log = el("button", { type: "button" }, "Deliveries");
+              log.addEventListener("click", () => deliveries(c.name));
+              const remove = el("button", { type: "button", class: "danger" }, "Remove");
+              confirmTwice(remove, "Yes, remove", async () => {
+                try {
+                  await api("DELETE", `/channels/${encodeURIComponent(c.name)}`);
+                  load();
+                } catch (e) {
+                  fail(e);
+                }
+              });
+              return el(
+                "tr",
+                { "data-channel": c.name },
+                el("td", {}, c.name),
+                el("td", {}, c.kind),
+                el("td", {}, c.addresses ? c.addresses.join(", ") : "(URL kept sealed)"),
+                el("td", {}, c.usable_by === "contributors" ? "contributors too" : "administrators"),
+                el("td", {}, (c.exports || []).join(", ") || "–"),
+                el("td", { class: "actions" }, test, log, remove),
+              );
+            }),
+            "No channels yet.",
+          ),
+        );
+      } catch (e) {
+        fail(e);
+      }
+    };
+    $("#add-channel").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = ev.target;
+      $(".error", form).textContent = "";
+      const d = formData(form);
+      const body = { name: d.name, usable_by: d.usable_by };
+      if (d.kind === "email") body.email = d.target.split(",").map((a) => a.trim()).filter(Boolean);
+      else body[d.kind] = d.target.trim();
+      try {
+        const r = await api("POST", "/channels", body);
+        const holder = $("#new-secret");
+        holder.replaceChildren();
+        if (r.signing_secret) {
+          holder.replaceChildren(
+            el("p", { class: "note" }, `Signing secret of ${d.name}, shown once: give it to the receiver to check the Segment-Exporter-Signature header.`),
+            el("code", { class: "token" }, r.signing_secret),
+          );
+        }
+        form.reset();
+        notice(`Added channel ${d.name}. Send it a test, then subscribe exports on their pages.`);
+        load();
+      } catch (e) {
+        fail(e, form);
+      }
+    });
+    await load();
+  }
+
+  // An export's subscriptions, on its page: listed with a way to stop each, and a form to add one.
+  async function exportNotify(path, x, reload) {
+    const holder = $("#export-notify");
+    if (!holder) return;
+    holder.replaceChildren(
+      table(
+        ["Channel", "Told when", ""],
+        (x.notify || []).map((s) => {
+          const stop = el("button", { type: "button", class: "link" }, "Stop");
+          stop.addEventListener("click", async () => {
+            try {
+              await api("PATCH", path, { no_notify: [s.channel] });
+              reload();
+            } catch (e) {
+              fail(e);
+            }
+          });
+          return el("tr", { "data-channel": s.channel }, el("td", {}, s.channel), el("td", {}, s.events.map((e) => eventWords[e] || e).join(", ")), el("td", {}, stop));
+        }),
+        "No channel is told about this export.",
+      ),
+    );
+    const select = $("#notify-channel");
+    try {
+      const channels = await api("GET", "/channels");
+      select.replaceChildren(...channels.map((c) => el("option", { value: c.name }, c.name)));
+      $("#add-export-notify").hidden = channels.length === 0;
+    } catch (e) {
+      fail(e);
+    }
+    const events = $("#notify-events");
+    if (!events.childElementCount) {
+      events.replaceChildren(
+        ...eventNames.map((e) => {
+          const box = el("input", { type: "checkbox", name: "events", value: e });
+          box.checked = defaultEvents.includes(e);
+          return el("label", { class: "check" }, box, ` When ${eventWords[e]}`);
+        }),
+      );
+    }
+  }
+
   // An audit row's detail, with how many times it happened when it counts several (failed sign-ins).
   const detail = (r) => (r.count > 1 ? `${r.detail || ""} (${r.count} times)`.trim() : r.detail || "");
 
@@ -1161,6 +1339,7 @@
     "new-connection": newConnectionPage,
     connection: connectionPage,
     users: usersPage,
+    notifications: notificationsPage,
     audit: auditPage,
     account: accountPage,
   };
