@@ -163,15 +163,42 @@ impl Engine {
         if opts.dry_run {
             return self.dry_run(export, opts, progress, cancel).await;
         }
-        let guard = match RunGuard::take(&self.store, &self.config, export.id).await {
-            Ok(guard) => guard,
+        let guard = self.take_guard(&export).await?;
+        self.run_guarded(export, guard, opts, progress, cancel).await
+    }
+
+    /// Takes `export`'s run guard for work started here; when another run holds it, the refusal names that run.
+    pub(super) async fn take_guard(&self, export: &Export) -> Result<RunGuard, SyncError> {
+        match RunGuard::take(&self.store, &self.config, export.id).await {
+            Ok(guard) => Ok(guard),
             Err(LockError::Busy { .. }) => {
                 let run_id = self.store.running_run(export.id).await?;
-                return Err(SyncError::AlreadyRunning { export: name.into(), run_id });
+                Err(SyncError::AlreadyRunning { export: export.name.clone(), run_id })
             }
-            Err(e) => return Err(e.into()),
-        };
-        self.run_guarded(export, guard, opts, progress, cancel).await
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// For work under `guard` (a run, a verify): the engine whose writes go through the guard's store, a token
+    /// cancelled with `cancel` or when the lease is lost, and the watch that does the latter (abort it at the end).
+    /// The guard publishes `progress` with its renewals.
+    pub(super) fn under_guard(
+        &self,
+        guard: &RunGuard,
+        progress: &Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> (Engine, CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = cancel.child_token();
+        let lost = guard.lost();
+        let stop_on_loss = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                lost.cancelled().await;
+                cancel.cancel();
+            }
+        });
+        guard.publish(progress.clone());
+        (self.for_run(guard), cancel, stop_on_loss)
     }
 
     /// Runs the export `guard` holds, taken already (by the run queue). As `run_export` otherwise.
@@ -201,17 +228,7 @@ impl Engine {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunReport, SyncError> {
-        let engine = self.for_run(&guard);
-        let cancel = cancel.child_token();
-        let lost = guard.lost();
-        let stop_on_loss = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                lost.cancelled().await;
-                cancel.cancel();
-            }
-        });
-        guard.publish(progress.clone());
+        let (engine, cancel, stop_on_loss) = self.under_guard(&guard, &progress, cancel);
         let result = engine.run_locked(export, &guard, opts, progress, cancel).await;
         stop_on_loss.abort();
         guard.release(true).await;

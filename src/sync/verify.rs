@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, RunOptions, RunState};
 use super::guard::RunGuard;
-use super::lock::LockError;
 use super::plan::ListReport;
 use super::progress::{Phase, Progress};
 use super::send::LIST_READ_CHUNK;
@@ -98,14 +97,7 @@ impl Engine {
         if let Some(refusal) = check_options(&export, opts) {
             return Err(refusal);
         }
-        let guard = match RunGuard::take(&self.store, &self.config, export.id).await {
-            Ok(guard) => guard,
-            Err(LockError::Busy { .. }) => {
-                let run_id = self.store.running_run(export.id).await?;
-                return Err(SyncError::AlreadyRunning { export: name.into(), run_id });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let guard = self.take_guard(&export).await?;
         self.verify_guarded(export, guard, opts, progress, cancel).await
     }
 
@@ -137,17 +129,7 @@ impl Engine {
         progress: Arc<Progress>,
         cancel: CancellationToken,
     ) -> Result<VerifyReport, SyncError> {
-        let engine = self.for_run(&guard);
-        let cancel = cancel.child_token();
-        let lost = guard.lost();
-        let stop_on_loss = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                lost.cancelled().await;
-                cancel.cancel();
-            }
-        });
-        guard.publish(progress.clone());
+        let (engine, cancel, stop_on_loss) = self.under_guard(&guard, &progress, cancel);
         let result = engine.verify_locked(export, &guard, opts, progress, cancel).await;
         stop_on_loss.abort();
         guard.release(true).await;
