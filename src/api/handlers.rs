@@ -717,23 +717,7 @@ pub async fn run_export(
         allow_mass_addition: b.allow_mass_addition,
         verify: None,
     };
-    let request_id = s.queue.ask(&ask).await?;
-    let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
-        Answer::Started { run_id } => (RunRequestState::Started, run_id),
-        Answer::Waiting(WaitingFor::CurrentRun) => (RunRequestState::QueuedAfterCurrentRun, None),
-        Answer::Waiting(WaitingFor::FreeSlot) => (RunRequestState::WaitingForAFreeSlot, None),
-        Answer::Waiting(WaitingFor::AnotherProcess) => (RunRequestState::QueuedAfterAnotherProcess, None),
-        Answer::Queued => (RunRequestState::Queued, None),
-        Answer::NotStarted(why) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("export '{name}' cannot run now: {}", shown_error(&s, &c, export.id, &why).await?),
-            ))
-        }
-    };
-    let accepted = RunAccepted { export: name, state, request_id, run_id };
-    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    queue_and_answer(&s, &c, export.id, name, &ask, "run").await
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -799,23 +783,7 @@ pub async fn verify_export(
         allow_mass_addition: b.allow_mass_addition,
         verify: Some(crate::queue::VerifyAsk { repair: b.repair, remove_lingering: b.remove_lingering }),
     };
-    let request_id = s.queue.ask(&ask).await?;
-    let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
-        Answer::Started { run_id } => (RunRequestState::Started, run_id),
-        Answer::Waiting(WaitingFor::CurrentRun) => (RunRequestState::QueuedAfterCurrentRun, None),
-        Answer::Waiting(WaitingFor::FreeSlot) => (RunRequestState::WaitingForAFreeSlot, None),
-        Answer::Waiting(WaitingFor::AnotherProcess) => (RunRequestState::QueuedAfterAnotherProcess, None),
-        Answer::Queued => (RunRequestState::Queued, None),
-        Answer::NotStarted(why) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("export '{name}' cannot be verified now: {}", shown_error(&s, &c, export.id, &why).await?),
-            ))
-        }
-    };
-    let accepted = RunAccepted { export: name, state, request_id, run_id };
-    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    queue_and_answer(&s, &c, export.id, name, &ask, "be verified").await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -927,4 +895,33 @@ pub async fn audit(State(s): State<ApiState>, c: Caller, Query(q): Query<AuditQu
     access::read_audit(&c.actor).check("the audit trail")?;
     let rows = s.store.audit(q.user.as_deref(), q.limit.unwrap_or(100).min(1000)).await?;
     ok(rows.into_iter().map(AuditView::from).collect::<Vec<_>>())
+}
+
+/// Puts `ask` in the run queue and answers 202 with what became of it within the wait (started, with its run, or
+/// waiting and why); a request that cannot start is 409, saying why as `c` may see it (`doing`: "run", ...).
+async fn queue_and_answer(
+    s: &ApiState,
+    c: &Caller,
+    export_id: i64,
+    name: String,
+    ask: &crate::queue::Ask<'_>,
+    doing: &str,
+) -> ApiResult {
+    let request_id = s.queue.ask(ask).await?;
+    let (state, run_id) = match s.queue.answer(request_id, DECIDE_WAIT, RUN_ID_WAIT).await? {
+        Answer::Started { run_id } => (RunRequestState::Started, run_id),
+        Answer::Waiting(WaitingFor::CurrentRun) => (RunRequestState::QueuedAfterCurrentRun, None),
+        Answer::Waiting(WaitingFor::FreeSlot) => (RunRequestState::WaitingForAFreeSlot, None),
+        Answer::Waiting(WaitingFor::AnotherProcess) => (RunRequestState::QueuedAfterAnotherProcess, None),
+        Answer::Queued => (RunRequestState::Queued, None),
+        Answer::NotStarted(why) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("export '{name}' cannot {doing} now: {}", shown_error(s, c, export_id, &why).await?),
+            ))
+        }
+    };
+    let accepted = RunAccepted { export: name, state, request_id, run_id };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
