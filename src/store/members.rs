@@ -148,13 +148,6 @@ pub struct MemberCounts {
 // SQLite allows 32766 bound variables per statement, PostgreSQL 65535; stay well below.
 pub(super) const ROWS_PER_STATEMENT: usize = 2000;
 
-/// Rows per statement written with numbered placeholders (`rows_of`, `$N` lists). Binding a statement's numbered
-/// parameters costs the square of their number on SQLite (sqlx looks each one's name up, and SQLite finds a name by
-/// walking the statement's list of them): at 2,000 rows of three values, that lookup took half the CPU of a
-/// million-member first export (20.6 s against 7.3 s before the store spoke `$N`, measured with perf). Small
-/// statements keep it negligible.
-pub(super) const NUMBERED_ROWS_PER_STATEMENT: usize = 100;
-
 /// Rows the plan connection's worker thread may hand over ahead of us while the plan is read back. sqlx's default
 /// (50) makes the two threads trade places every few rows; reading a million planned adds spent more time in those
 /// hand-offs than in SQLite.
@@ -347,7 +340,7 @@ impl Store {
             }
         }
         let acked_at = super::now().timestamp();
-        for chunk in subscribed.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+        for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
                 "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, acked_at) {} \
                  ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
@@ -371,7 +364,7 @@ impl Store {
         }
         let refused_at = super::now().timestamp();
         for (members, retry) in [(rejected, true), (forgotten, false)] {
-            for chunk in members.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+            for chunk in members.chunks(ROWS_PER_STATEMENT) {
                 let text = format!(
                     "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, rejected_at, \
                      retry_rejected) {} \
@@ -401,7 +394,7 @@ impl Store {
     /// Records the members (keys) a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        for chunk in emails.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
                 "INSERT INTO preexisting_members (target_id, email) {} ON CONFLICT DO NOTHING",
                 rows_of(chunk.len(), &["$1", "?"], 2)
@@ -421,7 +414,7 @@ impl Store {
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.db.begin().await?;
         count_acks(&mut tx, run_id, target_id, AckCounts { removed: emails.len(), ..AckCounts::default() }).await?;
-        for chunk in emails.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let list = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
             let mut q = sql(format!("DELETE FROM members WHERE target_id = $1 AND email IN ({list})")).bind(target_id);
             for e in chunk {

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use super::db::{check_fence, sql, On};
-use super::members::{rows_of, PlanConn, NUMBERED_ROWS_PER_STATEMENT};
+use super::members::{rows_of, PlanConn, ROWS_PER_STATEMENT};
 use super::{PlanSession, Result, Store, StoreError};
 
 /// What a run was: a run of the export, or a verify of its lists (that may have repaired them).
@@ -281,7 +281,7 @@ impl PlanSession {
     pub async fn add_listed(&mut self, target_id: i64, lines: &[(String, Vec<String>)]) -> Result<()> {
         let rows: Vec<(&str, &str)> =
             lines.iter().flat_map(|(line, keys)| keys.iter().map(move |k| (k.as_str(), line.as_str()))).collect();
-        for chunk in rows.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
                 "INSERT INTO listed_keys (target_id, key, line) {} ON CONFLICT DO NOTHING",
                 rows_of(chunk.len(), &["$1", "?", "?"], 2)
@@ -297,7 +297,7 @@ impl PlanSession {
 
     /// Adds the emails of a hybrid list's second read (without `preferUserId`).
     pub async fn add_listed_emails(&mut self, target_id: i64, emails: &[String]) -> Result<()> {
-        for chunk in emails.chunks(NUMBERED_ROWS_PER_STATEMENT) {
+        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
             let text = format!(
                 "INSERT INTO listed_emails (target_id, email) {} ON CONFLICT DO NOTHING",
                 rows_of(chunk.len(), &["$1", "?"], 2)
