@@ -149,6 +149,18 @@ pub struct MemberCounts {
 // SQLite allows 32766 bound variables per statement, PostgreSQL 65535; stay well below.
 pub(super) const ROWS_PER_STATEMENT: usize = 2000;
 
+/// Rows per statement of the writes made on the pool (acknowledged batches). On SQLite, each of the pool's
+/// connections keeps the statements it prepared, and SQLite's program for a statement grows with its rows: with
+/// 2,000-row statements the exporter's peak memory in a million-member first export measured 127 to 151 MB (six
+/// runs), with 100-row ones 114 to 131 MB (three runs), at the same speed. PostgreSQL keeps its programs on the
+/// server, and there ten statements a batch instead of one made sending a million members a second slower.
+fn pooled_rows_per_statement(kind: super::Kind) -> usize {
+    match kind {
+        super::Kind::Sqlite => 100,
+        super::Kind::Postgres => ROWS_PER_STATEMENT,
+    }
+}
+
 /// Rows the plan connection's worker thread may hand over ahead of us while the plan is read back. sqlx's default
 /// (50) makes the two threads trade places every few rows; reading a million planned adds spent more time in those
 /// hand-offs than in SQLite.
@@ -358,7 +370,7 @@ impl Store {
             }
         }
         let acked_at = super::now().timestamp();
-        for chunk in subscribed.chunks(ROWS_PER_STATEMENT) {
+        for chunk in subscribed.chunks(pooled_rows_per_statement(tx.kind())) {
             let text = format!(
                 "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, acked_at) {} \
                  ON CONFLICT (target_id, email) DO UPDATE SET fields_hash = excluded.fields_hash, \
@@ -382,7 +394,7 @@ impl Store {
         }
         let refused_at = super::now().timestamp();
         for (members, retry) in [(rejected, true), (forgotten, false)] {
-            for chunk in members.chunks(ROWS_PER_STATEMENT) {
+            for chunk in members.chunks(pooled_rows_per_statement(tx.kind())) {
                 let text = format!(
                     "INSERT INTO members (target_id, email, fields_hash, paired_email, state, ours, rejected_at, \
                      retry_rejected) {} \
@@ -414,7 +426,7 @@ impl Store {
     /// Records the members (keys) a list held when this export adopted it: they are never unsubscribed by it.
     pub async fn record_preexisting(&self, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+        for chunk in emails.chunks(pooled_rows_per_statement(tx.kind())) {
             let text = format!(
                 "INSERT INTO preexisting_members (target_id, email) {} ON CONFLICT DO NOTHING",
                 rows_of(chunk.len(), &["$1", "?"], 2)
@@ -433,7 +445,7 @@ impl Store {
     /// transaction.
     pub async fn ack_unsubscribed(&self, run_id: i64, target_id: i64, emails: &[String]) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        for chunk in emails.chunks(ROWS_PER_STATEMENT) {
+        for chunk in emails.chunks(pooled_rows_per_statement(tx.kind())) {
             let list = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
             let mut q = sql(format!("DELETE FROM members WHERE target_id = $1 AND email IN ({list})")).bind(target_id);
             for e in chunk {
