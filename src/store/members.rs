@@ -696,6 +696,9 @@ impl PlanSession {
     /// member whose email a leaver had is that leaver under a new key: planned as an update that replaces it.
     pub async fn compute(&mut self, target_id: i64, o: &ComputeOptions) -> Result<TargetPlan> {
         let ComputeOptions { full, remove_leavers, retry_rejected_until, match_by_email, fresh_list } = *o;
+        if let PlanConn::Postgres(conn, _) = &mut self.conn {
+            refresh_member_statistics(conn).await?;
+        }
         let unsettled = self.staging.unsettled;
         let mut tx = self.conn.begin().await?;
         let kind = tx.kind();
@@ -794,12 +797,20 @@ impl PlanSession {
         let new = counts.unrecorded as i64;
         let mut kinds_changed = false;
         if recorded - (staged - new) > 0 {
-            sql("INSERT INTO gone (email) \
-                 SELECT email FROM members WHERE target_id = $1 \
-                 EXCEPT SELECT email FROM staged WHERE target_id = $1 ORDER BY 1")
-            .bind(target_id)
-            .execute(tx.on())
-            .await?;
+            // As for `changed` above, an anti-join on PostgreSQL (0.79 s as EXCEPT at a million members).
+            let gone = match kind {
+                super::Kind::Sqlite => {
+                    "INSERT INTO gone (email) \
+                     SELECT email FROM members WHERE target_id = $1 \
+                     EXCEPT SELECT email FROM staged WHERE target_id = $1 ORDER BY 1"
+                }
+                super::Kind::Postgres => {
+                    "INSERT INTO gone (email) \
+                     SELECT m.email FROM members m WHERE m.target_id = $1 AND NOT EXISTS \
+                     (SELECT 1 FROM staged s WHERE s.target_id = $1 AND s.email = m.email) ORDER BY 1"
+                }
+            };
+            sql(gone).bind(target_id).execute(tx.on()).await?;
             if match_by_email && new > 0 {
                 pair_by_email(&mut tx, target_id, fresh_list).await?;
                 kinds_changed = true;
@@ -828,6 +839,11 @@ impl PlanSession {
         }
         if kinds_changed {
             counts = count_planned(&mut PlanConnOrTx::Tx(&mut tx), target_id).await?;
+        }
+        if kind == super::Kind::Postgres {
+            // Read back a chunk at a time while sending: without statistics the planner took the plan for a few
+            // rows, and some of the chunks of a million planned adds took 200 ms each instead of 3 ms to read.
+            sql("ANALYZE plan_add, plan_remove").execute(tx.on()).await?;
         }
         tx.commit().await?;
         self.staging.unsettled = false;
@@ -996,6 +1012,24 @@ async fn settle_staged(tx: &mut PlanTx<'_>) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL: `ANALYZE members` when it changed by much more than its statistics know, before a plan relies on
+/// them. A store just filled by a first export has none until autovacuum gets there (a minute or more): then the
+/// planner takes `members` for a small table, and an acknowledged unsubscribe batch (`email IN (...)` of 1,000)
+/// walked every member of the target, 165 ms a batch, and 17 s once the statement's plan went generic; with
+/// statistics it takes 9 ms (measured in psql at a million members). `ANALYZE` samples a fixed number of rows (80 ms
+/// there). The threshold stays above autovacuum's own (50 rows and 10%), so it rarely does autovacuum's work twice.
+async fn refresh_member_statistics(conn: &mut PgConnection) -> Result<()> {
+    let stale: Option<bool> = sql("SELECT s.n_mod_since_analyze > 10000 + 0.2 * GREATEST(c.reltuples, 0) \
+         FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE s.relid = 'members'::regclass")
+    .scalar_optional(On::Postgres(conn))
+    .await?;
+    if stale == Some(true) {
+        tracing::debug!("Refreshing the statistics of the members table before planning.");
+        sql("ANALYZE members").execute(On::Postgres(conn)).await?;
+    }
+    Ok(())
+}
+
 /// A CSV field, quoted (an empty text is then `""`, told apart from NULL, which is nothing at all).
 fn csv_text(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
@@ -1066,6 +1100,37 @@ mod tests {
         assert_eq!(s.forget_leavers(t).await.unwrap(), 2);
         assert_eq!(store.member_counts(t).await.unwrap(), MemberCounts { subscribed: 2, rejected: 0 });
     }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL at TEST_POSTGRES_URL; .ci/run runs it"]
+    async fn postgres_members_are_analyzed_before_a_plan_when_a_run_changed_them_by_much_more_than_their_statistics_know(
+    ) {
+        let (_db, store) = crate::store::test_support::temp_postgres_store().await;
+        // Autovacuum off for the table, so that only the plan can have analyzed it.
+        sql("ALTER TABLE members SET (autovacuum_enabled = false)").execute(&store.db).await.unwrap();
+        let t = target(&store).await;
+        let run = store.start_run(1, "manual", false, None).await.unwrap();
+        store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
+        let acked: Vec<AckedMember> = (0..12_000).map(|i| AckedMember::new(&format!("m{i}@x.com"), 1)).collect();
+        store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
+        let estimate = || sql("SELECT reltuples::BIGINT FROM pg_class WHERE oid = 'members'::regclass");
+        assert!(estimate().scalar::<i64>(&store.db).await.unwrap() < 0, "never analyzed yet");
+        // The server counts the changes once the writing connection reports them (within about 10 s of going idle).
+        let stat = |column: &str| format!("SELECT {column} FROM pg_stat_user_tables WHERE relid = 'members'::regclass");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sql(stat("n_mod_since_analyze")).scalar::<i64>(&store.db).await.unwrap() < 12_000 {
+            assert!(std::time::Instant::now() < deadline, "the server never counted the 12,000 changes");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+
+        let mut s = store.plan_session().await.unwrap();
+        s.stage(t, &[row("m1@x.com", 1)]).await.unwrap();
+        s.compute(t, &opts(false, false)).await.unwrap();
+        assert_eq!(estimate().scalar::<i64>(&store.db).await.unwrap(), 12_000, "analyzed by the plan");
+        // Analyzed, it is not analyzed again by the next plan.
+        s.compute(t, &opts(false, false)).await.unwrap();
+        assert_eq!(sql(stat("analyze_count")).scalar::<i64>(&store.db).await.unwrap(), 1);
     }
 
     on_both! {
