@@ -1112,7 +1112,7 @@ mod tests {
         let t = target(&store).await;
         let run = store.start_run(1, "manual", false, None).await.unwrap();
         store.record_plan(run, t, "s", &TargetPlan::default(), &Default::default()).await.unwrap();
-        let acked: Vec<AckedMember> = (0..12_000).map(|i| AckedMember::new(&format!("m{i}@x.com"), 1)).collect();
+        let acked: Vec<AckedMember> = (0..12_000).map(|i| AckedMember::new(format!("m{i}@x.com"), 1)).collect();
         store.ack_subscribed(run, t, &acked, &[], &[]).await.unwrap();
         let estimate = || sql("SELECT reltuples::BIGINT FROM pg_class WHERE oid = 'members'::regclass");
         assert!(estimate().scalar::<i64>(&store.db).await.unwrap() < 0, "never analyzed yet");
