@@ -290,6 +290,24 @@ impl Row {
     }
 }
 
+/// `query` with `args` bound in order; a macro, as a function generic over both engines would need a bound per type.
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for a in $args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::F64(v) => q.bind(*v),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_deref()),
+                Arg::Bytes(v) => q.bind(v.as_deref()),
+                Arg::Time(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+
 /// A statement with its values, to run on either engine.
 #[must_use = "a statement does nothing until it is executed or fetched"]
 pub(crate) struct Statement<'s> {
@@ -314,18 +332,7 @@ impl<'s> Statement<'s> {
     }
 
     fn postgres(&self) -> sqlx::query::Query<'_, Postgres, PgArguments> {
-        let mut q = sqlx::query(&self.sql);
-        for a in &self.args {
-            q = match a {
-                Arg::I64(v) => q.bind(*v),
-                Arg::F64(v) => q.bind(*v),
-                Arg::Bool(v) => q.bind(*v),
-                Arg::Text(v) => q.bind(v.as_deref()),
-                Arg::Bytes(v) => q.bind(v.as_deref()),
-                Arg::Time(v) => q.bind(*v),
-            };
-        }
-        q
+        bind_all!(sqlx::query(&self.sql), &self.args)
     }
 
     /// Runs it; the rows it changed.
@@ -502,18 +509,7 @@ impl<'s> Positional<'s> {
     }
 
     fn query(&self) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
-        let mut q = sqlx::query(&self.sql);
-        for a in &self.args {
-            q = match a {
-                Arg::I64(v) => q.bind(*v),
-                Arg::F64(v) => q.bind(*v),
-                Arg::Bool(v) => q.bind(*v),
-                Arg::Text(v) => q.bind(v.as_deref()),
-                Arg::Bytes(v) => q.bind(v.as_deref()),
-                Arg::Time(v) => q.bind(*v),
-            };
-        }
-        q
+        bind_all!(sqlx::query(&self.sql), &self.args)
     }
 }
 
