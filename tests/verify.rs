@@ -332,11 +332,18 @@ fn a_verify_asked_for_over_the_api_is_queued_like_a_run_read_like_one_and_measur
     assert_eq!((run["kind"].as_str(), run["trigger"].as_str()), (Some("verify"), Some("api")), "{run}");
     assert_eq!(run["verify"][0]["verdict"], "drifted", "{run}");
     assert_eq!(run["verify"][0]["missing"]["count"], 5, "{run}");
-    let metrics = rt.block_on(async { reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap() });
-    assert!(
-        metrics.contains("segment_exporter_list_drift_members{export=\"exp\",list=\"Api\",kind=\"missing\"} 5"),
-        "{metrics}"
-    );
+    // The daemon counts a run in /metrics last, just after its end is recorded: wait for it, a few seconds at most.
+    let missing = "segment_exporter_list_drift_members{export=\"exp\",list=\"Api\",kind=\"missing\"} 5";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics =
+            rt.block_on(async { reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap() });
+        if metrics.contains(missing) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // A repair over the API is counted like a run.
     let (_, accepted) = post("/exports/exp/verify", Some(json!({ "repair": true })));
