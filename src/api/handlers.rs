@@ -417,6 +417,11 @@ pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> 
     })
 }
 
+/// A body that may be left out: its default then.
+fn optional_body<T: Default>(b: Result<Option<Json<T>>, JsonRejection>) -> Result<T, ApiError> {
+    body(b.map(|b| Json(b.map(|Json(v)| v).unwrap_or_default())))
+}
+
 fn on_leave(text: Option<&str>) -> Result<OnLeave, ApiError> {
     match text {
         None | Some("remove") => Ok(OnLeave::Remove),
@@ -662,10 +667,7 @@ pub async fn run_export(
 ) -> ApiResult {
     let (export, facts) = visible_export(&s, &c, &name).await?;
     access::run_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
-    let b = b
-        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
-        .map(|Json(b)| b)
-        .unwrap_or_default();
+    let b = optional_body(b)?;
     let flags: Vec<&str> = [
         (b.dry_run, "dry run"),
         (b.full, "full"),
@@ -753,10 +755,7 @@ pub async fn verify_export(
 ) -> ApiResult {
     let (export, facts) = visible_export(&s, &c, &name).await?;
     access::run_export(&c.actor, &facts).check(&format!("export '{name}'"))?;
-    let b = b
-        .map_err(|e| ApiError::invalid(format!("the request body is not what was expected: {}", e.body_text())))?
-        .map(|Json(b)| b)
-        .unwrap_or_default();
+    let b = optional_body(b)?;
     if (b.remove_lingering || b.allow_mass_removal) && !b.repair {
         return Err(ApiError::invalid(
             "remove_lingering and allow_mass_removal apply to a repair: add \"repair\": true",

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::error::{classify_status, classify_transport, parse_retry_after, AttemptError, IterableError};
+use super::error::{classify_status, classify_transport, parse_retry_after, without_url, AttemptError, IterableError};
 use super::pacer::Pacer;
 use super::types::{subscribe_body, BulkResponse, CreateListResponse, ListDetails, ListsResponse};
 use super::types::{UnsubscribeBody, Unsubscriber};
@@ -286,48 +286,11 @@ impl IterableClient {
         };
         let endpoint = "/api/lists/getUsers".to_string();
         self.wait_turn(&self.list_reads.get_users, &endpoint).await?;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.max_attempts.saturating_sub(1))
-            .with_jitter();
-        let max_delay = self.retry.max_delay;
-        let attempts = std::sync::atomic::AtomicUsize::new(0);
-        let cancel = self.cancel.clone();
-        let result = (|| async {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt_response(&Method::GET, &path, &Body::None, Some(idle)).await
-        })
-        .retry(backoff)
-        .sleep(move |delay| {
-            let cancel = cancel.clone();
-            async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            }
-        })
-        .when(|e| e.is_retryable() && !self.cancel.is_cancelled())
-        .adjust(|e, planned| planned.map(|d| e.retry_after().map_or(d, |after| after.min(max_delay))))
-        .notify(|e, delay| {
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            if let AttemptError::Retry { reason, .. } = e {
-                tracing::warn!(endpoint = %endpoint, delay_ms = delay.as_millis() as u64, "Retrying Iterable call: {reason}.");
-            }
-        })
-        .await;
-        let response = result.map_err(|e| match e {
-            AttemptError::Final(e) => e,
-            AttemptError::Retry { .. } if self.cancel.is_cancelled() => {
-                IterableError::Cancelled { endpoint: endpoint.clone() }
-            }
-            AttemptError::Retry { reason, .. } => IterableError::GaveUp {
-                endpoint: endpoint.clone(),
-                attempts: attempts.load(Ordering::Relaxed),
-                last: reason,
-            },
-        })?;
+        let response = self
+            .retrying(&endpoint, self.retry.max_attempts, || {
+                self.attempt_response(&Method::GET, &path, &Body::None, Some(idle))
+            })
+            .await?;
         Ok(ListUsersReader { response, pending: Vec::new(), idle, cancel: self.cancel.clone(), ended: false, bytes: 0 })
     }
 
@@ -351,7 +314,25 @@ impl IterableClient {
         max_attempts: usize,
         accept: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, IterableError> {
-        let endpoint = path.split('?').next().unwrap_or(path).to_string();
+        let endpoint = path.split('?').next().unwrap_or(path);
+        self.retrying(endpoint, max_attempts, || async {
+            let text = self.attempt(&method, path, &body).await?;
+            accept(&text).map_err(|reason| AttemptError::Retry { reason, after: None, rate_limited: false })
+        })
+        .await
+    }
+
+    /// Runs `op` up to `max_attempts` times with the client's backoff: a retryable failure waits (for its
+    /// `Retry-After` when it has one, up to the longest delay) and is tried again, unless the client is cancelled.
+    async fn retrying<T, Fut>(
+        &self,
+        endpoint: &str,
+        max_attempts: usize,
+        mut op: impl FnMut() -> Fut,
+    ) -> Result<T, IterableError>
+    where
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
@@ -360,10 +341,9 @@ impl IterableClient {
         let max_delay = self.retry.max_delay;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let cancel = self.cancel.clone();
-        let result = (|| async {
+        let result = (|| {
             attempts.fetch_add(1, Ordering::Relaxed);
-            let text = self.attempt(&method, path, &body).await?;
-            accept(&text).map_err(|reason| AttemptError::Retry { reason, after: None, rate_limited: false })
+            op()
         })
         .retry(backoff)
         .sleep(move |delay| {
@@ -386,9 +366,11 @@ impl IterableClient {
         .await;
         result.map_err(|e| match e {
             AttemptError::Final(e) => e,
-            AttemptError::Retry { .. } if self.cancel.is_cancelled() => IterableError::Cancelled { endpoint },
+            AttemptError::Retry { .. } if self.cancel.is_cancelled() => {
+                IterableError::Cancelled { endpoint: endpoint.to_string() }
+            }
             AttemptError::Retry { reason, .. } => IterableError::GaveUp {
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_string(),
                 attempts: attempts.load(Ordering::Relaxed),
                 last: reason,
             },
@@ -558,7 +540,7 @@ impl ListUsersReader {
                     return Err(IterableError::GaveUp {
                         endpoint: endpoint(),
                         attempts: 1,
-                        last: format!("the answer broke off after {} bytes: {}", self.bytes, without_url_text(&e)),
+                        last: format!("the answer broke off after {} bytes: {}", self.bytes, without_url(&e)),
                     })
                 }
                 Ok(Ok(None)) => self.ended = true,
@@ -587,16 +569,6 @@ fn push_line(out: &mut Vec<String>, line: &[u8]) -> Result<(), IterableError> {
         out.push(text.to_string());
     }
     Ok(())
-}
-
-fn without_url_text(e: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut last = e.to_string();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }
 
 /// Reads a JSON answer; a body that is not the expected shape (truncated, say) is retried like a 5xx.

@@ -79,7 +79,8 @@ pub(crate) fn classify_transport(e: &reqwest::Error) -> AttemptError {
     AttemptError::Retry { reason: format!("{kind}: {}", without_url(e)), after: None, rate_limited: false }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
+/// The innermost cause of a transport error, without the URL reqwest puts in its own text.
+pub(super) fn without_url(e: &reqwest::Error) -> String {
     // The URL carries no secret (the key is a header), but it makes lines long; the endpoint is said elsewhere.
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
     let mut last = e.to_string();
